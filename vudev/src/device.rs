@@ -1,0 +1,163 @@
+//! The `BlockDevice` contract that every device implements and every driver uses.
+
+use crate::errno::{Errno, Result};
+use std::sync::Arc;
+
+/// A random-access store of bytes with a fixed size: an image file, a real
+/// disk, a ramdisk, or a window over one of them.
+///
+/// Contract (shared by all implementations):
+/// - reads at or past [`size`](Self::size) return 0 bytes; a read that straddles
+///   the end returns the bytes before the end;
+/// - writes at or past the end fail with `ENOSPC`; a write that straddles the end
+///   writes what fits and returns that count;
+/// - a device opened read-only is never written: writes fail with `EROFS`;
+/// - methods take `&self`, so one device serves many threads at once.
+pub trait BlockDevice: Send + Sync {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+
+    /// Logical sector size in bytes (512 unless the underlying disk says otherwise).
+    fn sector_size(&self) -> u32 {
+        512
+    }
+
+    /// True when the device refuses writes.
+    fn read_only(&self) -> bool;
+
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize>;
+
+    /// Writes up to `buf.len()` bytes at `offset`; returns how many were written.
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize>;
+
+    /// Makes every completed write durable (fsync for files).
+    fn flush(&self) -> Result<()>;
+
+    /// Tells the device that a byte range is no longer needed; later reads of it
+    /// return zeros on devices that report [`discard_zeroes`](Self::discard_zeroes).
+    /// The default does nothing, which is always a valid answer.
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        let _ = (offset, len);
+        if self.read_only() {
+            return Err(Errno::EROFS);
+        }
+        Ok(())
+    }
+
+    /// True when discarded ranges are guaranteed to read back as zeros.
+    fn discard_zeroes(&self) -> bool {
+        false
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`, or fails with `EIO`
+    /// (a range past the end is an I/O error for callers that need it all).
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(buf, offset)? {
+                0 => return Err(Errno::EIO),
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` at `offset`, or fails (`ENOSPC` past the end).
+    fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> Result<()> {
+        while !buf.is_empty() {
+            match self.write_at(buf, offset)? {
+                0 => return Err(Errno::ENOSPC),
+                n => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How much of a request of `len` bytes at `offset` lies inside a device of `size` bytes.
+///
+/// Shared by every implementation so the end-of-device rules are written once.
+pub(crate) fn clamp_len(size: u64, offset: u64, len: usize) -> usize {
+    if offset >= size {
+        0
+    } else {
+        (size - offset).min(len as u64) as usize
+    }
+}
+
+/// Checks a write request against the contract and returns how many bytes may be written.
+pub(crate) fn writable_len(
+    dev_read_only: bool,
+    size: u64,
+    offset: u64,
+    len: usize,
+) -> Result<usize> {
+    if dev_read_only {
+        return Err(Errno::EROFS);
+    }
+    if len == 0 {
+        return Ok(0);
+    }
+    match clamp_len(size, offset, len) {
+        0 => Err(Errno::ENOSPC),
+        n => Ok(n),
+    }
+}
+
+macro_rules! forward_block_device {
+    ($ty:ty) => {
+        impl<T: BlockDevice + ?Sized> BlockDevice for $ty {
+            fn size(&self) -> u64 {
+                (**self).size()
+            }
+            fn sector_size(&self) -> u32 {
+                (**self).sector_size()
+            }
+            fn read_only(&self) -> bool {
+                (**self).read_only()
+            }
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+                (**self).read_at(buf, offset)
+            }
+            fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize> {
+                (**self).write_at(buf, offset)
+            }
+            fn flush(&self) -> Result<()> {
+                (**self).flush()
+            }
+            fn discard(&self, offset: u64, len: u64) -> Result<()> {
+                (**self).discard(offset, len)
+            }
+            fn discard_zeroes(&self) -> bool {
+                (**self).discard_zeroes()
+            }
+        }
+    };
+}
+
+forward_block_device!(Arc<T>);
+forward_block_device!(Box<T>);
+forward_block_device!(&T);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamp_follows_the_end_of_device_rules() {
+        assert_eq!(clamp_len(100, 0, 10), 10);
+        assert_eq!(clamp_len(100, 95, 10), 5);
+        assert_eq!(clamp_len(100, 100, 10), 0);
+        assert_eq!(clamp_len(100, u64::MAX, 10), 0);
+        assert_eq!(writable_len(false, 100, 100, 1), Err(Errno::ENOSPC));
+        assert_eq!(writable_len(false, 100, 99, 8), Ok(1));
+        assert_eq!(writable_len(true, 100, 0, 1), Err(Errno::EROFS));
+        assert_eq!(writable_len(false, 100, 100, 0), Ok(0));
+    }
+}

@@ -1,0 +1,24 @@
+//! Block devices and partition tables: the bottom layer of the project.
+//!
+//! Every filesystem driver reads and writes through [`BlockDevice`]; the
+//! devices here are an image file or host disk ([`FileDevice`]), a sparse
+//! [`Ramdisk`], and a [`Window`] over another device (a partition). The
+//! [`part`] module reads and writes MBR and GPT tables, and
+//! [`PartitionedDisk`] serves the partitions of a disk and follows re-reads.
+
+pub mod adapters;
+mod device;
+pub mod errno;
+mod file;
+pub mod part;
+mod partx;
+mod ramdisk;
+mod window;
+
+pub use adapters::{DeviceCursor, Ext4Reader};
+pub use device::BlockDevice;
+pub use errno::{Errno, Result};
+pub use file::FileDevice;
+pub use partx::PartitionedDisk;
+pub use ramdisk::{parse_size, Ramdisk, CHUNK_SIZE};
+pub use window::{Revocation, Window};
