@@ -232,7 +232,7 @@ impl PartitionTable {
                 None
             },
             attributes: 0,
-            ebr: spec.logical.then_some(start - 1).filter(|_| !gpt),
+            ebr: None,
         });
         candidate.commit_into(self)?;
         Ok(number)
@@ -418,10 +418,23 @@ mod tests {
                     ..spec("linux", false, Some(4 * 2048))
                 })
                 .unwrap();
-            let p = t.get(n).unwrap();
-            assert_eq!(p.start % 2048, 0);
-            assert!(p.ebr.unwrap() < p.start);
+            assert_eq!(t.get(n).unwrap().start % 2048, 0);
         }
+        // Written and read back, the chain starts at the container and each EBR precedes its partition.
+        let disk = crate::Ramdisk::new(64 * MIB).unwrap();
+        super::super::write(&disk, &t).unwrap();
+        let back = super::super::probe(&disk).unwrap().unwrap();
+        let logicals: Vec<_> = back.partitions.iter().filter(|p| p.number >= 5).collect();
+        assert_eq!(logicals.len(), 3);
+        assert_eq!(logicals[0].ebr, Some(t.get(2).unwrap().start));
+        assert!(logicals.iter().all(|p| p.ebr.unwrap() < p.start));
+        let strip = |t: &PartitionTable| {
+            t.partitions
+                .iter()
+                .map(|p| (p.number, p.start, p.sectors, p.ptype))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&back), strip(&t));
         assert_eq!(t.partitions.iter().filter(|p| p.number >= 5).count(), 3);
         assert!(
             t.delete(2).is_err(),

@@ -230,9 +230,12 @@ fn read_chain(
     Ok(logicals)
 }
 
-/// The sector each logical's EBR goes to, in chain order (= number order):
-/// the one recorded if it is still free, otherwise the first sector after the
-/// nearest logical below (or the container start), as fdisk places them.
+/// The sector each logical's EBR goes to, in chain order (= number order).
+///
+/// The head of the chain is always the container's first sector. Later EBRs
+/// keep their recorded sector while it is still free, otherwise take the first
+/// sector after the nearest logical below (as fdisk places them) or the
+/// sector just before the partition.
 pub(super) fn ebr_positions(table: &PartitionTable) -> Result<Vec<(Partition, u64)>, TableError> {
     let Some(container) = table.extended() else {
         return Ok(Vec::new());
@@ -246,28 +249,29 @@ pub(super) fn ebr_positions(table: &PartitionTable) -> Result<Vec<(Partition, u6
     };
     let mut taken = HashSet::new();
     let mut out = Vec::new();
-    for p in &logicals {
-        let recorded = p.ebr.filter(|&e| {
+    for (i, p) in logicals.iter().enumerate() {
+        let usable = |e: u64| {
             e >= container.start && e < p.start && !inside_a_logical(e) && !taken.contains(&e)
-        });
-        let ebr = match recorded {
-            Some(e) => e,
-            None => {
-                let below = logicals
-                    .iter()
-                    .map(|q| q.end())
-                    .filter(|&end| end <= p.start)
-                    .max()
-                    .unwrap_or(container.start)
-                    .max(container.start);
-                if below >= p.start || taken.contains(&below) {
-                    return Err(TableError::Invalid(format!(
-                        "logical partition {} leaves no free sector for its EBR before sector {}",
-                        p.number, p.start
-                    )));
-                }
-                below
-            }
+        };
+        let ebr = if i == 0 {
+            Some(container.start).filter(|&e| e < p.start)
+        } else {
+            let after_lower = logicals
+                .iter()
+                .map(|q| q.end())
+                .filter(|&end| end <= p.start)
+                .max()
+                .unwrap_or(container.start);
+            p.ebr
+                .into_iter()
+                .chain([after_lower, p.start.saturating_sub(1)])
+                .find(|&e| usable(e))
+        };
+        let Some(ebr) = ebr else {
+            return Err(TableError::Invalid(format!(
+                "logical partition {} leaves no free sector for its EBR before sector {}",
+                p.number, p.start
+            )));
         };
         taken.insert(ebr);
         out.push(((*p).clone(), ebr));
