@@ -360,8 +360,8 @@ fn print_table(table: &PartitionTable, image: &Path) {
         ss
     );
     println!(
-        "{:>4} {:>12} {:>12} {:>10} {:>4}  {:<28} {}",
-        "#", "start", "sectors", "size", "boot", "type", "name"
+        "{:>4} {:>12} {:>12} {:>10} {:>4}  {:<28} name",
+        "#", "start", "sectors", "size", "boot", "type"
     );
     for p in &table.partitions {
         println!(

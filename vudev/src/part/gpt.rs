@@ -269,29 +269,29 @@ pub(super) fn validate(table: &PartitionTable) -> Result<(), TableError> {
     super::check_overlaps(table.partitions.iter())
 }
 
-fn header_sector(
-    ss: u32,
-    my: u64,
-    alternate: u64,
+/// What the primary and backup headers have in common.
+struct HeaderCommon {
+    sector_size: u32,
     usable: (u64, u64),
-    guid: Uuid,
-    entries_lba: u64,
+    disk_guid: Uuid,
     entries: u32,
     array_crc: u32,
-) -> Vec<u8> {
-    let mut h = vec![0u8; ss as usize];
+}
+
+fn header_sector(common: &HeaderCommon, my: u64, alternate: u64, entries_lba: u64) -> Vec<u8> {
+    let mut h = vec![0u8; common.sector_size as usize];
     h[..8].copy_from_slice(SIGNATURE);
     h[8..12].copy_from_slice(&REVISION.to_le_bytes());
     h[12..16].copy_from_slice(&HEADER_SIZE.to_le_bytes());
     h[24..32].copy_from_slice(&my.to_le_bytes());
     h[32..40].copy_from_slice(&alternate.to_le_bytes());
-    h[40..48].copy_from_slice(&usable.0.to_le_bytes());
-    h[48..56].copy_from_slice(&usable.1.to_le_bytes());
-    h[56..72].copy_from_slice(&guid.to_bytes_le());
+    h[40..48].copy_from_slice(&common.usable.0.to_le_bytes());
+    h[48..56].copy_from_slice(&common.usable.1.to_le_bytes());
+    h[56..72].copy_from_slice(&common.disk_guid.to_bytes_le());
     h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
-    h[80..84].copy_from_slice(&entries.to_le_bytes());
+    h[80..84].copy_from_slice(&common.entries.to_le_bytes());
     h[84..88].copy_from_slice(&ENTRY_SIZE.to_le_bytes());
-    h[88..92].copy_from_slice(&array_crc.to_le_bytes());
+    h[88..92].copy_from_slice(&common.array_crc.to_le_bytes());
     let crc = crc32fast::hash(&h[..HEADER_SIZE as usize]);
     h[16..20].copy_from_slice(&crc.to_le_bytes());
     h
@@ -326,29 +326,23 @@ pub(super) fn write(
         }
     }
     let array_crc = crc32fast::hash(&array[..(entries as usize * ENTRY_SIZE as usize)]);
-    let guid = table.disk_guid.unwrap_or_else(Uuid::new_v4);
+    let common = HeaderCommon {
+        sector_size: ss,
+        usable,
+        disk_guid: table.disk_guid.unwrap_or_else(Uuid::new_v4),
+        entries,
+        array_crc,
+    };
     let last = disk_sectors - 1;
     let backup_array_lba = last - array_sectors;
     let ssz = ss as u64;
     dev.write_all_at(&array, backup_array_lba * ssz)?;
     dev.write_all_at(
-        &header_sector(
-            ss,
-            last,
-            1,
-            usable,
-            guid,
-            backup_array_lba,
-            entries,
-            array_crc,
-        ),
+        &header_sector(&common, last, 1, backup_array_lba),
         last * ssz,
     )?;
     dev.write_all_at(&array, 2 * ssz)?;
-    dev.write_all_at(
-        &header_sector(ss, 1, last, usable, guid, 2, entries, array_crc),
-        ssz,
-    )?;
+    dev.write_all_at(&header_sector(&common, 1, last, 2), ssz)?;
     super::mbr::write_protective(dev, table, disk_sectors)?;
     Ok(())
 }

@@ -1,0 +1,163 @@
+//! vuimg from the outside: exit codes, messages, tables checked by sfdisk, and
+//! failed commands leaving the image byte-for-byte unchanged.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn vuimg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vuimg"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = vuimg(args);
+    assert!(
+        out.status.success(),
+        "vuimg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str], code: i32, needle: &str) {
+    let out = vuimg(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "vuimg {args:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "vuimg {args:?}: expected {needle:?} in {stderr:?}"
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn builds_a_card_image_that_sfdisk_agrees_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("card.img");
+    ok(&["create", s(&img), "256M"]);
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 256 << 20);
+    ok(&["part", "new", s(&img), "mbr", "--id", "0xabcdef01"]);
+    assert_eq!(
+        ok(&[
+            "part",
+            "add",
+            s(&img),
+            "fat32",
+            "--size",
+            "64M",
+            "--bootable"
+        ])
+        .trim(),
+        "1"
+    );
+    assert_eq!(ok(&["part", "add", s(&img), "linux"]).trim(), "2");
+    let ours: serde_json::Value =
+        serde_json::from_str(&ok(&["part", "list", s(&img), "--json"])).unwrap();
+    let sfdisk = Command::new("sfdisk")
+        .args(["--json", s(&img)])
+        .output()
+        .unwrap();
+    let theirs: serde_json::Value = serde_json::from_slice(&sfdisk.stdout).unwrap();
+    assert_eq!(ours, theirs, "vuimg --json must equal sfdisk --json");
+}
+
+#[test]
+fn gpt_edits_pass_sgdisk_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("gpt.img");
+    ok(&["create", s(&img), "128M"]);
+    ok(&["part", "new", s(&img), "gpt"]);
+    ok(&[
+        "part",
+        "add",
+        s(&img),
+        "efi",
+        "--size",
+        "32M",
+        "--name",
+        "ESP",
+    ]);
+    ok(&[
+        "part",
+        "add",
+        s(&img),
+        "linux",
+        "--size",
+        "32M",
+        "--name",
+        "root",
+    ]);
+    ok(&["part", "resize", s(&img), "2", "max"]);
+    ok(&[
+        "part",
+        "set",
+        s(&img),
+        "2",
+        "--name",
+        "rootfs",
+        "--bootable",
+    ]);
+    let out = Command::new("sgdisk")
+        .args(["-v", s(&img)])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No problems found"));
+    let list = ok(&["part", "list", s(&img)]);
+    assert!(list.contains("rootfs") && list.contains("efi"), "{list}");
+}
+
+#[test]
+fn failures_exit_1_and_leave_the_image_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    ok(&["create", s(&img), "64M"]);
+    ok(&["part", "new", s(&img), "mbr"]);
+    ok(&["part", "add", s(&img), "linux", "--size", "16M"]);
+    let before = std::fs::read(&img).unwrap();
+    fails(
+        &["part", "add", s(&img), "linux", "--size", "100M"],
+        1,
+        "no free region fits",
+    );
+    fails(
+        &["part", "add", s(&img), "nonsense"],
+        1,
+        "unknown MBR partition type",
+    );
+    fails(
+        &["part", "add", s(&img), "linux", "--name", "x"],
+        1,
+        "no names",
+    );
+    fails(&["part", "resize", s(&img), "1", "1G"], 1, "past the end");
+    fails(&["part", "del", s(&img), "3"], 1, "no partition 3");
+    fails(
+        &["part", "set", s(&img), "1", "--type", "extended"],
+        1,
+        "extended",
+    );
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "a failed command changed the image"
+    );
+    fails(&["create", s(&img), "1M"], 1, "exists");
+    fails(
+        &["part", "list", s(&dir.path().join("absent.img"))],
+        1,
+        "No such file",
+    );
+    let blank = dir.path().join("blank.img");
+    ok(&["create", s(&blank), "1M"]);
+    fails(&["part", "list", s(&blank)], 1, "no partition table");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    fails(&["frobnicate"], 2, "unrecognized subcommand");
+    fails(&["part", "new", "x.img", "apm"], 2, "invalid value");
+}
