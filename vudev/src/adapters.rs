@@ -7,10 +7,18 @@ use crate::errno::Errno;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 /// A cursor over a device: `std::io::{Read, Write, Seek}` with its own position.
-#[derive(Debug)]
 pub struct DeviceCursor<D: BlockDevice> {
     device: D,
     position: u64,
+}
+
+impl<D: BlockDevice> std::fmt::Debug for DeviceCursor<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCursor")
+            .field("size", &self.device.size())
+            .field("position", &self.position)
+            .finish()
+    }
 }
 
 impl<D: BlockDevice> DeviceCursor<D> {

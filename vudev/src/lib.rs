@@ -6,6 +6,8 @@
 //! [`part`] module reads and writes MBR and GPT tables, and
 //! [`PartitionedDisk`] serves the partitions of a disk and follows re-reads.
 
+#![warn(missing_docs)]
+
 pub mod adapters;
 mod device;
 pub mod errno;

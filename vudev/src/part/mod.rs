@@ -130,7 +130,12 @@ pub enum TableError {
     BadExtended(String),
     /// A GPT disk whose primary and backup tables are both unusable.
     #[error("GPT unusable: primary: {primary}; backup: {backup}")]
-    GptCorrupt { primary: String, backup: String },
+    GptCorrupt {
+        /// Why the primary header or entries were rejected.
+        primary: String,
+        /// Why the backup was rejected.
+        backup: String,
+    },
     /// An edit that the table cannot take.
     #[error("{0}")]
     Invalid(String),
