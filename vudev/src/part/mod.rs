@@ -114,9 +114,13 @@ pub enum TableError {
     /// A partition extends past the end of the disk.
     #[error("partition {number} (sectors {start}..{end}) extends past the end of the disk ({disk} sectors)")]
     PastEnd {
+        /// The partition.
         number: u32,
+        /// Its first sector.
         start: u64,
+        /// One past its last sector.
         end: u64,
+        /// Disk size in sectors.
         disk: u64,
     },
     /// Two partitions share sectors.
