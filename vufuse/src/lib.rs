@@ -1,5 +1,14 @@
-//! Filesystem drivers (FAT, ext2/3/4) behind one `FileSystem` trait, and their
-//! front ends (FUSE daemon, VUOS vufuse submodules). The drivers arrive with
-//! issues 3 and 5; this crate currently re-exports the device layer they use.
+//! Filesystem drivers (FAT, ext2/3/4) behind one [`FileSystem`] trait, and
+//! their front ends (FUSE daemon, VUOS vufuse submodules).
 
+#![warn(missing_docs)]
+
+pub mod fat;
+pub mod fs;
+
+pub use fs::{
+    Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
+    SetTime, StatFs,
+};
 pub use vudev;
+pub use vudev::{Errno, Result};
