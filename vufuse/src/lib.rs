@@ -6,6 +6,11 @@
 pub mod fat;
 pub mod fs;
 
+pub mod daemon;
+pub mod devfs;
+pub mod fuse;
+pub mod options;
+
 pub use fs::{
     Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
     SetTime, StatFs,

@@ -1,0 +1,784 @@
+//! The adapter: every fuser request mapped to one [`FileSystem`] call.
+
+use crate::fs::{
+    Attr, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, SetAttr, SetTime, StatFs,
+};
+use fuser::{
+    FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use std::cell::RefCell;
+use std::ffi::OsStr;
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use vudev::Errno;
+
+/// The largest write the kernel may send in one request (and so the largest read it asks for).
+pub const MAX_WRITE: u32 = 1 << 20;
+
+/// Serves any [`FileSystem`] through fuser's [`fuser::Filesystem`] trait.
+///
+/// Holds no state of its own besides the driver, so it is as thread-safe as
+/// the driver is; fuser calls it from several threads at once.
+pub struct FuseAdapter {
+    fs: Arc<dyn FileSystem>,
+    debug: bool,
+    initialized: AtomicBool,
+    destroyed: AtomicBool,
+}
+
+impl FuseAdapter {
+    /// Wraps `fs`; with `debug`, every request and its result go to stderr.
+    pub fn new(fs: Arc<dyn FileSystem>, debug: bool) -> FuseAdapter {
+        FuseAdapter {
+            fs,
+            debug,
+            initialized: AtomicBool::new(false),
+            destroyed: AtomicBool::new(false),
+        }
+    }
+
+    /// Prints `op` and its result when debugging; `describe` runs only then.
+    fn trace<T: Debug>(&self, req: &Request, describe: impl FnOnce() -> String, result: &T) {
+        if self.debug {
+            eprintln!(
+                "[pid {} uid {}] {} -> {:?}",
+                req.pid(),
+                req.uid(),
+                describe(),
+                result
+            );
+        }
+    }
+
+    fn attr_ttl(&self) -> Duration {
+        self.fs.cache_policy().attr_ttl
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, result: Result<Entry, Errno>) {
+        match result {
+            Ok(entry) => {
+                let policy = self.fs.cache_policy();
+                reply.entry_with_ttls(
+                    &policy.attr_ttl,
+                    &policy.entry_ttl,
+                    &to_file_attr(&entry.attr),
+                    Generation(entry.generation),
+                )
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+/// The caller of a request, as the driver sees it.
+fn context(req: &Request, umask: Option<u32>) -> Context {
+    Context {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+        umask,
+    }
+}
+
+/// The one place a driver's errno becomes fuser's.
+fn errno(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.raw())
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn to_file_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(attr.ino.0),
+        size: attr.size,
+        blocks: attr.blocks,
+        atime: attr.atime,
+        mtime: attr.mtime,
+        ctime: attr.ctime,
+        crtime: attr.crtime,
+        kind: file_type(attr.kind),
+        perm: attr.perm,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: attr.rdev,
+        blksize: attr.blksize,
+        flags: 0,
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::SpecificTime(at) => SetTime::At(at),
+        TimeOrNow::Now => SetTime::Now,
+    })
+}
+
+fn fopen_flags(keep_cache: bool, direct_io: bool) -> FopenFlags {
+    let mut flags = FopenFlags::empty();
+    if keep_cache {
+        flags |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    if direct_io {
+        flags |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    flags
+}
+
+/// The xattr protocol: size 0 asks for the length, a too small size is `ERANGE`.
+fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, Errno>) {
+    match result {
+        Ok(value) if size == 0 => match u32::try_from(value.len()) {
+            Ok(len) => reply.size(len),
+            Err(_) => reply.error(fuser::Errno::E2BIG),
+        },
+        Ok(value) if value.len() > size as usize => reply.error(fuser::Errno::ERANGE),
+        Ok(value) => reply.data(&value),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+thread_local! {
+    /// One read buffer per fuser thread, reused: its size is bounded by the
+    /// kernel's largest read (max_pages), so memory stays bounded.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl fuser::Filesystem for FuseAdapter {
+    fn init(&mut self, req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // 1 MiB writes (fuser's default of 16 MiB exceeds what the kernel
+        // takes and what VUOS's vudevfuse can pass in one write).
+        let _ = config.set_max_write(MAX_WRITE);
+        // Lookups in one directory may run in parallel; reads may be async.
+        let wanted = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ASYNC_READ;
+        let offered = config.capabilities() & wanted;
+        let _ = config.add_capabilities(offered);
+        let result = self.fs.init();
+        self.trace(req, || "init".to_string(), &result);
+        if result.is_ok() {
+            self.initialized.store(true, Ordering::Release);
+        }
+        result.map_err(std::io::Error::from)
+    }
+
+    fn destroy(&mut self) {
+        // fuser may call this from the session and again on drop: once is enough,
+        // and a driver that never started has nothing to write back.
+        if self.initialized.load(Ordering::Acquire) && !self.destroyed.swap(true, Ordering::AcqRel)
+        {
+            if self.debug {
+                eprintln!("destroy");
+            }
+            self.fs.destroy();
+        }
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let result = self.fs.lookup(&context(req, None), Ino(parent.0), name);
+        self.trace(req, || format!("lookup({}, {name:?})", parent.0), &result);
+        self.reply_entry(reply, result);
+    }
+
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        self.trace(req, || format!("forget({}, {nlookup})", ino.0), &());
+        self.fs.forget(Ino(ino.0), nlookup);
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let result = self
+            .fs
+            .getattr(&context(req, None), Ino(ino.0), fh.map(|f| Fh(f.0)));
+        self.trace(req, || format!("getattr({}, {fh:?})", ino.0), &result);
+        match result {
+            Ok(attr) => reply.attr(&self.attr_ttl(), &to_file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+            fh: fh.map(|f| Fh(f.0)),
+        };
+        let result = self.fs.setattr(&context(req, None), Ino(ino.0), &set);
+        self.trace(req, || format!("setattr({}, {set:?})", ino.0), &result);
+        match result {
+            Ok(attr) => reply.attr(&self.attr_ttl(), &to_file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let result = self.fs.readlink(&context(req, None), Ino(ino.0));
+        self.trace(req, || format!("readlink({})", ino.0), &result);
+        match result {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = self
+            .fs
+            .mknod(&context(req, Some(umask)), Ino(parent.0), name, mode, rdev);
+        self.trace(
+            req,
+            || format!("mknod({}, {name:?}, {mode:o}, {rdev})", parent.0),
+            &result,
+        );
+        self.reply_entry(reply, result);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = self
+            .fs
+            .mkdir(&context(req, Some(umask)), Ino(parent.0), name, mode);
+        self.trace(
+            req,
+            || format!("mkdir({}, {name:?}, {mode:o})", parent.0),
+            &result,
+        );
+        self.reply_entry(reply, result);
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.fs.unlink(&context(req, None), Ino(parent.0), name);
+        self.trace(req, || format!("unlink({}, {name:?})", parent.0), &result);
+        Self::reply_empty(reply, result);
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.fs.rmdir(&context(req, None), Ino(parent.0), name);
+        self.trace(req, || format!("rmdir({}, {name:?})", parent.0), &result);
+        Self::reply_empty(reply, result);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let result = self
+            .fs
+            .symlink(&context(req, None), Ino(parent.0), link_name, target);
+        self.trace(
+            req,
+            || format!("symlink({}, {link_name:?}, {target:?})", parent.0),
+            &result,
+        );
+        self.reply_entry(reply, result);
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.fs.rename(
+            &context(req, None),
+            Ino(parent.0),
+            name,
+            Ino(newparent.0),
+            newname,
+            flags.bits(),
+        );
+        self.trace(
+            req,
+            || {
+                format!(
+                    "rename({}, {name:?}, {}, {newname:?}, {:#x})",
+                    parent.0,
+                    newparent.0,
+                    flags.bits()
+                )
+            },
+            &result,
+        );
+        Self::reply_empty(reply, result);
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let result = self
+            .fs
+            .link(&context(req, None), Ino(ino.0), Ino(newparent.0), newname);
+        self.trace(
+            req,
+            || format!("link({}, {}, {newname:?})", ino.0, newparent.0),
+            &result,
+        );
+        self.reply_entry(reply, result);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let result = self.fs.open(&context(req, None), Ino(ino.0), flags.0);
+        self.trace(req, || format!("open({}, {:#o})", ino.0, flags.0), &result);
+        match result {
+            Ok(opened) => reply.opened(
+                FileHandle(opened.fh.0),
+                fopen_flags(opened.keep_cache, opened.direct_io),
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        READ_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let size = size as usize;
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            let result = self.fs.read(
+                &context(req, None),
+                Ino(ino.0),
+                Fh(fh.0),
+                offset,
+                &mut buf[..size],
+            );
+            self.trace(
+                req,
+                || format!("read({}, fh {}, {offset}, {size})", ino.0, fh.0),
+                &result,
+            );
+            match result {
+                Ok(n) => reply.data(&buf[..n.min(size)]),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let result = self
+            .fs
+            .write(&context(req, None), Ino(ino.0), Fh(fh.0), offset, data);
+        self.trace(
+            req,
+            || format!("write({}, fh {}, {offset}, {})", ino.0, fh.0, data.len()),
+            &result,
+        );
+        match result {
+            Ok(n) => match u32::try_from(n) {
+                Ok(n) => reply.written(n),
+                Err(_) => reply.error(fuser::Errno::EIO),
+            },
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.fs.flush(&context(req, None), Ino(ino.0), Fh(fh.0));
+        self.trace(req, || format!("flush({}, fh {})", ino.0, fh.0), &result);
+        Self::reply_empty(reply, result);
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.fs.release(&context(req, None), Ino(ino.0), Fh(fh.0));
+        self.trace(req, || format!("release({}, fh {})", ino.0, fh.0), &result);
+        Self::reply_empty(reply, result);
+    }
+
+    fn fsync(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = self
+            .fs
+            .fsync(&context(req, None), Ino(ino.0), Fh(fh.0), datasync);
+        self.trace(
+            req,
+            || format!("fsync({}, fh {}, {datasync})", ino.0, fh.0),
+            &result,
+        );
+        Self::reply_empty(reply, result);
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let result = self.fs.opendir(&context(req, None), Ino(ino.0));
+        self.trace(req, || format!("opendir({})", ino.0), &result);
+        match result {
+            Ok(fh) => reply.opened(FileHandle(fh.0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let mut count = 0usize;
+        // `add` returns true when the entry did not fit: the driver stops
+        // there and the kernel resumes from the last accepted entry's cookie.
+        let mut sink = |entry: DirEntry<'_>| {
+            let full = reply.add(
+                INodeNo(entry.ino.0),
+                entry.next_offset,
+                file_type(entry.kind),
+                entry.name,
+            );
+            if !full {
+                count += 1;
+            }
+            !full
+        };
+        let result = self
+            .fs
+            .readdir(&context(req, None), Ino(ino.0), Fh(fh.0), offset, &mut sink);
+        self.trace(
+            req,
+            || {
+                format!(
+                    "readdir({}, fh {}, {offset}) [{count} entries]",
+                    ino.0, fh.0
+                )
+            },
+            &result,
+        );
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        let result = self
+            .fs
+            .releasedir(&context(req, None), Ino(ino.0), Fh(fh.0));
+        self.trace(
+            req,
+            || format!("releasedir({}, fh {})", ino.0, fh.0),
+            &result,
+        );
+        Self::reply_empty(reply, result);
+    }
+
+    fn fsyncdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = self
+            .fs
+            .fsyncdir(&context(req, None), Ino(ino.0), Fh(fh.0), datasync);
+        self.trace(
+            req,
+            || format!("fsyncdir({}, fh {}, {datasync})", ino.0, fh.0),
+            &result,
+        );
+        Self::reply_empty(reply, result);
+    }
+
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let result = self.fs.statfs(&context(req, None));
+        self.trace(req, || "statfs".to_string(), &result);
+        match result {
+            Ok(StatFs {
+                blocks,
+                blocks_free,
+                blocks_available,
+                files,
+                files_free,
+                block_size,
+                name_max,
+                fragment_size,
+            }) => reply.statfs(
+                blocks,
+                blocks_free,
+                blocks_available,
+                files,
+                files_free,
+                block_size,
+                name_max,
+                fragment_size,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self
+            .fs
+            .setxattr(&context(req, None), Ino(ino.0), name, value, flags);
+        self.trace(
+            req,
+            || {
+                format!(
+                    "setxattr({}, {name:?}, {} bytes, {flags:#x})",
+                    ino.0,
+                    value.len()
+                )
+            },
+            &result,
+        );
+        Self::reply_empty(reply, result);
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let result = self.fs.getxattr(&context(req, None), Ino(ino.0), name);
+        self.trace(
+            req,
+            || format!("getxattr({}, {name:?}, {size})", ino.0),
+            &result.as_ref().map(Vec::len),
+        );
+        reply_xattr(reply, size, result);
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let result = self
+            .fs
+            .listxattr(&context(req, None), Ino(ino.0))
+            .map(|names| {
+                // The protocol's list: each name followed by a NUL.
+                let mut list = Vec::new();
+                for name in names {
+                    list.extend_from_slice(&name);
+                    list.push(0);
+                }
+                list
+            });
+        self.trace(
+            req,
+            || format!("listxattr({}, {size})", ino.0),
+            &result.as_ref().map(Vec::len),
+        );
+        reply_xattr(reply, size, result);
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.fs.removexattr(&context(req, None), Ino(ino.0), name);
+        self.trace(req, || format!("removexattr({}, {name:?})", ino.0), &result);
+        Self::reply_empty(reply, result);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let result = self
+            .fs
+            .create(&context(req, Some(umask)), Ino(parent.0), name, mode, flags);
+        self.trace(
+            req,
+            || format!("create({}, {name:?}, {mode:o}, {flags:#o})", parent.0),
+            &result,
+        );
+        match result {
+            Ok((entry, opened)) => reply.created(
+                &self.fs.cache_policy().entry_ttl,
+                &to_file_attr(&entry.attr),
+                Generation(entry.generation),
+                FileHandle(opened.fh.0),
+                fopen_flags(opened.keep_cache, opened.direct_io),
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_convert_field_by_field() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let attr = Attr {
+            ino: Ino(42),
+            size: 12345,
+            blocks: 25,
+            atime: t,
+            mtime: t + Duration::from_secs(1),
+            ctime: t + Duration::from_secs(2),
+            crtime: t + Duration::from_secs(3),
+            kind: FileKind::Symlink,
+            perm: 0o751,
+            nlink: 3,
+            uid: 1000,
+            gid: 100,
+            rdev: 0x0801,
+            blksize: 4096,
+        };
+        let f = to_file_attr(&attr);
+        assert_eq!(f.ino, INodeNo(42));
+        assert_eq!((f.size, f.blocks, f.perm, f.nlink), (12345, 25, 0o751, 3));
+        assert_eq!((f.uid, f.gid, f.rdev, f.blksize), (1000, 100, 0x0801, 4096));
+        assert_eq!(f.kind, FileType::Symlink);
+        assert_eq!(f.mtime, attr.mtime);
+        assert_eq!(f.crtime, attr.crtime);
+    }
+
+    #[test]
+    fn errno_values_cross_unchanged() {
+        assert_eq!(errno(Errno::EROFS).code(), libc::EROFS);
+        assert_eq!(errno(Errno::ENOSPC).code(), libc::ENOSPC);
+        assert_eq!(errno(Errno::from_raw(0)).code(), libc::EIO);
+    }
+
+    #[test]
+    fn open_flags_follow_the_driver() {
+        assert_eq!(fopen_flags(false, false), FopenFlags::empty());
+        assert_eq!(fopen_flags(true, false), FopenFlags::FOPEN_KEEP_CACHE);
+        assert_eq!(fopen_flags(false, true), FopenFlags::FOPEN_DIRECT_IO);
+    }
+
+    #[test]
+    fn every_kind_maps() {
+        for (kind, ty) in [
+            (FileKind::File, FileType::RegularFile),
+            (FileKind::Dir, FileType::Directory),
+            (FileKind::Symlink, FileType::Symlink),
+            (FileKind::CharDevice, FileType::CharDevice),
+            (FileKind::BlockDevice, FileType::BlockDevice),
+            (FileKind::Fifo, FileType::NamedPipe),
+            (FileKind::Socket, FileType::Socket),
+        ] {
+            assert_eq!(file_type(kind), ty);
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The kernel FUSE front end: serves any [`FileSystem`](crate::FileSystem)
+//! through the `fuser` crate (pure-Rust mount, no libfuse).
+//!
+//! [`FuseAdapter`] maps each request to one trait call and each
+//! [`Errno`](crate::Errno) to the reply; [`session_config`] turns the shared
+//! [`MountOptions`] into what fuser passes to the kernel; [`KernelCache`]
+//! lets a driver drop what the kernel cached when the data changed behind it.
+
+mod adapter;
+
+pub use adapter::{FuseAdapter, MAX_WRITE};
+
+use crate::fs::Ino;
+use crate::options::MountOptions;
+use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
+use std::ffi::OsStr;
+
+/// fuser threads serving requests (2: one request may block on I/O while another proceeds).
+pub const SERVING_THREADS: usize = 2;
+
+/// The fuser configuration for a mount with `options`.
+///
+/// `fsname` is the mount source shown in /proc/mounts when the options do
+/// not name one; `subtype` makes the type show as `fuse.SUBTYPE`. Neither
+/// AutoUnmount (it execs fusermount) nor clone_fd (it breaks under umvu) is used.
+pub fn session_config(options: &MountOptions, fsname: &str, subtype: &str) -> Config {
+    let mut mount_options = vec![MountOption::FSName(
+        options.fsname.clone().unwrap_or_else(|| fsname.to_string()),
+    )];
+    // fuser hands its Subtype only to fusermount; the kernel's own mount(2)
+    // parser takes `subtype=` directly, and fusermount passes it on too.
+    let subtype = options.subtype.as_deref().unwrap_or(subtype);
+    if !subtype.is_empty() {
+        mount_options.push(MountOption::CUSTOM(format!("subtype={subtype}")));
+    }
+    if options.read_only {
+        mount_options.push(MountOption::RO);
+    }
+    if options.default_permissions {
+        mount_options.push(MountOption::DefaultPermissions);
+    }
+    let kernel = &options.kernel;
+    let pairs = [
+        (kernel.nosuid, MountOption::NoSuid, MountOption::Suid),
+        (kernel.nodev, MountOption::NoDev, MountOption::Dev),
+        (kernel.noexec, MountOption::NoExec, MountOption::Exec),
+        (kernel.noatime, MountOption::NoAtime, MountOption::Atime),
+        (kernel.sync, MountOption::Sync, MountOption::Async),
+    ];
+    for (flag, on, off) in pairs {
+        match flag {
+            Some(true) => mount_options.push(on),
+            Some(false) => mount_options.push(off),
+            None => {}
+        }
+    }
+    if kernel.dirsync {
+        mount_options.push(MountOption::DirSync);
+    }
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = if options.allow_other {
+        SessionACL::All
+    } else if options.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(SERVING_THREADS);
+    config.clone_fd = false;
+    config
+}
+
+/// Drops what the kernel cached about names and inodes of one mount, for
+/// drivers whose data changes behind the kernel's back (a partition table
+/// rewritten through the whole-disk file).
+#[derive(Debug)]
+pub struct KernelCache {
+    notifier: Notifier,
+}
+
+impl KernelCache {
+    /// Wraps the notifier of a live session.
+    pub fn new(notifier: Notifier) -> KernelCache {
+        KernelCache { notifier }
+    }
+
+    /// Forgets the cached lookup of `name` in `parent`. Errors (the entry was
+    /// not cached, the mount is gone) are harmless and ignored.
+    pub fn invalidate_entry(&self, parent: Ino, name: &OsStr) {
+        let _ = self.notifier.inval_entry(INodeNo(parent.0), name);
+    }
+
+    /// Forgets the cached attributes and data of `ino`.
+    pub fn invalidate_inode(&self, ino: Ino) {
+        let _ = self.notifier.inval_inode(INodeNo(ino.0), 0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::WritePolicy;
+
+    fn config(text: &str) -> Config {
+        let opts = MountOptions::parse(text, WritePolicy::ReadOnlyUnlessForced).unwrap();
+        session_config(&opts, "/img", "fusefatfs")
+    }
+
+    #[test]
+    fn read_only_name_and_type_reach_the_kernel() {
+        let c = config("");
+        assert!(c.mount_options.contains(&MountOption::RO));
+        assert!(c
+            .mount_options
+            .contains(&MountOption::FSName("/img".into())));
+        assert!(c
+            .mount_options
+            .contains(&MountOption::CUSTOM("subtype=fusefatfs".into())));
+        assert_eq!(c.n_threads, Some(2));
+        assert!(!c.clone_fd);
+        assert!(!c.mount_options.contains(&MountOption::AutoUnmount));
+        assert_eq!(c.acl, SessionACL::Owner);
+        let c = config("rw+,fsname=card,subtype=x,default_permissions,allow_other");
+        assert!(!c.mount_options.contains(&MountOption::RO));
+        assert!(c
+            .mount_options
+            .contains(&MountOption::FSName("card".into())));
+        assert!(c
+            .mount_options
+            .contains(&MountOption::CUSTOM("subtype=x".into())));
+        assert!(c.mount_options.contains(&MountOption::DefaultPermissions));
+        assert_eq!(c.acl, SessionACL::All);
+        assert_eq!(config("allow_root").acl, SessionACL::RootAndOwner);
+    }
+
+    #[test]
+    fn kernel_flags_pass_through() {
+        let c = config("nosuid,dev,noexec,atime,sync,dirsync");
+        for o in [
+            MountOption::NoSuid,
+            MountOption::Dev,
+            MountOption::NoExec,
+            MountOption::Atime,
+            MountOption::Sync,
+            MountOption::DirSync,
+        ] {
+            assert!(c.mount_options.contains(&o), "{o:?} missing");
+        }
+        assert!(!c.mount_options.contains(&MountOption::Suid));
+    }
+}
