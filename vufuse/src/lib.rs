@@ -5,6 +5,7 @@
 
 pub mod fat;
 pub mod fs;
+pub mod resolver;
 
 pub mod daemon;
 pub mod devfs;

@@ -630,3 +630,65 @@ fn a_directory_cluster_outside_the_volume_gives_eio() {
         .ino;
     assert!(fs.opendir(&c, healthy).is_ok());
 }
+
+#[test]
+fn inode_numbers_stay_stable_for_the_life_of_the_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), "ino.img", 32, 16);
+    let fs = mount(&img, false);
+    let c = ctx();
+    let lookup = |name: &str| {
+        let e = fs.lookup(&c, Ino::ROOT, OsStr::new(name)).unwrap();
+        fs.forget(e.attr.ino, 1);
+        e.attr.ino
+    };
+    let a = create_file(&fs, Ino::ROOT, "first.txt", b"1");
+    fs.forget(a, 1);
+    assert_eq!(
+        lookup("first.txt"),
+        a,
+        "same number after the kernel forgot it"
+    );
+    fs.rename(
+        &c,
+        Ino::ROOT,
+        OsStr::new("first.txt"),
+        Ino::ROOT,
+        OsStr::new("renamed.txt"),
+        0,
+    )
+    .unwrap();
+    assert_eq!(lookup("renamed.txt"), a, "a rename keeps the number");
+    // A new file may reuse the freed slots: it must not reuse the number.
+    let b = create_file(&fs, Ino::ROOT, "first.txt", b"2");
+    fs.forget(b, 1);
+    assert_ne!(b, a);
+    fs.rename(
+        &c,
+        Ino::ROOT,
+        OsStr::new("first.txt"),
+        Ino::ROOT,
+        OsStr::new("renamed.txt"),
+        vufuse::fs::RENAME_EXCHANGE,
+    )
+    .unwrap();
+    assert_eq!(
+        lookup("renamed.txt"),
+        b,
+        "exchange swaps the numbers with the files"
+    );
+    assert_eq!(lookup("first.txt"), a);
+    let mut seen = std::collections::HashSet::new();
+    fs.readdir(&c, Ino::ROOT, vufuse::Fh(0), 2, &mut |e| {
+        assert!(seen.insert(e.ino), "readdir reports each number once");
+        true
+    })
+    .unwrap();
+    assert!(
+        seen.contains(&a) && seen.contains(&b),
+        "readdir agrees with lookup"
+    );
+    fs.destroy();
+    drop(fs);
+    fsck_clean(&img);
+}

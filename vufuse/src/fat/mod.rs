@@ -167,7 +167,12 @@ struct State {
     fat: Fat,
     dirs: HashMap<DirId, DirIndex>,
     nodes: HashMap<Ino, Node>,
-    by_loc: HashMap<Location, Ino>,
+    /// Locations whose inode is not the one derived from them (moved
+    /// entries, or slots whose derived number was taken): kept for the life
+    /// of the mount so numbers never change; grows only with renames.
+    assigned: HashMap<Location, Ino>,
+    /// Reverse of `assigned`.
+    owners: HashMap<Ino, Location>,
     next_spare_ino: u64,
     dirty_flag_set: bool,
 }
@@ -235,7 +240,8 @@ impl FatFs {
                 fat,
                 dirs: HashMap::new(),
                 nodes: HashMap::new(),
-                by_loc: HashMap::new(),
+                assigned: HashMap::new(),
+                owners: HashMap::new(),
                 next_spare_ino: SPARE_INO_BASE,
                 dirty_flag_set: false,
             }),
@@ -431,31 +437,64 @@ impl FatFs {
         Ok(self.attr_of(ino, &entry))
     }
 
-    /// The inode of the entry at `loc`, creating its node (no lookup counted).
-    fn intern(&self, st: &mut State, loc: Location, entry: &ShortEntry) -> Ino {
-        if let Some(&ino) = st.by_loc.get(&loc) {
+    /// The inode number of the entry at `loc`: derived from the location
+    /// unless an override says otherwise or the derived number is taken.
+    fn ino_at(st: &mut State, loc: Location) -> Ino {
+        if let Some(&ino) = st.assigned.get(&loc) {
             return ino;
         }
-        let mut ino = loc.ino();
-        if st.nodes.contains_key(&ino) {
-            // A moved node kept this number: use a spare one.
-            ino = Ino(st.next_spare_ino);
-            st.next_spare_ino += 1;
+        let derived = loc.ino();
+        let taken = st.owners.contains_key(&derived)
+            || st.nodes.get(&derived).is_some_and(|n| n.loc != Some(loc));
+        if !taken {
+            return derived;
         }
+        let spare = Ino(st.next_spare_ino);
+        st.next_spare_ino += 1;
+        st.assigned.insert(loc, spare);
+        st.owners.insert(spare, loc);
+        spare
+    }
+
+    /// The entry at `from` now lives at `to`: its inode number goes with it.
+    fn move_ino(st: &mut State, from: Location, to: Location) -> Ino {
+        let ino = Self::ino_at(st, from);
+        if st.assigned.remove(&from).is_some() {
+            st.owners.remove(&ino);
+        }
+        if let Some(stale) = st.assigned.remove(&to) {
+            st.owners.remove(&stale);
+        }
+        if ino != to.ino() {
+            st.assigned.insert(to, ino);
+            st.owners.insert(ino, to);
+        }
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            node.loc = Some(to);
+        }
+        ino
+    }
+
+    /// The entry at `loc` is gone: forget any override it had.
+    fn drop_ino(st: &mut State, loc: Location) {
+        if let Some(ino) = st.assigned.remove(&loc) {
+            st.owners.remove(&ino);
+        }
+    }
+
+    /// The inode of the entry at `loc`, creating its node (no lookup counted).
+    fn intern(&self, st: &mut State, loc: Location, entry: &ShortEntry) -> Ino {
+        let ino = Self::ino_at(st, loc);
         // A directory entry without a cluster is corrupt: it gets no contents.
         let dir = (entry.is_dir() && entry.cluster != 0).then_some(entry.cluster);
-        st.nodes.insert(
-            ino,
-            Node {
-                loc: Some(loc),
-                dir,
-                lookups: 0,
-                opens: 0,
-                orphan: None,
-                extents: None,
-            },
-        );
-        st.by_loc.insert(loc, ino);
+        st.nodes.entry(ino).or_insert(Node {
+            loc: Some(loc),
+            dir,
+            lookups: 0,
+            opens: 0,
+            orphan: None,
+            extents: None,
+        });
         ino
     }
 
@@ -482,11 +521,7 @@ impl FatFs {
             });
             node.extents = None;
         }
-        let node = st.nodes.get(&ino).expect("present");
-        if node.lookups == 0 {
-            if let Some(loc) = node.loc {
-                st.by_loc.remove(&loc);
-            }
+        if st.nodes.get(&ino).expect("present").lookups == 0 {
             st.nodes.remove(&ino);
         }
         Ok(())
@@ -773,7 +808,8 @@ impl FatFs {
             }
         }
         self.remove_entry(st, loc)?;
-        let ino = st.by_loc.remove(&loc);
+        let ino = Some(Self::ino_at(st, loc)).filter(|i| st.nodes.contains_key(i));
+        Self::drop_ino(st, loc);
         let in_use = ino
             .and_then(|i| st.nodes.get(&i))
             .is_some_and(|n| n.opens > 0);
@@ -882,12 +918,17 @@ impl FatFs {
             };
             self.write_entry(st, src_loc, keep_name(&dst.entry, &src.entry))?;
             self.write_entry(st, dst_loc, keep_name(&src.entry, &dst.entry))?;
-            let a = st.by_loc.remove(&src_loc);
-            let b = st.by_loc.remove(&dst_loc);
+            let a = Self::ino_at(st, src_loc);
+            let b = Self::ino_at(st, dst_loc);
+            Self::drop_ino(st, src_loc);
+            Self::drop_ino(st, dst_loc);
             for (ino, loc) in [(a, dst_loc), (b, src_loc)] {
-                if let Some(ino) = ino {
-                    st.by_loc.insert(loc, ino);
-                    st.nodes.get_mut(&ino).expect("mapped").loc = Some(loc);
+                if ino != loc.ino() {
+                    st.assigned.insert(loc, ino);
+                    st.owners.insert(ino, loc);
+                }
+                if let Some(node) = st.nodes.get_mut(&ino) {
+                    node.loc = Some(loc);
                 }
             }
             if src.entry.is_dir() && src_dir != dst_dir {
@@ -927,17 +968,11 @@ impl FatFs {
             Err(e) => {
                 // Put the source back so nothing is lost.
                 let back = self.add_entry(st, src_dir, &src.name, src.entry.clone())?;
-                if let Some(ino) = st.by_loc.remove(&src_loc) {
-                    st.by_loc.insert(back, ino);
-                    st.nodes.get_mut(&ino).expect("mapped").loc = Some(back);
-                }
+                Self::move_ino(st, src_loc, back);
                 return Err(e);
             }
         };
-        if let Some(ino) = st.by_loc.remove(&src_loc) {
-            st.by_loc.insert(new_loc, ino);
-            st.nodes.get_mut(&ino).expect("mapped").loc = Some(new_loc);
-        }
+        Self::move_ino(st, src_loc, new_loc);
         if src.entry.is_dir() && src_dir != dst_dir {
             self.set_dotdot(st, src.entry.cluster, dst_dir)?;
         }
@@ -1335,7 +1370,7 @@ impl FileSystem for FatFs {
             .collect();
         for (slot, name, is_dir) in listed {
             let loc = Location { dir: dir_id, slot };
-            let entry_ino = st.by_loc.get(&loc).copied().unwrap_or_else(|| loc.ino());
+            let entry_ino = Self::ino_at(&mut st, loc);
             let kind = if is_dir {
                 FileKind::Dir
             } else {
