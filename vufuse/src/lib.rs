@@ -6,6 +6,7 @@
 pub mod fat;
 pub mod fs;
 pub mod resolver;
+pub mod source;
 
 pub mod daemon;
 pub mod devfs;

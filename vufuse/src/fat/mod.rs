@@ -200,6 +200,12 @@ fn io_context(e: Errno) -> MountError {
     }
 }
 
+/// True if `dev` starts with a FAT boot sector this driver accepts.
+pub fn looks_like_fat(dev: &dyn BlockDevice) -> bool {
+    let mut sector = [0u8; 512];
+    dev.read_exact_at(&mut sector, 0).is_ok() && bpb::parse(&sector, dev.size()).is_ok()
+}
+
 impl FatFs {
     /// Mounts the FAT volume on `dev`. Read-write needs `opts.read_only == false`
     /// and a writable device.

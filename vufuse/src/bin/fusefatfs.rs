@@ -1,0 +1,44 @@
+//! `fusefatfs [-o OPTS] IMAGE MOUNTPOINT`: a FAT12/16/32 filesystem from an
+//! image file, a partition of a disk image (`-o part=N`) or a device, through
+//! the kernel's FUSE. Option-compatible with the C fusefatfs: read-only
+//! unless `-o rw+` (or `-o rw,force`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
+use vufuse::fat::{FatFs, FatOptions};
+use vufuse::options::WritePolicy;
+use vufuse::source::open_source;
+use vufuse::Context;
+
+const SPEC: DaemonSpec = DaemonSpec {
+    name: "fusefatfs",
+    about: "Mounts a FAT12/16/32 filesystem from IMAGE (an image file, a whole disk image \
+            with a partition table, or a device). READ-ONLY unless -o rw+ (or -o rw,force) \
+            is given.",
+    source: SourceArg::Required("IMAGE"),
+    mountpoint: MountpointKind::Directory,
+    write_policy: WritePolicy::ReadOnlyUnlessForced,
+    extra_options: "  part=N                   partition N of a partitioned image (Linux numbering;\n                           default: the only FAT partition)\n  codepage=N               accepted for compatibility (names are stored as long names)\n",
+};
+
+fn main() -> ExitCode {
+    daemon::main(&SPEC, |invocation| {
+        let options = &invocation.options;
+        let source = invocation.source.as_deref().ok_or("no IMAGE given")?;
+        let device = open_source(source, options.partition, options.read_only, "FAT", |dev| {
+            vufuse::fat::looks_like_fat(dev)
+        })?;
+        let me = Context::current();
+        let fat_options = FatOptions {
+            read_only: options.read_only,
+            uid: options.uid.unwrap_or(me.uid),
+            gid: options.gid.unwrap_or(me.gid),
+            dmask: options.dmask.or(options.umask).unwrap_or(0o022),
+            fmask: options.fmask.or(options.umask).unwrap_or(0o022),
+        };
+        let fs =
+            FatFs::open(device, fat_options).map_err(|e| format!("{}: {e}", source.display()))?;
+        Ok(Served::new(Arc::new(fs)))
+    })
+}

@@ -1,0 +1,397 @@
+//! `fusefatfs` through the real kernel FUSE, checked with diff, fsck.fat and mtools.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fusefatfs");
+
+fn sh(script: &str) -> String {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let dir = dir.canonicalize().unwrap();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(dir.to_str().unwrap()))
+}
+
+/// A mount made by the daemon; unmounted (lazily if needed) when dropped.
+struct Mounted {
+    dir: PathBuf,
+}
+
+impl Mounted {
+    /// Runs `fusefatfs ARGS IMAGE DIR` (daemonizing) and waits for the mount.
+    fn new(image: &Path, dir: &Path, options: &[&str]) -> Mounted {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = run_daemon(image, dir, options);
+        assert!(
+            out.status.success(),
+            "fusefatfs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            is_mounted(dir),
+            "the parent returned before the mount was live"
+        );
+        Mounted {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Unmounts and waits until the daemon is gone (it flushes first).
+    fn unmount(self) {
+        let dir = self.dir.clone();
+        std::mem::forget(self);
+        let out = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fusermount3 -u: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for_daemon_exit(&dir);
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+fn run_daemon(image: &Path, dir: &Path, options: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    for o in options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.arg(image).arg(dir).output().unwrap()
+}
+
+/// The daemon writes the volume back after the kernel unmounts: wait until
+/// no fusefatfs process serves this directory any more.
+fn wait_for_daemon_exit(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let needle = dir.to_str().unwrap().to_string();
+    while Instant::now() < deadline {
+        let busy = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            std::fs::read(p.path().join("cmdline"))
+                .map(|c| {
+                    let text = String::from_utf8_lossy(&c).replace('\0', " ");
+                    text.contains("fusefatfs") && text.contains(&needle)
+                })
+                .unwrap_or(false)
+        });
+        if !busy {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("fusefatfs for {} did not exit after unmount", dir.display());
+}
+
+fn fsck_clean(image: &str) {
+    let out = Command::new("fsck.fat")
+        .args(["-n", image])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fsck.fat -n {image}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sample_tree(root: &Path, big_mib: usize) {
+    sh(&format!(
+        "set -e; cd '{r}'; mkdir -p 'Long Directory Name/nested/deeper' empty_dir; \
+         echo hello > README.TXT; echo lower > lower.txt; echo mixed > MixedCase.Txt; : > empty; \
+         : > 'Long Directory Name/empty file.bin'; \
+         printf 'unicode\\n' > 'Long Directory Name/nested/ünïcödé ñame.txt'; \
+         for i in $(seq 1 30); do echo $i > \"Long Directory Name/nested/deeper/file $i.dat\"; done; \
+         head -c {big}M /dev/urandom > 'Long Directory Name/big.bin'",
+        r = root.display(),
+        big = big_mib
+    ));
+}
+
+#[test]
+fn mounted_tree_equals_the_mcopy_source_on_fat12_16_32() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (bits, mib, big) in [(12, 8, 2), (16, 64, 20), (32, 256, 100)] {
+        let tree = src.join(format!("t{bits}"));
+        std::fs::create_dir_all(&tree).unwrap();
+        sample_tree(&tree, big);
+        let img = dir.path().join(format!("fat{bits}.img"));
+        sh(&format!(
+            "truncate -s {mib}M '{0}' && mkfs.fat -F {bits} '{0}' >/dev/null && cd '{1}' && mcopy -s -i '{0}' ./* ::/",
+            img.display(),
+            tree.display()
+        ));
+        let mnt = dir.path().join(format!("mnt{bits}"));
+        let m = Mounted::new(&img, &mnt, &[]);
+        sh(&format!("diff -r '{}' '{}'", tree.display(), mnt.display()));
+        // Case-insensitive lookup that preserves case.
+        assert_eq!(
+            std::fs::read_to_string(mnt.join("mixedcase.txt")).unwrap(),
+            "mixed\n"
+        );
+        let listing = sh(&format!("ls '{}'", mnt.display()));
+        assert!(listing.contains("MixedCase.Txt"), "{listing}");
+        m.unmount();
+    }
+}
+
+#[test]
+fn writes_through_the_mount_pass_fsck_and_mtools_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    sample_tree(&tree, 3);
+    let img = dir.path().join("rw.img");
+    sh(&format!(
+        "truncate -s 64M '{0}' && mkfs.fat -F 32 -n RWTEST '{0}' >/dev/null",
+        img.display()
+    ));
+    let mnt = dir.path().join("mnt");
+    let model = dir.path().join("model");
+    let m = Mounted::new(&img, &mnt, &["rw+"]);
+    // The same operations on the mount and on a plain directory (the model).
+    for root in [&mnt, &model] {
+        sh(&format!(
+            "set -e; mkdir -p '{r}'; cd '{r}'; cp -r '{t}/.' .; \
+             printf 'PATCH' | dd of='Long Directory Name/big.bin' bs=1 seek=1000 conv=notrunc status=none; \
+             truncate -s 100 'Long Directory Name/nested/deeper/file 7.dat'; \
+             truncate -s 5000 lower.txt; \
+             mv 'Long Directory Name/nested/deeper/file 8.dat' 'moved to top.dat'; \
+             mv 'Long Directory Name/nested' 'Renamed Nested'; \
+             rm 'Renamed Nested/deeper/file 9.dat'; rmdir empty_dir; \
+             echo appended >> README.TXT",
+            r = root.display(),
+            t = tree.display()
+        ));
+    }
+    sh(&format!(
+        "diff -r '{}' '{}'",
+        model.display(),
+        mnt.display()
+    ));
+    m.unmount();
+    fsck_clean(img.to_str().unwrap());
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    sh(&format!(
+        "mcopy -s -n -i '{}' ::/ '{}/'",
+        img.display(),
+        out.display()
+    ));
+    sh(&format!(
+        "diff -r '{}' '{}'",
+        model.display(),
+        out.display()
+    ));
+}
+
+#[test]
+fn read_only_by_default_refuses_writes_and_keeps_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("ro.img");
+    sh(&format!("truncate -s 16M '{0}' && mkfs.fat '{0}' >/dev/null && echo x | mcopy -i '{0}' - ::/file.txt", img.display()));
+    let before = std::fs::read(&img).unwrap();
+    let mnt = dir.path().join("mnt");
+    // Plain `rw` without `force` stays read-only too, as in the C fusefatfs.
+    for options in [&[][..], &["rw"][..]] {
+        let m = Mounted::new(&img, &mnt, options);
+        for attempt in [
+            std::fs::write(mnt.join("new.txt"), "x").err(),
+            std::fs::create_dir(mnt.join("d")).err(),
+            std::fs::remove_file(mnt.join("file.txt")).err(),
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(mnt.join("file.txt"))
+                .err(),
+            std::fs::rename(mnt.join("file.txt"), mnt.join("f2.txt")).err(),
+        ] {
+            let e = attempt.expect("a write on a read-only mount succeeded");
+            assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+        }
+        m.unmount();
+    }
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "a read-only mount changed the image"
+    );
+}
+
+#[test]
+fn partitions_are_chosen_by_number_or_by_content_and_a_full_one_gives_enospc() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    sh(&format!(
+        "truncate -s 64M '{0}' && printf 'label: dos\\n,16M,83\\n,8M,c\\n,,83\\n' | sfdisk -q '{0}'",
+        img.display()
+    ));
+    let json: serde_json::Value =
+        serde_json::from_str(&sh(&format!("sfdisk --json '{}'", img.display()))).unwrap();
+    let p2 = &json["partitiontable"]["partitions"][1];
+    let (start, size) = (p2["start"].as_u64().unwrap(), p2["size"].as_u64().unwrap());
+    // Format partition 2 in place, through mtools' offset syntax.
+    let part = dir.path().join("p2.img");
+    sh(&format!(
+        "truncate -s {} '{}' && mkfs.fat -n PARTTWO '{}' >/dev/null",
+        size * 512,
+        part.display(),
+        part.display()
+    ));
+    sh(&format!(
+        "dd if='{}' of='{}' bs=512 seek={start} conv=notrunc status=none",
+        part.display(),
+        img.display()
+    ));
+
+    let mnt = dir.path().join("mnt");
+    // No part=: the only FAT partition is taken.
+    let m = Mounted::new(&img, &mnt, &["rw+"]);
+    let err = sh(&format!(
+        "dd if=/dev/zero of='{}/fill' bs=64k 2>&1 || true",
+        mnt.display()
+    ));
+    assert!(err.contains("No space left on device"), "{err}");
+    sh(&format!(
+        "echo more > '{}/small' 2>/dev/null || true",
+        mnt.display()
+    ));
+    m.unmount();
+    sh(&format!(
+        "dd if='{}' of='{}' bs=512 skip={start} count={size} status=none",
+        img.display(),
+        part.display()
+    ));
+    fsck_clean(part.to_str().unwrap());
+
+    // part=3 holds no FAT filesystem; part=9 does not exist: clear errors, exit 1.
+    for (option, needle) in [("part=3", "boot sector"), ("part=9", "no partition 9")] {
+        let out = run_daemon(&img, &mnt, &[option]);
+        assert_eq!(out.status.code(), Some(1), "{option}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{option}: {stderr}");
+        assert!(!is_mounted(&mnt));
+    }
+    let m = Mounted::new(&img, &mnt, &["part=2"]);
+    assert!(mnt.join("fill").exists());
+    m.unmount();
+}
+
+#[test]
+fn bad_images_fail_at_mount_or_with_eio_and_the_daemon_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let img = dir.path().join("good.img");
+    sh(&format!(
+        "truncate -s 16M '{0}' && mkfs.fat -F 16 '{0}' >/dev/null",
+        img.display()
+    ));
+    // Truncated image and zeroed boot sector: refused at mount with a message.
+    let truncated = dir.path().join("truncated.img");
+    sh(&format!(
+        "cp '{}' '{1}' && truncate -s 1M '{1}'",
+        img.display(),
+        truncated.display()
+    ));
+    let zeroed = dir.path().join("zeroed.img");
+    sh(&format!(
+        "cp '{}' '{1}' && dd if=/dev/zero of='{1}' bs=512 count=1 conv=notrunc status=none",
+        img.display(),
+        zeroed.display()
+    ));
+    for (bad, needle) in [(&truncated, "truncated"), (&zeroed, "FAT")] {
+        let out = run_daemon(bad, &mnt, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(!is_mounted(&mnt));
+    }
+    // A FAT loop in one file: EIO for it, the rest still served.
+    sh(&format!(
+        "head -c 20000 /dev/urandom > '{d}/victim' && echo fine > '{d}/ok' && mcopy -i '{i}' '{d}/victim' ::/victim && mcopy -i '{i}' '{d}/ok' ::/ok",
+        d = dir.path().display(),
+        i = img.display()
+    ));
+    // victim starts at cluster 2 of this FAT16 volume: make cluster 3 point back at 2.
+    let boot = std::fs::read(&img).unwrap();
+    let reserved = u16::from_le_bytes([boot[14], boot[15]]) as u64;
+    let fat_offset = reserved * 512;
+    sh(&format!(
+        "printf '\\002\\000' | dd of='{}' bs=1 seek={} conv=notrunc status=none",
+        img.display(),
+        fat_offset + 6
+    ));
+    let m = Mounted::new(&img, &mnt, &[]);
+    let err = std::fs::read(mnt.join("victim")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(std::fs::read_to_string(mnt.join("ok")).unwrap(), "fine\n");
+    m.unmount();
+}
+
+#[test]
+fn mount_dot_fuse3_argument_order_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fstab.img");
+    sh(&format!("truncate -s 16M '{0}' && mkfs.fat '{0}' >/dev/null && echo via-mount | mcopy -i '{0}' - ::/hello.txt", img.display()));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    // `mount -t fuse.fusefatfs IMAGE DIR -o OPTS` and /etc/fstab run mount.fuse3,
+    // which runs "fusefatfs IMAGE DIR -o OPTS" from PATH; call it the same way.
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("mount.fuse3")
+        .env("PATH", path)
+        .arg(&img)
+        .arg(&mnt)
+        .args(["-t", "fusefatfs", "-o", "ro,allow_other"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount.fuse3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted { dir: mnt.clone() };
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("hello.txt")).unwrap(),
+        "via-mount\n"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(mnt.to_str().unwrap()) && l.contains("fuse.fusefatfs")),
+        "{mounts}"
+    );
+    m.unmount();
+}
