@@ -530,10 +530,12 @@ where
                         mountpoint.display()
                     );
                 }
-                if let Err(e) = unmount(&mountpoint) {
-                    if verbose {
-                        eprintln!("{name}: {e}");
-                    }
+                match unmount(&mountpoint) {
+                    Ok(Unmounted::Detached) if verbose => eprintln!(
+                        "{name}: files are still open: detached; serving them until they are closed"
+                    ),
+                    Err(e) if verbose => eprintln!("{name}: {e}"),
+                    _ => {}
                 }
             }
         })
@@ -546,15 +548,27 @@ where
         .map_err(|e| DaemonError::Failed(format!("serving the mount failed: {e}")))
 }
 
+/// How [`unmount`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmounted {
+    /// The mount is gone.
+    Done,
+    /// Files were open: the mount left the namespace at once and the session
+    /// ends when the last of them is closed.
+    Detached,
+    /// Nothing was mounted there any more.
+    AlreadyGone,
+}
+
 /// Unmounts `mountpoint`: plainly, lazily if it is busy, through fusermount3
 /// when not privileged. The session then ends and the driver is destroyed.
-pub fn unmount(mountpoint: &Path) -> Result<(), String> {
+pub fn unmount(mountpoint: &Path) -> Result<Unmounted, String> {
     use rustix::mount::UnmountFlags;
     match rustix::mount::unmount(mountpoint, UnmountFlags::empty()) {
-        Ok(()) => Ok(()),
-        // Not mounted any more: someone else unmounted it already.
-        Err(rustix::io::Errno::INVAL) => Ok(()),
+        Ok(()) => Ok(Unmounted::Done),
+        Err(rustix::io::Errno::INVAL) => Ok(Unmounted::AlreadyGone),
         Err(rustix::io::Errno::BUSY) => rustix::mount::unmount(mountpoint, UnmountFlags::DETACH)
+            .map(|()| Unmounted::Detached)
             .map_err(|e| format!("unmounting {}: {}", mountpoint.display(), e)),
         Err(rustix::io::Errno::PERM) => {
             let status = std::process::Command::new("fusermount3")
@@ -566,7 +580,7 @@ pub fn unmount(mountpoint: &Path) -> Result<(), String> {
                 .status()
                 .map_err(|e| format!("running fusermount3: {e}"))?;
             if status.success() {
-                Ok(())
+                Ok(Unmounted::Done)
             } else {
                 Err(format!(
                     "fusermount3 -u {} failed ({status})",

@@ -674,6 +674,27 @@ fn sigterm_unmounts_cleanly() {
         );
         assert!(!is_mounted(&mnt), "signal {signal}: still mounted");
     }
+
+    // Busy: the mount leaves the namespace at once, open files are served
+    // until closed, then the daemon exits cleanly.
+    let mut m = Mounted::start(PARTX, &[s(&image), s(&mnt)], &mnt);
+    let open = File::open(mnt.join("disk")).unwrap();
+    let pid = rustix::process::Pid::from_raw(m.pid()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    wait_until("the busy mount to be detached", || !is_mounted(&mnt));
+    let mut buf = [0u8; 512];
+    open.read_exact_at(&mut buf, 512).unwrap();
+    assert!(
+        buf == read_range(&image, 512, 512)[..],
+        "served after detach"
+    );
+    assert!(
+        m.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the daemon waits for the open file"
+    );
+    drop(open);
+    let (status, stderr) = m.wait_exit();
+    assert!(status.success(), "exit {status}:\n{stderr}");
 }
 
 fn failed_start(binary: &str, args: &[&str]) -> (i32, String) {
@@ -736,4 +757,83 @@ fn bad_input_gets_a_message_and_an_exit_code() {
     let out = run(RAMDISK, &["--help"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("size="));
+}
+
+#[test]
+fn mount_helper_argument_order_works() {
+    // mount(8) runs mount.fuse3, which runs `PROGRAM SOURCE MOUNTPOINT -o OPTIONS`
+    // (options after the paths); the old "PROGRAM#SOURCE" form names the binary by path.
+    if !can_run(
+        "mount_helper_argument_order_works",
+        &["mount", "umount", "mount.fuse3"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = mbr_image(dir.path());
+    let before = hash_file(&image);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let guard = Mounted {
+        mountpoint: mnt.clone(),
+        child: None,
+    };
+    run_ok(
+        "mount",
+        &[
+            "-t",
+            "fuse",
+            &format!("{PARTX}#{}", s(&image)),
+            s(&mnt),
+            "-o",
+            "ro,nosuid",
+        ],
+    );
+    assert!(is_mounted(&mnt));
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(s(&std::fs::canonicalize(&mnt).unwrap())))
+        .unwrap();
+    assert!(line.contains(" ro,nosuid"), "{line}");
+    assert!(line.contains("fuse.vudevpartx"), "{line}");
+    assert_eq!(
+        listing(&mnt),
+        ["disk", "disk1", "disk2", "disk3", "disk5", "disk6"]
+    );
+    let err = OpenOptions::new()
+        .write(true)
+        .open(mnt.join("disk1"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    run_ok("umount", &[s(&mnt)]);
+    wait_until("the daemon to exit after umount", || {
+        processes_mentioning(s(&image)).is_empty()
+    });
+    assert_eq!(hash_file(&image), before);
+    drop(guard);
+}
+
+#[test]
+fn debug_mode_prints_requests_and_results() {
+    if !can_run("debug_mode_prints_requests_and_results", &[]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ram");
+    File::create(&file).unwrap();
+    let m = Mounted::start(RAMDISK, &["-d", "-o", "size=1M", s(&file)], &file);
+    let mut buf = [0u8; 4096];
+    File::open(&file)
+        .unwrap()
+        .read_exact_at(&mut buf, 8192)
+        .unwrap();
+    run_ok("fusermount3", &["-u", s(&file)]);
+    let (status, stderr) = m.wait_exit();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("init -> Ok(())"), "{stderr}");
+    assert!(stderr.contains("open(1, "), "{stderr}");
+    assert!(stderr.contains("read(1, fh "), "{stderr}");
+    assert!(stderr.contains("-> Ok(4096)"), "{stderr}");
+    assert!(stderr.contains("destroy"), "{stderr}");
 }
