@@ -22,10 +22,25 @@ const RAMDISK: &str = env!("CARGO_BIN_EXE_vudevramdisk");
 /// Hang guard for waits on the kernel or a daemon (never reached when things work).
 const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Says why a test is skipped, past libtest's output capture so it is always seen.
+fn skip(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
 /// True if this machine can run the test; prints why not otherwise.
 fn can_run(test: &str, tools: &[&str]) -> bool {
     if !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIPPED {test}: /dev/fuse is missing (no FUSE in this kernel or container)");
+        skip(
+            test,
+            "/dev/fuse is missing (no FUSE in this kernel or container)",
+        );
+        return false;
+    }
+    if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        skip(
+            test,
+            &format!("cannot open /dev/fuse ({e}); run as root or make it 0666"),
+        );
         return false;
     }
     for tool in ["fusermount3"].iter().chain(tools) {
@@ -35,7 +50,10 @@ fn can_run(test: &str, tools: &[&str]) -> bool {
             || Path::new("/sbin").join(tool).is_file()
             || Path::new("/usr/sbin").join(tool).is_file();
         if !found {
-            eprintln!("SKIPPED {test}: {tool} is not installed (.ci/run installs it)");
+            skip(
+                test,
+                &format!("{tool} is not installed (.ci/run installs it)"),
+            );
             return false;
         }
     }
