@@ -32,6 +32,15 @@ pub struct FuseAdapter {
     destroyed: AtomicBool,
 }
 
+impl std::fmt::Debug for FuseAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FuseAdapter")
+            .field("debug", &self.debug)
+            .field("initialized", &self.initialized)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FuseAdapter {
     /// Wraps `fs`; with `debug`, every request and its result go to stderr.
     pub fn new(fs: Arc<dyn FileSystem>, debug: bool) -> FuseAdapter {
