@@ -50,6 +50,13 @@ pub trait BlockDevice: Send + Sync {
         false
     }
 
+    /// Hints that a byte range will be read soon, so the device can start
+    /// fetching it (readahead for a reader that sees a sequential pattern).
+    /// Purely advisory: the default does nothing.
+    fn prefetch(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset`, or fails with `EIO`
     /// (a range past the end is an I/O error for callers that need it all).
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> Result<()> {
@@ -136,6 +143,9 @@ macro_rules! forward_block_device {
             }
             fn discard_zeroes(&self) -> bool {
                 (**self).discard_zeroes()
+            }
+            fn prefetch(&self, offset: u64, len: u64) {
+                (**self).prefetch(offset, len)
             }
         }
     };

@@ -149,6 +149,19 @@ impl BlockDevice for FileDevice {
     fn discard_zeroes(&self) -> bool {
         !self.is_block_device
     }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        // The host page cache reads the range in the background.
+        let len = clamp_len(
+            self.size,
+            offset,
+            usize::try_from(len).unwrap_or(usize::MAX),
+        ) as u64;
+        if let Some(len) = std::num::NonZeroU64::new(len) {
+            let _ =
+                rustix::fs::fadvise(&self.file, offset, Some(len), rustix::fs::Advice::WillNeed);
+        }
+    }
 }
 
 /// Writes `len` zero bytes at `offset`, in bounded chunks.

@@ -148,6 +148,16 @@ impl BlockDevice for Window {
     fn discard_zeroes(&self) -> bool {
         self.parent.discard_zeroes()
     }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        if !self.is_valid() {
+            return;
+        }
+        let len = clamp_len(self.len, offset, usize::try_from(len).unwrap_or(usize::MAX)) as u64;
+        if len > 0 {
+            self.parent.prefetch(self.start + offset, len);
+        }
+    }
 }
 
 #[cfg(test)]

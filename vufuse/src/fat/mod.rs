@@ -29,7 +29,8 @@ use dir::{DirId, DirIndex, Named};
 use dirent::{ShortEntry, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_READ_ONLY, DELETED, SLOT};
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 use table::Fat;
 use vudev::{BlockDevice, Errno, Result};
@@ -161,7 +162,29 @@ struct Node {
     /// Unlinked while open: the entry lives on here until the last close.
     orphan: Option<ShortEntry>,
     extents: Option<Extents>,
+    /// Where a sequential reader would read next, for readahead.
+    next_read: AtomicU64,
+    /// File offset up to which the device was asked to prefetch.
+    prefetched: AtomicU64,
 }
+
+impl Node {
+    fn new(loc: Option<Location>, dir: Option<DirId>) -> Node {
+        Node {
+            loc,
+            dir,
+            lookups: 0,
+            opens: 0,
+            orphan: None,
+            extents: None,
+            next_read: AtomicU64::new(0),
+            prefetched: AtomicU64::new(0),
+        }
+    }
+}
+
+/// How far ahead of a sequential reader the device is asked to prefetch.
+const READAHEAD: u64 = 8 << 20;
 
 struct State {
     fat: Fat,
@@ -185,7 +208,7 @@ pub struct FatFs {
     root: DirId,
     label: String,
     mounted_at: SystemTime,
-    state: Mutex<State>,
+    state: RwLock<State>,
 }
 
 /// Directory ids above this never collide with location-derived inode numbers.
@@ -242,7 +265,7 @@ impl FatFs {
             root,
             label: String::new(),
             mounted_at: SystemTime::now(),
-            state: Mutex::new(State {
+            state: RwLock::new(State {
                 fat,
                 dirs: HashMap::new(),
                 nodes: HashMap::new(),
@@ -253,18 +276,10 @@ impl FatFs {
             }),
         };
         {
-            let mut st = fs.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.nodes.insert(
-                Ino::ROOT,
-                Node {
-                    loc: None,
-                    dir: Some(root),
-                    lookups: 1,
-                    opens: 0,
-                    orphan: None,
-                    extents: None,
-                },
-            );
+            let mut st = fs.state.write().unwrap_or_else(|e| e.into_inner());
+            let mut root_node = Node::new(None, Some(root));
+            root_node.lookups = 1;
+            st.nodes.insert(Ino::ROOT, root_node);
             let label = fs.load_dir(&mut st, root).map_err(|e| MountError {
                 errno: e,
                 message: format!("the root directory is unreadable ({e})"),
@@ -295,8 +310,83 @@ impl FatFs {
         &self.geo
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_lock(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads with only the shared lock when the file's entry and extents are
+    /// already in memory (the common case after the first read); `None` if not.
+    fn read_cached(
+        &self,
+        st: &State,
+        ino: Ino,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<usize>> {
+        let node = st.nodes.get(&ino)?;
+        let extents = node.extents.as_ref()?;
+        let entry = match (&node.orphan, node.loc) {
+            (Some(orphan), _) => orphan,
+            (None, Some(loc)) => &st.dirs.get(&loc.dir)?.entries.get(&loc.slot)?.entry,
+            (None, None) => return None,
+        };
+        Some(self.read_extents(node, extents, entry, offset, buf))
+    }
+
+    fn read_extents(
+        &self,
+        node: &Node,
+        extents: &Extents,
+        entry: &ShortEntry,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        if entry.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let size = entry.size as u64;
+        if offset >= size {
+            return Ok(0);
+        }
+        if (extents.clusters as u64) * (self.geo.cluster_size as u64) < size {
+            // The chain is shorter than the size says: corrupt.
+            return Err(Errno::EIO);
+        }
+        let n = ((size - offset) as usize).min(buf.len());
+        self.readahead(node, extents, offset, n as u64, size);
+        self.transfer(extents, offset, Transfer::Read(&mut buf[..n]))?;
+        Ok(n)
+    }
+
+    /// On a sequential read, asks the device to prefetch the next clusters of
+    /// the file, so disk I/O overlaps with the FUSE round trips.
+    fn readahead(&self, node: &Node, extents: &Extents, offset: u64, len: u64, size: u64) {
+        let end = offset + len;
+        let expected = node.next_read.swap(end, Ordering::Relaxed);
+        if offset != expected && offset != 0 {
+            return;
+        }
+        let done = node.prefetched.load(Ordering::Relaxed).max(end);
+        if done >= (end + READAHEAD / 2).min(size) {
+            return;
+        }
+        let until = (end + READAHEAD).min(size);
+        let cs = self.geo.cluster_size as u64;
+        let mut pos = done;
+        while pos < until {
+            let Some((disk, following)) = extents.locate((pos / cs) as u32) else {
+                break;
+            };
+            let within = pos % cs;
+            let n = (following as u64 * cs - within).min(until - pos);
+            self.dev.prefetch(self.geo.cluster_offset(disk) + within, n);
+            pos += n;
+        }
+        node.prefetched.store(until, Ordering::Relaxed);
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -493,14 +583,9 @@ impl FatFs {
         let ino = Self::ino_at(st, loc);
         // A directory entry without a cluster is corrupt: it gets no contents.
         let dir = (entry.is_dir() && entry.cluster != 0).then_some(entry.cluster);
-        st.nodes.entry(ino).or_insert(Node {
-            loc: Some(loc),
-            dir,
-            lookups: 0,
-            opens: 0,
-            orphan: None,
-            extents: None,
-        });
+        st.nodes
+            .entry(ino)
+            .or_insert_with(|| Node::new(Some(loc), dir));
         ino
     }
 
@@ -1254,23 +1339,19 @@ impl FileSystem for FatFs {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize> {
+        if let Some(result) = self.read_cached(&self.read_lock(), ino, offset, buf) {
+            return result;
+        }
+        // First read: load the entry and the extents, then read as above.
         let mut st = self.lock();
         let entry = self.entry(&mut st, ino)?;
         if entry.is_dir() {
             return Err(Errno::EISDIR);
         }
-        let size = entry.size as u64;
-        if offset >= size {
-            return Ok(0);
-        }
-        let n = ((size - offset) as usize).min(buf.len());
-        let extents = self.extents(&mut st, ino)?;
-        if (extents.clusters as u64) * (self.geo.cluster_size as u64) < size {
-            // The chain is shorter than the size says: corrupt.
-            return Err(Errno::EIO);
-        }
-        self.transfer(&extents, offset, Transfer::Read(&mut buf[..n]))?;
-        Ok(n)
+        self.extents(&mut st, ino)?;
+        let node = Self::node(&st, ino)?;
+        let extents = node.extents.as_ref().expect("just loaded");
+        self.read_extents(node, extents, &entry, offset, buf)
     }
 
     fn write(&self, _ctx: &Context, ino: Ino, _fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {

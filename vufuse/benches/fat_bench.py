@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""FAT benchmark: this project's fusefatfs vs the C fusefatfs vs mtools, one run.
+
+Figures (ANCHORS.md B.1 method): sequential write of 256 MiB (dd bs=1M
+conv=fsync), cold and warm sequential read, create+write 4 KiB+stat of 5,000
+files named file_NNNNN.dat in one directory (then sync), and `ls -l` of them
+cold. Each FUSE daemon runs in the foreground so its peak RSS (VmHWM) can be
+read before unmount. Needs root (drop_caches, mount).
+
+Usage: fat_bench.py [--ours PATH] [--c PATH] [--runs N] [--dir DIR]
+  --c        the C fusefatfs binary (built by you, outside this repository);
+             its column is skipped when not given
+  --timeout  seconds before a slow step is abandoned and reported as such
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+MIB = 1 << 20
+
+
+def sh(cmd, timeout=None, check=True):
+    return subprocess.run(cmd, shell=True, check=check, timeout=timeout, capture_output=True, text=True)
+
+
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class Daemon:
+    """A FUSE daemon mounted in the foreground on `mnt`."""
+
+    def __init__(self, binary, image, mnt, options):
+        self.mnt = mnt
+        self.proc = subprocess.Popen([binary, "-f", "-o", options, image, mnt], stderr=subprocess.PIPE)
+        deadline = time.time() + 10
+        while not os.path.ismount(mnt):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{binary} did not mount: {self.proc.stderr.read().decode()}")
+            time.sleep(0.01)
+
+    def peak_rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return 0
+
+    def unmount(self):
+        sh(f"fusermount3 -u {self.mnt}")
+        self.proc.wait(timeout=60)
+
+
+def fresh_image(path, size_mib):
+    if os.path.exists(path):
+        os.unlink(path)
+    sh(f"truncate -s {size_mib}M {path} && mkfs.fat -F 32 -n BENCH {path}")
+
+
+CREATE_SCRIPT = r"""
+import os, sys
+d = sys.argv[1]
+os.makedirs(d, exist_ok=True)
+block = b"x" * 4096
+for i in range(5000):
+    p = os.path.join(d, "file_%05d.dat" % i)
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, block)
+    os.close(fd)
+    os.stat(p)
+dfd = os.open(d, os.O_RDONLY)
+os.fsync(dfd)
+os.close(dfd)
+os.sync()
+"""
+
+
+def bench_fuse(name, binary, options, args, source):
+    image = os.path.join(args.dir, f"{name}.img")
+    mnt = os.path.join(args.dir, f"mnt-{name}")
+    os.makedirs(mnt, exist_ok=True)
+    results = {"write": [], "read_cold": [], "read_warm": [], "create5000": [], "ls_cold": []}
+    rss = 0
+    for _ in range(args.runs):
+        fresh_image(image, 1024)
+        d = Daemon(binary, image, mnt, options)
+        drop_caches()
+        results["write"].append(timed(lambda: sh(f"dd if={source} of={mnt}/big.bin bs=1M conv=fsync status=none")))
+        rss = max(rss, d.peak_rss_kib())
+        d.unmount()
+        d = Daemon(binary, image, mnt, options)
+        drop_caches()
+        results["read_cold"].append(timed(lambda: sh(f"dd if={mnt}/big.bin of=/dev/null bs=1M status=none")))
+        results["read_warm"].append(timed(lambda: sh(f"dd if={mnt}/big.bin of=/dev/null bs=1M status=none")))
+        drop_caches()
+        try:
+            results["create5000"].append(
+                timed(lambda: subprocess.run([sys.executable, "-c", CREATE_SCRIPT, f"{mnt}/many"], check=True, timeout=args.timeout))
+            )
+        except subprocess.TimeoutExpired:
+            results["create5000"].append(float("inf"))
+        rss = max(rss, d.peak_rss_kib())
+        d.unmount()
+        if results["create5000"][-1] != float("inf"):
+            d = Daemon(binary, image, mnt, options)
+            drop_caches()
+            results["ls_cold"].append(timed(lambda: sh(f"ls -l {mnt}/many > /dev/null")))
+            rss = max(rss, d.peak_rss_kib())
+            d.unmount()
+        fsck = sh(f"fsck.fat -n {image}", check=False)
+        if fsck.returncode != 0:
+            print(f"WARNING: {name}: fsck.fat -n after the run: {fsck.stdout.strip()}", file=sys.stderr)
+    return results, rss
+
+
+def bench_mtools(args, source):
+    image = os.path.join(args.dir, "mtools.img")
+    results = {"write": [], "read_cold": [], "read_warm": [], "create5000": [], "ls_cold": []}
+    files = os.path.join(args.dir, "mtools-src")
+    if not os.path.isdir(files):
+        os.makedirs(files)
+        for i in range(5000):
+            with open(os.path.join(files, "file_%05d.dat" % i), "wb") as f:
+                f.write(b"x" * 4096)
+    for _ in range(args.runs):
+        fresh_image(image, 1024)
+        drop_caches()
+        results["write"].append(timed(lambda: sh(f"mcopy -i {image} {source} ::/big.bin && sync")))
+        drop_caches()
+        results["read_cold"].append(timed(lambda: sh(f"mcopy -i {image} ::/big.bin - > /dev/null")))
+        results["read_warm"].append(timed(lambda: sh(f"mcopy -i {image} ::/big.bin - > /dev/null")))
+        sh(f"mmd -i {image} ::/many")
+        try:
+            results["create5000"].append(timed(lambda: sh(f"mcopy -i {image} {files}/* ::/many/ && sync", timeout=args.timeout)))
+        except subprocess.TimeoutExpired:
+            results["create5000"].append(float("inf"))
+        if results["create5000"][-1] != float("inf"):
+            drop_caches()
+            results["ls_cold"].append(timed(lambda: sh(f"mdir -i {image} ::/many > /dev/null")))
+    return results, 0
+
+
+def fmt(values):
+    if not values:
+        return "n/a"
+    if any(v == float("inf") for v in values):
+        return "timeout"
+    return f"{min(values):.3f} / {statistics.median(values):.3f}"
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.dirname(os.path.dirname(here))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ours", default=os.path.join(repo, "target/release/fusefatfs"))
+    p.add_argument("--c", dest="c_binary", default=None)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--dir", default=os.path.join(repo, "target/fat-bench"))
+    args = p.parse_args()
+    os.makedirs(args.dir, exist_ok=True)
+    source = "/dev/shm/fat-bench-src.bin"
+    if not os.path.exists(source):
+        sh(f"head -c {256 * MIB} /dev/urandom > {source}")
+
+    rows = [("fusefatfs (this project)", *bench_fuse("ours", args.ours, "rw+", args, source))]
+    if args.c_binary:
+        rows.append(("fusefatfs (C, v0.4)", *bench_fuse("c", args.c_binary, "rw+", args, source)))
+    else:
+        print("note: --c not given, the C fusefatfs column is skipped", file=sys.stderr)
+    if shutil.which("mcopy"):
+        rows.append(("mtools (no mount)", *bench_mtools(args, source)))
+
+    keys = ["write", "read_cold", "read_warm", "create5000", "ls_cold"]
+    print(f"\nseconds, min / median of {args.runs}; 256 MiB file on a 1 GiB FAT32 image\n")
+    print(f"| {'':26} | " + " | ".join(f"{k:>15}" for k in keys) + " | peak RSS |")
+    print("|" + "---|" * (len(keys) + 2))
+    for name, res, rss in rows:
+        rss_text = f"{rss // 1024} MiB" if rss else "n/a"
+        print(f"| {name:26} | " + " | ".join(f"{fmt(res[k]):>15}" for k in keys) + f" | {rss_text} |")
+    ours = rows[0][1]
+    for name, res, _ in rows[1:]:
+        ratios = []
+        for k in keys:
+            if ours[k] and res[k]:
+                a, b = statistics.median(ours[k]), statistics.median(res[k])
+                ratios.append(f"{k} x{b / a:.1f}" if b != float("inf") else f"{k} (theirs timed out)")
+        print(f"speed-up vs {name}: " + ", ".join(ratios))
+    mib_s = 256 / statistics.median(ours["read_warm"])
+    print(f"our warm sequential read: {mib_s / 1024:.2f} GiB/s")
+
+
+if __name__ == "__main__":
+    main()
