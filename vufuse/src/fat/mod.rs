@@ -847,6 +847,11 @@ impl FatFs {
     fn lookup_locked(&self, st: &mut State, parent: Ino, name: &OsStr) -> Result<Entry> {
         let (dir_id, slot) = self.find_child(st, parent, name)?;
         let entry = self.load_dir(st, dir_id)?.entries[&slot].entry.clone();
+        // A corrupt entry naming its own directory or an ancestor would make
+        // the tree infinite (find, du, cp -r would never end).
+        if entry.is_dir() && (entry.cluster == 0 || self.is_ancestor(st, entry.cluster, dir_id)?) {
+            return Err(Errno::EIO);
+        }
         let loc = Location { dir: dir_id, slot };
         let ino = self.intern(st, loc, &entry);
         st.nodes.get_mut(&ino).expect("interned").lookups += 1;
