@@ -84,6 +84,9 @@ pub struct Served {
     pub fs: Arc<dyn FileSystem>,
     /// Called once the mount is live, with the kernel-cache notifier.
     pub on_mounted: Option<OnMounted>,
+    /// The name /proc/mounts shows as the source (e.g. a volume label)
+    /// unless `-o fsname=` says otherwise; default: the SOURCE path.
+    pub fsname: Option<String>,
 }
 
 impl Served {
@@ -92,6 +95,7 @@ impl Served {
         Served {
             fs,
             on_mounted: None,
+            fsname: None,
         }
     }
 }
@@ -501,11 +505,13 @@ where
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| DaemonError::Failed(format!("installing signal handlers: {e}")))?;
     let served = serve(invocation).map_err(DaemonError::Failed)?;
-    let fsname = invocation
-        .source
-        .as_ref()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| spec.name.to_string());
+    let fsname = served.fsname.clone().unwrap_or_else(|| {
+        invocation
+            .source
+            .as_ref()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.name.to_string())
+    });
     let config = session_config(&invocation.options, &fsname, spec.name);
     let adapter = FuseAdapter::new(served.fs, invocation.debug);
     let session = fuser::Session::new(adapter, &invocation.mountpoint, &config).map_err(|e| {
@@ -543,9 +549,23 @@ where
     if let Some(ready) = ready {
         ready.signal()?;
     }
-    session
-        .run()
-        .map_err(|e| DaemonError::Failed(format!("serving the mount failed: {e}")))
+    match session.run() {
+        Ok(()) => Ok(()),
+        // The kernel ended the connection: after a lazy unmount the last close
+        // aborts it (ECONNABORTED), a plain one reports ENODEV. Both are the
+        // normal end of a mount, not a failure.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ECONNABORTED) | Some(libc::ENODEV)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(DaemonError::Failed(format!(
+            "serving the mount failed: {e}"
+        ))),
+    }
 }
 
 /// How [`unmount`] ended.

@@ -395,3 +395,84 @@ fn mount_dot_fuse3_argument_order_works() {
     );
     m.unmount();
 }
+
+#[test]
+fn ownership_permissions_times_and_label_follow_the_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("opts.img");
+    sh(&format!("truncate -s 16M '{0}' && mkfs.fat -n CARDLABEL '{0}' >/dev/null && echo x | mcopy -i '{0}' - ::/f.txt && mmd -i '{0}' ::/d", img.display()));
+    let mnt = dir.path().join("mnt");
+    let m = Mounted::new(&img, &mnt, &["rw+,uid=1234,gid=567,umask=027"]);
+    let stat = sh(&format!(
+        "stat -c '%u %g %a' '{0}/f.txt' '{0}/d'",
+        mnt.display()
+    ));
+    assert_eq!(stat, "1234 567 640\n1234 567 750\n");
+    // The volume label names the mount.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.contains(mnt.to_str().unwrap()))
+        .unwrap();
+    assert!(line.starts_with("CARDLABEL "), "{line}");
+    // mtime and atime are kept (2-second and 1-day resolution on FAT).
+    sh(&format!("touch -m -d '2021-06-15 10:20:31 UTC' '{0}/f.txt' && touch -a -d '2022-01-02 03:04:05 UTC' '{0}/f.txt'", mnt.display()));
+    // chmod a-w maps to the read-only attribute.
+    sh(&format!("chmod a-w '{}/f.txt'", mnt.display()));
+    m.unmount();
+    let m = Mounted::new(&img, &mnt, &[]);
+    let times = sh(&format!(
+        "TZ=UTC stat -c '%y|%x|%a' '{}/f.txt'",
+        mnt.display()
+    ));
+    assert!(times.starts_with("2021-06-15 10:20:30"), "{times}");
+    assert!(times.contains("|2022-01-02 00:00:00"), "{times}");
+    assert!(times.trim_end().ends_with("|444"), "{times}");
+    m.unmount();
+    let attrs = sh(&format!("mattrib -i '{}' ::/f.txt", img.display()));
+    assert!(attrs.contains('R'), "{attrs}");
+}
+
+#[test]
+fn sigterm_flushes_and_unmounts_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("sig.img");
+    // 64 MiB: mtools cannot read FAT32 volumes as small as 32 MiB.
+    sh(&format!(
+        "truncate -s 64M '{0}' && mkfs.fat -F 32 '{0}' >/dev/null",
+        img.display()
+    ));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["-f", "-o", "rw+"])
+        .arg(&img)
+        .arg(&mnt)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "no mount");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let guard = Mounted { dir: mnt.clone() };
+    sh(&format!("mkdir '{0}/d' && head -c 3000000 /dev/urandom > '{0}/d/data' && cp '{0}/d/data' '{1}/copy'", mnt.display(), dir.path().display()));
+    send_sigterm(child.id());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&mnt), "SIGTERM must unmount");
+    std::mem::forget(guard);
+    fsck_clean(img.to_str().unwrap());
+    let out = dir.path().join("out");
+    sh(&format!(
+        "mcopy -i '{}' ::/d/data '{}'",
+        img.display(),
+        out.display()
+    ));
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(dir.path().join("copy")).unwrap());
+}
+
+/// Sends SIGTERM with kill(1) (no unsafe libc call in tests).
+fn send_sigterm(pid: u32) {
+    sh(&format!("kill -TERM {pid}"));
+}

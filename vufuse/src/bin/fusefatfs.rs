@@ -39,6 +39,10 @@ fn main() -> ExitCode {
         };
         let fs =
             FatFs::open(device, fat_options).map_err(|e| format!("{}: {e}", source.display()))?;
-        Ok(Served::new(Arc::new(fs)))
+        // The volume label names the mount, as a desktop would show it.
+        let label = fs.label().to_string();
+        let mut served = Served::new(Arc::new(fs));
+        served.fsname = (!label.is_empty()).then_some(label);
+        Ok(served)
     })
 }

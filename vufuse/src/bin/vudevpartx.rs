@@ -44,6 +44,7 @@ fn main() -> ExitCode {
                     .set_invalidator(Box::new(cache))
                     .map_err(|e| format!("starting the invalidation thread: {e}"))
             })),
+            fsname: None,
         })
     })
 }

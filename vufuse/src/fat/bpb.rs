@@ -174,12 +174,15 @@ pub fn parse(sector: &[u8], device_bytes: u64) -> Result<Geometry, String> {
         return Err("the FATs and root directory fill the whole volume".into());
     }
     let clusters = (total_sectors - data_start) / per_cluster as u64;
-    let fat_type = if clusters < 4085 {
-        FatType::Fat12
-    } else if clusters < 65525 {
-        FatType::Fat16
-    } else {
+    // As Linux and mtools decide: a zero 16-bit FAT size means FAT32 (mkfs.fat
+    // -F 32 makes small FAT32 volumes below the spec's 65,525 clusters);
+    // otherwise the cluster count chooses between FAT12 and FAT16.
+    let fat_type = if fat_size16 == 0 {
         FatType::Fat32
+    } else if clusters < 4085 {
+        FatType::Fat12
+    } else {
+        FatType::Fat16
     };
     if clusters > 0x0FFF_FFF5 {
         return Err(format!(
@@ -288,6 +291,29 @@ mod tests {
         assert_eq!(g.fat_offset, 4 * 512);
         assert_eq!(g.root_offset, (4 + 80) * 512);
         assert_eq!(g.data_offset, (4 + 80 + 32) * 512);
+    }
+
+    #[test]
+    fn a_zero_16_bit_fat_size_means_fat32_even_with_few_clusters() {
+        // What mkfs.fat -F 32 writes for a 32 MiB volume (~16k clusters).
+        let mut s = vec![0u8; 512];
+        s[0] = 0xEB;
+        s[11..13].copy_from_slice(&512u16.to_le_bytes());
+        s[13] = 4;
+        s[14..16].copy_from_slice(&32u16.to_le_bytes());
+        s[16] = 2;
+        s[21] = 0xF8;
+        s[32..36].copy_from_slice(&65536u32.to_le_bytes());
+        s[36..40].copy_from_slice(&128u32.to_le_bytes());
+        s[44..48].copy_from_slice(&2u32.to_le_bytes());
+        s[48..50].copy_from_slice(&1u16.to_le_bytes());
+        s[510] = 0x55;
+        s[511] = 0xAA;
+        let g = parse(&s, 32 << 20).unwrap();
+        assert_eq!(g.fat_type, FatType::Fat32);
+        assert!(g.cluster_count < 65525);
+        assert_eq!(g.root_cluster, 2);
+        assert_eq!(g.fsinfo_offset, Some(512));
     }
 
     #[test]
