@@ -476,3 +476,32 @@ fn sigterm_flushes_and_unmounts_cleanly() {
 fn send_sigterm(pid: u32) {
     sh(&format!("kill -TERM {pid}"));
 }
+
+#[test]
+fn the_image_is_consistent_as_soon_as_the_unmount_returns() {
+    // Users run `fusermount3 -u mnt && fsck.fat img` without waiting for the
+    // daemon to exit: every operation commits its FAT changes when it ends.
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("now.img");
+    sh(&format!(
+        "truncate -s 64M '{0}' && mkfs.fat -F 32 '{0}' >/dev/null",
+        img.display()
+    ));
+    let mnt = dir.path().join("mnt");
+    for round in 0..3 {
+        let m = Mounted::new(&img, &mnt, &["rw+"]);
+        sh(&format!(
+            "set -e; cd '{0}'; mkdir -p r{round}/a/b; head -c 700000 /dev/urandom > r{round}/a/b/f; \
+             for i in $(seq 1 50); do echo $i > r{round}/n$i; done; rm r{round}/n7; mv r{round}/n8 r{round}/a/",
+            mnt.display()
+        ));
+        let dir_path = m.dir.clone();
+        std::mem::forget(m);
+        sh(&format!("fusermount3 -u '{}'", dir_path.display()));
+        // No waiting for the daemon here.
+        fsck_clean(img.to_str().unwrap());
+        let listing = sh(&format!("mdir -b -i '{}' ::/r{round}", img.display()));
+        assert_eq!(listing.lines().count(), 49, "{listing}");
+        wait_for_daemon_exit(&dir_path);
+    }
+}

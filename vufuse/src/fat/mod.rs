@@ -197,7 +197,8 @@ struct State {
     /// Reverse of `assigned`.
     owners: HashMap<Ino, Location>,
     next_spare_ino: u64,
-    dirty_flag_set: bool,
+    /// Free count last written to FSInfo.
+    fsinfo_free: Option<u32>,
 }
 
 /// A mounted FAT volume.
@@ -206,6 +207,8 @@ pub struct FatFs {
     geo: Geometry,
     opts: FatOptions,
     root: DirId,
+    /// FAT32: offset of an FSInfo sector whose signatures checked out.
+    fsinfo: Option<u64>,
     label: String,
     mounted_at: SystemTime,
     state: RwLock<State>,
@@ -253,6 +256,12 @@ impl FatFs {
             message,
         })?;
         let fat = Fat::open(dev.clone(), geo.clone()).map_err(io_context)?;
+        let fsinfo = geo.fsinfo_offset.filter(|&offset| {
+            let mut info = [0u8; 512];
+            dev.read_exact_at(&mut info, offset).is_ok()
+                && info[0..4] == 0x4161_5252u32.to_le_bytes()
+                && info[484..488] == 0x6141_7272u32.to_le_bytes()
+        });
         let root = if geo.fat_type == FatType::Fat32 {
             geo.root_cluster
         } else {
@@ -263,6 +272,7 @@ impl FatFs {
             geo,
             opts,
             root,
+            fsinfo,
             label: String::new(),
             mounted_at: SystemTime::now(),
             state: RwLock::new(State {
@@ -272,7 +282,7 @@ impl FatFs {
                 assigned: HashMap::new(),
                 owners: HashMap::new(),
                 next_spare_ino: SPARE_INO_BASE,
-                dirty_flag_set: false,
+                fsinfo_free: None,
             }),
         };
         {
@@ -289,11 +299,6 @@ impl FatFs {
                 .clone()
                 .filter(|l| !l.is_empty())
                 .unwrap_or_else(|| fs.geo.label.clone());
-            if !fs.opts.read_only {
-                st.fat.set_dirty_flag(true).map_err(io_context)?;
-                st.fat.flush().map_err(io_context)?;
-                st.dirty_flag_set = true;
-            }
             drop(st);
             fs.label = label;
         }
@@ -1130,23 +1135,45 @@ impl FatFs {
         })
     }
 
-    /// Writes everything cached back: FAT copies, FSInfo, then the device.
-    fn sync_locked(&self, st: &mut State) -> Result<()> {
+    /// Writes the FAT changes of the operation just done (dirty sectors, to
+    /// every copy) and FSInfo, so the image is consistent whenever no
+    /// operation is running: `fusermount3 -u` followed at once by fsck or
+    /// mtools sees a clean volume even before the daemon has exited. No
+    /// volume-dirty bit is set for the same reason (fsck.fat -n fails on it).
+    fn commit(&self, st: &mut State) -> Result<()> {
         if self.opts.read_only {
             return Ok(());
         }
         st.fat.flush()?;
-        if let Some(offset) = self.geo.fsinfo_offset {
-            let mut info = [0u8; 512];
-            self.dev.read_exact_at(&mut info, offset)?;
-            let lead = u32::from_le_bytes(info[0..4].try_into().expect("4"));
-            let middle = u32::from_le_bytes(info[484..488].try_into().expect("4"));
-            if lead == 0x4161_5252 && middle == 0x6141_7272 {
-                info[488..492].copy_from_slice(&st.fat.free_clusters().to_le_bytes());
-                info[492..496].copy_from_slice(&st.fat.next_free_hint().to_le_bytes());
-                self.dev.write_all_at(&info, offset)?;
-            }
+        let free = st.fat.free_clusters();
+        if st.fsinfo_free == Some(free) {
+            return Ok(());
         }
+        if let Some(offset) = self.fsinfo {
+            // Free count and next-free hint, side by side at byte 488.
+            let mut counts = [0u8; 8];
+            counts[..4].copy_from_slice(&free.to_le_bytes());
+            counts[4..].copy_from_slice(&st.fat.next_free_hint().to_le_bytes());
+            self.dev.write_all_at(&counts, offset + 488)?;
+        }
+        st.fsinfo_free = Some(free);
+        Ok(())
+    }
+
+    /// Runs a mutating operation and commits what it changed, even on error
+    /// (a partial change must still reach the image consistently).
+    fn committed<T>(&self, st: &mut State, result: Result<T>) -> Result<T> {
+        let commit = self.commit(st);
+        let value = result?;
+        commit.map(|()| value)
+    }
+
+    /// [`commit`](Self::commit), then makes it durable on the device.
+    fn sync_locked(&self, st: &mut State) -> Result<()> {
+        if self.opts.read_only {
+            return Ok(());
+        }
+        self.commit(st)?;
         self.dev.flush()
     }
 }
@@ -1182,16 +1209,7 @@ impl FileSystem for FatFs {
         if self.opts.read_only {
             return;
         }
-        let result = self.sync_locked(&mut st).and_then(|()| {
-            if st.dirty_flag_set {
-                st.fat.set_dirty_flag(false)?;
-                st.fat.flush()?;
-                self.dev.flush()?;
-                st.dirty_flag_set = false;
-            }
-            Ok(())
-        });
-        if let Err(e) = result {
+        if let Err(e) = self.sync_locked(&mut st) {
             eprintln!("fat: writing the volume back at unmount failed: {e}");
         }
     }
@@ -1206,7 +1224,8 @@ impl FileSystem for FatFs {
         if let Some(node) = st.nodes.get_mut(&ino) {
             node.lookups = node.lookups.saturating_sub(count);
         }
-        if let Err(e) = self.maybe_drop(&mut st, ino) {
+        let dropped = self.maybe_drop(&mut st, ino);
+        if let Err(e) = self.committed(&mut st, dropped) {
             eprintln!("fat: freeing unlinked file {}: {e}", ino.0);
         }
     }
@@ -1218,48 +1237,53 @@ impl FileSystem for FatFs {
 
     fn setattr(&self, _ctx: &Context, ino: Ino, set: &SetAttr) -> Result<Attr> {
         let mut st = self.lock();
-        let changes =
-            set.size.is_some() || set.mode.is_some() || set.atime.is_some() || set.mtime.is_some();
-        if set.uid.is_some_and(|uid| uid != self.opts.uid) {
-            return Err(Errno::EPERM);
-        }
-        if let Some(gid) = set.gid {
-            if gid != self.opts.gid {
+        let result = (|| -> Result<Attr> {
+            let changes = set.size.is_some()
+                || set.mode.is_some()
+                || set.atime.is_some()
+                || set.mtime.is_some();
+            if set.uid.is_some_and(|uid| uid != self.opts.uid) {
                 return Err(Errno::EPERM);
             }
-        }
-        if ino == Ino::ROOT {
-            if set.size.is_some() {
-                return Err(Errno::EISDIR);
-            }
-            // The root has no entry to keep times or attributes in.
-            return Ok(self.root_attr());
-        }
-        if changes {
-            self.check_writable()?;
-        }
-        if let Some(size) = set.size {
-            self.resize(&mut st, ino, size)?;
-        }
-        if set.mode.is_some() || set.atime.is_some() || set.mtime.is_some() {
-            let mut entry = self.entry(&mut st, ino)?;
-            if let Some(mode) = set.mode {
-                // FAT keeps only "read-only"; other bits are synthesised from the mount options.
-                if mode & 0o200 == 0 {
-                    entry.attr |= ATTR_READ_ONLY;
-                } else {
-                    entry.attr &= !ATTR_READ_ONLY;
+            if let Some(gid) = set.gid {
+                if gid != self.opts.gid {
+                    return Err(Errno::EPERM);
                 }
             }
-            if let Some(t) = set.atime {
-                entry.accessed = t.resolve();
+            if ino == Ino::ROOT {
+                if set.size.is_some() {
+                    return Err(Errno::EISDIR);
+                }
+                // The root has no entry to keep times or attributes in.
+                return Ok(self.root_attr());
             }
-            if let Some(t) = set.mtime {
-                entry.modified = t.resolve();
+            if changes {
+                self.check_writable()?;
             }
-            self.put_entry(&mut st, ino, entry)?;
-        }
-        self.getattr_locked(&mut st, ino)
+            if let Some(size) = set.size {
+                self.resize(&mut st, ino, size)?;
+            }
+            if set.mode.is_some() || set.atime.is_some() || set.mtime.is_some() {
+                let mut entry = self.entry(&mut st, ino)?;
+                if let Some(mode) = set.mode {
+                    // FAT keeps only "read-only"; other bits are synthesised from the mount options.
+                    if mode & 0o200 == 0 {
+                        entry.attr |= ATTR_READ_ONLY;
+                    } else {
+                        entry.attr &= !ATTR_READ_ONLY;
+                    }
+                }
+                if let Some(t) = set.atime {
+                    entry.accessed = t.resolve();
+                }
+                if let Some(t) = set.mtime {
+                    entry.modified = t.resolve();
+                }
+                self.put_entry(&mut st, ino, entry)?;
+            }
+            self.getattr_locked(&mut st, ino)
+        })();
+        self.committed(&mut st, result)
     }
 
     fn mknod(
@@ -1281,19 +1305,22 @@ impl FileSystem for FatFs {
     fn mkdir(&self, _ctx: &Context, parent: Ino, name: &OsStr, _mode: u32) -> Result<Entry> {
         self.check_writable()?;
         let mut st = self.lock();
-        self.mkdir_locked(&mut st, parent, name)
+        let result = self.mkdir_locked(&mut st, parent, name);
+        self.committed(&mut st, result)
     }
 
     fn unlink(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<()> {
         self.check_writable()?;
         let mut st = self.lock();
-        self.unlink_locked(&mut st, parent, name, false)
+        let result = self.unlink_locked(&mut st, parent, name, false);
+        self.committed(&mut st, result)
     }
 
     fn rmdir(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<()> {
         self.check_writable()?;
         let mut st = self.lock();
-        self.unlink_locked(&mut st, parent, name, true)
+        let result = self.unlink_locked(&mut st, parent, name, true);
+        self.committed(&mut st, result)
     }
 
     fn rename(
@@ -1312,7 +1339,10 @@ impl FileSystem for FatFs {
             return Err(Errno::EINVAL);
         }
         let mut st = self.lock();
-        self.rename_locked(&mut st, parent, name, new_parent, new_name, flags)
+        let result = (|| -> Result<()> {
+            self.rename_locked(&mut st, parent, name, new_parent, new_name, flags)
+        })();
+        self.committed(&mut st, result)
     }
 
     fn open(&self, _ctx: &Context, ino: Ino, flags: i32) -> Result<Opened> {
@@ -1362,46 +1392,52 @@ impl FileSystem for FatFs {
     fn write(&self, _ctx: &Context, ino: Ino, _fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
         self.check_writable()?;
         let mut st = self.lock();
-        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
-        if end > u32::MAX as u64 {
-            return Err(Errno::EFBIG);
-        }
-        let entry = self.entry(&mut st, ino)?;
-        if entry.is_dir() {
-            return Err(Errno::EISDIR);
-        }
-        // A write that does not fit writes what fits, as on any POSIX filesystem.
-        let cs = self.geo.cluster_size as u64;
-        let owned = self.extents(&mut st, ino)?.clusters as u64;
-        let room = (owned + st.fat.free_clusters() as u64) * cs;
-        let end = end.min(room);
-        if data.is_empty() {
-            return Ok(0);
-        }
-        if end <= offset {
-            return Err(Errno::ENOSPC);
-        }
-        let data = &data[..(end - offset) as usize];
-        if offset > entry.size as u64 {
-            // FAT has no holes: the gap becomes zeros.
-            self.resize(&mut st, ino, offset)?;
-        }
-        self.grow(&mut st, ino, end.div_ceil(cs) as u32)?;
-        let extents = self.extents(&mut st, ino)?;
-        self.transfer(&extents, offset, Transfer::Write(data))?;
-        let mut entry = self.entry(&mut st, ino)?;
-        entry.size = entry.size.max(end as u32);
-        self.touch(&mut entry);
-        self.put_entry(&mut st, ino, entry)?;
-        Ok(data.len())
+        let result = (|| -> Result<usize> {
+            let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+            if end > u32::MAX as u64 {
+                return Err(Errno::EFBIG);
+            }
+            let entry = self.entry(&mut st, ino)?;
+            if entry.is_dir() {
+                return Err(Errno::EISDIR);
+            }
+            // A write that does not fit writes what fits, as on any POSIX filesystem.
+            let cs = self.geo.cluster_size as u64;
+            let owned = self.extents(&mut st, ino)?.clusters as u64;
+            let room = (owned + st.fat.free_clusters() as u64) * cs;
+            let end = end.min(room);
+            if data.is_empty() {
+                return Ok(0);
+            }
+            if end <= offset {
+                return Err(Errno::ENOSPC);
+            }
+            let data = &data[..(end - offset) as usize];
+            if offset > entry.size as u64 {
+                // FAT has no holes: the gap becomes zeros.
+                self.resize(&mut st, ino, offset)?;
+            }
+            self.grow(&mut st, ino, end.div_ceil(cs) as u32)?;
+            let extents = self.extents(&mut st, ino)?;
+            self.transfer(&extents, offset, Transfer::Write(data))?;
+            let mut entry = self.entry(&mut st, ino)?;
+            entry.size = entry.size.max(end as u32);
+            self.touch(&mut entry);
+            self.put_entry(&mut st, ino, entry)?;
+            Ok(data.len())
+        })();
+        self.committed(&mut st, result)
     }
 
     fn release(&self, _ctx: &Context, ino: Ino, _fh: Fh) -> Result<()> {
         let mut st = self.lock();
-        if let Some(node) = st.nodes.get_mut(&ino) {
-            node.opens = node.opens.saturating_sub(1);
-        }
-        self.maybe_drop(&mut st, ino)
+        let result = (|| -> Result<()> {
+            if let Some(node) = st.nodes.get_mut(&ino) {
+                node.opens = node.opens.saturating_sub(1);
+            }
+            self.maybe_drop(&mut st, ino)
+        })();
+        self.committed(&mut st, result)
     }
 
     fn fsync(&self, _ctx: &Context, _ino: Ino, _fh: Fh, _datasync: bool) -> Result<()> {
@@ -1506,18 +1542,21 @@ impl FileSystem for FatFs {
         self.check_writable()?;
         let name = name.to_str().ok_or(Errno::EINVAL)?;
         let mut st = self.lock();
-        let dir_id = Self::dir_of(&st, parent)?;
-        let loc = self.add_entry(&mut st, dir_id, name, self.new_entry(ATTR_ARCHIVE, 0))?;
-        let entry = self.lookup_at(&mut st, loc)?;
-        st.nodes.get_mut(&entry.attr.ino).expect("interned").opens += 1;
-        Ok((
-            entry,
-            Opened {
-                fh: Fh(0),
-                keep_cache: true,
-                direct_io: false,
-            },
-        ))
+        let result = (|| -> Result<(Entry, Opened)> {
+            let dir_id = Self::dir_of(&st, parent)?;
+            let loc = self.add_entry(&mut st, dir_id, name, self.new_entry(ATTR_ARCHIVE, 0))?;
+            let entry = self.lookup_at(&mut st, loc)?;
+            st.nodes.get_mut(&entry.attr.ino).expect("interned").opens += 1;
+            Ok((
+                entry,
+                Opened {
+                    fh: Fh(0),
+                    keep_cache: true,
+                    direct_io: false,
+                },
+            ))
+        })();
+        self.committed(&mut st, result)
     }
 }
 

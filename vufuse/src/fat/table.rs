@@ -29,9 +29,14 @@ pub enum Link {
 
 struct Page {
     data: Box<[u8]>,
-    dirty: bool,
+    /// One bit per 512-byte piece changed since the last write-back, so a
+    /// commit after each operation writes a few sectors, not whole pages.
+    dirty: u128,
     last_use: u64,
 }
+
+/// Granularity of dirty tracking (a page holds 128 of them).
+const PIECE: usize = 512;
 
 /// The cached FAT of one volume.
 pub struct Fat {
@@ -106,7 +111,7 @@ impl Fat {
                 number,
                 Page {
                     data,
-                    dirty: false,
+                    dirty: 0,
                     last_use: clock,
                 },
             );
@@ -132,14 +137,26 @@ impl Fat {
         let Some(page) = self.pages.get_mut(&number) else {
             return Ok(());
         };
-        if !page.dirty {
-            return Ok(());
+        let mut piece = 0;
+        while piece < 128 && page.dirty >> piece != 0 {
+            if page.dirty & (1 << piece) == 0 {
+                piece += 1;
+                continue;
+            }
+            // A run of consecutive dirty pieces becomes one write per copy.
+            let first = piece;
+            while piece < 128 && page.dirty & (1 << piece) != 0 {
+                piece += 1;
+            }
+            let start = first * PIECE;
+            let end = (piece * PIECE).min(page.data.len());
+            for copy in 0..self.geo.fat_count as u64 {
+                let offset =
+                    self.geo.fat_offset + copy * self.geo.fat_bytes + number * PAGE + start as u64;
+                self.dev.write_all_at(&page.data[start..end], offset)?;
+            }
         }
-        for copy in 0..self.geo.fat_count as u64 {
-            let offset = self.geo.fat_offset + copy * self.geo.fat_bytes + number * PAGE;
-            self.dev.write_all_at(&page.data, offset)?;
-        }
-        page.dirty = false;
+        page.dirty = 0;
         Ok(())
     }
 
@@ -148,7 +165,7 @@ impl Fat {
         let dirty: Vec<u64> = self
             .pages
             .iter()
-            .filter(|(_, p)| p.dirty)
+            .filter(|(_, p)| p.dirty != 0)
             .map(|(&n, _)| n)
             .collect();
         for number in dirty {
@@ -202,7 +219,10 @@ impl Fat {
                 page.data[at..at + 4].copy_from_slice(&new.to_le_bytes());
             }
         }
-        page.dirty = true;
+        // A FAT12 entry may straddle two pieces.
+        let width = if fat_type == FatType::Fat32 { 4 } else { 2 };
+        page.dirty |= 1 << (at / PIECE);
+        page.dirty |= 1 << ((at + width - 1) / PIECE);
         Ok(())
     }
 
@@ -324,21 +344,6 @@ impl Fat {
                 }
             }
             self.next_free = self.next_free.min(start);
-        }
-        Ok(())
-    }
-
-    /// Sets or clears the "volume dirty" flag kept in entry 1 (FAT16/32).
-    pub fn set_dirty_flag(&mut self, dirty: bool) -> Result<()> {
-        let bit = match self.geo.fat_type {
-            FatType::Fat12 => return Ok(()),
-            FatType::Fat16 => 0x8000,
-            FatType::Fat32 => 0x0800_0000,
-        };
-        let value = self.raw(1)?;
-        let new = if dirty { value & !bit } else { value | bit };
-        if new != value {
-            self.set_raw(1, new)?;
         }
         Ok(())
     }
