@@ -1339,9 +1339,7 @@ impl FileSystem for FatFs {
             return Err(Errno::EINVAL);
         }
         let mut st = self.lock();
-        let result = (|| -> Result<()> {
-            self.rename_locked(&mut st, parent, name, new_parent, new_name, flags)
-        })();
+        let result = self.rename_locked(&mut st, parent, name, new_parent, new_name, flags);
         self.committed(&mut st, result)
     }
 
@@ -1431,12 +1429,10 @@ impl FileSystem for FatFs {
 
     fn release(&self, _ctx: &Context, ino: Ino, _fh: Fh) -> Result<()> {
         let mut st = self.lock();
-        let result = (|| -> Result<()> {
-            if let Some(node) = st.nodes.get_mut(&ino) {
-                node.opens = node.opens.saturating_sub(1);
-            }
-            self.maybe_drop(&mut st, ino)
-        })();
+        if let Some(node) = st.nodes.get_mut(&ino) {
+            node.opens = node.opens.saturating_sub(1);
+        }
+        let result = self.maybe_drop(&mut st, ino);
         self.committed(&mut st, result)
     }
 
