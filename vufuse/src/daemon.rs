@@ -133,7 +133,19 @@ pub fn main<F>(spec: &DaemonSpec, serve: F) -> ExitCode
 where
     F: FnOnce(&Invocation) -> Result<Served, String>,
 {
-    let invocation = match parse_command_line(spec, std::env::args_os()) {
+    main_with_args(spec, std::env::args_os(), serve)
+}
+
+/// [`main`] with the command line given (`args` includes the program name):
+/// for a binary that rewrites its arguments first (e.g. takes its own `-o`
+/// words out before the shared parser sees them).
+pub fn main_with_args<I, T, F>(spec: &DaemonSpec, args: I, serve: F) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+    F: FnOnce(&Invocation) -> Result<Served, String>,
+{
+    let invocation = match parse_command_line(spec, args) {
         Ok(Parsed::Run(invocation)) => invocation,
         Ok(Parsed::Exit(code)) => return ExitCode::from(code),
         Err(e) => return report(spec, &e),
