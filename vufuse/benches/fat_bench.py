@@ -16,6 +16,7 @@ Usage: fat_bench.py [--ours PATH] [--c PATH] [--runs N] [--dir DIR]
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,18 @@ MIB = 1 << 20
 
 
 def sh(cmd, timeout=None, check=True):
-    return subprocess.run(cmd, shell=True, check=check, timeout=timeout, capture_output=True, text=True)
+    """Runs a shell command; on timeout kills its whole process group (a
+    plain subprocess timeout kills only the shell and leaves mcopy running)."""
+    proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    if check and proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out, err)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def drop_caches():
@@ -60,8 +72,10 @@ class Daemon:
         return 0
 
     def unmount(self):
-        sh(f"fusermount3 -u {self.mnt}")
-        self.proc.wait(timeout=60)
+        # Lazily if a killed step left something open.
+        if sh(f"fusermount3 -u {self.mnt}", check=False).returncode != 0:
+            sh(f"fusermount3 -u -z {self.mnt}")
+        self.proc.wait(timeout=120)
 
 
 def fresh_image(path, size_mib):
@@ -108,7 +122,7 @@ def bench_fuse(name, binary, options, args, source):
         drop_caches()
         try:
             results["create5000"].append(
-                timed(lambda: subprocess.run([sys.executable, "-c", CREATE_SCRIPT, f"{mnt}/many"], check=True, timeout=args.timeout))
+                timed(lambda: sh(f"{sys.executable} -c '{CREATE_SCRIPT}' {mnt}/many", timeout=args.timeout))
             )
         except subprocess.TimeoutExpired:
             results["create5000"].append(float("inf"))
