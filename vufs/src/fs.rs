@@ -742,6 +742,9 @@ impl VuFs {
         }
         if !linked {
             self.copy_meta(path, &lst, view)?;
+            if fmt == libc::S_IFREG && lst.st_nlink > 1 {
+                self.link_other_names(ctx, path, &lst);
+            }
         }
         // The inode keeps its number: add the upper key; move open handles.
         let ust = at.stat()?;
@@ -763,6 +766,54 @@ impl VuFs {
             self.redirect_handles(ino, path);
         }
         Ok(())
+    }
+
+    /// Hard links survive copy-up: the other view names of the lower file
+    /// just copied to `path` become links to the copy. The lower tree is
+    /// searched until all `st_nlink` names are found (only files with
+    /// several links pay for this).
+    fn link_other_names(&self, ctx: &Context, path: &Path, lst: &Stat) {
+        let mut missing = lst.st_nlink.saturating_sub(1) as u64;
+        let mut stack = vec![PathBuf::new()];
+        let mut found = Vec::new();
+        while let Some(dir) = stack.pop() {
+            if missing == 0 {
+                break;
+            }
+            let Ok(entries) = host::list_dir(self.lower.as_fd(), &dir) else {
+                continue;
+            };
+            for e in entries {
+                let child = dir.join(&e.name);
+                match e.kind {
+                    Some(libc::S_IFDIR) => stack.push(child),
+                    Some(libc::S_IFREG) | None if e.ino == lst.st_ino && child != path => {
+                        if host::stat_at(self.lower.as_fd(), &child)
+                            .is_ok_and(|st| st.st_dev == lst.st_dev && st.st_ino == lst.st_ino)
+                        {
+                            missing = missing.saturating_sub(1);
+                            found.push(child);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for other in found {
+            if self.route(&other) != Route::Union
+                || self.in_upper(&other)
+                || self.deleted(&other)
+                || self.upper_parents(ctx, &other).is_err()
+            {
+                continue;
+            }
+            if let (Ok(a), Ok(b)) = (
+                At::new(self.upper.as_fd(), path),
+                At::new(self.upper.as_fd(), &other),
+            ) {
+                let _ = rustix::fs::linkat(a.dir(), a.name, b.dir(), b.name, AtFlags::empty());
+            }
+        }
     }
 
     /// Gives the upper copy of `path` the mode, owner, times and xattrs of
@@ -1575,19 +1626,26 @@ impl FileSystem for VuFs {
         let make = |root: BorrowedFd<'_>| -> Result<()> {
             let at = At::new(root, &path)?;
             let ft = rustix::fs::FileType::from_raw_mode(mode);
-            match rustix::fs::mknodat(
-                at.dir(),
-                at.name,
-                ft,
-                HostMode::from_raw_mode(perm),
-                rdev as u64,
-            ) {
-                Ok(()) => Ok(()),
+            // Device nodes in SOURCE are always faked (a regular file and a
+            // vstat entry), as the C vufs does without privileges: a daemon
+            // running as root must not let a user make real device nodes.
+            let fake = union
+                && root.as_fd().as_raw_fd_eq(self.upper.as_fd())
+                && (fmt == libc::S_IFCHR || fmt == libc::S_IFBLK);
+            let made = if fake {
                 Err(HostErrno::PERM)
-                    if union
-                        && root.as_fd().as_raw_fd_eq(self.upper.as_fd())
-                        && (fmt == libc::S_IFCHR || fmt == libc::S_IFBLK) =>
-                {
+            } else {
+                rustix::fs::mknodat(
+                    at.dir(),
+                    at.name,
+                    ft,
+                    HostMode::from_raw_mode(perm),
+                    rdev as u64,
+                )
+            };
+            match made {
+                Ok(()) => Ok(()),
+                Err(HostErrno::PERM) if fake => {
                     rustix::fs::mknodat(
                         at.dir(),
                         at.name,

@@ -1,0 +1,450 @@
+//! `vufs` through the real kernel FUSE: one test per rule of issue 4.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+#[test]
+fn bind_shows_source_alone() {
+    need_fuse!();
+    let s = Scratch::example();
+    let m = Mounted::new(&s.upper, &s.lower, &["bind"]);
+    assert_eq!(names(&s.lower), vec!["a", "x"]);
+    assert_eq!(read(&s.low("a")), "over a\n");
+    assert_eq!(errno_of(fs::metadata(s.low("b"))), libc::ENOENT);
+    fs::write(s.low("new"), "n").unwrap();
+    m.unmount();
+    assert_eq!(read(&s.up("new")), "n");
+    assert_eq!(read(&s.low("b")), "real b\n");
+    assert!(!s.low("new").exists());
+    // `move` is a synonym.
+    let m = Mounted::new(&s.upper, &s.lower, &["move"]);
+    assert_eq!(names(&s.lower), vec!["a", "new", "x"]);
+    m.unmount();
+}
+
+#[test]
+fn merge_union_source_read_only() {
+    need_fuse!();
+    let s = Scratch::example();
+    let m = Mounted::new(&s.upper, &s.lower, &["merge"]);
+    assert_eq!(names(&s.lower), vec!["a", "b", "sub", "x"]);
+    assert_eq!(read(&s.low("a")), "over a\n", "SOURCE wins on equal names");
+    // Writes to lower files and new names go to the lower tree.
+    fs::write(s.low("b"), "changed b\n").unwrap();
+    fs::write(s.low("n"), "new n\n").unwrap();
+    fs::create_dir(s.low("d")).unwrap();
+    fs::remove_file(s.low("sub/c")).unwrap();
+    // SOURCE's files are read-only.
+    assert_eq!(errno_of(fs::write(s.low("a"), "no")), libc::EROFS);
+    assert_eq!(errno_of(fs::remove_file(s.low("x"))), libc::EROFS);
+    m.unmount();
+    assert_eq!(read(&s.low("b")), "changed b\n");
+    assert_eq!(read(&s.low("n")), "new n\n");
+    assert!(s.low("d").is_dir());
+    assert!(!s.low("sub/c").exists());
+    assert_eq!(names(&s.upper), vec!["a", "x"], "SOURCE untouched");
+    assert_eq!(read(&s.up("a")), "over a\n");
+}
+
+#[test]
+fn cow_changes_land_in_source_only() {
+    need_fuse!();
+    let s = Scratch::example();
+    let saved = s.save_lower();
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    assert_eq!(
+        names(&s.lower),
+        vec!["a", "b", "sub", "x"],
+        ".- never listed"
+    );
+    sh(&format!("echo more >> '{}'", s.low("b").display()));
+    assert_eq!(read(&s.low("b")), "real b\nmore\n");
+    fs::remove_file(s.low("sub/c")).unwrap();
+    assert!(names(&s.low("sub")).is_empty());
+    fs::remove_file(s.low("a")).unwrap();
+    assert_eq!(errno_of(fs::metadata(s.low("a"))), libc::ENOENT);
+    m.unmount();
+    assert_same_tree(&s.lower, &saved);
+    assert_eq!(read(&s.up("b")), "real b\nmore\n", "b copied up");
+    let wh = s.up(".-/sub/c");
+    assert!(
+        wh.is_file() && fs::metadata(&wh).unwrap().len() == 0,
+        "whiteout"
+    );
+    assert!(s.up(".-/a").is_file(), "a deleted in both layers");
+    assert!(!s.up("a").exists());
+
+    // Re-creating a name removes its whiteout.
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    fs::write(s.low("a"), "new a\n").unwrap();
+    assert_eq!(read(&s.low("a")), "new a\n");
+    m.unmount();
+    assert!(!s.up(".-/a").exists(), "whiteout removed");
+    assert_same_tree(&s.lower, &saved);
+}
+
+#[test]
+fn cow_rmdir_becomes_one_whiteout_and_recreated_dir_is_empty() {
+    need_fuse!();
+    let s = Scratch::example();
+    fs::write(s.low("sub/d"), "d").unwrap();
+    let saved = s.save_lower();
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    assert_eq!(
+        errno_of(fs::remove_dir(s.low("sub"))),
+        libc::ENOTEMPTY,
+        "lower entries count"
+    );
+    fs::remove_file(s.low("sub/c")).unwrap();
+    fs::remove_file(s.low("sub/d")).unwrap();
+    fs::remove_dir(s.low("sub")).unwrap();
+    assert!(!s.low("sub").exists());
+    m.unmount();
+    let wh = s.up(".-/sub");
+    assert!(wh.is_file(), "the directory whiteout is one regular file");
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    fs::create_dir(s.low("sub")).unwrap();
+    assert!(names(&s.low("sub")).is_empty(), "no old lower entries");
+    fs::write(s.low("sub/e"), "e").unwrap();
+    assert_eq!(names(&s.low("sub")), vec!["e"]);
+    m.unmount();
+    assert_same_tree(&s.lower, &saved);
+    // The same view after a remount.
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    assert_eq!(names(&s.low("sub")), vec!["e"]);
+    m.unmount();
+}
+
+#[test]
+fn cow_mknod_is_faked_through_vstat() {
+    need_fuse!();
+    let s = Scratch::example();
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    sh(&format!("mknod '{}' c 1 3", s.low("cdev").display()));
+    let meta = fs::symlink_metadata(s.low("cdev")).unwrap();
+    assert!(meta.file_type().is_char_device());
+    assert_eq!(meta.rdev(), libc::makedev(1, 3));
+    sh(&format!("mkfifo '{}'", s.low("fifo").display()));
+    assert!(fs::symlink_metadata(s.low("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    m.unmount();
+    assert!(s.up("cdev").is_file(), "a regular file in SOURCE");
+    let vstat = fs::read_to_string(s.upper.join(".-/cdev\u{7f}")).unwrap();
+    assert!(vstat.contains("type=c\n"), "{vstat}");
+    assert!(vstat.contains("rdev=1,3\n"), "{vstat}");
+    assert!(!s.low("cdev").exists());
+}
+
+#[test]
+fn cow_except_shows_lower_untouched() {
+    need_fuse!();
+    let s = Scratch::example();
+    let m = Mounted::new(&s.upper, &s.lower, &["cow,except=/sub"]);
+    fs::write(s.low("sub/c"), "written through\n").unwrap();
+    fs::write(s.low("b"), "cow b\n").unwrap();
+    m.unmount();
+    assert_eq!(
+        read(&s.low("sub/c")),
+        "written through\n",
+        "writes hit the lower tree"
+    );
+    assert_eq!(read(&s.low("b")), "real b\n");
+    assert!(!s.up("sub").exists());
+}
+
+#[test]
+fn cow_nochcopy_records_vstat_only() {
+    need_fuse!();
+    let s = Scratch::example();
+    let m = Mounted::new(&s.upper, &s.lower, &["cow", "nochcopy"]);
+    sh(&format!("chmod 600 '{}'", s.low("b").display()));
+    assert_eq!(fs::metadata(s.low("b")).unwrap().mode() & 0o7777, 0o600);
+    m.unmount();
+    assert!(!s.up("b").exists(), "not copied up");
+    let vstat = fs::read_to_string(s.upper.join(".-/b\u{7f}")).unwrap();
+    assert_eq!(vstat, "mode=0600\n");
+    assert_eq!(fs::metadata(s.low("b")).unwrap().mode() & 0o777, 0o644);
+}
+
+#[test]
+fn readdir_lists_each_name_once() {
+    need_fuse!();
+    let s = Scratch::new();
+    for i in 0..300 {
+        fs::write(s.low(&format!("f{i:04}")), "l").unwrap();
+        if i % 3 == 0 {
+            fs::write(s.up(&format!("f{i:04}")), "u").unwrap();
+        }
+    }
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    for i in (0..300).step_by(7) {
+        fs::remove_file(s.low(&format!("f{i:04}"))).unwrap();
+    }
+    let listed = sh(&format!("ls -f '{}'", s.lower.display()));
+    let mut seen = std::collections::HashSet::new();
+    for name in listed.lines() {
+        assert!(seen.insert(name.to_string()), "{name} listed twice");
+    }
+    assert!(!seen.contains(".-"));
+    let expected: usize = (0..300).filter(|i| i % 7 != 0).count() + 2;
+    assert_eq!(seen.len(), expected);
+    m.unmount();
+}
+
+#[test]
+fn inode_numbers_are_stable_and_links_share_one() {
+    need_fuse!();
+    let s = Scratch::example();
+    fs::hard_link(s.low("b"), s.low("b2")).unwrap();
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let ino = |p: &str| fs::symlink_metadata(s.low(p)).unwrap().ino();
+    let (b, b2, sub) = (ino("b"), ino("b2"), ino("sub"));
+    assert_eq!(b, b2, "hard links share one inode number");
+    sh(&format!("echo x >> '{}'", s.low("b").display()));
+    fs::write(s.low("sub/new"), "n").unwrap(); // creates sub in SOURCE
+    assert_eq!(ino("b"), b, "same number after copy-up");
+    assert_eq!(
+        ino("sub"),
+        sub,
+        "a directory keeps its number once in SOURCE"
+    );
+    assert_eq!(
+        read(&s.low("b2")),
+        "real b\nx\n",
+        "the other name sees the change"
+    );
+    m.unmount();
+}
+
+#[test]
+fn cow_renames_a_lower_only_directory_by_copying_it_up() {
+    need_fuse!();
+    let s = Scratch::example();
+    fs::create_dir_all(s.low("tree/deep")).unwrap();
+    fs::write(s.low("tree/deep/f"), "deep").unwrap();
+    std::os::unix::fs::symlink("deep/f", s.low("tree/link")).unwrap();
+    let saved = s.save_lower();
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    fs::rename(s.low("tree"), s.low("moved")).unwrap();
+    assert!(!s.low("tree").exists());
+    assert_eq!(read(&s.low("moved/deep/f")), "deep");
+    assert_eq!(read(&s.low("moved/link")), "deep");
+    // Renaming over a lower directory hides its old entries.
+    fs::create_dir(s.low("empty")).unwrap();
+    fs::rename(s.low("moved"), s.low("sub2")).unwrap();
+    m.unmount();
+    assert_same_tree(&s.lower, &saved);
+    assert!(s.up(".-/tree").is_file());
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    assert_eq!(names(&s.low("sub2")), vec!["deep", "link"]);
+    m.unmount();
+}
+
+#[test]
+fn copy_up_keeps_links_symlinks_fifos_holes_xattrs_modes_times() {
+    need_fuse!();
+    let s = Scratch::new();
+    // A sparse file: 1 MiB hole, 4 KiB data, 1 MiB hole.
+    sh(&format!(
+        "cd '{}' && dd if=/dev/urandom of=sparse bs=4096 count=1 seek=256 status=none && \
+         truncate -s 2M sparse && echo data > f && chmod 751 f && touch -d @1000000000 f && \
+         ln f f2 && ln -s f sym && mkfifo fifo && \
+         mkdir d && echo in > d/g && ln d/g d/g2",
+        s.lower.display()
+    ));
+    rustix::fs::setxattr(
+        &s.low("f"),
+        "user.color",
+        b"blue",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let saved = s.save_lower();
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    rustix::fs::setxattr(&s.low("f"), "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap();
+    sh(&format!(
+        "cd '{}' && touch -d @2000000000 sparse && \
+         chmod 640 fifo && mv d d-moved && ln f f3",
+        s.lower.display()
+    ));
+    let f = fs::metadata(s.low("f")).unwrap();
+    assert_eq!(f.nlink(), 3, "f, f2, f3");
+    m.unmount();
+    assert_same_tree(&s.lower, &saved);
+    let up = |p: &str| fs::symlink_metadata(s.up(p)).unwrap();
+    assert!(up("sparse").blocks() * 512 < 1 << 20, "holes kept");
+    assert_eq!(up("sparse").len(), 2 << 20);
+    assert_eq!(
+        fs::read(s.up("sparse")).unwrap(),
+        fs::read(s.low("sparse")).unwrap()
+    );
+    assert_eq!(up("f").permissions().mode() & 0o7777, 0o751);
+    assert_eq!(up("f").mtime(), 1000000000, "times kept");
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::getxattr(&s.up("f"), "user.color", &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"blue", "xattrs copied up");
+    let n = rustix::fs::getxattr(&s.up("f"), "user.k", &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"v", "and set in SOURCE");
+    assert_eq!(
+        rustix::fs::getxattr(&s.low("f"), "user.k", &mut buf[..]),
+        Err(rustix::io::Errno::NODATA),
+        "not in the lower tree"
+    );
+    assert_eq!(up("f3").ino(), up("f").ino(), "link made in SOURCE");
+    assert!(up("fifo").file_type().is_fifo());
+    assert_eq!(up("fifo").permissions().mode() & 0o777, 0o640);
+    assert!(up("d-moved/g").is_file());
+    assert_eq!(
+        up("d-moved/g").ino(),
+        up("d-moved/g2").ino(),
+        "hard links survive a tree copy-up"
+    );
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    assert_eq!(fs::read_link(s.low("sym")).unwrap(), Path::new("f"));
+    assert_eq!(read(&s.low("d-moved/g")), "in\n");
+    m.unmount();
+}
+
+#[test]
+fn handle_opened_before_copy_up_sees_current_data() {
+    need_fuse!();
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let s = Scratch::example();
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let mut reader = fs::File::open(s.low("b")).unwrap();
+    let mut first = String::new();
+    reader.read_to_string(&mut first).unwrap();
+    assert_eq!(first, "real b\n");
+    let mut writer = fs::OpenOptions::new().write(true).open(s.low("b")).unwrap();
+    writer.write_all(b"COPIED").unwrap();
+    writer.sync_all().unwrap();
+    reader.seek(SeekFrom::Start(0)).unwrap();
+    let mut now = String::new();
+    reader.read_to_string(&mut now).unwrap();
+    assert_eq!(now, "COPIED\n");
+    drop((reader, writer));
+    m.unmount();
+    assert_eq!(read(&s.low("b")), "real b\n");
+}
+
+#[test]
+fn mincow_as_unprivileged_user() {
+    need_fuse!();
+    if as_nobody("true").status.code() != Some(0) {
+        eprintln!("skipped: setpriv cannot switch to nobody here");
+        return;
+    }
+    let s = Scratch::example();
+    fs::write(s.low("w"), "world writable\n").unwrap();
+    fs::set_permissions(s.low("w"), fs::Permissions::from_mode(0o666)).unwrap();
+    fs::set_permissions(s.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let m = Mounted::new(&s.upper, &s.lower, &["mincow,allow_other"]);
+    let out = as_nobody(&format!(
+        "cd '{}' && echo nobody >> w && echo nobody >> b && echo n > n && rm sub/c && \
+         stat -c '%u:%g' b && cat b",
+        s.lower.display()
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("0:0\nreal b\nnobody\n"), "{text}");
+    m.unmount();
+    assert_eq!(
+        read(&s.low("w")),
+        "world writable\nnobody\n",
+        "modified in place"
+    );
+    assert_eq!(read(&s.low("b")), "real b\n", "read-only file untouched");
+    assert_eq!(read(&s.up("b")), "real b\nnobody\n", "copied up");
+    // The owner stays 0:0: set on the copy (the daemon is root here), else
+    // recorded in the vstat file.
+    let up = fs::metadata(s.up("b")).unwrap();
+    let vstat = fs::read_to_string(s.upper.join(".-/b\u{7f}")).unwrap_or_default();
+    assert!(
+        (up.uid(), up.gid()) == (0, 0) || (vstat.contains("uid=0\n") && vstat.contains("gid=0\n")),
+        "{vstat}"
+    );
+    assert_eq!(read(&s.up("n")), "n\n", "created in SOURCE");
+    assert!(!s.low("n").exists());
+    assert!(s.up(".-/sub/c").is_file(), "rm became a whiteout");
+    assert!(s.low("sub/c").exists());
+}
+
+#[test]
+fn nothing_escapes_through_symlinks_in_the_layers() {
+    need_fuse!();
+    let s = Scratch::new();
+    let outside = s.tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), "secret").unwrap();
+    // The lower tree has `lnk` -> outside; SOURCE has a real directory `lnk`.
+    std::os::unix::fs::symlink(&outside, s.low("lnk")).unwrap();
+    fs::create_dir(s.up("lnk")).unwrap();
+    fs::write(s.low("victim"), "v").unwrap();
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    assert!(
+        names(&s.low("lnk")).is_empty(),
+        "the daemon did not follow lnk"
+    );
+    assert_eq!(errno_of(fs::metadata(s.low("lnk/secret"))), libc::ENOENT);
+    m.unmount();
+    // `.-` replaced by a symlink to outside: the mount is refused, nothing is written there.
+    fs::remove_dir_all(s.up(".-")).unwrap();
+    std::os::unix::fs::symlink(&outside, s.up(".-")).unwrap();
+    let out = run(&s.upper, &s.lower, &["cow"]);
+    if out.status.success() {
+        let m = Mounted {
+            dir: s.lower.clone(),
+        };
+        let _ = fs::remove_file(s.low("victim"));
+        m.unmount();
+    }
+    assert_eq!(names(&outside), vec!["secret"], "nothing written outside");
+}
+
+#[test]
+fn bad_input_exits_2_with_a_message() {
+    let s = Scratch::new();
+    let file = s.tmp.path().join("file");
+    fs::write(&file, "").unwrap();
+    let cases: Vec<(Vec<&str>, &Path, &str)> = vec![
+        (vec![], Path::new("/nonexistent/src"), "SOURCE"),
+        (vec![], &file, "not a directory"),
+        (vec!["cow,merge"], &s.upper, "mutually exclusive"),
+        (vec!["cow", "mincow"], &s.upper, "mutually exclusive"),
+        (vec!["frobnicate"], &s.upper, "frobnicate"),
+        (vec!["except=sub"], &s.upper, "except"),
+        (vec!["merge=1"], &s.upper, "no value"),
+    ];
+    for (opts, source, message) in cases {
+        let out = run(source, &s.lower, &opts);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{opts:?} {source:?}: {err}");
+        assert!(err.contains(message), "{opts:?}: {err}");
+        assert!(!is_mounted(&s.lower));
+    }
+    // A busy mount point.
+    let out = run(&s.upper, Path::new("/proc"), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("busy"));
+}
