@@ -268,6 +268,8 @@ fn time(sec: i64, nsec: u64) -> SystemTime {
     }
 }
 
+// The casts are no-ops on x86_64 but not for every `Stat` layout.
+#[allow(clippy::unnecessary_cast)]
 fn to_attr(ino: u64, st: &Stat) -> Attr {
     let mtime = time(st.st_mtime, st.st_mtime_nsec as u64);
     Attr {
@@ -772,6 +774,7 @@ impl VuFs {
     /// just copied to `path` become links to the copy. The lower tree is
     /// searched until all `st_nlink` names are found (only files with
     /// several links pay for this).
+    #[allow(clippy::unnecessary_cast)]
     fn link_other_names(&self, ctx: &Context, path: &Path, lst: &Stat) {
         let mut missing = lst.st_nlink.saturating_sub(1) as u64;
         let mut stack = vec![PathBuf::new()];
@@ -787,13 +790,15 @@ impl VuFs {
                 let child = dir.join(&e.name);
                 match e.kind {
                     Some(libc::S_IFDIR) => stack.push(child),
-                    Some(libc::S_IFREG) | None if e.ino == lst.st_ino && child != path => {
-                        if host::stat_at(self.lower.as_fd(), &child)
-                            .is_ok_and(|st| st.st_dev == lst.st_dev && st.st_ino == lst.st_ino)
-                        {
-                            missing = missing.saturating_sub(1);
-                            found.push(child);
-                        }
+                    Some(libc::S_IFREG) | None
+                        if e.ino == lst.st_ino
+                            && child != path
+                            && host::stat_at(self.lower.as_fd(), &child).is_ok_and(|st| {
+                                st.st_dev == lst.st_dev && st.st_ino == lst.st_ino
+                            }) =>
+                    {
+                        missing = missing.saturating_sub(1);
+                        found.push(child);
                     }
                     _ => {}
                 }
@@ -951,8 +956,8 @@ impl VuFs {
             }
         }
         let mut v = VStat::default();
-        if st.st_uid != ctx.uid || st.st_gid != ctx.gid {
-            if rustix::fs::chownat(
+        if (st.st_uid != ctx.uid || st.st_gid != ctx.gid)
+            && rustix::fs::chownat(
                 at.dir(),
                 at.name,
                 Some(rustix::fs::Uid::from_raw(ctx.uid)),
@@ -960,11 +965,10 @@ impl VuFs {
                 AtFlags::SYMLINK_NOFOLLOW,
             )
             .is_err()
-                && self.route(path) == Route::Union
-            {
-                v.uid = Some(ctx.uid);
-                v.gid = Some(ctx.gid);
-            }
+            && self.route(path) == Route::Union
+        {
+            v.uid = Some(ctx.uid);
+            v.gid = Some(ctx.gid);
         }
         if self.route(path) == Route::Union {
             self.write_vstat(path, &v)?;
@@ -1520,10 +1524,17 @@ fn st_raw_key(st: &Stat) -> Stat {
     *st
 }
 
+/// The host open flags for a request's flags: openat2 refuses unknown bits
+/// (the kernel passes e.g. `__FMODE_EXEC` for execve), so only the ones that
+/// matter to the host file are kept. O_DIRECT is left to the kernel's side.
 fn oflags(flags: i32) -> OFlags {
-    let mut f = OFlags::from_bits_retain(flags as u32);
-    f.remove(OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY);
-    f | OFlags::NOFOLLOW
+    let keep = libc::O_ACCMODE
+        | libc::O_APPEND
+        | libc::O_NONBLOCK
+        | libc::O_DSYNC
+        | libc::O_SYNC
+        | libc::O_TRUNC;
+    OFlags::from_bits_retain((flags & keep) as u32) | OFlags::NOFOLLOW | OFlags::LARGEFILE
 }
 
 fn wants_write(flags: i32) -> bool {

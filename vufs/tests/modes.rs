@@ -270,7 +270,7 @@ fn copy_up_keeps_links_symlinks_fifos_holes_xattrs_modes_times() {
         s.lower.display()
     ));
     rustix::fs::setxattr(
-        &s.low("f"),
+        s.low("f"),
         "user.color",
         b"blue",
         rustix::fs::XattrFlags::empty(),
@@ -278,7 +278,7 @@ fn copy_up_keeps_links_symlinks_fifos_holes_xattrs_modes_times() {
     .unwrap();
     let saved = s.save_lower();
     let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
-    rustix::fs::setxattr(&s.low("f"), "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(s.low("f"), "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap();
     sh(&format!(
         "cd '{}' && touch -d @2000000000 sparse && \
          chmod 640 fifo && mv d d-moved && ln f f3",
@@ -298,12 +298,12 @@ fn copy_up_keeps_links_symlinks_fifos_holes_xattrs_modes_times() {
     assert_eq!(up("f").permissions().mode() & 0o7777, 0o751);
     assert_eq!(up("f").mtime(), 1000000000, "times kept");
     let mut buf = [0u8; 64];
-    let n = rustix::fs::getxattr(&s.up("f"), "user.color", &mut buf[..]).unwrap();
+    let n = rustix::fs::getxattr(s.up("f"), "user.color", &mut buf[..]).unwrap();
     assert_eq!(&buf[..n], b"blue", "xattrs copied up");
-    let n = rustix::fs::getxattr(&s.up("f"), "user.k", &mut buf[..]).unwrap();
+    let n = rustix::fs::getxattr(s.up("f"), "user.k", &mut buf[..]).unwrap();
     assert_eq!(&buf[..n], b"v", "and set in SOURCE");
     assert_eq!(
-        rustix::fs::getxattr(&s.low("f"), "user.k", &mut buf[..]),
+        rustix::fs::getxattr(s.low("f"), "user.k", &mut buf[..]),
         Err(rustix::io::Errno::NODATA),
         "not in the lower tree"
     );

@@ -150,7 +150,7 @@ pub fn daemon_gone(dir: &Path) -> bool {
                     let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
                     args.first()
                         .is_some_and(|a| String::from_utf8_lossy(a).ends_with("vufs"))
-                        && args.iter().any(|a| *a == needle.as_bytes())
+                        && args.contains(&needle.as_bytes())
                 })
                 .unwrap_or(false)
         });
