@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ext;
 pub mod fat;
 pub mod fs;
 pub mod resolver;

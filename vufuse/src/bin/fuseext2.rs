@@ -1,0 +1,46 @@
+//! `fuseext2 [-o OPTS] IMAGE MOUNTPOINT`: an ext2/3/4 filesystem from an image
+//! file, a partition of a disk image (`-o part=N`) or a device, through the
+//! kernel's FUSE, on libext2fs. Read-only for now (writing is in progress).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
+use vufuse::ext::{looks_like_ext, ExtFs, ExtOptions};
+use vufuse::options::WritePolicy;
+use vufuse::source::open_source;
+
+const SPEC: DaemonSpec = DaemonSpec {
+    name: "fuseext2",
+    about: "Mounts an ext2/3/4 filesystem from IMAGE (an image file, a whole disk image \
+            with a partition table, or a device). READ-ONLY: read-write (-o rw+) is not \
+            available yet and is refused.",
+    source: SourceArg::Required("IMAGE"),
+    mountpoint: MountpointKind::Directory,
+    write_policy: WritePolicy::ReadOnlyUnlessForced,
+    extra_options: "  part=N                   partition N of a partitioned image (Linux numbering;\n                           default: the only ext partition)\n",
+};
+
+fn main() -> ExitCode {
+    daemon::main(&SPEC, |invocation| {
+        let options = &invocation.options;
+        let source = invocation.source.as_deref().ok_or("no IMAGE given")?;
+        let device = open_source(
+            source,
+            options.partition,
+            options.read_only,
+            "ext2/3/4",
+            looks_like_ext,
+        )?;
+        let fs = ExtFs::open(
+            device,
+            ExtOptions {
+                read_only: options.read_only,
+            },
+        )
+        .map_err(|e| format!("{}: {e}", source.display()))?;
+        let label = fs.label().to_string();
+        let mut served = Served::new(Arc::new(fs));
+        served.fsname = (!label.is_empty()).then_some(label);
+        Ok(served)
+    })
+}

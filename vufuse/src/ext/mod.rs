@@ -1,0 +1,666 @@
+//! ext2/3/4 driver on libext2fs (the engine e2fsck and fuse2fs use; the
+//! choice and its measurements are in docs/EXT-ENGINE.md).
+//!
+//! libext2fs is reached through a small C shim (`shim.c`) with a flat API,
+//! so struct layouts stay in C. This module is the FFI edge: the only place
+//! in the crate with `unsafe`, each block with its SAFETY reasoning. The
+//! library is not thread-safe, so one mutex guards the filesystem handle.
+//!
+//! Current scope: reading (lookup, stat with real inode numbers and link
+//! counts, readdir, read, readlink, xattrs, statfs) through any
+//! [`BlockDevice`]. Writing is the next step of issue 5; read-write mounts
+//! are refused with a message until then.
+
+#![allow(unsafe_code)]
+
+use crate::fs::{
+    Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, StatFs,
+};
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use vudev::{BlockDevice, Errno, Result};
+
+/// Opaque libext2fs handles.
+#[repr(C)]
+struct ExtFsHandle {
+    _private: [u8; 0],
+}
+#[repr(C)]
+struct ExtFileHandle {
+    _private: [u8; 0],
+}
+
+/// The device as the shim sees it (mirrors `struct vx_dev`).
+#[repr(C)]
+struct VxDev {
+    ctx: *mut c_void,
+    size: u64,
+    read_only: c_int,
+    read: extern "C" fn(*mut c_void, u64, *mut c_void, usize) -> c_int,
+    write: extern "C" fn(*mut c_void, u64, *const c_void, usize) -> c_int,
+    flush: extern "C" fn(*mut c_void) -> c_int,
+}
+
+/// Mirrors `struct vx_stat`.
+#[repr(C)]
+#[derive(Default)]
+struct VxStat {
+    ino: u64,
+    size: u64,
+    blocks: u64,
+    mode: u32,
+    nlink: u32,
+    uid: u32,
+    gid: u32,
+    rdev: u32,
+    generation: u32,
+    atime: i64,
+    mtime: i64,
+    ctime: i64,
+    crtime: i64,
+    atime_ns: u32,
+    mtime_ns: u32,
+    ctime_ns: u32,
+    crtime_ns: u32,
+}
+
+/// Mirrors `struct vx_statfs`.
+#[repr(C)]
+#[derive(Default)]
+struct VxStatFs {
+    blocks: u64,
+    blocks_free: u64,
+    blocks_avail: u64,
+    files: u64,
+    files_free: u64,
+    block_size: u32,
+    name_max: u32,
+}
+
+type DirentCb = extern "C" fn(*mut c_void, u32, c_int, *const c_char, usize) -> c_int;
+type XattrCb = extern "C" fn(*mut c_void, *const c_char, *const c_void, usize) -> c_int;
+
+extern "C" {
+    fn vx_open(
+        dev: *mut VxDev,
+        rw: c_int,
+        out: *mut *mut ExtFsHandle,
+        msg: *mut c_char,
+        msglen: usize,
+    ) -> c_int;
+    fn vx_close(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_stat(fs: *mut ExtFsHandle, ino: u32, st: *mut VxStat) -> c_int;
+    fn vx_lookup(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        len: usize,
+        ino: *mut u32,
+    ) -> c_int;
+    fn vx_readdir(fs: *mut ExtFsHandle, dir: u32, cb: DirentCb, ctx: *mut c_void) -> c_int;
+    fn vx_file_open(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        write: c_int,
+        out: *mut *mut ExtFileHandle,
+    ) -> c_int;
+    fn vx_file_read(
+        f: *mut ExtFileHandle,
+        offset: u64,
+        buf: *mut c_void,
+        len: usize,
+        got: *mut usize,
+    ) -> c_int;
+    fn vx_file_close(f: *mut ExtFileHandle) -> c_int;
+    fn vx_readlink(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        buf: *mut c_char,
+        cap: usize,
+        len: *mut usize,
+    ) -> c_int;
+    fn vx_statfs(fs: *mut ExtFsHandle, st: *mut VxStatFs) -> c_int;
+    fn vx_label(fs: *mut ExtFsHandle, buf: *mut c_char);
+    fn vx_xattrs(fs: *mut ExtFsHandle, ino: u32, cb: XattrCb, ctx: *mut c_void) -> c_int;
+}
+
+fn check(code: c_int) -> Result<()> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw(code))
+    }
+}
+
+/// Runs a device callback body; a panic becomes EIO instead of unwinding into C.
+fn guarded(f: impl FnOnce() -> Result<()>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => e.raw(),
+        Err(_) => libc::EIO,
+    }
+}
+
+extern "C" fn dev_read(ctx: *mut c_void, offset: u64, buf: *mut c_void, len: usize) -> c_int {
+    guarded(|| {
+        // SAFETY: ctx is the `Arc<dyn BlockDevice>` boxed in `ExtFs::open`, alive
+        // until the filesystem is closed; buf is a writable buffer of len bytes
+        // owned by libext2fs for the duration of this call.
+        let (dev, buf) = unsafe {
+            (
+                &*(ctx as *const Arc<dyn BlockDevice>),
+                std::slice::from_raw_parts_mut(buf as *mut u8, len),
+            )
+        };
+        dev.read_exact_at(buf, offset)
+    })
+}
+
+extern "C" fn dev_write(ctx: *mut c_void, offset: u64, buf: *const c_void, len: usize) -> c_int {
+    guarded(|| {
+        // SAFETY: as in dev_read; buf is readable for len bytes during the call.
+        let (dev, buf) = unsafe {
+            (
+                &*(ctx as *const Arc<dyn BlockDevice>),
+                std::slice::from_raw_parts(buf as *const u8, len),
+            )
+        };
+        dev.write_all_at(buf, offset)
+    })
+}
+
+extern "C" fn dev_flush(ctx: *mut c_void) -> c_int {
+    guarded(|| {
+        // SAFETY: as in dev_read.
+        let dev = unsafe { &*(ctx as *const Arc<dyn BlockDevice>) };
+        dev.flush()
+    })
+}
+
+/// What the driver itself needs from the mount options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExtOptions {
+    /// Refuse every change.
+    pub read_only: bool,
+}
+
+/// Why a volume could not be mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountError {
+    /// The errno a front end reports.
+    pub errno: Errno,
+    /// What is wrong, for the user.
+    pub message: String,
+}
+
+impl std::fmt::Display for MountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for MountError {}
+
+/// The libext2fs handle and the open files; only touched under the mutex.
+struct Handles {
+    fs: *mut ExtFsHandle,
+    files: HashMap<u64, *mut ExtFileHandle>,
+    dirs: HashMap<u64, Vec<(u32, FileKind, Vec<u8>)>>,
+}
+
+// SAFETY: libext2fs handles are plain heap data with no thread affinity; the
+// library is not thread-safe, so every use goes through `ExtFs::lock`, which
+// serialises all calls.
+unsafe impl Send for Handles {}
+
+/// A mounted ext2/3/4 volume.
+pub struct ExtFs {
+    handles: Mutex<Handles>,
+    /// Owns the device the shim's `VxDev` points into; freed after close.
+    device: *mut VxDev,
+    label: String,
+    next_fh: AtomicU64,
+}
+
+// SAFETY: `device` is written once in `open` and read only by libext2fs
+// under the mutex; `Handles` is Send and guarded by the mutex.
+unsafe impl Send for ExtFs {}
+// SAFETY: as above; all shared access is serialised by `handles`.
+unsafe impl Sync for ExtFs {}
+
+/// True if `dev` carries an ext2/3/4 superblock (magic 0xEF53 at byte 1080).
+pub fn looks_like_ext(dev: &dyn BlockDevice) -> bool {
+    let mut magic = [0u8; 2];
+    dev.read_exact_at(&mut magic, 1024 + 56).is_ok() && magic == [0x53, 0xEF]
+}
+
+fn ext_ino(ino: Ino) -> u32 {
+    if ino == Ino::ROOT {
+        2
+    } else {
+        ino.0 as u32
+    }
+}
+
+fn fuse_ino(ino: u32) -> Ino {
+    if ino == 2 {
+        Ino::ROOT
+    } else {
+        Ino(ino as u64)
+    }
+}
+
+fn time(secs: i64, nanos: u32) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nanos.min(999_999_999))
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            + Duration::from_nanos(nanos.min(999_999_999) as u64)
+    }
+}
+
+fn kind_of_mode(mode: u32) -> FileKind {
+    FileKind::from_mode(mode).unwrap_or(FileKind::File)
+}
+
+fn kind_of_dirent(file_type: c_int) -> Option<FileKind> {
+    Some(match file_type {
+        1 => FileKind::File,
+        2 => FileKind::Dir,
+        3 => FileKind::CharDevice,
+        4 => FileKind::BlockDevice,
+        5 => FileKind::Fifo,
+        6 => FileKind::Socket,
+        7 => FileKind::Symlink,
+        _ => return None,
+    })
+}
+
+extern "C" fn collect_dirent(
+    ctx: *mut c_void,
+    ino: u32,
+    file_type: c_int,
+    name: *const c_char,
+    len: usize,
+) -> c_int {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: ctx is the Vec passed by `ExtFs::list`, alive for the whole
+        // iteration; name points at len bytes inside libext2fs's block buffer.
+        let (out, name) = unsafe {
+            (
+                &mut *(ctx as *mut Vec<(u32, c_int, Vec<u8>)>),
+                std::slice::from_raw_parts(name as *const u8, len),
+            )
+        };
+        out.push((ino, file_type, name.to_vec()));
+    }));
+    c_int::from(outcome.is_err())
+}
+
+extern "C" fn collect_xattr(
+    ctx: *mut c_void,
+    name: *const c_char,
+    value: *const c_void,
+    len: usize,
+) -> c_int {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: ctx is the Vec passed by `ExtFs::xattrs`; name is a NUL-terminated
+        // string and value points at len bytes, both owned by libext2fs during the call.
+        let (out, name, value) = unsafe {
+            (
+                &mut *(ctx as *mut Vec<(Vec<u8>, Vec<u8>)>),
+                std::ffi::CStr::from_ptr(name).to_bytes().to_vec(),
+                if len == 0 {
+                    Vec::new()
+                } else {
+                    std::slice::from_raw_parts(value as *const u8, len).to_vec()
+                },
+            )
+        };
+        out.push((name, value));
+    }));
+    c_int::from(outcome.is_err())
+}
+
+impl ExtFs {
+    /// Opens the ext2/3/4 volume on `dev`.
+    pub fn open(
+        dev: Arc<dyn BlockDevice>,
+        opts: ExtOptions,
+    ) -> std::result::Result<ExtFs, MountError> {
+        if !opts.read_only {
+            return Err(MountError {
+                errno: Errno::EROFS,
+                message:
+                    "read-write ext mounts are not available yet: mount read-only (the default)"
+                        .into(),
+            });
+        }
+        let size = dev.size();
+        let ctx = Box::into_raw(Box::new(dev)) as *mut c_void;
+        let device = Box::into_raw(Box::new(VxDev {
+            ctx,
+            size,
+            read_only: 1,
+            read: dev_read,
+            write: dev_write,
+            flush: dev_flush,
+        }));
+        let mut fs: *mut ExtFsHandle = std::ptr::null_mut();
+        let mut msg = vec![0u8; 512];
+        // SAFETY: device points at a live VxDev that outlives the handle (freed
+        // in Drop after vx_close); msg is a writable buffer of its length.
+        let code = unsafe {
+            vx_open(
+                device,
+                0,
+                &mut fs,
+                msg.as_mut_ptr() as *mut c_char,
+                msg.len(),
+            )
+        };
+        if code != 0 {
+            // SAFETY: both boxes were created above and nothing else holds them.
+            unsafe { free_device(device) };
+            let end = msg.iter().position(|&b| b == 0).unwrap_or(msg.len());
+            return Err(MountError {
+                errno: Errno::from_raw(code),
+                message: String::from_utf8_lossy(&msg[..end]).into_owned(),
+            });
+        }
+        let mut label = [0 as c_char; 17];
+        // SAFETY: fs is the handle just opened; label has the 17 bytes vx_label writes.
+        unsafe { vx_label(fs, label.as_mut_ptr()) };
+        // SAFETY: vx_label NUL-terminates within the buffer.
+        let label = unsafe { std::ffi::CStr::from_ptr(label.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        Ok(ExtFs {
+            handles: Mutex::new(Handles {
+                fs,
+                files: HashMap::new(),
+                dirs: HashMap::new(),
+            }),
+            device,
+            label,
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    /// The volume label (may be empty).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Handles> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stat(h: &Handles, ino: u32) -> Result<VxStat> {
+        let mut st = VxStat::default();
+        // SAFETY: h.fs is open while Handles exists; st is a valid out-pointer.
+        check(unsafe { vx_stat(h.fs, ino, &mut st) })?;
+        Ok(st)
+    }
+
+    fn attr(st: &VxStat) -> Attr {
+        Attr {
+            ino: fuse_ino(st.ino as u32),
+            size: st.size,
+            blocks: st.blocks,
+            atime: time(st.atime, st.atime_ns),
+            mtime: time(st.mtime, st.mtime_ns),
+            ctime: time(st.ctime, st.ctime_ns),
+            crtime: time(st.crtime, st.crtime_ns),
+            kind: kind_of_mode(st.mode),
+            perm: (st.mode & 0o7777) as u16,
+            nlink: st.nlink,
+            uid: st.uid,
+            gid: st.gid,
+            rdev: st.rdev,
+            blksize: 4096,
+        }
+    }
+
+    fn list(h: &Handles, dir: u32) -> Result<Vec<(u32, FileKind, Vec<u8>)>> {
+        let mut raw: Vec<(u32, c_int, Vec<u8>)> = Vec::new();
+        // SAFETY: h.fs is open; the callback only touches `raw`, alive for the call.
+        check(unsafe { vx_readdir(h.fs, dir, collect_dirent, &mut raw as *mut _ as *mut c_void) })?;
+        raw.into_iter()
+            .map(|(ino, ft, name)| {
+                let kind = match kind_of_dirent(ft) {
+                    Some(k) => k,
+                    // No filetype feature: ask the inode.
+                    None => kind_of_mode(Self::stat(h, ino)?.mode),
+                };
+                Ok((ino, kind, name))
+            })
+            .collect()
+    }
+
+    fn xattrs(h: &Handles, ino: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        // SAFETY: h.fs is open; the callback only touches `out`, alive for the call.
+        check(unsafe { vx_xattrs(h.fs, ino, collect_xattr, &mut out as *mut _ as *mut c_void) })?;
+        Ok(out)
+    }
+}
+
+/// Frees the device descriptor and the boxed device behind it.
+///
+/// # Safety
+/// `device` must come from `Box::into_raw` in `ExtFs::open`, and libext2fs
+/// must no longer use it (the filesystem is closed or was never opened).
+unsafe fn free_device(device: *mut VxDev) {
+    // SAFETY: guaranteed by the caller.
+    let device = unsafe { Box::from_raw(device) };
+    // SAFETY: ctx was created from a Box<Arc<dyn BlockDevice>> in `open`.
+    drop(unsafe { Box::from_raw(device.ctx as *mut Arc<dyn BlockDevice>) });
+}
+
+impl Drop for ExtFs {
+    fn drop(&mut self) {
+        let h = self.handles.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, file) in h.files.drain() {
+            // SAFETY: each file handle was opened by vx_file_open and not closed.
+            unsafe { vx_file_close(file) };
+        }
+        // SAFETY: h.fs was opened by vx_open and is closed exactly once, here.
+        let code = unsafe { vx_close(h.fs) };
+        if code != 0 {
+            eprintln!(
+                "ext: closing the filesystem failed: {}",
+                Errno::from_raw(code)
+            );
+        }
+        // SAFETY: the filesystem is closed, so libext2fs no longer uses the device.
+        unsafe { free_device(self.device) };
+    }
+}
+
+impl FileSystem for ExtFs {
+    fn cache_policy(&self) -> CachePolicy {
+        CachePolicy {
+            attr_ttl: Duration::from_secs(60),
+            entry_ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn lookup(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<Entry> {
+        let h = self.lock();
+        let bytes = name.as_bytes();
+        if bytes.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let mut ino = 0u32;
+        // SAFETY: h.fs is open; name is valid for bytes.len() bytes.
+        check(unsafe {
+            vx_lookup(
+                h.fs,
+                ext_ino(parent),
+                bytes.as_ptr() as *const c_char,
+                bytes.len(),
+                &mut ino,
+            )
+        })?;
+        let st = Self::stat(&h, ino)?;
+        Ok(Entry {
+            attr: Self::attr(&st),
+            generation: st.generation as u64,
+        })
+    }
+
+    fn getattr(&self, _ctx: &Context, ino: Ino, _fh: Option<Fh>) -> Result<Attr> {
+        let h = self.lock();
+        Ok(Self::attr(&Self::stat(&h, ext_ino(ino))?))
+    }
+
+    fn readlink(&self, _ctx: &Context, ino: Ino) -> Result<Vec<u8>> {
+        let h = self.lock();
+        let mut buf = vec![0u8; 4096];
+        let mut len = 0usize;
+        // SAFETY: h.fs is open; buf is writable for its length.
+        check(unsafe {
+            vx_readlink(
+                h.fs,
+                ext_ino(ino),
+                buf.as_mut_ptr() as *mut c_char,
+                buf.len(),
+                &mut len,
+            )
+        })?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    fn open(&self, _ctx: &Context, ino: Ino, flags: i32) -> Result<Opened> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(Errno::EROFS);
+        }
+        let mut h = self.lock();
+        let mut file: *mut ExtFileHandle = std::ptr::null_mut();
+        // SAFETY: h.fs is open; file is a valid out-pointer.
+        check(unsafe { vx_file_open(h.fs, ext_ino(ino), 0, &mut file) })?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        h.files.insert(fh, file);
+        Ok(Opened {
+            fh: Fh(fh),
+            keep_cache: true,
+            direct_io: false,
+        })
+    }
+
+    fn read(
+        &self,
+        _ctx: &Context,
+        _ino: Ino,
+        fh: Fh,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        let h = self.lock();
+        let file = *h.files.get(&fh.0).ok_or(Errno::EBADF)?;
+        let mut got = 0usize;
+        // SAFETY: file is an open handle of h.fs; buf is writable for its length.
+        check(unsafe {
+            vx_file_read(
+                file,
+                offset,
+                buf.as_mut_ptr() as *mut c_void,
+                buf.len(),
+                &mut got,
+            )
+        })?;
+        Ok(got)
+    }
+
+    fn release(&self, _ctx: &Context, _ino: Ino, fh: Fh) -> Result<()> {
+        let mut h = self.lock();
+        if let Some(file) = h.files.remove(&fh.0) {
+            // SAFETY: file was opened by vx_file_open and is closed once, here.
+            check(unsafe { vx_file_close(file) })?;
+        }
+        Ok(())
+    }
+
+    fn opendir(&self, _ctx: &Context, ino: Ino) -> Result<Fh> {
+        let mut h = self.lock();
+        let entries = Self::list(&h, ext_ino(ino))?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        h.dirs.insert(fh, entries);
+        Ok(Fh(fh))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        ino: Ino,
+        fh: Fh,
+        offset: u64,
+        sink: &mut dyn FnMut(DirEntry<'_>) -> bool,
+    ) -> Result<()> {
+        let mut h = self.lock();
+        if !h.dirs.contains_key(&fh.0) {
+            // A front end without opendir (e.g. a path-based one): list now.
+            let entries = Self::list(&h, ext_ino(ino))?;
+            h.dirs.insert(fh.0, entries);
+        }
+        let entries = &h.dirs[&fh.0];
+        for (i, (entry_ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            let entry = DirEntry {
+                ino: fuse_ino(*entry_ino),
+                next_offset: i as u64 + 1,
+                kind: *kind,
+                name: OsStr::from_bytes(name),
+            };
+            if !sink(entry) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn releasedir(&self, _ctx: &Context, _ino: Ino, fh: Fh) -> Result<()> {
+        self.lock().dirs.remove(&fh.0);
+        Ok(())
+    }
+
+    fn statfs(&self, _ctx: &Context) -> Result<StatFs> {
+        let h = self.lock();
+        let mut st = VxStatFs::default();
+        // SAFETY: h.fs is open; st is a valid out-pointer.
+        check(unsafe { vx_statfs(h.fs, &mut st) })?;
+        Ok(StatFs {
+            blocks: st.blocks,
+            blocks_free: st.blocks_free,
+            blocks_available: st.blocks_avail,
+            files: st.files,
+            files_free: st.files_free,
+            block_size: st.block_size,
+            name_max: st.name_max,
+            fragment_size: st.block_size,
+        })
+    }
+
+    fn getxattr(&self, _ctx: &Context, ino: Ino, name: &OsStr) -> Result<Vec<u8>> {
+        let h = self.lock();
+        Self::xattrs(&h, ext_ino(ino))?
+            .into_iter()
+            .find(|(n, _)| n.as_slice() == name.as_bytes())
+            .map(|(_, v)| v)
+            .ok_or(Errno::ENODATA)
+    }
+
+    fn listxattr(&self, _ctx: &Context, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let h = self.lock();
+        Ok(Self::xattrs(&h, ext_ino(ino))?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+}
