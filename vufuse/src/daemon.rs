@@ -196,6 +196,9 @@ fn command(spec: &DaemonSpec) -> Command {
              plain -o rw alone warns and stays read-only. -o ro always wins."
         }
         WritePolicy::ReadWriteUnlessRo => "The device is served read-write unless -o ro is given.",
+        WritePolicy::ReadOnlyUnlessRw => {
+            "The filesystem is mounted READ-ONLY unless -o rw+ or -o rw is given. -o ro always wins."
+        }
     };
     let after = format!(
         "{mode_note}\n\n\

@@ -18,6 +18,9 @@ pub enum WritePolicy {
     ReadOnlyUnlessForced,
     /// Devices: read-write unless `ro`.
     ReadWriteUnlessRo,
+    /// Filesystem drivers that follow fuse2fs (fuseext2): read-only unless
+    /// `rw+` (fuse-ext2's spelling) or plain `rw` (fuse2fs's); `ro` wins.
+    ReadOnlyUnlessRw,
 }
 
 /// A generic kernel mount flag, passed through to the kernel mount.
@@ -216,6 +219,7 @@ impl MountOptions {
                 raw.ro || !writable
             }
             WritePolicy::ReadWriteUnlessRo => raw.ro,
+            WritePolicy::ReadOnlyUnlessRw => raw.ro || !(raw.rw || raw.rw_plus),
         };
         Ok(opts)
     }
@@ -388,6 +392,16 @@ mod tests {
         assert!(fs("").read_only);
         assert!(fs("uid=5").read_only);
         assert!(fs("").warnings.is_empty());
+    }
+
+    #[test]
+    fn fuse2fs_policy_takes_plain_rw() {
+        let p = WritePolicy::ReadOnlyUnlessRw;
+        assert!(MountOptions::parse("", p).unwrap().read_only);
+        assert!(!MountOptions::parse("rw", p).unwrap().read_only);
+        assert!(!MountOptions::parse("rw+", p).unwrap().read_only);
+        assert!(MountOptions::parse("rw,ro", p).unwrap().read_only);
+        assert!(MountOptions::parse("rw", p).unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `fuseext2 [-o OPTS] IMAGE MOUNTPOINT`: an ext2/3/4 filesystem from an image
 //! file, a partition of a disk image (`-o part=N`) or a device, through the
-//! kernel's FUSE, on libext2fs. Read-only for now (writing is in progress).
+//! kernel's FUSE, on libext2fs. Read-only unless `-o rw+` (fuse-ext2's
+//! spelling) or `-o rw` (fuse2fs's).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,11 +13,11 @@ use vufuse::source::open_source;
 const SPEC: DaemonSpec = DaemonSpec {
     name: "fuseext2",
     about: "Mounts an ext2/3/4 filesystem from IMAGE (an image file, a whole disk image \
-            with a partition table, or a device). READ-ONLY: read-write (-o rw+) is not \
-            available yet and is refused.",
+            with a partition table, or a device). READ-ONLY unless -o rw+ or -o rw is given. \
+            Writes go straight to their blocks, as fuse2fs does (not through the journal).",
     source: SourceArg::Required("IMAGE"),
     mountpoint: MountpointKind::Directory,
-    write_policy: WritePolicy::ReadOnlyUnlessForced,
+    write_policy: WritePolicy::ReadOnlyUnlessRw,
     extra_options: "  part=N                   partition N of a partitioned image (Linux numbering;\n                           default: the only ext partition)\n",
 };
 

@@ -6,17 +6,22 @@
 //! in the crate with `unsafe`, each block with its SAFETY reasoning. The
 //! library is not thread-safe, so one mutex guards the filesystem handle.
 //!
-//! Current scope: reading (lookup, stat with real inode numbers and link
-//! counts, readdir, read, readlink, xattrs, statfs) through any
-//! [`BlockDevice`]. Writing is the next step of issue 5; read-write mounts
-//! are refused with a message until then.
+//! Reading and writing as fuse2fs does: changes go straight to their final
+//! blocks, not through the journal (which stays empty and consistent); a
+//! journal that needs recovery, or a filesystem with errors, is refused
+//! read-write. A file unlinked while open keeps its blocks until the last
+//! handle closes. Each read or write opens its own libext2fs file handle,
+//! because a handle caches the inode and two long-lived ones could write a
+//! stale copy back.
 
 #![allow(unsafe_code)]
 
 use crate::fs::{
-    Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, StatFs,
+    Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
+    StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -127,6 +132,132 @@ extern "C" {
     fn vx_statfs(fs: *mut ExtFsHandle, st: *mut VxStatFs) -> c_int;
     fn vx_label(fs: *mut ExtFsHandle, buf: *mut c_char);
     fn vx_xattrs(fs: *mut ExtFsHandle, ino: u32, cb: XattrCb, ctx: *mut c_void) -> c_int;
+    fn vx_begin_rw(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_end_rw(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_flush(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_mknod(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+        s: i64,
+        ns: u32,
+        out: *mut u32,
+    ) -> c_int;
+    fn vx_mkdir(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        s: i64,
+        ns: u32,
+        out: *mut u32,
+    ) -> c_int;
+    fn vx_symlink(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        target: *const c_char,
+        uid: u32,
+        gid: u32,
+        s: i64,
+        ns: u32,
+        out: *mut u32,
+    ) -> c_int;
+    fn vx_link(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        dir: u32,
+        name: *const c_char,
+        s: i64,
+        ns: u32,
+    ) -> c_int;
+    fn vx_unlink(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        want_dir: c_int,
+        s: i64,
+        ns: u32,
+        out_ino: *mut u32,
+        out_last: *mut c_int,
+    ) -> c_int;
+    fn vx_free_inode(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    fn vx_rename(
+        fs: *mut ExtFsHandle,
+        sdir: u32,
+        sname: *const c_char,
+        ddir: u32,
+        dname: *const c_char,
+        flags: c_int,
+        s: i64,
+        ns: u32,
+        freed: *mut u32,
+    ) -> c_int;
+    fn vx_file_write(
+        f: *mut ExtFileHandle,
+        offset: u64,
+        buf: *const c_void,
+        len: usize,
+        done: *mut usize,
+    ) -> c_int;
+    fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    fn vx_setattr(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        has_mode: c_int,
+        mode: u32,
+        has_uid: c_int,
+        uid: u32,
+        has_gid: c_int,
+        gid: u32,
+        has_atime: c_int,
+        a_s: i64,
+        a_ns: u32,
+        has_mtime: c_int,
+        m_s: i64,
+        m_ns: u32,
+        now_s: i64,
+        now_ns: u32,
+    ) -> c_int;
+    fn vx_setxattr(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        name: *const c_char,
+        value: *const c_void,
+        len: usize,
+        flags: c_int,
+    ) -> c_int;
+}
+
+/// Seconds and nanoseconds of `t` since the epoch (negative before it).
+fn split_time(t: SystemTime) -> (i64, u32) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            let (s, n) = (d.as_secs() as i64, d.subsec_nanos());
+            if n == 0 {
+                (-s, 0)
+            } else {
+                (-s - 1, 1_000_000_000 - n)
+            }
+        }
+    }
+}
+
+/// A name as a C string; `EINVAL` if it holds a NUL byte.
+fn c_name(name: &OsStr) -> Result<std::ffi::CString> {
+    if name.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
 }
 
 fn check(code: c_int) -> Result<()> {
@@ -209,8 +340,46 @@ impl std::error::Error for MountError {}
 /// The libext2fs handle and the open files; only touched under the mutex.
 struct Handles {
     fs: *mut ExtFsHandle,
-    files: HashMap<u64, *mut ExtFileHandle>,
+    /// Open file handles: fh to inode.
+    files: HashMap<u64, u32>,
+    /// Directory listings taken at opendir.
     dirs: HashMap<u64, Vec<(u32, FileKind, Vec<u8>)>>,
+    /// Inodes whose last link went while open: freed at their last close.
+    orphans: HashSet<u32>,
+}
+
+impl Handles {
+    fn open_count(&self, ino: u32) -> usize {
+        self.files.values().filter(|&&i| i == ino).count()
+    }
+
+    /// Frees `ino` now if nobody has it open, else when the last handle closes.
+    fn free_when_closed(&mut self, ino: u32) -> Result<()> {
+        if self.open_count(ino) > 0 {
+            self.orphans.insert(ino);
+            Ok(())
+        } else {
+            // SAFETY: self.fs is open; ino's last link is gone.
+            check(unsafe { vx_free_inode(self.fs, ino) })
+        }
+    }
+
+    /// Runs `f` with a libext2fs file handle for `ino`, closed afterwards.
+    fn with_file<T>(
+        &self,
+        ino: u32,
+        write: bool,
+        f: impl FnOnce(*mut ExtFileHandle) -> Result<T>,
+    ) -> Result<T> {
+        let mut file: *mut ExtFileHandle = std::ptr::null_mut();
+        // SAFETY: self.fs is open; file is a valid out-pointer.
+        check(unsafe { vx_file_open(self.fs, ino, c_int::from(write), &mut file) })?;
+        let result = f(file);
+        // SAFETY: file was opened just above and is closed once, here.
+        let closed = check(unsafe { vx_file_close(file) });
+        let value = result?;
+        closed.map(|()| value)
+    }
 }
 
 // SAFETY: libext2fs handles are plain heap data with no thread affinity; the
@@ -223,6 +392,7 @@ pub struct ExtFs {
     handles: Mutex<Handles>,
     /// Owns the device the shim's `VxDev` points into; freed after close.
     device: *mut VxDev,
+    read_only: bool,
     label: String,
     next_fh: AtomicU64,
 }
@@ -333,20 +503,13 @@ impl ExtFs {
         dev: Arc<dyn BlockDevice>,
         opts: ExtOptions,
     ) -> std::result::Result<ExtFs, MountError> {
-        if !opts.read_only {
-            return Err(MountError {
-                errno: Errno::EROFS,
-                message:
-                    "read-write ext mounts are not available yet: mount read-only (the default)"
-                        .into(),
-            });
-        }
+        let read_only = opts.read_only || dev.read_only();
         let size = dev.size();
         let ctx = Box::into_raw(Box::new(dev)) as *mut c_void;
         let device = Box::into_raw(Box::new(VxDev {
             ctx,
             size,
-            read_only: 1,
+            read_only: c_int::from(read_only),
             read: dev_read,
             write: dev_write,
             flush: dev_flush,
@@ -358,7 +521,7 @@ impl ExtFs {
         let code = unsafe {
             vx_open(
                 device,
-                0,
+                c_int::from(!read_only),
                 &mut fs,
                 msg.as_mut_ptr() as *mut c_char,
                 msg.len(),
@@ -373,6 +536,24 @@ impl ExtFs {
                 message: String::from_utf8_lossy(&msg[..end]).into_owned(),
             });
         }
+        if !read_only {
+            // SAFETY: fs was just opened read-write.
+            let code = unsafe { vx_begin_rw(fs) };
+            if code != 0 {
+                // SAFETY: fs is open and closed once here; then the device is unused.
+                unsafe {
+                    vx_close(fs);
+                    free_device(device);
+                }
+                return Err(MountError {
+                    errno: Errno::from_raw(code),
+                    message: format!(
+                        "cannot mark the filesystem in use: {}",
+                        Errno::from_raw(code)
+                    ),
+                });
+            }
+        }
         let mut label = [0 as c_char; 17];
         // SAFETY: fs is the handle just opened; label has the 17 bytes vx_label writes.
         unsafe { vx_label(fs, label.as_mut_ptr()) };
@@ -385,8 +566,10 @@ impl ExtFs {
                 fs,
                 files: HashMap::new(),
                 dirs: HashMap::new(),
+                orphans: HashSet::new(),
             }),
             device,
+            read_only,
             label,
             next_fh: AtomicU64::new(1),
         })
@@ -395,6 +578,47 @@ impl ExtFs {
     /// The volume label (may be empty).
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn entry_of(h: &Handles, ino: u32) -> Result<Entry> {
+        let st = Self::stat(h, ino)?;
+        Ok(Entry {
+            attr: Self::attr(&st),
+            generation: st.generation as u64,
+        })
+    }
+
+    fn remove(&self, parent: Ino, name: &OsStr, want_dir: bool) -> Result<()> {
+        self.writable()?;
+        let name = c_name(name)?;
+        let mut h = self.lock();
+        let (s, ns) = split_time(SystemTime::now());
+        let (mut ino, mut last) = (0u32, 0 as c_int);
+        // SAFETY: h.fs is open; name is NUL-terminated; outputs are valid pointers.
+        check(unsafe {
+            vx_unlink(
+                h.fs,
+                ext_ino(parent),
+                name.as_ptr(),
+                c_int::from(want_dir),
+                s,
+                ns,
+                &mut ino,
+                &mut last,
+            )
+        })?;
+        if last != 0 {
+            h.free_when_closed(ino)?;
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Handles> {
@@ -465,10 +689,16 @@ unsafe fn free_device(device: *mut VxDev) {
 
 impl Drop for ExtFs {
     fn drop(&mut self) {
+        let read_only = self.read_only;
         let h = self.handles.get_mut().unwrap_or_else(|e| e.into_inner());
-        for (_, file) in h.files.drain() {
-            // SAFETY: each file handle was opened by vx_file_open and not closed.
-            unsafe { vx_file_close(file) };
+        h.files.clear();
+        for ino in std::mem::take(&mut h.orphans) {
+            // SAFETY: h.fs is open; the orphan's last link is gone and no handle remains.
+            unsafe { vx_free_inode(h.fs, ino) };
+        }
+        if !read_only {
+            // SAFETY: h.fs is open read-write; this marks it clean before the close writes it.
+            unsafe { vx_end_rw(h.fs) };
         }
         // SAFETY: h.fs was opened by vx_open and is closed exactly once, here.
         let code = unsafe { vx_close(h.fs) };
@@ -539,15 +769,16 @@ impl FileSystem for ExtFs {
     }
 
     fn open(&self, _ctx: &Context, ino: Ino, flags: i32) -> Result<Opened> {
-        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY && self.read_only {
             return Err(Errno::EROFS);
         }
         let mut h = self.lock();
-        let mut file: *mut ExtFileHandle = std::ptr::null_mut();
-        // SAFETY: h.fs is open; file is a valid out-pointer.
-        check(unsafe { vx_file_open(h.fs, ext_ino(ino), 0, &mut file) })?;
+        let st = Self::stat(&h, ext_ino(ino))?;
+        if kind_of_mode(st.mode) == FileKind::Dir {
+            return Err(Errno::EISDIR);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        h.files.insert(fh, file);
+        h.files.insert(fh, ext_ino(ino));
         Ok(Opened {
             fh: Fh(fh),
             keep_cache: true,
@@ -558,34 +789,330 @@ impl FileSystem for ExtFs {
     fn read(
         &self,
         _ctx: &Context,
-        _ino: Ino,
-        fh: Fh,
+        ino: Ino,
+        _fh: Fh,
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize> {
         let h = self.lock();
-        let file = *h.files.get(&fh.0).ok_or(Errno::EBADF)?;
-        let mut got = 0usize;
-        // SAFETY: file is an open handle of h.fs; buf is writable for its length.
-        check(unsafe {
-            vx_file_read(
-                file,
-                offset,
-                buf.as_mut_ptr() as *mut c_void,
-                buf.len(),
-                &mut got,
-            )
-        })?;
-        Ok(got)
+        h.with_file(ext_ino(ino), false, |file| {
+            let mut got = 0usize;
+            // SAFETY: file is open; buf is writable for its length.
+            check(unsafe {
+                vx_file_read(
+                    file,
+                    offset,
+                    buf.as_mut_ptr() as *mut c_void,
+                    buf.len(),
+                    &mut got,
+                )
+            })?;
+            Ok(got)
+        })
+    }
+
+    fn write(&self, _ctx: &Context, ino: Ino, _fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
+        self.writable()?;
+        let h = self.lock();
+        h.with_file(ext_ino(ino), true, |file| {
+            let mut done = 0usize;
+            // SAFETY: file is open for writing; data is readable for its length.
+            check(unsafe {
+                vx_file_write(
+                    file,
+                    offset,
+                    data.as_ptr() as *const c_void,
+                    data.len(),
+                    &mut done,
+                )
+            })?;
+            Ok(done)
+        })
     }
 
     fn release(&self, _ctx: &Context, _ino: Ino, fh: Fh) -> Result<()> {
         let mut h = self.lock();
-        if let Some(file) = h.files.remove(&fh.0) {
-            // SAFETY: file was opened by vx_file_open and is closed once, here.
-            check(unsafe { vx_file_close(file) })?;
+        if let Some(ino) = h.files.remove(&fh.0) {
+            if h.open_count(ino) == 0 && h.orphans.remove(&ino) {
+                // SAFETY: h.fs is open; the orphan's last link is gone and its last handle closed.
+                check(unsafe { vx_free_inode(h.fs, ino) })?;
+            }
         }
         Ok(())
+    }
+
+    fn fsync(&self, _ctx: &Context, _ino: Ino, _fh: Fh, _datasync: bool) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let h = self.lock();
+        // SAFETY: h.fs is open.
+        check(unsafe { vx_flush(h.fs) })
+    }
+
+    fn setattr(&self, ctx: &Context, ino: Ino, set: &SetAttr) -> Result<Attr> {
+        self.writable()?;
+        let h = self.lock();
+        let target = ext_ino(ino);
+        if let Some(size) = set.size {
+            if kind_of_mode(Self::stat(&h, target)?.mode) == FileKind::Dir {
+                return Err(Errno::EISDIR);
+            }
+            // SAFETY: h.fs is open.
+            check(unsafe { vx_truncate(h.fs, target, size) })?;
+        }
+        let _ = ctx;
+        let (now_s, now_ns) = split_time(SystemTime::now());
+        let (a_s, a_ns) = set
+            .atime
+            .map(|t| split_time(t.resolve()))
+            .unwrap_or_default();
+        let (m_s, m_ns) = set
+            .mtime
+            .map(|t| split_time(t.resolve()))
+            .unwrap_or_default();
+        // SAFETY: h.fs is open; all arguments are plain values.
+        check(unsafe {
+            vx_setattr(
+                h.fs,
+                target,
+                c_int::from(set.mode.is_some()),
+                set.mode.unwrap_or(0),
+                c_int::from(set.uid.is_some()),
+                set.uid.unwrap_or(0),
+                c_int::from(set.gid.is_some()),
+                set.gid.unwrap_or(0),
+                c_int::from(set.atime.is_some()),
+                a_s,
+                a_ns,
+                c_int::from(set.mtime.is_some()),
+                m_s,
+                m_ns,
+                now_s,
+                now_ns,
+            )
+        })?;
+        Ok(Self::attr(&Self::stat(&h, target)?))
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<Entry> {
+        self.writable()?;
+        let name = c_name(name)?;
+        let h = self.lock();
+        let (s, ns) = split_time(SystemTime::now());
+        let mut ino = 0u32;
+        // SAFETY: h.fs is open; name is a NUL-terminated string; ino is a valid out-pointer.
+        check(unsafe {
+            vx_mknod(
+                h.fs,
+                ext_ino(parent),
+                name.as_ptr(),
+                mode,
+                rdev,
+                ctx.uid,
+                ctx.gid,
+                s,
+                ns,
+                &mut ino,
+            )
+        })?;
+        Self::entry_of(&h, ino)
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        _flags: i32,
+    ) -> Result<(Entry, Opened)> {
+        let entry = self.mknod(ctx, parent, name, libc::S_IFREG | (mode & 0o7777), 0)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.lock().files.insert(fh, ext_ino(entry.attr.ino));
+        Ok((
+            entry,
+            Opened {
+                fh: Fh(fh),
+                keep_cache: true,
+                direct_io: false,
+            },
+        ))
+    }
+
+    fn mkdir(&self, ctx: &Context, parent: Ino, name: &OsStr, mode: u32) -> Result<Entry> {
+        self.writable()?;
+        let name = c_name(name)?;
+        let h = self.lock();
+        let (s, ns) = split_time(SystemTime::now());
+        let mut ino = 0u32;
+        // SAFETY: as in mknod.
+        check(unsafe {
+            vx_mkdir(
+                h.fs,
+                ext_ino(parent),
+                name.as_ptr(),
+                mode,
+                ctx.uid,
+                ctx.gid,
+                s,
+                ns,
+                &mut ino,
+            )
+        })?;
+        Self::entry_of(&h, ino)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        parent: Ino,
+        name: &OsStr,
+        target: &std::path::Path,
+    ) -> Result<Entry> {
+        self.writable()?;
+        let name = c_name(name)?;
+        let target =
+            std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let h = self.lock();
+        let (s, ns) = split_time(SystemTime::now());
+        let mut ino = 0u32;
+        // SAFETY: as in mknod; target is a NUL-terminated string.
+        check(unsafe {
+            vx_symlink(
+                h.fs,
+                ext_ino(parent),
+                name.as_ptr(),
+                target.as_ptr(),
+                ctx.uid,
+                ctx.gid,
+                s,
+                ns,
+                &mut ino,
+            )
+        })?;
+        Self::entry_of(&h, ino)
+    }
+
+    fn link(&self, _ctx: &Context, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
+        self.writable()?;
+        let name = c_name(new_name)?;
+        let h = self.lock();
+        let (s, ns) = split_time(SystemTime::now());
+        // SAFETY: h.fs is open; name is NUL-terminated.
+        check(unsafe {
+            vx_link(
+                h.fs,
+                ext_ino(ino),
+                ext_ino(new_parent),
+                name.as_ptr(),
+                s,
+                ns,
+            )
+        })?;
+        Self::entry_of(&h, ext_ino(ino))
+    }
+
+    fn unlink(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    fn rmdir(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn rename(
+        &self,
+        _ctx: &Context,
+        parent: Ino,
+        name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        self.writable()?;
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+            || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+        {
+            return Err(Errno::EINVAL);
+        }
+        let (from, to) = (c_name(name)?, c_name(new_name)?);
+        let mut h = self.lock();
+        let c_flags = c_int::from(flags & RENAME_NOREPLACE != 0)
+            | (c_int::from(flags & RENAME_EXCHANGE != 0) << 1);
+        let (s, ns) = split_time(SystemTime::now());
+        let mut freed = 0u32;
+        // SAFETY: h.fs is open; both names are NUL-terminated; freed is a valid out-pointer.
+        check(unsafe {
+            vx_rename(
+                h.fs,
+                ext_ino(parent),
+                from.as_ptr(),
+                ext_ino(new_parent),
+                to.as_ptr(),
+                c_flags,
+                s,
+                ns,
+                &mut freed,
+            )
+        })?;
+        if freed != 0 {
+            h.free_when_closed(freed)?;
+        }
+        Ok(())
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: &Context,
+        ino: Ino,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> Result<()> {
+        self.writable()?;
+        let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let h = self.lock();
+        let c_flags = c_int::from(flags & libc::XATTR_CREATE != 0)
+            | (c_int::from(flags & libc::XATTR_REPLACE != 0) << 1);
+        // An empty value is still a value: pass a non-null pointer.
+        let ptr: *const c_void = if value.is_empty() {
+            c"".as_ptr() as *const c_void
+        } else {
+            value.as_ptr() as *const c_void
+        };
+        // SAFETY: h.fs is open; name is NUL-terminated; ptr is readable for value.len() bytes.
+        check(unsafe { vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), ptr, value.len(), c_flags) })
+    }
+
+    fn removexattr(&self, _ctx: &Context, ino: Ino, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let h = self.lock();
+        // SAFETY: h.fs is open; name is NUL-terminated; a null value means remove.
+        check(unsafe { vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), std::ptr::null(), 0, 0) })
+    }
+
+    fn destroy(&self) {
+        if self.read_only {
+            return;
+        }
+        let h = self.lock();
+        // SAFETY: h.fs is open.
+        let code = unsafe { vx_flush(h.fs) };
+        if code != 0 {
+            eprintln!(
+                "ext: writing the filesystem back failed: {}",
+                Errno::from_raw(code)
+            );
+        }
     }
 
     fn opendir(&self, _ctx: &Context, ino: Ino) -> Result<Fh> {

@@ -505,3 +505,576 @@ int vx_xattrs(ext2_filsys fs, uint32_t ino, vx_xattr_cb cb, void *ctx)
 	ext2fs_xattrs_close(&h);
 	return vx_errno(err);
 }
+
+/* ---- writing (as fuse2fs does: straight to the final blocks, no journal) ---- */
+
+static void vx_set_time(uint32_t *secs, uint32_t *extra, int64_t s, uint32_t ns)
+{
+	*secs = (uint32_t)s;
+	if (extra)
+		*extra = (ns << EXT4_EPOCH_BITS) | (uint32_t)(((s - (int64_t)(int32_t)*secs) >> 32) & EXT4_EPOCH_MASK);
+}
+
+static int vx_has_extra(ext2_filsys fs, const struct ext2_inode_large *in)
+{
+	return EXT2_INODE_SIZE(fs->super) > EXT2_GOOD_OLD_INODE_SIZE && in->i_extra_isize >= 24;
+}
+
+/* Marks the filesystem in use at a read-write mount (cleared by vx_close). */
+int vx_begin_rw(ext2_filsys fs)
+{
+	fs->super->s_state &= ~EXT2_VALID_FS;
+	fs->super->s_mnt_count++;
+	fs->super->s_mtime = time(NULL);
+	ext2fs_mark_super_dirty(fs);
+	return vx_errno(ext2fs_flush2(fs, 0));
+}
+
+int vx_end_rw(ext2_filsys fs)
+{
+	fs->super->s_state |= EXT2_VALID_FS;
+	ext2fs_mark_super_dirty(fs);
+	return 0;
+}
+
+int vx_flush(ext2_filsys fs)
+{
+	return vx_errno(ext2fs_flush2(fs, 0));
+}
+
+static int vx_ft(uint32_t mode)
+{
+	switch (mode & LINUX_S_IFMT) {
+	case LINUX_S_IFREG: return EXT2_FT_REG_FILE;
+	case LINUX_S_IFDIR: return EXT2_FT_DIR;
+	case LINUX_S_IFCHR: return EXT2_FT_CHRDEV;
+	case LINUX_S_IFBLK: return EXT2_FT_BLKDEV;
+	case LINUX_S_IFIFO: return EXT2_FT_FIFO;
+	case LINUX_S_IFSOCK: return EXT2_FT_SOCK;
+	case LINUX_S_IFLNK: return EXT2_FT_SYMLINK;
+	}
+	return EXT2_FT_UNKNOWN;
+}
+
+/* ext2fs_link, growing the directory when it is full. */
+static errcode_t vx_link_grow(ext2_filsys fs, uint32_t dir, const char *name, uint32_t ino, int ft)
+{
+	errcode_t err = ext2fs_link(fs, dir, name, ino, ft);
+	if (err == EXT2_ET_DIR_NO_SPACE) {
+		err = ext2fs_expand_dir(fs, dir);
+		if (!err)
+			err = ext2fs_link(fs, dir, name, ino, ft);
+	}
+	return err;
+}
+
+static int vx_name_ok(const char *name)
+{
+	return name[0] && strlen(name) <= EXT2_NAME_LEN && !strchr(name, '/');
+}
+
+/* Touches mtime and ctime of a directory after its entries changed. */
+static errcode_t vx_touch_dir(ext2_filsys fs, uint32_t dir, int64_t s, uint32_t ns)
+{
+	struct ext2_inode_large in;
+	memset(&in, 0, sizeof in);
+	errcode_t err = ext2fs_read_inode_full(fs, dir, (struct ext2_inode *)&in, sizeof in);
+	if (err)
+		return err;
+	int extra = vx_has_extra(fs, &in);
+	vx_set_time(&in.i_mtime, extra ? &in.i_mtime_extra : NULL, s, ns);
+	vx_set_time(&in.i_ctime, extra ? &in.i_ctime_extra : NULL, s, ns);
+	return ext2fs_write_inode_full(fs, dir, (struct ext2_inode *)&in, sizeof in);
+}
+
+/* Creates a non-directory inode (regular, device, fifo, socket) named name in dir. */
+int vx_mknod(ext2_filsys fs, uint32_t dir, const char *name, uint32_t mode, uint32_t rdev,
+	     uint32_t uid, uint32_t gid, int64_t s, uint32_t ns, uint32_t *out)
+{
+	if (!vx_name_ok(name))
+		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
+	ext2_ino_t existing;
+	if (ext2fs_lookup(fs, dir, name, strlen(name), NULL, &existing) == 0)
+		return EEXIST;
+	ext2_ino_t ino;
+	errcode_t err = ext2fs_new_inode(fs, dir, mode, 0, &ino);
+	if (err)
+		return vx_errno(err);
+	err = vx_link_grow(fs, dir, name, ino, vx_ft(mode));
+	if (err)
+		return vx_errno(err);
+	ext2fs_inode_alloc_stats2(fs, ino, +1, 0);
+	struct ext2_inode_large in;
+	memset(&in, 0, sizeof in);
+	in.i_mode = mode;
+	in.i_links_count = 1;
+	in.i_uid = uid & 0xffff;
+	ext2fs_set_i_uid_high(in, uid >> 16);
+	in.i_gid = gid & 0xffff;
+	ext2fs_set_i_gid_high(in, gid >> 16);
+	if (EXT2_INODE_SIZE(fs->super) > EXT2_GOOD_OLD_INODE_SIZE)
+		in.i_extra_isize = sizeof(struct ext2_inode_large) - EXT2_GOOD_OLD_INODE_SIZE;
+	int extra = vx_has_extra(fs, &in);
+	vx_set_time(&in.i_atime, extra ? &in.i_atime_extra : NULL, s, ns);
+	vx_set_time(&in.i_mtime, extra ? &in.i_mtime_extra : NULL, s, ns);
+	vx_set_time(&in.i_ctime, extra ? &in.i_ctime_extra : NULL, s, ns);
+	if (extra)
+		vx_set_time(&in.i_crtime, &in.i_crtime_extra, s, ns);
+	if (LINUX_S_ISCHR(mode) || LINUX_S_ISBLK(mode)) {
+		uint32_t major = (rdev & 0xfff00) >> 8, minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+		if (major < 256 && minor < 256)
+			in.i_block[0] = (major << 8) | minor;
+		else
+			in.i_block[1] = rdev;
+	} else if (LINUX_S_ISREG(mode) && ext2fs_has_feature_extents(fs->super)) {
+		ext2_extent_handle_t h;
+		in.i_flags |= EXT4_EXTENTS_FL;
+		err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)&in, &h);
+		if (err)
+			return vx_errno(err);
+		ext2fs_extent_free(h);
+	}
+	err = ext2fs_write_new_inode(fs, ino, (struct ext2_inode *)&in);
+	if (!err)
+		err = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	if (!err)
+		err = vx_touch_dir(fs, dir, s, ns);
+	if (err)
+		return vx_errno(err);
+	*out = ino;
+	return 0;
+}
+
+/* Applies owner and times to a fresh inode made by a library helper. */
+static errcode_t vx_own(ext2_filsys fs, uint32_t ino, uint32_t mode_bits, uint32_t uid, uint32_t gid, int64_t s, uint32_t ns)
+{
+	struct ext2_inode_large in;
+	memset(&in, 0, sizeof in);
+	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	if (err)
+		return err;
+	in.i_mode = (in.i_mode & LINUX_S_IFMT) | (mode_bits & 07777);
+	in.i_uid = uid & 0xffff;
+	ext2fs_set_i_uid_high(in, uid >> 16);
+	in.i_gid = gid & 0xffff;
+	ext2fs_set_i_gid_high(in, gid >> 16);
+	int extra = vx_has_extra(fs, &in);
+	vx_set_time(&in.i_atime, extra ? &in.i_atime_extra : NULL, s, ns);
+	vx_set_time(&in.i_mtime, extra ? &in.i_mtime_extra : NULL, s, ns);
+	vx_set_time(&in.i_ctime, extra ? &in.i_ctime_extra : NULL, s, ns);
+	if (extra)
+		vx_set_time(&in.i_crtime, &in.i_crtime_extra, s, ns);
+	return ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+}
+
+int vx_mkdir(ext2_filsys fs, uint32_t dir, const char *name, uint32_t mode, uint32_t uid, uint32_t gid,
+	     int64_t s, uint32_t ns, uint32_t *out)
+{
+	if (!vx_name_ok(name))
+		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
+	ext2_ino_t ino;
+	if (ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino) == 0)
+		return EEXIST;
+	errcode_t err = ext2fs_mkdir(fs, dir, 0, name);
+	if (err == EXT2_ET_DIR_NO_SPACE) {
+		err = ext2fs_expand_dir(fs, dir);
+		if (!err)
+			err = ext2fs_mkdir(fs, dir, 0, name);
+	}
+	if (!err)
+		err = ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino);
+	if (!err)
+		err = vx_own(fs, ino, mode, uid, gid, s, ns);
+	if (!err)
+		err = vx_touch_dir(fs, dir, s, ns);
+	if (err)
+		return vx_errno(err);
+	*out = ino;
+	return 0;
+}
+
+int vx_symlink(ext2_filsys fs, uint32_t dir, const char *name, const char *target, uint32_t uid, uint32_t gid,
+	       int64_t s, uint32_t ns, uint32_t *out)
+{
+	if (!vx_name_ok(name))
+		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
+	ext2_ino_t ino;
+	if (ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino) == 0)
+		return EEXIST;
+	if (strlen(target) >= fs->blocksize)
+		return ENAMETOOLONG;
+	errcode_t err = ext2fs_symlink(fs, dir, 0, name, target);
+	if (err == EXT2_ET_DIR_NO_SPACE) {
+		err = ext2fs_expand_dir(fs, dir);
+		if (!err)
+			err = ext2fs_symlink(fs, dir, 0, name, target);
+	}
+	if (!err)
+		err = ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino);
+	if (!err)
+		err = vx_own(fs, ino, 0777, uid, gid, s, ns);
+	if (!err)
+		err = vx_touch_dir(fs, dir, s, ns);
+	if (err)
+		return vx_errno(err);
+	*out = ino;
+	return 0;
+}
+
+/* Adds a link count (delta +1/-1) and updates ctime. */
+static errcode_t vx_adjust_links(ext2_filsys fs, uint32_t ino, int delta, int64_t s, uint32_t ns)
+{
+	struct ext2_inode_large in;
+	memset(&in, 0, sizeof in);
+	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	if (err)
+		return err;
+	if (delta > 0 && in.i_links_count >= 65000)  /* EXT4_LINK_MAX */
+		return EXT2_ET_TOO_MANY_REFS;
+	if (delta < 0 && in.i_links_count == 0)
+		return 0;
+	in.i_links_count += delta;
+	vx_set_time(&in.i_ctime, vx_has_extra(fs, &in) ? &in.i_ctime_extra : NULL, s, ns);
+	return ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+}
+
+int vx_link(ext2_filsys fs, uint32_t ino, uint32_t dir, const char *name, int64_t s, uint32_t ns)
+{
+	if (!vx_name_ok(name))
+		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
+	ext2_ino_t existing;
+	if (ext2fs_lookup(fs, dir, name, strlen(name), NULL, &existing) == 0)
+		return EEXIST;
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, ino, &in);
+	if (err)
+		return vx_errno(err);
+	if (LINUX_S_ISDIR(in.i_mode))
+		return EPERM;
+	err = vx_adjust_links(fs, ino, +1, s, ns);
+	if (!err)
+		err = vx_link_grow(fs, dir, name, ino, vx_ft(in.i_mode));
+	if (!err)
+		err = vx_touch_dir(fs, dir, s, ns);
+	return vx_errno(err);
+}
+
+/* Frees an inode whose last link is gone and which nobody has open. */
+int vx_free_inode(ext2_filsys fs, uint32_t ino)
+{
+	struct ext2_inode_large in;
+	memset(&in, 0, sizeof in);
+	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	if (err)
+		return vx_errno(err);
+	if (in.i_links_count > 0)
+		return 0;
+	if (ext2fs_file_acl_block(fs, (struct ext2_inode *)&in)) {
+		/* Drop our reference to a shared extended attribute block. */
+		blk64_t blk = ext2fs_file_acl_block(fs, (struct ext2_inode *)&in);
+		__u32 count = 0;
+		err = ext2fs_adjust_ea_refcount3(fs, blk, NULL, -1, &count, ino);
+		if (err)
+			return vx_errno(err);
+		if (count == 0)
+			ext2fs_block_alloc_stats2(fs, blk, -1);
+		ext2fs_file_acl_block_set(fs, (struct ext2_inode *)&in, 0);
+	}
+	if (ext2fs_inode_has_valid_blocks2(fs, (struct ext2_inode *)&in)) {
+		err = ext2fs_punch(fs, ino, (struct ext2_inode *)&in, NULL, 0, ~0ULL);
+		if (err)
+			return vx_errno(err);
+	}
+	in.i_dtime = (uint32_t)time(NULL);
+	err = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	if (err)
+		return vx_errno(err);
+	ext2fs_inode_alloc_stats2(fs, ino, -1, LINUX_S_ISDIR(in.i_mode));
+	return 0;
+}
+
+static int vx_empty_dir_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent, int offset, int blocksize, char *buf, void *priv)
+{
+	(void)dir; (void)entry; (void)offset; (void)blocksize; (void)buf;
+	int len = ext2fs_dirent_name_len(dirent);
+	if (dirent->inode == 0 || (len == 1 && dirent->name[0] == '.') || (len == 2 && dirent->name[0] == '.' && dirent->name[1] == '.'))
+		return 0;
+	*(int *)priv = 0;
+	return DIRENT_ABORT;
+}
+
+/* Removes name from dir. Returns the inode and whether its last link went
+ * (then the caller frees it with vx_free_inode once no handle is open). */
+int vx_unlink(ext2_filsys fs, uint32_t dir, const char *name, int want_dir, int64_t s, uint32_t ns,
+	      uint32_t *out_ino, int *out_last)
+{
+	ext2_ino_t ino;
+	errcode_t err = ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino);
+	if (err)
+		return vx_errno(err);
+	struct ext2_inode in;
+	err = ext2fs_read_inode(fs, ino, &in);
+	if (err)
+		return vx_errno(err);
+	int is_dir = LINUX_S_ISDIR(in.i_mode);
+	if (want_dir && !is_dir)
+		return ENOTDIR;
+	if (!want_dir && is_dir)
+		return EISDIR;
+	if (is_dir) {
+		int empty = 1;
+		err = ext2fs_dir_iterate2(fs, ino, 0, NULL, vx_empty_dir_cb, &empty);
+		if (err)
+			return vx_errno(err);
+		if (!empty)
+			return ENOTEMPTY;
+	}
+	err = ext2fs_unlink(fs, dir, name, ino, 0);
+	if (err)
+		return vx_errno(err);
+	if (is_dir) {
+		/* The directory's own "." and the parent's ".." reference. */
+		struct ext2_inode_large d;
+		memset(&d, 0, sizeof d);
+		err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&d, sizeof d);
+		if (!err) {
+			d.i_links_count = 0;
+			err = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&d, sizeof d);
+		}
+		if (!err)
+			err = vx_adjust_links(fs, dir, -1, s, ns);
+	} else {
+		err = vx_adjust_links(fs, ino, -1, s, ns);
+	}
+	if (!err)
+		err = vx_touch_dir(fs, dir, s, ns);
+	if (err)
+		return vx_errno(err);
+	struct ext2_inode after;
+	err = ext2fs_read_inode(fs, ino, &after);
+	if (err)
+		return vx_errno(err);
+	*out_ino = ino;
+	*out_last = after.i_links_count == 0;
+	return 0;
+}
+
+/* Points the ".." entry of directory ino at new_parent. */
+struct vx_dotdot {
+	uint32_t parent;
+};
+
+static int vx_dotdot_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent, int offset, int blocksize, char *buf, void *priv)
+{
+	(void)dir; (void)offset; (void)blocksize; (void)buf;
+	if (entry != DIRENT_DOT_DOT_FILE)
+		return 0;
+	dirent->inode = ((struct vx_dotdot *)priv)->parent;
+	return DIRENT_CHANGED | DIRENT_ABORT;
+}
+
+static errcode_t vx_set_dotdot(ext2_filsys fs, uint32_t ino, uint32_t parent)
+{
+	struct vx_dotdot dd = { parent };
+	return ext2fs_dir_iterate2(fs, ino, DIRENT_FLAG_INCLUDE_EMPTY, NULL, vx_dotdot_cb, &dd);
+}
+
+/* Is ancestor a (possibly equal) ancestor of dir? */
+static int vx_is_ancestor(ext2_filsys fs, uint32_t ancestor, uint32_t dir)
+{
+	for (int depth = 0; depth < 4096; depth++) {
+		if (dir == ancestor)
+			return 1;
+		if (dir == EXT2_ROOT_INO)
+			return 0;
+		ext2_ino_t parent;
+		if (ext2fs_lookup(fs, dir, "..", 2, NULL, &parent))
+			return 1; /* unreadable: refuse, as if it were */
+		dir = parent;
+	}
+	return 1;
+}
+
+/* rename(2) with RENAME_NOREPLACE (1) and RENAME_EXCHANGE (2). When a target
+ * file loses its last link, its inode is returned in *freed for the caller to
+ * free once it is closed. */
+int vx_rename(ext2_filsys fs, uint32_t sdir, const char *sname, uint32_t ddir, const char *dname, int flags,
+	      int64_t s, uint32_t ns, uint32_t *freed)
+{
+	*freed = 0;
+	if (!vx_name_ok(dname))
+		return strlen(dname) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
+	ext2_ino_t src, dst = 0;
+	errcode_t err = ext2fs_lookup(fs, sdir, sname, strlen(sname), NULL, &src);
+	if (err)
+		return vx_errno(err);
+	int have_dst = ext2fs_lookup(fs, ddir, dname, strlen(dname), NULL, &dst) == 0;
+	struct ext2_inode sin, din;
+	if ((err = ext2fs_read_inode(fs, src, &sin)))
+		return vx_errno(err);
+	int sdirp = LINUX_S_ISDIR(sin.i_mode);
+	if (have_dst && dst == src)
+		return 0;
+	if (sdirp && sdir != ddir && vx_is_ancestor(fs, src, ddir))
+		return EINVAL;
+	if (flags & 2) {
+		if (!have_dst)
+			return ENOENT;
+		if ((err = ext2fs_read_inode(fs, dst, &din)))
+			return vx_errno(err);
+		int ddirp = LINUX_S_ISDIR(din.i_mode);
+		if (ddirp && sdir != ddir && vx_is_ancestor(fs, dst, sdir))
+			return EINVAL;
+		/* Swap the two entries: remove both, add them crossed. */
+		if ((err = ext2fs_unlink(fs, sdir, sname, src, 0)) || (err = ext2fs_unlink(fs, ddir, dname, dst, 0)))
+			return vx_errno(err);
+		if ((err = vx_link_grow(fs, sdir, sname, dst, vx_ft(din.i_mode))) ||
+		    (err = vx_link_grow(fs, ddir, dname, src, vx_ft(sin.i_mode))))
+			return vx_errno(err);
+		if (sdir != ddir) {
+			if (sdirp && (err = vx_set_dotdot(fs, src, ddir)))
+				return vx_errno(err);
+			if (ddirp && (err = vx_set_dotdot(fs, dst, sdir)))
+				return vx_errno(err);
+			if (sdirp != ddirp) {
+				/* A directory moved one way and a file the other. */
+				uint32_t gains = sdirp ? ddir : sdir, loses = sdirp ? sdir : ddir;
+				if ((err = vx_adjust_links(fs, gains, +1, s, ns)) || (err = vx_adjust_links(fs, loses, -1, s, ns)))
+					return vx_errno(err);
+			}
+		}
+		vx_touch_dir(fs, sdir, s, ns);
+		vx_touch_dir(fs, ddir, s, ns);
+		return 0;
+	}
+	if (have_dst) {
+		if (flags & 1)
+			return EEXIST;
+		if ((err = ext2fs_read_inode(fs, dst, &din)))
+			return vx_errno(err);
+		int ddirp = LINUX_S_ISDIR(din.i_mode);
+		if (sdirp && !ddirp)
+			return ENOTDIR;
+		if (!sdirp && ddirp)
+			return EISDIR;
+		uint32_t gone;
+		int last = 0;
+		int e = vx_unlink(fs, ddir, dname, ddirp, s, ns, &gone, &last);
+		if (e)
+			return e;
+		if (last)
+			*freed = gone;
+	}
+	if ((err = vx_link_grow(fs, ddir, dname, src, vx_ft(sin.i_mode))))
+		return vx_errno(err);
+	if ((err = ext2fs_unlink(fs, sdir, sname, src, 0)))
+		return vx_errno(err);
+	if (sdirp && sdir != ddir) {
+		if ((err = vx_set_dotdot(fs, src, ddir)) || (err = vx_adjust_links(fs, ddir, +1, s, ns)) ||
+		    (err = vx_adjust_links(fs, sdir, -1, s, ns)))
+			return vx_errno(err);
+	}
+	/* rename changes the moved inode's ctime. */
+	vx_adjust_links(fs, src, 0, s, ns);
+	vx_touch_dir(fs, sdir, s, ns);
+	if (ddir != sdir)
+		vx_touch_dir(fs, ddir, s, ns);
+	return 0;
+}
+
+int vx_file_write(ext2_file_t f, uint64_t offset, const void *buf, size_t len, size_t *done)
+{
+	errcode_t err = ext2fs_file_llseek(f, offset, EXT2_SEEK_SET, NULL);
+	if (err)
+		return vx_errno(err);
+	size_t total = 0;
+	while (total < len) {
+		unsigned int n = 0;
+		size_t want = len - total > 0x40000000 ? 0x40000000 : len - total;
+		err = ext2fs_file_write(f, (const char *)buf + total, (unsigned int)want, &n);
+		if (err) {
+			if (total)
+				break; /* a short write: report what went in */
+			return vx_errno(err);
+		}
+		if (n == 0)
+			break;
+		total += n;
+	}
+	*done = total;
+	return total || !len ? 0 : ENOSPC;
+}
+
+int vx_file_flush(ext2_file_t f)
+{
+	return vx_errno(ext2fs_file_flush(f));
+}
+
+/* Truncates or extends (with a hole) the file ino to size. */
+int vx_truncate(ext2_filsys fs, uint32_t ino, uint64_t size)
+{
+	ext2_file_t f;
+	errcode_t err = ext2fs_file_open(fs, ino, EXT2_FILE_WRITE, &f);
+	if (err)
+		return vx_errno(err);
+	err = ext2fs_file_set_size2(f, size);
+	errcode_t err2 = ext2fs_file_close(f);
+	return vx_errno(err ? err : err2);
+}
+
+/* setattr for mode, owner and times; has_* say which fields apply. */
+int vx_setattr(ext2_filsys fs, uint32_t ino, int has_mode, uint32_t mode, int has_uid, uint32_t uid, int has_gid,
+	       uint32_t gid, int has_atime, int64_t as, uint32_t ans, int has_mtime, int64_t ms, uint32_t mns,
+	       int64_t now_s, uint32_t now_ns)
+{
+	struct ext2_inode_large in;
+	memset(&in, 0, sizeof in);
+	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	if (err)
+		return vx_errno(err);
+	int extra = vx_has_extra(fs, &in);
+	if (has_mode)
+		in.i_mode = (in.i_mode & LINUX_S_IFMT) | (mode & 07777);
+	if (has_uid) {
+		in.i_uid = uid & 0xffff;
+		ext2fs_set_i_uid_high(in, uid >> 16);
+	}
+	if (has_gid) {
+		in.i_gid = gid & 0xffff;
+		ext2fs_set_i_gid_high(in, gid >> 16);
+	}
+	if (has_atime)
+		vx_set_time(&in.i_atime, extra ? &in.i_atime_extra : NULL, as, ans);
+	if (has_mtime)
+		vx_set_time(&in.i_mtime, extra ? &in.i_mtime_extra : NULL, ms, mns);
+	vx_set_time(&in.i_ctime, extra ? &in.i_ctime_extra : NULL, now_s, now_ns);
+	return vx_errno(ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in));
+}
+
+/* Sets (value != NULL) or removes (value == NULL) one extended attribute.
+ * flags: 1 = XATTR_CREATE, 2 = XATTR_REPLACE. */
+int vx_setxattr(ext2_filsys fs, uint32_t ino, const char *name, const void *value, size_t len, int flags)
+{
+	struct ext2_xattr_handle *h;
+	errcode_t err = ext2fs_xattrs_open(fs, ino, &h);
+	if (err)
+		return vx_errno(err);
+	err = ext2fs_xattrs_read(h);
+	if (!err) {
+		void *old = NULL;
+		size_t old_len = 0;
+		errcode_t found = ext2fs_xattr_get(h, name, &old, &old_len);
+		if (!found)
+			ext2fs_free_mem(&old);
+		if ((flags & 1) && !found)
+			err = EEXIST;
+		else if (((flags & 2) || !value) && found)
+			err = EXT2_ET_EA_KEY_NOT_FOUND;
+		else if (value)
+			err = ext2fs_xattr_set(h, name, value, len);
+		else
+			err = ext2fs_xattr_remove(h, name);
+	}
+	errcode_t err2 = ext2fs_xattrs_close(&h);
+	return vx_errno(err ? err : err2);
+}
