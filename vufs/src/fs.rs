@@ -238,6 +238,8 @@ pub struct VuFs {
     /// Upper copies made in this mount of lower files with several links:
     /// lower key -> upper view path, to link further names to the same copy.
     linked_copies: Mutex<HashMap<Key, PathBuf>>,
+    /// Parent directories resolved recently.
+    dircache: host::DirCache,
 }
 
 impl std::fmt::Debug for VuFs {
@@ -409,7 +411,39 @@ impl VuFs {
             next_fh: AtomicU64::new(1),
             big: Mutex::new(()),
             linked_copies: Mutex::new(HashMap::new()),
+            dircache: host::DirCache::new(),
         })
+    }
+
+    fn at<'a>(&self, base: BorrowedFd<'a>, path: &'a Path) -> Result<At<'a>> {
+        At::cached(&self.dircache, base, path)
+    }
+
+    fn stat_at(&self, base: BorrowedFd<'_>, path: &Path) -> Result<Stat> {
+        self.at(base, path)?.stat()
+    }
+
+    fn open_in(
+        &self,
+        base: BorrowedFd<'_>,
+        path: &Path,
+        flags: OFlags,
+        mode: HostMode,
+    ) -> Result<OwnedFd> {
+        self.at(base, path)?.open(flags, mode)
+    }
+
+    fn open_o_path(&self, base: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
+        self.open_in(
+            base,
+            path,
+            OFlags::PATH | OFlags::NOFOLLOW,
+            HostMode::empty(),
+        )
+    }
+
+    fn chmod_at(&self, base: BorrowedFd<'_>, path: &Path, mode: u32) -> Result<()> {
+        host::chmod_fd(self.open_o_path(base, path)?.as_fd(), mode)
     }
 
     fn inodes(&self) -> MutexGuard<'_, Inodes> {
@@ -479,7 +513,7 @@ impl VuFs {
         if !self.meta_used.load(Ordering::Relaxed) || path.as_os_str().is_empty() {
             return false;
         }
-        match host::stat_at(meta, path) {
+        match self.stat_at(meta, path) {
             Ok(st) => st.st_mode & libc::S_IFMT == libc::S_IFREG,
             Err(e) => e == Errno::ENOTDIR,
         }
@@ -490,10 +524,11 @@ impl VuFs {
         self.meta_used.store(true, Ordering::Relaxed);
         host::make_parents(meta, path, 0o700)?;
         match host::remove_tree(meta, path) {
-            Ok(()) | Err(Errno::ENOENT) => {}
+            Ok(()) => self.dircache.clear(),
+            Err(Errno::ENOENT) => {}
             Err(e) => return Err(e),
         }
-        let at = At::new(meta, path)?;
+        let at = self.at(meta, path)?;
         rustix::fs::mknodat(
             at.dir(),
             at.name,
@@ -509,12 +544,14 @@ impl VuFs {
         if !self.meta_used.load(Ordering::Relaxed) {
             return;
         }
-        if let Ok(at) = At::new(meta, path) {
+        if let Ok(at) = self.at(meta, path) {
             if let Ok(st) = at.stat() {
                 if st.st_mode & libc::S_IFMT == libc::S_IFREG
                     && rustix::fs::unlinkat(at.dir(), at.name, AtFlags::empty()).is_ok()
                 {
-                    host::remove_empty_parents(meta, path);
+                    if host::remove_empty_parents(meta, path) {
+                        self.dircache.clear();
+                    }
                 }
             }
         }
@@ -536,10 +573,12 @@ impl VuFs {
         let vpath = layer::vstat_path(path);
         if v.is_empty() {
             if self.meta_used.load(Ordering::Relaxed) {
-                let at = At::new(meta, &vpath);
+                let at = self.at(meta, &vpath);
                 if let Ok(at) = at {
                     if rustix::fs::unlinkat(at.dir(), at.name, AtFlags::empty()).is_ok() {
-                        host::remove_empty_parents(meta, &vpath);
+                        if host::remove_empty_parents(meta, &vpath) {
+                            self.dircache.clear();
+                        }
                     }
                 }
             }
@@ -571,14 +610,14 @@ impl VuFs {
     /// Where `path` lives in the view, and its host `lstat`.
     fn find(&self, path: &Path) -> Result<(Layer, Stat)> {
         match self.route(path) {
-            Route::Direct(layer) => Ok((layer, host::stat_at(self.root(layer), path)?)),
-            Route::Union => match host::stat_at(self.upper.as_fd(), path) {
+            Route::Direct(layer) => Ok((layer, self.stat_at(self.root(layer), path)?)),
+            Route::Union => match self.stat_at(self.upper.as_fd(), path) {
                 Ok(st) => Ok((Layer::Upper, st)),
                 Err(e) if errno_is(e, &[Errno::ENOENT, Errno::ENOTDIR, Errno::ELOOP]) => {
                     if self.deleted(path) {
                         return Err(Errno::ENOENT);
                     }
-                    match host::stat_at(self.lower.as_fd(), path) {
+                    match self.stat_at(self.lower.as_fd(), path) {
                         Ok(st) => Ok((Layer::Lower, st)),
                         Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => Err(Errno::ENOENT),
                         Err(e) => Err(e),
@@ -594,11 +633,11 @@ impl VuFs {
     }
 
     fn in_upper(&self, path: &Path) -> bool {
-        host::stat_at(self.upper.as_fd(), path).is_ok()
+        self.stat_at(self.upper.as_fd(), path).is_ok()
     }
 
     fn lower_stat(&self, path: &Path) -> Option<Stat> {
-        host::stat_at(self.lower.as_fd(), path).ok()
+        self.stat_at(self.lower.as_fd(), path).ok()
     }
 
     fn attach(&self, parent: Ino, name: &OsStr, layer: Layer, path: &Path, st: Stat) -> Entry {
@@ -628,10 +667,17 @@ impl VuFs {
         let Some(parent) = path.parent() else {
             return Ok(());
         };
+        // Usually the parent already lives in SOURCE, and so do its ancestors.
+        if self
+            .stat_at(self.upper.as_fd(), parent)
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        {
+            return Ok(());
+        }
         let mut prefix = PathBuf::new();
         for c in parent.components() {
             prefix.push(c);
-            match host::stat_at(self.upper.as_fd(), &prefix) {
+            match self.stat_at(self.upper.as_fd(), &prefix) {
                 Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => continue,
                 Ok(_) => return Err(Errno::ENOTDIR),
                 Err(Errno::ENOENT) => {}
@@ -650,9 +696,9 @@ impl VuFs {
     }
 
     fn copy_up_one(&self, ctx: &Context, path: &Path, truncate: Option<u64>) -> Result<()> {
-        let lst = host::stat_at(self.lower.as_fd(), path)?;
+        let lst = self.stat_at(self.lower.as_fd(), path)?;
         let upper = self.upper.as_fd();
-        let at = At::new(upper, path)?;
+        let at = self.at(upper, path)?;
         let fmt = lst.st_mode & libc::S_IFMT;
         let mut view = VStat::default();
         let mut linked = false;
@@ -660,7 +706,7 @@ impl VuFs {
             libc::S_IFREG => {
                 let src = {
                     let _c = self.creds(ctx);
-                    host::open_beneath(
+                    self.open_in(
                         self.lower.as_fd(),
                         path,
                         OFlags::RDONLY | OFlags::NOFOLLOW,
@@ -676,7 +722,7 @@ impl VuFs {
                         .get(&lkey)
                         .cloned();
                     if let Some(other) = other {
-                        if let Ok(oat) = At::new(upper, &other) {
+                        if let Ok(oat) = self.at(upper, &other) {
                             linked = rustix::fs::linkat(
                                 oat.dir(),
                                 oat.name,
@@ -689,7 +735,7 @@ impl VuFs {
                     }
                 }
                 if !linked {
-                    let dst = host::open_beneath(
+                    let dst = self.open_in(
                         upper,
                         path,
                         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
@@ -713,7 +759,7 @@ impl VuFs {
             }
             libc::S_IFLNK => {
                 let target = rustix::fs::readlinkat(
-                    At::new(self.lower.as_fd(), path)?.dir(),
+                    self.at(self.lower.as_fd(), path)?.dir(),
                     at.name,
                     Vec::new(),
                 )?;
@@ -793,7 +839,7 @@ impl VuFs {
                     Some(libc::S_IFREG) | None
                         if e.ino == lst.st_ino
                             && child != path
-                            && host::stat_at(self.lower.as_fd(), &child).is_ok_and(|st| {
+                            && self.stat_at(self.lower.as_fd(), &child).is_ok_and(|st| {
                                 st.st_dev == lst.st_dev && st.st_ino == lst.st_ino
                             }) =>
                     {
@@ -813,8 +859,8 @@ impl VuFs {
                 continue;
             }
             if let (Ok(a), Ok(b)) = (
-                At::new(self.upper.as_fd(), path),
-                At::new(self.upper.as_fd(), &other),
+                self.at(self.upper.as_fd(), path),
+                self.at(self.upper.as_fd(), &other),
             ) {
                 let _ = rustix::fs::linkat(a.dir(), a.name, b.dir(), b.name, AtFlags::empty());
             }
@@ -829,11 +875,11 @@ impl VuFs {
         let old = self.read_vstat(path).unwrap_or_default();
         let mut want = *lst;
         old.apply(&mut want);
-        let at = At::new(upper, path)?;
+        let at = self.at(upper, path)?;
         let is_link = lst.st_mode & libc::S_IFMT == libc::S_IFLNK;
         if let (Ok(src), Ok(dst)) = (
-            host::open_path(self.lower.as_fd(), path),
-            host::open_path(upper, path),
+            self.open_o_path(self.lower.as_fd(), path),
+            self.open_o_path(upper, path),
         ) {
             if !is_link {
                 host::copy_xattrs(src.as_fd(), dst.as_fd());
@@ -846,8 +892,8 @@ impl VuFs {
             Some(rustix::fs::Gid::from_raw(want.st_gid)),
             AtFlags::SYMLINK_NOFOLLOW,
         );
-        if !is_link && host::chmod_at(upper, path, want.st_mode).is_err() {
-            let _ = host::chmod_at(upper, path, want.st_mode & 0o777);
+        if !is_link && self.chmod_at(upper, path, want.st_mode).is_err() {
+            let _ = self.chmod_at(upper, path, want.st_mode & 0o777);
         }
         let times = rustix::fs::Timestamps {
             last_access: rustix::fs::Timespec {
@@ -891,8 +937,7 @@ impl VuFs {
             .cloned()
             .collect();
         for h in handles {
-            if let Ok(fd) = host::open_beneath(self.upper.as_fd(), path, h.flags, HostMode::empty())
-            {
+            if let Ok(fd) = self.open_in(self.upper.as_fd(), path, h.flags, HostMode::empty()) {
                 *h.fd.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fd);
             }
         }
@@ -913,7 +958,7 @@ impl VuFs {
         for e in entries {
             let child = path.join(&e.name);
             if self.in_upper(&child) {
-                let cst = host::stat_at(self.upper.as_fd(), &child)?;
+                let cst = self.stat_at(self.upper.as_fd(), &child)?;
                 if cst.st_mode & libc::S_IFMT == libc::S_IFDIR {
                     self.copy_tree_up(ctx, &child)?;
                 }
@@ -948,11 +993,11 @@ impl VuFs {
     /// Owner and permissions for a name just created in SOURCE by `ctx`.
     fn own_new(&self, ctx: &Context, path: &Path, perm: Option<u32>) -> Result<()> {
         let upper = self.upper.as_fd();
-        let at = At::new(upper, path)?;
+        let at = self.at(upper, path)?;
         let st = at.stat()?;
         if let Some(perm) = perm {
             if st.st_mode & 0o7777 != perm & 0o7777 {
-                let _ = host::chmod_at(upper, path, perm);
+                let _ = self.chmod_at(upper, path, perm);
             }
         }
         let mut v = VStat::default();
@@ -1093,7 +1138,7 @@ impl VuFs {
             match set.fh {
                 Some(fh) => rustix::fs::ftruncate(&*self.handle(fh)?, size)?,
                 None => {
-                    let fd = host::open_beneath(
+                    let fd = self.open_in(
                         root,
                         path,
                         OFlags::WRONLY | OFlags::NOFOLLOW,
@@ -1104,7 +1149,7 @@ impl VuFs {
             }
         }
         if let Some(mode) = set.mode {
-            match host::chmod_at(root, path, mode) {
+            match self.chmod_at(root, path, mode) {
                 Ok(()) => {
                     if union_upper && self.read_vstat(path).is_some_and(|v| v.mode.is_some()) {
                         self.update_vstat(
@@ -1127,7 +1172,7 @@ impl VuFs {
             }
         }
         if set.uid.is_some() || set.gid.is_some() {
-            let at = At::new(root, path)?;
+            let at = self.at(root, path)?;
             match rustix::fs::chownat(
                 at.dir(),
                 at.name,
@@ -1184,7 +1229,7 @@ impl VuFs {
                 last_access: ts(set.atime),
                 last_modification: ts(set.mtime),
             };
-            let at = At::new(root, path)?;
+            let at = self.at(root, path)?;
             rustix::fs::utimensat(at.dir(), at.name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
         }
         Ok(())
@@ -1247,7 +1292,8 @@ impl VuFs {
         let kind_at = |root: BorrowedFd<'_>, e: &host::HostEntry| -> FileKind {
             match e.kind {
                 Some(k) => kind_of(k),
-                None => host::stat_at(root, &path.join(&e.name))
+                None => self
+                    .stat_at(root, &path.join(&e.name))
                     .map(|st| kind_of(st.st_mode))
                     .unwrap_or(FileKind::File),
             }
@@ -1320,7 +1366,7 @@ impl VuFs {
             AtFlags::empty()
         };
         let remove = |root: BorrowedFd<'_>| -> Result<()> {
-            let at = At::new(root, &path)?;
+            let at = self.at(root, &path)?;
             rustix::fs::unlinkat(at.dir(), at.name, flags)?;
             Ok(())
         };
@@ -1353,7 +1399,7 @@ impl VuFs {
                         if dir {
                             // An empty view dir may still hold whiteouts below it in `.-`.
                             if let Some(meta) = self.meta() {
-                                if let Ok(st) = host::stat_at(meta, &path) {
+                                if let Ok(st) = self.stat_at(meta, &path) {
                                     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
                                         let _ = host::remove_tree(meta, &path);
                                     }
@@ -1380,6 +1426,9 @@ impl VuFs {
                 }
                 self.write_vstat(&path, &VStat::default())?;
             }
+        }
+        if dir {
+            self.dircache.clear();
         }
         self.inodes().drop_dentry(parent.0, name);
         Ok(())
@@ -1410,8 +1459,8 @@ impl VuFs {
             }
         }
         let rename_in = |root: BorrowedFd<'_>, f: u32| -> Result<()> {
-            let a = At::new(root, old)?;
-            let b = At::new(root, new)?;
+            let a = self.at(root, old)?;
+            let b = self.at(root, new)?;
             rustix::fs::renameat_with(
                 a.dir(),
                 a.name,
@@ -1474,17 +1523,17 @@ impl VuFs {
                 let vnew = layer::vstat_path(new);
                 let _ = host::remove_tree(meta, new);
                 let _ = host::remove_tree(meta, &vnew);
-                if host::stat_at(meta, &vold).is_ok() {
+                if self.stat_at(meta, &vold).is_ok() {
                     host::make_parents(meta, &vnew, 0o700)?;
-                    let a = At::new(meta, &vold)?;
-                    let b = At::new(meta, &vnew)?;
+                    let a = self.at(meta, &vold)?;
+                    let b = self.at(meta, &vnew)?;
                     rustix::fs::renameat(a.dir(), a.name, b.dir(), b.name)?;
                 }
-                if let Ok(st) = host::stat_at(meta, old) {
+                if let Ok(st) = self.stat_at(meta, old) {
                     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
                         host::make_parents(meta, new, 0o700)?;
-                        let a = At::new(meta, old)?;
-                        let b = At::new(meta, new)?;
+                        let a = self.at(meta, old)?;
+                        let b = self.at(meta, new)?;
                         rustix::fs::renameat(a.dir(), a.name, b.dir(), b.name)?;
                     }
                 }
@@ -1515,7 +1564,7 @@ impl VuFs {
         } else {
             None
         };
-        host::open_beneath(self.root(layer), path, flags, HostMode::empty())
+        self.open_in(self.root(layer), path, flags, HostMode::empty())
     }
 }
 
@@ -1616,7 +1665,7 @@ impl FileSystem for VuFs {
     fn readlink(&self, _ctx: &Context, ino: Ino) -> Result<Vec<u8>> {
         let path = self.path_of(ino)?;
         let (layer, _) = self.find(&path)?;
-        let at = At::new(self.root(layer), &path)?;
+        let at = self.at(self.root(layer), &path)?;
         Ok(rustix::fs::readlinkat(at.dir(), at.name, Vec::new())?.into_bytes())
     }
 
@@ -1635,7 +1684,7 @@ impl FileSystem for VuFs {
         let faked = std::cell::Cell::new(false);
         let union = self.route(&path) == Route::Union;
         let make = |root: BorrowedFd<'_>| -> Result<()> {
-            let at = At::new(root, &path)?;
+            let at = self.at(root, &path)?;
             let ft = rustix::fs::FileType::from_raw_mode(mode);
             // Device nodes in SOURCE are always faked (a regular file and a
             // vstat entry), as the C vufs does without privileges: a daemon
@@ -1686,7 +1735,7 @@ impl FileSystem for VuFs {
                 )?;
             }
         }
-        let st = host::stat_at(self.root(layer), &path)?;
+        let st = self.stat_at(self.root(layer), &path)?;
         Ok(self.attach(parent, name, layer, &path, st))
     }
 
@@ -1695,7 +1744,7 @@ impl FileSystem for VuFs {
         let _g = self.lock_big();
         let was_deleted = self.route(&path) == Route::Union && self.deleted(&path);
         let make = |root: BorrowedFd<'_>| -> Result<()> {
-            let at = At::new(root, &path)?;
+            let at = self.at(root, &path)?;
             rustix::fs::mkdirat(at.dir(), at.name, HostMode::from_raw_mode(mode & 0o7777))?;
             Ok(())
         };
@@ -1707,12 +1756,12 @@ impl FileSystem for VuFs {
             }
         } else {
             let _c = self.creds(ctx);
-            let st = host::stat_at(self.root(layer), &path)?;
+            let st = self.stat_at(self.root(layer), &path)?;
             if st.st_mode & 0o7777 != mode & 0o7777 {
-                let _ = host::chmod_at(self.root(layer), &path, mode);
+                let _ = self.chmod_at(self.root(layer), &path, mode);
             }
         }
-        let st = host::stat_at(self.root(layer), &path)?;
+        let st = self.stat_at(self.root(layer), &path)?;
         Ok(self.attach(parent, name, layer, &path, st))
     }
 
@@ -1728,7 +1777,7 @@ impl FileSystem for VuFs {
         let path = self.child_path(parent, name)?;
         let _g = self.lock_big();
         let make = |root: BorrowedFd<'_>| -> Result<()> {
-            let at = At::new(root, &path)?;
+            let at = self.at(root, &path)?;
             rustix::fs::symlinkat(target, at.dir(), at.name)?;
             Ok(())
         };
@@ -1736,7 +1785,7 @@ impl FileSystem for VuFs {
         if layer == Layer::Upper && self.route(&path) == Route::Union {
             self.own_new(ctx, &path, None)?;
         }
-        let st = host::stat_at(self.root(layer), &path)?;
+        let st = self.stat_at(self.root(layer), &path)?;
         Ok(self.attach(parent, name, layer, &path, st))
     }
 
@@ -1758,8 +1807,8 @@ impl FileSystem for VuFs {
         match (self.route(&old), self.route(&new)) {
             (Route::Direct(a), Route::Direct(b)) if a == b => {
                 let _c = self.creds(ctx);
-                let x = At::new(self.root(a), &old)?;
-                let y = At::new(self.root(a), &new)?;
+                let x = self.at(self.root(a), &old)?;
+                let y = self.at(self.root(a), &new)?;
                 rustix::fs::renameat_with(
                     x.dir(),
                     x.name,
@@ -1768,9 +1817,14 @@ impl FileSystem for VuFs {
                     rustix::fs::RenameFlags::from_bits_retain(flags),
                 )?;
             }
-            (Route::Union, Route::Union) => self.rename_union(ctx, &old, &new, flags)?,
+            (Route::Union, Route::Union) => {
+                let result = self.rename_union(ctx, &old, &new, flags);
+                self.dircache.clear();
+                result?
+            }
             _ => return Err(Errno::EXDEV),
         }
+        self.dircache.clear();
         let mut inodes = self.inodes();
         let moved = inodes
             .by_name
@@ -1821,8 +1875,8 @@ impl FileSystem for VuFs {
         let new = self.child_path(new_parent, new_name)?;
         let _g = self.lock_big();
         let link_in = |root: BorrowedFd<'_>| -> Result<()> {
-            let a = At::new(root, &old)?;
-            let b = At::new(root, &new)?;
+            let a = self.at(root, &old)?;
+            let b = self.at(root, &new)?;
             rustix::fs::linkat(a.dir(), a.name, b.dir(), b.name, AtFlags::empty())?;
             Ok(())
         };
@@ -1871,12 +1925,12 @@ impl FileSystem for VuFs {
                         if let Some(meta) = self.meta() {
                             let vold = layer::vstat_path(&old);
                             if self.meta_used.load(Ordering::Relaxed)
-                                && host::stat_at(meta, &vold).is_ok()
+                                && self.stat_at(meta, &vold).is_ok()
                             {
                                 let vnew = layer::vstat_path(&new);
                                 host::make_parents(meta, &vnew, 0o700)?;
-                                let a = At::new(meta, &vold)?;
-                                let b = At::new(meta, &vnew)?;
+                                let a = self.at(meta, &vold)?;
+                                let b = self.at(meta, &vnew)?;
                                 let _ = rustix::fs::linkat(
                                     a.dir(),
                                     a.name,
@@ -1893,7 +1947,7 @@ impl FileSystem for VuFs {
             }
             _ => return Err(Errno::EXDEV),
         };
-        let st = host::stat_at(self.root(layer), &new)?;
+        let st = self.stat_at(self.root(layer), &new)?;
         Ok(self.attach(new_parent, new_name, layer, &new, st))
     }
 
@@ -1906,7 +1960,7 @@ impl FileSystem for VuFs {
             let lower_fd: std::cell::RefCell<Option<OwnedFd>> = std::cell::RefCell::new(None);
             let truncate = (flags & libc::O_TRUNC != 0).then_some(0);
             let try_lower = || -> Result<()> {
-                let fd = host::open_beneath(self.lower.as_fd(), &path, of, HostMode::empty())?;
+                let fd = self.open_in(self.lower.as_fd(), &path, of, HostMode::empty())?;
                 *lower_fd.borrow_mut() = Some(fd);
                 Ok(())
             };
@@ -2097,7 +2151,7 @@ impl FileSystem for VuFs {
         let perm = mode & 0o7777;
         let made: std::cell::RefCell<Option<OwnedFd>> = std::cell::RefCell::new(None);
         let make = |root: BorrowedFd<'_>| -> Result<()> {
-            let fd = host::open_beneath(
+            let fd = self.open_in(
                 root,
                 &path,
                 of | OFlags::CREATE | OFlags::EXCL,
@@ -2117,7 +2171,7 @@ impl FileSystem for VuFs {
                 let _ = rustix::fs::fchmod(&fd, HostMode::from_raw_mode(perm));
             }
         }
-        let st = host::stat_at(self.root(layer), &path)?;
+        let st = rustix::fs::fstat(&fd)?;
         let entry = self.attach(parent, name, layer, &path, st);
         let fh = self.new_handle(entry.attr.ino.0, of, fd);
         Ok((
@@ -2133,14 +2187,14 @@ impl FileSystem for VuFs {
     fn getxattr(&self, _ctx: &Context, ino: Ino, name: &OsStr) -> Result<Vec<u8>> {
         let path = self.path_of(ino)?;
         let (layer, _) = self.find(&path)?;
-        let fd = host::open_path(self.root(layer), &path)?;
+        let fd = self.open_o_path(self.root(layer), &path)?;
         host::get_xattr(&host::proc_path(fd.as_fd()), name)
     }
 
     fn listxattr(&self, _ctx: &Context, ino: Ino) -> Result<Vec<Vec<u8>>> {
         let path = self.path_of(ino)?;
         let (layer, _) = self.find(&path)?;
-        let fd = host::open_path(self.root(layer), &path)?;
+        let fd = self.open_o_path(self.root(layer), &path)?;
         host::list_xattrs(&host::proc_path(fd.as_fd()))
     }
 
@@ -2155,7 +2209,7 @@ impl FileSystem for VuFs {
         let path = self.path_of(ino)?;
         let _g = self.lock_big();
         let set = |root: BorrowedFd<'_>| -> Result<()> {
-            let fd = host::open_path(root, &path)?;
+            let fd = self.open_o_path(root, &path)?;
             rustix::fs::setxattr(
                 host::proc_path(fd.as_fd()).as_str(),
                 name,
@@ -2177,7 +2231,7 @@ impl FileSystem for VuFs {
         let path = self.path_of(ino)?;
         let _g = self.lock_big();
         let remove = |root: BorrowedFd<'_>| -> Result<()> {
-            let fd = host::open_path(root, &path)?;
+            let fd = self.open_o_path(root, &path)?;
             rustix::fs::removexattr(host::proc_path(fd.as_fd()).as_str(), name)?;
             Ok(())
         };

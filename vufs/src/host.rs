@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use vudev::{Errno, Result};
+use vudev::Result;
 
 /// The resolution rules for every path.
 pub(crate) const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
@@ -38,10 +38,54 @@ pub(crate) fn open_beneath(
     }
 }
 
+/// Recently used parent directories (`O_PATH` fds resolved below a layer
+/// root), so a deep path is not re-walked on every call. Bounded: emptied
+/// when full, and whenever the daemon removes or renames a directory.
+pub(crate) struct DirCache {
+    map: std::sync::Mutex<
+        std::collections::HashMap<(i32, std::path::PathBuf), std::sync::Arc<OwnedFd>>,
+    >,
+}
+
+/// Entries a [`DirCache`] holds at most.
+const DIR_CACHE_MAX: usize = 512;
+
+impl DirCache {
+    pub(crate) fn new() -> DirCache {
+        DirCache {
+            map: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn get(&self, base: BorrowedFd<'_>, dir: &Path) -> Result<std::sync::Arc<OwnedFd>> {
+        use std::os::fd::AsRawFd;
+        let key = (base.as_raw_fd(), dir.to_path_buf());
+        if let Some(fd) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(fd.clone());
+        }
+        let fd = std::sync::Arc::new(open_beneath(
+            base,
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY,
+            Mode::empty(),
+        )?);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= DIR_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(key, fd.clone());
+        Ok(fd)
+    }
+}
+
 /// The parent directory of `path` below `dir`, opened `O_PATH`, and the last name.
 pub(crate) struct At<'a> {
     base: BorrowedFd<'a>,
-    parent: Option<OwnedFd>,
+    parent: Option<std::sync::Arc<OwnedFd>>,
     /// The last component (empty for the root).
     pub name: &'a OsStr,
 }
@@ -51,15 +95,35 @@ impl<'a> At<'a> {
     pub(crate) fn new(base: BorrowedFd<'a>, path: &'a Path) -> Result<At<'a>> {
         let name = path.file_name().unwrap_or(OsStr::new(""));
         let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => Some(open_beneath(
+            Some(p) if !p.as_os_str().is_empty() => Some(std::sync::Arc::new(open_beneath(
                 base,
                 p,
                 OFlags::PATH | OFlags::DIRECTORY,
                 Mode::empty(),
-            )?),
+            )?)),
             _ => None,
         };
         Ok(At { base, parent, name })
+    }
+
+    /// As [`At::new`], through `cache`.
+    pub(crate) fn cached(cache: &DirCache, base: BorrowedFd<'a>, path: &'a Path) -> Result<At<'a>> {
+        let name = path.file_name().unwrap_or(OsStr::new(""));
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => Some(cache.get(base, p)?),
+            _ => None,
+        };
+        Ok(At { base, parent, name })
+    }
+
+    /// Opens the name (the root itself for the empty path) with `flags`.
+    pub(crate) fn open(&self, flags: OFlags, mode: Mode) -> Result<OwnedFd> {
+        let name: &Path = if self.name.is_empty() {
+            Path::new(".")
+        } else {
+            Path::new(self.name)
+        };
+        open_beneath(self.dir(), name, flags, mode)
     }
 
     /// The directory holding the name.
@@ -83,11 +147,6 @@ impl<'a> At<'a> {
     }
 }
 
-/// `lstat` of `path` below `dir`.
-pub(crate) fn stat_at(dir: BorrowedFd<'_>, path: &Path) -> Result<Stat> {
-    At::new(dir, path)?.stat()
-}
-
 /// The `/proc/self/fd/N` name of an `O_PATH` fd: the calls that have no
 /// `*at` form (xattrs, chmod without following) act through it on exactly
 /// the inode the fd holds.
@@ -96,21 +155,11 @@ pub(crate) fn proc_path(fd: BorrowedFd<'_>) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-/// An `O_PATH | O_NOFOLLOW` handle on `path` below `dir`.
-pub(crate) fn open_path(dir: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
-    open_beneath(dir, path, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty())
-}
-
-/// `chmod` of `path` below `dir` without following a symlink.
-pub(crate) fn chmod_at(dir: BorrowedFd<'_>, path: &Path, mode: u32) -> Result<()> {
-    let fd = open_path(dir, path)?;
-    let st = rustix::fs::fstat(&fd)?;
-    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-        return Err(Errno::EOPNOTSUPP);
-    }
+/// `chmod` of the inode an `O_PATH` fd holds (a symlink: EOPNOTSUPP).
+pub(crate) fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
     rustix::fs::chmodat(
         rustix::fs::CWD,
-        proc_path(fd.as_fd()),
+        proc_path(fd),
         Mode::from_raw_mode(mode & 0o7777),
         AtFlags::empty(),
     )?;
@@ -194,8 +243,10 @@ pub(crate) fn make_parents(dir: BorrowedFd<'_>, path: &Path, mode: u32) -> Resul
     Ok(())
 }
 
-/// Removes the empty ancestor directories of `path` below `dir`, deepest first.
-pub(crate) fn remove_empty_parents(dir: BorrowedFd<'_>, path: &Path) {
+/// Removes the empty ancestor directories of `path` below `dir`, deepest
+/// first; true if it removed any.
+pub(crate) fn remove_empty_parents(dir: BorrowedFd<'_>, path: &Path) -> bool {
+    let mut removed = false;
     let mut current = path.parent();
     while let Some(p) = current {
         if p.as_os_str().is_empty() {
@@ -205,8 +256,10 @@ pub(crate) fn remove_empty_parents(dir: BorrowedFd<'_>, path: &Path) {
         if rustix::fs::unlinkat(at.dir(), at.name, AtFlags::REMOVEDIR).is_err() {
             break;
         }
+        removed = true;
         current = p.parent();
     }
+    removed
 }
 
 /// Reads up to `limit` bytes of the regular file `path` below `dir`.
