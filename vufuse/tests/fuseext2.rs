@@ -541,3 +541,79 @@ fn bad_images_are_refused_with_a_message() {
     }
     assert!(!is_mounted(&mnt) || out.status.success());
 }
+
+#[test]
+fn htree_directories_made_by_the_kernel_stay_indexed_as_they_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("htree.img");
+    sh(&format!(
+        "truncate -s 128M '{0}' && mke2fs -q -F -t ext4 '{0}'",
+        img.display()
+    ));
+    let kmnt = dir.path().join("kernel");
+    std::fs::create_dir_all(&kmnt).unwrap();
+    let mounted = Command::new("mount")
+        .arg("-o")
+        .arg("loop")
+        .arg(&img)
+        .arg(&kmnt)
+        .output()
+        .unwrap();
+    if !mounted.status.success() {
+        eprintln!(
+            "SKIPPED: the kernel cannot loop-mount ext4 here: {}",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        return;
+    }
+    sh(&format!("mkdir '{0}/big' && cd '{0}/big' && for i in $(seq 1 3000); do : > k$i; done; cd / && umount '{0}'", kmnt.display()));
+    let flags = |img: &Path| {
+        sh(&format!(
+            "debugfs -R 'stat /big' '{}' 2>/dev/null",
+            img.display()
+        ))
+    };
+    assert!(
+        flags(&img).contains("Flags: 0x81000"),
+        "the kernel should have indexed /big"
+    );
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let out = run(&img, &mnt, &["rw"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted(mnt.clone());
+    sh(&format!(
+        "cd '{}/big' && for i in $(seq 1 3000); do : > u$i; done; rm k5 u5",
+        mnt.display()
+    ));
+    assert_eq!(std::fs::read_dir(mnt.join("big")).unwrap().count(), 5998);
+    drop(m);
+    wait_for_exit(&mnt);
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    assert!(
+        flags(&img).contains("Flags: 0x81000"),
+        "the index must survive 3,000 inserts (node splits)"
+    );
+    let dump = sh(&format!(
+        "debugfs -R 'htree_dump /big' '{}' 2>/dev/null",
+        img.display()
+    ));
+    assert!(
+        dump.contains("Root node dump"),
+        "{}",
+        &dump[..dump.len().min(300)]
+    );
+}
