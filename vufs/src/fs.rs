@@ -548,10 +548,9 @@ impl VuFs {
             if let Ok(st) = at.stat() {
                 if st.st_mode & libc::S_IFMT == libc::S_IFREG
                     && rustix::fs::unlinkat(at.dir(), at.name, AtFlags::empty()).is_ok()
+                    && host::remove_empty_parents(meta, path)
                 {
-                    if host::remove_empty_parents(meta, path) {
-                        self.dircache.clear();
-                    }
+                    self.dircache.clear();
                 }
             }
         }
@@ -575,10 +574,10 @@ impl VuFs {
             if self.meta_used.load(Ordering::Relaxed) {
                 let at = self.at(meta, &vpath);
                 if let Ok(at) = at {
-                    if rustix::fs::unlinkat(at.dir(), at.name, AtFlags::empty()).is_ok() {
-                        if host::remove_empty_parents(meta, &vpath) {
-                            self.dircache.clear();
-                        }
+                    if rustix::fs::unlinkat(at.dir(), at.name, AtFlags::empty()).is_ok()
+                        && host::remove_empty_parents(meta, &vpath)
+                    {
+                        self.dircache.clear();
                     }
                 }
             }
