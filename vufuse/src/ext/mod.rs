@@ -49,6 +49,7 @@ struct VxDev {
     read: extern "C" fn(*mut c_void, u64, *mut c_void, usize) -> c_int,
     write: extern "C" fn(*mut c_void, u64, *const c_void, usize) -> c_int,
     flush: extern "C" fn(*mut c_void) -> c_int,
+    prefetch: extern "C" fn(*mut c_void, u64, u64),
 }
 
 /// Mirrors `struct vx_stat`.
@@ -113,13 +114,6 @@ extern "C" {
         ino: u32,
         write: c_int,
         out: *mut *mut ExtFileHandle,
-    ) -> c_int;
-    fn vx_file_read(
-        f: *mut ExtFileHandle,
-        offset: u64,
-        buf: *mut c_void,
-        len: usize,
-        got: *mut usize,
     ) -> c_int;
     fn vx_file_close(f: *mut ExtFileHandle) -> c_int;
     fn vx_readlink(
@@ -206,6 +200,15 @@ extern "C" {
         len: usize,
         done: *mut usize,
     ) -> c_int;
+    fn vx_read_ino(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        offset: u64,
+        buf: *mut c_void,
+        len: usize,
+        ahead: u64,
+        got: *mut usize,
+    ) -> c_int;
     fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
     #[allow(clippy::too_many_arguments)]
     fn vx_setattr(
@@ -260,6 +263,9 @@ fn c_name(name: &OsStr) -> Result<std::ffi::CString> {
     std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
 }
 
+/// How far ahead of a sequential reader the device is asked to prefetch.
+const READAHEAD: u64 = 8 << 20;
+
 fn check(code: c_int) -> Result<()> {
     if code == 0 {
         Ok(())
@@ -305,6 +311,14 @@ extern "C" fn dev_write(ctx: *mut c_void, offset: u64, buf: *const c_void, len: 
     })
 }
 
+extern "C" fn dev_prefetch(ctx: *mut c_void, offset: u64, len: u64) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as in dev_read.
+        let dev = unsafe { &*(ctx as *const Arc<dyn BlockDevice>) };
+        dev.prefetch(offset, len);
+    }));
+}
+
 extern "C" fn dev_flush(ctx: *mut c_void) -> c_int {
     guarded(|| {
         // SAFETY: as in dev_read.
@@ -342,6 +356,8 @@ struct Handles {
     fs: *mut ExtFsHandle,
     /// Open file handles: fh to inode.
     files: HashMap<u64, u32>,
+    /// Where a sequential reader of each handle would read next.
+    next_read: HashMap<u64, u64>,
     /// Directory listings taken at opendir.
     dirs: HashMap<u64, Vec<(u32, FileKind, Vec<u8>)>>,
     /// Inodes whose last link went while open: freed at their last close.
@@ -513,6 +529,7 @@ impl ExtFs {
             read: dev_read,
             write: dev_write,
             flush: dev_flush,
+            prefetch: dev_prefetch,
         }));
         let mut fs: *mut ExtFsHandle = std::ptr::null_mut();
         let mut msg = vec![0u8; 512];
@@ -565,6 +582,7 @@ impl ExtFs {
             handles: Mutex::new(Handles {
                 fs,
                 files: HashMap::new(),
+                next_read: HashMap::new(),
                 dirs: HashMap::new(),
                 orphans: HashSet::new(),
             }),
@@ -786,29 +804,26 @@ impl FileSystem for ExtFs {
         })
     }
 
-    fn read(
-        &self,
-        _ctx: &Context,
-        ino: Ino,
-        _fh: Fh,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<usize> {
-        let h = self.lock();
-        h.with_file(ext_ino(ino), false, |file| {
-            let mut got = 0usize;
-            // SAFETY: file is open; buf is writable for its length.
-            check(unsafe {
-                vx_file_read(
-                    file,
-                    offset,
-                    buf.as_mut_ptr() as *mut c_void,
-                    buf.len(),
-                    &mut got,
-                )
-            })?;
-            Ok(got)
-        })
+    fn read(&self, _ctx: &Context, ino: Ino, fh: Fh, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut h = self.lock();
+        // A reader that goes on where it stopped gets the next 8 MiB prefetched.
+        let sequential = offset == 0 || h.next_read.get(&fh.0) == Some(&offset);
+        let ahead = if sequential { READAHEAD } else { 0 };
+        let mut got = 0usize;
+        // SAFETY: h.fs is open; buf is writable for its length; got is a valid out-pointer.
+        check(unsafe {
+            vx_read_ino(
+                h.fs,
+                ext_ino(ino),
+                offset,
+                buf.as_mut_ptr() as *mut c_void,
+                buf.len(),
+                ahead,
+                &mut got,
+            )
+        })?;
+        h.next_read.insert(fh.0, offset + got as u64);
+        Ok(got)
     }
 
     fn write(&self, _ctx: &Context, ino: Ino, _fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
@@ -832,6 +847,7 @@ impl FileSystem for ExtFs {
 
     fn release(&self, _ctx: &Context, _ino: Ino, fh: Fh) -> Result<()> {
         let mut h = self.lock();
+        h.next_read.remove(&fh.0);
         if let Some(ino) = h.files.remove(&fh.0) {
             if h.open_count(ino) == 0 && h.orphans.remove(&ino) {
                 // SAFETY: h.fs is open; the orphan's last link is gone and its last handle closed.

@@ -27,6 +27,7 @@ struct vx_dev {
 	int (*read)(void *ctx, uint64_t offset, void *buf, size_t len);
 	int (*write)(void *ctx, uint64_t offset, const void *buf, size_t len);
 	int (*flush)(void *ctx);
+	void (*prefetch)(void *ctx, uint64_t offset, uint64_t len);
 };
 
 /* ---- errno mapping: the one place ---- */
@@ -87,9 +88,46 @@ int vx_errno(errcode_t err)
 
 /* ---- io_manager over struct vx_dev ---- */
 
+/* A write-through cache of single blocks (inode tables, bitmaps, directory
+ * blocks are read over and over), direct-mapped, bounded: VX_SLOTS blocks. */
+#define VX_SLOTS 1024
+
+struct vx_slot {
+	unsigned long long block;
+	int valid;
+};
+
 struct vx_chan {
 	struct vx_dev *dev;
+	struct vx_slot slots[VX_SLOTS];
+	char *data; /* VX_SLOTS * block_size bytes, or NULL */
 };
+
+static void vx_cache_reset(struct vx_chan *chan, int block_size)
+{
+	free(chan->data);
+	chan->data = malloc((size_t)VX_SLOTS * (size_t)block_size);
+	for (int i = 0; i < VX_SLOTS; i++)
+		chan->slots[i].valid = 0;
+}
+
+/* Forgets cached blocks overlapping the byte range [offset, offset + len). */
+static void vx_cache_forget(io_channel io, unsigned long long offset, size_t len)
+{
+	struct vx_chan *chan = io->private_data;
+	unsigned long long first = offset / io->block_size;
+	unsigned long long last = (offset + len + io->block_size - 1) / io->block_size;
+	if (last - first >= VX_SLOTS) {
+		for (int i = 0; i < VX_SLOTS; i++)
+			chan->slots[i].valid = 0;
+		return;
+	}
+	for (unsigned long long b = first; b < last; b++) {
+		struct vx_slot *slot = &chan->slots[b % VX_SLOTS];
+		if (slot->valid && slot->block == b)
+			slot->valid = 0;
+	}
+}
 
 static struct struct_io_manager vx_io_manager;
 
@@ -111,7 +149,9 @@ static errcode_t vx_io_open(const char *name, int flags, io_channel *channel)
 		ext2fs_free_mem(&io);
 		return err;
 	}
+	memset(chan, 0, sizeof *chan);
 	chan->dev = dev;
+	vx_cache_reset(chan, 1024);
 	err = ext2fs_get_mem(strlen(name) + 1, &io->name);
 	if (err) {
 		ext2fs_free_mem(&chan);
@@ -133,6 +173,7 @@ static errcode_t vx_io_close(io_channel io)
 {
 	if (--io->refcount > 0)
 		return 0;
+	free(((struct vx_chan *)io->private_data)->data);
 	ext2fs_free_mem(&io->private_data);
 	ext2fs_free_mem(&io->name);
 	ext2fs_free_mem(&io);
@@ -141,6 +182,8 @@ static errcode_t vx_io_close(io_channel io)
 
 static errcode_t vx_io_set_blksize(io_channel io, int blksize)
 {
+	if (io->block_size != blksize)
+		vx_cache_reset(io->private_data, blksize);
 	io->block_size = blksize;
 	return 0;
 }
@@ -153,8 +196,24 @@ static size_t vx_bytes(io_channel io, int count)
 
 static errcode_t vx_io_read64(io_channel io, unsigned long long block, int count, void *data)
 {
-	struct vx_dev *dev = ((struct vx_chan *)io->private_data)->dev;
+	struct vx_chan *chan = io->private_data;
+	struct vx_dev *dev = chan->dev;
 	size_t len = vx_bytes(io, count);
+	if (count == 1 && chan->data) {
+		struct vx_slot *slot = &chan->slots[block % VX_SLOTS];
+		char *cached = chan->data + (size_t)(block % VX_SLOTS) * io->block_size;
+		if (slot->valid && slot->block == block) {
+			memcpy(data, cached, len);
+			return 0;
+		}
+		int e = dev->read(dev->ctx, block * io->block_size, data, len);
+		if (e)
+			return io->read_error ? io->read_error(io, block, count, data, len, 0, e) : e;
+		memcpy(cached, data, len);
+		slot->block = block;
+		slot->valid = 1;
+		return 0;
+	}
 	int e = dev->read(dev->ctx, block * io->block_size, data, len);
 	if (e && io->read_error)
 		return io->read_error(io, block, count, data, len, 0, e);
@@ -167,6 +226,7 @@ static errcode_t vx_io_write64(io_channel io, unsigned long long block, int coun
 	if (!(io->flags & IO_FLAG_RW))
 		return EXT2_ET_RO_FILSYS;
 	size_t len = vx_bytes(io, count);
+	vx_cache_forget(io, block * io->block_size, len);
 	int e = dev->write(dev->ctx, block * io->block_size, data, len);
 	if (e && io->write_error)
 		return io->write_error(io, block, count, data, len, 0, e);
@@ -188,6 +248,7 @@ static errcode_t vx_io_write_byte(io_channel io, unsigned long offset, int size,
 	struct vx_dev *dev = ((struct vx_chan *)io->private_data)->dev;
 	if (!(io->flags & IO_FLAG_RW))
 		return EXT2_ET_RO_FILSYS;
+	vx_cache_forget(io, offset, (size_t)size);
 	return dev->write(dev->ctx, offset, data, (size_t)size);
 }
 
@@ -1077,4 +1138,110 @@ int vx_setxattr(ext2_filsys fs, uint32_t ino, const char *name, const void *valu
 	}
 	errcode_t err2 = ext2fs_xattrs_close(&h);
 	return vx_errno(err ? err : err2);
+}
+
+/* ---- the data path for reads: whole extents per device call ---- */
+
+/* Reads file data by walking its extents and reading each contiguous run
+ * with one device call (the file API moves one block per call). When
+ * `ahead` > 0 the reader is sequential: the device is asked to prefetch up
+ * to `ahead` bytes past what was read. Inline-data and block-mapped files
+ * go through the file API. */
+int vx_read_ino(ext2_filsys fs, uint32_t ino, uint64_t offset, void *buf, size_t len, uint64_t ahead, size_t *got)
+{
+	struct ext2_inode_large in;
+	memset(&in, 0, sizeof in);
+	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	if (err)
+		return vx_errno(err);
+	uint64_t size = EXT2_I_SIZE(&in);
+	*got = 0;
+	if (offset >= size || len == 0)
+		return 0;
+	if (len > size - offset)
+		len = (size_t)(size - offset);
+	if (!(in.i_flags & EXT4_EXTENTS_FL) || (in.i_flags & EXT4_INLINE_DATA_FL)) {
+		ext2_file_t f;
+		err = ext2fs_file_open2(fs, ino, (struct ext2_inode *)&in, 0, &f);
+		if (err)
+			return vx_errno(err);
+		int e = vx_file_read(f, offset, buf, len, got);
+		ext2fs_file_close(f);
+		return e;
+	}
+	ext2_extent_handle_t h;
+	err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)&in, &h);
+	if (err)
+		return vx_errno(err);
+	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
+	uint64_t bs = fs->blocksize;
+	char *edge = NULL; /* for runs that start or end inside a block */
+	size_t done = 0;
+	int result = 0;
+	uint64_t last_pblk_end = 0;
+	while (done < len) {
+		uint64_t pos = offset + done;
+		uint64_t lblk = pos / bs, within = pos % bs;
+		size_t want = len - done;
+		struct ext2fs_extent ext;
+		memset(&ext, 0, sizeof ext);
+		err = ext2fs_extent_goto2(h, 0, lblk);
+		if (!err)
+			err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext);
+		int mapped = !err && lblk >= ext.e_lblk && lblk < (uint64_t)ext.e_lblk + ext.e_len;
+		if (err && err != EXT2_ET_EXTENT_NOT_FOUND) {
+			result = vx_errno(err);
+			break;
+		}
+		if (!mapped || (ext.e_flags & EXT2_EXTENT_FLAGS_UNINIT)) {
+			/* A hole or an unwritten extent reads as zeros, one block at a time. */
+			size_t n = mapped ? (size_t)(((uint64_t)ext.e_lblk + ext.e_len - lblk) * bs - within) : (size_t)(bs - within);
+			if (n > want)
+				n = want;
+			memset((char *)buf + done, 0, n);
+			done += n;
+			continue;
+		}
+		uint64_t run_blocks = (uint64_t)ext.e_lblk + ext.e_len - lblk;
+		uint64_t pblk = ext.e_pblk + (lblk - ext.e_lblk);
+		size_t n = run_blocks * bs - within;
+		if (n > want)
+			n = want;
+		if (within == 0 && n % bs == 0) {
+			int e = dev->read(dev->ctx, pblk * bs, (char *)buf + done, n);
+			if (e) {
+				result = e;
+				break;
+			}
+		} else {
+			size_t span = (size_t)(((within + n + bs - 1) / bs) * bs);
+			char *tmp = realloc(edge, span);
+			if (!tmp) {
+				result = ENOMEM;
+				break;
+			}
+			edge = tmp;
+			int e = dev->read(dev->ctx, pblk * bs, edge, span);
+			if (e) {
+				result = e;
+				break;
+			}
+			memcpy((char *)buf + done, edge + within, n);
+		}
+		done += n;
+		last_pblk_end = pblk * bs + within + n;
+		if (ahead && done == len && dev->prefetch) {
+			/* Prefetch the rest of this extent, up to `ahead` bytes. */
+			uint64_t extent_end = (ext.e_pblk + ext.e_len) * bs;
+			uint64_t until = last_pblk_end + ahead < extent_end ? last_pblk_end + ahead : extent_end;
+			if (until > last_pblk_end)
+				dev->prefetch(dev->ctx, last_pblk_end, until - last_pblk_end);
+		}
+	}
+	free(edge);
+	ext2fs_extent_free(h);
+	if (result)
+		return result;
+	*got = done;
+	return 0;
 }
