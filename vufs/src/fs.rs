@@ -1550,6 +1550,28 @@ impl VuFs {
         Ok(())
     }
 
+    /// Reads of SOURCE in union modes are done by the daemon: when it is
+    /// root serving another user (allow_other), check read permission
+    /// against the view's attributes (vstat included) as the host would
+    /// (owner, group, other; supplementary groups are not known here).
+    fn may_read(&self, ctx: &Context, path: &Path, st: Stat) -> Result<()> {
+        if !self.switch_creds || ctx.uid == 0 {
+            return Ok(());
+        }
+        let st = self.merged(path, st);
+        let bits = if st.st_uid == ctx.uid {
+            st.st_mode >> 6
+        } else if st.st_gid == ctx.gid {
+            st.st_mode >> 3
+        } else {
+            st.st_mode
+        };
+        if bits & 0o4 == 0 {
+            return Err(Errno::EACCES);
+        }
+        Ok(())
+    }
+
     fn open_file(
         &self,
         ctx: &Context,
@@ -1971,11 +1993,18 @@ impl FileSystem for VuFs {
                 }
             }
         } else {
-            let (layer, _) = self.find(&path)?;
+            let (layer, st) = self.find(&path)?;
             let as_caller = layer == Layer::Lower || self.route(&path) != Route::Union;
+            if !as_caller {
+                self.may_read(ctx, &path, st)?;
+            }
             (layer, self.open_file(ctx, layer, &path, of, as_caller)?)
         };
         let _ = layer;
+        if (flags & libc::O_ACCMODE) == libc::O_RDONLY {
+            // Sequential reads are the common case: a larger host readahead.
+            let _ = rustix::fs::fadvise(&fd, 0, None, rustix::fs::Advice::Sequential);
+        }
         let st = rustix::fs::fstat(&fd)?;
         let now = (st.st_mtime, st.st_mtime_nsec as u64, st.st_size);
         let keep_cache = {
@@ -2047,8 +2076,14 @@ impl FileSystem for VuFs {
         Ok(())
     }
 
-    fn opendir(&self, _ctx: &Context, ino: Ino) -> Result<Fh> {
+    fn opendir(&self, ctx: &Context, ino: Ino) -> Result<Fh> {
         let path = self.path_of(ino)?;
+        if self.route(&path) == Route::Union {
+            let (layer, st) = self.find(&path)?;
+            if layer == Layer::Upper {
+                self.may_read(ctx, &path, st)?;
+            }
+        }
         let mut entries = Vec::new();
         self.list(&path, &mut |name, kind, hino| {
             entries.push((name.to_os_string(), kind, hino));

@@ -448,3 +448,32 @@ fn bad_input_exits_2_with_a_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("busy"));
 }
+
+#[test]
+fn other_users_cannot_read_what_the_view_forbids() {
+    need_fuse!();
+    if as_nobody("true").status.code() != Some(0) {
+        eprintln!("skipped: setpriv cannot switch to nobody here");
+        return;
+    }
+    let s = Scratch::example();
+    fs::set_permissions(s.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(s.low("secret"), "lower secret").unwrap();
+    fs::set_permissions(s.low("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    let m = Mounted::new(&s.upper, &s.lower, &["cow,allow_other"]);
+    // Made by root in the view: lives in SOURCE, read by the daemon.
+    fs::write(s.low("upper-secret"), "upper secret").unwrap();
+    fs::set_permissions(s.low("upper-secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    for name in ["secret", "upper-secret"] {
+        let out = as_nobody(&format!("cat '{}'", s.low(name).display()));
+        assert!(!out.status.success(), "nobody read {name}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = as_nobody(&format!("cat '{}'", s.low("b").display()));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "real b\n");
+    m.unmount();
+}
