@@ -187,14 +187,11 @@ fn check(u: &Under, m: &Model) {
             .collect();
         expected.sort();
         assert_eq!(listed, expected, "names in /{}", DIRS[d]);
-        for n in 0..NAMES.len() {
+        for (n, name) in NAMES.iter().enumerate() {
             let Some(&id) = m.names.get(&path(d, n)) else {
                 continue;
             };
-            let attr =
-                u.fs.lookup(&c, u.dirs[d], OsStr::new(NAMES[n]))
-                    .unwrap()
-                    .attr;
+            let attr = u.fs.lookup(&c, u.dirs[d], OsStr::new(name)).unwrap().attr;
             let want = &m.files[&id];
             assert_eq!(attr.size, want.len() as u64, "size of {}", path(d, n));
             assert_eq!(attr.nlink, links[&id], "links of {}", path(d, n));
