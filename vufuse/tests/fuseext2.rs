@@ -617,3 +617,55 @@ fn htree_directories_made_by_the_kernel_stay_indexed_as_they_grow() {
         &dump[..dump.len().min(300)]
     );
 }
+
+#[test]
+fn a_journal_needing_recovery_is_replayed_in_memory_for_read_only_mounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    // A file's block gets a new version logged in the journal but not written
+    // in place (debugfs's journal commands, as e2fsprogs' own tests make them).
+    sh(&format!(
+        "set -e; cd '{d}'; mkdir s; python3 -c \"open('s/f','w').write('OLD'*1365+'O')\"; \
+         python3 -c \"open('new','wb').write(b'NEW'*1365+b'N')\"; truncate -s 64M j.img; mke2fs -q -F -t ext4 -b 4096 -d s j.img; \
+         B=$(debugfs -R 'blocks /f' j.img 2>/dev/null | tr -d ' \\n'); printf 'jo\\njw -b %s {d}/new\\njc\\n' \"$B\" > cmds; \
+         debugfs -w -f cmds j.img >/dev/null 2>&1"
+    ));
+    let img = dir.path().join("j.img");
+    assert!(sh(&format!("dumpe2fs -h '{}' 2>/dev/null", img.display())).contains("needs_recovery"));
+    assert!(
+        sh(&format!(
+            "debugfs -R 'cat /f' '{}' 2>/dev/null",
+            img.display()
+        ))
+        .starts_with("OLD"),
+        "in place: the old data"
+    );
+    let before = std::fs::read(&img).unwrap();
+    let mnt = dir.path().join("mnt");
+    {
+        let _m = Mounted::new(&img, &mnt);
+        let content = std::fs::read_to_string(mnt.join("f")).unwrap();
+        assert!(
+            content.starts_with("NEWNEW"),
+            "the mount must show the journal's version"
+        );
+    }
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "replay must not write the image"
+    );
+    // Read-write is refused: recovery is e2fsck's job.
+    let out = run(&img, &mnt, &["rw"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs recovery"));
+    // And e2fsck's recovery agrees with ours.
+    sh(&format!(
+        "e2fsck -fy '{}' >/dev/null 2>&1 || true",
+        img.display()
+    ));
+    assert!(sh(&format!(
+        "debugfs -R 'cat /f' '{}' 2>/dev/null",
+        img.display()
+    ))
+    .starts_with("NEW"));
+}

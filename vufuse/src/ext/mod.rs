@@ -16,6 +16,8 @@
 
 #![allow(unsafe_code)]
 
+pub mod journal;
+
 use crate::fs::{
     Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
     StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
@@ -95,11 +97,15 @@ extern "C" {
     fn vx_open(
         dev: *mut VxDev,
         rw: c_int,
+        allow_recovery: c_int,
         out: *mut *mut ExtFsHandle,
         msg: *mut c_char,
         msglen: usize,
     ) -> c_int;
     fn vx_close(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_needs_recovery(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_journal_map(fs: *mut ExtFsHandle, out: *mut u64, max: usize, count: *mut usize) -> c_int;
+    fn vx_block_size(fs: *mut ExtFsHandle) -> u32;
     fn vx_stat(fs: *mut ExtFsHandle, ino: u32, st: *mut VxStat) -> c_int;
     fn vx_lookup(
         fs: *mut ExtFsHandle,
@@ -514,12 +520,61 @@ extern "C" fn collect_xattr(
 }
 
 impl ExtFs {
-    /// Opens the ext2/3/4 volume on `dev`.
+    /// Opens the ext2/3/4 volume on `dev`. A read-only mount of a volume
+    /// whose journal needs recovery replays it in memory; a read-write one
+    /// is refused (run e2fsck), as fuse2fs does.
     pub fn open(
         dev: Arc<dyn BlockDevice>,
         opts: ExtOptions,
     ) -> std::result::Result<ExtFs, MountError> {
         let read_only = opts.read_only || dev.read_only();
+        if !read_only {
+            return ExtFs::open_raw(dev, false, false);
+        }
+        let fs = ExtFs::open_raw(dev.clone(), true, true)?;
+        if !fs.needs_recovery() {
+            return Ok(fs);
+        }
+        let (map, block_size) = fs.journal_map().map_err(|e| MountError {
+            errno: e,
+            message: format!("the journal needs recovery but cannot be read: {e}"),
+        })?;
+        drop(fs);
+        let replayed =
+            journal::replay(dev.as_ref(), &map, block_size as usize).map_err(|e| MountError {
+                errno: e,
+                message: format!("the journal needs recovery but is corrupt ({e}): run e2fsck"),
+            })?;
+        let overlay: Arc<dyn BlockDevice> =
+            Arc::new(journal::Overlay::new(dev, replayed, block_size as usize));
+        ExtFs::open_raw(overlay, true, true)
+    }
+
+    fn needs_recovery(&self) -> bool {
+        let h = self.lock();
+        // SAFETY: h.fs is open.
+        unsafe { vx_needs_recovery(h.fs) != 0 }
+    }
+
+    /// Physical blocks of the journal, in order, and the block size.
+    fn journal_map(&self) -> Result<(Vec<u64>, u32)> {
+        let h = self.lock();
+        let mut count = 0usize;
+        // SAFETY: h.fs is open; a zero-length buffer only asks for the count.
+        check(unsafe { vx_journal_map(h.fs, std::ptr::null_mut(), 0, &mut count) })?;
+        let mut map = vec![0u64; count];
+        // SAFETY: map has room for count entries.
+        check(unsafe { vx_journal_map(h.fs, map.as_mut_ptr(), map.len(), &mut count) })?;
+        // SAFETY: h.fs is open.
+        Ok((map, unsafe { vx_block_size(h.fs) }))
+    }
+
+    fn open_raw(
+        dev: Arc<dyn BlockDevice>,
+        read_only: bool,
+        allow_recovery: bool,
+    ) -> std::result::Result<ExtFs, MountError> {
+        let read_only = read_only || dev.read_only();
         let size = dev.size();
         let ctx = Box::into_raw(Box::new(dev)) as *mut c_void;
         let device = Box::into_raw(Box::new(VxDev {
@@ -539,6 +594,7 @@ impl ExtFs {
             vx_open(
                 device,
                 c_int::from(!read_only),
+                c_int::from(allow_recovery),
                 &mut fs,
                 msg.as_mut_ptr() as *mut c_char,
                 msg.len(),

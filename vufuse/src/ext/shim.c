@@ -293,7 +293,7 @@ static const struct {
 	{ EXT3_FEATURE_INCOMPAT_JOURNAL_DEV, "journal_dev" },
 };
 
-int vx_open(struct vx_dev *dev, int rw, ext2_filsys *out, char *msg, size_t msglen)
+int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, char *msg, size_t msglen)
 {
 	char name[64];
 	snprintf(name, sizeof name, "vudev:%p", (void *)dev);
@@ -316,7 +316,7 @@ int vx_open(struct vx_dev *dev, int rw, ext2_filsys *out, char *msg, size_t msgl
 			return EOPNOTSUPP;
 		}
 	}
-	if (ext2fs_has_feature_journal_needs_recovery(fs->super)) {
+	if (ext2fs_has_feature_journal_needs_recovery(fs->super) && !allow_recovery) {
 		snprintf(msg, msglen, "the journal needs recovery: run e2fsck on the image first");
 		ext2fs_close_free(&fs);
 		return EUCLEAN;
@@ -1244,4 +1244,41 @@ int vx_read_ino(ext2_filsys fs, uint32_t ino, uint64_t offset, void *buf, size_t
 		return result;
 	*got = done;
 	return 0;
+}
+
+/* ---- the journal, for in-memory replay on read-only mounts ---- */
+
+int vx_needs_recovery(ext2_filsys fs)
+{
+	return ext2fs_has_feature_journal_needs_recovery(fs->super) ? 1 : 0;
+}
+
+/* Physical block of each block of the internal journal, in order; *count
+ * is set to the journal's length (blocks beyond `max` are not written). */
+int vx_journal_map(ext2_filsys fs, uint64_t *out, size_t max, size_t *count)
+{
+	ext2_ino_t ino = fs->super->s_journal_inum;
+	if (!ext2fs_has_feature_journal(fs->super) || ino == 0 || fs->super->s_journal_dev)
+		return EOPNOTSUPP;
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, ino, &in);
+	if (err)
+		return vx_errno(err);
+	uint64_t blocks = EXT2_I_SIZE(&in) / fs->blocksize;
+	*count = (size_t)blocks;
+	for (uint64_t i = 0; i < blocks && i < max; i++) {
+		blk64_t phys = 0;
+		err = ext2fs_bmap2(fs, ino, &in, NULL, 0, i, NULL, &phys);
+		if (err)
+			return vx_errno(err);
+		if (phys == 0)
+			return EUCLEAN;
+		out[i] = phys;
+	}
+	return 0;
+}
+
+unsigned int vx_block_size(ext2_filsys fs)
+{
+	return fs->blocksize;
 }
