@@ -53,16 +53,25 @@ impl Mounted {
     fn unmount(self) {
         let dir = self.dir.clone();
         std::mem::forget(self);
-        let out = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "fusermount3 -u: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // EBUSY can last a moment after the test closed its files: a sibling test thread that
+        // is spawning a process holds a copy of our descriptors until its child execs.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&dir)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("busy") && std::time::Instant::now() < deadline,
+                "fusermount3 -u: {stderr}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         wait_for_daemon_exit(&dir);
     }
 }
