@@ -6,8 +6,8 @@ use crate::fs::{
 use fuser::{
     FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use std::cell::RefCell;
 use std::ffi::OsStr;
@@ -20,6 +20,10 @@ use vudev::Errno;
 
 /// The largest write the kernel may send in one request (and so the largest read it asks for).
 pub const MAX_WRITE: u32 = 1 << 20;
+
+/// Names listed per READDIRPLUS request: more than fit in the kernel's buffer (a page holds
+/// about 26 entries), so a reply is never short for want of listing.
+const READDIRPLUS_BATCH: usize = 64;
 
 /// Serves any [`FileSystem`] through fuser's [`fuser::Filesystem`] trait.
 ///
@@ -119,6 +123,28 @@ fn file_type(kind: FileKind) -> FileType {
     }
 }
 
+/// Attributes for a readdirplus entry the kernel does not link ("." and ".."): only the
+/// inode number and type are read from it.
+fn placeholder_attr(ino: Ino, kind: FileKind) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino.0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: file_type(kind),
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn to_file_attr(attr: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(attr.ino.0),
@@ -182,7 +208,13 @@ impl fuser::Filesystem for FuseAdapter {
         // takes and what VUOS's vudevfuse can pass in one write).
         let _ = config.set_max_write(MAX_WRITE);
         // Lookups in one directory may run in parallel; reads may be async.
-        let wanted = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ASYNC_READ;
+        // READDIRPLUS answers `ls -l`/`find` with one request per directory chunk instead
+        // of one LOOKUP per name. Always on (no READDIRPLUS_AUTO): the adaptive mode falls
+        // back to plain READDIR after the first chunk when the reader lists a whole directory
+        // before it stats the names (ls, find), which costs a LOOKUP per name again.
+        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_DO_READDIRPLUS;
         let offered = config.capabilities() & wanted;
         let _ = config.add_capabilities(offered);
         let result = self.fs.init();
@@ -568,6 +600,90 @@ impl fuser::Filesystem for FuseAdapter {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        // The driver lists first (it may hold its own locks while listing), then each name is
+        // looked up outside the listing. Every entry the kernel accepts, but for "." and "..",
+        // counts as one lookup reference, exactly like LOOKUP; one that did not fit is
+        // forgotten again at once.
+        let mut batch: Vec<(Ino, u64, FileKind, std::ffi::OsString)> = Vec::new();
+        let mut sink = |entry: DirEntry<'_>| {
+            batch.push((
+                entry.ino,
+                entry.next_offset,
+                entry.kind,
+                entry.name.to_owned(),
+            ));
+            batch.len() < READDIRPLUS_BATCH
+        };
+        let ctx = context(req, None);
+        let listed = self
+            .fs
+            .readdir(&ctx, Ino(ino.0), Fh(fh.0), offset, &mut sink);
+        if let Err(e) = listed {
+            self.trace(req, || format!("readdirplus({}, {offset})", ino.0), &listed);
+            return reply.error(errno(e));
+        }
+        let policy = self.fs.cache_policy();
+        let ttl = policy.attr_ttl.min(policy.entry_ttl);
+        let mut count = 0usize;
+        for (entry_ino, next_offset, kind, name) in &batch {
+            let full = if name == "." || name == ".." {
+                // The kernel neither links nor counts these: attributes are not needed.
+                let attr = placeholder_attr(*entry_ino, *kind);
+                reply.add(
+                    INodeNo(entry_ino.0),
+                    *next_offset,
+                    name,
+                    &ttl,
+                    &attr,
+                    Generation(0),
+                )
+            } else {
+                match self.fs.lookup(&ctx, Ino(ino.0), name) {
+                    Ok(entry) => {
+                        let full = reply.add(
+                            INodeNo(entry.attr.ino.0),
+                            *next_offset,
+                            name,
+                            &ttl,
+                            &to_file_attr(&entry.attr),
+                            Generation(entry.generation),
+                        );
+                        if full {
+                            self.fs.forget(entry.attr.ino, 1);
+                        }
+                        full
+                    }
+                    // Gone since the listing, or unreadable: leave it out rather than hand
+                    // the kernel attributes that are not true.
+                    Err(_) => false,
+                }
+            };
+            if full {
+                break;
+            }
+            count += 1;
+        }
+        self.trace(
+            req,
+            || {
+                format!(
+                    "readdirplus({}, fh {}, {offset}) [{count} entries]",
+                    ino.0, fh.0
+                )
+            },
+            &listed,
+        );
+        reply.ok()
     }
 
     fn releasedir(
