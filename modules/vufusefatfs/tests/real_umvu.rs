@@ -1,0 +1,101 @@
+//! vufusefatfs.so under the real VUOS hypervisor: `vu_insmod vufuse`, then
+//! `vumount -t vufusefatfs` loads this build (from `$HOME/.vu/modules`, which
+//! umvu searches before its own directory). Skips where umvu is absent.
+
+use fusehost::tools::{pattern, run, run_status, s, sparse_file};
+use fusehost::{module_path, umvu};
+
+#[test]
+fn write_read_back_umount_then_fsck_outside() {
+    if let Some(reason) = umvu::unavailable() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
+    let img = dir.path().join("fat.img");
+    sparse_file(&img, 64 << 20);
+    run("mkfs.vfat", &["-F", "32", "-n", "UMVU", s(&img)]);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let data = dir.path().join("data.bin");
+    std::fs::write(&data, pattern(3 << 20, 5)).unwrap();
+
+    // uid=4321 is an option only this module knows: ls -n proves which module served.
+    let script = format!(
+        "set -u
+vu_insmod vufuse
+vumount -t vufusefatfs -o rw+,uid=4321 {img} {mnt}
+mkdir {mnt}/dir
+cp {data} {mnt}/dir/data.bin
+echo hello > {mnt}/hello.txt
+mv {mnt}/hello.txt {mnt}/dir/greeting.txt
+cmp {data} {mnt}/dir/data.bin && echo SAME-INSIDE
+ls -ln {mnt}/dir
+cat {mnt}/dir/greeting.txt
+touch {mnt}/ro-probe 2>/dev/null && rm {mnt}/ro-probe
+df {mnt}
+vuumount {mnt}
+",
+        img = s(&img),
+        mnt = s(&mnt),
+        data = s(&data)
+    );
+    let (code, out) = umvu::run(&home, &script, 120);
+    assert_eq!(code, 0, "umvu failed:\n{out}");
+    assert!(out.contains("SAME-INSIDE"), "{out}");
+    assert!(out.contains("hello"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" 4321 ") && l.ends_with("data.bin")),
+        "not served by this module (uid=4321 missing):\n{out}"
+    );
+
+    let (fsck, report) = run_status("fsck.fat", &["-n", s(&img)]);
+    assert_eq!(fsck, 0, "{report}");
+    let copied = std::process::Command::new("mtype")
+        .args(["-i", s(&img), "::/dir/data.bin"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert!(copied.stdout == pattern(3 << 20, 5), "data differs outside");
+    let listing = run("mdir", &["-b", "-i", s(&img), "::/dir"]);
+    assert!(listing.contains("greeting.txt"), "{listing}");
+}
+
+#[test]
+fn read_only_by_default_under_umvu() {
+    if let Some(reason) = umvu::unavailable() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
+    let img = dir.path().join("fat.img");
+    sparse_file(&img, 16 << 20);
+    run("mkfs.vfat", &["-n", "RO", s(&img)]);
+    run("mcopy", &["-i", s(&img), "/etc/hostname", "::/host.txt"]);
+    let before = std::fs::read(&img).unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "vu_insmod vufuse
+vumount -t vufusefatfs {img} {mnt}
+cat {mnt}/host.txt
+echo x > {mnt}/new.txt || echo WRITE-REFUSED
+vuumount {mnt}
+",
+        img = s(&img),
+        mnt = s(&mnt)
+    );
+    let (code, out) = umvu::run(&home, &script, 60);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("WRITE-REFUSED"), "{out}");
+    assert!(
+        out.contains("Read-only file system"),
+        "EROFS expected:\n{out}"
+    );
+    assert!(std::fs::read(&img).unwrap() == before);
+}
