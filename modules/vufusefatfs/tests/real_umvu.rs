@@ -99,3 +99,90 @@ vuumount {mnt}
     );
     assert!(std::fs::read(&img).unwrap() == before);
 }
+
+#[test]
+fn two_concurrent_mounts_under_umvu() {
+    if let Some(reason) = umvu::unavailable() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
+    let mut imgs = Vec::new();
+    for name in ["a", "b"] {
+        let img = dir.path().join(format!("{name}.img"));
+        sparse_file(&img, 16 << 20);
+        run("mkfs.vfat", &["-n", name, s(&img)]);
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+        imgs.push(img);
+    }
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let script = format!(
+        "vu_insmod vufuse
+vumount -t vufusefatfs -o rw+ {ia} {a}
+vumount -t vufusefatfs -o rw+ {ib} {b}
+for i in 1 2 3; do echo a$i > {a}/f$i; echo b$i > {b}/f$i; done
+cat {a}/f2 {b}/f3
+vuumount {a}
+vuumount {b}
+",
+        ia = s(&imgs[0]),
+        ib = s(&imgs[1]),
+        a = s(&a),
+        b = s(&b)
+    );
+    let (code, out) = umvu::run(&home, &script, 60);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("a2\nb3\n"), "{out}");
+    for (img, tag) in [(&imgs[0], "a"), (&imgs[1], "b")] {
+        let (fsck, report) = run_status("fsck.fat", &["-n", s(img)]);
+        assert_eq!(fsck, 0, "{report}");
+        let listing = run("mdir", &["-b", "-i", s(img), "::/"]);
+        assert_eq!(listing.lines().count(), 3, "{tag}: {listing}");
+    }
+}
+
+#[test]
+fn stacked_on_a_vudevpartx_partition() {
+    if let Some(reason) = umvu::unavailable() {
+        println!("skipped: {reason}");
+        return;
+    }
+    if !umvu::has_module("vudevpartx") {
+        println!("skipped: umvu installed without vudevpartx");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
+    let disk = dir.path().join("disk.img");
+    sparse_file(&disk, 64 << 20);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // The partition is made and formatted inside umvu, through vudevpartx.
+    let script = format!(
+        "vu_insmod vudev vufuse
+vumount -t vudevpartx {disk} /dev/hda
+sgdisk -n 1:2048:+40M -t 1:0700 /dev/hda > /dev/null
+mkfs.vfat /dev/hda1 > /dev/null
+vumount -t vufusefatfs -o rw+ /dev/hda1 {mnt}
+echo stacked > {mnt}/on-hda1.txt
+cat {mnt}/on-hda1.txt
+vuumount {mnt}
+vuumount /dev/hda
+",
+        disk = s(&disk),
+        mnt = s(&mnt)
+    );
+    let (code, out) = umvu::run(&home, &script, 120);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("stacked"), "{out}");
+    let at = format!("{}@@{}", s(&disk), 2048 * 512);
+    let text = std::process::Command::new("mtype")
+        .args(["-i", &at, "::/on-hda1.txt"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert_eq!(text.stdout, b"stacked\n");
+}
