@@ -801,18 +801,21 @@ pub mod umvu {
         if !on_path {
             return Some("umvu not installed".into());
         }
-        let dirs = [
-            "/usr/local/lib/vu/modules",
-            "/usr/lib/vu/modules",
-            "/usr/lib/x86_64-linux-gnu/vu/modules",
-        ];
-        if !dirs
-            .iter()
-            .any(|d| Path::new(d).join("vufuse.so").is_file())
-        {
+        if !has_module("vufuse") {
             return Some("umvu installed without the vufuse module".into());
         }
         None
+    }
+
+    /// True if umvu's module directory holds `NAME.so`.
+    pub fn has_module(name: &str) -> bool {
+        [
+            "/usr/local/lib/vu/modules",
+            "/usr/lib/vu/modules",
+            "/usr/lib/x86_64-linux-gnu/vu/modules",
+        ]
+        .iter()
+        .any(|d| Path::new(d).join(format!("{name}.so")).is_file())
     }
 
     /// Installs `so` as `$home/.vu/modules/NAME.so`, which umvu searches before
