@@ -186,3 +186,40 @@ vuumount /dev/hda
         .unwrap();
     assert_eq!(text.stdout, b"stacked\n");
 }
+
+#[test]
+fn a_bad_image_or_option_fails_the_mount_with_a_message_and_no_hang() {
+    if let Some(reason) = umvu::unavailable() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
+    let zeros = dir.path().join("zeros.img");
+    sparse_file(&zeros, 4 << 20);
+    let good = dir.path().join("good.img");
+    sparse_file(&good, 16 << 20);
+    run("mkfs.vfat", &[s(&good)]);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "vu_insmod vufuse
+vumount -t vufusefatfs -o rw+ {zeros} {mnt}
+vumount -t vufusefatfs -o frobnicate {good} {mnt}
+vumount -t vufusefatfs -o rw+ {good} {mnt}
+echo still-works > {mnt}/ok.txt && cat {mnt}/ok.txt
+vuumount {mnt}
+",
+        zeros = s(&zeros),
+        good = s(&good),
+        mnt = s(&mnt)
+    );
+    let (code, out) = umvu::run(&home, &script, 60);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no FAT filesystem"), "{out}");
+    assert!(out.contains("bad mount option 'frobnicate'"), "{out}");
+    // vufuse turns main's non-zero return into EFAULT.
+    assert_eq!(out.matches("vumount: Bad address").count(), 2, "{out}");
+    assert!(out.contains("still-works"), "{out}");
+}
