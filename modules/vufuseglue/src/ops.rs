@@ -617,7 +617,6 @@ unsafe extern "C" fn readdir(
             Some(file) => (file.fh, false),
             None => (mount.fs().opendir(ctx, ino)?, true),
         };
-        let mut result = Ok(());
         let listed = mount.fs().readdir(ctx, ino, fh, 0, &mut |entry| {
             let Ok(name) = CString::new(entry.name.as_bytes()) else {
                 return true; // a name with NUL cannot be listed; skip it
@@ -629,17 +628,13 @@ unsafe extern "C" fn readdir(
             // SAFETY: filler is vufuse's, called with its buf, a NUL-terminated
             // name and a stat that outlive the call.
             let full = unsafe { filler(buf, name.as_ptr(), &st, 0, 0) };
-            if full != 0 {
-                result = Err(Errno::from_raw(libc::ENOBUFS));
-            }
+            // A full buffer ends the listing (vufuse's filler never fills up).
             full == 0
         });
         if temporary {
             let _ = mount.fs().releasedir(ctx, ino, fh);
         }
         listed?;
-        // A filler that fills up has listed what fits: not an error for the caller.
-        let _ = result;
         Ok(0)
     })
 }
