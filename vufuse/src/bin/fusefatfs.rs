@@ -9,7 +9,6 @@ use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
 use vufuse::fat::{FatFs, FatOptions};
 use vufuse::options::WritePolicy;
 use vufuse::source::open_source;
-use vufuse::Context;
 
 const SPEC: DaemonSpec = DaemonSpec {
     name: "fusefatfs",
@@ -29,14 +28,7 @@ fn main() -> ExitCode {
         let device = open_source(source, options.partition, options.read_only, "FAT", |dev| {
             vufuse::fat::looks_like_fat(dev)
         })?;
-        let me = Context::current();
-        let fat_options = FatOptions {
-            read_only: options.read_only,
-            uid: options.uid.unwrap_or(me.uid),
-            gid: options.gid.unwrap_or(me.gid),
-            dmask: options.dmask.or(options.umask).unwrap_or(0o022),
-            fmask: options.fmask.or(options.umask).unwrap_or(0o022),
-        };
+        let fat_options = FatOptions::from_mount_options(options);
         let fs =
             FatFs::open(device, fat_options).map_err(|e| format!("{}: {e}", source.display()))?;
         // The volume label names the mount, as a desktop would show it.

@@ -63,6 +63,23 @@ impl Default for FatOptions {
     }
 }
 
+impl FatOptions {
+    /// The driver options a mount's `-o` options give, shared by every front
+    /// end (the `fusefatfs` daemon, the `vufusefatfs.so` module): files are
+    /// owned by the mounting user unless `uid=`/`gid=` say otherwise, and
+    /// masked with `dmask`/`fmask` (else `umask`, else 022).
+    pub fn from_mount_options(options: &crate::options::MountOptions) -> FatOptions {
+        let me = Context::current();
+        FatOptions {
+            read_only: options.read_only,
+            uid: options.uid.unwrap_or(me.uid),
+            gid: options.gid.unwrap_or(me.gid),
+            dmask: options.dmask.or(options.umask).unwrap_or(0o022),
+            fmask: options.fmask.or(options.umask).unwrap_or(0o022),
+        }
+    }
+}
+
 /// Why a volume could not be mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountError {

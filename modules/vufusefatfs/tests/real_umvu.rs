@@ -1,0 +1,225 @@
+//! vufusefatfs.so under the real VUOS hypervisor: `vu_insmod vufuse`, then
+//! `vumount -t vufusefatfs` loads this build (from `$HOME/.vu/modules`, which
+//! umvu searches before its own directory). Skips where umvu is absent.
+
+use fusehost::tools::{pattern, run, run_status, s, sparse_file};
+use fusehost::{module_path, umvu};
+
+#[test]
+fn write_read_back_umount_then_fsck_outside() {
+    if let Some(reason) = umvu::unavailable() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
+    let img = dir.path().join("fat.img");
+    sparse_file(&img, 64 << 20);
+    run("mkfs.vfat", &["-F", "32", "-n", "UMVU", s(&img)]);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let data = dir.path().join("data.bin");
+    std::fs::write(&data, pattern(3 << 20, 5)).unwrap();
+
+    // uid=4321 is an option only this module knows: ls -n proves which module served.
+    let script = format!(
+        "set -u
+vu_insmod vufuse
+vumount -t vufusefatfs -o rw+,uid=4321 {img} {mnt}
+mkdir {mnt}/dir
+cp {data} {mnt}/dir/data.bin
+echo hello > {mnt}/hello.txt
+mv {mnt}/hello.txt {mnt}/dir/greeting.txt
+cmp {data} {mnt}/dir/data.bin && echo SAME-INSIDE
+ls -ln {mnt}/dir
+cat {mnt}/dir/greeting.txt
+touch {mnt}/ro-probe 2>/dev/null && rm {mnt}/ro-probe
+df {mnt}
+vuumount {mnt}
+",
+        img = s(&img),
+        mnt = s(&mnt),
+        data = s(&data)
+    );
+    let (code, out) = umvu::run(&home, &script, 120);
+    assert_eq!(code, 0, "umvu failed:\n{out}");
+    assert!(out.contains("SAME-INSIDE"), "{out}");
+    assert!(out.contains("hello"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" 4321 ") && l.ends_with("data.bin")),
+        "not served by this module (uid=4321 missing):\n{out}"
+    );
+
+    let (fsck, report) = run_status("fsck.fat", &["-n", s(&img)]);
+    assert_eq!(fsck, 0, "{report}");
+    let copied = std::process::Command::new("mtype")
+        .args(["-i", s(&img), "::/dir/data.bin"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert!(copied.stdout == pattern(3 << 20, 5), "data differs outside");
+    let listing = run("mdir", &["-b", "-i", s(&img), "::/dir"]);
+    assert!(listing.contains("greeting.txt"), "{listing}");
+}
+
+#[test]
+fn read_only_by_default_under_umvu() {
+    if let Some(reason) = umvu::unavailable() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
+    let img = dir.path().join("fat.img");
+    sparse_file(&img, 16 << 20);
+    run("mkfs.vfat", &["-n", "RO", s(&img)]);
+    run("mcopy", &["-i", s(&img), "/etc/hostname", "::/host.txt"]);
+    let before = std::fs::read(&img).unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "vu_insmod vufuse
+vumount -t vufusefatfs {img} {mnt}
+cat {mnt}/host.txt
+echo x > {mnt}/new.txt || echo WRITE-REFUSED
+vuumount {mnt}
+",
+        img = s(&img),
+        mnt = s(&mnt)
+    );
+    let (code, out) = umvu::run(&home, &script, 60);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("WRITE-REFUSED"), "{out}");
+    assert!(
+        out.contains("Read-only file system"),
+        "EROFS expected:\n{out}"
+    );
+    assert!(std::fs::read(&img).unwrap() == before);
+}
+
+#[test]
+fn two_concurrent_mounts_under_umvu() {
+    if let Some(reason) = umvu::unavailable() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
+    let mut imgs = Vec::new();
+    for name in ["a", "b"] {
+        let img = dir.path().join(format!("{name}.img"));
+        sparse_file(&img, 16 << 20);
+        run("mkfs.vfat", &["-n", name, s(&img)]);
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+        imgs.push(img);
+    }
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let script = format!(
+        "vu_insmod vufuse
+vumount -t vufusefatfs -o rw+ {ia} {a}
+vumount -t vufusefatfs -o rw+ {ib} {b}
+for i in 1 2 3; do echo a$i > {a}/f$i; echo b$i > {b}/f$i; done
+cat {a}/f2 {b}/f3
+vuumount {a}
+vuumount {b}
+",
+        ia = s(&imgs[0]),
+        ib = s(&imgs[1]),
+        a = s(&a),
+        b = s(&b)
+    );
+    let (code, out) = umvu::run(&home, &script, 60);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("a2\nb3\n"), "{out}");
+    for (img, tag) in [(&imgs[0], "a"), (&imgs[1], "b")] {
+        let (fsck, report) = run_status("fsck.fat", &["-n", s(img)]);
+        assert_eq!(fsck, 0, "{report}");
+        let listing = run("mdir", &["-b", "-i", s(img), "::/"]);
+        assert_eq!(listing.lines().count(), 3, "{tag}: {listing}");
+    }
+}
+
+#[test]
+fn stacked_on_a_vudevpartx_partition() {
+    if let Some(reason) = umvu::unavailable() {
+        println!("skipped: {reason}");
+        return;
+    }
+    if !umvu::has_module("vudevpartx") {
+        println!("skipped: umvu installed without vudevpartx");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
+    let disk = dir.path().join("disk.img");
+    sparse_file(&disk, 64 << 20);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // The partition is made and formatted inside umvu, through vudevpartx.
+    let script = format!(
+        "vu_insmod vudev vufuse
+vumount -t vudevpartx {disk} /dev/hda
+sgdisk -n 1:2048:+40M -t 1:0700 /dev/hda > /dev/null
+mkfs.vfat /dev/hda1 > /dev/null
+vumount -t vufusefatfs -o rw+ /dev/hda1 {mnt}
+echo stacked > {mnt}/on-hda1.txt
+cat {mnt}/on-hda1.txt
+vuumount {mnt}
+vuumount /dev/hda
+",
+        disk = s(&disk),
+        mnt = s(&mnt)
+    );
+    let (code, out) = umvu::run(&home, &script, 120);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("stacked"), "{out}");
+    let at = format!("{}@@{}", s(&disk), 2048 * 512);
+    let text = std::process::Command::new("mtype")
+        .args(["-i", &at, "::/on-hda1.txt"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert_eq!(text.stdout, b"stacked\n");
+}
+
+#[test]
+fn a_bad_image_or_option_fails_the_mount_with_a_message_and_no_hang() {
+    if let Some(reason) = umvu::unavailable() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
+    let zeros = dir.path().join("zeros.img");
+    sparse_file(&zeros, 4 << 20);
+    let good = dir.path().join("good.img");
+    sparse_file(&good, 16 << 20);
+    run("mkfs.vfat", &[s(&good)]);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "vu_insmod vufuse
+vumount -t vufusefatfs -o rw+ {zeros} {mnt}
+vumount -t vufusefatfs -o frobnicate {good} {mnt}
+vumount -t vufusefatfs -o rw+ {good} {mnt}
+echo still-works > {mnt}/ok.txt && cat {mnt}/ok.txt
+vuumount {mnt}
+",
+        zeros = s(&zeros),
+        good = s(&good),
+        mnt = s(&mnt)
+    );
+    let (code, out) = umvu::run(&home, &script, 60);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no FAT filesystem"), "{out}");
+    assert!(out.contains("bad mount option 'frobnicate'"), "{out}");
+    // vufuse turns main's non-zero return into EFAULT.
+    assert_eq!(out.matches("vumount: Bad address").count(), 2, "{out}");
+    assert!(out.contains("still-works"), "{out}");
+}
