@@ -8,12 +8,13 @@
 //! tree itself). The module is `VU_USE_PRW`: umvu keeps file positions and sizes.
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr, OsStr};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vufs_core::{open_layer, Config, Options, VuFs};
 use vufuse::fs::{Attr, Context, DirEntry, Fh, FileKind, FileSystem, Ino, SetAttr, SetTime};
@@ -100,6 +101,7 @@ struct Mount {
 
 /// Per-open state kept in umvu's `fdprivate`.
 struct OpenFile {
+    sfd: c_int,
     ino: Ino,
     fh: Fh,
     dir: bool,
@@ -111,11 +113,24 @@ struct OpenFile {
 
 static NEXT_SFD: AtomicI32 = AtomicI32::new(3);
 
+/// Live open files: sfd -> `Box<OpenFile>` address. umvu hands `fdprivate` back on every fd
+/// call, except in two places where it is wrong (VUOS.md section 9): the mmap write-back calls
+/// pwrite64 with garbage in `fdprivate` (right sfd), and readv passes the process fd as sfd
+/// (right fdprivate). Checking both against this table makes either mistake harmless.
+static OPEN: Mutex<Option<HashMap<c_int, usize>>> = Mutex::new(None);
+
+fn open_table() -> std::sync::MutexGuard<'static, Option<HashMap<c_int, usize>>> {
+    OPEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The caller's identity: umvu's own (modules act on the host as umvu); the mode of new
+/// files arrives already masked with the process umask.
 fn context() -> Context {
-    Context {
+    static CONTEXT: OnceLock<Context> = OnceLock::new();
+    *CONTEXT.get_or_init(|| Context {
         umask: Some(0),
         ..Context::current()
-    }
+    })
 }
 
 /// The mount of the current call.
@@ -146,13 +161,23 @@ unsafe fn c_path<'a>(ptr: *const c_char) -> Result<&'a Path, Errno> {
     Ok(Path::new(OsStr::from_bytes(bytes)))
 }
 
-/// The open file of an fd call.
+/// The open file of an fd call, found by `sfd` or `fdprivate` in the table of live files
+/// (never by dereferencing an unknown pointer).
 ///
 /// # Safety
-/// `fdprivate` must be NULL or a pointer made by [`vu_vufs_open`] not yet closed.
-unsafe fn open_file<'a>(fdprivate: *mut c_void) -> Result<&'a OpenFile, Errno> {
-    // SAFETY: per the contract.
-    unsafe { (fdprivate as *const OpenFile).as_ref() }.ok_or(Errno::EBADF)
+/// umvu must not close the file while a call on it is running (it holds a reference).
+unsafe fn open_file<'a>(sfd: c_int, fdprivate: *mut c_void) -> Result<&'a OpenFile, Errno> {
+    let wanted = fdprivate as usize;
+    let table = open_table();
+    let table = table.as_ref().ok_or(Errno::EBADF)?;
+    let found = match table.get(&sfd) {
+        Some(&p) => p,
+        None if wanted != 0 && table.values().any(|&p| p == wanted) => wanted,
+        None => return Err(Errno::EBADF),
+    };
+    // SAFETY: the address is a live Box<OpenFile> from vu_vufs_open, removed from the table
+    // before close frees it.
+    Ok(unsafe { &*(found as *const OpenFile) })
 }
 
 /// The inode a path call is about: the open file's when umvu passes one (fstat, ftruncate).
@@ -163,11 +188,12 @@ unsafe fn target(
     m: &Mount,
     ctx: &Context,
     path: *const c_char,
+    sfd: c_int,
     fdprivate: *mut c_void,
 ) -> Result<(Ino, Option<Fh>), Errno> {
-    if !fdprivate.is_null() {
+    if !fdprivate.is_null() || sfd >= 0 {
         // SAFETY: forwarded contract.
-        let of = unsafe { open_file(fdprivate) }?;
+        let of = unsafe { open_file(sfd, fdprivate) }?;
         return Ok((of.ino, (!of.dir).then_some(of.fh)));
     }
     // SAFETY: forwarded contract.
@@ -377,14 +403,14 @@ pub unsafe extern "C" fn vu_vufs_lstat(
     path: *const c_char,
     buf: *mut libc::stat,
     _flags: c_int,
-    _sfd: c_int,
+    sfd: c_int,
     fdprivate: *mut c_void,
 ) -> c_int {
     ret_int(|| {
         let m = mount()?;
         let ctx = context();
         // SAFETY: forwarded contract.
-        let (ino, fh) = unsafe { target(m, &ctx, path, fdprivate) }?;
+        let (ino, fh) = unsafe { target(m, &ctx, path, sfd, fdprivate) }?;
         let attr = m.fs.getattr(&ctx, ino, fh)?;
         // SAFETY: buf is umvu's struct stat.
         let buf = unsafe { buf.as_mut() }.ok_or(Errno::from_raw(libc::EFAULT))?;
@@ -478,7 +504,9 @@ pub unsafe extern "C" fn vu_vufs_open(
                 }
             }
         };
+        let sfd = new_sfd();
         let of = Box::new(OpenFile {
+            sfd,
             ino,
             fh,
             dir,
@@ -488,9 +516,13 @@ pub unsafe extern "C" fn vu_vufs_open(
         if fdprivate.is_null() {
             return Err(Errno::from_raw(libc::EFAULT));
         }
+        let ptr = Box::into_raw(of);
+        open_table()
+            .get_or_insert_with(HashMap::new)
+            .insert(sfd, ptr as usize);
         // SAFETY: fdprivate is valid for a pointer write (umvu's local).
-        unsafe { *fdprivate = Box::into_raw(of) as *mut c_void };
-        Ok(new_sfd())
+        unsafe { *fdprivate = ptr as *mut c_void };
+        Ok(sfd)
     })
 }
 
@@ -499,13 +531,15 @@ pub unsafe extern "C" fn vu_vufs_open(
 /// # Safety
 /// `fdprivate` made by [`vu_vufs_open`], closed once.
 #[no_mangle]
-pub unsafe extern "C" fn vu_vufs_close(_sfd: c_int, fdprivate: *mut c_void) -> c_int {
+pub unsafe extern "C" fn vu_vufs_close(sfd: c_int, fdprivate: *mut c_void) -> c_int {
     ret_int(|| {
-        if fdprivate.is_null() {
-            return Err(Errno::EBADF);
+        // SAFETY: umvu closes an sfd once, with no other call on it running.
+        let ptr = unsafe { open_file(sfd, fdprivate) }? as *const OpenFile as *mut OpenFile;
+        // SAFETY: the Box<OpenFile> leaked by open, taken out of the table before freeing.
+        let of = unsafe { Box::from_raw(ptr) };
+        if let Some(table) = open_table().as_mut() {
+            table.remove(&of.sfd);
         }
-        // SAFETY: the Box<OpenFile> leaked by open; umvu closes an sfd once.
-        let of = unsafe { Box::from_raw(fdprivate as *mut OpenFile) };
         let m = mount()?;
         let ctx = context();
         let result = if of.dir {
@@ -528,7 +562,7 @@ pub unsafe extern "C" fn vu_vufs_close(_sfd: c_int, fdprivate: *mut c_void) -> c
 /// `buf` valid for `count` bytes; `fdprivate` from open.
 #[no_mangle]
 pub unsafe extern "C" fn vu_vufs_pread64(
-    _sfd: c_int,
+    sfd: c_int,
     buf: *mut c_void,
     count: usize,
     offset: libc::off_t,
@@ -537,7 +571,7 @@ pub unsafe extern "C" fn vu_vufs_pread64(
 ) -> isize {
     ret_isize(|| {
         // SAFETY: forwarded contract.
-        let of = unsafe { open_file(fdprivate) }?;
+        let of = unsafe { open_file(sfd, fdprivate) }?;
         if of.dir {
             return Err(Errno::EISDIR);
         }
@@ -560,7 +594,7 @@ pub unsafe extern "C" fn vu_vufs_pread64(
 /// `buf` valid for `count` bytes; `fdprivate` from open.
 #[no_mangle]
 pub unsafe extern "C" fn vu_vufs_pwrite64(
-    _sfd: c_int,
+    sfd: c_int,
     buf: *const c_void,
     count: usize,
     offset: libc::off_t,
@@ -569,7 +603,7 @@ pub unsafe extern "C" fn vu_vufs_pwrite64(
 ) -> isize {
     ret_isize(|| {
         // SAFETY: forwarded contract.
-        let of = unsafe { open_file(fdprivate) }?;
+        let of = unsafe { open_file(sfd, fdprivate) }?;
         if of.dir {
             return Err(Errno::EISDIR);
         }
@@ -610,14 +644,14 @@ pub fn dirent64_len(len: usize) -> usize {
 /// `buf` valid for `count` bytes; `fdprivate` from open.
 #[no_mangle]
 pub unsafe extern "C" fn vu_vufs_getdents64(
-    _sfd: c_uint,
+    sfd: c_uint,
     buf: *mut c_void,
     count: c_uint,
     fdprivate: *mut c_void,
 ) -> c_int {
     ret_int(|| {
         // SAFETY: forwarded contract.
-        let of = unsafe { open_file(fdprivate) }?;
+        let of = unsafe { open_file(sfd as c_int, fdprivate) }?;
         if !of.dir {
             return Err(Errno::ENOTDIR);
         }
@@ -662,14 +696,14 @@ pub unsafe extern "C" fn vu_vufs_getdents64(
 /// `fdprivate` from open.
 #[no_mangle]
 pub unsafe extern "C" fn vu_vufs_lseek(
-    _sfd: c_int,
+    sfd: c_int,
     offset: libc::off_t,
     whence: c_int,
     fdprivate: *mut c_void,
 ) -> libc::off_t {
     ret_isize(|| {
         // SAFETY: forwarded contract.
-        let of = unsafe { open_file(fdprivate) }?;
+        let of = unsafe { open_file(sfd, fdprivate) }?;
         let pos = match whence {
             libc::SEEK_SET => offset,
             libc::SEEK_CUR if of.dir => {
@@ -874,12 +908,17 @@ pub unsafe extern "C" fn vu_vufs_rename(
 ///
 /// # Safety
 /// As [`target`].
-unsafe fn set_attr(path: *const c_char, fdprivate: *mut c_void, mut set: SetAttr) -> c_int {
+unsafe fn set_attr(
+    path: *const c_char,
+    sfd: c_int,
+    fdprivate: *mut c_void,
+    mut set: SetAttr,
+) -> c_int {
     ret_int(|| {
         let m = mount()?;
         let ctx = context();
         // SAFETY: forwarded contract.
-        let (ino, fh) = unsafe { target(m, &ctx, path, fdprivate) }?;
+        let (ino, fh) = unsafe { target(m, &ctx, path, sfd, fdprivate) }?;
         set.fh = fh;
         m.fs.setattr(&ctx, ino, &set)?;
         Ok(0)
@@ -894,7 +933,7 @@ unsafe fn set_attr(path: *const c_char, fdprivate: *mut c_void, mut set: SetAttr
 pub unsafe extern "C" fn vu_vufs_truncate(
     path: *const c_char,
     length: libc::off_t,
-    _sfd: c_int,
+    sfd: c_int,
     fdprivate: *mut c_void,
 ) -> c_int {
     let Ok(size) = u64::try_from(length) else {
@@ -906,7 +945,7 @@ pub unsafe extern "C" fn vu_vufs_truncate(
         ..SetAttr::default()
     };
     // SAFETY: forwarded contract.
-    unsafe { set_attr(path, fdprivate, set) }
+    unsafe { set_attr(path, sfd, fdprivate, set) }
 }
 
 /// `int chmod(path, mode, sfd, fdprivate)`
@@ -917,7 +956,7 @@ pub unsafe extern "C" fn vu_vufs_truncate(
 pub unsafe extern "C" fn vu_vufs_chmod(
     path: *const c_char,
     mode: libc::mode_t,
-    _sfd: c_int,
+    sfd: c_int,
     fdprivate: *mut c_void,
 ) -> c_int {
     let set = SetAttr {
@@ -925,7 +964,7 @@ pub unsafe extern "C" fn vu_vufs_chmod(
         ..SetAttr::default()
     };
     // SAFETY: forwarded contract.
-    unsafe { set_attr(path, fdprivate, set) }
+    unsafe { set_attr(path, sfd, fdprivate, set) }
 }
 
 /// `int lchown(path, uid, gid, sfd, fdprivate)`; `-1` leaves an id unchanged.
@@ -937,7 +976,7 @@ pub unsafe extern "C" fn vu_vufs_lchown(
     path: *const c_char,
     uid: libc::uid_t,
     gid: libc::gid_t,
-    _sfd: c_int,
+    sfd: c_int,
     fdprivate: *mut c_void,
 ) -> c_int {
     let set = SetAttr {
@@ -946,7 +985,7 @@ pub unsafe extern "C" fn vu_vufs_lchown(
         ..SetAttr::default()
     };
     // SAFETY: forwarded contract.
-    unsafe { set_attr(path, fdprivate, set) }
+    unsafe { set_attr(path, sfd, fdprivate, set) }
 }
 
 fn set_time(ts: &libc::timespec) -> Result<Option<SetTime>, Errno> {
@@ -976,7 +1015,7 @@ pub unsafe extern "C" fn vu_vufs_utimensat(
     path: *const c_char,
     times: *const libc::timespec,
     _flags: c_int,
-    _sfd: c_int,
+    sfd: c_int,
     fdprivate: *mut c_void,
 ) -> c_int {
     let set = if times.is_null() {
@@ -998,7 +1037,7 @@ pub unsafe extern "C" fn vu_vufs_utimensat(
     };
     match set {
         // SAFETY: forwarded contract.
-        Ok(set) => unsafe { set_attr(path, fdprivate, set) },
+        Ok(set) => unsafe { set_attr(path, sfd, fdprivate, set) },
         Err(e) => {
             vuglue::set_errno(e);
             -1
@@ -1066,14 +1105,14 @@ pub unsafe extern "C" fn vu_vufs_lgetxattr(
     name: *const c_char,
     value: *mut c_void,
     size: usize,
-    _sfd: c_int,
+    sfd: c_int,
     fdprivate: *mut c_void,
 ) -> isize {
     ret_isize(|| {
         let m = mount()?;
         let ctx = context();
         // SAFETY: forwarded contract.
-        let (ino, _) = unsafe { target(m, &ctx, path, fdprivate) }?;
+        let (ino, _) = unsafe { target(m, &ctx, path, sfd, fdprivate) }?;
         // SAFETY: umvu's string.
         let name = unsafe { c_path(name) }?.as_os_str();
         let data = m.fs.getxattr(&ctx, ino, name)?;
@@ -1093,14 +1132,14 @@ pub unsafe extern "C" fn vu_vufs_lsetxattr(
     value: *const c_void,
     size: usize,
     flags: c_int,
-    _sfd: c_int,
+    sfd: c_int,
     fdprivate: *mut c_void,
 ) -> c_int {
     ret_int(|| {
         let m = mount()?;
         let ctx = context();
         // SAFETY: forwarded contract.
-        let (ino, _) = unsafe { target(m, &ctx, path, fdprivate) }?;
+        let (ino, _) = unsafe { target(m, &ctx, path, sfd, fdprivate) }?;
         // SAFETY: umvu's string.
         let name = unsafe { c_path(name) }?.as_os_str();
         let data: &[u8] = if size == 0 || value.is_null() {
@@ -1123,14 +1162,14 @@ pub unsafe extern "C" fn vu_vufs_llistxattr(
     path: *const c_char,
     list: *mut c_char,
     size: usize,
-    _sfd: c_int,
+    sfd: c_int,
     fdprivate: *mut c_void,
 ) -> isize {
     ret_isize(|| {
         let m = mount()?;
         let ctx = context();
         // SAFETY: forwarded contract.
-        let (ino, _) = unsafe { target(m, &ctx, path, fdprivate) }?;
+        let (ino, _) = unsafe { target(m, &ctx, path, sfd, fdprivate) }?;
         let mut data = Vec::new();
         for name in m.fs.listxattr(&ctx, ino)? {
             data.extend_from_slice(&name);
@@ -1149,14 +1188,14 @@ pub unsafe extern "C" fn vu_vufs_llistxattr(
 pub unsafe extern "C" fn vu_vufs_lremovexattr(
     path: *const c_char,
     name: *const c_char,
-    _sfd: c_int,
+    sfd: c_int,
     fdprivate: *mut c_void,
 ) -> c_int {
     ret_int(|| {
         let m = mount()?;
         let ctx = context();
         // SAFETY: forwarded contract.
-        let (ino, _) = unsafe { target(m, &ctx, path, fdprivate) }?;
+        let (ino, _) = unsafe { target(m, &ctx, path, sfd, fdprivate) }?;
         // SAFETY: umvu's string.
         let name = unsafe { c_path(name) }?.as_os_str();
         m.fs.removexattr(&ctx, ino, name)?;

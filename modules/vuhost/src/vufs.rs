@@ -357,6 +357,20 @@ impl<'a> VufsMount<'a> {
 impl VufsFd<'_> {
     /// `pread64`
     pub fn pread(&self, buf: &mut [u8], off: i64) -> Result<usize, i32> {
+        self.pread_as(self.sfd, self.fdprivate, buf, off)
+    }
+
+    /// `pread64` with the given sfd and fdprivate (umvu's readv passes the wrong sfd, its
+    /// mmap write-back a garbage fdprivate). The module only compares `fdprivate` with its
+    /// table of open files, so any value is safe to pass.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
+    pub fn pread_as(
+        &self,
+        sfd: c_int,
+        fdprivate: *mut c_void,
+        buf: &mut [u8],
+        off: i64,
+    ) -> Result<usize, i32> {
         self.mount.enter();
         type F = unsafe extern "C" fn(
             c_int,
@@ -369,12 +383,12 @@ impl VufsFd<'_> {
         // SAFETY: umvu's pread64 arguments.
         check_isize(unsafe {
             self.mount.vufs.handler::<F>("pread64")(
-                self.sfd,
+                sfd,
                 buf.as_mut_ptr() as *mut c_void,
                 buf.len(),
                 off,
                 0,
-                self.fdprivate,
+                fdprivate,
             )
         })
     }

@@ -156,6 +156,21 @@ fn cow_mount_through_the_handlers_writes_the_c_layer_format() {
     assert!(!s.over.join("a").exists());
     assert_eq!(m.lstat("/a").err(), Some(libc::ENOENT));
 
+    // umvu's own slips: readv passes the process fd as sfd; mmap write-back passes garbage
+    // as fdprivate. The module finds the file by whichever of the two is right.
+    let fd = m.open("/x", libc::O_RDONLY, 0).unwrap();
+    let mut b = [0u8; 2];
+    assert_eq!(fd.pread_as(9999, fd.fdprivate, &mut b, 0), Ok(2));
+    assert_eq!(&b, b"X\n");
+    let garbage = 0x10 as *mut std::ffi::c_void;
+    assert_eq!(fd.pread_as(fd.sfd, garbage, &mut b, 0), Ok(2));
+    assert_eq!(
+        fd.pread_as(9999, garbage, &mut b, 0),
+        Err(libc::EBADF),
+        "an unknown file is EBADF, never a dereference"
+    );
+    fd.close().unwrap();
+
     // errno conventions.
     assert_eq!(m.lstat("/nope").err(), Some(libc::ENOENT));
     assert_eq!(m.open("/nope", libc::O_RDONLY, 0).err(), Some(libc::ENOENT));
