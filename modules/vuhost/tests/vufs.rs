@@ -59,12 +59,30 @@ fn tree(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Descriptors of this process on this test's scratch trees (tests run in parallel threads,
+/// so only names under the given directory count).
+fn open_fds(under: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(under))
+        .map(|p| p.display().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn cow_mount_through_the_handlers_writes_the_c_layer_format() {
     let s = scratch();
     let real_before = tree(&s.real);
     let vufs = VufsModule::load();
+    let fds_before = open_fds(s._dir.path());
     let m = vufs.mount(&s.over, &s.real, Some("cow"), 0).expect("mount");
+    assert!(
+        open_fds(s._dir.path()).len() >= 2,
+        "the mount holds both layers open"
+    );
     let e = m.entry();
     assert_eq!(e.kind, CHECKPATH);
     assert_eq!(e.path, s.real.to_str().unwrap());
@@ -200,6 +218,11 @@ fn cow_mount_through_the_handlers_writes_the_c_layer_format() {
     assert!(listed.contains(&("link".to_string(), libc::DT_LNK)));
 
     m.umount().unwrap();
+    assert_eq!(
+        open_fds(s._dir.path()),
+        fds_before,
+        "cleanup closed every layer and file descriptor"
+    );
     assert_eq!(
         tree(&s.real),
         real_before,
