@@ -107,8 +107,17 @@ struct OpenFile {
     dir: bool,
     /// A lookup reference taken by create, given back at close.
     holds_lookup: bool,
+    /// Opened with `O_PATH`: no driver handle, no I/O (EBADF), only fstat and the like.
+    path_only: bool,
     /// Directory cookie of the next entry.
     dir_pos: Mutex<u64>,
+}
+
+impl OpenFile {
+    /// The driver handle for fd-based attribute calls (regular files opened for I/O).
+    fn io_handle(&self) -> Option<Fh> {
+        (!self.dir && !self.path_only).then_some(self.fh)
+    }
 }
 
 static NEXT_SFD: AtomicI32 = AtomicI32::new(3);
@@ -194,7 +203,7 @@ unsafe fn target(
     if !fdprivate.is_null() || sfd >= 0 {
         // SAFETY: forwarded contract.
         let of = unsafe { open_file(sfd, fdprivate) }?;
-        return Ok((of.ino, (!of.dir).then_some(of.fh)));
+        return Ok((of.ino, of.io_handle()));
     }
     // SAFETY: forwarded contract.
     let path = unsafe { c_path(path) }?;
@@ -487,11 +496,19 @@ pub unsafe extern "C" fn vu_vufs_open(
         } else {
             m.resolver.resolve(&ctx, path)?
         };
+        let path_only = flags & libc::O_PATH != 0 && created.is_none();
         let (fh, dir, holds_lookup) = match created {
             Some(fh) => (fh, false, true),
             None => {
                 let attr = m.fs.getattr(&ctx, ino, None)?;
-                if attr.kind == FileKind::Dir {
+                let dir = attr.kind == FileKind::Dir;
+                if path_only {
+                    // O_PATH: nothing is opened (no directory listing, no read permission).
+                    if flags & libc::O_DIRECTORY != 0 && !dir {
+                        return Err(Errno::ENOTDIR);
+                    }
+                    (Fh(0), dir, false)
+                } else if dir {
                     if flags & libc::O_ACCMODE != libc::O_RDONLY {
                         return Err(Errno::EISDIR);
                     }
@@ -511,6 +528,7 @@ pub unsafe extern "C" fn vu_vufs_open(
             fh,
             dir,
             holds_lookup,
+            path_only,
             dir_pos: Mutex::new(0),
         });
         if fdprivate.is_null() {
@@ -542,7 +560,9 @@ pub unsafe extern "C" fn vu_vufs_close(sfd: c_int, fdprivate: *mut c_void) -> c_
         }
         let m = mount()?;
         let ctx = context();
-        let result = if of.dir {
+        let result = if of.path_only {
+            Ok(())
+        } else if of.dir {
             m.fs.releasedir(&ctx, of.ino, of.fh)
         } else {
             let flushed = m.fs.flush(&ctx, of.ino, of.fh);
@@ -572,6 +592,9 @@ pub unsafe extern "C" fn vu_vufs_pread64(
     ret_isize(|| {
         // SAFETY: forwarded contract.
         let of = unsafe { open_file(sfd, fdprivate) }?;
+        if of.path_only {
+            return Err(Errno::EBADF);
+        }
         if of.dir {
             return Err(Errno::EISDIR);
         }
@@ -604,6 +627,9 @@ pub unsafe extern "C" fn vu_vufs_pwrite64(
     ret_isize(|| {
         // SAFETY: forwarded contract.
         let of = unsafe { open_file(sfd, fdprivate) }?;
+        if of.path_only {
+            return Err(Errno::EBADF);
+        }
         if of.dir {
             return Err(Errno::EISDIR);
         }
@@ -652,6 +678,9 @@ pub unsafe extern "C" fn vu_vufs_getdents64(
     ret_int(|| {
         // SAFETY: forwarded contract.
         let of = unsafe { open_file(sfd as c_int, fdprivate) }?;
+        if of.path_only {
+            return Err(Errno::EBADF);
+        }
         if !of.dir {
             return Err(Errno::ENOTDIR);
         }
@@ -711,9 +740,7 @@ pub unsafe extern "C" fn vu_vufs_lseek(
                 (pos as i64).checked_add(offset).ok_or(Errno::EOVERFLOW)?
             }
             libc::SEEK_END => {
-                let attr = mount()?
-                    .fs
-                    .getattr(&context(), of.ino, (!of.dir).then_some(of.fh))?;
+                let attr = mount()?.fs.getattr(&context(), of.ino, of.io_handle())?;
                 (attr.size as i64)
                     .checked_add(offset)
                     .ok_or(Errno::EOVERFLOW)?

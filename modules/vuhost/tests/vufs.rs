@@ -189,6 +189,23 @@ fn cow_mount_through_the_handlers_writes_the_c_layer_format() {
     );
     fd.close().unwrap();
 
+    // O_PATH opens nothing: fstat works, I/O is EBADF; a directory is not listed.
+    let fd = m.open("/d", libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+    assert_eq!(
+        fd.fstat("/d").unwrap().st_mode & libc::S_IFMT,
+        libc::S_IFDIR
+    );
+    assert_eq!(fd.getdents64(&mut [0u8; 256]), Err(libc::EBADF));
+    fd.close().unwrap();
+    let fd = m.open("/x", libc::O_PATH, 0).unwrap();
+    assert_eq!(fd.pread(&mut [0u8; 4], 0), Err(libc::EBADF));
+    assert_eq!(fd.fstat("/x").unwrap().st_size, 2);
+    fd.close().unwrap();
+    assert_eq!(
+        m.open("/x", libc::O_PATH | libc::O_DIRECTORY, 0).err(),
+        Some(libc::ENOTDIR)
+    );
+
     // errno conventions.
     assert_eq!(m.lstat("/nope").err(), Some(libc::ENOENT));
     assert_eq!(m.open("/nope", libc::O_RDONLY, 0).err(), Some(libc::ENOENT));
