@@ -97,6 +97,8 @@ struct Mount {
     except: Vec<Vec<u8>>,
     /// `st_dev` shown for every file of the view.
     dev: u64,
+    /// Mounted with MS_RDONLY (`vumount -r`): every change is EROFS (umvu does not check).
+    read_only: bool,
 }
 
 /// Per-open state kept in umvu's `fdprivate`.
@@ -155,6 +157,15 @@ fn mount<'a>() -> Result<&'a Mount, Errno> {
             .as_ref()
             .ok_or(Errno::EINVAL)
     }
+}
+
+/// The mount of the current call, for a call that changes something.
+fn mount_rw<'a>() -> Result<&'a Mount, Errno> {
+    let m = mount()?;
+    if m.read_only {
+        return Err(Errno::EROFS);
+    }
+    Ok(m)
 }
 
 /// A path argument as bytes (any bytes but NUL, as the kernel takes them).
@@ -327,6 +338,7 @@ pub unsafe extern "C" fn vu_vufs_mount(
             options,
             read_only: flags & libc::MS_RDONLY != 0,
         };
+        let read_only = config.read_only;
         let fs = Arc::new(VuFs::new(upper, lower, config)?);
         fs.init()?;
         let resolver = PathResolver::new(fs.clone());
@@ -335,6 +347,7 @@ pub unsafe extern "C" fn vu_vufs_mount(
             resolver,
             except,
             dev,
+            read_only,
         }));
         // SAFETY: all strings are umvu's own; the service is this module's (the current entry
         // during mount is the module's); `mount` is leaked here and freed in cleanup.
@@ -480,11 +493,16 @@ pub unsafe extern "C" fn vu_vufs_open(
         // SAFETY: umvu's path.
         let path = unsafe { c_path(path) }?;
         let mut created = None;
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if writes && m.read_only {
+            return Err(Errno::EROFS);
+        }
         let ino = if flags & libc::O_CREAT != 0 && path.file_name().is_some() {
             let (parent, name) = m.resolver.resolve_parent(&ctx, path)?;
             match m.resolver.child(&ctx, parent, name) {
                 Ok(_) if flags & libc::O_EXCL != 0 => return Err(Errno::EEXIST),
                 Ok(ino) => ino,
+                Err(Errno::ENOENT) if m.read_only => return Err(Errno::EROFS),
                 Err(Errno::ENOENT) => {
                     let (entry, opened) =
                         m.fs.create(&ctx, parent, name, libc::S_IFREG | (mode & 0o7777), flags)?;
@@ -781,7 +799,7 @@ unsafe fn with_parent(
     f: impl FnOnce(&Mount, &Context, Ino, &OsStr) -> Result<(), Errno>,
 ) -> c_int {
     ret_int(|| {
-        let m = mount()?;
+        let m = mount_rw()?;
         let ctx = context();
         // SAFETY: forwarded contract.
         let path = unsafe { c_path(path) }?;
@@ -895,7 +913,7 @@ pub unsafe extern "C" fn vu_vufs_symlink(target: *const c_char, linkpath: *const
 #[no_mangle]
 pub unsafe extern "C" fn vu_vufs_link(old: *const c_char, new: *const c_char) -> c_int {
     ret_int(|| {
-        let m = mount()?;
+        let m = mount_rw()?;
         let ctx = context();
         // SAFETY: umvu's strings.
         let (old, new) = unsafe { (c_path(old)?, c_path(new)?) };
@@ -918,7 +936,7 @@ pub unsafe extern "C" fn vu_vufs_rename(
     flags: c_uint,
 ) -> c_int {
     ret_int(|| {
-        let m = mount()?;
+        let m = mount_rw()?;
         let ctx = context();
         // SAFETY: umvu's strings.
         let (old, new) = unsafe { (c_path(old)?, c_path(new)?) };
@@ -942,7 +960,7 @@ unsafe fn set_attr(
     mut set: SetAttr,
 ) -> c_int {
     ret_int(|| {
-        let m = mount()?;
+        let m = mount_rw()?;
         let ctx = context();
         // SAFETY: forwarded contract.
         let (ino, fh) = unsafe { target(m, &ctx, path, sfd, fdprivate) }?;
@@ -1163,7 +1181,7 @@ pub unsafe extern "C" fn vu_vufs_lsetxattr(
     fdprivate: *mut c_void,
 ) -> c_int {
     ret_int(|| {
-        let m = mount()?;
+        let m = mount_rw()?;
         let ctx = context();
         // SAFETY: forwarded contract.
         let (ino, _) = unsafe { target(m, &ctx, path, sfd, fdprivate) }?;
@@ -1219,7 +1237,7 @@ pub unsafe extern "C" fn vu_vufs_lremovexattr(
     fdprivate: *mut c_void,
 ) -> c_int {
     ret_int(|| {
-        let m = mount()?;
+        let m = mount_rw()?;
         let ctx = context();
         // SAFETY: forwarded contract.
         let (ino, _) = unsafe { target(m, &ctx, path, sfd, fdprivate) }?;

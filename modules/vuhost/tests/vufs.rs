@@ -274,6 +274,30 @@ fn except_goes_through_confirm_and_bad_options_are_einval() {
         vufs.mount(&missing, &s.real, Some("cow"), 0).err(),
         Some(libc::ENOENT)
     );
+    // vumount -r (MS_RDONLY): every change is EROFS, reads work (umvu itself does not check).
+    let m = vufs
+        .mount(&s.over, &s.real, Some("cow"), libc::MS_RDONLY)
+        .unwrap();
+    assert_eq!(read_all(&m, "/b"), "B\n");
+    assert_eq!(m.open("/b", libc::O_WRONLY, 0).err(), Some(libc::EROFS));
+    assert_eq!(
+        m.open("/b", libc::O_RDONLY | libc::O_TRUNC, 0).err(),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        m.open("/new", libc::O_CREAT | libc::O_WRONLY, 0o644).err(),
+        Some(libc::EROFS)
+    );
+    assert_eq!(m.unlink("/a").err(), Some(libc::EROFS));
+    assert_eq!(m.mkdir("/d", 0o755).err(), Some(libc::EROFS));
+    assert_eq!(m.rename("/a", "/z", 0).err(), Some(libc::EROFS));
+    assert_eq!(m.chmod("/a", 0o600).err(), Some(libc::EROFS));
+    assert_eq!(m.truncate("/a", 0).err(), Some(libc::EROFS));
+    assert_eq!(m.symlink("a", "/l").err(), Some(libc::EROFS));
+    m.umount().unwrap();
+    assert_eq!(fs::read_to_string(s.over.join("a")).unwrap(), "AO\n");
+    assert!(!s.over.join("b").exists() && !s.over.join("z").exists());
+
     // Read-only merge: upper files refuse writes (SOURCE is read-only in merge mode).
     let m = vufs.mount(&s.over, &s.real, Some("merge"), 0).unwrap();
     assert_eq!(m.open("/a", libc::O_WRONLY, 0).err(), Some(libc::EROFS));
