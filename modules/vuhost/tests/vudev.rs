@@ -12,6 +12,14 @@ use vuhost::*;
 
 const MIB: u64 = 1 << 20;
 
+/// Tests that hold large buffers take this lock, so the 64 GiB ramdisk test measures its own
+/// memory growth, not theirs (tests of one binary run as threads of one process).
+static MEMORY_HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn memory_heavy() -> std::sync::MutexGuard<'static, ()> {
+    MEMORY_HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn write_all(fd: &mut DevFd, data: &[u8], mut off: i64) {
     let mut done = 0;
     while done < data.len() {
@@ -340,6 +348,7 @@ mod vuglue_req {
 
 #[test]
 fn ramdisk_carries_an_ext4_filesystem_written_and_read_through_the_module() {
+    let _heavy = memory_heavy();
     let dir = tempfile::tempdir().unwrap();
     let made = dir.path().join("made.img");
     let back = dir.path().join("back.img");
@@ -383,6 +392,7 @@ fn vm_rss_kib() -> u64 {
 
 #[test]
 fn a_64g_ramdisk_with_little_written_stays_small_and_discard_zeroes() {
+    let _heavy = memory_heavy();
     let before = vm_rss_kib();
     let mut m = VudevMount::mount("vudevramdisk", "none", 0, "size=64G").unwrap();
     let mut fd = m.open(0, libc::O_RDWR).unwrap();
@@ -464,6 +474,7 @@ fn sfdisk_parts(image: &Path) -> Vec<(u32, u64, u64)> {
 
 #[test]
 fn partx_mbr_numbering_units_and_filesystems_through_the_module() {
+    let _heavy = memory_heavy();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("disk.img");
     sh(&format!(
@@ -563,6 +574,7 @@ fn partx_mbr_numbering_units_and_filesystems_through_the_module() {
 
 #[test]
 fn partx_gpt_slots_and_blkrrpart_after_sgdisk_rewrote_the_table() {
+    let _heavy = memory_heavy();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("gpt.img");
     let i = img.display();
