@@ -12,6 +12,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use vudev::Errno;
 
+pub mod vudevmod;
+
 /// Sets the calling thread's `errno`, as umvu reads it after a handler returns -1.
 pub fn set_errno(errno: Errno) {
     // SAFETY: __errno_location returns a valid pointer to this thread's errno for the thread's life.

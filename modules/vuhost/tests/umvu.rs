@@ -1,0 +1,191 @@
+//! The README's VUOS walk-through under the real umvu, with this build's modules first in the
+//! search path (`$HOME/.vu/modules`). Skips with a printed reason where umvu is absent.
+
+use std::path::Path;
+use std::process::Command;
+use vuhost::{module_path, sh};
+
+fn umvu_missing() -> Option<String> {
+    match Command::new("sh")
+        .args([
+            "-c",
+            "command -v umvu && command -v vu_insmod && command -v vumount",
+        ])
+        .output()
+    {
+        Ok(o) if o.status.success() => None,
+        _ => Some("umvu not installed".into()),
+    }
+}
+
+/// A HOME whose `.vu/modules` holds links to the modules built for this test run.
+fn module_home(dir: &Path) -> std::path::PathBuf {
+    let home = dir.join("home");
+    let mods = home.join(".vu/modules");
+    std::fs::create_dir_all(&mods).unwrap();
+    for lib in ["vudevramdisk", "vudevpartx", "vufs"] {
+        std::os::unix::fs::symlink(module_path(lib), mods.join(format!("{lib}.so"))).unwrap();
+    }
+    home
+}
+
+/// Runs `script` under `umvu bash` (killed after 120 s); returns stdout and stderr.
+fn under_umvu(home: &Path, cwd: &Path, script: &str) -> (String, String) {
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "120", "umvu", "bash", "-c", script])
+        .env("HOME", home)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "umvu script failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+#[test]
+fn ramdisk_and_mkfs_ext4_under_umvu() {
+    if let Some(reason) = umvu_missing() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = module_home(dir.path());
+    let (out, _) = under_umvu(
+        &home,
+        dir.path(),
+        "set -e; vu_insmod vudev
+         vumount -t vudevramdisk -o size=64M none /dev/ramdisk
+         stat -c '%F' /dev/ramdisk
+         blockdev --getsize64 --getsize --getss /dev/ramdisk
+         mkfs.ext4 -q /dev/ramdisk
+         e2fsck -fn /dev/ramdisk >/dev/null && echo e2fsck-clean
+         vuumount /dev/ramdisk",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "block special file",
+            "67108864",
+            "131072",
+            "512",
+            "e2fsck-clean"
+        ],
+        "BLKGETSIZE in sectors proves the Rust module answered"
+    );
+}
+
+#[test]
+fn partx_sgdisk_mkfs_vfat_and_vufusefatfs_under_umvu() {
+    if let Some(reason) = umvu_missing() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = module_home(dir.path());
+    let d = dir.path().display();
+    sh(&format!("truncate -s 256M {d}/disk.img && mkdir {d}/mnt"));
+    let fat_module = ["/usr/local/lib/vu/modules", "/usr/lib/vu/modules"]
+        .iter()
+        .any(|p| Path::new(p).join("vufusefatfs.so").exists());
+    let fat_steps = if fat_module {
+        format!(
+            "vu_insmod vufuse
+             vumount -t vufusefatfs -o rw+ /dev/hda1 {d}/mnt
+             echo hello > {d}/mnt/hello.txt
+             cat {d}/mnt/hello.txt
+             vuumount {d}/mnt"
+        )
+    } else {
+        eprintln!("note: no vufusefatfs.so installed; the FAT mount step is left out");
+        String::new()
+    };
+    let (out, _) = under_umvu(
+        &home,
+        dir.path(),
+        &format!(
+            "set -e; vu_insmod vudev
+             vumount -t vudevpartx {d}/disk.img /dev/hda
+             sgdisk -n 1:2048:+100M -t 1:0700 -n 2:0:+50M -t 2:8300 /dev/hda >/dev/null
+             stat -c '%n %t:%T' /dev/hda1 /dev/hda2
+             blockdev --getsize /dev/hda1
+             mkfs.vfat /dev/hda1 >/dev/null
+             mkfs.ext4 -q /dev/hda2
+             {fat_steps}
+             vuumount /dev/hda"
+        ),
+    );
+    assert!(
+        out.contains("/dev/hda1 0:1") && out.contains("/dev/hda2 0:2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("204800"),
+        "BLKGETSIZE of hda1 in sectors: {out}"
+    );
+    let img = format!("{d}/disk.img");
+    sh(&format!("sgdisk -v {img} | grep -q 'No problems found'"));
+    sh(&format!(
+        "dd if={img} of={d}/p1 bs=512 skip=2048 count=204800 status=none && fsck.fat -n {d}/p1 && \
+         dd if={img} of={d}/p2 bs=512 skip=206848 count=102400 status=none && e2fsck -fn {d}/p2"
+    ));
+    if fat_module {
+        assert!(out.contains("hello"));
+        assert_eq!(sh(&format!("mtype -i {img}@@1M ::/hello.txt")), "hello\n");
+    }
+}
+
+#[test]
+fn vufs_cow_over_a_system_dir_under_umvu() {
+    if let Some(reason) = umvu_missing() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = module_home(dir.path());
+    let d = dir.path().display();
+    sh(&format!("mkdir {d}/layer"));
+    let etc_before = sh("ls -la --time-style=+%s /etc | md5sum");
+    let (out, _) = under_umvu(
+        &home,
+        dir.path(),
+        &format!(
+            "set -e; vu_insmod vufs
+             vu_lsmod | grep -q Rust
+             vumount -t vufs -o cow {d}/layer /etc
+             echo from-umvu > /etc/vufs-walkthrough
+             cat /etc/vufs-walkthrough
+             rm /etc/issue.net
+             test ! -e /etc/issue.net && echo issue.net-gone
+             mkdir /etc/vufs-dir && cp -a /etc/hostname /etc/vufs-dir/
+             ls /etc/vufs-dir
+             vuumount /etc
+             test ! -e /etc/vufs-walkthrough && echo real-etc-untouched"
+        ),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "from-umvu",
+            "issue.net-gone",
+            "hostname",
+            "real-etc-untouched"
+        ]
+    );
+    assert_eq!(sh("ls -la --time-style=+%s /etc | md5sum"), etc_before);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("layer/vufs-walkthrough")).unwrap(),
+        "from-umvu\n"
+    );
+    assert!(
+        dir.path().join("layer/.-/issue.net").is_file(),
+        "whiteout in the layer"
+    );
+    assert!(dir.path().join("layer/vufs-dir/hostname").is_file());
+}
