@@ -249,10 +249,10 @@ pub fn total_bytes(items: &[Item]) -> u64 {
 /// Space the items need on a filesystem with `unit`-byte blocks or
 /// clusters: whole units per file, one per directory, plus index blocks of
 /// large files (an estimate that errs on the generous side).
-pub fn space_needed(items: &[Item], unit: u64, kind: FsKind) -> u64 {
+pub fn space_needed<'a>(items: impl IntoIterator<Item = &'a Item>, unit: u64, kind: FsKind) -> u64 {
     let unit = unit.max(512);
     items
-        .iter()
+        .into_iter()
         .map(|i| match &i.kind {
             ItemKind::Dir => unit,
             ItemKind::File(n) => {
@@ -272,9 +272,15 @@ pub fn space_needed(items: &[Item], unit: u64, kind: FsKind) -> u64 {
 
 /// Refuses a copy that cannot fit in `vol`, before anything is written.
 pub fn check_fits(vol: &Volume, items: &[Item]) -> Outcome {
+    let refs: Vec<&Item> = items.iter().collect();
+    check_fits_refs(vol, &refs)
+}
+
+/// [`check_fits`] over items gathered from several plans.
+pub fn check_fits_refs(vol: &Volume, items: &[&Item]) -> Outcome {
     let st = vol.statfs()?;
     let unit = st.block_size as u64;
-    let needed = space_needed(items, unit, vol.kind);
+    let needed = space_needed(items.iter().copied(), unit, vol.kind);
     let free = st.blocks_free * unit;
     if needed > free {
         return Err(fail!(

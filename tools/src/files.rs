@@ -180,27 +180,17 @@ fn basename_host(p: &std::path::Path) -> Outcome<String> {
         .ok_or_else(|| fail!("{}: cannot tell the file's name", p.display()))
 }
 
-/// `vuimg cp`.
+/// `vuimg cp`: everything is planned and checked on read-only mounts; the
+/// destination is opened for writing only when the copy can go ahead.
 pub fn cp(paths: &[String], recursive: bool) -> Outcome {
     let (dst_text, srcs) = paths.split_last().expect("clap requires two paths");
     let dst = address::parse(dst_text);
     let srcs: Vec<Address> = srcs.iter().map(|s| address::parse(s)).collect();
-    // The volumes involved: at most one writable destination; image sources
-    // on the same filesystem share it.
-    let dst_vol = match &dst {
-        Address::Image(p) => Some(open_volume(p, true)?),
+    let dst_ro = match &dst {
+        Address::Image(p) => Some(open_volume(p, false)?),
         Address::Host(_) => None,
     };
-    let outcome = cp_into(&srcs, &dst, dst_vol.as_ref(), recursive);
-    if let Some(v) = dst_vol {
-        v.close();
-    }
-    outcome
-}
-
-fn cp_into(srcs: &[Address], dst: &Address, dst_vol: Option<&Volume>, recursive: bool) -> Outcome {
-    // Is the destination an existing directory?
-    let dst_is_dir = match (dst, dst_vol) {
+    let dst_is_dir = match (&dst, &dst_ro) {
         (Address::Image(p), Some(v)) => {
             v.resolve(&p.path)?.is_some_and(|a| a.kind == FileKind::Dir)
         }
@@ -212,13 +202,15 @@ fn cp_into(srcs: &[Address], dst: &Address, dst_vol: Option<&Volume>, recursive:
             "copying several sources needs an existing directory as the destination"
         ));
     }
-    let dst_path = match dst {
+    let dst_path = match &dst {
         Address::Image(p) => p.path.clone(),
         Address::Host(h) => h.to_string_lossy().into_owned(),
     };
-    for src in srcs {
-        // "dir/." copies the contents of dir, as cp does.
-        let (items, src_vol): (Vec<Item>, Option<Volume>) = match src {
+    // Plan every source: (items, its own read-only volume, or None when it is
+    // on the destination's filesystem or on the host).
+    let mut plans: Vec<(Vec<Item>, Option<Volume>, bool)> = Vec::new();
+    for src in &srcs {
+        match src {
             Address::Host(h) => {
                 let text = h.to_string_lossy();
                 let contents = text == "." || text.ends_with("/.");
@@ -229,23 +221,19 @@ fn cp_into(srcs: &[Address], dst: &Address, dst_vol: Option<&Volume>, recursive:
                 };
                 let mut items = Vec::new();
                 copy::plan_host(h, &target, recursive, contents, &mut items)?;
-                (items, None)
+                plans.push((items, None, false));
             }
             Address::Image(sp) => {
-                let same = matches!(dst, Address::Image(dp) if dp.same_volume(sp));
+                let same = matches!(&dst, Address::Image(dp) if dp.same_volume(sp));
                 let vol = if same {
                     None
                 } else {
                     Some(open_volume(sp, false)?)
                 };
-                let reading = vol.as_ref().or(dst_vol).expect("a volume");
-                let target = if dst_is_dir {
-                    let name = copy::split(&sp.path).1;
-                    if name.is_empty() {
-                        dst_path.clone()
-                    } else {
-                        copy::join(&dst_path, &name)
-                    }
+                let reading = vol.as_ref().or(dst_ro.as_ref()).expect("a volume");
+                let name = copy::split(&sp.path).1;
+                let target = if dst_is_dir && !name.is_empty() {
+                    copy::join(&dst_path, &name)
                 } else {
                     dst_path.clone()
                 };
@@ -254,25 +242,44 @@ fn cp_into(srcs: &[Address], dst: &Address, dst_vol: Option<&Volume>, recursive:
                 copy::plan_image(
                     reading, &sp.path, &target, recursive, whole_root, &mut items,
                 )?;
-                (items, vol)
+                plans.push((items, vol, same));
             }
+        }
+    }
+    if let Some(v) = &dst_ro {
+        let all: Vec<&Item> = plans.iter().flat_map(|p| p.0.iter()).collect();
+        copy::check_fits_refs(v, &all)?;
+    }
+    if let Some(v) = dst_ro {
+        v.close();
+    }
+    let dst_rw = match &dst {
+        Address::Image(p) => Some(open_volume(p, true)?),
+        Address::Host(_) => None,
+    };
+    let total = plans.iter().map(|p| copy::total_bytes(&p.0)).sum();
+    let mut progress = Progress::new("copying", total);
+    let mut result = Ok(());
+    for (items, vol, same) in &plans {
+        let reading = if *same { dst_rw.as_ref() } else { vol.as_ref() };
+        result = match &dst_rw {
+            Some(v) => copy::into_volume(items, reading, v, MetaPolicy::default(), &mut progress),
+            None => copy::to_host(items, reading, &mut progress),
         };
-        let reading = src_vol.as_ref().or(dst_vol);
-        let mut progress = Progress::new("copying", copy::total_bytes(&items));
-        let result = match dst_vol {
-            Some(v) => {
-                copy::check_fits(v, &items)?;
-                copy::into_volume(&items, reading, v, MetaPolicy::default(), &mut progress)
-            }
-            None => copy::to_host(&items, reading, &mut progress),
-        };
-        progress.finish();
-        if let Some(v) = src_vol {
+        if result.is_err() {
+            break;
+        }
+    }
+    progress.finish();
+    for (_, vol, _) in plans {
+        if let Some(v) = vol {
             v.close();
         }
-        result?;
     }
-    Ok(())
+    if let Some(v) = dst_rw {
+        v.close();
+    }
+    result
 }
 
 fn parent_and_name(vol: &Volume, p: &ImagePath) -> Outcome<(Ino, String)> {
@@ -289,9 +296,19 @@ fn parent_and_name(vol: &Volume, p: &ImagePath) -> Outcome<(Ino, String)> {
     Ok((attr.ino, name))
 }
 
-fn with_volume(p: &ImagePath, f: impl FnOnce(&Volume) -> Outcome) -> Outcome {
+/// Runs `check` on a read-only mount, then `act` on a writable one: a
+/// change that cannot be made fails before the image is opened for writing.
+fn edit(
+    p: &ImagePath,
+    check: impl FnOnce(&Volume) -> Outcome,
+    act: impl FnOnce(&Volume) -> Outcome,
+) -> Outcome {
+    let ro = open_volume(p, false)?;
+    let checked = check(&ro);
+    ro.close();
+    checked?;
     let vol = open_volume(p, true)?;
-    let result = f(&vol);
+    let result = act(&vol);
     vol.close();
     result
 }
@@ -299,7 +316,16 @@ fn with_volume(p: &ImagePath, f: impl FnOnce(&Volume) -> Outcome) -> Outcome {
 /// `vuimg mkdir`.
 pub fn mkdir(addr: &str, parents: bool) -> Outcome {
     let p = address::parse_image(addr)?;
-    with_volume(&p, |vol| {
+    let check = |vol: &Volume| -> Outcome {
+        match vol.resolve(&p.path) {
+            Ok(Some(a)) if parents && a.kind == FileKind::Dir => Ok(()),
+            Ok(Some(_)) => Err(fail!("{p}: File exists")),
+            Ok(None) if parents => Ok(()),
+            Ok(None) => parent_and_name(vol, &p).map(|_| ()),
+            Err(e) => Err(e),
+        }
+    };
+    edit(&p, check, |vol| {
         if parents {
             vol.mkdir_p(&p.path, None).map(|_| ())
         } else {
@@ -313,7 +339,15 @@ pub fn mkdir(addr: &str, parents: bool) -> Outcome {
 /// `vuimg rm`.
 pub fn rm(addr: &str, recursive: bool) -> Outcome {
     let p = address::parse_image(addr)?;
-    with_volume(&p, |vol| {
+    let check = |vol: &Volume| -> Outcome {
+        parent_and_name(vol, &p)?;
+        let a = vol.resolve_existing(&p.path)?;
+        if a.kind == FileKind::Dir && !recursive {
+            return Err(fail!("{p}: is a directory (use -r)"));
+        }
+        Ok(())
+    };
+    edit(&p, check, |vol| {
         let (parent, name) = parent_and_name(vol, &p)?;
         vol.remove(parent, OsStr::new(&name), recursive, &p.path)
     })
@@ -328,15 +362,23 @@ pub fn mv(from: &str, to: &str) -> Outcome {
             "{a} and {b} are on different filesystems: use cp, then rm"
         ));
     }
-    with_volume(&a, |vol| {
+    let target = |vol: &Volume| -> Outcome<(Ino, String, Ino, String)> {
         let (pa, na) = parent_and_name(vol, &a)?;
         vol.resolve_existing(&a.path)?;
         let (pb, nb) = match vol.resolve(&b.path)? {
             Some(t) if t.kind == FileKind::Dir => (t.ino, copy::split(&a.path).1),
             _ => parent_and_name(vol, &b)?,
         };
-        vol.rename(pa, OsStr::new(&na), pb, OsStr::new(&nb), &a.path)
-    })
+        Ok((pa, na, pb, nb))
+    };
+    edit(
+        &a,
+        |vol| target(vol).map(|_| ()),
+        |vol| {
+            let (pa, na, pb, nb) = target(vol)?;
+            vol.rename(pa, OsStr::new(&na), pb, OsStr::new(&nb), &a.path)
+        },
+    )
 }
 
 /// `vuimg format`.
