@@ -85,6 +85,19 @@ pub struct Volume {
     created_dirs: Mutex<Vec<(Ino, String)>>,
 }
 
+/// Why a device that carries FAT's signature and type string is still not a
+/// valid FAT volume, if it is one of those.
+fn broken_fat(dev: &dyn BlockDevice) -> Option<String> {
+    let mut sector = [0u8; 512];
+    dev.read_exact_at(&mut sector, 0).ok()?;
+    let signed = sector[510..512] == [0x55, 0xAA];
+    let says_fat = &sector[54..57] == b"FAT" || &sector[82..87] == b"FAT32";
+    if !(signed && says_fat) {
+        return None;
+    }
+    vufuse::fat::bpb::parse(&sector, dev.size()).err()
+}
+
 fn errno_text(e: Errno) -> String {
     e.to_string()
 }
@@ -114,6 +127,11 @@ impl Volume {
                 .map_err(|e| fail!("{name}: corrupt or unsupported ext filesystem: {e}"))?;
             (Box::new(fs), FsKind::Ext)
         } else {
+            if let Some(why) = broken_fat(dev.as_ref()) {
+                return Err(fail!(
+                    "{name}: corrupt FAT filesystem: {why} (fsck.fat may repair it)"
+                ));
+            }
             return Err(fail!(
                 "{name}: no FAT or ext2/3/4 filesystem found (format it with `vuimg format`)"
             ));

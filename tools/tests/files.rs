@@ -190,7 +190,10 @@ fn bad_inputs_exit_1_and_leave_the_image_unchanged() {
             .unwrap();
     }
     let bad_sum = sha256(&bad);
-    for (n, needle) in [("1", "no FAT or ext"), ("2", "corrupt or unsupported ext")] {
+    for (n, needle) in [
+        ("1", "corrupt FAT filesystem"),
+        ("2", "corrupt or unsupported ext"),
+    ] {
         fails(
             &[
                 "cp",

@@ -150,12 +150,12 @@ pub fn sha256(path: &Path) -> String {
         .to_string()
 }
 
-/// A small card: MBR, FAT32 boot (64M) + ext4 root (rest) of a 192M image.
+/// A small card: MBR, FAT32 boot (64M) + ext4 root (rest) of a 128M image.
 pub fn small_card(dir: &Path) -> PathBuf {
     let spec = dir.join("small.toml");
     std::fs::write(
         &spec,
-        r#"size = "192M"
+        r#"size = "128M"
 table = "mbr"
 [[partition]]
 size = "64M"
