@@ -4,7 +4,6 @@
 
 use crate::fail;
 use crate::util::{Failure, Outcome};
-use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -12,6 +11,7 @@ use std::time::SystemTime;
 use vudev::BlockDevice;
 use vufuse::ext::{looks_like_ext, ExtFs, ExtOptions};
 use vufuse::fat::{looks_like_fat, FatFs, FatOptions};
+use vufuse::resolver::PathResolver;
 use vufuse::{Attr, Context, Errno, FileKind, FileSystem, Ino, SetAttr, SetTime, StatFs};
 
 /// The filesystem kinds vuimg works with.
@@ -72,7 +72,9 @@ impl Meta {
 
 /// An opened filesystem.
 pub struct Volume {
-    fs: Box<dyn FileSystem>,
+    fs: Arc<dyn FileSystem>,
+    /// Paths to inodes, with vufuse's dentry cache.
+    resolver: PathResolver,
     /// FAT or ext.
     pub kind: FsKind,
     /// `IMAGE@N` as the user wrote it, for messages.
@@ -80,7 +82,6 @@ pub struct Volume {
     ctx: Context,
     /// ext inode numbers created or changed (for timestamp normalisation).
     touched: Mutex<Vec<u32>>,
-    dir_cache: Mutex<HashMap<String, Ino>>,
     /// Directories `mkdir_p` created as parents, in creation order.
     created_dirs: Mutex<Vec<(Ino, String)>>,
 }
@@ -105,7 +106,7 @@ fn errno_text(e: Errno) -> String {
 impl Volume {
     /// Opens the filesystem on `dev`, detecting FAT or ext.
     pub fn open(dev: Arc<dyn BlockDevice>, writable: bool, name: &str) -> Outcome<Volume> {
-        let (fs, kind): (Box<dyn FileSystem>, FsKind) = if looks_like_fat(dev.as_ref()) {
+        let (fs, kind): (Arc<dyn FileSystem>, FsKind) = if looks_like_fat(dev.as_ref()) {
             let opts = FatOptions {
                 read_only: !writable,
                 uid: 0,
@@ -115,7 +116,7 @@ impl Volume {
             };
             let fs = FatFs::open(dev, opts)
                 .map_err(|e| fail!("{name}: corrupt or unsupported FAT filesystem: {e}"))?;
-            (Box::new(fs), FsKind::Fat)
+            (Arc::new(fs), FsKind::Fat)
         } else if looks_like_ext(dev.as_ref()) {
             // The ext driver is gaining mount options; defaults for the rest.
             #[allow(clippy::needless_update)]
@@ -125,7 +126,7 @@ impl Volume {
             };
             let fs = ExtFs::open(dev, opts)
                 .map_err(|e| fail!("{name}: corrupt or unsupported ext filesystem: {e}"))?;
-            (Box::new(fs), FsKind::Ext)
+            (Arc::new(fs), FsKind::Ext)
         } else {
             if let Some(why) = broken_fat(dev.as_ref()) {
                 return Err(fail!(
@@ -139,6 +140,10 @@ impl Volume {
         fs.init()
             .map_err(|e| fail!("{name}: cannot start the filesystem: {e}"))?;
         Ok(Volume {
+            // No eviction: the tool keeps inode numbers it resolved for the
+            // whole command, and an evicted entry's forget could let the
+            // driver drop a directory still in use. A command is short-lived.
+            resolver: PathResolver::with_capacity(fs.clone(), usize::MAX),
             fs,
             kind,
             name: name.to_string(),
@@ -149,7 +154,6 @@ impl Volume {
                 umask: Some(0),
             },
             touched: Mutex::new(vec![2]),
-            dir_cache: Mutex::new(HashMap::new()),
             created_dirs: Mutex::new(Vec::new()),
         })
     }
@@ -201,20 +205,11 @@ impl Volume {
 
     /// Follows an absolute path; `None` if some component is missing.
     pub fn resolve(&self, path: &str) -> Outcome<Option<Attr>> {
-        let mut attr = self.getattr(Ino::ROOT).map_err(|e| self.err("/", e))?;
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            if attr.kind != FileKind::Dir {
-                return Err(self.err(path, Errno::ENOTDIR));
-            }
-            match self
-                .lookup(attr.ino, OsStr::new(part))
-                .map_err(|e| self.err(path, e))?
-            {
-                Some(a) => attr = a,
-                None => return Ok(None),
-            }
+        match self.resolver.getattr(&self.ctx, std::path::Path::new(path)) {
+            Ok(a) => Ok(Some(a)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(self.err(path, e)),
         }
-        Ok(Some(attr))
     }
 
     /// Like [`Volume::resolve`] but a missing path is an error.
@@ -269,21 +264,26 @@ impl Volume {
 
     /// The directory at `path`, created with its parents if missing.
     pub fn mkdir_p(&self, path: &str, meta: Option<&Meta>) -> Outcome<Ino> {
-        if let Some(&ino) = self.dir_cache.lock().expect("not poisoned").get(path) {
-            return Ok(ino);
+        if let Some(a) = self.resolve(path)? {
+            if a.kind != FileKind::Dir {
+                return Err(self.err(path, Errno::ENOTDIR));
+            }
+            return Ok(a.ino);
         }
         let mut ino = Ino::ROOT;
         let mut so_far = String::new();
         for part in path.split('/').filter(|p| !p.is_empty()) {
             so_far.push('/');
             so_far.push_str(part);
-            ino = match self
-                .lookup(ino, OsStr::new(part))
-                .map_err(|e| self.err(&so_far, e))?
-            {
-                Some(a) if a.kind == FileKind::Dir => a.ino,
-                Some(_) => return Err(self.err(&so_far, Errno::ENOTDIR)),
-                None => {
+            ino = match self.resolver.child(&self.ctx, ino, OsStr::new(part)) {
+                Ok(child) => {
+                    let a = self.getattr(child).map_err(|e| self.err(&so_far, e))?;
+                    if a.kind != FileKind::Dir {
+                        return Err(self.err(&so_far, Errno::ENOTDIR));
+                    }
+                    child
+                }
+                Err(Errno::ENOENT) => {
                     let made = self.mkdir(ino, OsStr::new(part), meta, &so_far)?;
                     self.created_dirs
                         .lock()
@@ -291,12 +291,9 @@ impl Volume {
                         .push((made, so_far.clone()));
                     made
                 }
+                Err(e) => return Err(self.err(&so_far, e)),
             };
         }
-        self.dir_cache
-            .lock()
-            .expect("not poisoned")
-            .insert(path.to_string(), ino);
         Ok(ino)
     }
 
@@ -463,7 +460,7 @@ impl Volume {
                 .unlink(&self.ctx, parent, name)
                 .map_err(|e| self.err(shown, e))?;
         }
-        self.dir_cache.lock().expect("not poisoned").clear();
+        self.resolver.invalidate(parent, name);
         Ok(())
     }
 
@@ -481,7 +478,8 @@ impl Volume {
             .map_err(|e| self.err(shown, e))?;
         self.touch(parent);
         self.touch(new_parent);
-        self.dir_cache.lock().expect("not poisoned").clear();
+        self.resolver.invalidate(parent, name);
+        self.resolver.invalidate(new_parent, new_name);
         Ok(())
     }
 }
