@@ -441,6 +441,34 @@ mod tests {
     }
 
     #[test]
+    fn the_driver_mounts_every_type_with_the_free_count_written() {
+        use crate::fat::{FatFs, FatOptions};
+        use crate::fs::{Context, FileSystem};
+        use std::sync::Arc;
+        for (mib, t) in [
+            (4, FatType::Fat12),
+            (32, FatType::Fat16),
+            (64, FatType::Fat32),
+        ] {
+            let dev: Arc<dyn BlockDevice> = Arc::new(vudev::Ramdisk::new(mib << 20).unwrap());
+            let opts = FormatOptions {
+                fat_type: Some(t),
+                label: Some("Test".into()),
+                volume_id: 0x1234_5678,
+                ..Default::default()
+            };
+            let layout = format(dev.as_ref(), &opts).unwrap();
+            assert_eq!(layout.fat_type, t);
+            let fs = FatFs::open(dev, FatOptions::default()).unwrap();
+            assert_eq!(fs.label(), "TEST");
+            assert_eq!(fs.geometry().volume_id, 0x1234_5678);
+            let st = fs.statfs(&Context::current()).unwrap();
+            let root_clusters = u64::from(t == FatType::Fat32);
+            assert_eq!(st.blocks_free, layout.clusters as u64 - root_clusters);
+        }
+    }
+
+    #[test]
     fn impossible_requests_are_refused() {
         let opts = FormatOptions {
             fat_type: Some(FatType::Fat32),
