@@ -138,6 +138,18 @@ fn ls_mkdir_mv_rm_edit_a_card() {
         ok(&["rm", &at("/a/renamed.txt")]);
         assert_eq!(ok(&["ls", &at("/a")]).trim(), "");
     }
+    // Within one filesystem, and a symbolic link (ext keeps it; FAT has none).
+    let at2 = |p: &str| format!("{}@2:{p}", s(&img));
+    ok(&["cp", s(&hello), &at2("/one.txt")]);
+    ok(&["cp", &at2("/one.txt"), &at2("/two.txt")]);
+    assert_eq!(ok(&["cat", &at2("/two.txt")]), "hi\n");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink("one.txt", &link).unwrap();
+    ok(&["cp", s(&link), &at2("/link")]);
+    assert!(ok(&["ls", "-l", &at2("/")]).contains("link -> one.txt"));
+    let e = e2fs_image(&img, 2);
+    let (_, stat) = tool("debugfs", &["-R", "stat /link", &e]);
+    assert!(stat.contains("Type: symlink"), "{stat}");
     fsck_fat(&img, 1, dir.path());
     e2fsck(&img, 2);
 }
