@@ -79,14 +79,14 @@ def generate_tree(root):
 
 
 def timed(cmd, env=None, cwd=None):
-    """Runs `cmd` (a shell string) under GNU time; returns (seconds, peak RSS KiB)."""
+    """Runs `cmd` (a shell string) under GNU time; returns (seconds, peak RSS KiB, CPU seconds)."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as t:
-        full = ["/usr/bin/time", "-f", "%e %M", "-o", t.name, "bash", "-c", cmd]
+        full = ["/usr/bin/time", "-f", "%e %M %U %S", "-o", t.name, "bash", "-c", cmd]
         res = subprocess.run(full, env=env, cwd=cwd, capture_output=True, text=True)
         if res.returncode != 0:
             sys.exit(f"failed: {cmd}\n{res.stdout}\n{res.stderr}")
-        secs, rss = t.read().split()[-2:]
-        return float(secs), int(rss)
+        secs, rss, user, system = t.read().split()[-4:]
+        return float(secs), int(rss), float(user) + float(system)
 
 
 def check(image, scratch):
@@ -163,18 +163,22 @@ rm -f {rootimg} {bootimg}
         for name, cmd in (("vuimg build", vuimg_cmd), ("shell pipeline", pipeline_cmd)):
             subprocess.run(["sync"])
             runs[name].append(timed(cmd))
-            print(f"  rep {rep + 1} {name}: {runs[name][-1][0]:.2f} s, {runs[name][-1][1] / 1024:.0f} MiB peak RSS")
+            secs, rss, cpu = runs[name][-1]
+            print(f"  rep {rep + 1} {name}: {secs:.2f} s, {cpu:.2f} s CPU, {rss / 1024:.0f} MiB peak RSS")
     check(out_v, work)
     check(out_p, work)
-    med = {k: statistics.median(t for t, _ in v) for k, v in runs.items()}
-    rss = {k: max(r for _, r in v) for k, v in runs.items()}
+    med = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r[2] for r in v) for k, v in runs.items()}
+    rss = {k: max(r[1] for r in v) for k, v in runs.items()}
     print()
-    print("| | runs (s) | median (s) | peak RSS |")
-    print("|---|---|---|---|")
+    print("| | runs (s) | median (s) | median CPU (s) | peak RSS |")
+    print("|---|---|---|---|---|")
     for k, v in runs.items():
-        print(f"| {k} | {' / '.join(f'{t:.2f}' for t, _ in v)} | {med[k]:.2f} | {rss[k] / 1024:.0f} MiB |")
+        times = " / ".join(f"{r[0]:.2f}" for r in v)
+        print(f"| {k} | {times} | {med[k]:.2f} | {cpu[k]:.2f} | {rss[k] / 1024:.0f} MiB |")
     ratio = med["shell pipeline"] / med["vuimg build"]
-    print(f"\nspeed-up of vuimg build over the pipeline: x{ratio:.2f} (median / median)")
+    cpu_ratio = cpu["shell pipeline"] / cpu["vuimg build"]
+    print(f"\nspeed-up of vuimg build over the pipeline: x{ratio:.2f} wall, x{cpu_ratio:.2f} CPU (median / median)")
     if not args.keep:
         shutil.rmtree(work)
 
