@@ -49,7 +49,7 @@ by root (0:0); times are kept (clamped to the epoch when reproducible).
 EXAMPLES:
   vuimg build images/rpi.toml -o card.img
   SOURCE_DATE_EPOCH=1700000000 vuimg build images/efi.toml -o efi.img
-  vuimg build --dry-run images/rpi.toml"#;
+  vuimg build --dry-run --json images/rpi.toml   # the plan as JSON, nothing written"#;
 
 /// A size written as a string ("4K") or a bare number of bytes.
 #[derive(Deserialize, Clone)]
@@ -141,7 +141,7 @@ impl Drop for TempImage {
 const FAT_EPOCH: u64 = 315_532_800;
 
 /// `vuimg build`.
-pub fn build(spec_path: &Path, output: Option<&Path>, dry_run: bool) -> Outcome {
+pub fn build(spec_path: &Path, output: Option<&Path>, dry_run: bool, json: bool) -> Outcome {
     let text =
         std::fs::read_to_string(spec_path).map_err(|e| fail!("{}: {e}", spec_path.display()))?;
     let spec: Spec = toml::from_str(&text).map_err(|e| fail!("{}: {e}", spec_path.display()))?;
@@ -348,6 +348,32 @@ pub fn build(spec_path: &Path, output: Option<&Path>, dry_run: bool) -> Outcome 
             req,
             items,
         });
+    }
+    if dry_run && json {
+        let parts: Vec<serde_json::Value> = planned
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "number": p.number,
+                    "start": p.start_sector,
+                    "size": p.bytes / 512,
+                    "type": table.get(p.number).map(|t| t.ptype.sfdisk_string()),
+                    "fs": p.fs.map(|f| format!("{f:?}").to_lowercase()),
+                    "label": p.req.label,
+                    "files": p.items.len(),
+                    "bytes": copy::total_bytes(&p.items),
+                })
+            })
+            .collect();
+        let plan = serde_json::json!({
+            "output": output.display().to_string(),
+            "size": size,
+            "table": if gpt { "gpt" } else { "dos" },
+            "reproducible": epoch.is_some(),
+            "partitions": parts,
+        });
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
     }
     if dry_run {
         for p in &planned {

@@ -163,6 +163,9 @@ EXAMPLES:
         /// Only plan and check; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With --dry-run: print the plan as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
     },
 }
 

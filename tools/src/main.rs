@@ -42,7 +42,8 @@ fn run(cli: Cli) -> util::Outcome {
             spec,
             output,
             dry_run,
-        } => build::build(&spec, output.as_deref(), dry_run),
+            json,
+        } => build::build(&spec, output.as_deref(), dry_run, json),
     }
 }
 

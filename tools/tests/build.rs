@@ -98,6 +98,22 @@ fn efi_example_passes_sgdisk_and_is_addressed_by_name() {
     );
     let listing = ok(&["ls", &format!("{}@root:/etc", s(&img))]);
     assert_eq!(listing.trim(), "hostname");
+    // The plan as data, written nowhere.
+    let planned = dir.path().join("planned.img");
+    let plan: serde_json::Value = serde_json::from_str(&ok(&[
+        "build",
+        "--dry-run",
+        "--json",
+        s(&repo().join("images/efi.toml")),
+        "-o",
+        s(&planned),
+    ]))
+    .unwrap();
+    assert_eq!(plan["table"], "gpt");
+    assert_eq!(plan["partitions"][0]["fs"], "fat32");
+    assert_eq!(plan["partitions"][0]["files"], 2);
+    assert_eq!(plan["partitions"][1]["start"], parts[1]["start"]);
+    assert!(!planned.exists());
 }
 
 #[test]
