@@ -69,7 +69,22 @@ pub enum Command {
         size: String,
     },
     /// Partition tables: new, add, del, resize, set, list.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "\
+Types are names (linux, fat32, fat16, efi, swap, lvm, raid, extended,
+bios-boot, linux-home, xbootldr, ...), MBR hex codes (83, 0x0c), GPT GUIDs or
+sgdisk codes (8300, ef00). New partitions start on 1 MiB boundaries; every
+command checks the whole new table before writing it.
+
+EXAMPLES:
+  vuimg part new disk.img gpt
+  vuimg part add disk.img efi --size 100M --name ESP
+  vuimg part add disk.img linux --name root
+  vuimg part resize disk.img 2 max
+  vuimg part set disk.img 1 --bootable
+  vuimg part list disk.img --json"
+    )]
     Part(PartCommand),
     /// Create a filesystem on a partition (IMAGE@N) or a whole image.
     #[command(after_help = "\

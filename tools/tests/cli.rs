@@ -169,6 +169,7 @@ fn help_is_man_style_and_usage_errors_exit_2() {
         &["build", "--help"],
         &["cp", "--help"],
         &["format", "--help"],
+        &["part", "--help"],
     ] {
         let help = ok(args);
         assert!(help.contains("EXAMPLES:"), "vuimg {args:?}: {help}");
