@@ -161,3 +161,21 @@ fn usage_errors_exit_2() {
     fails(&["frobnicate"], 2, "unrecognized subcommand");
     fails(&["part", "new", "x.img", "apm"], 2, "invalid value");
 }
+
+#[test]
+fn help_is_man_style_and_usage_errors_exit_2() {
+    for args in [
+        &["--help"][..],
+        &["build", "--help"],
+        &["cp", "--help"],
+        &["format", "--help"],
+        &["part", "--help"],
+    ] {
+        let help = ok(args);
+        assert!(help.contains("EXAMPLES:"), "vuimg {args:?}: {help}");
+    }
+    assert!(ok(&["build", "--help"]).contains("[[partition]]"));
+    fails(&["cp", "only-one"], 2, "required");
+    fails(&["ls"], 2, "required");
+    fails(&["format", "x.img"], 2, "required");
+}

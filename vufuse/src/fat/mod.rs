@@ -18,6 +18,7 @@
 pub mod bpb;
 pub mod dir;
 pub mod dirent;
+pub mod format;
 pub mod table;
 
 use crate::fs::{

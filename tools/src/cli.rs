@@ -1,0 +1,300 @@
+//! The command line: subcommands, options and their man-style help.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const MAIN_HELP: &str = "\
+ADDRESSES:
+  IMAGE@N:/path   a path in partition N of IMAGE (N: Linux partition number,
+                  or the partition's GPT name), e.g. card.img@1:/config.txt
+  IMAGE:/path     a path in an unpartitioned image (or in its only partition
+                  with a filesystem)
+  anything else   a host path
+  The filesystem (FAT12/16/32 or ext2/3/4) is found by probing.
+
+EXAMPLES:
+  vuimg build images/rpi.toml -o card.img     # a whole Raspberry Pi card
+  vuimg create disk.img 512M
+  vuimg part new disk.img mbr
+  vuimg part add disk.img fat32 --size 64M --bootable
+  vuimg part add disk.img linux
+  vuimg format disk.img@1 fat32 --label BOOT
+  vuimg format disk.img@2 ext4 --label rootfs # runs mke2fs
+  vuimg cp -r boot/. disk.img@1:/
+  vuimg ls -l disk.img@1:/
+  vuimg cat disk.img@1:/config.txt
+  vuimg cp disk.img@2:/etc/hostname .
+
+Sizes take K, M, G or T suffixes (binary units); a bare number is bytes.
+Progress bars appear on stderr for work longer than a second, only on a
+terminal. With SOURCE_DATE_EPOCH set, ids, serials and times are fixed.
+EXIT STATUS: 0 success, 1 failure (the image is left as it was), 2 usage error.";
+
+/// `vuimg`: build and edit disk images without root, loop devices or mounts.
+#[derive(Parser)]
+#[command(
+    name = "vuimg",
+    version,
+    about = "Build and edit disk images without root, loop devices or mounts",
+    after_help = MAIN_HELP
+)]
+pub struct Cli {
+    /// No progress bars or notes.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a sparse image file of SIZE bytes (refuses to overwrite).
+    #[command(after_help = "EXAMPLES:\n  vuimg create disk.img 512M")]
+    Create {
+        /// Image file to create.
+        image: PathBuf,
+        /// Size, e.g. 512M.
+        size: String,
+    },
+    /// Grow an image file to SIZE bytes (a GPT's backup moves on the next table write).
+    #[command(
+        after_help = "EXAMPLES:\n  vuimg grow disk.img 1G\n  vuimg part resize disk.img 2 max"
+    )]
+    Grow {
+        /// Image file.
+        image: PathBuf,
+        /// New size, e.g. 1G.
+        size: String,
+    },
+    /// Partition tables: new, add, del, resize, set, list.
+    #[command(
+        subcommand,
+        after_help = "\
+Types are names (linux, fat32, fat16, efi, swap, lvm, raid, extended,
+bios-boot, linux-home, xbootldr, ...), MBR hex codes (83, 0x0c), GPT GUIDs or
+sgdisk codes (8300, ef00). New partitions start on 1 MiB boundaries; every
+command checks the whole new table before writing it.
+
+EXAMPLES:
+  vuimg part new disk.img gpt
+  vuimg part add disk.img efi --size 100M --name ESP
+  vuimg part add disk.img linux --name root
+  vuimg part resize disk.img 2 max
+  vuimg part set disk.img 1 --bootable
+  vuimg part list disk.img --json"
+    )]
+    Part(PartCommand),
+    /// Create a filesystem on a partition (IMAGE@N) or a whole image.
+    #[command(after_help = "\
+FAT12/16/32 is written in process: the type and cluster size are chosen as
+mkfs.fat does for the size unless given; the boot sector's hidden sectors are
+the partition's start. ext2/ext4 run e2fsprogs' `mke2fs` on the partition's
+byte range (-E offset=...), and say so.
+
+EXAMPLES:
+  vuimg format disk.img@1 fat32 --label BOOT
+  vuimg format disk.img@1 fat --cluster-size 4K
+  vuimg format disk.img@2 ext4 --label rootfs --block-size 4096
+  vuimg format floppy.img fat12")]
+    Format(FormatArgs),
+    /// List a directory (or show one file).
+    #[command(
+        after_help = "EXAMPLES:\n  vuimg ls card.img@1:/\n  vuimg ls -l card.img@rootfs:/etc\n  vuimg ls --json card.img@2:/"
+    )]
+    Ls {
+        /// IMAGE@N:/path.
+        address: String,
+        /// Long listing: mode, links, owner, size, time.
+        #[arg(short = 'l', long)]
+        long: bool,
+        /// JSON array of entries.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a file of an image to standard output.
+    #[command(after_help = "EXAMPLES:\n  vuimg cat card.img@1:/config.txt")]
+    Cat {
+        /// IMAGE@N:/path.
+        address: String,
+    },
+    /// Copy files host→image, image→host or image→image.
+    #[command(after_help = "\
+The last argument is the destination; if it is an existing directory, the
+sources go inside it. Times are kept; modes and owners too where the format
+keeps them (ext). The whole copy is planned first: a missing source or one that
+needs more space than is free fails before anything is written.
+
+EXAMPLES:
+  vuimg cp config.txt card.img@1:/
+  vuimg cp -r images/sample/boot/. card.img@1:/
+  vuimg cp -r card.img@2:/etc ./etc-copy
+  vuimg cp old.img@1:/kernel.img new.img@1:/kernel.img")]
+    Cp {
+        /// Copy directories recursively.
+        #[arg(short = 'r', short_alias = 'R', long)]
+        recursive: bool,
+        /// Sources, then the destination.
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<String>,
+    },
+    /// Create a directory in an image.
+    #[command(after_help = "EXAMPLES:\n  vuimg mkdir -p card.img@2:/opt/app/data")]
+    Mkdir {
+        /// Create parents; no error if it exists.
+        #[arg(short = 'p', long)]
+        parents: bool,
+        /// IMAGE@N:/path.
+        address: String,
+    },
+    /// Remove a file (or a tree with -r) from an image.
+    #[command(
+        after_help = "EXAMPLES:\n  vuimg rm card.img@1:/overlays/README\n  vuimg rm -r card.img@2:/tmp"
+    )]
+    Rm {
+        /// Remove directories and their contents.
+        #[arg(short = 'r', short_alias = 'R', long)]
+        recursive: bool,
+        /// IMAGE@N:/path.
+        address: String,
+    },
+    /// Rename or move a file within one filesystem of an image.
+    #[command(after_help = "EXAMPLES:\n  vuimg mv card.img@1:/config.txt card.img@1:/config.bak")]
+    Mv {
+        /// IMAGE@N:/path.
+        from: String,
+        /// IMAGE@N:/path (same filesystem).
+        to: String,
+    },
+    /// Build a whole image from a TOML SPEC.
+    #[command(after_help = crate::build::SPEC_HELP)]
+    Build {
+        /// The SPEC file.
+        spec: PathBuf,
+        /// Output image (default: `output` in the SPEC, else SPEC's name with .img).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Only plan and check; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: print the plan as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
+    },
+}
+
+/// MBR or GPT.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Label {
+    /// DOS/MBR table.
+    Mbr,
+    /// GUID partition table.
+    Gpt,
+}
+
+/// Partition table subcommands.
+#[derive(Subcommand)]
+pub enum PartCommand {
+    /// Write a new empty table, replacing any existing one.
+    New {
+        /// Image file.
+        image: PathBuf,
+        /// Table type.
+        label: Label,
+        /// MBR disk id (hex, e.g. 0x1234abcd) or GPT disk GUID; random by default.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Add a partition of TYPE (linux, fat32, efi, swap, extended, ..., a hex code or a GUID).
+    Add(AddArgs),
+    /// Delete partition NUMBER (later MBR logicals are renumbered, as Linux does).
+    Del {
+        /// Image file.
+        image: PathBuf,
+        /// Partition number.
+        number: u32,
+    },
+    /// Resize partition NUMBER to SIZE, or `max` to fill the free space after it.
+    Resize {
+        /// Image file.
+        image: PathBuf,
+        /// Partition number.
+        number: u32,
+        /// New size or `max`.
+        size: String,
+    },
+    /// Change type, name or bootable flag of partition NUMBER.
+    Set {
+        /// Image file.
+        image: PathBuf,
+        /// Partition number.
+        number: u32,
+        /// New type.
+        #[arg(long = "type")]
+        ptype: Option<String>,
+        /// New GPT name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Set the bootable flag.
+        #[arg(long, overrides_with = "no_bootable")]
+        bootable: bool,
+        /// Clear the bootable flag.
+        #[arg(long)]
+        no_bootable: bool,
+    },
+    /// Print the table; with --json, the fields of `sfdisk --json`.
+    List {
+        /// Image file.
+        image: PathBuf,
+        /// Print JSON as `sfdisk --json` does.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Arguments of `part add`.
+#[derive(Args)]
+pub struct AddArgs {
+    /// Image file.
+    pub image: PathBuf,
+    /// Partition type.
+    #[arg(value_name = "TYPE")]
+    pub ptype: String,
+    /// Size (e.g. 64M); default: the rest of the first free region.
+    #[arg(long)]
+    pub size: Option<String>,
+    /// First sector; default: the first 1 MiB-aligned free sector.
+    #[arg(long)]
+    pub start: Option<u64>,
+    /// Partition number; default: the first free one.
+    #[arg(long)]
+    pub number: Option<u32>,
+    /// GPT partition name.
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Set the bootable flag (MBR active, GPT legacy BIOS bootable).
+    #[arg(long)]
+    pub bootable: bool,
+    /// MBR: create a logical partition inside the extended one.
+    #[arg(long)]
+    pub logical: bool,
+}
+
+/// Arguments of `format`.
+#[derive(Args)]
+pub struct FormatArgs {
+    /// IMAGE@N (a partition) or IMAGE (the whole image).
+    pub target: String,
+    /// fat, fat12, fat16, fat32, ext2 or ext4.
+    pub fs: String,
+    /// Volume label.
+    #[arg(long, short = 'L')]
+    pub label: Option<String>,
+    /// FAT cluster size (e.g. 4K).
+    #[arg(long)]
+    pub cluster_size: Option<String>,
+    /// ext block size (1024, 2048 or 4096).
+    #[arg(long)]
+    pub block_size: Option<String>,
+}

@@ -1,0 +1,262 @@
+//! Image files and partition tables: create, grow, part new/add/del/resize/set/list.
+
+use crate::cli::{Label, PartCommand};
+use crate::util::{human, parse_bytes, Failure, Outcome};
+use std::path::Path;
+use vudev::part::{self, NewPartition, PartType, PartitionTable, Scheme};
+use vudev::{BlockDevice, FileDevice};
+
+fn open_rw(image: &Path) -> Result<FileDevice, Failure> {
+    FileDevice::open(image, false).map_err(|e| Failure(format!("{}: {e}", image.display())))
+}
+
+/// The partition table of an image, warnings printed.
+pub fn read_table(dev: &FileDevice) -> Result<PartitionTable, Failure> {
+    let table = part::probe(dev)
+        .map_err(|e| Failure(format!("{}: {e}", dev.path().display())))?
+        .ok_or_else(|| {
+            Failure(format!(
+                "{}: no partition table (create one with `vuimg part new`)",
+                dev.path().display()
+            ))
+        })?;
+    for w in &table.warnings {
+        eprintln!("vuimg: warning: {}: {w}", dev.path().display());
+    }
+    Ok(table)
+}
+
+fn sectors_of(table: &PartitionTable, size: &str) -> Result<u64, Failure> {
+    let bytes = parse_bytes(size)?;
+    let ss = table.sector_size as u64;
+    if bytes % ss != 0 {
+        return Err(Failure(format!(
+            "size {size} is not a multiple of the {ss}-byte sector"
+        )));
+    }
+    Ok(bytes / ss)
+}
+
+/// `vuimg create`.
+pub fn create(image: &Path, size: &str) -> Outcome {
+    let bytes = parse_bytes(size)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(image)
+        .map_err(|e| Failure(format!("{}: {e}", image.display())))?;
+    file.set_len(bytes)?;
+    Ok(())
+}
+
+/// `vuimg grow`.
+pub fn grow(image: &Path, size: &str) -> Outcome {
+    let bytes = parse_bytes(size)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .map_err(|e| Failure(format!("{}: {e}", image.display())))?;
+    let current = file.metadata()?.len();
+    if bytes < current {
+        return Err(Failure(format!(
+            "{}: is {current} bytes; grow never shrinks",
+            image.display()
+        )));
+    }
+    file.set_len(bytes)?;
+    Ok(())
+}
+
+/// `vuimg part ...`.
+pub fn part_command(cmd: PartCommand) -> Outcome {
+    match cmd {
+        PartCommand::New { image, label, id } => {
+            let dev = open_rw(&image)?;
+            let table = match label {
+                Label::Mbr => {
+                    let id = match id {
+                        Some(text) => u32::from_str_radix(text.trim_start_matches("0x"), 16)
+                            .map_err(|_| {
+                                Failure(format!("MBR id {text:?} is not a 32-bit hex number"))
+                            })?,
+                        None => uuid::Uuid::new_v4().as_u128() as u32,
+                    };
+                    PartitionTable::new_mbr(dev.size(), dev.sector_size(), id)?
+                }
+                Label::Gpt => {
+                    let guid = match id {
+                        Some(text) => uuid::Uuid::parse_str(&text)
+                            .map_err(|_| Failure(format!("GUID {text:?} is invalid")))?,
+                        None => uuid::Uuid::new_v4(),
+                    };
+                    PartitionTable::new_gpt(dev.size(), dev.sector_size(), guid)?
+                }
+            };
+            part::write(&dev, &table)?;
+        }
+        PartCommand::Add(args) => {
+            let dev = open_rw(&args.image)?;
+            let mut table = read_table(&dev)?;
+            let gpt = table.scheme == Scheme::Gpt;
+            let spec = NewPartition {
+                number: args.number,
+                start: args.start,
+                sectors: args
+                    .size
+                    .as_deref()
+                    .map(|s| sectors_of(&table, s))
+                    .transpose()?,
+                ptype: PartType::parse(&args.ptype, gpt).map_err(Failure)?,
+                name: args.name,
+                bootable: args.bootable,
+                logical: args.logical,
+                uuid: None,
+            };
+            let number = table.add(spec)?;
+            part::write(&dev, &table)?;
+            println!("{number}");
+        }
+        PartCommand::Del { image, number } => {
+            let dev = open_rw(&image)?;
+            let mut table = read_table(&dev)?;
+            table.delete(number)?;
+            part::write(&dev, &table)?;
+        }
+        PartCommand::Resize {
+            image,
+            number,
+            size,
+        } => {
+            let dev = open_rw(&image)?;
+            let mut table = read_table(&dev)?;
+            if size == "max" {
+                table.grow_to_fill(number)?;
+            } else {
+                let sectors = sectors_of(&table, &size)?;
+                table.resize(number, sectors)?;
+            }
+            part::write(&dev, &table)?;
+        }
+        PartCommand::Set {
+            image,
+            number,
+            ptype,
+            name,
+            bootable,
+            no_bootable,
+        } => {
+            let dev = open_rw(&image)?;
+            let mut table = read_table(&dev)?;
+            if let Some(t) = ptype {
+                let parsed = PartType::parse(&t, table.scheme == Scheme::Gpt).map_err(Failure)?;
+                table.set_type(number, parsed)?;
+            }
+            if let Some(n) = name {
+                table.set_name(number, &n)?;
+            }
+            if bootable || no_bootable {
+                table.set_bootable(number, bootable)?;
+            }
+            part::write(&dev, &table)?;
+        }
+        PartCommand::List { image, json } => {
+            let dev = FileDevice::open(&image, true)
+                .map_err(|e| Failure(format!("{}: {e}", image.display())))?;
+            let table = read_table(&dev)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&sfdisk_json(&table, &image))?
+                );
+            } else {
+                print_table(&table, &image);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The table in the shape of `sfdisk --json`.
+pub fn sfdisk_json(table: &PartitionTable, image: &Path) -> serde_json::Value {
+    use serde_json::json;
+    let device = image.display().to_string();
+    let partitions: Vec<serde_json::Value> = table
+        .partitions
+        .iter()
+        .map(|p| {
+            let mut v = json!({
+                "node": format!("{device}{}", p.number),
+                "start": p.start,
+                "size": p.sectors,
+                "type": p.ptype.sfdisk_string(),
+            });
+            match table.scheme {
+                Scheme::Mbr => {
+                    if p.bootable {
+                        v["bootable"] = json!(true);
+                    }
+                }
+                Scheme::Gpt => {
+                    if let Some(u) = p.uuid {
+                        v["uuid"] = json!(u.hyphenated().to_string().to_ascii_uppercase());
+                    }
+                    if !p.name.is_empty() {
+                        v["name"] = json!(p.name);
+                    }
+                    if p.bootable {
+                        v["attrs"] = json!("LegacyBIOSBootable");
+                    }
+                }
+            }
+            v
+        })
+        .collect();
+    let mut t = json!({
+        "label": table.scheme.sfdisk_label(),
+        "device": device,
+        "unit": "sectors",
+        "sectorsize": table.sector_size,
+        "partitions": partitions,
+    });
+    match table.scheme {
+        Scheme::Mbr => t["id"] = json!(format!("0x{:08x}", table.mbr_id)),
+        Scheme::Gpt => {
+            t["id"] = json!(table
+                .disk_guid
+                .unwrap_or_default()
+                .hyphenated()
+                .to_string()
+                .to_ascii_uppercase());
+            t["firstlba"] = json!(table.usable.0);
+            t["lastlba"] = json!(table.usable.1);
+        }
+    }
+    json!({ "partitiontable": t })
+}
+
+fn print_table(table: &PartitionTable, image: &Path) {
+    let ss = table.sector_size as u64;
+    println!(
+        "{}: {} table, {} sectors of {} bytes",
+        image.display(),
+        table.scheme.sfdisk_label(),
+        table.disk_sectors,
+        ss
+    );
+    println!(
+        "{:>4} {:>12} {:>12} {:>10} {:>4}  {:<28} name",
+        "#", "start", "sectors", "size", "boot", "type"
+    );
+    for p in &table.partitions {
+        println!(
+            "{:>4} {:>12} {:>12} {:>10} {:>4}  {:<28} {}",
+            p.number,
+            p.start,
+            p.sectors,
+            human(p.sectors * ss),
+            if p.bootable { "*" } else { "" },
+            p.ptype.to_string(),
+            p.name
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! Shared helpers: the failure type every command returns, sizes, and
+//! deterministic ids for reproducible images.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A failure to report: message for stderr, exit status 1.
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+/// What commands return.
+pub type Outcome<T = ()> = Result<T, Failure>;
+
+/// Builds a [`Failure`] from a format string.
+#[macro_export]
+macro_rules! fail {
+    ($($arg:tt)*) => { $crate::util::Failure(format!($($arg)*)) };
+}
+
+/// Parses a byte size: a number with an optional K/M/G/T suffix; bare numbers are bytes.
+pub fn parse_bytes(text: &str) -> Outcome<u64> {
+    let text = text.trim();
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        return text
+            .parse()
+            .map_err(|_| Failure(format!("size {text:?} is too large")));
+    }
+    vudev::parse_size(text).map_err(Failure)
+}
+
+/// A byte count for people: 1.5M, 64K.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value}{}", UNITS[unit])
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+/// The instant `secs` seconds after the epoch.
+pub fn epoch_time(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, if set and valid.
+pub fn source_date_epoch() -> Outcome<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| fail!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        _ => Ok(None),
+    }
+}
+
+/// A deterministic stream of bytes (splitmix64) for ids of reproducible images.
+pub struct IdSource(u64);
+
+impl IdSource {
+    /// A stream seeded by `seed` (the epoch).
+    pub fn new(seed: u64) -> IdSource {
+        IdSource(seed ^ 0x7675_696d_6720_6964)
+    }
+
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A version-4-shaped UUID from the stream.
+    pub fn uuid(&mut self) -> uuid::Uuid {
+        let value = (self.next_u64() as u128) << 64 | self.next_u64() as u128;
+        uuid::Builder::from_random_bytes(value.to_be_bytes()).into_uuid()
+    }
+}

@@ -1,0 +1,525 @@
+//! A filesystem inside an image, opened through vufuse's drivers (FAT or
+//! ext, found by probing) and used by path: the [`FileSystem`] trait's
+//! inode calls wrapped for a command-line tool.
+
+use crate::fail;
+use crate::util::{Failure, Outcome};
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use vudev::BlockDevice;
+use vufuse::ext::{looks_like_ext, ExtFs, ExtOptions};
+use vufuse::fat::{looks_like_fat, FatFs, FatOptions};
+use vufuse::resolver::PathResolver;
+use vufuse::{Attr, Context, Errno, FileKind, FileSystem, Ino, SetAttr, SetTime, StatFs};
+
+/// The filesystem kinds vuimg works with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    /// FAT12/16/32.
+    Fat,
+    /// ext2/3/4.
+    Ext,
+}
+
+impl FsKind {
+    /// True where the format keeps permission bits and owners.
+    pub fn keeps_modes(self) -> bool {
+        self == FsKind::Ext
+    }
+}
+
+/// What is kept of a file besides its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits.
+    pub perm: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Access time.
+    pub atime: SystemTime,
+}
+
+impl Meta {
+    /// The metadata of a host file.
+    pub fn of_host(md: &std::fs::Metadata) -> Meta {
+        use std::os::unix::fs::MetadataExt;
+        Meta {
+            perm: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            atime: md.accessed().unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    /// The metadata a driver reports.
+    pub fn of_attr(a: &Attr) -> Meta {
+        Meta {
+            perm: a.perm as u32,
+            uid: a.uid,
+            gid: a.gid,
+            mtime: a.mtime,
+            atime: a.atime,
+        }
+    }
+}
+
+/// An opened filesystem.
+pub struct Volume {
+    fs: Arc<dyn FileSystem>,
+    /// Paths to inodes, with vufuse's dentry cache.
+    resolver: PathResolver,
+    /// FAT or ext.
+    pub kind: FsKind,
+    /// `IMAGE@N` as the user wrote it, for messages.
+    pub name: String,
+    ctx: Context,
+    /// ext inode numbers created or changed (for timestamp normalisation).
+    touched: Mutex<Vec<u32>>,
+    /// Directories `mkdir_p` created as parents, in creation order.
+    created_dirs: Mutex<Vec<(Ino, String)>>,
+}
+
+/// Why a device that carries FAT's signature and type string is still not a
+/// valid FAT volume, if it is one of those.
+fn broken_fat(dev: &dyn BlockDevice) -> Option<String> {
+    let mut sector = [0u8; 512];
+    dev.read_exact_at(&mut sector, 0).ok()?;
+    let signed = sector[510..512] == [0x55, 0xAA];
+    let says_fat = &sector[54..57] == b"FAT" || &sector[82..87] == b"FAT32";
+    if !(signed && says_fat) {
+        return None;
+    }
+    vufuse::fat::bpb::parse(&sector, dev.size()).err()
+}
+
+fn errno_text(e: Errno) -> String {
+    e.to_string()
+}
+
+impl Volume {
+    /// Opens the filesystem on `dev`, detecting FAT or ext.
+    pub fn open(dev: Arc<dyn BlockDevice>, writable: bool, name: &str) -> Outcome<Volume> {
+        let (fs, kind): (Arc<dyn FileSystem>, FsKind) = if looks_like_fat(dev.as_ref()) {
+            let opts = FatOptions {
+                read_only: !writable,
+                uid: 0,
+                gid: 0,
+                dmask: 0o022,
+                fmask: 0o022,
+            };
+            let fs = FatFs::open(dev, opts)
+                .map_err(|e| fail!("{name}: corrupt or unsupported FAT filesystem: {e}"))?;
+            (Arc::new(fs), FsKind::Fat)
+        } else if looks_like_ext(dev.as_ref()) {
+            // The ext driver is gaining mount options; defaults for the rest.
+            #[allow(clippy::needless_update)]
+            let opts = ExtOptions {
+                read_only: !writable,
+                ..Default::default()
+            };
+            let fs = ExtFs::open(dev, opts)
+                .map_err(|e| fail!("{name}: corrupt or unsupported ext filesystem: {e}"))?;
+            (Arc::new(fs), FsKind::Ext)
+        } else {
+            if let Some(why) = broken_fat(dev.as_ref()) {
+                return Err(fail!(
+                    "{name}: corrupt FAT filesystem: {why} (fsck.fat may repair it)"
+                ));
+            }
+            return Err(fail!(
+                "{name}: no FAT or ext2/3/4 filesystem found (format it with `vuimg format`)"
+            ));
+        };
+        fs.init()
+            .map_err(|e| fail!("{name}: cannot start the filesystem: {e}"))?;
+        Ok(Volume {
+            // No eviction: the tool keeps inode numbers it resolved for the
+            // whole command, and an evicted entry's forget could let the
+            // driver drop a directory still in use. A command is short-lived.
+            resolver: PathResolver::with_capacity(fs.clone(), usize::MAX),
+            fs,
+            kind,
+            name: name.to_string(),
+            ctx: Context {
+                uid: 0,
+                gid: 0,
+                pid: std::process::id(),
+                umask: Some(0),
+            },
+            touched: Mutex::new(vec![2]),
+            created_dirs: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Writes everything back and closes the filesystem.
+    pub fn close(self) {
+        self.fs.destroy();
+    }
+
+    /// ext inode numbers this session created or changed.
+    pub fn touched_inodes(&self) -> Vec<u32> {
+        let mut v = self.touched.lock().expect("not poisoned").clone();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn touch(&self, ino: Ino) {
+        if self.kind == FsKind::Ext {
+            let raw = if ino == Ino::ROOT { 2 } else { ino.0 as u32 };
+            self.touched.lock().expect("not poisoned").push(raw);
+        }
+    }
+
+    fn err(&self, path: &str, e: Errno) -> Failure {
+        fail!("{}:{path}: {}", self.name, errno_text(e))
+    }
+
+    /// Space and inode counts.
+    pub fn statfs(&self) -> Outcome<StatFs> {
+        self.fs
+            .statfs(&self.ctx)
+            .map_err(|e| fail!("{}: statfs: {e}", self.name))
+    }
+
+    /// The entry `name` in directory `parent`, if any.
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Option<Attr>, Errno> {
+        match self.fs.lookup(&self.ctx, parent, name) {
+            Ok(e) => Ok(Some(e.attr)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Attributes of an inode.
+    pub fn getattr(&self, ino: Ino) -> Result<Attr, Errno> {
+        self.fs.getattr(&self.ctx, ino, None)
+    }
+
+    /// Follows an absolute path; `None` if some component is missing.
+    pub fn resolve(&self, path: &str) -> Outcome<Option<Attr>> {
+        match self.resolver.getattr(&self.ctx, std::path::Path::new(path)) {
+            Ok(a) => Ok(Some(a)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(self.err(path, e)),
+        }
+    }
+
+    /// Like [`Volume::resolve`] but a missing path is an error.
+    pub fn resolve_existing(&self, path: &str) -> Outcome<Attr> {
+        self.resolve(path)?
+            .ok_or_else(|| self.err(path, Errno::ENOENT))
+    }
+
+    /// Entries of a directory without `.` and `..`, sorted by name.
+    pub fn list(&self, dir: Ino) -> Result<Vec<(OsString, Ino, FileKind)>, Errno> {
+        let fh = self.fs.opendir(&self.ctx, dir)?;
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let mut got = 0;
+            let result = self.fs.readdir(&self.ctx, dir, fh, offset, &mut |e| {
+                got += 1;
+                offset = e.next_offset;
+                if e.name != "." && e.name != ".." {
+                    out.push((e.name.to_os_string(), e.ino, e.kind));
+                }
+                true
+            });
+            if let Err(e) = result {
+                let _ = self.fs.releasedir(&self.ctx, dir, fh);
+                return Err(e);
+            }
+            if got == 0 {
+                break;
+            }
+        }
+        let _ = self.fs.releasedir(&self.ctx, dir, fh);
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Target of a symbolic link.
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>, Errno> {
+        self.fs.readlink(&self.ctx, ino)
+    }
+
+    /// A reader over a file's bytes.
+    pub fn reader(&self, ino: Ino) -> Result<FileReader<'_>, Errno> {
+        let opened = self.fs.open(&self.ctx, ino, libc::O_RDONLY)?;
+        Ok(FileReader {
+            vol: self,
+            ino,
+            fh: opened.fh,
+            offset: 0,
+        })
+    }
+
+    /// The directory at `path`, created with its parents if missing.
+    pub fn mkdir_p(&self, path: &str, meta: Option<&Meta>) -> Outcome<Ino> {
+        if let Some(a) = self.resolve(path)? {
+            if a.kind != FileKind::Dir {
+                return Err(self.err(path, Errno::ENOTDIR));
+            }
+            return Ok(a.ino);
+        }
+        let mut ino = Ino::ROOT;
+        let mut so_far = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            so_far.push('/');
+            so_far.push_str(part);
+            ino = match self.resolver.child(&self.ctx, ino, OsStr::new(part)) {
+                Ok(child) => {
+                    let a = self.getattr(child).map_err(|e| self.err(&so_far, e))?;
+                    if a.kind != FileKind::Dir {
+                        return Err(self.err(&so_far, Errno::ENOTDIR));
+                    }
+                    child
+                }
+                Err(Errno::ENOENT) => {
+                    let made = self.mkdir(ino, OsStr::new(part), meta, &so_far)?;
+                    self.created_dirs
+                        .lock()
+                        .expect("not poisoned")
+                        .push((made, so_far.clone()));
+                    made
+                }
+                Err(e) => return Err(self.err(&so_far, e)),
+            };
+        }
+        Ok(ino)
+    }
+
+    /// Directories created by [`Volume::mkdir_p`] since the last call.
+    pub fn take_created_dirs(&self) -> Vec<(Ino, String)> {
+        std::mem::take(&mut *self.created_dirs.lock().expect("not poisoned"))
+    }
+
+    /// Creates directory `name` in `parent`.
+    pub fn mkdir(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        meta: Option<&Meta>,
+        shown: &str,
+    ) -> Outcome<Ino> {
+        let mode = meta.map_or(0o755, |m| m.perm);
+        let entry = self
+            .fs
+            .mkdir(&self.ctx, parent, name, mode)
+            .map_err(|e| self.err(shown, e))?;
+        self.touch(parent);
+        self.touch(entry.attr.ino);
+        Ok(entry.attr.ino)
+    }
+
+    /// Writes a regular file `name` in `parent` from `data` (replacing one
+    /// that exists) and returns its inode.
+    pub fn write_file(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        data: &mut dyn Read,
+        meta: Option<&Meta>,
+        shown: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> Outcome<Ino> {
+        let mode = meta.map_or(0o644, |m| m.perm);
+        let existing = self.lookup(parent, name).map_err(|e| self.err(shown, e))?;
+        let (ino, fh) = match existing {
+            Some(a) if a.kind == FileKind::Dir => return Err(self.err(shown, Errno::EISDIR)),
+            Some(a) => {
+                let opened = self
+                    .fs
+                    .open(&self.ctx, a.ino, libc::O_WRONLY | libc::O_TRUNC)
+                    .map_err(|e| self.err(shown, e))?;
+                let trunc = SetAttr {
+                    size: Some(0),
+                    fh: Some(opened.fh),
+                    ..Default::default()
+                };
+                self.fs
+                    .setattr(&self.ctx, a.ino, &trunc)
+                    .map_err(|e| self.err(shown, e))?;
+                (a.ino, opened.fh)
+            }
+            None => {
+                let (entry, opened) = self
+                    .fs
+                    .create(
+                        &self.ctx,
+                        parent,
+                        name,
+                        libc::S_IFREG | mode,
+                        libc::O_WRONLY,
+                    )
+                    .map_err(|e| self.err(shown, e))?;
+                (entry.attr.ino, opened.fh)
+            }
+        };
+        self.touch(parent);
+        self.touch(ino);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0u64;
+        let outcome = (|| -> Outcome {
+            loop {
+                let n = read_full(data, &mut buf).map_err(|e| fail!("{shown}: reading: {e}"))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let mut done = 0;
+                while done < n {
+                    let w = self
+                        .fs
+                        .write(&self.ctx, ino, fh, offset, &buf[done..n])
+                        .map_err(|e| self.err(shown, e))?;
+                    if w == 0 {
+                        return Err(self.err(shown, Errno::ENOSPC));
+                    }
+                    done += w;
+                    offset += w as u64;
+                }
+                progress(n as u64);
+            }
+        })();
+        let released = self.fs.release(&self.ctx, ino, fh);
+        outcome?;
+        released.map_err(|e| self.err(shown, e))?;
+        if let Some(m) = meta {
+            self.set_meta(ino, m, shown)?;
+        }
+        Ok(ino)
+    }
+
+    /// Creates a symbolic link (ext only; FAT has none).
+    pub fn symlink(&self, parent: Ino, name: &OsStr, target: &[u8], shown: &str) -> Outcome<Ino> {
+        use std::os::unix::ffi::OsStrExt;
+        if self.kind == FsKind::Fat {
+            return Err(fail!("{}:{shown}: FAT has no symbolic links", self.name));
+        }
+        let target = std::path::Path::new(OsStr::from_bytes(target));
+        let entry = self
+            .fs
+            .symlink(&self.ctx, parent, name, target)
+            .map_err(|e| self.err(shown, e))?;
+        self.touch(parent);
+        self.touch(entry.attr.ino);
+        Ok(entry.attr.ino)
+    }
+
+    /// Applies times (and, where the format keeps them, mode and owner).
+    pub fn set_meta(&self, ino: Ino, meta: &Meta, shown: &str) -> Outcome {
+        let mut set = SetAttr {
+            mtime: Some(SetTime::At(meta.mtime)),
+            atime: Some(SetTime::At(meta.atime)),
+            ..Default::default()
+        };
+        if self.kind.keeps_modes() {
+            set.mode = Some(meta.perm);
+            set.uid = Some(meta.uid);
+            set.gid = Some(meta.gid);
+        }
+        self.fs
+            .setattr(&self.ctx, ino, &set)
+            .map_err(|e| self.err(shown, e))?;
+        self.touch(ino);
+        Ok(())
+    }
+
+    /// Removes `name` from `parent`; directories only when `recursive`.
+    pub fn remove(&self, parent: Ino, name: &OsStr, recursive: bool, shown: &str) -> Outcome {
+        let attr = self
+            .lookup(parent, name)
+            .map_err(|e| self.err(shown, e))?
+            .ok_or_else(|| self.err(shown, Errno::ENOENT))?;
+        self.touch(parent);
+        if attr.kind == FileKind::Dir {
+            if !recursive {
+                return Err(fail!("{}:{shown}: is a directory (use -r)", self.name));
+            }
+            for (child, _, _) in self.list(attr.ino).map_err(|e| self.err(shown, e))? {
+                let child_shown = format!(
+                    "{}/{}",
+                    shown.trim_end_matches('/'),
+                    child.to_string_lossy()
+                );
+                self.remove(attr.ino, &child, true, &child_shown)?;
+            }
+            self.fs
+                .rmdir(&self.ctx, parent, name)
+                .map_err(|e| self.err(shown, e))?;
+        } else {
+            self.fs
+                .unlink(&self.ctx, parent, name)
+                .map_err(|e| self.err(shown, e))?;
+        }
+        self.resolver.invalidate(parent, name);
+        Ok(())
+    }
+
+    /// Renames within this filesystem.
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        shown: &str,
+    ) -> Outcome {
+        self.fs
+            .rename(&self.ctx, parent, name, new_parent, new_name, 0)
+            .map_err(|e| self.err(shown, e))?;
+        self.touch(parent);
+        self.touch(new_parent);
+        self.resolver.invalidate(parent, name);
+        self.resolver.invalidate(new_parent, new_name);
+        Ok(())
+    }
+}
+
+/// Reads until `buf` is full or the end.
+pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A file in a volume read as a stream; the handle is released on drop.
+pub struct FileReader<'a> {
+    vol: &'a Volume,
+    ino: Ino,
+    fh: vufuse::Fh,
+    offset: u64,
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self
+            .vol
+            .fs
+            .read(&self.vol.ctx, self.ino, self.fh, self.offset, buf)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.raw()))?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+impl Drop for FileReader<'_> {
+    fn drop(&mut self) {
+        let _ = self.vol.fs.release(&self.vol.ctx, self.ino, self.fh);
+    }
+}
