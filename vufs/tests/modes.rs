@@ -19,6 +19,19 @@ fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
 }
 
 #[test]
+fn the_mount_asks_for_a_wide_kernel_readahead() {
+    need_fuse!();
+    let s = Scratch::example();
+    let dir = s.lower.clone();
+    let m = Mounted::new(&s.upper, &dir, &["bind"]);
+    let dev = sh(&format!("mountpoint -d '{}'", dir.display()));
+    let kb = fs::read_to_string(format!("/sys/class/bdi/{}/read_ahead_kb", dev.trim()));
+    m.unmount();
+    // Root can set it (these tests run as root); FUSE's own default is 128.
+    assert_eq!(kb.unwrap().trim(), "4096");
+}
+
+#[test]
 fn bind_shows_source_alone() {
     need_fuse!();
     let s = Scratch::example();

@@ -505,6 +505,40 @@ impl Ready {
     }
 }
 
+/// Kernel read-ahead asked for on each mount, in KiB.
+const READ_AHEAD_KB: u32 = 4096;
+
+/// Raises the kernel's read-ahead window for the mount on `mountpoint` from FUSE's 128 KiB to
+/// [`READ_AHEAD_KB`], so a sequential reader is served by large requests, several in flight,
+/// instead of 128 KiB ones: cold sequential reads take about half the time and a third of the
+/// daemon's CPU. FUSE's INIT cannot raise it beyond 128 KiB; the mount's backing-device
+/// setting in sysfs can, for root. Without the privilege it stays as it was: a missed
+/// optimisation, not an error. Reads /proc/self/mountinfo rather than stat(2)ing the mount
+/// point, which would wait for this very daemon.
+fn widen_readahead(mountpoint: &Path) {
+    let Ok(mountinfo) = std::fs::read("/proc/self/mountinfo") else {
+        return;
+    };
+    if let Some(device) = mount_device(&mountinfo, mountpoint) {
+        let _ = std::fs::write(
+            format!("/sys/class/bdi/{device}/read_ahead_kb"),
+            READ_AHEAD_KB.to_string(),
+        );
+    }
+}
+
+/// The device (`MAJ:MIN`) of the last mount on `path` in a mountinfo text: the newest mount
+/// on a path is listed last, and that is the one just made.
+fn mount_device(mountinfo: &[u8], path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let wanted = path.as_os_str().as_bytes();
+    mountinfo.split(|&b| b == b'\n').rev().find_map(|line| {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        (fields.len() > 4 && unescape_mountinfo(fields[4]) == wanted)
+            .then(|| String::from_utf8_lossy(fields[2]).into_owned())
+    })
+}
+
 fn serve_until_unmounted<F>(
     spec: &DaemonSpec,
     invocation: &Invocation,
@@ -528,6 +562,8 @@ where
             .unwrap_or_else(|| spec.name.to_string())
     });
     let config = session_config(&invocation.options, &fsname, spec.name);
+    // Resolved before mounting: once mounted, resolving it would wait for this very daemon.
+    let mountpoint_abs = std::fs::canonicalize(&invocation.mountpoint).ok();
     let adapter = FuseAdapter::new(served.fs, invocation.debug);
     let session = fuser::Session::new(adapter, &invocation.mountpoint, &config).map_err(|e| {
         DaemonError::Failed(format!(
@@ -535,6 +571,9 @@ where
             invocation.mountpoint.display()
         ))
     })?;
+    if let Some(mountpoint) = &mountpoint_abs {
+        widen_readahead(mountpoint);
+    }
     if let Some(on_mounted) = served.on_mounted {
         on_mounted(KernelCache::new(session.notifier())).map_err(DaemonError::Failed)?;
     }
@@ -630,6 +669,18 @@ pub fn unmount(mountpoint: &Path) -> Result<Unmounted, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_mount_on_a_path_gives_the_device() {
+        let info = b"36 35 98:0 / /mnt/a\\040b rw - ext3 /dev/root rw\n\
+                     40 36 0:52 / /mnt/a\\040b rw - fuse.vufs x rw\n\
+                     37 35 0:5 / /proc rw - proc proc rw\n";
+        assert_eq!(
+            mount_device(info, Path::new("/mnt/a b")).as_deref(),
+            Some("0:52")
+        );
+        assert_eq!(mount_device(info, Path::new("/mnt")), None);
+    }
 
     const SPEC: DaemonSpec = DaemonSpec {
         name: "vutest",
