@@ -24,7 +24,7 @@ use rustix::io::Errno as HostErrno;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -1316,6 +1316,37 @@ impl VuFs {
                     Err(e) if errno_is(e, &[Errno::ENOENT, Errno::ENOTDIR, Errno::ELOOP]) => None,
                     Err(e) => return Err(e),
                 };
+                // `.-/PATH` holds the whiteouts of this directory's names and their vstat
+                // files; a vstat `type=` (a faked device node) is the entry's type too, so
+                // the listing agrees with stat.
+                let mut whiteouts: HashSet<OsString> = HashSet::new();
+                let mut vstats: HashSet<OsString> = HashSet::new();
+                if let (Some(meta), true) = (self.meta(), self.meta_used.load(Ordering::Relaxed)) {
+                    if let Ok(entries) = host::list_dir(meta, path) {
+                        for e in entries {
+                            if e.kind != Some(libc::S_IFREG) {
+                                continue;
+                            }
+                            if layer::is_vstat_name(&e.name) {
+                                let mut base = e.name.into_vec();
+                                base.pop();
+                                vstats.insert(OsString::from_vec(base));
+                            } else {
+                                whiteouts.insert(e.name);
+                            }
+                        }
+                    }
+                }
+                let upper_kind = |e: &host::HostEntry| -> FileKind {
+                    if vstats.contains(&e.name) {
+                        if let Some(kind) =
+                            self.read_vstat(&path.join(&e.name)).and_then(|v| v.kind)
+                        {
+                            return kind_of(kind);
+                        }
+                    }
+                    kind_at(self.upper.as_fd(), e)
+                };
                 let mut seen: HashSet<OsString> = HashSet::new();
                 let upper_is_dir = upper.is_some();
                 for e in upper.unwrap_or_default() {
@@ -1324,22 +1355,14 @@ impl VuFs {
                         continue;
                     }
                     seen.insert(e.name.clone());
-                    if !f(&e.name, kind_at(self.upper.as_fd(), &e), e.ino) {
+                    if !f(&e.name, upper_kind(&e), e.ino) {
                         return Ok(());
                     }
                 }
                 if !upper_is_dir && self.deleted(path) {
                     return Ok(());
                 }
-                if let (Some(meta), true) = (self.meta(), self.meta_used.load(Ordering::Relaxed)) {
-                    if let Ok(wh) = host::list_dir(meta, path) {
-                        for e in wh {
-                            if e.kind == Some(libc::S_IFREG) {
-                                seen.insert(e.name);
-                            }
-                        }
-                    }
-                }
+                seen.extend(whiteouts);
                 let lower = match host::list_dir(self.lower.as_fd(), path) {
                     Ok(list) => list,
                     Err(_) => return Ok(()),

@@ -158,6 +158,19 @@ fn cow_mknod_is_faked_through_vstat() {
         .file_type()
         .is_fifo());
     m.unmount();
+    // Re-mounted, the listing's entry types (d_type) agree with stat for the faked device.
+    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let listed: Vec<(String, bool)> = fs::read_dir(&s.lower)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, e.file_type().unwrap().is_char_device())
+        })
+        .filter(|(name, _)| name == "cdev")
+        .collect();
+    m.unmount();
+    assert_eq!(listed, vec![("cdev".to_string(), true)]);
     assert!(s.up("cdev").is_file(), "a regular file in SOURCE");
     let vstat = fs::read_to_string(s.upper.join(".-/cdev\u{7f}")).unwrap();
     assert!(vstat.contains("type=c\n"), "{vstat}");
