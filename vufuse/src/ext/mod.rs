@@ -37,10 +37,6 @@ use vudev::{BlockDevice, Errno, Result};
 struct ExtFsHandle {
     _private: [u8; 0],
 }
-#[repr(C)]
-struct ExtFileHandle {
-    _private: [u8; 0],
-}
 
 /// The device as the shim sees it (mirrors `struct vx_dev`).
 #[repr(C)]
@@ -115,13 +111,6 @@ extern "C" {
         ino: *mut u32,
     ) -> c_int;
     fn vx_readdir(fs: *mut ExtFsHandle, dir: u32, cb: DirentCb, ctx: *mut c_void) -> c_int;
-    fn vx_file_open(
-        fs: *mut ExtFsHandle,
-        ino: u32,
-        write: c_int,
-        out: *mut *mut ExtFileHandle,
-    ) -> c_int;
-    fn vx_file_close(f: *mut ExtFileHandle) -> c_int;
     fn vx_readlink(
         fs: *mut ExtFsHandle,
         ino: u32,
@@ -199,13 +188,6 @@ extern "C" {
         ns: u32,
         freed: *mut u32,
     ) -> c_int;
-    fn vx_file_write(
-        f: *mut ExtFileHandle,
-        offset: u64,
-        buf: *const c_void,
-        len: usize,
-        done: *mut usize,
-    ) -> c_int;
     fn vx_read_ino(
         fs: *mut ExtFsHandle,
         ino: u32,
@@ -216,6 +198,18 @@ extern "C" {
         got: *mut usize,
     ) -> c_int;
     fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
+    fn vx_sync_meta(fs: *mut ExtFsHandle) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    fn vx_write_ino(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        offset: u64,
+        buf: *const c_void,
+        len: usize,
+        s: i64,
+        ns: u32,
+        done: *mut usize,
+    ) -> c_int;
     #[allow(clippy::too_many_arguments)]
     fn vx_setattr(
         fs: *mut ExtFsHandle,
@@ -386,21 +380,15 @@ impl Handles {
         }
     }
 
-    /// Runs `f` with a libext2fs file handle for `ino`, closed afterwards.
-    fn with_file<T>(
-        &self,
-        ino: u32,
-        write: bool,
-        f: impl FnOnce(*mut ExtFileHandle) -> Result<T>,
-    ) -> Result<T> {
-        let mut file: *mut ExtFileHandle = std::ptr::null_mut();
-        // SAFETY: self.fs is open; file is a valid out-pointer.
-        check(unsafe { vx_file_open(self.fs, ino, c_int::from(write), &mut file) })?;
-        let result = f(file);
-        // SAFETY: file was opened just above and is closed once, here.
-        let closed = check(unsafe { vx_file_close(file) });
+    /// Writes the allocation metadata a change touched (bitmaps and
+    /// descriptors of the changed groups, the superblock), so the image is
+    /// consistent after every operation, not only at unmount. Runs after
+    /// failed operations too: they may have changed something before failing.
+    fn commit<T>(&self, result: Result<T>) -> Result<T> {
+        // SAFETY: self.fs is open; on a read-only mount this does nothing.
+        let synced = check(unsafe { vx_sync_meta(self.fs) });
         let value = result?;
-        closed.map(|()| value)
+        synced.map(|()| value)
     }
 }
 
@@ -677,7 +665,7 @@ impl ExtFs {
         let (s, ns) = split_time(SystemTime::now());
         let (mut ino, mut last) = (0u32, 0 as c_int);
         // SAFETY: h.fs is open; name is NUL-terminated; outputs are valid pointers.
-        check(unsafe {
+        let removed = check(unsafe {
             vx_unlink(
                 h.fs,
                 ext_ino(parent),
@@ -688,11 +676,15 @@ impl ExtFs {
                 &mut ino,
                 &mut last,
             )
-        })?;
-        if last != 0 {
-            h.free_when_closed(ino)?;
-        }
-        Ok(())
+        });
+        let result = removed.and_then(|()| {
+            if last != 0 {
+                h.free_when_closed(ino)
+            } else {
+                Ok(())
+            }
+        });
+        h.commit(result)
     }
 
     fn lock(&self) -> MutexGuard<'_, Handles> {
@@ -885,20 +877,22 @@ impl FileSystem for ExtFs {
     fn write(&self, _ctx: &Context, ino: Ino, _fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
         self.writable()?;
         let h = self.lock();
-        h.with_file(ext_ino(ino), true, |file| {
-            let mut done = 0usize;
-            // SAFETY: file is open for writing; data is readable for its length.
-            check(unsafe {
-                vx_file_write(
-                    file,
-                    offset,
-                    data.as_ptr() as *const c_void,
-                    data.len(),
-                    &mut done,
-                )
-            })?;
-            Ok(done)
-        })
+        let (s, ns) = split_time(SystemTime::now());
+        let mut done = 0usize;
+        // SAFETY: h.fs is open; data is readable for its length; done is a valid out-pointer.
+        let result = check(unsafe {
+            vx_write_ino(
+                h.fs,
+                ext_ino(ino),
+                offset,
+                data.as_ptr() as *const c_void,
+                data.len(),
+                s,
+                ns,
+                &mut done,
+            )
+        });
+        h.commit(result.map(|()| done))
     }
 
     fn release(&self, _ctx: &Context, _ino: Ino, fh: Fh) -> Result<()> {
@@ -907,7 +901,8 @@ impl FileSystem for ExtFs {
         if let Some(ino) = h.files.remove(&fh.0) {
             if h.open_count(ino) == 0 && h.orphans.remove(&ino) {
                 // SAFETY: h.fs is open; the orphan's last link is gone and its last handle closed.
-                check(unsafe { vx_free_inode(h.fs, ino) })?;
+                let freed = check(unsafe { vx_free_inode(h.fs, ino) });
+                h.commit(freed)?;
             }
         }
         Ok(())
@@ -931,7 +926,8 @@ impl FileSystem for ExtFs {
                 return Err(Errno::EISDIR);
             }
             // SAFETY: h.fs is open.
-            check(unsafe { vx_truncate(h.fs, target, size) })?;
+            let truncated = check(unsafe { vx_truncate(h.fs, target, size) });
+            h.commit(truncated)?;
         }
         let _ = ctx;
         let (now_s, now_ns) = split_time(SystemTime::now());
@@ -944,7 +940,7 @@ impl FileSystem for ExtFs {
             .map(|t| split_time(t.resolve()))
             .unwrap_or_default();
         // SAFETY: h.fs is open; all arguments are plain values.
-        check(unsafe {
+        let changed = check(unsafe {
             vx_setattr(
                 h.fs,
                 target,
@@ -963,7 +959,8 @@ impl FileSystem for ExtFs {
                 now_s,
                 now_ns,
             )
-        })?;
+        });
+        h.commit(changed)?;
         Ok(Self::attr(&Self::stat(&h, target)?))
     }
 
@@ -981,7 +978,7 @@ impl FileSystem for ExtFs {
         let (s, ns) = split_time(SystemTime::now());
         let mut ino = 0u32;
         // SAFETY: h.fs is open; name is a NUL-terminated string; ino is a valid out-pointer.
-        check(unsafe {
+        let made = check(unsafe {
             vx_mknod(
                 h.fs,
                 ext_ino(parent),
@@ -994,7 +991,8 @@ impl FileSystem for ExtFs {
                 ns,
                 &mut ino,
             )
-        })?;
+        });
+        h.commit(made)?;
         Self::entry_of(&h, ino)
     }
 
@@ -1026,7 +1024,7 @@ impl FileSystem for ExtFs {
         let (s, ns) = split_time(SystemTime::now());
         let mut ino = 0u32;
         // SAFETY: as in mknod.
-        check(unsafe {
+        let made = check(unsafe {
             vx_mkdir(
                 h.fs,
                 ext_ino(parent),
@@ -1038,7 +1036,8 @@ impl FileSystem for ExtFs {
                 ns,
                 &mut ino,
             )
-        })?;
+        });
+        h.commit(made)?;
         Self::entry_of(&h, ino)
     }
 
@@ -1057,7 +1056,7 @@ impl FileSystem for ExtFs {
         let (s, ns) = split_time(SystemTime::now());
         let mut ino = 0u32;
         // SAFETY: as in mknod; target is a NUL-terminated string.
-        check(unsafe {
+        let made = check(unsafe {
             vx_symlink(
                 h.fs,
                 ext_ino(parent),
@@ -1069,7 +1068,8 @@ impl FileSystem for ExtFs {
                 ns,
                 &mut ino,
             )
-        })?;
+        });
+        h.commit(made)?;
         Self::entry_of(&h, ino)
     }
 
@@ -1079,7 +1079,7 @@ impl FileSystem for ExtFs {
         let h = self.lock();
         let (s, ns) = split_time(SystemTime::now());
         // SAFETY: h.fs is open; name is NUL-terminated.
-        check(unsafe {
+        let linked = check(unsafe {
             vx_link(
                 h.fs,
                 ext_ino(ino),
@@ -1088,7 +1088,8 @@ impl FileSystem for ExtFs {
                 s,
                 ns,
             )
-        })?;
+        });
+        h.commit(linked)?;
         Self::entry_of(&h, ext_ino(ino))
     }
 
@@ -1122,7 +1123,7 @@ impl FileSystem for ExtFs {
         let (s, ns) = split_time(SystemTime::now());
         let mut freed = 0u32;
         // SAFETY: h.fs is open; both names are NUL-terminated; freed is a valid out-pointer.
-        check(unsafe {
+        let renamed = check(unsafe {
             vx_rename(
                 h.fs,
                 ext_ino(parent),
@@ -1134,11 +1135,15 @@ impl FileSystem for ExtFs {
                 ns,
                 &mut freed,
             )
-        })?;
-        if freed != 0 {
-            h.free_when_closed(freed)?;
-        }
-        Ok(())
+        });
+        let result = renamed.and_then(|()| {
+            if freed != 0 {
+                h.free_when_closed(freed)
+            } else {
+                Ok(())
+            }
+        });
+        h.commit(result)
     }
 
     fn setxattr(
@@ -1161,7 +1166,10 @@ impl FileSystem for ExtFs {
             value.as_ptr() as *const c_void
         };
         // SAFETY: h.fs is open; name is NUL-terminated; ptr is readable for value.len() bytes.
-        check(unsafe { vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), ptr, value.len(), c_flags) })
+        let set = check(unsafe {
+            vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), ptr, value.len(), c_flags)
+        });
+        h.commit(set)
     }
 
     fn removexattr(&self, _ctx: &Context, ino: Ino, name: &OsStr) -> Result<()> {
@@ -1169,7 +1177,10 @@ impl FileSystem for ExtFs {
         let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
         let h = self.lock();
         // SAFETY: h.fs is open; name is NUL-terminated; a null value means remove.
-        check(unsafe { vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), std::ptr::null(), 0, 0) })
+        let removed = check(unsafe {
+            vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), std::ptr::null(), 0, 0)
+        });
+        h.commit(removed)
     }
 
     fn destroy(&self) {
