@@ -134,6 +134,7 @@ extern "C" {
         gid: u32,
         s: i64,
         ns: u32,
+        known_absent: c_int,
         out: *mut u32,
     ) -> c_int;
     fn vx_mkdir(
@@ -145,6 +146,7 @@ extern "C" {
         gid: u32,
         s: i64,
         ns: u32,
+        known_absent: c_int,
         out: *mut u32,
     ) -> c_int;
     fn vx_symlink(
@@ -156,6 +158,7 @@ extern "C" {
         gid: u32,
         s: i64,
         ns: u32,
+        known_absent: c_int,
         out: *mut u32,
     ) -> c_int;
     fn vx_link(
@@ -165,6 +168,7 @@ extern "C" {
         name: *const c_char,
         s: i64,
         ns: u32,
+        known_absent: c_int,
     ) -> c_int;
     fn vx_unlink(
         fs: *mut ExtFsHandle,
@@ -362,6 +366,39 @@ struct Handles {
     dirs: HashMap<u64, Vec<(u32, FileKind, Vec<u8>)>>,
     /// Inodes whose last link went while open: freed at their last close.
     orphans: HashSet<u32>,
+    /// Names of directories looked up in, so lookups (positive and
+    /// negative) and the existence check of a create skip libext2fs's
+    /// linear scan. Kept in step by every change made here; "." and ".."
+    /// are not cached.
+    names: HashMap<u32, HashMap<Vec<u8>, u32>>,
+    /// Entries held in `names`, bounded by [`NAME_CACHE_LIMIT`].
+    cached_names: usize,
+}
+
+/// At most this many names are cached (about 100 bytes each).
+const NAME_CACHE_LIMIT: usize = 500_000;
+
+extern "C" fn collect_name(
+    ctx: *mut c_void,
+    ino: u32,
+    _file_type: c_int,
+    name: *const c_char,
+    len: usize,
+) -> c_int {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: ctx is the map passed by `Handles::names_of`, alive for the
+        // whole iteration; name points at len bytes inside libext2fs's block buffer.
+        let (out, name) = unsafe {
+            (
+                &mut *(ctx as *mut HashMap<Vec<u8>, u32>),
+                std::slice::from_raw_parts(name as *const u8, len),
+            )
+        };
+        if name != b"." && name != b".." && ino != 0 {
+            out.insert(name.to_vec(), ino);
+        }
+    }));
+    c_int::from(outcome.is_err())
 }
 
 impl Handles {
@@ -371,12 +408,80 @@ impl Handles {
 
     /// Frees `ino` now if nobody has it open, else when the last handle closes.
     fn free_when_closed(&mut self, ino: u32) -> Result<()> {
+        self.forget_dir(ino);
         if self.open_count(ino) > 0 {
             self.orphans.insert(ino);
             Ok(())
         } else {
             // SAFETY: self.fs is open; ino's last link is gone.
             check(unsafe { vx_free_inode(self.fs, ino) })
+        }
+    }
+
+    /// The inode `name` in `dir` leads to, from the name cache (filled from
+    /// the directory on first use); `ENOENT` if absent.
+    fn lookup_cached(&mut self, dir: u32, name: &[u8]) -> Result<u32> {
+        if name == b"." || name == b".." {
+            let mut ino = 0u32;
+            // SAFETY: self.fs is open; name is valid for name.len() bytes.
+            check(unsafe {
+                vx_lookup(
+                    self.fs,
+                    dir,
+                    name.as_ptr() as *const c_char,
+                    name.len(),
+                    &mut ino,
+                )
+            })?;
+            return Ok(ino);
+        }
+        if !self.names.contains_key(&dir) {
+            let mut names: HashMap<Vec<u8>, u32> = HashMap::new();
+            // SAFETY: self.fs is open; the callback only touches `names`, alive for the call.
+            check(unsafe {
+                vx_readdir(
+                    self.fs,
+                    dir,
+                    collect_name,
+                    &mut names as *mut _ as *mut c_void,
+                )
+            })?;
+            if self.cached_names + names.len() > NAME_CACHE_LIMIT {
+                self.names.clear();
+                self.cached_names = 0;
+            }
+            self.cached_names += names.len();
+            self.names.insert(dir, names);
+        }
+        self.names[&dir].get(name).copied().ok_or(Errno::ENOENT)
+    }
+
+    /// Whether `name` is known to be absent from `dir` (false: unknown or present).
+    fn known_absent(&self, dir: u32, name: &[u8]) -> bool {
+        self.names
+            .get(&dir)
+            .is_some_and(|names| !names.contains_key(name))
+    }
+
+    /// Records that `name` in `dir` now leads to `ino` (after a successful
+    /// create or link), or forgets the directory after a failure.
+    fn note_added(&mut self, dir: u32, name: &[u8], result: &Result<u32>) {
+        match result {
+            Ok(ino) => {
+                if let Some(names) = self.names.get_mut(&dir) {
+                    if names.insert(name.to_vec(), *ino).is_none() {
+                        self.cached_names += 1;
+                    }
+                }
+            }
+            Err(_) => self.forget_dir(dir),
+        }
+    }
+
+    /// Drops the cached names of `dir` (changed in a way not tracked, or gone).
+    fn forget_dir(&mut self, dir: u32) {
+        if let Some(names) = self.names.remove(&dir) {
+            self.cached_names -= names.len();
         }
     }
 
@@ -629,6 +734,8 @@ impl ExtFs {
                 next_read: HashMap::new(),
                 dirs: HashMap::new(),
                 orphans: HashSet::new(),
+                names: HashMap::new(),
+                cached_names: 0,
             }),
             device,
             read_only,
@@ -677,6 +784,16 @@ impl ExtFs {
                 &mut last,
             )
         });
+        match &removed {
+            Ok(()) => {
+                if let Some(names) = h.names.get_mut(&ext_ino(parent)) {
+                    if names.remove(name.as_bytes()).is_some() {
+                        h.cached_names -= 1;
+                    }
+                }
+            }
+            Err(_) => h.forget_dir(ext_ino(parent)),
+        }
         let result = removed.and_then(|()| {
             if last != 0 {
                 h.free_when_closed(ino)
@@ -788,22 +905,12 @@ impl FileSystem for ExtFs {
     }
 
     fn lookup(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<Entry> {
-        let h = self.lock();
+        let mut h = self.lock();
         let bytes = name.as_bytes();
         if bytes.len() > 255 {
             return Err(Errno::ENAMETOOLONG);
         }
-        let mut ino = 0u32;
-        // SAFETY: h.fs is open; name is valid for bytes.len() bytes.
-        check(unsafe {
-            vx_lookup(
-                h.fs,
-                ext_ino(parent),
-                bytes.as_ptr() as *const c_char,
-                bytes.len(),
-                &mut ino,
-            )
-        })?;
+        let ino = h.lookup_cached(ext_ino(parent), bytes)?;
         let st = Self::stat(&h, ino)?;
         Ok(Entry {
             attr: Self::attr(&st),
@@ -974,7 +1081,8 @@ impl FileSystem for ExtFs {
     ) -> Result<Entry> {
         self.writable()?;
         let name = c_name(name)?;
-        let h = self.lock();
+        let mut h = self.lock();
+        let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         let mut ino = 0u32;
         // SAFETY: h.fs is open; name is a NUL-terminated string; ino is a valid out-pointer.
@@ -989,10 +1097,13 @@ impl FileSystem for ExtFs {
                 ctx.gid,
                 s,
                 ns,
+                absent,
                 &mut ino,
             )
         });
-        h.commit(made)?;
+        let made = h.commit(made).map(|()| ino);
+        h.note_added(ext_ino(parent), name.as_bytes(), &made);
+        made?;
         Self::entry_of(&h, ino)
     }
 
@@ -1020,7 +1131,8 @@ impl FileSystem for ExtFs {
     fn mkdir(&self, ctx: &Context, parent: Ino, name: &OsStr, mode: u32) -> Result<Entry> {
         self.writable()?;
         let name = c_name(name)?;
-        let h = self.lock();
+        let mut h = self.lock();
+        let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         let mut ino = 0u32;
         // SAFETY: as in mknod.
@@ -1034,10 +1146,13 @@ impl FileSystem for ExtFs {
                 ctx.gid,
                 s,
                 ns,
+                absent,
                 &mut ino,
             )
         });
-        h.commit(made)?;
+        let made = h.commit(made).map(|()| ino);
+        h.note_added(ext_ino(parent), name.as_bytes(), &made);
+        made?;
         Self::entry_of(&h, ino)
     }
 
@@ -1052,7 +1167,8 @@ impl FileSystem for ExtFs {
         let name = c_name(name)?;
         let target =
             std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-        let h = self.lock();
+        let mut h = self.lock();
+        let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         let mut ino = 0u32;
         // SAFETY: as in mknod; target is a NUL-terminated string.
@@ -1066,17 +1182,21 @@ impl FileSystem for ExtFs {
                 ctx.gid,
                 s,
                 ns,
+                absent,
                 &mut ino,
             )
         });
-        h.commit(made)?;
+        let made = h.commit(made).map(|()| ino);
+        h.note_added(ext_ino(parent), name.as_bytes(), &made);
+        made?;
         Self::entry_of(&h, ino)
     }
 
     fn link(&self, _ctx: &Context, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
         self.writable()?;
         let name = c_name(new_name)?;
-        let h = self.lock();
+        let mut h = self.lock();
+        let absent = c_int::from(h.known_absent(ext_ino(new_parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         // SAFETY: h.fs is open; name is NUL-terminated.
         let linked = check(unsafe {
@@ -1087,9 +1207,12 @@ impl FileSystem for ExtFs {
                 name.as_ptr(),
                 s,
                 ns,
+                absent,
             )
         });
-        h.commit(linked)?;
+        let linked = h.commit(linked).map(|()| ext_ino(ino));
+        h.note_added(ext_ino(new_parent), name.as_bytes(), &linked);
+        linked?;
         Self::entry_of(&h, ext_ino(ino))
     }
 
@@ -1122,6 +1245,8 @@ impl FileSystem for ExtFs {
             | (c_int::from(flags & RENAME_EXCHANGE != 0) << 1);
         let (s, ns) = split_time(SystemTime::now());
         let mut freed = 0u32;
+        h.forget_dir(ext_ino(parent));
+        h.forget_dir(ext_ino(new_parent));
         // SAFETY: h.fs is open; both names are NUL-terminated; freed is a valid out-pointer.
         let renamed = check(unsafe {
             vx_rename(

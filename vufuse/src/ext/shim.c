@@ -623,10 +623,76 @@ static int vx_ft(uint32_t mode)
 	return EXT2_FT_UNKNOWN;
 }
 
+/* Adds name to the last block of a linear (unindexed) directory when it
+ * has room: that is where the free space of a directory filled in order
+ * is, and ext2fs_link would scan every block before it (quadratic over a
+ * directory of thousands of files). Sets *done when it added the entry;
+ * anything unusual (indexed, inline, no room, odd block) leaves it to
+ * ext2fs_link. */
+static errcode_t vx_append_linear(ext2_filsys fs, uint32_t dir, const char *name, uint32_t ino, int ft, int *done)
+{
+	*done = 0;
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, dir, &in);
+	if (err)
+		return err;
+	if (!LINUX_S_ISDIR(in.i_mode) || (in.i_flags & (EXT2_INDEX_FL | EXT4_INLINE_DATA_FL)))
+		return 0;
+	uint64_t size = EXT2_I_SIZE(&in);
+	if (size < fs->blocksize || size % fs->blocksize)
+		return 0;
+	blk64_t pblk = 0;
+	if (ext2fs_bmap2(fs, dir, &in, NULL, 0, size / fs->blocksize - 1, NULL, &pblk) || !pblk)
+		return 0;
+	char *buf = malloc(fs->blocksize);
+	if (!buf)
+		return EXT2_ET_NO_MEMORY;
+	if (ext2fs_read_dir_block4(fs, pblk, buf, 0, dir)) {
+		free(buf);
+		return 0;
+	}
+	size_t namelen = strlen(name);
+	unsigned int need = EXT2_DIR_REC_LEN(namelen);
+	unsigned int end = fs->blocksize;
+	if (ext2fs_has_feature_metadata_csum(fs->super))
+		end -= sizeof(struct ext2_dir_entry_tail);
+	unsigned int offset = 0;
+	while (offset + 8 <= end) {
+		struct ext2_dir_entry *d = (struct ext2_dir_entry *)(buf + offset);
+		unsigned int rec_len = 0;
+		if (ext2fs_get_rec_len(fs, d, &rec_len) || rec_len < 8 || rec_len % 4 || offset + rec_len > end)
+			break; /* not what we expect: let the library deal with it */
+		unsigned int used = d->inode ? EXT2_DIR_REC_LEN(ext2fs_dirent_name_len(d)) : 0;
+		if (used <= rec_len && rec_len - used >= need) {
+			struct ext2_dir_entry *n = d;
+			if (used) {
+				ext2fs_set_rec_len(fs, used, d);
+				n = (struct ext2_dir_entry *)(buf + offset + used);
+			}
+			ext2fs_set_rec_len(fs, rec_len - used, n);
+			n->inode = ino;
+			ext2fs_dirent_set_name_len(n, (int)namelen);
+			ext2fs_dirent_set_file_type(n, ext2fs_has_feature_filetype(fs->super) ? ft : 0);
+			memcpy(n->name, name, namelen);
+			err = ext2fs_write_dir_block4(fs, pblk, buf, 0, dir);
+			if (!err)
+				*done = 1;
+			break;
+		}
+		offset += rec_len;
+	}
+	free(buf);
+	return err;
+}
+
 /* ext2fs_link, growing the directory when it is full. */
 static errcode_t vx_link_grow(ext2_filsys fs, uint32_t dir, const char *name, uint32_t ino, int ft)
 {
-	errcode_t err = ext2fs_link(fs, dir, name, ino, ft);
+	int done = 0;
+	errcode_t err = vx_append_linear(fs, dir, name, ino, ft, &done);
+	if (err || done)
+		return err;
+	err = ext2fs_link(fs, dir, name, ino, ft);
 	if (err == EXT2_ET_DIR_NO_SPACE) {
 		err = ext2fs_expand_dir(fs, dir);
 		if (!err)
@@ -656,12 +722,12 @@ static errcode_t vx_touch_dir(ext2_filsys fs, uint32_t dir, int64_t s, uint32_t 
 
 /* Creates a non-directory inode (regular, device, fifo, socket) named name in dir. */
 int vx_mknod(ext2_filsys fs, uint32_t dir, const char *name, uint32_t mode, uint32_t rdev,
-	     uint32_t uid, uint32_t gid, int64_t s, uint32_t ns, uint32_t *out)
+	     uint32_t uid, uint32_t gid, int64_t s, uint32_t ns, int known_absent, uint32_t *out)
 {
 	if (!vx_name_ok(name))
 		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
 	ext2_ino_t existing;
-	if (ext2fs_lookup(fs, dir, name, strlen(name), NULL, &existing) == 0)
+	if (!known_absent && ext2fs_lookup(fs, dir, name, strlen(name), NULL, &existing) == 0)
 		return EEXIST;
 	ext2_ino_t ino;
 	errcode_t err = ext2fs_new_inode(fs, dir, mode, 0, &ino);
@@ -735,12 +801,12 @@ static errcode_t vx_own(ext2_filsys fs, uint32_t ino, uint32_t mode_bits, uint32
 }
 
 int vx_mkdir(ext2_filsys fs, uint32_t dir, const char *name, uint32_t mode, uint32_t uid, uint32_t gid,
-	     int64_t s, uint32_t ns, uint32_t *out)
+	     int64_t s, uint32_t ns, int known_absent, uint32_t *out)
 {
 	if (!vx_name_ok(name))
 		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
 	ext2_ino_t ino;
-	if (ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino) == 0)
+	if (!known_absent && ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino) == 0)
 		return EEXIST;
 	errcode_t err = ext2fs_mkdir(fs, dir, 0, name);
 	if (err == EXT2_ET_DIR_NO_SPACE) {
@@ -761,12 +827,12 @@ int vx_mkdir(ext2_filsys fs, uint32_t dir, const char *name, uint32_t mode, uint
 }
 
 int vx_symlink(ext2_filsys fs, uint32_t dir, const char *name, const char *target, uint32_t uid, uint32_t gid,
-	       int64_t s, uint32_t ns, uint32_t *out)
+	       int64_t s, uint32_t ns, int known_absent, uint32_t *out)
 {
 	if (!vx_name_ok(name))
 		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
 	ext2_ino_t ino;
-	if (ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino) == 0)
+	if (!known_absent && ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino) == 0)
 		return EEXIST;
 	if (strlen(target) >= fs->blocksize)
 		return ENAMETOOLONG;
@@ -805,12 +871,12 @@ static errcode_t vx_adjust_links(ext2_filsys fs, uint32_t ino, int delta, int64_
 	return ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
 }
 
-int vx_link(ext2_filsys fs, uint32_t ino, uint32_t dir, const char *name, int64_t s, uint32_t ns)
+int vx_link(ext2_filsys fs, uint32_t ino, uint32_t dir, const char *name, int64_t s, uint32_t ns, int known_absent)
 {
 	if (!vx_name_ok(name))
 		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
 	ext2_ino_t existing;
-	if (ext2fs_lookup(fs, dir, name, strlen(name), NULL, &existing) == 0)
+	if (!known_absent && ext2fs_lookup(fs, dir, name, strlen(name), NULL, &existing) == 0)
 		return EEXIST;
 	struct ext2_inode in;
 	errcode_t err = ext2fs_read_inode(fs, ino, &in);
