@@ -79,11 +79,11 @@ fn widen_readahead(mountpoint: &Path) {
     // The last mount on that path is ours; field 3 is its device MAJ:MIN.
     let device = mountinfo
         .lines()
-        .filter_map(|line| {
+        .rev()
+        .find_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
             (fields.len() > 4 && fields[4] == escaped).then(|| fields[2].to_string())
-        })
-        .last();
+        });
     if let Some(device) = device {
         let _ = std::fs::write(
             format!("/sys/class/bdi/{device}/read_ahead_kb"),
