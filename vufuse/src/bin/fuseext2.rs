@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
-use vufuse::ext::{looks_like_ext, ExtFs, ExtOptions};
+use vufuse::ext::{looks_like_ext, ExtFs, ExtOptions, ExtView};
 use vufuse::options::WritePolicy;
 use vufuse::source::open_source;
 
@@ -19,7 +19,10 @@ const SPEC: DaemonSpec = DaemonSpec {
     source: SourceArg::Required("IMAGE"),
     mountpoint: MountpointKind::Directory,
     write_policy: WritePolicy::ReadOnlyUnlessRw,
-    extra_options: "  part=N                   partition N of a partitioned image (Linux numbering;\n                           default: the only ext partition)\n",
+    extra_options: "  part=N                   partition N of a partitioned image (Linux numbering;\n                           default: the only ext partition)\n  \
+                    uid=N, gid=N             report every file as owned by user N / group N\n  \
+                    umask=M                  report every file with permissions 0777 & ~M (octal)\n  \
+                    fakeroot                 act as root: new files are owned by 0:0\n",
 };
 
 fn main() -> ExitCode {
@@ -39,7 +42,13 @@ fn main() -> ExitCode {
                 read_only: options.read_only,
             },
         )
-        .map_err(|e| format!("{}: {e}", source.display()))?;
+        .map_err(|e| format!("{}: {e}", source.display()))?
+        .with_view(ExtView {
+            uid: options.uid,
+            gid: options.gid,
+            umask: options.umask,
+            fakeroot: options.fakeroot,
+        });
         let label = fs.label().to_string();
         let mut served = Served::new(Arc::new(fs));
         served.fsname = (!label.is_empty()).then_some(label);
@@ -77,13 +86,10 @@ fn widen_readahead(mountpoint: &Path) {
         }
     }
     // The last mount on that path is ours; field 3 is its device MAJ:MIN.
-    let device = mountinfo
-        .lines()
-        .rev()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            (fields.len() > 4 && fields[4] == escaped).then(|| fields[2].to_string())
-        });
+    let device = mountinfo.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        (fields.len() > 4 && fields[4] == escaped).then(|| fields[2].to_string())
+    });
     if let Some(device) = device {
         let _ = std::fs::write(
             format!("/sys/class/bdi/{device}/read_ahead_kb"),

@@ -203,6 +203,7 @@ extern "C" {
     ) -> c_int;
     fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
     fn vx_sync_meta(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_check_extents(fs: *mut ExtFsHandle, ino: u32) -> c_int;
     #[allow(clippy::too_many_arguments)]
     fn vx_write_ino(
         fs: *mut ExtFsHandle,
@@ -510,6 +511,23 @@ pub struct ExtFs {
     read_only: bool,
     label: String,
     next_fh: AtomicU64,
+    view: ExtView,
+}
+
+/// How files are shown and owned, from fuse2fs's mount options. The
+/// default shows what is on disk and gives new files the caller's ids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExtView {
+    /// `uid=N`: every file is reported as owned by user N (the disk keeps its owners).
+    pub uid: Option<u32>,
+    /// `gid=N`: every file is reported as owned by group N.
+    pub gid: Option<u32>,
+    /// `umask=M`: every file is reported with permissions `0777 & !M`, as
+    /// libfuse's option of that name does for fuse2fs.
+    pub umask: Option<u32>,
+    /// `fakeroot`: act as if every caller were root: new files and
+    /// directories are owned by 0:0 (building an image as an ordinary user).
+    pub fakeroot: bool,
 }
 
 // SAFETY: `device` is written once in `open` and read only by libext2fs
@@ -741,7 +759,24 @@ impl ExtFs {
             read_only,
             label,
             next_fh: AtomicU64::new(1),
+            view: ExtView::default(),
         })
+    }
+
+    /// Applies the ownership and permission view of `view` (fuse2fs's
+    /// `uid=`, `gid=`, `umask=` and `fakeroot` options).
+    pub fn with_view(mut self, view: ExtView) -> ExtFs {
+        self.view = view;
+        self
+    }
+
+    /// The owner given to new files: the caller, or root under `fakeroot`.
+    fn owner(&self, ctx: &Context) -> (u32, u32) {
+        if self.view.fakeroot {
+            (0, 0)
+        } else {
+            (ctx.uid, ctx.gid)
+        }
     }
 
     /// The volume label (may be empty).
@@ -757,10 +792,10 @@ impl ExtFs {
         }
     }
 
-    fn entry_of(h: &Handles, ino: u32) -> Result<Entry> {
+    fn entry_of(&self, h: &Handles, ino: u32) -> Result<Entry> {
         let st = Self::stat(h, ino)?;
         Ok(Entry {
-            attr: Self::attr(&st),
+            attr: self.attr(&st),
             generation: st.generation as u64,
         })
     }
@@ -815,8 +850,18 @@ impl ExtFs {
         Ok(st)
     }
 
-    fn attr(st: &VxStat) -> Attr {
+    /// The attributes reported for `st`, after the `uid=`/`gid=`/`umask=` view.
+    fn attr(&self, st: &VxStat) -> Attr {
+        let view = &self.view;
+        let perm = match view.umask {
+            // As libfuse's umask= (what fuse2fs users get): permissions are 0777 minus the mask.
+            Some(mask) => (0o777 & !mask) as u16,
+            None => (st.mode & 0o7777) as u16,
+        };
         Attr {
+            perm,
+            uid: view.uid.unwrap_or(st.uid),
+            gid: view.gid.unwrap_or(st.gid),
             ino: fuse_ino(st.ino as u32),
             size: st.size,
             blocks: st.blocks,
@@ -825,10 +870,7 @@ impl ExtFs {
             ctime: time(st.ctime, st.ctime_ns),
             crtime: time(st.crtime, st.crtime_ns),
             kind: kind_of_mode(st.mode),
-            perm: (st.mode & 0o7777) as u16,
             nlink: st.nlink,
-            uid: st.uid,
-            gid: st.gid,
             rdev: st.rdev,
             blksize: 4096,
         }
@@ -913,14 +955,14 @@ impl FileSystem for ExtFs {
         let ino = h.lookup_cached(ext_ino(parent), bytes)?;
         let st = Self::stat(&h, ino)?;
         Ok(Entry {
-            attr: Self::attr(&st),
+            attr: self.attr(&st),
             generation: st.generation as u64,
         })
     }
 
     fn getattr(&self, _ctx: &Context, ino: Ino, _fh: Option<Fh>) -> Result<Attr> {
         let h = self.lock();
-        Ok(Self::attr(&Self::stat(&h, ext_ino(ino))?))
+        Ok(self.attr(&Self::stat(&h, ext_ino(ino))?))
     }
 
     fn readlink(&self, _ctx: &Context, ino: Ino) -> Result<Vec<u8>> {
@@ -950,6 +992,10 @@ impl FileSystem for ExtFs {
         if kind_of_mode(st.mode) == FileKind::Dir {
             return Err(Errno::EISDIR);
         }
+        // A corrupt extent tree (a cycle, a node out of place) is refused
+        // here, once, rather than read as made-up mappings.
+        // SAFETY: h.fs is open.
+        check(unsafe { vx_check_extents(h.fs, ext_ino(ino)) })?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         h.files.insert(fh, ext_ino(ino));
         Ok(Opened {
@@ -1033,6 +1079,8 @@ impl FileSystem for ExtFs {
                 return Err(Errno::EISDIR);
             }
             // SAFETY: h.fs is open.
+            check(unsafe { vx_check_extents(h.fs, target) })?;
+            // SAFETY: h.fs is open.
             let truncated = check(unsafe { vx_truncate(h.fs, target, size) });
             h.commit(truncated)?;
         }
@@ -1068,7 +1116,7 @@ impl FileSystem for ExtFs {
             )
         });
         h.commit(changed)?;
-        Ok(Self::attr(&Self::stat(&h, target)?))
+        Ok(self.attr(&Self::stat(&h, target)?))
     }
 
     fn mknod(
@@ -1082,6 +1130,7 @@ impl FileSystem for ExtFs {
         self.writable()?;
         let name = c_name(name)?;
         let mut h = self.lock();
+        let owner = self.owner(ctx);
         let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         let mut ino = 0u32;
@@ -1093,8 +1142,8 @@ impl FileSystem for ExtFs {
                 name.as_ptr(),
                 mode,
                 rdev,
-                ctx.uid,
-                ctx.gid,
+                owner.0,
+                owner.1,
                 s,
                 ns,
                 absent,
@@ -1104,7 +1153,7 @@ impl FileSystem for ExtFs {
         let made = h.commit(made).map(|()| ino);
         h.note_added(ext_ino(parent), name.as_bytes(), &made);
         made?;
-        Self::entry_of(&h, ino)
+        self.entry_of(&h, ino)
     }
 
     fn create(
@@ -1132,6 +1181,7 @@ impl FileSystem for ExtFs {
         self.writable()?;
         let name = c_name(name)?;
         let mut h = self.lock();
+        let owner = self.owner(ctx);
         let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         let mut ino = 0u32;
@@ -1142,8 +1192,8 @@ impl FileSystem for ExtFs {
                 ext_ino(parent),
                 name.as_ptr(),
                 mode,
-                ctx.uid,
-                ctx.gid,
+                owner.0,
+                owner.1,
                 s,
                 ns,
                 absent,
@@ -1153,7 +1203,7 @@ impl FileSystem for ExtFs {
         let made = h.commit(made).map(|()| ino);
         h.note_added(ext_ino(parent), name.as_bytes(), &made);
         made?;
-        Self::entry_of(&h, ino)
+        self.entry_of(&h, ino)
     }
 
     fn symlink(
@@ -1168,6 +1218,7 @@ impl FileSystem for ExtFs {
         let target =
             std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
         let mut h = self.lock();
+        let owner = self.owner(ctx);
         let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         let mut ino = 0u32;
@@ -1178,8 +1229,8 @@ impl FileSystem for ExtFs {
                 ext_ino(parent),
                 name.as_ptr(),
                 target.as_ptr(),
-                ctx.uid,
-                ctx.gid,
+                owner.0,
+                owner.1,
                 s,
                 ns,
                 absent,
@@ -1189,7 +1240,7 @@ impl FileSystem for ExtFs {
         let made = h.commit(made).map(|()| ino);
         h.note_added(ext_ino(parent), name.as_bytes(), &made);
         made?;
-        Self::entry_of(&h, ino)
+        self.entry_of(&h, ino)
     }
 
     fn link(&self, _ctx: &Context, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
@@ -1213,7 +1264,7 @@ impl FileSystem for ExtFs {
         let linked = h.commit(linked).map(|()| ext_ino(ino));
         h.note_added(ext_ino(new_parent), name.as_bytes(), &linked);
         linked?;
-        Self::entry_of(&h, ext_ino(ino))
+        self.entry_of(&h, ext_ino(ino))
     }
 
     fn unlink(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<()> {

@@ -1012,7 +1012,8 @@ static errcode_t vx_set_dotdot(ext2_filsys fs, uint32_t ino, uint32_t parent)
 	return ext2fs_dir_iterate2(fs, ino, DIRENT_FLAG_INCLUDE_EMPTY, NULL, vx_dotdot_cb, &dd);
 }
 
-/* Is ancestor a (possibly equal) ancestor of dir? */
+/* Is ancestor a (possibly equal) ancestor of dir? 1 yes, 0 no, -1 the ".."
+ * chain is corrupt (unreadable, or a cycle that never reaches the root). */
 static int vx_is_ancestor(ext2_filsys fs, uint32_t ancestor, uint32_t dir)
 {
 	for (int depth = 0; depth < 4096; depth++) {
@@ -1021,11 +1022,11 @@ static int vx_is_ancestor(ext2_filsys fs, uint32_t ancestor, uint32_t dir)
 		if (dir == EXT2_ROOT_INO)
 			return 0;
 		ext2_ino_t parent;
-		if (ext2fs_lookup(fs, dir, "..", 2, NULL, &parent))
-			return 1; /* unreadable: refuse, as if it were */
+		if (ext2fs_lookup(fs, dir, "..", 2, NULL, &parent) || parent == dir || parent == 0)
+			return -1;
 		dir = parent;
 	}
-	return 1;
+	return -1;
 }
 
 /* rename(2) with RENAME_NOREPLACE (1) and RENAME_EXCHANGE (2). When a target
@@ -1048,16 +1049,22 @@ int vx_rename(ext2_filsys fs, uint32_t sdir, const char *sname, uint32_t ddir, c
 	int sdirp = LINUX_S_ISDIR(sin.i_mode);
 	if (have_dst && dst == src)
 		return 0;
-	if (sdirp && sdir != ddir && vx_is_ancestor(fs, src, ddir))
-		return EINVAL;
+	if (sdirp && sdir != ddir) {
+		int a = vx_is_ancestor(fs, src, ddir);
+		if (a)
+			return a < 0 ? EUCLEAN : EINVAL;
+	}
 	if (flags & 2) {
 		if (!have_dst)
 			return ENOENT;
 		if ((err = ext2fs_read_inode(fs, dst, &din)))
 			return vx_errno(err);
 		int ddirp = LINUX_S_ISDIR(din.i_mode);
-		if (ddirp && sdir != ddir && vx_is_ancestor(fs, dst, sdir))
-			return EINVAL;
+		if (ddirp && sdir != ddir) {
+			int a = vx_is_ancestor(fs, dst, sdir);
+			if (a)
+				return a < 0 ? EUCLEAN : EINVAL;
+		}
 		/* Swap the two entries: remove both, add them crossed. */
 		if ((err = ext2fs_unlink(fs, sdir, sname, src, 0)) || (err = ext2fs_unlink(fs, ddir, dname, dst, 0)))
 			return vx_errno(err);
@@ -1784,4 +1791,58 @@ int vx_write_ino(ext2_filsys fs, uint32_t ino, uint64_t offset, const void *buf,
 	if (put == 0 && map_err)
 		return vx_errno(map_err);
 	return 0;
+}
+
+/* Checks the shape of an extent tree before it is used: every index entry
+ * must point inside the filesystem at a node whose header has the extent
+ * magic and the depth one below its parent's. Depth strictly decreasing
+ * rules out cycles (an index pointing at itself or an ancestor), which
+ * libext2fs would otherwise read as a leaf of made-up mappings. Trees that
+ * live in the inode alone (depth 0, most files) cost nothing. */
+int vx_check_extents(ext2_filsys fs, uint32_t ino)
+{
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, ino, &in);
+	if (err)
+		return vx_errno(err);
+	if (!(in.i_flags & EXT4_EXTENTS_FL) || (in.i_flags & EXT4_INLINE_DATA_FL))
+		return 0;
+	ext2_extent_handle_t h;
+	if ((err = ext2fs_extent_open2(fs, ino, &in, &h)))
+		return vx_errno(err);
+	struct ext2_extent_info info;
+	int result = 0;
+	if ((err = ext2fs_extent_get_info(h, &info))) {
+		result = vx_errno(err);
+	} else if (info.max_depth > 5) {
+		result = EUCLEAN; /* deeper than any 32-bit block count needs */
+	} else if (info.max_depth > 0) {
+		char *buf = malloc(fs->blocksize);
+		struct ext2fs_extent ext;
+		int op = EXT2_EXTENT_ROOT;
+		if (!buf)
+			result = ENOMEM;
+		while (!result && !(err = ext2fs_extent_get(h, op, &ext))) {
+			op = EXT2_EXTENT_NEXT;
+			if (ext.e_flags & (EXT2_EXTENT_FLAGS_LEAF | EXT2_EXTENT_FLAGS_SECOND_VISIT))
+				continue;
+			if ((err = ext2fs_extent_get_info(h, &info)))
+				break;
+			int child_depth = info.max_depth - info.curr_level - 1;
+			if (ext.e_pblk <= fs->super->s_first_data_block || ext.e_pblk >= ext2fs_blocks_count(fs->super)) {
+				result = EUCLEAN;
+				break;
+			}
+			if ((err = io_channel_read_blk64(fs->io, ext.e_pblk, 1, buf)))
+				break;
+			struct ext3_extent_header *eh = (struct ext3_extent_header *)buf;
+			if (ext2fs_le16_to_cpu(eh->eh_magic) != EXT3_EXT_MAGIC || ext2fs_le16_to_cpu(eh->eh_depth) != child_depth)
+				result = EUCLEAN;
+		}
+		if (!result && err && err != EXT2_ET_EXTENT_NO_NEXT)
+			result = vx_errno(err);
+		free(buf);
+	}
+	ext2fs_extent_free(h);
+	return result;
 }
