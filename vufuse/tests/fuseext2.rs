@@ -669,3 +669,285 @@ fn a_journal_needing_recovery_is_replayed_in_memory_for_read_only_mounts() {
     ))
     .starts_with("NEW"));
 }
+
+/// fuse2fs's ownership options, as libfuse implements them for it: `uid=`
+/// and `gid=` report every file as owned by those ids and `umask=` reports
+/// permissions `0777 & ~umask`, without changing the disk; `fakeroot`
+/// makes the files an ordinary user creates belong to root.
+#[test]
+fn ownership_options_follow_fuse2fs() {
+    let dir = tempfile::tempdir().unwrap();
+    // The user below must reach the mount point.
+    sh(&format!("chmod 755 '{}'", dir.path().display()));
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("file"), b"data").unwrap();
+    sh(&format!(
+        "chmod 644 '{0}/file' && chmod 755 '{0}/sub'",
+        src.display()
+    ));
+    let img = dir.path().join("own.img");
+    sh(&format!(
+        "truncate -s 16M '{0}' && mke2fs -q -F -t ext4 -d '{1}' '{0}'",
+        img.display(),
+        src.display()
+    ));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+
+    let out = run(&img, &mnt, &["uid=1234,gid=5678,umask=027"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted(mnt.clone());
+    for name in ["file", "sub"] {
+        let md = std::fs::symlink_metadata(mnt.join(name)).unwrap();
+        assert_eq!((md.uid(), md.gid()), (1234, 5678), "{name}");
+        assert_eq!(md.mode() & 0o7777, 0o750, "{name}");
+    }
+    drop(m);
+    wait_for_exit(&mnt);
+    // The disk keeps its owners and modes.
+    let stat = sh(&format!(
+        "debugfs -R 'stat /file' '{}' 2>/dev/null",
+        img.display()
+    ));
+    assert!(stat.contains("User:     0   Group:     0"), "{stat}");
+    assert!(stat.contains("Mode:  0644"), "{stat}");
+
+    // An ordinary user creates a file: its owner, or root under fakeroot.
+    let mut owners = Vec::new();
+    for (options, name) in [
+        ("rw+,allow_other", "plain"),
+        ("rw+,allow_other,fakeroot", "faked"),
+    ] {
+        let out = run(&img, &mnt, &[options]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = Mounted(mnt.clone());
+        sh(&format!(
+            "setpriv --reuid 4321 --regid 4321 --clear-groups sh -c 'echo x > \"{}/{name}\"'",
+            mnt.display()
+        ));
+        drop(m);
+        wait_for_exit(&mnt);
+        let stat = sh(&format!(
+            "debugfs -R 'stat /{name}' '{}' 2>/dev/null",
+            img.display()
+        ));
+        let owner = stat
+            .lines()
+            .find(|l| l.starts_with("User:"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        owners.push(owner);
+    }
+    assert!(
+        owners[0].starts_with("User: 4321 Group: 4321"),
+        "{owners:?}"
+    );
+    assert!(owners[1].starts_with("User: 0 Group: 0"), "{owners:?}");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
+
+/// Runs `script` under `timeout`, so a hang fails the test instead of
+/// stalling it; returns whether the script succeeded and its stderr.
+fn bounded(script: &str) -> (bool, String) {
+    let out = Command::new("timeout")
+        .args(["20", "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(124), "hung: {script}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Cycles made by hand: an extent index pointing at its own block (with the
+/// tree one and two levels deep), a directory linked under its own child and
+/// a ".." pointing at the directory itself. Each gives an error (EUCLEAN,
+/// "Structure needs cleaning", or the kernel's ELOOP for the directory
+/// alias), never a hang, a panic or made-up data; the mount stays usable.
+#[test]
+fn cycles_in_extent_trees_and_directories_give_errors_not_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    // Twelve separate runs: more extents than the inode holds, so the tree
+    // gets a leaf block.
+    let frag = std::fs::File::create(src.join("frag")).unwrap();
+    for i in 0..12u64 {
+        std::os::unix::fs::FileExt::write_all_at(&frag, &[b'a' + i as u8; 1024], i * 2048).unwrap();
+    }
+    drop(frag);
+    // No metadata_csum: the checksums would catch the edits before the shape does.
+    let base = dir.path().join("base.img");
+    sh(&format!(
+        "truncate -s 16M '{0}' && mke2fs -q -F -t ext4 -b 1024 -O ^metadata_csum -d '{1}' '{0}'",
+        base.display(),
+        src.display()
+    ));
+    let leaf: u64 = sh(&format!(
+        "debugfs -R 'stat /frag' '{}' 2>/dev/null | grep -o '(ETB0):[0-9]*' | cut -d: -f2",
+        base.display()
+    ))
+    .trim()
+    .parse()
+    .expect("frag has a leaf block");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+
+    // The leaf rewritten as an index node whose one entry points at itself.
+    let selfref = dir.path().join("selfref.img");
+    std::fs::copy(&base, &selfref).unwrap();
+    let mut node = Vec::new();
+    for half in [0xF30Au16, 1, (1024 - 12) / 12, 1] {
+        node.extend_from_slice(&half.to_le_bytes());
+    }
+    node.extend_from_slice(&0u32.to_le_bytes()); // generation
+    node.extend_from_slice(&0u32.to_le_bytes()); // ei_block
+    node.extend_from_slice(&(leaf as u32).to_le_bytes()); // ei_leaf_lo
+    node.extend_from_slice(&[0u8; 4]); // ei_leaf_hi, unused
+    let image = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&selfref)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&image, &node, leaf * 1024).unwrap();
+    drop(image);
+    // The same, with the inode's root claiming two levels (so the walk
+    // would enter the node twice).
+    let deeper = dir.path().join("deeper.img");
+    std::fs::copy(&selfref, &deeper).unwrap();
+    sh(&format!(
+        "debugfs -w -R 'sif /frag block[1] 0x20004' '{}' 2>&1",
+        deeper.display()
+    ));
+    for img in [&selfref, &deeper] {
+        let out = run(img, &mnt, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _m = Mounted(mnt.clone());
+        let (ok, err) = bounded(&format!("cat '{}/frag' > /dev/null", mnt.display()));
+        assert!(
+            !ok && err.contains("Structure needs cleaning"),
+            "{}: {err}",
+            img.display()
+        );
+        assert!(
+            std::fs::read_dir(&mnt).unwrap().count() >= 3,
+            "the mount still works"
+        );
+    }
+
+    // /a linked as /a/b/loop, and b's ".." pointing at b.
+    let dirs = dir.path().join("dirs.img");
+    std::fs::copy(&base, &dirs).unwrap();
+    sh(&format!(
+        "debugfs -w -R 'ln /a /a/b/loop' '{}' 2>&1",
+        dirs.display()
+    ));
+    let b_block: u64 = sh(&format!(
+        "debugfs -R 'blocks /a/b' '{}' 2>/dev/null",
+        dirs.display()
+    ))
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .parse()
+    .unwrap();
+    let b_ino: u32 = sh(&format!(
+        "debugfs -R 'stat /a/b' '{}' 2>/dev/null | head -1 | awk '{{print $2}}'",
+        dirs.display()
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    // The ".." entry follows the 12-byte "." entry.
+    let image = std::fs::OpenOptions::new().write(true).open(&dirs).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&image, &b_ino.to_le_bytes(), b_block * 1024 + 12)
+        .unwrap();
+    drop(image);
+    let out = run(&dirs, &mnt, &["rw+"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted(mnt.clone());
+    let (ok, err) = bounded(&format!("ls '{}/a/b/loop/b'", mnt.display()));
+    assert!(!ok && err.contains("Too many levels"), "{err}");
+    let (ok, _) = bounded(&format!("find '{}' > /dev/null", mnt.display()));
+    assert!(!ok, "find reports the loop");
+    // Moving a directory under b walks b's ".." chain: it never reaches the root.
+    std::fs::create_dir(mnt.join("x")).unwrap();
+    let (ok, err) = bounded(&format!("mv '{0}/x' '{0}/a/b/'", mnt.display()));
+    assert!(!ok && err.contains("Structure needs cleaning"), "{err}");
+    assert!(mnt.join("x").is_dir(), "the failed move changed nothing");
+    drop(m);
+}
+
+/// The daemon killed with SIGKILL after `sync` (no unmount, no close):
+/// bitmaps, group descriptors and the superblock were written after each
+/// operation, so e2fsck -fn finds nothing to fix.
+#[test]
+fn a_killed_daemon_leaves_an_image_e2fsck_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("killed.img");
+    sh(&format!(
+        "truncate -s 64M '{0}' && mke2fs -q -F -t ext4 '{0}'",
+        img.display()
+    ));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut daemon = Command::new(BIN)
+        .args(["-f", "-o", "rw+"])
+        .arg(&img)
+        .arg(&mnt)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "fuseext2 did not mount");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sh(&format!(
+        "cd '{}' && mkdir -p d && for i in $(seq 1 300); do echo $i > d/f$i; done && rm d/f1* && \
+         head -c 3000000 /dev/urandom > big && truncate -s 1000 big && \
+         head -c 2000000 /dev/urandom > big2 && ln big2 hard && mv d e && sync",
+        mnt.display()
+    ));
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let _ = Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(&mnt)
+        .output();
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&fsck.stdout);
+    assert!(fsck.status.success(), "{report}");
+    assert!(report.contains("203/16384 files"), "{report}");
+}
