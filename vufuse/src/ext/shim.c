@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <ext2fs/ext2fs.h>
+#include <e2p/e2p.h>
 
 /* ---- the device, implemented in Rust ---- */
 
@@ -283,6 +284,33 @@ static struct struct_io_manager vx_io_manager = {
 
 /* ---- open / close ---- */
 
+/* Names the feature bits of the superblock on dev that libext2fs does not
+ * support (incompat ones, or ro_compat ones when ro_compat is set), as
+ * e2p/tune2fs spell them ("FEATURE_R30" for a bit nobody knows). */
+static void vx_unsupported_features(struct vx_dev *dev, int ro_compat, char *out, size_t cap)
+{
+	struct ext2_super_block sb;
+	out[0] = 0;
+	if (dev->read(dev->ctx, SUPERBLOCK_OFFSET, &sb, sizeof sb)) {
+		snprintf(out, cap, "unknown");
+		return;
+	}
+	uint32_t bits = ro_compat ? ext2fs_le32_to_cpu(sb.s_feature_ro_compat) & ~EXT2_LIB_FEATURE_RO_COMPAT_SUPP
+				  : ext2fs_le32_to_cpu(sb.s_feature_incompat) & ~EXT2_LIB_FEATURE_INCOMPAT_SUPP;
+	size_t used = 0;
+	for (int bit = 0; bit < 32; bit++) {
+		if (!(bits & (1u << bit)))
+			continue;
+		const char *name = e2p_feature2string(ro_compat ? E2P_FEATURE_RO_INCOMPAT : E2P_FEATURE_INCOMPAT, 1u << bit);
+		int n = snprintf(out + used, cap - used, "%s%s", used ? ", " : "", name);
+		if (n < 0 || (size_t)n >= cap - used)
+			break;
+		used += (size_t)n;
+	}
+	if (!used)
+		snprintf(out, cap, "unknown");
+}
+
 static errcode_t vx_meta_init(ext2_filsys fs);
 static void vx_meta_free(ext2_filsys fs);
 
@@ -304,8 +332,14 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 	int flags = EXT2_FLAG_64BITS | EXT2_FLAG_THREADS | (rw ? EXT2_FLAG_RW : 0);
 	errcode_t err = ext2fs_open2(name, NULL, flags, 0, 0, &vx_io_manager, &fs);
 	if (err) {
-		if (err == EXT2_ET_UNSUPP_FEATURE || err == EXT2_ET_RO_UNSUPP_FEATURE)
-			snprintf(msg, msglen, "the filesystem uses features this libext2fs does not support (%s)", error_message(err));
+		if (err == EXT2_ET_UNSUPP_FEATURE || err == EXT2_ET_RO_UNSUPP_FEATURE) {
+			char names[256];
+			vx_unsupported_features(dev, err == EXT2_ET_RO_UNSUPP_FEATURE, names, sizeof names);
+			if (err == EXT2_ET_RO_UNSUPP_FEATURE)
+				snprintf(msg, msglen, "the filesystem uses read-only compatible features this driver cannot write (%s): mount it read-only", names);
+			else
+				snprintf(msg, msglen, "the filesystem uses features this driver does not support (%s)", names);
+		}
 		else if (err == EXT2_ET_BAD_MAGIC)
 			snprintf(msg, msglen, "not an ext2/3/4 filesystem (bad superblock magic)");
 		else
