@@ -290,6 +290,20 @@ fn write_workload(img: &Path, work: &Path, script: &str) {
         String::from_utf8_lossy(&fsck.stdout),
         String::from_utf8_lossy(&fsck.stderr)
     );
+    // The 3,000-file directory was turned into an htree (EXT2_INDEX_FL,
+    // 0x1000) when its first block filled, and grew as one.
+    if script.contains("many/file_") {
+        let stat = sh(&format!(
+            "debugfs -R 'stat /many' '{}' 2>/dev/null",
+            img.display()
+        ));
+        let flags = stat
+            .split("Flags: 0x")
+            .nth(1)
+            .and_then(|t| u32::from_str_radix(t.split_whitespace().next()?, 16).ok())
+            .unwrap_or(0);
+        assert!(flags & 0x1000 != 0, "many/ is not indexed: {stat}");
+    }
     let out = work.join("debugfs-out");
     std::fs::create_dir_all(&out).unwrap();
     sh(&format!(
@@ -849,6 +863,16 @@ fn cycles_in_extent_trees_and_directories_give_errors_not_hangs() {
             String::from_utf8_lossy(&out.stderr)
         );
         let _m = Mounted(mnt.clone());
+        // The name resolves (its inode is fine); only reading its data fails.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::symlink_metadata(mnt.join("frag")).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "frag not visible in {}",
+                img.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let (ok, err) = bounded(&format!("cat '{}/frag' > /dev/null", mnt.display()));
         assert!(
             !ok && err.contains("Structure needs cleaning"),

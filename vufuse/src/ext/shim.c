@@ -719,7 +719,192 @@ static errcode_t vx_append_linear(ext2_filsys fs, uint32_t dir, const char *name
 	return err;
 }
 
-/* ext2fs_link, growing the directory when it is full. */
+/* ---- turning a full one-block directory into an htree ----
+ *
+ * libext2fs inserts into indexed directories but never creates one, so a
+ * directory grown through it stays a linear list. Like the kernel
+ * (make_indexed_dir), when a one-block directory is full the shim turns it
+ * into an htree: block 0 becomes the dx root ("." and ".." kept), its
+ * entries are sorted by hash and split over two new leaf blocks, and the
+ * index points at them. Later inserts go through ext2fs_link's htree code. */
+
+struct vx_dxent {
+	uint32_t hash;
+	uint32_t ino;
+	int type;
+	int len;
+	const char *name;
+};
+
+static int vx_dxent_cmp(const void *a, const void *b)
+{
+	uint32_t x = ((const struct vx_dxent *)a)->hash, y = ((const struct vx_dxent *)b)->hash;
+	return x < y ? -1 : x > y;
+}
+
+/* Packs entries into a leaf block (with the checksum tail when needed). */
+static void vx_fill_leaf(ext2_filsys fs, char *buf, const struct vx_dxent *e, int n, unsigned int csum_size)
+{
+	memset(buf, 0, fs->blocksize);
+	unsigned int end = fs->blocksize - csum_size, offset = 0;
+	struct ext2_dir_entry *last = NULL;
+	for (int i = 0; i < n; i++) {
+		struct ext2_dir_entry *d = (struct ext2_dir_entry *)(buf + offset);
+		unsigned int len = EXT2_DIR_REC_LEN(e[i].len);
+		d->inode = e[i].ino;
+		ext2fs_dirent_set_name_len(d, e[i].len);
+		ext2fs_dirent_set_file_type(d, e[i].type);
+		memcpy(d->name, e[i].name, e[i].len);
+		ext2fs_set_rec_len(fs, len, d);
+		last = d;
+		offset += len;
+	}
+	if (last)
+		ext2fs_set_rec_len(fs, end - ((char *)last - buf), last);
+	else
+		ext2fs_set_rec_len(fs, end, (struct ext2_dir_entry *)buf);
+	if (csum_size)
+		ext2fs_initialize_dirent_tail(fs, EXT2_DIRENT_TAIL(buf, fs->blocksize));
+}
+
+/* Indexes the one-block directory dir; *done says whether it did. */
+static errcode_t vx_make_indexed(ext2_filsys fs, uint32_t dir, int *done)
+{
+	*done = 0;
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, dir, &in);
+	if (err)
+		return err;
+	if (!ext2fs_has_feature_dir_index(fs->super) || !LINUX_S_ISDIR(in.i_mode) ||
+	    (in.i_flags & (EXT2_INDEX_FL | EXT4_INLINE_DATA_FL)) || EXT2_I_SIZE(&in) != fs->blocksize)
+		return 0;
+	blk64_t root = 0;
+	if (ext2fs_bmap2(fs, dir, &in, NULL, 0, 0, NULL, &root) || !root)
+		return 0;
+	unsigned int bs = fs->blocksize;
+	unsigned int csum_size = ext2fs_has_feature_metadata_csum(fs->super) ? sizeof(struct ext2_dir_entry_tail) : 0;
+	char *old = malloc(bs), *leaf = malloc(bs);
+	struct vx_dxent *e = calloc(bs / 8 + 1, sizeof *e);
+	if (!old || !leaf || !e) {
+		err = EXT2_ET_NO_MEMORY;
+		goto out;
+	}
+	if ((err = ext2fs_read_dir_block4(fs, root, old, 0, dir)))
+		goto out;
+	/* ".", "..", then the entries. */
+	int n = 0, seen = 0;
+	uint32_t parent = 0;
+	int hash_alg = fs->super->s_def_hash_version;
+	if (hash_alg <= EXT2_HASH_TEA && (fs->super->s_flags & EXT2_FLAGS_UNSIGNED_HASH))
+		hash_alg += 3;
+	for (unsigned int offset = 0; offset + 8 <= bs - csum_size;) {
+		struct ext2_dir_entry *d = (struct ext2_dir_entry *)(old + offset);
+		unsigned int rec_len = 0;
+		if (ext2fs_get_rec_len(fs, d, &rec_len) || rec_len < 8 || offset + rec_len > bs - csum_size)
+			goto out; /* odd block: leave it linear */
+		int len = ext2fs_dirent_name_len(d);
+		if (seen == 0 && !(len == 1 && d->name[0] == '.'))
+			goto out;
+		if (seen == 1 && !(len == 2 && d->name[0] == '.' && d->name[1] == '.'))
+			goto out;
+		if (seen == 1)
+			parent = d->inode;
+		if (seen >= 2 && d->inode) {
+			e[n].ino = d->inode;
+			e[n].type = ext2fs_dirent_file_type(d);
+			e[n].len = len;
+			e[n].name = d->name;
+			ext2_dirhash_t hash = 0;
+			if ((err = ext2fs_dirhash2(hash_alg, d->name, len, fs->encoding, 0, fs->super->s_hash_seed, &hash, NULL)))
+				goto out;
+			e[n].hash = hash & ~1u;
+			n++;
+		}
+		seen++;
+		offset += rec_len;
+	}
+	if (n < 2)
+		goto out;
+	qsort(e, n, sizeof *e, vx_dxent_cmp);
+	/* Split by size near the middle, never between two equal hashes. */
+	unsigned int total = 0, half = 0;
+	for (int i = 0; i < n; i++)
+		total += EXT2_DIR_REC_LEN(e[i].len);
+	int split = 0;
+	while (split < n && half + EXT2_DIR_REC_LEN(e[split].len) <= total / 2)
+		half += EXT2_DIR_REC_LEN(e[split++].len);
+	while (split < n && split > 0 && e[split].hash == e[split - 1].hash)
+		split++;
+	if (split == 0 || split >= n)
+		goto out;
+	/* Two new blocks at logical 1 and 2 (allocated and mapped by the library). */
+	if ((err = ext2fs_expand_dir(fs, dir)) || (err = ext2fs_expand_dir(fs, dir)))
+		goto out;
+	if ((err = ext2fs_read_inode(fs, dir, &in)))
+		goto out;
+	blk64_t b1 = 0, b2 = 0;
+	if ((err = ext2fs_bmap2(fs, dir, &in, NULL, 0, 1, NULL, &b1)) || (err = ext2fs_bmap2(fs, dir, &in, NULL, 0, 2, NULL, &b2)))
+		goto out;
+	if (!b1 || !b2 || EXT2_I_SIZE(&in) != 3 * (uint64_t)bs) {
+		err = EXT2_ET_DIR_CORRUPTED;
+		goto out;
+	}
+	vx_fill_leaf(fs, leaf, e, split, csum_size);
+	if ((err = ext2fs_write_dir_block4(fs, b1, leaf, 0, dir)))
+		goto out;
+	vx_fill_leaf(fs, leaf, e + split, n - split, csum_size);
+	if ((err = ext2fs_write_dir_block4(fs, b2, leaf, 0, dir)))
+		goto out;
+	/* The root: ".", ".." spanning the block, then the index. */
+	memset(leaf, 0, bs);
+	struct ext2_dir_entry *dot = (struct ext2_dir_entry *)leaf;
+	dot->inode = dir;
+	ext2fs_dirent_set_name_len(dot, 1);
+	ext2fs_dirent_set_file_type(dot, ext2fs_has_feature_filetype(fs->super) ? EXT2_FT_DIR : 0);
+	dot->name[0] = '.';
+	ext2fs_set_rec_len(fs, 12, dot);
+	struct ext2_dir_entry *dotdot = (struct ext2_dir_entry *)(leaf + 12);
+	dotdot->inode = parent;
+	ext2fs_dirent_set_name_len(dotdot, 2);
+	ext2fs_dirent_set_file_type(dotdot, ext2fs_has_feature_filetype(fs->super) ? EXT2_FT_DIR : 0);
+	dotdot->name[0] = dotdot->name[1] = '.';
+	ext2fs_set_rec_len(fs, bs - 12, dotdot);
+	struct ext2_dx_root_info *info = (struct ext2_dx_root_info *)(leaf + 24);
+	info->hash_version = fs->super->s_def_hash_version;
+	info->info_length = 8;
+	struct ext2_dx_countlimit *cl = (struct ext2_dx_countlimit *)(leaf + 32);
+	unsigned int dx_csum = ext2fs_has_feature_metadata_csum(fs->super) ? sizeof(struct ext2_dx_tail) : 0;
+	cl->limit = ext2fs_cpu_to_le16((bs - 32 - dx_csum) / sizeof(struct ext2_dx_entry));
+	cl->count = ext2fs_cpu_to_le16(2);
+	struct ext2_dx_entry *ent = (struct ext2_dx_entry *)(leaf + 32);
+	ent[0].block = ext2fs_cpu_to_le32(1);
+	ent[1].hash = ext2fs_cpu_to_le32(e[split].hash);
+	ent[1].block = ext2fs_cpu_to_le32(2);
+	if ((err = ext2fs_write_dir_block4(fs, root, leaf, 0, dir)))
+		goto out;
+	in.i_flags |= EXT2_INDEX_FL;
+	if ((err = ext2fs_write_inode(fs, dir, &in)))
+		goto out;
+	*done = 1;
+out:
+	free(old);
+	free(leaf);
+	free(e);
+	return err;
+}
+
+/* Makes room in a full directory: an htree from a one-block one, else one more block. */
+static errcode_t vx_grow_dir(ext2_filsys fs, uint32_t dir)
+{
+	int indexed = 0;
+	errcode_t err = vx_make_indexed(fs, dir, &indexed);
+	if (!err && !indexed)
+		err = ext2fs_expand_dir(fs, dir);
+	return err;
+}
+
+/* ext2fs_link, growing the directory when it is full (a full one-block
+ * directory becomes an htree first, as the kernel does). */
 static errcode_t vx_link_grow(ext2_filsys fs, uint32_t dir, const char *name, uint32_t ino, int ft)
 {
 	int done = 0;
@@ -728,7 +913,7 @@ static errcode_t vx_link_grow(ext2_filsys fs, uint32_t dir, const char *name, ui
 		return err;
 	err = ext2fs_link(fs, dir, name, ino, ft);
 	if (err == EXT2_ET_DIR_NO_SPACE) {
-		err = ext2fs_expand_dir(fs, dir);
+		err = vx_grow_dir(fs, dir);
 		if (!err)
 			err = ext2fs_link(fs, dir, name, ino, ft);
 	}
@@ -844,7 +1029,7 @@ int vx_mkdir(ext2_filsys fs, uint32_t dir, const char *name, uint32_t mode, uint
 		return EEXIST;
 	errcode_t err = ext2fs_mkdir(fs, dir, 0, name);
 	if (err == EXT2_ET_DIR_NO_SPACE) {
-		err = ext2fs_expand_dir(fs, dir);
+		err = vx_grow_dir(fs, dir);
 		if (!err)
 			err = ext2fs_mkdir(fs, dir, 0, name);
 	}
@@ -872,7 +1057,7 @@ int vx_symlink(ext2_filsys fs, uint32_t dir, const char *name, const char *targe
 		return ENAMETOOLONG;
 	errcode_t err = ext2fs_symlink(fs, dir, 0, name, target);
 	if (err == EXT2_ET_DIR_NO_SPACE) {
-		err = ext2fs_expand_dir(fs, dir);
+		err = vx_grow_dir(fs, dir);
 		if (!err)
 			err = ext2fs_symlink(fs, dir, 0, name, target);
 	}
