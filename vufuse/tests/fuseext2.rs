@@ -934,7 +934,8 @@ fn cycles_in_extent_trees_and_directories_give_errors_not_hangs() {
 
 /// The daemon killed with SIGKILL after `sync` (no unmount, no close):
 /// bitmaps, group descriptors and the superblock were written after each
-/// operation, so e2fsck -fn finds nothing to fix.
+/// operation, so e2fsck finds nothing to fix but the one file that was
+/// unlinked while open, which is on the orphan list for e2fsck -p.
 #[test]
 fn a_killed_daemon_leaves_an_image_e2fsck_accepts() {
     let dir = tempfile::tempdir().unwrap();
@@ -962,12 +963,51 @@ fn a_killed_daemon_leaves_an_image_e2fsck_accepts() {
          head -c 2000000 /dev/urandom > big2 && ln big2 hard && mv d e && sync",
         mnt.display()
     ));
+    // A file unlinked while open: its inode lives on, on the orphan list.
+    sh(&format!(
+        "head -c 100000 /dev/urandom > '{}/held'",
+        mnt.display()
+    ));
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<'{0}/held'; rm '{0}/held'; sync; echo ready; exec sleep 60",
+            mnt.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    std::io::Read::read_exact(holder.stdout.as_mut().unwrap(), &mut ready).unwrap();
     daemon.kill().unwrap();
     daemon.wait().unwrap();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
     let _ = Command::new("fusermount3")
         .args(["-u", "-z"])
         .arg(&mnt)
         .output();
+    // Everything but the orphan is consistent...
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&fsck.stdout);
+    assert!(report.contains("204/16384 files"), "{report}");
+    // ...and the orphan is e2fsck -p's to release, no questions asked.
+    let preen = Command::new("e2fsck")
+        .arg("-fp")
+        .arg(&img)
+        .output()
+        .unwrap();
+    let preened = String::from_utf8_lossy(&preen.stdout);
+    assert!(
+        matches!(preen.status.code(), Some(0) | Some(1))
+            && preened.contains("Clearing orphaned inode"),
+        "e2fsck -p: {preened}{}",
+        String::from_utf8_lossy(&preen.stderr)
+    );
     let fsck = Command::new("e2fsck")
         .arg("-fn")
         .arg(&img)

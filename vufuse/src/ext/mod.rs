@@ -181,6 +181,7 @@ extern "C" {
         out_last: *mut c_int,
     ) -> c_int;
     fn vx_free_inode(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    fn vx_orphan_add(fs: *mut ExtFsHandle, ino: u32) -> c_int;
     fn vx_rename(
         fs: *mut ExtFsHandle,
         sdir: u32,
@@ -411,7 +412,10 @@ impl Handles {
     fn free_when_closed(&mut self, ino: u32) -> Result<()> {
         self.forget_dir(ino);
         if self.open_count(ino) > 0 {
-            self.orphans.insert(ino);
+            if self.orphans.insert(ino) {
+                // SAFETY: self.fs is open; ino's last link is gone.
+                check(unsafe { vx_orphan_add(self.fs, ino) })?;
+            }
             Ok(())
         } else {
             // SAFETY: self.fs is open; ino's last link is gone.

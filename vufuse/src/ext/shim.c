@@ -1112,6 +1112,57 @@ int vx_link(ext2_filsys fs, uint32_t ino, uint32_t dir, const char *name, int64_
 }
 
 /* Frees an inode whose last link is gone and which nobody has open. */
+/* ---- the orphan list: inodes unlinked while open ----
+ *
+ * As the kernel does, an inode whose last name goes while it is open is
+ * chained from s_last_orphan through i_dtime until its last close frees
+ * it, so a crash in between leaves e2fsck -p an orphan to release rather
+ * than an unattached inode to ask about. */
+
+int vx_orphan_add(ext2_filsys fs, uint32_t ino)
+{
+	struct ext2_inode_large in;
+	memset(&in, 0, sizeof in);
+	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	if (err)
+		return vx_errno(err);
+	in.i_dtime = fs->super->s_last_orphan;
+	if ((err = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in)))
+		return vx_errno(err);
+	fs->super->s_last_orphan = ino;
+	ext2fs_mark_super_dirty(fs);
+	return 0;
+}
+
+/* Unchains ino from the orphan list if it is there. */
+static errcode_t vx_orphan_remove(ext2_filsys fs, uint32_t ino)
+{
+	uint32_t prev = 0, cur = fs->super->s_last_orphan;
+	for (uint32_t steps = 0; cur && steps <= fs->super->s_inodes_count; steps++) {
+		struct ext2_inode node;
+		if (cur > fs->super->s_inodes_count)
+			return 0; /* a corrupt chain: leave it to e2fsck */
+		errcode_t err = ext2fs_read_inode(fs, cur, &node);
+		if (err)
+			return err;
+		if (cur == ino) {
+			if (prev == 0) {
+				fs->super->s_last_orphan = node.i_dtime;
+				ext2fs_mark_super_dirty(fs);
+				return 0;
+			}
+			struct ext2_inode before;
+			if ((err = ext2fs_read_inode(fs, prev, &before)))
+				return err;
+			before.i_dtime = node.i_dtime;
+			return ext2fs_write_inode(fs, prev, &before);
+		}
+		prev = cur;
+		cur = node.i_dtime;
+	}
+	return 0;
+}
+
 int vx_free_inode(ext2_filsys fs, uint32_t ino)
 {
 	struct ext2_inode_large in;
@@ -1121,6 +1172,13 @@ int vx_free_inode(ext2_filsys fs, uint32_t ino)
 		return vx_errno(err);
 	if (in.i_links_count > 0)
 		return 0;
+	if (fs->super->s_last_orphan) {
+		if ((err = vx_orphan_remove(fs, ino)))
+			return vx_errno(err);
+		memset(&in, 0, sizeof in);
+		if ((err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in)))
+			return vx_errno(err);
+	}
 	if (ext2fs_file_acl_block(fs, (struct ext2_inode *)&in)) {
 		/* Drop our reference to a shared extended attribute block. */
 		blk64_t blk = ext2fs_file_acl_block(fs, (struct ext2_inode *)&in);
