@@ -995,7 +995,29 @@ fn a_killed_daemon_leaves_an_image_e2fsck_accepts() {
         .unwrap();
     let report = String::from_utf8_lossy(&fsck.stdout);
     assert!(report.contains("204/16384 files"), "{report}");
-    // ...and the orphan is e2fsck -p's to release, no questions asked.
+    // A read-write mount finishes the job, as the kernel's mount does...
+    let copy = dir.path().join("remounted.img");
+    std::fs::copy(&img, &copy).unwrap();
+    let m = {
+        let out = run(&copy, &mnt, &["rw+"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mounted(mnt.clone())
+    };
+    drop(m);
+    wait_for_exit(&mnt);
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&fsck.stdout);
+    assert!(fsck.status.success(), "after a remount: {report}");
+    assert!(report.contains("203/16384 files"), "{report}");
+    // ...and so does e2fsck -p, no questions asked.
     let preen = Command::new("e2fsck")
         .arg("-fp")
         .arg(&img)

@@ -621,9 +621,48 @@ static int vx_has_extra(ext2_filsys fs, const struct ext2_inode_large *in)
 	return EXT2_INODE_SIZE(fs->super) > EXT2_GOOD_OLD_INODE_SIZE && in->i_extra_isize >= 24;
 }
 
+int vx_free_inode(ext2_filsys fs, uint32_t ino);
+static errcode_t vx_orphan_remove(ext2_filsys fs, uint32_t ino);
+
+/* Finishes what a crash interrupted, as the kernel does at mount: frees the
+ * inodes on the orphan list that have no name left (files unlinked while
+ * open) and unchains the others. A chain pointing outside the inode table
+ * is dropped (e2fsck's to sort out). */
+static int vx_release_orphans(ext2_filsys fs)
+{
+	for (uint32_t steps = 0; fs->super->s_last_orphan && steps <= fs->super->s_inodes_count; steps++) {
+		uint32_t ino = fs->super->s_last_orphan;
+		if (ino < EXT2_FIRST_INO(fs->super) || ino > fs->super->s_inodes_count) {
+			fs->super->s_last_orphan = 0;
+			break;
+		}
+		struct ext2_inode in;
+		errcode_t err = ext2fs_read_inode(fs, ino, &in);
+		if (err)
+			return vx_errno(err);
+		if (in.i_links_count == 0) {
+			int e = vx_free_inode(fs, ino);
+			if (e)
+				return e;
+		} else {
+			if ((err = vx_orphan_remove(fs, ino)))
+				return vx_errno(err);
+			in.i_dtime = 0;
+			if ((err = ext2fs_write_inode(fs, ino, &in)))
+				return vx_errno(err);
+		}
+	}
+	fs->super->s_last_orphan = 0; /* processed, or a cycle: dropped */
+	ext2fs_mark_super_dirty(fs);
+	return 0;
+}
+
 /* Marks the filesystem in use at a read-write mount (cleared by vx_close). */
 int vx_begin_rw(ext2_filsys fs)
 {
+	int e = vx_release_orphans(fs);
+	if (e)
+		return e;
 	fs->super->s_state &= ~EXT2_VALID_FS;
 	fs->super->s_mnt_count++;
 	fs->super->s_mtime = time(NULL);
