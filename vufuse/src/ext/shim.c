@@ -645,9 +645,13 @@ static int vx_release_orphans(ext2_filsys fs)
 			if (e)
 				return e;
 		} else {
-			if ((err = vx_orphan_remove(fs, ino)))
+			/* A truncate the crash cut short: drop the blocks past the end. */
+			if ((err = vx_orphan_remove(fs, ino)) || (err = ext2fs_read_inode(fs, ino, &in)))
 				return vx_errno(err);
 			in.i_dtime = 0;
+			if (ext2fs_inode_has_valid_blocks2(fs, &in) &&
+			    (err = ext2fs_punch(fs, ino, &in, NULL, (EXT2_I_SIZE(&in) + fs->blocksize - 1) / fs->blocksize, ~0ULL)))
+				return vx_errno(err);
 			if ((err = ext2fs_write_inode(fs, ino, &in)))
 				return vx_errno(err);
 		}
