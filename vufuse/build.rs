@@ -1,5 +1,5 @@
 //! Builds the C shim over libext2fs (vufuse/src/ext/shim.c) and links the
-//! library (Debian: libext2fs-dev).
+//! libraries (Debian: libext2fs-dev, which also ships libe2p).
 
 fn main() {
     println!("cargo:rerun-if-changed=src/ext/shim.c");
@@ -11,4 +11,6 @@ fn main() {
         .compile("vxshim");
     println!("cargo:rustc-link-lib=ext2fs");
     println!("cargo:rustc-link-lib=com_err");
+    // Feature names for error messages (also in libext2fs-dev).
+    println!("cargo:rustc-link-lib=e2p");
 }

@@ -3,14 +3,14 @@
 //!
 //! `vumount -t vufuseext2 [-o OPTS] SOURCE TARGET` loads this file and runs
 //! [`main`]. Options as `fuseext2`: read-only unless `rw+` (vumount swallows a
-//! plain `rw`), `part=N`. SOURCE is an image, a partitioned disk image or a
+//! plain `rw`), `part=N`, `uid=`, `gid=`, `umask=`, `fakeroot`. SOURCE is an image, a partitioned disk image or a
 //! device.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int};
 use std::path::Path;
 use std::sync::Arc;
-use vufuse::ext::{looks_like_ext, ExtFs, ExtOptions};
+use vufuse::ext::{looks_like_ext, ExtFs, ExtOptions, ExtView};
 use vufuse::options::{MountOptions, WritePolicy};
 use vufuse::source::open_source;
 use vufuse::FileSystem;
@@ -41,7 +41,14 @@ fn open_ext(source: &Path, options: &MountOptions) -> Result<Arc<dyn FileSystem>
         read_only: options.read_only,
         ..ExtOptions::default()
     };
-    let fs = ExtFs::open(device, ext_options).map_err(|e| format!("{}: {e}", source.display()))?;
+    let fs = ExtFs::open(device, ext_options)
+        .map_err(|e| format!("{}: {e}", source.display()))?
+        .with_view(ExtView {
+            uid: options.uid,
+            gid: options.gid,
+            umask: options.umask,
+            fakeroot: options.fakeroot,
+        });
     Ok(Arc::new(fs))
 }
 

@@ -305,3 +305,42 @@ fn two_concurrent_mounts_of_the_same_module() {
         assert_eq!(debugfs(img, "cat /d/f29"), pattern(5029, seed * 100 + 29));
     }
 }
+
+#[test]
+fn ownership_options_as_fuseext2() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = ext_image(dir.path(), "owners.img", 16);
+    // uid=/gid=/umask= change what is reported, not what is written.
+    let m = mount(&[
+        "vufuseext2",
+        "-o",
+        "rw+,uid=1234,gid=99,umask=027",
+        s(&img),
+        "/mnt",
+    ]);
+    m.write_file("/f", b"x").unwrap();
+    let f = m.getattr("/f").unwrap();
+    assert_eq!((f.st_uid, f.st_gid), (1234, 99));
+    // As fuse2fs: umask=M reports every file's permission bits as ~M (0644 on disk).
+    assert_eq!(f.st_mode & 0o777, 0o750, "umask=027: {:o}", f.st_mode);
+    assert_eq!(m.umount(), 0);
+    let on_disk = String::from_utf8_lossy(&debugfs(&img, "stat /f")).into_owned();
+    assert!(on_disk.contains("User:     0   Group:     0"), "{on_disk}");
+    // fakeroot: a file made by any caller belongs to root.
+    let m = mount(&["vufuseext2", "-o", "rw+,fakeroot", s(&img), "/mnt"]);
+    m.set_caller(4321, 4321);
+    m.write_file("/g", b"y").unwrap();
+    m.set_caller(0, 0);
+    assert_eq!(m.umount(), 0);
+    let on_disk = String::from_utf8_lossy(&debugfs(&img, "stat /g")).into_owned();
+    assert!(on_disk.contains("User:     0   Group:     0"), "{on_disk}");
+    // Without it the caller owns what it makes.
+    let m = mount(&["vufuseext2", "-o", "rw+", s(&img), "/mnt"]);
+    m.set_caller(4321, 4321);
+    m.write_file("/h", b"z").unwrap();
+    m.set_caller(0, 0);
+    assert_eq!(m.umount(), 0);
+    let on_disk = String::from_utf8_lossy(&debugfs(&img, "stat /h")).into_owned();
+    assert!(on_disk.contains("User:  4321   Group:  4321"), "{on_disk}");
+    e2fsck_clean(&img);
+}

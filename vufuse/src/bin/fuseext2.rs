@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
-use vufuse::ext::{looks_like_ext, ExtFs, ExtOptions};
+use vufuse::ext::{looks_like_ext, ExtFs, ExtOptions, ExtView};
 use vufuse::options::WritePolicy;
 use vufuse::source::open_source;
 
@@ -18,7 +18,10 @@ const SPEC: DaemonSpec = DaemonSpec {
     source: SourceArg::Required("IMAGE"),
     mountpoint: MountpointKind::Directory,
     write_policy: WritePolicy::ReadOnlyUnlessRw,
-    extra_options: "  part=N                   partition N of a partitioned image (Linux numbering;\n                           default: the only ext partition)\n",
+    extra_options: "  part=N                   partition N of a partitioned image (Linux numbering;\n                           default: the only ext partition)\n  \
+                    uid=N, gid=N             report every file as owned by user N / group N\n  \
+                    umask=M                  report every file with permissions 0777 & ~M (octal)\n  \
+                    fakeroot                 act as root: new files are owned by 0:0\n",
 };
 
 fn main() -> ExitCode {
@@ -38,10 +41,17 @@ fn main() -> ExitCode {
                 read_only: options.read_only,
             },
         )
-        .map_err(|e| format!("{}: {e}", source.display()))?;
+        .map_err(|e| format!("{}: {e}", source.display()))?
+        .with_view(ExtView {
+            uid: options.uid,
+            gid: options.gid,
+            umask: options.umask,
+            fakeroot: options.fakeroot,
+        });
         let label = fs.label().to_string();
         let mut served = Served::new(Arc::new(fs));
         served.fsname = (!label.is_empty()).then_some(label);
+        // The daemon asks the kernel for a wide read-ahead on every mount (daemon.rs).
         Ok(served)
     })
 }

@@ -37,10 +37,6 @@ use vudev::{BlockDevice, Errno, Result};
 struct ExtFsHandle {
     _private: [u8; 0],
 }
-#[repr(C)]
-struct ExtFileHandle {
-    _private: [u8; 0],
-}
 
 /// The device as the shim sees it (mirrors `struct vx_dev`).
 #[repr(C)]
@@ -115,13 +111,6 @@ extern "C" {
         ino: *mut u32,
     ) -> c_int;
     fn vx_readdir(fs: *mut ExtFsHandle, dir: u32, cb: DirentCb, ctx: *mut c_void) -> c_int;
-    fn vx_file_open(
-        fs: *mut ExtFsHandle,
-        ino: u32,
-        write: c_int,
-        out: *mut *mut ExtFileHandle,
-    ) -> c_int;
-    fn vx_file_close(f: *mut ExtFileHandle) -> c_int;
     fn vx_readlink(
         fs: *mut ExtFsHandle,
         ino: u32,
@@ -145,6 +134,7 @@ extern "C" {
         gid: u32,
         s: i64,
         ns: u32,
+        known_absent: c_int,
         out: *mut u32,
     ) -> c_int;
     fn vx_mkdir(
@@ -156,6 +146,7 @@ extern "C" {
         gid: u32,
         s: i64,
         ns: u32,
+        known_absent: c_int,
         out: *mut u32,
     ) -> c_int;
     fn vx_symlink(
@@ -167,6 +158,7 @@ extern "C" {
         gid: u32,
         s: i64,
         ns: u32,
+        known_absent: c_int,
         out: *mut u32,
     ) -> c_int;
     fn vx_link(
@@ -176,6 +168,7 @@ extern "C" {
         name: *const c_char,
         s: i64,
         ns: u32,
+        known_absent: c_int,
     ) -> c_int;
     fn vx_unlink(
         fs: *mut ExtFsHandle,
@@ -188,6 +181,7 @@ extern "C" {
         out_last: *mut c_int,
     ) -> c_int;
     fn vx_free_inode(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    fn vx_orphan_add(fs: *mut ExtFsHandle, ino: u32) -> c_int;
     fn vx_rename(
         fs: *mut ExtFsHandle,
         sdir: u32,
@@ -199,13 +193,6 @@ extern "C" {
         ns: u32,
         freed: *mut u32,
     ) -> c_int;
-    fn vx_file_write(
-        f: *mut ExtFileHandle,
-        offset: u64,
-        buf: *const c_void,
-        len: usize,
-        done: *mut usize,
-    ) -> c_int;
     fn vx_read_ino(
         fs: *mut ExtFsHandle,
         ino: u32,
@@ -216,6 +203,19 @@ extern "C" {
         got: *mut usize,
     ) -> c_int;
     fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
+    fn vx_sync_meta(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_check_extents(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    fn vx_write_ino(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        offset: u64,
+        buf: *const c_void,
+        len: usize,
+        s: i64,
+        ns: u32,
+        done: *mut usize,
+    ) -> c_int;
     #[allow(clippy::too_many_arguments)]
     fn vx_setattr(
         fs: *mut ExtFsHandle,
@@ -368,6 +368,39 @@ struct Handles {
     dirs: HashMap<u64, Vec<(u32, FileKind, Vec<u8>)>>,
     /// Inodes whose last link went while open: freed at their last close.
     orphans: HashSet<u32>,
+    /// Names of directories looked up in, so lookups (positive and
+    /// negative) and the existence check of a create skip libext2fs's
+    /// linear scan. Kept in step by every change made here; "." and ".."
+    /// are not cached.
+    names: HashMap<u32, HashMap<Vec<u8>, u32>>,
+    /// Entries held in `names`, bounded by [`NAME_CACHE_LIMIT`].
+    cached_names: usize,
+}
+
+/// At most this many names are cached (about 100 bytes each).
+const NAME_CACHE_LIMIT: usize = 500_000;
+
+extern "C" fn collect_name(
+    ctx: *mut c_void,
+    ino: u32,
+    _file_type: c_int,
+    name: *const c_char,
+    len: usize,
+) -> c_int {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: ctx is the map passed by `Handles::names_of`, alive for the
+        // whole iteration; name points at len bytes inside libext2fs's block buffer.
+        let (out, name) = unsafe {
+            (
+                &mut *(ctx as *mut HashMap<Vec<u8>, u32>),
+                std::slice::from_raw_parts(name as *const u8, len),
+            )
+        };
+        if name != b"." && name != b".." && ino != 0 {
+            out.insert(name.to_vec(), ino);
+        }
+    }));
+    c_int::from(outcome.is_err())
 }
 
 impl Handles {
@@ -377,8 +410,12 @@ impl Handles {
 
     /// Frees `ino` now if nobody has it open, else when the last handle closes.
     fn free_when_closed(&mut self, ino: u32) -> Result<()> {
+        self.forget_dir(ino);
         if self.open_count(ino) > 0 {
-            self.orphans.insert(ino);
+            if self.orphans.insert(ino) {
+                // SAFETY: self.fs is open; ino's last link is gone.
+                check(unsafe { vx_orphan_add(self.fs, ino) })?;
+            }
             Ok(())
         } else {
             // SAFETY: self.fs is open; ino's last link is gone.
@@ -386,21 +423,82 @@ impl Handles {
         }
     }
 
-    /// Runs `f` with a libext2fs file handle for `ino`, closed afterwards.
-    fn with_file<T>(
-        &self,
-        ino: u32,
-        write: bool,
-        f: impl FnOnce(*mut ExtFileHandle) -> Result<T>,
-    ) -> Result<T> {
-        let mut file: *mut ExtFileHandle = std::ptr::null_mut();
-        // SAFETY: self.fs is open; file is a valid out-pointer.
-        check(unsafe { vx_file_open(self.fs, ino, c_int::from(write), &mut file) })?;
-        let result = f(file);
-        // SAFETY: file was opened just above and is closed once, here.
-        let closed = check(unsafe { vx_file_close(file) });
+    /// The inode `name` in `dir` leads to, from the name cache (filled from
+    /// the directory on first use); `ENOENT` if absent.
+    fn lookup_cached(&mut self, dir: u32, name: &[u8]) -> Result<u32> {
+        if name == b"." || name == b".." {
+            let mut ino = 0u32;
+            // SAFETY: self.fs is open; name is valid for name.len() bytes.
+            check(unsafe {
+                vx_lookup(
+                    self.fs,
+                    dir,
+                    name.as_ptr() as *const c_char,
+                    name.len(),
+                    &mut ino,
+                )
+            })?;
+            return Ok(ino);
+        }
+        if !self.names.contains_key(&dir) {
+            let mut names: HashMap<Vec<u8>, u32> = HashMap::new();
+            // SAFETY: self.fs is open; the callback only touches `names`, alive for the call.
+            check(unsafe {
+                vx_readdir(
+                    self.fs,
+                    dir,
+                    collect_name,
+                    &mut names as *mut _ as *mut c_void,
+                )
+            })?;
+            if self.cached_names + names.len() > NAME_CACHE_LIMIT {
+                self.names.clear();
+                self.cached_names = 0;
+            }
+            self.cached_names += names.len();
+            self.names.insert(dir, names);
+        }
+        self.names[&dir].get(name).copied().ok_or(Errno::ENOENT)
+    }
+
+    /// Whether `name` is known to be absent from `dir` (false: unknown or present).
+    fn known_absent(&self, dir: u32, name: &[u8]) -> bool {
+        self.names
+            .get(&dir)
+            .is_some_and(|names| !names.contains_key(name))
+    }
+
+    /// Records that `name` in `dir` now leads to `ino` (after a successful
+    /// create or link), or forgets the directory after a failure.
+    fn note_added(&mut self, dir: u32, name: &[u8], result: &Result<u32>) {
+        match result {
+            Ok(ino) => {
+                if let Some(names) = self.names.get_mut(&dir) {
+                    if names.insert(name.to_vec(), *ino).is_none() {
+                        self.cached_names += 1;
+                    }
+                }
+            }
+            Err(_) => self.forget_dir(dir),
+        }
+    }
+
+    /// Drops the cached names of `dir` (changed in a way not tracked, or gone).
+    fn forget_dir(&mut self, dir: u32) {
+        if let Some(names) = self.names.remove(&dir) {
+            self.cached_names -= names.len();
+        }
+    }
+
+    /// Writes the allocation metadata a change touched (bitmaps and
+    /// descriptors of the changed groups, the superblock), so the image is
+    /// consistent after every operation, not only at unmount. Runs after
+    /// failed operations too: they may have changed something before failing.
+    fn commit<T>(&self, result: Result<T>) -> Result<T> {
+        // SAFETY: self.fs is open; on a read-only mount this does nothing.
+        let synced = check(unsafe { vx_sync_meta(self.fs) });
         let value = result?;
-        closed.map(|()| value)
+        synced.map(|()| value)
     }
 }
 
@@ -417,6 +515,23 @@ pub struct ExtFs {
     read_only: bool,
     label: String,
     next_fh: AtomicU64,
+    view: ExtView,
+}
+
+/// How files are shown and owned, from fuse2fs's mount options. The
+/// default shows what is on disk and gives new files the caller's ids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExtView {
+    /// `uid=N`: every file is reported as owned by user N (the disk keeps its owners).
+    pub uid: Option<u32>,
+    /// `gid=N`: every file is reported as owned by group N.
+    pub gid: Option<u32>,
+    /// `umask=M`: every file is reported with permissions `0777 & !M`, as
+    /// libfuse's option of that name does for fuse2fs.
+    pub umask: Option<u32>,
+    /// `fakeroot`: act as if every caller were root: new files and
+    /// directories are owned by 0:0 (building an image as an ordinary user).
+    pub fakeroot: bool,
 }
 
 // SAFETY: `device` is written once in `open` and read only by libext2fs
@@ -641,12 +756,31 @@ impl ExtFs {
                 next_read: HashMap::new(),
                 dirs: HashMap::new(),
                 orphans: HashSet::new(),
+                names: HashMap::new(),
+                cached_names: 0,
             }),
             device,
             read_only,
             label,
             next_fh: AtomicU64::new(1),
+            view: ExtView::default(),
         })
+    }
+
+    /// Applies the ownership and permission view of `view` (fuse2fs's
+    /// `uid=`, `gid=`, `umask=` and `fakeroot` options).
+    pub fn with_view(mut self, view: ExtView) -> ExtFs {
+        self.view = view;
+        self
+    }
+
+    /// The owner given to new files: the caller, or root under `fakeroot`.
+    fn owner(&self, ctx: &Context) -> (u32, u32) {
+        if self.view.fakeroot {
+            (0, 0)
+        } else {
+            (ctx.uid, ctx.gid)
+        }
     }
 
     /// The volume label (may be empty).
@@ -662,10 +796,10 @@ impl ExtFs {
         }
     }
 
-    fn entry_of(h: &Handles, ino: u32) -> Result<Entry> {
+    fn entry_of(&self, h: &Handles, ino: u32) -> Result<Entry> {
         let st = Self::stat(h, ino)?;
         Ok(Entry {
-            attr: Self::attr(&st),
+            attr: self.attr(&st),
             generation: st.generation as u64,
         })
     }
@@ -677,7 +811,7 @@ impl ExtFs {
         let (s, ns) = split_time(SystemTime::now());
         let (mut ino, mut last) = (0u32, 0 as c_int);
         // SAFETY: h.fs is open; name is NUL-terminated; outputs are valid pointers.
-        check(unsafe {
+        let removed = check(unsafe {
             vx_unlink(
                 h.fs,
                 ext_ino(parent),
@@ -688,11 +822,25 @@ impl ExtFs {
                 &mut ino,
                 &mut last,
             )
-        })?;
-        if last != 0 {
-            h.free_when_closed(ino)?;
+        });
+        match &removed {
+            Ok(()) => {
+                if let Some(names) = h.names.get_mut(&ext_ino(parent)) {
+                    if names.remove(name.as_bytes()).is_some() {
+                        h.cached_names -= 1;
+                    }
+                }
+            }
+            Err(_) => h.forget_dir(ext_ino(parent)),
         }
-        Ok(())
+        let result = removed.and_then(|()| {
+            if last != 0 {
+                h.free_when_closed(ino)
+            } else {
+                Ok(())
+            }
+        });
+        h.commit(result)
     }
 
     fn lock(&self) -> MutexGuard<'_, Handles> {
@@ -706,8 +854,18 @@ impl ExtFs {
         Ok(st)
     }
 
-    fn attr(st: &VxStat) -> Attr {
+    /// The attributes reported for `st`, after the `uid=`/`gid=`/`umask=` view.
+    fn attr(&self, st: &VxStat) -> Attr {
+        let view = &self.view;
+        let perm = match view.umask {
+            // As libfuse's umask= (what fuse2fs users get): permissions are 0777 minus the mask.
+            Some(mask) => (0o777 & !mask) as u16,
+            None => (st.mode & 0o7777) as u16,
+        };
         Attr {
+            perm,
+            uid: view.uid.unwrap_or(st.uid),
+            gid: view.gid.unwrap_or(st.gid),
             ino: fuse_ino(st.ino as u32),
             size: st.size,
             blocks: st.blocks,
@@ -716,10 +874,7 @@ impl ExtFs {
             ctime: time(st.ctime, st.ctime_ns),
             crtime: time(st.crtime, st.crtime_ns),
             kind: kind_of_mode(st.mode),
-            perm: (st.mode & 0o7777) as u16,
             nlink: st.nlink,
-            uid: st.uid,
-            gid: st.gid,
             rdev: st.rdev,
             blksize: 4096,
         }
@@ -796,32 +951,22 @@ impl FileSystem for ExtFs {
     }
 
     fn lookup(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<Entry> {
-        let h = self.lock();
+        let mut h = self.lock();
         let bytes = name.as_bytes();
         if bytes.len() > 255 {
             return Err(Errno::ENAMETOOLONG);
         }
-        let mut ino = 0u32;
-        // SAFETY: h.fs is open; name is valid for bytes.len() bytes.
-        check(unsafe {
-            vx_lookup(
-                h.fs,
-                ext_ino(parent),
-                bytes.as_ptr() as *const c_char,
-                bytes.len(),
-                &mut ino,
-            )
-        })?;
+        let ino = h.lookup_cached(ext_ino(parent), bytes)?;
         let st = Self::stat(&h, ino)?;
         Ok(Entry {
-            attr: Self::attr(&st),
+            attr: self.attr(&st),
             generation: st.generation as u64,
         })
     }
 
     fn getattr(&self, _ctx: &Context, ino: Ino, _fh: Option<Fh>) -> Result<Attr> {
         let h = self.lock();
-        Ok(Self::attr(&Self::stat(&h, ext_ino(ino))?))
+        Ok(self.attr(&Self::stat(&h, ext_ino(ino))?))
     }
 
     fn readlink(&self, _ctx: &Context, ino: Ino) -> Result<Vec<u8>> {
@@ -851,6 +996,10 @@ impl FileSystem for ExtFs {
         if kind_of_mode(st.mode) == FileKind::Dir {
             return Err(Errno::EISDIR);
         }
+        // A corrupt extent tree (a cycle, a node out of place) is refused
+        // here, once, rather than read as made-up mappings.
+        // SAFETY: h.fs is open.
+        check(unsafe { vx_check_extents(h.fs, ext_ino(ino)) })?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         h.files.insert(fh, ext_ino(ino));
         Ok(Opened {
@@ -885,20 +1034,22 @@ impl FileSystem for ExtFs {
     fn write(&self, _ctx: &Context, ino: Ino, _fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
         self.writable()?;
         let h = self.lock();
-        h.with_file(ext_ino(ino), true, |file| {
-            let mut done = 0usize;
-            // SAFETY: file is open for writing; data is readable for its length.
-            check(unsafe {
-                vx_file_write(
-                    file,
-                    offset,
-                    data.as_ptr() as *const c_void,
-                    data.len(),
-                    &mut done,
-                )
-            })?;
-            Ok(done)
-        })
+        let (s, ns) = split_time(SystemTime::now());
+        let mut done = 0usize;
+        // SAFETY: h.fs is open; data is readable for its length; done is a valid out-pointer.
+        let result = check(unsafe {
+            vx_write_ino(
+                h.fs,
+                ext_ino(ino),
+                offset,
+                data.as_ptr() as *const c_void,
+                data.len(),
+                s,
+                ns,
+                &mut done,
+            )
+        });
+        h.commit(result.map(|()| done))
     }
 
     fn release(&self, _ctx: &Context, _ino: Ino, fh: Fh) -> Result<()> {
@@ -907,7 +1058,8 @@ impl FileSystem for ExtFs {
         if let Some(ino) = h.files.remove(&fh.0) {
             if h.open_count(ino) == 0 && h.orphans.remove(&ino) {
                 // SAFETY: h.fs is open; the orphan's last link is gone and its last handle closed.
-                check(unsafe { vx_free_inode(h.fs, ino) })?;
+                let freed = check(unsafe { vx_free_inode(h.fs, ino) });
+                h.commit(freed)?;
             }
         }
         Ok(())
@@ -931,7 +1083,10 @@ impl FileSystem for ExtFs {
                 return Err(Errno::EISDIR);
             }
             // SAFETY: h.fs is open.
-            check(unsafe { vx_truncate(h.fs, target, size) })?;
+            check(unsafe { vx_check_extents(h.fs, target) })?;
+            // SAFETY: h.fs is open.
+            let truncated = check(unsafe { vx_truncate(h.fs, target, size) });
+            h.commit(truncated)?;
         }
         let _ = ctx;
         let (now_s, now_ns) = split_time(SystemTime::now());
@@ -944,7 +1099,7 @@ impl FileSystem for ExtFs {
             .map(|t| split_time(t.resolve()))
             .unwrap_or_default();
         // SAFETY: h.fs is open; all arguments are plain values.
-        check(unsafe {
+        let changed = check(unsafe {
             vx_setattr(
                 h.fs,
                 target,
@@ -963,8 +1118,9 @@ impl FileSystem for ExtFs {
                 now_s,
                 now_ns,
             )
-        })?;
-        Ok(Self::attr(&Self::stat(&h, target)?))
+        });
+        h.commit(changed)?;
+        Ok(self.attr(&Self::stat(&h, target)?))
     }
 
     fn mknod(
@@ -977,25 +1133,31 @@ impl FileSystem for ExtFs {
     ) -> Result<Entry> {
         self.writable()?;
         let name = c_name(name)?;
-        let h = self.lock();
+        let mut h = self.lock();
+        let owner = self.owner(ctx);
+        let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         let mut ino = 0u32;
         // SAFETY: h.fs is open; name is a NUL-terminated string; ino is a valid out-pointer.
-        check(unsafe {
+        let made = check(unsafe {
             vx_mknod(
                 h.fs,
                 ext_ino(parent),
                 name.as_ptr(),
                 mode,
                 rdev,
-                ctx.uid,
-                ctx.gid,
+                owner.0,
+                owner.1,
                 s,
                 ns,
+                absent,
                 &mut ino,
             )
-        })?;
-        Self::entry_of(&h, ino)
+        });
+        let made = h.commit(made).map(|()| ino);
+        h.note_added(ext_ino(parent), name.as_bytes(), &made);
+        made?;
+        self.entry_of(&h, ino)
     }
 
     fn create(
@@ -1022,24 +1184,30 @@ impl FileSystem for ExtFs {
     fn mkdir(&self, ctx: &Context, parent: Ino, name: &OsStr, mode: u32) -> Result<Entry> {
         self.writable()?;
         let name = c_name(name)?;
-        let h = self.lock();
+        let mut h = self.lock();
+        let owner = self.owner(ctx);
+        let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         let mut ino = 0u32;
         // SAFETY: as in mknod.
-        check(unsafe {
+        let made = check(unsafe {
             vx_mkdir(
                 h.fs,
                 ext_ino(parent),
                 name.as_ptr(),
                 mode,
-                ctx.uid,
-                ctx.gid,
+                owner.0,
+                owner.1,
                 s,
                 ns,
+                absent,
                 &mut ino,
             )
-        })?;
-        Self::entry_of(&h, ino)
+        });
+        let made = h.commit(made).map(|()| ino);
+        h.note_added(ext_ino(parent), name.as_bytes(), &made);
+        made?;
+        self.entry_of(&h, ino)
     }
 
     fn symlink(
@@ -1053,33 +1221,40 @@ impl FileSystem for ExtFs {
         let name = c_name(name)?;
         let target =
             std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-        let h = self.lock();
+        let mut h = self.lock();
+        let owner = self.owner(ctx);
+        let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         let mut ino = 0u32;
         // SAFETY: as in mknod; target is a NUL-terminated string.
-        check(unsafe {
+        let made = check(unsafe {
             vx_symlink(
                 h.fs,
                 ext_ino(parent),
                 name.as_ptr(),
                 target.as_ptr(),
-                ctx.uid,
-                ctx.gid,
+                owner.0,
+                owner.1,
                 s,
                 ns,
+                absent,
                 &mut ino,
             )
-        })?;
-        Self::entry_of(&h, ino)
+        });
+        let made = h.commit(made).map(|()| ino);
+        h.note_added(ext_ino(parent), name.as_bytes(), &made);
+        made?;
+        self.entry_of(&h, ino)
     }
 
     fn link(&self, _ctx: &Context, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
         self.writable()?;
         let name = c_name(new_name)?;
-        let h = self.lock();
+        let mut h = self.lock();
+        let absent = c_int::from(h.known_absent(ext_ino(new_parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         // SAFETY: h.fs is open; name is NUL-terminated.
-        check(unsafe {
+        let linked = check(unsafe {
             vx_link(
                 h.fs,
                 ext_ino(ino),
@@ -1087,9 +1262,13 @@ impl FileSystem for ExtFs {
                 name.as_ptr(),
                 s,
                 ns,
+                absent,
             )
-        })?;
-        Self::entry_of(&h, ext_ino(ino))
+        });
+        let linked = h.commit(linked).map(|()| ext_ino(ino));
+        h.note_added(ext_ino(new_parent), name.as_bytes(), &linked);
+        linked?;
+        self.entry_of(&h, ext_ino(ino))
     }
 
     fn unlink(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<()> {
@@ -1121,8 +1300,10 @@ impl FileSystem for ExtFs {
             | (c_int::from(flags & RENAME_EXCHANGE != 0) << 1);
         let (s, ns) = split_time(SystemTime::now());
         let mut freed = 0u32;
+        h.forget_dir(ext_ino(parent));
+        h.forget_dir(ext_ino(new_parent));
         // SAFETY: h.fs is open; both names are NUL-terminated; freed is a valid out-pointer.
-        check(unsafe {
+        let renamed = check(unsafe {
             vx_rename(
                 h.fs,
                 ext_ino(parent),
@@ -1134,11 +1315,15 @@ impl FileSystem for ExtFs {
                 ns,
                 &mut freed,
             )
-        })?;
-        if freed != 0 {
-            h.free_when_closed(freed)?;
-        }
-        Ok(())
+        });
+        let result = renamed.and_then(|()| {
+            if freed != 0 {
+                h.free_when_closed(freed)
+            } else {
+                Ok(())
+            }
+        });
+        h.commit(result)
     }
 
     fn setxattr(
@@ -1161,7 +1346,10 @@ impl FileSystem for ExtFs {
             value.as_ptr() as *const c_void
         };
         // SAFETY: h.fs is open; name is NUL-terminated; ptr is readable for value.len() bytes.
-        check(unsafe { vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), ptr, value.len(), c_flags) })
+        let set = check(unsafe {
+            vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), ptr, value.len(), c_flags)
+        });
+        h.commit(set)
     }
 
     fn removexattr(&self, _ctx: &Context, ino: Ino, name: &OsStr) -> Result<()> {
@@ -1169,7 +1357,10 @@ impl FileSystem for ExtFs {
         let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
         let h = self.lock();
         // SAFETY: h.fs is open; name is NUL-terminated; a null value means remove.
-        check(unsafe { vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), std::ptr::null(), 0, 0) })
+        let removed = check(unsafe {
+            vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), std::ptr::null(), 0, 0)
+        });
+        h.commit(removed)
     }
 
     fn destroy(&self) {

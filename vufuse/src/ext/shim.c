@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <ext2fs/ext2fs.h>
+#include <e2p/e2p.h>
 
 /* ---- the device, implemented in Rust ---- */
 
@@ -283,6 +284,36 @@ static struct struct_io_manager vx_io_manager = {
 
 /* ---- open / close ---- */
 
+/* Names the feature bits of the superblock on dev that libext2fs does not
+ * support (incompat ones, or ro_compat ones when ro_compat is set), as
+ * e2p/tune2fs spell them ("FEATURE_R30" for a bit nobody knows). */
+static void vx_unsupported_features(struct vx_dev *dev, int ro_compat, char *out, size_t cap)
+{
+	struct ext2_super_block sb;
+	out[0] = 0;
+	if (dev->read(dev->ctx, SUPERBLOCK_OFFSET, &sb, sizeof sb)) {
+		snprintf(out, cap, "unknown");
+		return;
+	}
+	uint32_t bits = ro_compat ? ext2fs_le32_to_cpu(sb.s_feature_ro_compat) & ~EXT2_LIB_FEATURE_RO_COMPAT_SUPP
+				  : ext2fs_le32_to_cpu(sb.s_feature_incompat) & ~EXT2_LIB_FEATURE_INCOMPAT_SUPP;
+	size_t used = 0;
+	for (int bit = 0; bit < 32; bit++) {
+		if (!(bits & (1u << bit)))
+			continue;
+		const char *name = e2p_feature2string(ro_compat ? E2P_FEATURE_RO_INCOMPAT : E2P_FEATURE_INCOMPAT, 1u << bit);
+		int n = snprintf(out + used, cap - used, "%s%s", used ? ", " : "", name);
+		if (n < 0 || (size_t)n >= cap - used)
+			break;
+		used += (size_t)n;
+	}
+	if (!used)
+		snprintf(out, cap, "unknown");
+}
+
+static errcode_t vx_meta_init(ext2_filsys fs);
+static void vx_meta_free(ext2_filsys fs);
+
 /* Features this driver refuses even though libext2fs may parse them. */
 static const struct {
 	uint32_t bit;
@@ -301,8 +332,14 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 	int flags = EXT2_FLAG_64BITS | EXT2_FLAG_THREADS | (rw ? EXT2_FLAG_RW : 0);
 	errcode_t err = ext2fs_open2(name, NULL, flags, 0, 0, &vx_io_manager, &fs);
 	if (err) {
-		if (err == EXT2_ET_UNSUPP_FEATURE || err == EXT2_ET_RO_UNSUPP_FEATURE)
-			snprintf(msg, msglen, "the filesystem uses features this libext2fs does not support (%s)", error_message(err));
+		if (err == EXT2_ET_UNSUPP_FEATURE || err == EXT2_ET_RO_UNSUPP_FEATURE) {
+			char names[256];
+			vx_unsupported_features(dev, err == EXT2_ET_RO_UNSUPP_FEATURE, names, sizeof names);
+			if (err == EXT2_ET_RO_UNSUPP_FEATURE)
+				snprintf(msg, msglen, "the filesystem uses read-only compatible features this driver cannot write (%s): mount it read-only", names);
+			else
+				snprintf(msg, msglen, "the filesystem uses features this driver does not support (%s)", names);
+		}
 		else if (err == EXT2_ET_BAD_MAGIC)
 			snprintf(msg, msglen, "not an ext2/3/4 filesystem (bad superblock magic)");
 		else
@@ -327,6 +364,8 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 		return EUCLEAN;
 	}
 	err = ext2fs_read_bitmaps(fs);
+	if (!err && rw)
+		err = vx_meta_init(fs);
 	if (err) {
 		snprintf(msg, msglen, "cannot read the allocation bitmaps: %s", error_message(err));
 		ext2fs_close_free(&fs);
@@ -338,6 +377,7 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 
 int vx_close(ext2_filsys fs)
 {
+	vx_meta_free(fs);
 	errcode_t err = ext2fs_close_free(&fs);
 	return vx_errno(err);
 }
@@ -581,9 +621,52 @@ static int vx_has_extra(ext2_filsys fs, const struct ext2_inode_large *in)
 	return EXT2_INODE_SIZE(fs->super) > EXT2_GOOD_OLD_INODE_SIZE && in->i_extra_isize >= 24;
 }
 
+int vx_free_inode(ext2_filsys fs, uint32_t ino);
+static errcode_t vx_orphan_remove(ext2_filsys fs, uint32_t ino);
+
+/* Finishes what a crash interrupted, as the kernel does at mount: frees the
+ * inodes on the orphan list that have no name left (files unlinked while
+ * open) and unchains the others. A chain pointing outside the inode table
+ * is dropped (e2fsck's to sort out). */
+static int vx_release_orphans(ext2_filsys fs)
+{
+	for (uint32_t steps = 0; fs->super->s_last_orphan && steps <= fs->super->s_inodes_count; steps++) {
+		uint32_t ino = fs->super->s_last_orphan;
+		if (ino < EXT2_FIRST_INO(fs->super) || ino > fs->super->s_inodes_count) {
+			fs->super->s_last_orphan = 0;
+			break;
+		}
+		struct ext2_inode in;
+		errcode_t err = ext2fs_read_inode(fs, ino, &in);
+		if (err)
+			return vx_errno(err);
+		if (in.i_links_count == 0) {
+			int e = vx_free_inode(fs, ino);
+			if (e)
+				return e;
+		} else {
+			/* A truncate the crash cut short: drop the blocks past the end. */
+			if ((err = vx_orphan_remove(fs, ino)) || (err = ext2fs_read_inode(fs, ino, &in)))
+				return vx_errno(err);
+			in.i_dtime = 0;
+			if (ext2fs_inode_has_valid_blocks2(fs, &in) &&
+			    (err = ext2fs_punch(fs, ino, &in, NULL, (EXT2_I_SIZE(&in) + fs->blocksize - 1) / fs->blocksize, ~0ULL)))
+				return vx_errno(err);
+			if ((err = ext2fs_write_inode(fs, ino, &in)))
+				return vx_errno(err);
+		}
+	}
+	fs->super->s_last_orphan = 0; /* processed, or a cycle: dropped */
+	ext2fs_mark_super_dirty(fs);
+	return 0;
+}
+
 /* Marks the filesystem in use at a read-write mount (cleared by vx_close). */
 int vx_begin_rw(ext2_filsys fs)
 {
+	int e = vx_release_orphans(fs);
+	if (e)
+		return e;
 	fs->super->s_state &= ~EXT2_VALID_FS;
 	fs->super->s_mnt_count++;
 	fs->super->s_mtime = time(NULL);
@@ -617,12 +700,263 @@ static int vx_ft(uint32_t mode)
 	return EXT2_FT_UNKNOWN;
 }
 
-/* ext2fs_link, growing the directory when it is full. */
+/* Adds name to the last block of a linear (unindexed) directory when it
+ * has room: that is where the free space of a directory filled in order
+ * is, and ext2fs_link would scan every block before it (quadratic over a
+ * directory of thousands of files). Sets *done when it added the entry;
+ * anything unusual (indexed, inline, no room, odd block) leaves it to
+ * ext2fs_link. */
+static errcode_t vx_append_linear(ext2_filsys fs, uint32_t dir, const char *name, uint32_t ino, int ft, int *done)
+{
+	*done = 0;
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, dir, &in);
+	if (err)
+		return err;
+	if (!LINUX_S_ISDIR(in.i_mode) || (in.i_flags & (EXT2_INDEX_FL | EXT4_INLINE_DATA_FL)))
+		return 0;
+	uint64_t size = EXT2_I_SIZE(&in);
+	if (size < fs->blocksize || size % fs->blocksize)
+		return 0;
+	blk64_t pblk = 0;
+	if (ext2fs_bmap2(fs, dir, &in, NULL, 0, size / fs->blocksize - 1, NULL, &pblk) || !pblk)
+		return 0;
+	char *buf = malloc(fs->blocksize);
+	if (!buf)
+		return EXT2_ET_NO_MEMORY;
+	if (ext2fs_read_dir_block4(fs, pblk, buf, 0, dir)) {
+		free(buf);
+		return 0;
+	}
+	size_t namelen = strlen(name);
+	unsigned int need = EXT2_DIR_REC_LEN(namelen);
+	unsigned int end = fs->blocksize;
+	if (ext2fs_has_feature_metadata_csum(fs->super))
+		end -= sizeof(struct ext2_dir_entry_tail);
+	unsigned int offset = 0;
+	while (offset + 8 <= end) {
+		struct ext2_dir_entry *d = (struct ext2_dir_entry *)(buf + offset);
+		unsigned int rec_len = 0;
+		if (ext2fs_get_rec_len(fs, d, &rec_len) || rec_len < 8 || rec_len % 4 || offset + rec_len > end)
+			break; /* not what we expect: let the library deal with it */
+		unsigned int used = d->inode ? EXT2_DIR_REC_LEN(ext2fs_dirent_name_len(d)) : 0;
+		if (used <= rec_len && rec_len - used >= need) {
+			struct ext2_dir_entry *n = d;
+			if (used) {
+				ext2fs_set_rec_len(fs, used, d);
+				n = (struct ext2_dir_entry *)(buf + offset + used);
+			}
+			ext2fs_set_rec_len(fs, rec_len - used, n);
+			n->inode = ino;
+			ext2fs_dirent_set_name_len(n, (int)namelen);
+			ext2fs_dirent_set_file_type(n, ext2fs_has_feature_filetype(fs->super) ? ft : 0);
+			memcpy(n->name, name, namelen);
+			err = ext2fs_write_dir_block4(fs, pblk, buf, 0, dir);
+			if (!err)
+				*done = 1;
+			break;
+		}
+		offset += rec_len;
+	}
+	free(buf);
+	return err;
+}
+
+/* ---- turning a full one-block directory into an htree ----
+ *
+ * libext2fs inserts into indexed directories but never creates one, so a
+ * directory grown through it stays a linear list. Like the kernel
+ * (make_indexed_dir), when a one-block directory is full the shim turns it
+ * into an htree: block 0 becomes the dx root ("." and ".." kept), its
+ * entries are sorted by hash and split over two new leaf blocks, and the
+ * index points at them. Later inserts go through ext2fs_link's htree code. */
+
+struct vx_dxent {
+	uint32_t hash;
+	uint32_t ino;
+	int type;
+	int len;
+	const char *name;
+};
+
+static int vx_dxent_cmp(const void *a, const void *b)
+{
+	uint32_t x = ((const struct vx_dxent *)a)->hash, y = ((const struct vx_dxent *)b)->hash;
+	return x < y ? -1 : x > y;
+}
+
+/* Packs entries into a leaf block (with the checksum tail when needed). */
+static void vx_fill_leaf(ext2_filsys fs, char *buf, const struct vx_dxent *e, int n, unsigned int csum_size)
+{
+	memset(buf, 0, fs->blocksize);
+	unsigned int end = fs->blocksize - csum_size, offset = 0;
+	struct ext2_dir_entry *last = NULL;
+	for (int i = 0; i < n; i++) {
+		struct ext2_dir_entry *d = (struct ext2_dir_entry *)(buf + offset);
+		unsigned int len = EXT2_DIR_REC_LEN(e[i].len);
+		d->inode = e[i].ino;
+		ext2fs_dirent_set_name_len(d, e[i].len);
+		ext2fs_dirent_set_file_type(d, e[i].type);
+		memcpy(d->name, e[i].name, e[i].len);
+		ext2fs_set_rec_len(fs, len, d);
+		last = d;
+		offset += len;
+	}
+	if (last)
+		ext2fs_set_rec_len(fs, end - ((char *)last - buf), last);
+	else
+		ext2fs_set_rec_len(fs, end, (struct ext2_dir_entry *)buf);
+	if (csum_size)
+		ext2fs_initialize_dirent_tail(fs, EXT2_DIRENT_TAIL(buf, fs->blocksize));
+}
+
+/* Indexes the one-block directory dir; *done says whether it did. */
+static errcode_t vx_make_indexed(ext2_filsys fs, uint32_t dir, int *done)
+{
+	*done = 0;
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, dir, &in);
+	if (err)
+		return err;
+	if (!ext2fs_has_feature_dir_index(fs->super) || !LINUX_S_ISDIR(in.i_mode) ||
+	    (in.i_flags & (EXT2_INDEX_FL | EXT4_INLINE_DATA_FL)) || EXT2_I_SIZE(&in) != fs->blocksize)
+		return 0;
+	blk64_t root = 0;
+	if (ext2fs_bmap2(fs, dir, &in, NULL, 0, 0, NULL, &root) || !root)
+		return 0;
+	unsigned int bs = fs->blocksize;
+	unsigned int csum_size = ext2fs_has_feature_metadata_csum(fs->super) ? sizeof(struct ext2_dir_entry_tail) : 0;
+	char *old = malloc(bs), *leaf = malloc(bs);
+	struct vx_dxent *e = calloc(bs / 8 + 1, sizeof *e);
+	if (!old || !leaf || !e) {
+		err = EXT2_ET_NO_MEMORY;
+		goto out;
+	}
+	if ((err = ext2fs_read_dir_block4(fs, root, old, 0, dir)))
+		goto out;
+	/* ".", "..", then the entries. */
+	int n = 0, seen = 0;
+	uint32_t parent = 0;
+	int hash_alg = fs->super->s_def_hash_version;
+	if (hash_alg <= EXT2_HASH_TEA && (fs->super->s_flags & EXT2_FLAGS_UNSIGNED_HASH))
+		hash_alg += 3;
+	for (unsigned int offset = 0; offset + 8 <= bs - csum_size;) {
+		struct ext2_dir_entry *d = (struct ext2_dir_entry *)(old + offset);
+		unsigned int rec_len = 0;
+		if (ext2fs_get_rec_len(fs, d, &rec_len) || rec_len < 8 || offset + rec_len > bs - csum_size)
+			goto out; /* odd block: leave it linear */
+		int len = ext2fs_dirent_name_len(d);
+		if (seen == 0 && !(len == 1 && d->name[0] == '.'))
+			goto out;
+		if (seen == 1 && !(len == 2 && d->name[0] == '.' && d->name[1] == '.'))
+			goto out;
+		if (seen == 1)
+			parent = d->inode;
+		if (seen >= 2 && d->inode) {
+			e[n].ino = d->inode;
+			e[n].type = ext2fs_dirent_file_type(d);
+			e[n].len = len;
+			e[n].name = d->name;
+			ext2_dirhash_t hash = 0;
+			if ((err = ext2fs_dirhash2(hash_alg, d->name, len, fs->encoding, 0, fs->super->s_hash_seed, &hash, NULL)))
+				goto out;
+			e[n].hash = hash & ~1u;
+			n++;
+		}
+		seen++;
+		offset += rec_len;
+	}
+	if (n < 2)
+		goto out;
+	qsort(e, n, sizeof *e, vx_dxent_cmp);
+	/* Split by size near the middle, never between two equal hashes. */
+	unsigned int total = 0, half = 0;
+	for (int i = 0; i < n; i++)
+		total += EXT2_DIR_REC_LEN(e[i].len);
+	int split = 0;
+	while (split < n && half + EXT2_DIR_REC_LEN(e[split].len) <= total / 2)
+		half += EXT2_DIR_REC_LEN(e[split++].len);
+	while (split < n && split > 0 && e[split].hash == e[split - 1].hash)
+		split++;
+	if (split == 0 || split >= n)
+		goto out;
+	/* Two new blocks at logical 1 and 2 (allocated and mapped by the library). */
+	if ((err = ext2fs_expand_dir(fs, dir)) || (err = ext2fs_expand_dir(fs, dir)))
+		goto out;
+	if ((err = ext2fs_read_inode(fs, dir, &in)))
+		goto out;
+	blk64_t b1 = 0, b2 = 0;
+	if ((err = ext2fs_bmap2(fs, dir, &in, NULL, 0, 1, NULL, &b1)) || (err = ext2fs_bmap2(fs, dir, &in, NULL, 0, 2, NULL, &b2)))
+		goto out;
+	if (!b1 || !b2 || EXT2_I_SIZE(&in) != 3 * (uint64_t)bs) {
+		err = EXT2_ET_DIR_CORRUPTED;
+		goto out;
+	}
+	vx_fill_leaf(fs, leaf, e, split, csum_size);
+	if ((err = ext2fs_write_dir_block4(fs, b1, leaf, 0, dir)))
+		goto out;
+	vx_fill_leaf(fs, leaf, e + split, n - split, csum_size);
+	if ((err = ext2fs_write_dir_block4(fs, b2, leaf, 0, dir)))
+		goto out;
+	/* The root: ".", ".." spanning the block, then the index. */
+	memset(leaf, 0, bs);
+	struct ext2_dir_entry *dot = (struct ext2_dir_entry *)leaf;
+	dot->inode = dir;
+	ext2fs_dirent_set_name_len(dot, 1);
+	ext2fs_dirent_set_file_type(dot, ext2fs_has_feature_filetype(fs->super) ? EXT2_FT_DIR : 0);
+	dot->name[0] = '.';
+	ext2fs_set_rec_len(fs, 12, dot);
+	struct ext2_dir_entry *dotdot = (struct ext2_dir_entry *)(leaf + 12);
+	dotdot->inode = parent;
+	ext2fs_dirent_set_name_len(dotdot, 2);
+	ext2fs_dirent_set_file_type(dotdot, ext2fs_has_feature_filetype(fs->super) ? EXT2_FT_DIR : 0);
+	dotdot->name[0] = dotdot->name[1] = '.';
+	ext2fs_set_rec_len(fs, bs - 12, dotdot);
+	struct ext2_dx_root_info *info = (struct ext2_dx_root_info *)(leaf + 24);
+	info->hash_version = fs->super->s_def_hash_version;
+	info->info_length = 8;
+	struct ext2_dx_countlimit *cl = (struct ext2_dx_countlimit *)(leaf + 32);
+	unsigned int dx_csum = ext2fs_has_feature_metadata_csum(fs->super) ? sizeof(struct ext2_dx_tail) : 0;
+	cl->limit = ext2fs_cpu_to_le16((bs - 32 - dx_csum) / sizeof(struct ext2_dx_entry));
+	cl->count = ext2fs_cpu_to_le16(2);
+	struct ext2_dx_entry *ent = (struct ext2_dx_entry *)(leaf + 32);
+	ent[0].block = ext2fs_cpu_to_le32(1);
+	ent[1].hash = ext2fs_cpu_to_le32(e[split].hash);
+	ent[1].block = ext2fs_cpu_to_le32(2);
+	if ((err = ext2fs_write_dir_block4(fs, root, leaf, 0, dir)))
+		goto out;
+	in.i_flags |= EXT2_INDEX_FL;
+	if ((err = ext2fs_write_inode(fs, dir, &in)))
+		goto out;
+	*done = 1;
+out:
+	free(old);
+	free(leaf);
+	free(e);
+	return err;
+}
+
+/* Makes room in a full directory: an htree from a one-block one, else one more block. */
+static errcode_t vx_grow_dir(ext2_filsys fs, uint32_t dir)
+{
+	int indexed = 0;
+	errcode_t err = vx_make_indexed(fs, dir, &indexed);
+	if (!err && !indexed)
+		err = ext2fs_expand_dir(fs, dir);
+	return err;
+}
+
+/* ext2fs_link, growing the directory when it is full (a full one-block
+ * directory becomes an htree first, as the kernel does). */
 static errcode_t vx_link_grow(ext2_filsys fs, uint32_t dir, const char *name, uint32_t ino, int ft)
 {
-	errcode_t err = ext2fs_link(fs, dir, name, ino, ft);
+	int done = 0;
+	errcode_t err = vx_append_linear(fs, dir, name, ino, ft, &done);
+	if (err || done)
+		return err;
+	err = ext2fs_link(fs, dir, name, ino, ft);
 	if (err == EXT2_ET_DIR_NO_SPACE) {
-		err = ext2fs_expand_dir(fs, dir);
+		err = vx_grow_dir(fs, dir);
 		if (!err)
 			err = ext2fs_link(fs, dir, name, ino, ft);
 	}
@@ -650,12 +984,12 @@ static errcode_t vx_touch_dir(ext2_filsys fs, uint32_t dir, int64_t s, uint32_t 
 
 /* Creates a non-directory inode (regular, device, fifo, socket) named name in dir. */
 int vx_mknod(ext2_filsys fs, uint32_t dir, const char *name, uint32_t mode, uint32_t rdev,
-	     uint32_t uid, uint32_t gid, int64_t s, uint32_t ns, uint32_t *out)
+	     uint32_t uid, uint32_t gid, int64_t s, uint32_t ns, int known_absent, uint32_t *out)
 {
 	if (!vx_name_ok(name))
 		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
 	ext2_ino_t existing;
-	if (ext2fs_lookup(fs, dir, name, strlen(name), NULL, &existing) == 0)
+	if (!known_absent && ext2fs_lookup(fs, dir, name, strlen(name), NULL, &existing) == 0)
 		return EEXIST;
 	ext2_ino_t ino;
 	errcode_t err = ext2fs_new_inode(fs, dir, mode, 0, &ino);
@@ -729,16 +1063,16 @@ static errcode_t vx_own(ext2_filsys fs, uint32_t ino, uint32_t mode_bits, uint32
 }
 
 int vx_mkdir(ext2_filsys fs, uint32_t dir, const char *name, uint32_t mode, uint32_t uid, uint32_t gid,
-	     int64_t s, uint32_t ns, uint32_t *out)
+	     int64_t s, uint32_t ns, int known_absent, uint32_t *out)
 {
 	if (!vx_name_ok(name))
 		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
 	ext2_ino_t ino;
-	if (ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino) == 0)
+	if (!known_absent && ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino) == 0)
 		return EEXIST;
 	errcode_t err = ext2fs_mkdir(fs, dir, 0, name);
 	if (err == EXT2_ET_DIR_NO_SPACE) {
-		err = ext2fs_expand_dir(fs, dir);
+		err = vx_grow_dir(fs, dir);
 		if (!err)
 			err = ext2fs_mkdir(fs, dir, 0, name);
 	}
@@ -755,18 +1089,18 @@ int vx_mkdir(ext2_filsys fs, uint32_t dir, const char *name, uint32_t mode, uint
 }
 
 int vx_symlink(ext2_filsys fs, uint32_t dir, const char *name, const char *target, uint32_t uid, uint32_t gid,
-	       int64_t s, uint32_t ns, uint32_t *out)
+	       int64_t s, uint32_t ns, int known_absent, uint32_t *out)
 {
 	if (!vx_name_ok(name))
 		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
 	ext2_ino_t ino;
-	if (ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino) == 0)
+	if (!known_absent && ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino) == 0)
 		return EEXIST;
 	if (strlen(target) >= fs->blocksize)
 		return ENAMETOOLONG;
 	errcode_t err = ext2fs_symlink(fs, dir, 0, name, target);
 	if (err == EXT2_ET_DIR_NO_SPACE) {
-		err = ext2fs_expand_dir(fs, dir);
+		err = vx_grow_dir(fs, dir);
 		if (!err)
 			err = ext2fs_symlink(fs, dir, 0, name, target);
 	}
@@ -799,12 +1133,12 @@ static errcode_t vx_adjust_links(ext2_filsys fs, uint32_t ino, int delta, int64_
 	return ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
 }
 
-int vx_link(ext2_filsys fs, uint32_t ino, uint32_t dir, const char *name, int64_t s, uint32_t ns)
+int vx_link(ext2_filsys fs, uint32_t ino, uint32_t dir, const char *name, int64_t s, uint32_t ns, int known_absent)
 {
 	if (!vx_name_ok(name))
 		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
 	ext2_ino_t existing;
-	if (ext2fs_lookup(fs, dir, name, strlen(name), NULL, &existing) == 0)
+	if (!known_absent && ext2fs_lookup(fs, dir, name, strlen(name), NULL, &existing) == 0)
 		return EEXIST;
 	struct ext2_inode in;
 	errcode_t err = ext2fs_read_inode(fs, ino, &in);
@@ -821,6 +1155,57 @@ int vx_link(ext2_filsys fs, uint32_t ino, uint32_t dir, const char *name, int64_
 }
 
 /* Frees an inode whose last link is gone and which nobody has open. */
+/* ---- the orphan list: inodes unlinked while open ----
+ *
+ * As the kernel does, an inode whose last name goes while it is open is
+ * chained from s_last_orphan through i_dtime until its last close frees
+ * it, so a crash in between leaves e2fsck -p an orphan to release rather
+ * than an unattached inode to ask about. */
+
+int vx_orphan_add(ext2_filsys fs, uint32_t ino)
+{
+	struct ext2_inode_large in;
+	memset(&in, 0, sizeof in);
+	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	if (err)
+		return vx_errno(err);
+	in.i_dtime = fs->super->s_last_orphan;
+	if ((err = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in)))
+		return vx_errno(err);
+	fs->super->s_last_orphan = ino;
+	ext2fs_mark_super_dirty(fs);
+	return 0;
+}
+
+/* Unchains ino from the orphan list if it is there. */
+static errcode_t vx_orphan_remove(ext2_filsys fs, uint32_t ino)
+{
+	uint32_t prev = 0, cur = fs->super->s_last_orphan;
+	for (uint32_t steps = 0; cur && steps <= fs->super->s_inodes_count; steps++) {
+		struct ext2_inode node;
+		if (cur > fs->super->s_inodes_count)
+			return 0; /* a corrupt chain: leave it to e2fsck */
+		errcode_t err = ext2fs_read_inode(fs, cur, &node);
+		if (err)
+			return err;
+		if (cur == ino) {
+			if (prev == 0) {
+				fs->super->s_last_orphan = node.i_dtime;
+				ext2fs_mark_super_dirty(fs);
+				return 0;
+			}
+			struct ext2_inode before;
+			if ((err = ext2fs_read_inode(fs, prev, &before)))
+				return err;
+			before.i_dtime = node.i_dtime;
+			return ext2fs_write_inode(fs, prev, &before);
+		}
+		prev = cur;
+		cur = node.i_dtime;
+	}
+	return 0;
+}
+
 int vx_free_inode(ext2_filsys fs, uint32_t ino)
 {
 	struct ext2_inode_large in;
@@ -830,6 +1215,13 @@ int vx_free_inode(ext2_filsys fs, uint32_t ino)
 		return vx_errno(err);
 	if (in.i_links_count > 0)
 		return 0;
+	if (fs->super->s_last_orphan) {
+		if ((err = vx_orphan_remove(fs, ino)))
+			return vx_errno(err);
+		memset(&in, 0, sizeof in);
+		if ((err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in)))
+			return vx_errno(err);
+	}
 	if (ext2fs_file_acl_block(fs, (struct ext2_inode *)&in)) {
 		/* Drop our reference to a shared extended attribute block. */
 		blk64_t blk = ext2fs_file_acl_block(fs, (struct ext2_inode *)&in);
@@ -940,7 +1332,8 @@ static errcode_t vx_set_dotdot(ext2_filsys fs, uint32_t ino, uint32_t parent)
 	return ext2fs_dir_iterate2(fs, ino, DIRENT_FLAG_INCLUDE_EMPTY, NULL, vx_dotdot_cb, &dd);
 }
 
-/* Is ancestor a (possibly equal) ancestor of dir? */
+/* Is ancestor a (possibly equal) ancestor of dir? 1 yes, 0 no, -1 the ".."
+ * chain is corrupt (unreadable, or a cycle that never reaches the root). */
 static int vx_is_ancestor(ext2_filsys fs, uint32_t ancestor, uint32_t dir)
 {
 	for (int depth = 0; depth < 4096; depth++) {
@@ -949,11 +1342,11 @@ static int vx_is_ancestor(ext2_filsys fs, uint32_t ancestor, uint32_t dir)
 		if (dir == EXT2_ROOT_INO)
 			return 0;
 		ext2_ino_t parent;
-		if (ext2fs_lookup(fs, dir, "..", 2, NULL, &parent))
-			return 1; /* unreadable: refuse, as if it were */
+		if (ext2fs_lookup(fs, dir, "..", 2, NULL, &parent) || parent == dir || parent == 0)
+			return -1;
 		dir = parent;
 	}
-	return 1;
+	return -1;
 }
 
 /* rename(2) with RENAME_NOREPLACE (1) and RENAME_EXCHANGE (2). When a target
@@ -976,16 +1369,22 @@ int vx_rename(ext2_filsys fs, uint32_t sdir, const char *sname, uint32_t ddir, c
 	int sdirp = LINUX_S_ISDIR(sin.i_mode);
 	if (have_dst && dst == src)
 		return 0;
-	if (sdirp && sdir != ddir && vx_is_ancestor(fs, src, ddir))
-		return EINVAL;
+	if (sdirp && sdir != ddir) {
+		int a = vx_is_ancestor(fs, src, ddir);
+		if (a)
+			return a < 0 ? EUCLEAN : EINVAL;
+	}
 	if (flags & 2) {
 		if (!have_dst)
 			return ENOENT;
 		if ((err = ext2fs_read_inode(fs, dst, &din)))
 			return vx_errno(err);
 		int ddirp = LINUX_S_ISDIR(din.i_mode);
-		if (ddirp && sdir != ddir && vx_is_ancestor(fs, dst, sdir))
-			return EINVAL;
+		if (ddirp && sdir != ddir) {
+			int a = vx_is_ancestor(fs, dst, sdir);
+			if (a)
+				return a < 0 ? EUCLEAN : EINVAL;
+		}
 		/* Swap the two entries: remove both, add them crossed. */
 		if ((err = ext2fs_unlink(fs, sdir, sname, src, 0)) || (err = ext2fs_unlink(fs, ddir, dname, dst, 0)))
 			return vx_errno(err);
@@ -1281,4 +1680,489 @@ int vx_journal_map(ext2_filsys fs, uint64_t *out, size_t max, size_t *count)
 unsigned int vx_block_size(ext2_filsys fs)
 {
 	return fs->blocksize;
+}
+
+/* ---- metadata write-back after every change (dirty groups only) ----
+ *
+ * libext2fs keeps bitmaps, group descriptors and the superblock in memory
+ * and writes them at ext2fs_flush/close. A daemon killed (or an image read)
+ * between the change and the close would see blocks in use that the
+ * bitmaps call free. vx_sync_meta() writes, after each modifying operation,
+ * the bitmaps and descriptor blocks of the groups that changed since the
+ * last call and the primary superblock, the way ext2fs_write_bitmaps and
+ * ext2fs_flush lay them out; backups are left to the full flush at close. */
+
+struct vx_meta {
+	dgrp_t groups;
+	unsigned char *dirty;    /* groups touched by block (de)allocation */
+	char *desc_snapshot;     /* descriptors as last written */
+	unsigned char *desc_dirty; /* per descriptor block, scratch */
+	char super_snapshot[SUPERBLOCK_SIZE];
+	char *buf;               /* one block */
+};
+
+static struct vx_meta *vx_meta_of(ext2_filsys fs)
+{
+	return fs->priv_data;
+}
+
+static void vx_mark_blocks(ext2_filsys fs, blk64_t blk, blk64_t num)
+{
+	struct vx_meta *m = vx_meta_of(fs);
+	if (!m || num == 0)
+		return;
+	dgrp_t first = ext2fs_group_of_blk2(fs, blk), last = ext2fs_group_of_blk2(fs, blk + num - 1);
+	for (dgrp_t g = first; g <= last && g < m->groups; g++)
+		m->dirty[g] = 1;
+}
+
+static void vx_block_stats_cb(ext2_filsys fs, blk64_t blk, int inuse)
+{
+	(void)inuse;
+	vx_mark_blocks(fs, blk, 1);
+}
+
+static void vx_block_range_cb(ext2_filsys fs, blk64_t blk, blk_t num, int inuse)
+{
+	(void)inuse;
+	vx_mark_blocks(fs, blk, num);
+}
+
+static errcode_t vx_meta_init(ext2_filsys fs)
+{
+	struct vx_meta *m = calloc(1, sizeof *m);
+	if (!m)
+		return EXT2_ET_NO_MEMORY;
+	size_t dsize = EXT2_DESC_SIZE(fs->super);
+	m->groups = fs->group_desc_count;
+	m->dirty = calloc(m->groups, 1);
+	m->desc_snapshot = malloc((size_t)m->groups * dsize);
+	m->desc_dirty = calloc(fs->desc_blocks + 1, 1);
+	m->buf = malloc(fs->blocksize);
+	if (!m->dirty || !m->desc_snapshot || !m->desc_dirty || !m->buf) {
+		free(m->dirty);
+		free(m->desc_snapshot);
+		free(m->desc_dirty);
+		free(m->buf);
+		free(m);
+		return EXT2_ET_NO_MEMORY;
+	}
+	for (dgrp_t g = 0; g < m->groups; g++)
+		memcpy(m->desc_snapshot + (size_t)g * dsize, ext2fs_group_desc(fs, fs->group_desc, g), dsize);
+	memcpy(m->super_snapshot, fs->super, SUPERBLOCK_SIZE);
+	fs->priv_data = m;
+	ext2fs_set_block_alloc_stats_callback(fs, vx_block_stats_cb, NULL);
+	ext2fs_set_block_alloc_stats_range_callback(fs, vx_block_range_cb, NULL);
+	return 0;
+}
+
+static void vx_meta_free(ext2_filsys fs)
+{
+	struct vx_meta *m = vx_meta_of(fs);
+	if (!m)
+		return;
+	free(m->dirty);
+	free(m->desc_snapshot);
+	free(m->desc_dirty);
+	free(m->buf);
+	free(m);
+	fs->priv_data = NULL;
+}
+
+/* The two bitmaps of group g, as ext2fs_write_bitmaps writes them. */
+static errcode_t vx_write_group_bitmaps(ext2_filsys fs, struct vx_meta *m, dgrp_t g)
+{
+	int csum = ext2fs_has_group_desc_csum(fs);
+	errcode_t err;
+	if (fs->block_map && !(csum && ext2fs_bg_flags_test(fs, g, EXT2_BG_BLOCK_UNINIT))) {
+		size_t nbytes = EXT2_CLUSTERS_PER_GROUP(fs->super) / 8;
+		blk64_t start = EXT2FS_B2C(fs, fs->super->s_first_data_block) + (blk64_t)g * (nbytes << 3);
+		memset(m->buf, 0xff, fs->blocksize);
+		err = ext2fs_get_block_bitmap_range2(fs->block_map, start, nbytes << 3, m->buf);
+		if (err)
+			return err;
+		if (g == fs->group_desc_count - 1) {
+			/* Padding past the end of the filesystem reads as in use. */
+			blk64_t nbits = EXT2FS_NUM_B2C(fs, ((ext2fs_blocks_count(fs->super) - (__u64)fs->super->s_first_data_block) %
+							    (__u64)EXT2_BLOCKS_PER_GROUP(fs->super)));
+			if (nbits)
+				for (blk64_t j = nbits; j < (blk64_t)fs->blocksize * 8; j++)
+					ext2fs_set_bit(j, m->buf);
+		}
+		err = ext2fs_block_bitmap_csum_set(fs, g, m->buf, nbytes);
+		if (err)
+			return err;
+		ext2fs_group_desc_csum_set(fs, g);
+		blk64_t where = ext2fs_block_bitmap_loc(fs, g);
+		if (where && (err = io_channel_write_blk64(fs->io, where, 1, m->buf)))
+			return err;
+	}
+	if (fs->inode_map && !(csum && ext2fs_bg_flags_test(fs, g, EXT2_BG_INODE_UNINIT))) {
+		size_t nbytes = EXT2_INODES_PER_GROUP(fs->super) / 8;
+		memset(m->buf, 0xff, fs->blocksize);
+		err = ext2fs_get_inode_bitmap_range2(fs->inode_map, 1 + (__u64)g * (nbytes << 3), nbytes << 3, m->buf);
+		if (err)
+			return err;
+		err = ext2fs_inode_bitmap_csum_set(fs, g, m->buf, nbytes);
+		if (err)
+			return err;
+		ext2fs_group_desc_csum_set(fs, g);
+		blk64_t where = ext2fs_inode_bitmap_loc(fs, g);
+		if (where && (err = io_channel_write_blk64(fs->io, where, 1, m->buf)))
+			return err;
+	}
+	return 0;
+}
+
+/* Writes what changed since the last call: bitmaps and descriptor blocks of
+ * changed groups, then the primary superblock. Cheap when nothing changed
+ * (a memcmp of the descriptors and the superblock). */
+int vx_sync_meta(ext2_filsys fs)
+{
+	struct vx_meta *m = vx_meta_of(fs);
+	if (!m || !(fs->flags & EXT2_FLAG_RW))
+		return 0;
+	size_t dsize = EXT2_DESC_SIZE(fs->super);
+	dgrp_t per_block = EXT2_DESC_PER_BLOCK(fs->super);
+	errcode_t err = 0;
+	int any = 0;
+	for (dgrp_t g = 0; g < m->groups; g++) {
+		char *snap = m->desc_snapshot + (size_t)g * dsize;
+		void *desc = ext2fs_group_desc(fs, fs->group_desc, g);
+		if (!m->dirty[g] && memcmp(snap, desc, dsize) == 0)
+			continue;
+		if ((err = vx_write_group_bitmaps(fs, m, g)))
+			return vx_errno(err);
+		m->dirty[g] = 0;
+		memcpy(snap, desc, dsize);
+		m->desc_dirty[g / per_block] = 1;
+		any = 1;
+	}
+	if (any) {
+		for (dgrp_t i = 0; i < fs->desc_blocks; i++) {
+			if (!m->desc_dirty[i])
+				continue;
+			m->desc_dirty[i] = 0;
+			blk64_t where = ext2fs_descriptor_block_loc2(fs, fs->super->s_first_data_block, i);
+			err = io_channel_write_blk64(fs->io, where, 1, (char *)fs->group_desc + (size_t)i * fs->blocksize);
+			if (err)
+				return vx_errno(err);
+		}
+	}
+	if (any || memcmp(m->super_snapshot, fs->super, SUPERBLOCK_SIZE) != 0) {
+		fs->super->s_wtime = (uint32_t)time(NULL);
+		ext2fs_superblock_csum_set(fs, fs->super);
+		err = io_channel_write_byte(fs->io, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, fs->super);
+		if (err)
+			return vx_errno(err);
+		memcpy(m->super_snapshot, fs->super, SUPERBLOCK_SIZE);
+	}
+	return 0;
+}
+
+/* ---- the data path for writes: whole runs per device call ---- */
+
+/* Writes nblocks whole blocks at physical block pblk straight to the device. */
+static int vx_write_run(ext2_filsys fs, uint64_t pblk, const void *data, size_t bytes)
+{
+	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
+	vx_cache_forget(fs->io, pblk * fs->blocksize, bytes);
+	return dev->write(dev->ctx, pblk * fs->blocksize, data, bytes);
+}
+
+/* Maps the hole [lblk, lblk + len) of an extent file to newly allocated
+ * blocks, appending to the extent on the left when physically contiguous
+ * (so a file written front to back stays one extent per 128 MiB).
+ * *mapped gets how many blocks from lblk on were mapped before any error. */
+static errcode_t vx_map_hole(ext2_filsys fs, uint32_t ino, struct ext2_inode *in, ext2_extent_handle_t h,
+			     blk64_t lblk, blk64_t len, blk64_t *mapped)
+{
+	*mapped = 0;
+	while (*mapped < len) {
+		blk64_t at = lblk + *mapped, want = len - *mapped, pblk = 0, plen = 0;
+		struct ext2fs_extent left;
+		int have_left = 0;
+		if (at > 0 && ext2fs_extent_goto2(h, 0, at - 1) == 0 &&
+		    ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &left) == 0 &&
+		    left.e_lblk + left.e_len == at && !(left.e_flags & EXT2_EXTENT_FLAGS_UNINIT))
+			have_left = 1;
+		blk64_t goal = have_left ? left.e_pblk + left.e_len : ext2fs_find_inode_goal(fs, ino, in, at);
+		errcode_t err = ext2fs_new_range(fs, 0, goal, want, NULL, &pblk, &plen);
+		if (err == EXT2_ET_BLOCK_ALLOC_FAIL && goal)
+			err = ext2fs_new_range(fs, 0, fs->super->s_first_data_block, want, NULL, &pblk, &plen);
+		if (err)
+			return err;
+		if (plen > want)
+			plen = want;
+		if (plen > EXT_INIT_MAX_LEN)
+			plen = EXT_INIT_MAX_LEN;
+		ext2fs_block_alloc_stats_range(fs, pblk, plen, +1);
+		if ((err = ext2fs_iblk_add_blocks(fs, in, plen)))
+			return err;
+		if (have_left && left.e_pblk + left.e_len == pblk && left.e_len + plen <= EXT_INIT_MAX_LEN) {
+			left.e_len += plen;
+			err = ext2fs_extent_replace(h, 0, &left);
+		} else {
+			struct ext2fs_extent newex = { .e_pblk = pblk, .e_lblk = at, .e_len = (uint32_t)plen, .e_flags = 0 };
+			struct ext2fs_extent cur;
+			ext2fs_extent_goto2(h, 0, at);
+			errcode_t e = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &cur);
+			int op = 0;
+			if (e == 0 && cur.e_lblk <= at)
+				op = EXT2_EXTENT_INSERT_AFTER;
+			else if (e && e != EXT2_ET_NO_CURRENT_NODE && e != EXT2_ET_EXTENT_NOT_FOUND)
+				err = e;
+			if (!err)
+				err = ext2fs_extent_insert(h, op, &newex);
+		}
+		if (!err)
+			err = ext2fs_extent_fix_parents(h);
+		if (err) {
+			/* Unmapped: give the blocks back. */
+			ext2fs_block_alloc_stats_range(fs, pblk, plen, -1);
+			ext2fs_iblk_sub_blocks(fs, in, plen);
+			return err;
+		}
+		*mapped += plen;
+	}
+	return 0;
+}
+
+/* pwrite(2) for an extent-mapped file: holes in the range are allocated
+ * first (whole runs), then the data goes to the device one physical run per
+ * call, and the inode (size, mtime, ctime) is written once. Files that are
+ * block-mapped, inline or have unwritten extents in the range take the
+ * libext2fs file API. *done < len is a short write (the disk filled up). */
+int vx_write_ino(ext2_filsys fs, uint32_t ino, uint64_t offset, const void *buf, size_t len, int64_t s, uint32_t ns,
+		 size_t *done)
+{
+	*done = 0;
+	if (len == 0)
+		return 0;
+	struct ext2_inode_large in;
+	memset(&in, 0, sizeof in);
+	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	if (err)
+		return vx_errno(err);
+	uint64_t bs = fs->blocksize;
+	if (offset + len < offset || (offset + len - 1) / bs > 0xffffffffULL)
+		return EFBIG;
+	int slow = !(in.i_flags & EXT4_EXTENTS_FL) || (in.i_flags & EXT4_INLINE_DATA_FL) || EXT2FS_CLUSTER_RATIO(fs) > 1;
+	ext2_extent_handle_t h = NULL;
+	blk64_t first = offset / bs, last = (offset + len - 1) / bs;
+	if (!slow) {
+		if ((err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)&in, &h)))
+			return vx_errno(err);
+		/* Unwritten extents in the range: leave them to the library. */
+		for (blk64_t l = first; l <= last && !slow;) {
+			struct ext2fs_extent ext;
+			err = ext2fs_extent_goto2(h, 0, l);
+			if (err == EXT2_ET_EXTENT_NOT_FOUND)
+				err = 0, l++;
+			else if (!err && !(err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext))) {
+				if (ext.e_flags & EXT2_EXTENT_FLAGS_UNINIT)
+					slow = 1;
+				l = ext.e_lblk + ext.e_len > l ? ext.e_lblk + ext.e_len : l + 1;
+			}
+			if (err) {
+				ext2fs_extent_free(h);
+				return vx_errno(err);
+			}
+		}
+	}
+	if (slow) {
+		if (h)
+			ext2fs_extent_free(h);
+		ext2_file_t f;
+		if ((err = ext2fs_file_open(fs, ino, EXT2_FILE_WRITE, &f)))
+			return vx_errno(err);
+		int e = vx_file_write(f, offset, buf, len, done);
+		errcode_t closed = ext2fs_file_close(f);
+		return e ? e : vx_errno(closed);
+	}
+	uint64_t old_size = EXT2_I_SIZE(&in);
+	/* Which edge blocks hold data already (the rest of a new one is zeros). */
+	blk64_t first_phys = 0, last_phys = 0;
+	ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in, NULL, 0, first, NULL, &first_phys);
+	ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in, NULL, 0, last, NULL, &last_phys);
+	/* Allocate every hole of the range, front to back. */
+	blk64_t covered = last + 1; /* first lblk left unmapped by an error */
+	errcode_t map_err = 0;
+	for (blk64_t l = first; l <= last;) {
+		struct ext2fs_extent ext;
+		err = ext2fs_extent_goto2(h, 0, l);
+		if (!err && !(err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext)) && l >= ext.e_lblk &&
+		    l < ext.e_lblk + ext.e_len) {
+			l = ext.e_lblk + ext.e_len;
+			continue;
+		}
+		if (err && err != EXT2_ET_EXTENT_NOT_FOUND) {
+			map_err = err;
+			covered = l;
+			break;
+		}
+		/* A hole from l: up to the next extent or the end of the range.
+		 * After a miss the handle is at the extent before l, or at the
+		 * first one when l comes before every extent. */
+		blk64_t end = last + 1;
+		if (err == EXT2_ET_EXTENT_NOT_FOUND)
+			err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext);
+		if (!err && ext.e_lblk > l) {
+			if (ext.e_lblk < end)
+				end = ext.e_lblk;
+		} else if (!err && ext2fs_extent_get(h, EXT2_EXTENT_NEXT_LEAF, &ext) == 0 && ext.e_lblk > l &&
+			   ext.e_lblk < end) {
+			end = ext.e_lblk;
+		}
+		blk64_t got = 0;
+		map_err = vx_map_hole(fs, ino, (struct ext2_inode *)&in, h, l, end - l, &got);
+		if (map_err) {
+			covered = l + got;
+			break;
+		}
+		l = end;
+	}
+	size_t writable = covered > last ? len : (size_t)(covered * bs > offset ? covered * bs - offset : 0);
+	/* Now the data, one physical run per device call. */
+	char *edge = NULL;
+	size_t put = 0;
+	int result = 0;
+	while (put < writable) {
+		uint64_t pos = offset + put, lblk = pos / bs, within = pos % bs;
+		struct ext2fs_extent ext;
+		err = ext2fs_extent_goto2(h, 0, lblk);
+		if (!err)
+			err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext);
+		if (err || lblk < ext.e_lblk || lblk >= ext.e_lblk + ext.e_len) {
+			result = err ? vx_errno(err) : EIO;
+			break;
+		}
+		uint64_t pblk = ext.e_pblk + (lblk - ext.e_lblk);
+		size_t n = (size_t)((ext.e_lblk + ext.e_len - lblk) * bs - within);
+		if (n > writable - put)
+			n = writable - put;
+		const char *src = (const char *)buf + put;
+		/* Whole blocks go straight out; a partial first or last block is merged. */
+		size_t head = within ? (bs - within < n ? bs - within : n) : 0;
+		if (head) {
+			if (!edge && !(edge = malloc(bs))) {
+				result = ENOMEM;
+				break;
+			}
+			int had = lblk == first ? first_phys != 0 : 1;
+			if (had && pos < old_size + bs)
+				err = io_channel_read_blk64(fs->io, pblk, 1, edge);
+			else
+				memset(edge, 0, bs), err = 0;
+			if (!err) {
+				memcpy(edge + within, src, head);
+				err = vx_write_run(fs, pblk, edge, bs);
+			}
+			if (err) {
+				result = vx_errno(err);
+				break;
+			}
+			put += head;
+			continue;
+		}
+		size_t whole = n / bs * bs;
+		if (whole) {
+			if ((err = vx_write_run(fs, pblk, src, whole))) {
+				result = vx_errno(err);
+				break;
+			}
+			put += whole;
+			continue;
+		}
+		/* A partial last block. */
+		if (!edge && !(edge = malloc(bs))) {
+			result = ENOMEM;
+			break;
+		}
+		int had = lblk == last ? last_phys != 0 : 1;
+		if (had && lblk * bs < old_size)
+			err = io_channel_read_blk64(fs->io, pblk, 1, edge);
+		else
+			memset(edge, 0, bs), err = 0;
+		if (!err) {
+			memcpy(edge, src, n);
+			err = vx_write_run(fs, pblk, edge, bs);
+		}
+		if (err) {
+			result = vx_errno(err);
+			break;
+		}
+		put += n;
+	}
+	free(edge);
+	ext2fs_extent_free(h);
+	/* The inode: size if the file grew (also past a short write), times. */
+	if (offset + put > old_size)
+		ext2fs_inode_size_set(fs, (struct ext2_inode *)&in, offset + put);
+	int extra = vx_has_extra(fs, &in);
+	vx_set_time(&in.i_mtime, extra ? &in.i_mtime_extra : NULL, s, ns);
+	vx_set_time(&in.i_ctime, extra ? &in.i_ctime_extra : NULL, s, ns);
+	err = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	*done = put;
+	if (result && put == 0)
+		return result;
+	if (err && put == 0)
+		return vx_errno(err);
+	if (put == 0 && map_err)
+		return vx_errno(map_err);
+	return 0;
+}
+
+/* Checks the shape of an extent tree before it is used: every index entry
+ * must point inside the filesystem at a node whose header has the extent
+ * magic and the depth one below its parent's. Depth strictly decreasing
+ * rules out cycles (an index pointing at itself or an ancestor), which
+ * libext2fs would otherwise read as a leaf of made-up mappings. Trees that
+ * live in the inode alone (depth 0, most files) cost nothing. */
+int vx_check_extents(ext2_filsys fs, uint32_t ino)
+{
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, ino, &in);
+	if (err)
+		return vx_errno(err);
+	if (!(in.i_flags & EXT4_EXTENTS_FL) || (in.i_flags & EXT4_INLINE_DATA_FL))
+		return 0;
+	ext2_extent_handle_t h;
+	if ((err = ext2fs_extent_open2(fs, ino, &in, &h)))
+		return vx_errno(err);
+	struct ext2_extent_info info;
+	int result = 0;
+	if ((err = ext2fs_extent_get_info(h, &info))) {
+		result = vx_errno(err);
+	} else if (info.max_depth > 5) {
+		result = EUCLEAN; /* deeper than any 32-bit block count needs */
+	} else if (info.max_depth > 0) {
+		char *buf = malloc(fs->blocksize);
+		struct ext2fs_extent ext;
+		int op = EXT2_EXTENT_ROOT;
+		if (!buf)
+			result = ENOMEM;
+		while (!result && !(err = ext2fs_extent_get(h, op, &ext))) {
+			op = EXT2_EXTENT_NEXT;
+			if (ext.e_flags & (EXT2_EXTENT_FLAGS_LEAF | EXT2_EXTENT_FLAGS_SECOND_VISIT))
+				continue;
+			if ((err = ext2fs_extent_get_info(h, &info)))
+				break;
+			int child_depth = info.max_depth - info.curr_level - 1;
+			if (ext.e_pblk <= fs->super->s_first_data_block || ext.e_pblk >= ext2fs_blocks_count(fs->super)) {
+				result = EUCLEAN;
+				break;
+			}
+			if ((err = io_channel_read_blk64(fs->io, ext.e_pblk, 1, buf)))
+				break;
+			struct ext3_extent_header *eh = (struct ext3_extent_header *)buf;
+			if (ext2fs_le16_to_cpu(eh->eh_magic) != EXT3_EXT_MAGIC || ext2fs_le16_to_cpu(eh->eh_depth) != child_depth)
+				result = EUCLEAN;
+		}
+		if (!result && err && err != EXT2_ET_EXTENT_NO_NEXT)
+			result = vx_errno(err);
+		free(buf);
+	}
+	ext2fs_extent_free(h);
+	return result;
 }
