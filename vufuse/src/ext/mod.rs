@@ -364,6 +364,9 @@ struct Handles {
     files: HashMap<u64, u32>,
     /// Where a sequential reader of each handle would read next.
     next_read: HashMap<u64, u64>,
+    /// Per open file: the file offset at which a sequential reader next asks the device to
+    /// prefetch (once per half window, not once per request: each ask walks the page cache).
+    prefetch_at: HashMap<u64, u64>,
     /// Directory listings taken at opendir.
     dirs: HashMap<u64, Vec<(u32, FileKind, Vec<u8>)>>,
     /// Inodes whose last link went while open: freed at their last close.
@@ -754,6 +757,7 @@ impl ExtFs {
                 fs,
                 files: HashMap::new(),
                 next_read: HashMap::new(),
+                prefetch_at: HashMap::new(),
                 dirs: HashMap::new(),
                 orphans: HashSet::new(),
                 names: HashMap::new(),
@@ -1013,7 +1017,13 @@ impl FileSystem for ExtFs {
         let mut h = self.lock();
         // A reader that goes on where it stopped gets the next 8 MiB prefetched.
         let sequential = offset == 0 || h.next_read.get(&fh.0) == Some(&offset);
-        let ahead = if sequential { READAHEAD } else { 0 };
+        let due = offset + buf.len() as u64 > h.prefetch_at.get(&fh.0).copied().unwrap_or(0);
+        let ahead = if sequential && (offset == 0 || due) {
+            h.prefetch_at.insert(fh.0, offset + READAHEAD / 2);
+            READAHEAD
+        } else {
+            0
+        };
         let mut got = 0usize;
         // SAFETY: h.fs is open; buf is writable for its length; got is a valid out-pointer.
         check(unsafe {
@@ -1055,6 +1065,7 @@ impl FileSystem for ExtFs {
     fn release(&self, _ctx: &Context, _ino: Ino, fh: Fh) -> Result<()> {
         let mut h = self.lock();
         h.next_read.remove(&fh.0);
+        h.prefetch_at.remove(&fh.0);
         if let Some(ino) = h.files.remove(&fh.0) {
             if h.open_count(ino) == 0 && h.orphans.remove(&ino) {
                 // SAFETY: h.fs is open; the orphan's last link is gone and its last handle closed.
