@@ -594,6 +594,36 @@ pub unsafe extern "C" fn vu_vufs_close(sfd: c_int, fdprivate: *mut c_void) -> c_
     })
 }
 
+/// The checks pread64 and pwrite64 share: the open file (a regular one, not O_PATH), the
+/// offset as unsigned, and `None` for a zero-length transfer (nothing to do).
+///
+/// # Safety
+/// As [`open_file`].
+unsafe fn data_io<'a>(
+    sfd: c_int,
+    fdprivate: *mut c_void,
+    offset: libc::off_t,
+    count: usize,
+    buf_is_null: bool,
+) -> Result<Option<(&'a OpenFile, u64)>, Errno> {
+    // SAFETY: forwarded contract.
+    let of = unsafe { open_file(sfd, fdprivate) }?;
+    if of.path_only {
+        return Err(Errno::EBADF);
+    }
+    if of.dir {
+        return Err(Errno::EISDIR);
+    }
+    let offset = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+    if count == 0 {
+        return Ok(None);
+    }
+    if buf_is_null {
+        return Err(Errno::from_raw(libc::EFAULT));
+    }
+    Ok(Some((of, offset)))
+}
+
 /// `ssize_t pread64(sfd, buf, count, offset, flags, fdprivate)`
 ///
 /// # Safety
@@ -609,21 +639,12 @@ pub unsafe extern "C" fn vu_vufs_pread64(
 ) -> isize {
     ret_isize(|| {
         // SAFETY: forwarded contract.
-        let of = unsafe { open_file(sfd, fdprivate) }?;
-        if of.path_only {
-            return Err(Errno::EBADF);
-        }
-        if of.dir {
-            return Err(Errno::EISDIR);
-        }
-        let offset = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-        if count == 0 {
+        let Some((of, offset)) =
+            (unsafe { data_io(sfd, fdprivate, offset, count, buf.is_null()) })?
+        else {
             return Ok(0);
-        }
-        if buf.is_null() {
-            return Err(Errno::from_raw(libc::EFAULT));
-        }
-        // SAFETY: buf is valid for count bytes.
+        };
+        // SAFETY: buf is valid for count bytes (and not NULL, checked above).
         let buf = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, count) };
         Ok(mount()?.fs.read(&context(), of.ino, of.fh, offset, buf)? as isize)
     })
@@ -644,21 +665,12 @@ pub unsafe extern "C" fn vu_vufs_pwrite64(
 ) -> isize {
     ret_isize(|| {
         // SAFETY: forwarded contract.
-        let of = unsafe { open_file(sfd, fdprivate) }?;
-        if of.path_only {
-            return Err(Errno::EBADF);
-        }
-        if of.dir {
-            return Err(Errno::EISDIR);
-        }
-        let offset = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-        if count == 0 {
+        let Some((of, offset)) =
+            (unsafe { data_io(sfd, fdprivate, offset, count, buf.is_null()) })?
+        else {
             return Ok(0);
-        }
-        if buf.is_null() {
-            return Err(Errno::from_raw(libc::EFAULT));
-        }
-        // SAFETY: buf is valid for count bytes.
+        };
+        // SAFETY: buf is valid for count bytes (and not NULL, checked above).
         let data = unsafe { std::slice::from_raw_parts(buf as *const u8, count) };
         Ok(mount()?.fs.write(&context(), of.ino, of.fh, offset, data)? as isize)
     })
