@@ -1097,3 +1097,73 @@ fn unknown_features_are_named_and_ro_compat_ones_still_mount_read_only() {
     assert!(stderr.contains("FEATURE_I29"), "{stderr}");
     assert!(!is_mounted(&mnt));
 }
+
+/// Each operation leaves the image whole while the daemon still runs (the shim holds an
+/// operation's metadata blocks only until the operation ends), and close(2) costs one
+/// FLUSH for the whole mount: the driver answers the first with ENOSYS, so the kernel
+/// stops sending them.
+#[test]
+fn every_operation_reaches_the_image_and_only_the_first_close_sends_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("live.img");
+    sh(&format!(
+        "truncate -s 64M '{0}' && mke2fs -q -F -t ext4 '{0}'",
+        img.display()
+    ));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let daemon = Command::new(BIN)
+        .args(["-f", "-d", "-o", "rw+"])
+        .arg(&img)
+        .arg(&mnt)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "fuseext2 did not mount");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sh(&format!(
+        "cd '{}' && mkdir d && for i in $(seq 1 40); do echo file $i > d/f$i; done && \
+         head -c 300000 /dev/urandom > d/big && rm d/f3 && mv d/f4 d/g4 && chmod 600 d/f5",
+        mnt.display()
+    ));
+    // No sync, no unmount: what the image holds now is what a crash would leave.
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&fsck.stdout);
+    assert!(fsck.status.success(), "live image: {report}");
+    assert!(report.contains("52/16384 files"), "{report}");
+    let cat = sh(&format!("debugfs -R 'cat /d/f40' '{}'", img.display()));
+    assert_eq!(cat, "file 40\n");
+    let stat = sh(&format!("debugfs -R 'stat /d/f5' '{}'", img.display()));
+    assert!(stat.contains("Mode:  0600"), "{stat}");
+    let big = sh(&format!(
+        "debugfs -R 'dump /d/big {0}/big.out' '{1}' 2>/dev/null; cmp {0}/big.out '{2}/d/big' && echo same",
+        dir.path().display(),
+        img.display(),
+        mnt.display()
+    ));
+    assert_eq!(big, "same\n");
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).output();
+    let out = daemon.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let flushes = log.lines().filter(|l| l.contains("] flush(")).count();
+    let releases = log.lines().filter(|l| l.contains("] release(")).count();
+    assert_eq!(flushes, 1, "{log}");
+    assert!(releases >= 41, "{releases} releases");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
