@@ -1167,3 +1167,67 @@ fn every_operation_reaches_the_image_and_only_the_first_close_sends_flush() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+/// CPU time (user + system, clock ticks) of process `pid`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// `-o busy_poll` serves as usual while requests come and stops polling when they stop: an
+/// idle mount uses no CPU, and unmounting ends the daemon.
+#[test]
+fn busy_poll_serves_and_costs_nothing_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("poll.img");
+    sh(&format!(
+        "truncate -s 64M '{0}' && mke2fs -q -F -t ext4 '{0}'",
+        img.display()
+    ));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut daemon = Command::new(BIN)
+        .args(["-f", "-o", "rw+,busy_poll"])
+        .arg(&img)
+        .arg(&mnt)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "fuseext2 did not mount");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let listing = sh(&format!(
+        "cd '{}' && mkdir d && for i in $(seq 1 200); do echo $i > d/f$i; done && \
+         cat d/f7 d/f200 && ls d | wc -l",
+        mnt.display()
+    ));
+    assert_eq!(listing, "7\n200\n200\n");
+    // Polling ends within milliseconds of the last request; then the daemon sleeps.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = cpu_ticks(daemon.id());
+    std::thread::sleep(Duration::from_millis(700));
+    let spent = cpu_ticks(daemon.id()) - before;
+    assert!(
+        spent <= 5,
+        "an idle mount used {spent} ticks of CPU in 0.7 s"
+    );
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).output();
+    assert!(daemon.wait().unwrap().success());
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}

@@ -1,5 +1,6 @@
 //! The adapter: every fuser request mapped to one [`FileSystem`] call.
 
+use super::busy_poll::BusyPoll;
 use crate::fs::{
     Attr, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, SetAttr, SetTime, StatFs,
 };
@@ -32,6 +33,7 @@ const READDIRPLUS_BATCH: usize = 64;
 pub struct FuseAdapter {
     fs: Arc<dyn FileSystem>,
     debug: bool,
+    busy_poll: Option<Arc<BusyPoll>>,
     initialized: AtomicBool,
     destroyed: AtomicBool,
 }
@@ -51,13 +53,24 @@ impl FuseAdapter {
         FuseAdapter {
             fs,
             debug,
+            busy_poll: None,
             initialized: AtomicBool::new(false),
             destroyed: AtomicBool::new(false),
         }
     }
 
-    /// Prints `op` and its result when debugging; `describe` runs only then.
+    /// Reports every request to `poll` (the `busy_poll` mount option).
+    pub fn with_busy_poll(mut self, poll: Arc<BusyPoll>) -> FuseAdapter {
+        self.busy_poll = Some(poll);
+        self
+    }
+
+    /// Prints `op` and its result when debugging; `describe` runs only then. Every request
+    /// passes here once, so it is also where busy polling learns that requests keep coming.
     fn trace<T: Debug>(&self, req: &Request, describe: impl FnOnce() -> String, result: &T) {
+        if let Some(poll) = &self.busy_poll {
+            poll.on_request();
+        }
         if self.debug {
             eprintln!(
                 "[pid {} uid {}] {} -> {:?}",
