@@ -235,6 +235,24 @@ static int vx_slot_cmp(const void *a, const void *b, void *arg)
 	return x < y ? -1 : x > y;
 }
 
+/* Drops stale and repeated indexes from the dirty list (a slot that was
+ * written back or forgotten and dirtied again is listed twice): afterwards it
+ * names each dirty slot once, so it has room for one more. */
+static void vx_dirty_compact(struct vx_chan *chan)
+{
+	int n = 0;
+	for (int i = 0; i < chan->ndirty; i++) {
+		struct vx_slot *slot = &chan->slots[chan->dirty[i]];
+		if (slot->valid && slot->dirty == 1) {
+			slot->dirty = 2; /* listed: later duplicates of the index are skipped */
+			chan->dirty[n++] = chan->dirty[i];
+		}
+	}
+	for (int i = 0; i < n; i++)
+		chan->slots[chan->dirty[i]].dirty = 1;
+	chan->ndirty = n;
+}
+
 /* Writes every dirty block back, in block order, runs of neighbours in one
  * call. On an error the blocks not yet written stay dirty. */
 static errcode_t vx_cache_writeback(io_channel io)
@@ -242,15 +260,8 @@ static errcode_t vx_cache_writeback(io_channel io)
 	struct vx_chan *chan = io->private_data;
 	struct vx_dev *dev = chan->dev;
 	size_t bs = (size_t)io->block_size;
-	int n = 0;
-	for (int i = 0; i < chan->ndirty; i++) {
-		struct vx_slot *slot = &chan->slots[chan->dirty[i]];
-		if (slot->valid && slot->dirty == 1) {
-			slot->dirty = 2; /* listed once: later duplicates of the index are skipped */
-			chan->dirty[n++] = chan->dirty[i];
-		}
-	}
-	chan->ndirty = n;
+	vx_dirty_compact(chan);
+	int n = chan->ndirty;
 	if (n == 0)
 		return 0;
 	qsort_r(chan->dirty, (size_t)n, sizeof chan->dirty[0], vx_slot_cmp, chan->slots);
@@ -271,10 +282,9 @@ static errcode_t vx_cache_writeback(io_channel io)
 		}
 		int e = dev->write(dev->ctx, first * bs, src, (size_t)(j - i) * bs);
 		if (e) {
+			/* The blocks from this run on stay dirty (and listed). */
 			memmove(chan->dirty, chan->dirty + i, (size_t)(n - i) * sizeof chan->dirty[0]);
 			chan->ndirty = n - i;
-			for (int k = 0; k < chan->ndirty; k++)
-				chan->slots[chan->dirty[k]].dirty = 1;
 			return io->write_error ? io->write_error(io, first, j - i, src, (size_t)(j - i) * bs, 0, e) : e;
 		}
 		for (int k = i; k < j; k++)
@@ -420,10 +430,12 @@ static errcode_t vx_io_write64(io_channel io, unsigned long long block, int coun
 		}
 		memcpy(cached, data, len);
 		if (!slot->dirty) {
+			/* This slot is not dirty, so at most VX_SLOTS - 1 others are:
+			 * a compacted list has room. */
+			if (chan->ndirty == VX_SLOTS)
+				vx_dirty_compact(chan);
 			slot->dirty = 1;
 			chan->dirty[chan->ndirty++] = (int)(block % VX_SLOTS);
-			if (chan->ndirty == VX_SLOTS)
-				return vx_cache_writeback(io); /* compacts stale indexes */
 		}
 		return 0;
 	}
