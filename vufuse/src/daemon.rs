@@ -210,6 +210,7 @@ fn command(spec: &DaemonSpec) -> Command {
          default_permissions      let the kernel check permissions\n  \
          fsname=NAME, subtype=T   what /proc/mounts shows\n  \
          nosuid, nodev, noexec, noatime, sync, dirsync (and their opposites)\n  \
+         busy_poll                while busy, poll for requests instead of sleeping\n  \
          debug                    same as -d\n{}\n\
          The daemon goes to the background once the mount is live; end it with\n  \
          fusermount3 -u MOUNTPOINT   (or umount, or SIGTERM).\n\
@@ -564,7 +565,14 @@ where
     let config = session_config(&invocation.options, &fsname, spec.name);
     // Resolved before mounting: once mounted, resolving it would wait for this very daemon.
     let mountpoint_abs = std::fs::canonicalize(&invocation.mountpoint).ok();
-    let adapter = FuseAdapter::new(served.fs, invocation.debug);
+    let busy_poll = invocation
+        .options
+        .busy_poll
+        .then(|| Arc::new(crate::fuse::BusyPoll::new()));
+    let mut adapter = FuseAdapter::new(served.fs, invocation.debug);
+    if let Some(poll) = &busy_poll {
+        adapter = adapter.with_busy_poll(poll.clone());
+    }
     let session = fuser::Session::new(adapter, &invocation.mountpoint, &config).map_err(|e| {
         DaemonError::Failed(format!(
             "cannot mount on {}: {e}",
@@ -573,6 +581,17 @@ where
     })?;
     if let Some(mountpoint) = &mountpoint_abs {
         widen_readahead(mountpoint);
+    }
+    if let Some(poll) = &busy_poll {
+        use std::os::fd::AsFd;
+        let device = session
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|fd| poll.attach(fd));
+        if let Err(e) = device {
+            // Serving works without it, only with a sleep per request.
+            eprintln!("{}: busy_poll: {e}; serving without it", spec.name);
+        }
     }
     if let Some(on_mounted) = served.on_mounted {
         on_mounted(KernelCache::new(session.notifier())).map_err(DaemonError::Failed)?;

@@ -351,6 +351,14 @@ pub trait FileSystem: Send + Sync {
         Ok(())
     }
 
+    /// True when [`FileSystem::flush`] never has anything to do (every write is already
+    /// where it belongs when `write` returns, and close reports no deferred error): the FUSE
+    /// front end then answers the kernel's first FLUSH with `ENOSYS`, after which the
+    /// kernel stops sending one per close(2). Off by default.
+    fn flush_is_noop(&self) -> bool {
+        false
+    }
+
     /// The last reference to a handle is gone.
     fn release(&self, ctx: &Context, ino: Ino, fh: Fh) -> Result<()> {
         Ok(())

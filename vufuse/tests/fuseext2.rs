@@ -1097,3 +1097,193 @@ fn unknown_features_are_named_and_ro_compat_ones_still_mount_read_only() {
     assert!(stderr.contains("FEATURE_I29"), "{stderr}");
     assert!(!is_mounted(&mnt));
 }
+
+/// Each operation leaves the image whole while the daemon still runs (the shim holds an
+/// operation's metadata blocks only until the operation ends), and close(2) costs one
+/// FLUSH for the whole mount: the driver answers the first with ENOSYS, so the kernel
+/// stops sending them.
+#[test]
+fn every_operation_reaches_the_image_and_only_the_first_close_sends_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("live.img");
+    sh(&format!(
+        "truncate -s 64M '{0}' && mke2fs -q -F -t ext4 '{0}'",
+        img.display()
+    ));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let daemon = Command::new(BIN)
+        .args(["-f", "-d", "-o", "rw+"])
+        .arg(&img)
+        .arg(&mnt)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "fuseext2 did not mount");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sh(&format!(
+        "cd '{}' && mkdir d && for i in $(seq 1 40); do echo file $i > d/f$i; done && \
+         head -c 300000 /dev/urandom > d/big && rm d/f3 && mv d/f4 d/g4 && chmod 600 d/f5",
+        mnt.display()
+    ));
+    // No sync, no unmount: what the image holds now is what a crash would leave.
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&fsck.stdout);
+    assert!(fsck.status.success(), "live image: {report}");
+    assert!(report.contains("52/16384 files"), "{report}");
+    let cat = sh(&format!("debugfs -R 'cat /d/f40' '{}'", img.display()));
+    assert_eq!(cat, "file 40\n");
+    let stat = sh(&format!("debugfs -R 'stat /d/f5' '{}'", img.display()));
+    assert!(stat.contains("Mode:  0600"), "{stat}");
+    let big = sh(&format!(
+        "debugfs -R 'dump /d/big {0}/big.out' '{1}' 2>/dev/null; cmp {0}/big.out '{2}/d/big' && echo same",
+        dir.path().display(),
+        img.display(),
+        mnt.display()
+    ));
+    assert_eq!(big, "same\n");
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).output();
+    let out = daemon.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let flushes = log.lines().filter(|l| l.contains("] flush(")).count();
+    let releases = log.lines().filter(|l| l.contains("] release(")).count();
+    assert_eq!(flushes, 1, "{log}");
+    assert!(releases >= 41, "{releases} releases");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
+
+/// CPU time (user + system, clock ticks) of process `pid`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// `-o busy_poll` serves as usual while requests come and stops polling when they stop: an
+/// idle mount uses no CPU, and unmounting ends the daemon.
+#[test]
+fn busy_poll_serves_and_costs_nothing_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("poll.img");
+    sh(&format!(
+        "truncate -s 64M '{0}' && mke2fs -q -F -t ext4 '{0}'",
+        img.display()
+    ));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut daemon = Command::new(BIN)
+        .args(["-f", "-o", "rw+,busy_poll"])
+        .arg(&img)
+        .arg(&mnt)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "fuseext2 did not mount");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let listing = sh(&format!(
+        "cd '{}' && mkdir d && for i in $(seq 1 200); do echo $i > d/f$i; done && \
+         cat d/f7 d/f200 && ls d | wc -l",
+        mnt.display()
+    ));
+    assert_eq!(listing, "7\n200\n200\n");
+    // Polling ends within milliseconds of the last request; then the daemon sleeps.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = cpu_ticks(daemon.id());
+    std::thread::sleep(Duration::from_millis(700));
+    let spent = cpu_ticks(daemon.id()) - before;
+    assert!(
+        spent <= 5,
+        "an idle mount used {spent} ticks of CPU in 0.7 s"
+    );
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).output();
+    assert!(daemon.wait().unwrap().success());
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
+
+/// One 1 MiB write to a block-mapped ext2 file with 1 KiB blocks dirties more blocks (data and
+/// indirect blocks, through libext2fs's file API) than the shim's block cache has slots: the
+/// displaced ones go to the device first, and the file and the image come out right.
+#[test]
+fn writes_larger_than_the_block_cache_reach_the_image_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("ext2-1k.img");
+    sh(&format!(
+        "truncate -s 64M '{0}' && mke2fs -q -F -t ext2 -b 1024 '{0}' && \
+         head -c 5000000 /dev/urandom > '{1}/data'",
+        img.display(),
+        dir.path().display()
+    ));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let out = run(&img, &mnt, &["rw+"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted(mnt.clone());
+    sh(&format!(
+        "dd if='{0}/data' of='{1}/file' bs=1M iflag=fullblock status=none && \
+         dd if='{0}/data' of='{1}/file' bs=1M seek=1 skip=2 count=1 conv=notrunc status=none && \
+         dd if='{0}/data' of='{0}/expect' bs=1M iflag=fullblock status=none && \
+         dd if='{0}/data' of='{0}/expect' bs=1M seek=1 skip=2 count=1 conv=notrunc status=none && \
+         cmp '{0}/expect' '{1}/file'",
+        dir.path().display(),
+        mnt.display()
+    ));
+    drop(m);
+    wait_for_exit(&mnt);
+    let dumped = dir.path().join("dumped");
+    sh(&format!(
+        "debugfs -R 'dump /file {}' '{}' 2>/dev/null",
+        dumped.display(),
+        img.display()
+    ));
+    sh(&format!(
+        "cmp '{}/expect' '{}'",
+        dir.path().display(),
+        dumped.display()
+    ));
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}

@@ -11,6 +11,7 @@
  * vudev BlockDevice: image file, partition window, ramdisk), so the driver
  * works on partitions and VUOS devices without the library opening paths.
  */
+#define _GNU_SOURCE /* qsort_r */
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -87,47 +88,224 @@ int vx_errno(errcode_t err)
 	}
 }
 
+/* ---- crc32c ---- */
+
+/* libext2fs checksums every metadata block it writes or reads (inodes,
+ * directory blocks, bitmaps, descriptors, superblock: metadata_csum) with a
+ * table-driven crc32c, the hottest code of a create. Its own calls go through
+ * the PLT, so this definition takes their place in an executable that links
+ * the shim (fuseext2: the linker exports it because libext2fs refers to it; a
+ * cdylib such as vufuseext2.so keeps it local and libext2fs keeps its own):
+ * SSE4.2's crc32 instruction, or a table of our own on a CPU without it. Same
+ * function: no inversion before or after, the caller passes and keeps the
+ * running value. e2fsck, with its own copy, checks what it wrote. */
+static uint32_t vx_crc32c_table[256];
+static int vx_crc32c_hw;
+
+__attribute__((constructor)) static void vx_crc32c_init(void)
+{
+	for (uint32_t i = 0; i < 256; i++) {
+		uint32_t c = i;
+		for (int k = 0; k < 8; k++)
+			c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+		vx_crc32c_table[i] = c;
+	}
+#if defined(__x86_64__)
+	__builtin_cpu_init();
+	vx_crc32c_hw = __builtin_cpu_supports("sse4.2");
+#endif
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t vx_crc32c_sse42(uint32_t crc, const unsigned char *p, size_t len)
+{
+	uint64_t c = crc;
+	for (; len >= 8; p += 8, len -= 8) {
+		uint64_t v;
+		memcpy(&v, p, 8);
+		c = __builtin_ia32_crc32di(c, v);
+	}
+	uint32_t c32 = (uint32_t)c;
+	while (len--)
+		c32 = __builtin_ia32_crc32qi(c32, *p++);
+	return c32;
+}
+#endif
+
+static uint32_t vx_crc32c_soft(uint32_t crc, const unsigned char *p, size_t len)
+{
+	while (len--)
+		crc = vx_crc32c_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+	return crc;
+}
+
+uint32_t ext2fs_crc32c_le(uint32_t crc, unsigned char const *p, size_t len)
+{
+#if defined(__x86_64__)
+	if (vx_crc32c_hw)
+		return vx_crc32c_sse42(crc, p, len);
+#endif
+	return vx_crc32c_soft(crc, p, len);
+}
+
+/* For the tests: 0 when the crc32c in use gives the standard check value
+ * (crc32c("123456789") = 0xE3069283) and agrees with the table on buffers of
+ * every length and alignment up to 64 bytes. */
+int vx_crc32c_selftest(void)
+{
+	if ((ext2fs_crc32c_le(~0u, (const unsigned char *)"123456789", 9) ^ ~0u) != 0xE3069283u)
+		return 1;
+	unsigned char buf[80];
+	for (int i = 0; i < 80; i++)
+		buf[i] = (unsigned char)(i * 37 + 11);
+	for (size_t off = 0; off < 8; off++)
+		for (size_t len = 0; len <= 64; len++)
+			if (ext2fs_crc32c_le(0x12345678u + (uint32_t)len, buf + off, len) !=
+			    vx_crc32c_soft(0x12345678u + (uint32_t)len, buf + off, len))
+				return 2;
+	return 0;
+}
+
 /* ---- io_manager over struct vx_dev ---- */
 
-/* A write-through cache of single blocks (inode tables, bitmaps, directory
- * blocks are read over and over), direct-mapped, bounded: VX_SLOTS blocks. */
+/* A cache of single blocks (inode tables, bitmaps, directory blocks are read
+ * and written over and over), direct-mapped, bounded: VX_SLOTS blocks.
+ *
+ * Writes of single blocks are held in it (dirty) until the end of the
+ * operation: vx_sync_meta(), run after every modifying operation, writes them
+ * back sorted and coalesced into runs, so a block written several times in one
+ * operation (an inode table block, a directory block) costs one device write,
+ * and neighbours cost one together. Every other device access keeps the order
+ * of writes: a multi-block or byte write, a multi-block read and the channel's
+ * flush write the dirty blocks back first; a dirty block a new one displaces
+ * from its slot is written back before it is dropped. */
 #define VX_SLOTS 1024
+/* The longest run of dirty blocks written back in one device call. */
+#define VX_RUN_MAX 64
 
 struct vx_slot {
 	unsigned long long block;
 	int valid;
+	int dirty;
 };
 
 struct vx_chan {
 	struct vx_dev *dev;
 	struct vx_slot slots[VX_SLOTS];
 	char *data; /* VX_SLOTS * block_size bytes, or NULL */
+	int dirty[VX_SLOTS]; /* slot indexes holding dirty blocks, ndirty of them */
+	int ndirty;
+	char *run; /* VX_RUN_MAX * block_size bytes for coalesced write-back, or NULL */
+	char *scratch; /* one block right after run, for vx_io_write_byte */
 };
+
+static errcode_t vx_cache_writeback(io_channel io);
 
 static void vx_cache_reset(struct vx_chan *chan, int block_size)
 {
 	free(chan->data);
+	free(chan->run);
 	chan->data = malloc((size_t)VX_SLOTS * (size_t)block_size);
+	chan->run = malloc((size_t)(VX_RUN_MAX + 1) * (size_t)block_size);
+	chan->scratch = chan->run ? chan->run + (size_t)VX_RUN_MAX * (size_t)block_size : NULL;
 	for (int i = 0; i < VX_SLOTS; i++)
-		chan->slots[i].valid = 0;
+		chan->slots[i].valid = chan->slots[i].dirty = 0;
+	chan->ndirty = 0;
 }
 
-/* Forgets cached blocks overlapping the byte range [offset, offset + len). */
+/* Forgets cached blocks overlapping the byte range [offset, offset + len),
+ * dirty ones included: the caller is about to overwrite them on the device. */
 static void vx_cache_forget(io_channel io, unsigned long long offset, size_t len)
 {
 	struct vx_chan *chan = io->private_data;
 	unsigned long long first = offset / io->block_size;
 	unsigned long long last = (offset + len + io->block_size - 1) / io->block_size;
-	if (last - first >= VX_SLOTS) {
-		for (int i = 0; i < VX_SLOTS; i++)
-			chan->slots[i].valid = 0;
-		return;
-	}
-	for (unsigned long long b = first; b < last; b++) {
+	int all = last - first >= VX_SLOTS;
+	for (unsigned long long b = first; all ? b < first + VX_SLOTS : b < last; b++) {
 		struct vx_slot *slot = &chan->slots[b % VX_SLOTS];
-		if (slot->valid && slot->block == b)
-			slot->valid = 0;
+		if (slot->valid && (all ? (slot->block >= first && slot->block < last) : slot->block == b))
+			slot->valid = slot->dirty = 0; /* a stale index in chan->dirty is skipped */
 	}
+}
+
+static int vx_slot_cmp(const void *a, const void *b, void *arg)
+{
+	const struct vx_slot *slots = arg;
+	unsigned long long x = slots[*(const int *)a].block, y = slots[*(const int *)b].block;
+	return x < y ? -1 : x > y;
+}
+
+/* Drops stale and repeated indexes from the dirty list (a slot that was
+ * written back or forgotten and dirtied again is listed twice): afterwards it
+ * names each dirty slot once, so it has room for one more. */
+static void vx_dirty_compact(struct vx_chan *chan)
+{
+	int n = 0;
+	for (int i = 0; i < chan->ndirty; i++) {
+		struct vx_slot *slot = &chan->slots[chan->dirty[i]];
+		if (slot->valid && slot->dirty == 1) {
+			slot->dirty = 2; /* listed: later duplicates of the index are skipped */
+			chan->dirty[n++] = chan->dirty[i];
+		}
+	}
+	for (int i = 0; i < n; i++)
+		chan->slots[chan->dirty[i]].dirty = 1;
+	chan->ndirty = n;
+}
+
+/* Writes every dirty block back, in block order, runs of neighbours in one
+ * call. On an error the blocks not yet written stay dirty. */
+static errcode_t vx_cache_writeback(io_channel io)
+{
+	struct vx_chan *chan = io->private_data;
+	struct vx_dev *dev = chan->dev;
+	size_t bs = (size_t)io->block_size;
+	vx_dirty_compact(chan);
+	int n = chan->ndirty;
+	if (n == 0)
+		return 0;
+	qsort_r(chan->dirty, (size_t)n, sizeof chan->dirty[0], vx_slot_cmp, chan->slots);
+	int i = 0;
+	while (i < n) {
+		int j = i + 1;
+		while (j < n && j - i < VX_RUN_MAX && chan->run &&
+		       chan->slots[chan->dirty[j]].block == chan->slots[chan->dirty[i]].block + (unsigned long long)(j - i))
+			j++;
+		unsigned long long first = chan->slots[chan->dirty[i]].block;
+		const char *src;
+		if (j - i == 1) {
+			src = chan->data + (size_t)chan->dirty[i] * bs;
+		} else {
+			for (int k = i; k < j; k++)
+				memcpy(chan->run + (size_t)(k - i) * bs, chan->data + (size_t)chan->dirty[k] * bs, bs);
+			src = chan->run;
+		}
+		int e = dev->write(dev->ctx, first * bs, src, (size_t)(j - i) * bs);
+		if (e) {
+			/* The blocks from this run on stay dirty (and listed). */
+			memmove(chan->dirty, chan->dirty + i, (size_t)(n - i) * sizeof chan->dirty[0]);
+			chan->ndirty = n - i;
+			return io->write_error ? io->write_error(io, first, j - i, src, (size_t)(j - i) * bs, 0, e) : e;
+		}
+		for (int k = i; k < j; k++)
+			chan->slots[chan->dirty[k]].dirty = 0;
+		i = j;
+	}
+	chan->ndirty = 0;
+	return 0;
+}
+
+/* Makes slot s free for another block: a dirty block in it goes to the device first. */
+static errcode_t vx_slot_evict(io_channel io, struct vx_slot *slot, char *cached)
+{
+	struct vx_chan *chan = io->private_data;
+	if (!slot->valid || !slot->dirty)
+		return 0;
+	int e = chan->dev->write(chan->dev->ctx, slot->block * io->block_size, cached, (size_t)io->block_size);
+	if (e)
+		return io->write_error ? io->write_error(io, slot->block, 1, cached, (size_t)io->block_size, 0, e) : e;
+	slot->dirty = 0; /* its stale index in chan->dirty is skipped */
+	return 0;
 }
 
 static struct struct_io_manager vx_io_manager;
@@ -174,17 +352,24 @@ static errcode_t vx_io_close(io_channel io)
 {
 	if (--io->refcount > 0)
 		return 0;
-	free(((struct vx_chan *)io->private_data)->data);
+	errcode_t err = vx_cache_writeback(io);
+	struct vx_chan *chan = io->private_data;
+	free(chan->data);
+	free(chan->run);
 	ext2fs_free_mem(&io->private_data);
 	ext2fs_free_mem(&io->name);
 	ext2fs_free_mem(&io);
-	return 0;
+	return err;
 }
 
 static errcode_t vx_io_set_blksize(io_channel io, int blksize)
 {
-	if (io->block_size != blksize)
+	if (io->block_size != blksize) {
+		errcode_t err = vx_cache_writeback(io);
+		if (err)
+			return err;
 		vx_cache_reset(io->private_data, blksize);
+	}
 	io->block_size = blksize;
 	return 0;
 }
@@ -210,11 +395,16 @@ static errcode_t vx_io_read64(io_channel io, unsigned long long block, int count
 		int e = dev->read(dev->ctx, block * io->block_size, data, len);
 		if (e)
 			return io->read_error ? io->read_error(io, block, count, data, len, 0, e) : e;
-		memcpy(cached, data, len);
-		slot->block = block;
-		slot->valid = 1;
+		if (vx_slot_evict(io, slot, cached) == 0) {
+			memcpy(cached, data, len);
+			slot->block = block;
+			slot->valid = 1;
+		}
 		return 0;
 	}
+	errcode_t err = vx_cache_writeback(io);
+	if (err)
+		return err;
 	int e = dev->read(dev->ctx, block * io->block_size, data, len);
 	if (e && io->read_error)
 		return io->read_error(io, block, count, data, len, 0, e);
@@ -223,10 +413,35 @@ static errcode_t vx_io_read64(io_channel io, unsigned long long block, int count
 
 static errcode_t vx_io_write64(io_channel io, unsigned long long block, int count, const void *data)
 {
-	struct vx_dev *dev = ((struct vx_chan *)io->private_data)->dev;
+	struct vx_chan *chan = io->private_data;
+	struct vx_dev *dev = chan->dev;
 	if (!(io->flags & IO_FLAG_RW))
 		return EXT2_ET_RO_FILSYS;
 	size_t len = vx_bytes(io, count);
+	if (count == 1 && chan->data) {
+		struct vx_slot *slot = &chan->slots[block % VX_SLOTS];
+		char *cached = chan->data + (size_t)(block % VX_SLOTS) * io->block_size;
+		if (!(slot->valid && slot->block == block)) {
+			errcode_t err = vx_slot_evict(io, slot, cached);
+			if (err)
+				return err;
+			slot->block = block;
+			slot->valid = 1;
+		}
+		memcpy(cached, data, len);
+		if (!slot->dirty) {
+			/* This slot is not dirty, so at most VX_SLOTS - 1 others are:
+			 * a compacted list has room. */
+			if (chan->ndirty == VX_SLOTS)
+				vx_dirty_compact(chan);
+			slot->dirty = 1;
+			chan->dirty[chan->ndirty++] = (int)(block % VX_SLOTS);
+		}
+		return 0;
+	}
+	errcode_t err = vx_cache_writeback(io);
+	if (err)
+		return err;
 	vx_cache_forget(io, block * io->block_size, len);
 	int e = dev->write(dev->ctx, block * io->block_size, data, len);
 	if (e && io->write_error)
@@ -246,9 +461,24 @@ static errcode_t vx_io_write(io_channel io, unsigned long block, int count, cons
 
 static errcode_t vx_io_write_byte(io_channel io, unsigned long offset, int size, const void *data)
 {
-	struct vx_dev *dev = ((struct vx_chan *)io->private_data)->dev;
+	struct vx_chan *chan = io->private_data;
+	struct vx_dev *dev = chan->dev;
 	if (!(io->flags & IO_FLAG_RW))
 		return EXT2_ET_RO_FILSYS;
+	unsigned long long block = offset / io->block_size;
+	size_t within = offset % io->block_size;
+	if (chan->data && chan->scratch && size > 0 && within + (size_t)size <= (size_t)io->block_size) {
+		/* Inside one block (the superblock): changed in the cache like any
+		 * block, so it goes out with its neighbours (the descriptors). */
+		errcode_t err = vx_io_read64(io, block, 1, chan->scratch);
+		if (err)
+			return err;
+		memcpy(chan->scratch + within, data, (size_t)size);
+		return vx_io_write64(io, block, 1, chan->scratch);
+	}
+	errcode_t err = vx_cache_writeback(io);
+	if (err)
+		return err;
 	vx_cache_forget(io, offset, (size_t)size);
 	return dev->write(dev->ctx, offset, data, (size_t)size);
 }
@@ -258,6 +488,9 @@ static errcode_t vx_io_flush(io_channel io)
 	struct vx_dev *dev = ((struct vx_chan *)io->private_data)->dev;
 	if (!(io->flags & IO_FLAG_RW))
 		return 0;
+	errcode_t err = vx_cache_writeback(io);
+	if (err)
+		return err;
 	return dev->flush(dev->ctx);
 }
 
@@ -312,6 +545,7 @@ static void vx_unsupported_features(struct vx_dev *dev, int ro_compat, char *out
 }
 
 static errcode_t vx_meta_init(ext2_filsys fs);
+static void vx_inode_alloc_stats(ext2_filsys fs, ext2_ino_t ino, int inuse, int isdir);
 static void vx_meta_free(ext2_filsys fs);
 
 /* Features this driver refuses even though libext2fs may parse them. */
@@ -998,7 +1232,7 @@ int vx_mknod(ext2_filsys fs, uint32_t dir, const char *name, uint32_t mode, uint
 	err = vx_link_grow(fs, dir, name, ino, vx_ft(mode));
 	if (err)
 		return vx_errno(err);
-	ext2fs_inode_alloc_stats2(fs, ino, +1, 0);
+	vx_inode_alloc_stats(fs, ino, +1, 0);
 	struct ext2_inode_large in;
 	memset(&in, 0, sizeof in);
 	in.i_mode = mode;
@@ -1242,7 +1476,7 @@ int vx_free_inode(ext2_filsys fs, uint32_t ino)
 	err = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
 	if (err)
 		return vx_errno(err);
-	ext2fs_inode_alloc_stats2(fs, ino, -1, LINUX_S_ISDIR(in.i_mode));
+	vx_inode_alloc_stats(fs, ino, -1, LINUX_S_ISDIR(in.i_mode));
 	return 0;
 }
 
@@ -1573,6 +1807,12 @@ int vx_read_ino(ext2_filsys fs, uint32_t ino, uint64_t offset, void *buf, size_t
 	if (err)
 		return vx_errno(err);
 	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
+	/* Data is read from the device directly: nothing may wait in the cache
+	 * (every modifying operation writes its blocks back; this is a guard). */
+	if (((struct vx_chan *)fs->io->private_data)->ndirty && (err = vx_cache_writeback(fs->io))) {
+		ext2fs_extent_free(h);
+		return vx_errno(err);
+	}
 	uint64_t bs = fs->blocksize;
 	char *edge = NULL; /* for runs that start or end inside a block */
 	size_t done = 0;
@@ -1692,9 +1932,20 @@ unsigned int vx_block_size(ext2_filsys fs)
  * last call and the primary superblock, the way ext2fs_write_bitmaps and
  * ext2fs_flush lay them out; backups are left to the full flush at close. */
 
+/* What a group's bitmaps are known by, as last written: a change of these
+ * descriptor fields means the bitmap changed. */
+struct vx_group_counts {
+	uint64_t free_blocks;
+	uint32_t free_inodes;
+	uint32_t itable_unused;
+	uint16_t flags;
+};
+
 struct vx_meta {
 	dgrp_t groups;
 	unsigned char *dirty;    /* groups touched by block (de)allocation */
+	unsigned char *ino_dirty; /* groups touched by inode (de)allocation */
+	struct vx_group_counts *counts; /* per group, as last written */
 	char *desc_snapshot;     /* descriptors as last written */
 	unsigned char *desc_dirty; /* per descriptor block, scratch */
 	char super_snapshot[SUPERBLOCK_SIZE];
@@ -1728,6 +1979,27 @@ static void vx_block_range_cb(ext2_filsys fs, blk64_t blk, blk_t num, int inuse)
 	vx_mark_blocks(fs, blk, num);
 }
 
+static struct vx_group_counts vx_group_counts_of(ext2_filsys fs, dgrp_t g)
+{
+	struct vx_group_counts c = {
+		.free_blocks = ext2fs_bg_free_blocks_count(fs, g),
+		.free_inodes = ext2fs_bg_free_inodes_count(fs, g),
+		.itable_unused = ext2fs_bg_itable_unused(fs, g),
+		.flags = ext2fs_bg_flags(fs, g),
+	};
+	return c;
+}
+
+/* ext2fs_inode_alloc_stats2, noting the group whose inode bitmap changed. */
+static void vx_inode_alloc_stats(ext2_filsys fs, ext2_ino_t ino, int inuse, int isdir)
+{
+	ext2fs_inode_alloc_stats2(fs, ino, inuse, isdir);
+	struct vx_meta *m = vx_meta_of(fs);
+	dgrp_t g = ext2fs_group_of_ino(fs, ino);
+	if (m && g < m->groups)
+		m->ino_dirty[g] = 1;
+}
+
 static errcode_t vx_meta_init(ext2_filsys fs)
 {
 	struct vx_meta *m = calloc(1, sizeof *m);
@@ -1736,19 +2008,25 @@ static errcode_t vx_meta_init(ext2_filsys fs)
 	size_t dsize = EXT2_DESC_SIZE(fs->super);
 	m->groups = fs->group_desc_count;
 	m->dirty = calloc(m->groups, 1);
+	m->ino_dirty = calloc(m->groups, 1);
+	m->counts = calloc(m->groups, sizeof *m->counts);
 	m->desc_snapshot = malloc((size_t)m->groups * dsize);
 	m->desc_dirty = calloc(fs->desc_blocks + 1, 1);
 	m->buf = malloc(fs->blocksize);
-	if (!m->dirty || !m->desc_snapshot || !m->desc_dirty || !m->buf) {
+	if (!m->dirty || !m->ino_dirty || !m->counts || !m->desc_snapshot || !m->desc_dirty || !m->buf) {
 		free(m->dirty);
+		free(m->ino_dirty);
+		free(m->counts);
 		free(m->desc_snapshot);
 		free(m->desc_dirty);
 		free(m->buf);
 		free(m);
 		return EXT2_ET_NO_MEMORY;
 	}
-	for (dgrp_t g = 0; g < m->groups; g++)
+	for (dgrp_t g = 0; g < m->groups; g++) {
 		memcpy(m->desc_snapshot + (size_t)g * dsize, ext2fs_group_desc(fs, fs->group_desc, g), dsize);
+		m->counts[g] = vx_group_counts_of(fs, g);
+	}
 	memcpy(m->super_snapshot, fs->super, SUPERBLOCK_SIZE);
 	fs->priv_data = m;
 	ext2fs_set_block_alloc_stats_callback(fs, vx_block_stats_cb, NULL);
@@ -1762,6 +2040,8 @@ static void vx_meta_free(ext2_filsys fs)
 	if (!m)
 		return;
 	free(m->dirty);
+	free(m->ino_dirty);
+	free(m->counts);
 	free(m->desc_snapshot);
 	free(m->desc_dirty);
 	free(m->buf);
@@ -1769,12 +2049,13 @@ static void vx_meta_free(ext2_filsys fs)
 	fs->priv_data = NULL;
 }
 
-/* The two bitmaps of group g, as ext2fs_write_bitmaps writes them. */
-static errcode_t vx_write_group_bitmaps(ext2_filsys fs, struct vx_meta *m, dgrp_t g)
+/* The bitmaps of group g (the block bitmap if `blocks`, the inode bitmap if
+ * `inodes`), as ext2fs_write_bitmaps writes them. */
+static errcode_t vx_write_group_bitmaps(ext2_filsys fs, struct vx_meta *m, dgrp_t g, int blocks, int inodes)
 {
 	int csum = ext2fs_has_group_desc_csum(fs);
 	errcode_t err;
-	if (fs->block_map && !(csum && ext2fs_bg_flags_test(fs, g, EXT2_BG_BLOCK_UNINIT))) {
+	if (blocks && fs->block_map && !(csum && ext2fs_bg_flags_test(fs, g, EXT2_BG_BLOCK_UNINIT))) {
 		size_t nbytes = EXT2_CLUSTERS_PER_GROUP(fs->super) / 8;
 		blk64_t start = EXT2FS_B2C(fs, fs->super->s_first_data_block) + (blk64_t)g * (nbytes << 3);
 		memset(m->buf, 0xff, fs->blocksize);
@@ -1797,7 +2078,7 @@ static errcode_t vx_write_group_bitmaps(ext2_filsys fs, struct vx_meta *m, dgrp_
 		if (where && (err = io_channel_write_blk64(fs->io, where, 1, m->buf)))
 			return err;
 	}
-	if (fs->inode_map && !(csum && ext2fs_bg_flags_test(fs, g, EXT2_BG_INODE_UNINIT))) {
+	if (inodes && fs->inode_map && !(csum && ext2fs_bg_flags_test(fs, g, EXT2_BG_INODE_UNINIT))) {
 		size_t nbytes = EXT2_INODES_PER_GROUP(fs->super) / 8;
 		memset(m->buf, 0xff, fs->blocksize);
 		err = ext2fs_get_inode_bitmap_range2(fs->inode_map, 1 + (__u64)g * (nbytes << 3), nbytes << 3, m->buf);
@@ -1829,11 +2110,22 @@ int vx_sync_meta(ext2_filsys fs)
 	for (dgrp_t g = 0; g < m->groups; g++) {
 		char *snap = m->desc_snapshot + (size_t)g * dsize;
 		void *desc = ext2fs_group_desc(fs, fs->group_desc, g);
-		if (!m->dirty[g] && memcmp(snap, desc, dsize) == 0)
+		if (!m->dirty[g] && !m->ino_dirty[g] && memcmp(snap, desc, dsize) == 0)
 			continue;
-		if ((err = vx_write_group_bitmaps(fs, m, g)))
+		/* Only the bitmap that changed: block (de)allocation is reported by
+		 * libext2fs's callbacks, inode (de)allocation by vx_inode_alloc_stats;
+		 * a changed free count or flag catches library calls that allocate
+		 * inside (ext2fs_mkdir, ext2fs_symlink). */
+		struct vx_group_counts now = vx_group_counts_of(fs, g), *was = &m->counts[g];
+		int flags_changed = now.flags != was->flags;
+		int blocks = m->dirty[g] || now.free_blocks != was->free_blocks || flags_changed;
+		int inodes = m->ino_dirty[g] || now.free_inodes != was->free_inodes ||
+			     now.itable_unused != was->itable_unused || flags_changed;
+		if ((err = vx_write_group_bitmaps(fs, m, g, blocks, inodes)))
 			return vx_errno(err);
 		m->dirty[g] = 0;
+		m->ino_dirty[g] = 0;
+		*was = now;
 		memcpy(snap, desc, dsize);
 		m->desc_dirty[g / per_block] = 1;
 		any = 1;
@@ -1857,7 +2149,8 @@ int vx_sync_meta(ext2_filsys fs)
 			return vx_errno(err);
 		memcpy(m->super_snapshot, fs->super, SUPERBLOCK_SIZE);
 	}
-	return 0;
+	/* The operation's blocks, held by the channel until now. */
+	return vx_errno(vx_cache_writeback(fs->io));
 }
 
 /* ---- the data path for writes: whole runs per device call ---- */

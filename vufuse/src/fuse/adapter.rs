@@ -1,5 +1,6 @@
 //! The adapter: every fuser request mapped to one [`FileSystem`] call.
 
+use super::busy_poll::BusyPoll;
 use crate::fs::{
     Attr, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, SetAttr, SetTime, StatFs,
 };
@@ -32,6 +33,7 @@ const READDIRPLUS_BATCH: usize = 64;
 pub struct FuseAdapter {
     fs: Arc<dyn FileSystem>,
     debug: bool,
+    busy_poll: Option<Arc<BusyPoll>>,
     initialized: AtomicBool,
     destroyed: AtomicBool,
 }
@@ -51,13 +53,24 @@ impl FuseAdapter {
         FuseAdapter {
             fs,
             debug,
+            busy_poll: None,
             initialized: AtomicBool::new(false),
             destroyed: AtomicBool::new(false),
         }
     }
 
-    /// Prints `op` and its result when debugging; `describe` runs only then.
+    /// Reports every request to `poll` (the `busy_poll` mount option).
+    pub fn with_busy_poll(mut self, poll: Arc<BusyPoll>) -> FuseAdapter {
+        self.busy_poll = Some(poll);
+        self
+    }
+
+    /// Prints `op` and its result when debugging; `describe` runs only then. Every request
+    /// passes here once, so it is also where busy polling learns that requests keep coming.
     fn trace<T: Debug>(&self, req: &Request, describe: impl FnOnce() -> String, result: &T) {
+        if let Some(poll) = &self.busy_poll {
+            poll.on_request();
+        }
         if self.debug {
             eprintln!(
                 "[pid {} uid {}] {} -> {:?}",
@@ -512,7 +525,13 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let result = self.fs.flush(&context(req, None), Ino(ino.0), Fh(fh.0));
+        // ENOSYS makes the kernel stop sending FLUSH for the rest of the mount (close(2)
+        // succeeds without a round trip); only for drivers with nothing to do there.
+        let result = if self.fs.flush_is_noop() {
+            Err(Errno::ENOSYS)
+        } else {
+            self.fs.flush(&context(req, None), Ino(ino.0), Fh(fh.0))
+        };
         self.trace(req, || format!("flush({}, fh {})", ino.0, fh.0), &result);
         Self::reply_empty(reply, result);
     }

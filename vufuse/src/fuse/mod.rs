@@ -7,8 +7,10 @@
 //! lets a driver drop what the kernel cached when the data changed behind it.
 
 mod adapter;
+mod busy_poll;
 
 pub use adapter::{FuseAdapter, MAX_WRITE};
+pub use busy_poll::{BusyPoll, IDLE_AFTER};
 
 use crate::fs::Ino;
 use crate::options::MountOptions;
@@ -66,7 +68,13 @@ pub fn session_config(options: &MountOptions, fsname: &str, subtype: &str) -> Co
     } else {
         SessionACL::Owner
     };
-    config.n_threads = Some(SERVING_THREADS);
+    // One thread polls; a second one would poll too (they share the device) and take the
+    // caller's core.
+    config.n_threads = Some(if options.busy_poll {
+        1
+    } else {
+        SERVING_THREADS
+    });
     config.clone_fd = false;
     config
 }
@@ -118,6 +126,7 @@ mod tests {
             .mount_options
             .contains(&MountOption::CUSTOM("subtype=fusefatfs".into())));
         assert_eq!(c.n_threads, Some(2));
+        assert_eq!(config("busy_poll").n_threads, Some(1));
         assert!(!c.clone_fd);
         assert!(!c.mount_options.contains(&MountOption::AutoUnmount));
         assert_eq!(c.acl, SessionACL::Owner);
