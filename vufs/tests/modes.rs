@@ -510,3 +510,46 @@ fn other_users_cannot_read_what_the_view_forbids() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "real b\n");
     m.unmount();
 }
+
+/// True while a vufs process has `arg` among its arguments.
+fn vufs_running_with(arg: &Path) -> bool {
+    let needle = arg.to_str().unwrap().as_bytes().to_vec();
+    fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        fs::read(p.path().join("cmdline"))
+            .map(|c| {
+                let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+                args.first()
+                    .is_some_and(|a| String::from_utf8_lossy(a).ends_with("vufs"))
+                    && args.contains(&needle.as_slice())
+            })
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn an_old_daemon_ending_leaves_a_new_mount_on_the_same_path_alone() {
+    need_fuse!();
+    let s = Scratch::example();
+    let first = Mounted::new(&s.upper, &s.lower, &["bind"]);
+    // An open file keeps the first mount's connection (and daemon) alive after a lazy unmount.
+    let held = fs::File::open(s.low("a")).unwrap();
+    sh(&format!("fusermount3 -u -z '{}'", s.lower.display()));
+    std::mem::forget(first);
+    let other = s.tmp.path().join("other");
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("only-in-other"), "2").unwrap();
+    let second = Mounted::new(&other, &s.lower, &["bind"]);
+    // The first daemon ends now; it must not unmount the path on its way out.
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while vufs_running_with(&s.upper) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first daemon did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(is_mounted(&s.lower), "the second mount was taken down");
+    assert_eq!(names(&s.lower), vec!["only-in-other"]);
+    second.unmount();
+}

@@ -570,6 +570,7 @@ where
         .busy_poll
         .then(|| Arc::new(crate::fuse::BusyPoll::new()));
     let mut adapter = FuseAdapter::new(served.fs, invocation.debug);
+    let lifecycle = adapter.lifecycle();
     if let Some(poll) = &busy_poll {
         adapter = adapter.with_busy_poll(poll.clone());
     }
@@ -579,9 +580,12 @@ where
             invocation.mountpoint.display()
         ))
     })?;
-    if let Some(mountpoint) = &mountpoint_abs {
+    // Which mount is ours: the device of the newest mount on the mount point, right now.
+    let our_device = mountpoint_abs.as_deref().and_then(|mountpoint| {
         widen_readahead(mountpoint);
-    }
+        let mountinfo = std::fs::read("/proc/self/mountinfo").ok()?;
+        mount_device(&mountinfo, mountpoint)
+    });
     if let Some(poll) = &busy_poll {
         use std::os::fd::AsFd;
         let device = session
@@ -622,23 +626,30 @@ where
     if let Some(ready) = ready {
         ready.signal()?;
     }
-    match session.run() {
-        Ok(()) => Ok(()),
-        // The kernel ended the connection: after a lazy unmount the last close
-        // aborts it (ECONNABORTED), a plain one reports ENODEV. Both are the
-        // normal end of a mount, not a failure.
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ECONNABORTED) | Some(libc::ENODEV)
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(DaemonError::Failed(format!(
-            "serving the mount failed: {e}"
-        ))),
+    // fuser unmounts *by path* when a session ends, even when the kernel has already removed
+    // the mount (its "still mounted?" check reads POLLERR the wrong way round), and by then the
+    // path may hold a new mount made right after ours was unmounted: it would take that one
+    // down. So the session runs detached from its mount handle, and the handle is never
+    // dropped; only a mount that is still ours is unmounted here.
+    let background = session
+        .spawn()
+        .map_err(|e| DaemonError::Failed(format!("starting the session: {e}")))?;
+    lifecycle.wait_ended();
+    std::mem::forget(background);
+    let still_ours = our_device.is_some()
+        && mountpoint_abs.as_deref().is_some_and(|mountpoint| {
+            std::fs::read("/proc/self/mountinfo")
+                .ok()
+                .and_then(|mountinfo| mount_device(&mountinfo, mountpoint))
+                == our_device
+        });
+    if still_ours {
+        let _ = unmount(&invocation.mountpoint);
+        return Err(DaemonError::Failed(
+            "serving the mount failed; unmounted".to_string(),
+        ));
     }
+    Ok(())
 }
 
 /// How [`unmount`] ended.

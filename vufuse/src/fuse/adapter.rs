@@ -34,15 +34,60 @@ pub struct FuseAdapter {
     fs: Arc<dyn FileSystem>,
     debug: bool,
     busy_poll: Option<Arc<BusyPoll>>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+/// Whether the driver was started; ends it exactly once (from fuser's FUSE_DESTROY or its
+/// session's end); and tells the daemon when fuser has let go of the adapter, i.e. the
+/// session loop is over and the driver has been written back.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
     initialized: AtomicBool,
     destroyed: AtomicBool,
+    ended: std::sync::Mutex<bool>,
+    ended_cv: std::sync::Condvar,
+}
+
+impl Lifecycle {
+    /// Runs `fs.destroy()` if the driver was initialized and not destroyed yet.
+    fn destroy(&self, fs: &dyn FileSystem, debug: bool) {
+        // A driver that never started has nothing to write back.
+        if self.initialized.load(Ordering::Acquire) && !self.destroyed.swap(true, Ordering::AcqRel)
+        {
+            if debug {
+                eprintln!("destroy");
+            }
+            fs.destroy();
+        }
+    }
+
+    fn mark_ended(&self) {
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.ended_cv.notify_all();
+    }
+
+    /// Blocks until the adapter is dropped: the session is over and the driver written back.
+    pub fn wait_ended(&self) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        while !*ended {
+            ended = self.ended_cv.wait(ended).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for FuseAdapter {
+    fn drop(&mut self) {
+        // fuser drops the adapter after calling destroy; make sure it ran, then tell.
+        self.lifecycle.destroy(&*self.fs, self.debug);
+        self.lifecycle.mark_ended();
+    }
 }
 
 impl std::fmt::Debug for FuseAdapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FuseAdapter")
             .field("debug", &self.debug)
-            .field("initialized", &self.initialized)
+            .field("lifecycle", &self.lifecycle)
             .finish_non_exhaustive()
     }
 }
@@ -54,9 +99,13 @@ impl FuseAdapter {
             fs,
             debug,
             busy_poll: None,
-            initialized: AtomicBool::new(false),
-            destroyed: AtomicBool::new(false),
+            lifecycle: Arc::new(Lifecycle::default()),
         }
+    }
+
+    /// The handle that ends the driver once, for a daemon that ends the session itself.
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        self.lifecycle.clone()
     }
 
     /// Reports every request to `poll` (the `busy_poll` mount option).
@@ -233,21 +282,14 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self.fs.init();
         self.trace(req, || "init".to_string(), &result);
         if result.is_ok() {
-            self.initialized.store(true, Ordering::Release);
+            self.lifecycle.initialized.store(true, Ordering::Release);
         }
         result.map_err(std::io::Error::from)
     }
 
     fn destroy(&mut self) {
-        // fuser may call this from the session and again on drop: once is enough,
-        // and a driver that never started has nothing to write back.
-        if self.initialized.load(Ordering::Acquire) && !self.destroyed.swap(true, Ordering::AcqRel)
-        {
-            if self.debug {
-                eprintln!("destroy");
-            }
-            self.fs.destroy();
-        }
+        // fuser may call this from the session and again on drop: once is enough.
+        self.lifecycle.destroy(&*self.fs, self.debug);
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

@@ -9,7 +9,7 @@
 mod adapter;
 mod busy_poll;
 
-pub use adapter::{FuseAdapter, MAX_WRITE};
+pub use adapter::{FuseAdapter, Lifecycle, MAX_WRITE};
 pub use busy_poll::{BusyPoll, IDLE_AFTER};
 
 use crate::fs::Ino;
