@@ -247,7 +247,11 @@ fn fresh(dir: &Path, options: &str) -> (Under, std::path::PathBuf) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // 64 cases in CI; PROPTEST_CASES asks for more (a longer soak).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_operations_match_the_model_and_pass_e2fsck(ops in proptest::collection::vec(op(), 1..40), small_blocks in any::<bool>()) {
