@@ -452,15 +452,14 @@ impl Volume {
                 );
                 self.remove(attr.ino, &child, true, &child_shown)?;
             }
-            self.fs
-                .rmdir(&self.ctx, parent, name)
+            self.resolver
+                .rmdir_in(&self.ctx, parent, name)
                 .map_err(|e| self.err(shown, e))?;
         } else {
-            self.fs
-                .unlink(&self.ctx, parent, name)
+            self.resolver
+                .unlink_in(&self.ctx, parent, name)
                 .map_err(|e| self.err(shown, e))?;
         }
-        self.resolver.invalidate(parent, name);
         Ok(())
     }
 
@@ -473,13 +472,11 @@ impl Volume {
         new_name: &OsStr,
         shown: &str,
     ) -> Outcome {
-        self.fs
-            .rename(&self.ctx, parent, name, new_parent, new_name, 0)
+        self.resolver
+            .rename_in(&self.ctx, parent, name, new_parent, new_name, 0)
             .map_err(|e| self.err(shown, e))?;
         self.touch(parent);
         self.touch(new_parent);
-        self.resolver.invalidate(parent, name);
-        self.resolver.invalidate(new_parent, new_name);
         Ok(())
     }
 }

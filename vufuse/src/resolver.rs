@@ -142,6 +142,59 @@ impl PathResolver {
         self.fs.getattr(ctx, ino, None)
     }
 
+    /// Removes the file at `path` and the name from the cache. Front ends (VUOS glue, vuimg)
+    /// remove and rename through the resolver so its cache never outlives a name.
+    pub fn unlink(&self, ctx: &Context, path: &Path) -> Result<()> {
+        let (parent, name) = self.resolve_parent(ctx, path)?;
+        self.unlink_in(ctx, parent, name)
+    }
+
+    /// Removes the empty directory at `path` and the name from the cache.
+    pub fn rmdir(&self, ctx: &Context, path: &Path) -> Result<()> {
+        let (parent, name) = self.resolve_parent(ctx, path)?;
+        self.rmdir_in(ctx, parent, name)
+    }
+
+    /// Renames `from` to `to` (`renameat2` flags) and drops both names from the cache.
+    pub fn rename(&self, ctx: &Context, from: &Path, to: &Path, flags: u32) -> Result<()> {
+        let (parent, name) = self.resolve_parent(ctx, from)?;
+        let (new_parent, new_name) = self.resolve_parent(ctx, to)?;
+        self.rename_in(ctx, parent, name, new_parent, new_name, flags)
+    }
+
+    /// [`PathResolver::unlink`] of `name` in the directory `parent`.
+    pub fn unlink_in(&self, ctx: &Context, parent: Ino, name: &OsStr) -> Result<()> {
+        let result = self.fs.unlink(ctx, parent, name);
+        self.invalidate(parent, name);
+        result
+    }
+
+    /// [`PathResolver::rmdir`] of `name` in the directory `parent`.
+    pub fn rmdir_in(&self, ctx: &Context, parent: Ino, name: &OsStr) -> Result<()> {
+        let result = self.fs.rmdir(ctx, parent, name);
+        self.invalidate(parent, name);
+        result
+    }
+
+    /// [`PathResolver::rename`] by directory and name: after a rename, and an exchange in
+    /// particular, neither name leads where it did, so both are dropped.
+    pub fn rename_in(
+        &self,
+        ctx: &Context,
+        parent: Ino,
+        name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let result = self
+            .fs
+            .rename(ctx, parent, name, new_parent, new_name, flags);
+        self.invalidate(parent, name);
+        self.invalidate(new_parent, new_name);
+        result
+    }
+
     /// Drops the cached entry `name` of `parent` (after unlink, rmdir, rename).
     pub fn invalidate(&self, parent: Ino, name: &OsStr) {
         let removed = self.lock().entries.remove(&(parent, name.to_os_string()));

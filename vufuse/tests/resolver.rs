@@ -1,7 +1,6 @@
 //! The shared path resolver over a real driver: deep paths, `.`/`..`, the
 //! cache holding exactly one lookup reference per entry, invalidation.
 
-use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -74,13 +73,16 @@ fn resolves_deep_paths_and_follows_renames_through_invalidation() {
         "the cache stays within its capacity"
     );
 
-    // Rename through the driver, then invalidate: the old path is gone, the new one works.
-    let (parent, name) = resolver
-        .resolve_parent(&ctx, Path::new("/a/b/c/file.txt"))
+    // A rename through the resolver: the old path is gone at once, the new one works, even
+    // though both were cached.
+    resolver
+        .rename(
+            &ctx,
+            Path::new("/a/b/c/file.txt"),
+            Path::new("/moved.txt"),
+            0,
+        )
         .unwrap();
-    fs.rename(&ctx, parent, name, Ino::ROOT, OsStr::new("moved.txt"), 0)
-        .unwrap();
-    resolver.invalidate(parent, name);
     assert_eq!(
         resolver.resolve(&ctx, Path::new("/a/b/c/file.txt")),
         Err(Errno::ENOENT)
@@ -93,8 +95,21 @@ fn resolves_deep_paths_and_follows_renames_through_invalidation() {
 
     // Every cached reference is given back: the unlinked file's clusters are freed.
     let before = fs.statfs(&ctx).unwrap().blocks_free;
-    fs.unlink(&ctx, Ino::ROOT, OsStr::new("moved.txt")).unwrap();
-    resolver.invalidate(Ino::ROOT, OsStr::new("moved.txt"));
+    resolver.unlink(&ctx, Path::new("/moved.txt")).unwrap();
+    assert_eq!(
+        resolver.resolve(&ctx, Path::new("/moved.txt")),
+        Err(Errno::ENOENT)
+    );
+    resolver.rmdir(&ctx, Path::new("/a/b/c")).unwrap();
+    assert_eq!(
+        resolver.resolve(&ctx, Path::new("/a/b/c")),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(
+        resolver.rmdir(&ctx, Path::new("/a")),
+        Err(Errno::ENOTEMPTY),
+        "errors come through"
+    );
     resolver.clear();
     assert_eq!(resolver.cached(), 0);
     assert!(fs.statfs(&ctx).unwrap().blocks_free > before);

@@ -802,6 +802,23 @@ pub extern "C" fn vu_vufs_fcntl(
     })
 }
 
+/// Runs a modifying call on `path` of a writable mount.
+///
+/// # Safety
+/// `path` is umvu's C string.
+unsafe fn with_path(
+    path: *const c_char,
+    f: impl FnOnce(&Mount, &Context, &Path) -> Result<(), Errno>,
+) -> c_int {
+    ret_int(|| {
+        let m = mount_rw()?;
+        let ctx = context();
+        // SAFETY: forwarded contract.
+        let path = unsafe { c_path(path) }?;
+        f(m, &ctx, path).map(|()| 0)
+    })
+}
+
 /// Runs a call on (parent inode, last name) of `path`.
 ///
 /// # Safety
@@ -827,13 +844,7 @@ unsafe fn with_parent(
 #[no_mangle]
 pub unsafe extern "C" fn vu_vufs_unlink(path: *const c_char) -> c_int {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_parent(path, |m, ctx, parent, name| {
-            m.fs.unlink(ctx, parent, name)?;
-            m.resolver.invalidate(parent, name);
-            Ok(())
-        })
-    }
+    unsafe { with_path(path, |m, ctx, path| m.resolver.unlink(ctx, path)) }
 }
 
 /// `int rmdir(path)`
@@ -843,13 +854,7 @@ pub unsafe extern "C" fn vu_vufs_unlink(path: *const c_char) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn vu_vufs_rmdir(path: *const c_char) -> c_int {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_parent(path, |m, ctx, parent, name| {
-            m.fs.rmdir(ctx, parent, name)?;
-            m.resolver.invalidate(parent, name);
-            Ok(())
-        })
-    }
+    unsafe { with_path(path, |m, ctx, path| m.resolver.rmdir(ctx, path)) }
 }
 
 /// `int mkdir(path, mode)`
@@ -952,11 +957,7 @@ pub unsafe extern "C" fn vu_vufs_rename(
         let ctx = context();
         // SAFETY: umvu's strings.
         let (old, new) = unsafe { (c_path(old)?, c_path(new)?) };
-        let (op, oname) = m.resolver.resolve_parent(&ctx, old)?;
-        let (np, nname) = m.resolver.resolve_parent(&ctx, new)?;
-        m.fs.rename(&ctx, op, oname, np, nname, flags)?;
-        m.resolver.invalidate(op, oname);
-        m.resolver.invalidate(np, nname);
+        m.resolver.rename(&ctx, old, new, flags)?;
         Ok(0)
     })
 }

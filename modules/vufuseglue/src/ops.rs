@@ -239,9 +239,7 @@ unsafe extern "C" fn mkdir(p: *const c_char, mode: libc::mode_t) -> c_int {
 unsafe extern "C" fn unlink(p: *const c_char) -> c_int {
     serve(|mount, ctx| {
         // SAFETY: vufuse passes a path.
-        let (parent, name) = mount.resolver.resolve_parent(ctx, unsafe { path(p) }?)?;
-        mount.resolver.invalidate(parent, name);
-        mount.fs().unlink(ctx, parent, name)?;
+        mount.resolver.unlink(ctx, unsafe { path(p) }?)?;
         Ok(0)
     })
 }
@@ -249,9 +247,7 @@ unsafe extern "C" fn unlink(p: *const c_char) -> c_int {
 unsafe extern "C" fn rmdir(p: *const c_char) -> c_int {
     serve(|mount, ctx| {
         // SAFETY: vufuse passes a path.
-        let (parent, name) = mount.resolver.resolve_parent(ctx, unsafe { path(p) }?)?;
-        mount.resolver.invalidate(parent, name);
-        mount.fs().rmdir(ctx, parent, name)?;
+        mount.resolver.rmdir(ctx, unsafe { path(p) }?)?;
         Ok(0)
     })
 }
@@ -270,13 +266,7 @@ unsafe extern "C" fn rename(from: *const c_char, to: *const c_char, flags: c_uin
     serve(|mount, ctx| {
         // SAFETY: vufuse passes two paths of this mount.
         let (from, to) = unsafe { (path(from)?, path(to)?) };
-        let (parent, name) = mount.resolver.resolve_parent(ctx, from)?;
-        let (new_parent, new_name) = mount.resolver.resolve_parent(ctx, to)?;
-        mount.resolver.invalidate(parent, name);
-        mount.resolver.invalidate(new_parent, new_name);
-        mount
-            .fs()
-            .rename(ctx, parent, name, new_parent, new_name, flags)?;
+        mount.resolver.rename(ctx, from, to, flags)?;
         Ok(0)
     })
 }
