@@ -283,13 +283,7 @@ fn write_workload(img: &Path, work: &Path, script: &str) {
     compare_metadata(&model, &mnt);
     drop(m);
     wait_for_exit(&mnt);
-    let fsck = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn: {}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    e2fsck_clean(img);
     // The 3,000-file directory was turned into an htree (EXT2_INDEX_FL,
     // 0x1000) when its first block filled, and grew as one.
     if script.contains("many/file_") {
@@ -458,16 +452,7 @@ assert 'user.big' not in os.listxattr(os.path.join(m, 'b'))
     );
     drop(m);
     wait_for_exit(&mnt);
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    e2fsck_clean(&img);
 }
 
 #[test]
@@ -494,16 +479,7 @@ fn a_full_filesystem_gives_enospc_and_stays_clean() {
     assert!(err.contains("No space left on device"), "{err}");
     drop(m);
     wait_for_exit(&mnt);
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    e2fsck_clean(&img);
 }
 
 #[test]
@@ -609,16 +585,7 @@ fn htree_directories_made_by_the_kernel_stay_indexed_as_they_grow() {
     assert_eq!(std::fs::read_dir(mnt.join("big")).unwrap().count(), 5998);
     drop(m);
     wait_for_exit(&mnt);
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    e2fsck_clean(&img);
     assert!(
         flags(&img).contains("Flags: 0x81000"),
         "the index must survive 3,000 inserts (node splits)"
@@ -770,16 +737,21 @@ fn ownership_options_follow_fuse2fs() {
         "{owners:?}"
     );
     assert!(owners[1].starts_with("User: 0 Group: 0"), "{owners:?}");
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
+    e2fsck_clean(&img);
+}
+
+/// Asserts that `e2fsck -fn` finds nothing to fix in `img`, showing its report otherwise;
+/// returns the report.
+fn e2fsck_clean(img: &Path) -> String {
+    let fsck = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
+    let report = String::from_utf8_lossy(&fsck.stdout).into_owned();
     assert!(
         fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
+        "e2fsck -fn {}: {report}{}",
+        img.display(),
+        String::from_utf8_lossy(&fsck.stderr)
     );
+    report
 }
 
 /// Runs `script` under `timeout`, so a hang fails the test instead of
@@ -1009,13 +981,7 @@ fn a_killed_daemon_leaves_an_image_e2fsck_accepts() {
     };
     drop(m);
     wait_for_exit(&mnt);
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&copy)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&fsck.stdout);
-    assert!(fsck.status.success(), "after a remount: {report}");
+    let report = e2fsck_clean(&copy);
     assert!(report.contains("203/16384 files"), "{report}");
     // ...and so does e2fsck -p, no questions asked.
     let preen = Command::new("e2fsck")
@@ -1030,13 +996,7 @@ fn a_killed_daemon_leaves_an_image_e2fsck_accepts() {
         "e2fsck -p: {preened}{}",
         String::from_utf8_lossy(&preen.stderr)
     );
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&fsck.stdout);
-    assert!(fsck.status.success(), "{report}");
+    let report = e2fsck_clean(&img);
     assert!(report.contains("203/16384 files"), "{report}");
 }
 
@@ -1130,13 +1090,7 @@ fn every_operation_reaches_the_image_and_only_the_first_close_sends_flush() {
         mnt.display()
     ));
     // No sync, no unmount: what the image holds now is what a crash would leave.
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&fsck.stdout);
-    assert!(fsck.status.success(), "live image: {report}");
+    let report = e2fsck_clean(&img);
     assert!(report.contains("52/16384 files"), "{report}");
     let cat = sh(&format!("debugfs -R 'cat /d/f40' '{}'", img.display()));
     assert_eq!(cat, "file 40\n");
@@ -1156,16 +1110,7 @@ fn every_operation_reaches_the_image_and_only_the_first_close_sends_flush() {
     let releases = log.lines().filter(|l| l.contains("] release(")).count();
     assert_eq!(flushes, 1, "{log}");
     assert!(releases >= 41, "{releases} releases");
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    e2fsck_clean(&img);
 }
 
 /// CPU time (user + system, clock ticks) of process `pid`.
@@ -1220,16 +1165,7 @@ fn busy_poll_serves_and_costs_nothing_when_idle() {
     );
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).output();
     assert!(daemon.wait().unwrap().success());
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    e2fsck_clean(&img);
 }
 
 /// One 1 MiB write to a block-mapped ext2 file with 1 KiB blocks dirties more blocks (data and
@@ -1276,14 +1212,5 @@ fn writes_larger_than_the_block_cache_reach_the_image_in_order() {
         dir.path().display(),
         dumped.display()
     ));
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    e2fsck_clean(&img);
 }
