@@ -336,7 +336,8 @@ pub trait FileSystem: Send + Sync {
         Err(Errno::ENOSYS)
     }
 
-    /// Reads into `buf` at `offset`; returns the count (0 at end of file).
+    /// Reads into `buf` at `offset`; returns the count. Fills `buf` unless the file ends
+    /// first: a short count means end of file (FUSE and vufuse read it so), never "try again".
     fn read(&self, ctx: &Context, ino: Ino, fh: Fh, offset: u64, buf: &mut [u8]) -> Result<usize> {
         Err(Errno::ENOSYS)
     }

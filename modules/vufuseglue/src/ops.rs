@@ -457,22 +457,8 @@ unsafe extern "C" fn read(
         }
         // SAFETY: vufuse's buffer holds at least `size` writable bytes.
         let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), size) };
-        // Fill the buffer unless the file ends: a short read means end of file.
-        let mut done = 0;
-        while done < out.len() {
-            let n = mount.fs().read(
-                ctx,
-                file.ino,
-                file.fh,
-                offset + done as u64,
-                &mut out[done..],
-            )?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        Ok(done as c_int)
+        // The driver fills the buffer unless the file ends (FileSystem::read's contract).
+        Ok(mount.fs().read(ctx, file.ino, file.fh, offset, out)? as c_int)
     })
 }
 
