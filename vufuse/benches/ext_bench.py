@@ -7,10 +7,12 @@ files named file_NNNNN.dat in one directory (then sync), and `ls -l` of them
 cold. Each FUSE daemon runs in the foreground so its peak RSS (VmHWM) can be
 read before unmount. Needs root (drop_caches, mount).
 
-Usage: ext_bench.py [--ours PATH] [--runs N] [--dir DIR] [--busy-poll]
-  fuse2fs (Debian package fuse2fs) and the kernel loop mount are skipped
-  with a note when unavailable. --busy-poll adds a row for fuseext2 mounted
-  with -o busy_poll.
+Usage: ext_bench.py [--ours PATH] [--runs N] [--dir DIR] [--no-busy-poll]
+  fuse2fs (Debian package fuse2fs) is skipped with a note when unavailable.
+  --no-busy-poll adds a row for fuseext2 mounted with -o no_busy_poll (a
+  thread sleeping in read(/dev/fuse) between requests, as other daemons do).
+  The runs are interleaved (one run of each in turn), so a slow spell of the
+  machine does not land on one row only.
 """
 
 import argparse
@@ -117,41 +119,41 @@ os.sync()
 
 
 def bench_fuse(name, binary, options, args, source, kind=None):
+    """One run of every figure on a fresh image; returns ({figure: [seconds]}, peak RSS KiB)."""
     kind = kind or Daemon
     image = os.path.join(args.dir, f"{name}.img")
     mnt = os.path.join(args.dir, f"mnt-{name}")
     os.makedirs(mnt, exist_ok=True)
     results = {"write": [], "read_cold": [], "read_warm": [], "create5000": [], "ls_cold": []}
     rss = 0
-    for _ in range(args.runs):
-        fresh_image(image, 2048)
+    fresh_image(image, 2048)
+    d = kind(binary, image, mnt, options)
+    drop_caches()
+    results["write"].append(timed(lambda: sh(f"dd if={source} of={mnt}/big.bin bs=1M conv=fsync status=none")))
+    rss = max(rss, d.peak_rss_kib())
+    d.unmount()
+    d = kind(binary, image, mnt, options)
+    drop_caches()
+    results["read_cold"].append(timed(lambda: sh(f"dd if={mnt}/big.bin of=/dev/null bs=1M status=none")))
+    results["read_warm"].append(timed(lambda: sh(f"dd if={mnt}/big.bin of=/dev/null bs=1M status=none")))
+    drop_caches()
+    try:
+        results["create5000"].append(
+            timed(lambda: sh(f"{sys.executable} -c '{CREATE_SCRIPT}' {mnt}/many", timeout=args.timeout))
+        )
+    except subprocess.TimeoutExpired:
+        results["create5000"].append(float("inf"))
+    rss = max(rss, d.peak_rss_kib())
+    d.unmount()
+    if results["create5000"][-1] != float("inf"):
         d = kind(binary, image, mnt, options)
         drop_caches()
-        results["write"].append(timed(lambda: sh(f"dd if={source} of={mnt}/big.bin bs=1M conv=fsync status=none")))
+        results["ls_cold"].append(timed(lambda: sh(f"ls -l {mnt}/many > /dev/null")))
         rss = max(rss, d.peak_rss_kib())
         d.unmount()
-        d = kind(binary, image, mnt, options)
-        drop_caches()
-        results["read_cold"].append(timed(lambda: sh(f"dd if={mnt}/big.bin of=/dev/null bs=1M status=none")))
-        results["read_warm"].append(timed(lambda: sh(f"dd if={mnt}/big.bin of=/dev/null bs=1M status=none")))
-        drop_caches()
-        try:
-            results["create5000"].append(
-                timed(lambda: sh(f"{sys.executable} -c '{CREATE_SCRIPT}' {mnt}/many", timeout=args.timeout))
-            )
-        except subprocess.TimeoutExpired:
-            results["create5000"].append(float("inf"))
-        rss = max(rss, d.peak_rss_kib())
-        d.unmount()
-        if results["create5000"][-1] != float("inf"):
-            d = kind(binary, image, mnt, options)
-            drop_caches()
-            results["ls_cold"].append(timed(lambda: sh(f"ls -l {mnt}/many > /dev/null")))
-            rss = max(rss, d.peak_rss_kib())
-            d.unmount()
-        fsck = sh(f"e2fsck -fn {image}", check=False)
-        if fsck.returncode != 0:
-            print(f"WARNING: {name}: e2fsck -fn after the run: {fsck.stdout.strip()[-500:]}", file=sys.stderr)
+    fsck = sh(f"e2fsck -fn {image}", check=False)
+    if fsck.returncode != 0:
+        print(f"WARNING: {name}: e2fsck -fn after the run: {fsck.stdout.strip()[-500:]}", file=sys.stderr)
     return results, rss
 
 
@@ -171,22 +173,32 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--timeout", type=float, default=120)
     p.add_argument("--dir", default=os.path.join(repo, "target/ext-bench"))
-    p.add_argument("--busy-poll", action="store_true", help="add a row for fuseext2 -o busy_poll")
+    p.add_argument("--no-busy-poll", action="store_true", help="add a row for fuseext2 -o no_busy_poll")
     args = p.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     source = "/dev/shm/ext-bench-src.bin"
     if not os.path.exists(source):
         sh(f"head -c {256 * MIB} /dev/urandom > {source}")
 
-    rows = [("fuseext2 (this project)", *bench_fuse("ours", args.ours, "rw+", args, source))]
-    if args.busy_poll:
-        rows.append(("fuseext2 -o busy_poll", *bench_fuse("ours-poll", args.ours, "rw+,busy_poll", args, source)))
-    ours_rows = len(rows)
+    # (row name, binary, options, kind): one run of each in turn, `runs` times.
+    plan = [("fuseext2 (this project)", "ours", args.ours, "rw+", Daemon)]
+    if args.no_busy_poll:
+        plan.append(("fuseext2 -o no_busy_poll", "ours-nopoll", args.ours, "rw+,no_busy_poll", Daemon))
+    ours_rows = len(plan)
     if shutil.which("fuse2fs"):
-        rows.append(("fuse2fs 1.47", *bench_fuse("fuse2fs", shutil.which("fuse2fs"), "rw", args, source)))
+        plan.append(("fuse2fs 1.47", "fuse2fs", shutil.which("fuse2fs"), "rw", Daemon))
     else:
         print("note: fuse2fs not installed, its column is skipped", file=sys.stderr)
-    rows.append(("kernel ext4 (loop)", *bench_fuse("kernel", None, "", args, source, kind=Kernel)))
+    plan.append(("kernel ext4 (loop)", "kernel", None, "", Kernel))
+    merged = {row[0]: ({}, 0) for row in plan}
+    for _ in range(args.runs):
+        for row_name, name, binary, options, kind in plan:
+            res, rss = bench_fuse(name, binary, options, args, source, kind=kind)
+            acc, peak = merged[row_name]
+            for k, values in res.items():
+                acc.setdefault(k, []).extend(values)
+            merged[row_name] = (acc, max(peak, rss))
+    rows = [(row[0], *merged[row[0]]) for row in plan]
 
     keys = ["write", "read_cold", "read_warm", "create5000", "ls_cold"]
     print(f"\nseconds, min / median of {args.runs}; 256 MiB file on a 2 GiB ext4 image\n")

@@ -210,7 +210,8 @@ fn command(spec: &DaemonSpec) -> Command {
          default_permissions      let the kernel check permissions\n  \
          fsname=NAME, subtype=T   what /proc/mounts shows\n  \
          nosuid, nodev, noexec, noatime, sync, dirsync (and their opposites)\n  \
-         busy_poll                while busy, poll for requests instead of sleeping\n  \
+         busy_poll, no_busy_poll  while busy, poll for requests instead of sleeping\n  \
+                                  (default: on for drivers that serve one call at a time)\n  \
          debug                    same as -d\n{}\n\
          The daemon goes to the background once the mount is live; end it with\n  \
          fusermount3 -u MOUNTPOINT   (or umount, or SIGTERM).\n\
@@ -562,13 +563,16 @@ where
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| spec.name.to_string())
     });
-    let config = session_config(&invocation.options, &fsname, spec.name);
-    // Resolved before mounting: once mounted, resolving it would wait for this very daemon.
-    let mountpoint_abs = std::fs::canonicalize(&invocation.mountpoint).ok();
-    let busy_poll = invocation
+    // Polling needs one serving thread: by default only for drivers that serve one call at
+    // a time anyway.
+    let polls = invocation
         .options
         .busy_poll
-        .then(|| Arc::new(crate::fuse::BusyPoll::new()));
+        .unwrap_or_else(|| served.fs.is_serial());
+    let config = session_config(&invocation.options, polls, &fsname, spec.name);
+    // Resolved before mounting: once mounted, resolving it would wait for this very daemon.
+    let mountpoint_abs = std::fs::canonicalize(&invocation.mountpoint).ok();
+    let busy_poll = polls.then(|| Arc::new(crate::fuse::BusyPoll::new()));
     let mut adapter = FuseAdapter::new(served.fs, invocation.debug);
     let lifecycle = adapter.lifecycle();
     if let Some(poll) = &busy_poll {

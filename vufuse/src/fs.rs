@@ -360,6 +360,14 @@ pub trait FileSystem: Send + Sync {
         false
     }
 
+    /// True when the driver serves one call at a time whatever the caller does (one lock
+    /// around every call): a front end then loses nothing by serving with one thread, and the
+    /// FUSE daemon polls for requests by default (`busy_poll`), which needs exactly that.
+    /// Off by default.
+    fn is_serial(&self) -> bool {
+        false
+    }
+
     /// The last reference to a handle is gone.
     fn release(&self, ctx: &Context, ino: Ino, fh: Fh) -> Result<()> {
         Ok(())

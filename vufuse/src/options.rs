@@ -94,9 +94,12 @@ pub struct MountOptions {
     pub fakeroot: bool,
     /// `debug`: print every request (same as `-d`).
     pub debug: bool,
-    /// `busy_poll`: while requests keep coming, poll for the next one instead of sleeping
-    /// (lower latency per request, one core busy while the mount is; see `fuse::BusyPoll`).
-    pub busy_poll: bool,
+    /// `busy_poll` / `no_busy_poll`: while requests keep coming, poll for the next one
+    /// instead of sleeping (lower latency per request, one core busy while the mount is; see
+    /// `fuse::BusyPoll`). `None`: the driver decides ([`FileSystem::is_serial`]).
+    ///
+    /// [`FileSystem::is_serial`]: crate::FileSystem::is_serial
+    pub busy_poll: Option<bool>,
     /// Generic kernel mount flags to pass through.
     pub kernel: KernelFlags,
     /// Messages for the user about options that were accepted but not honoured as written.
@@ -191,7 +194,7 @@ impl MountOptions {
             codepage: None,
             fakeroot: false,
             debug: false,
-            busy_poll: false,
+            busy_poll: None,
             kernel: KernelFlags::default(),
             warnings: Vec::new(),
         };
@@ -296,9 +299,9 @@ impl MountOptions {
                 flag(value)?;
                 self.debug = true;
             }
-            "busy_poll" => {
+            "busy_poll" | "no_busy_poll" => {
                 flag(value)?;
-                self.busy_poll = true;
+                self.busy_poll = Some(key == "busy_poll");
             }
             "nosuid" | "suid" => {
                 flag(value)?;
@@ -540,8 +543,10 @@ mod tests {
     #[test]
     fn misc_flags() {
         let o = fs("fakeroot,force,debug");
-        assert!(o.fakeroot && o.force && o.debug && !o.busy_poll);
-        assert!(fs("busy_poll").busy_poll);
+        assert!(o.fakeroot && o.force && o.debug && o.busy_poll.is_none());
+        assert_eq!(fs("busy_poll").busy_poll, Some(true));
+        assert_eq!(fs("no_busy_poll").busy_poll, Some(false));
+        assert_eq!(fs("no_busy_poll,busy_poll").busy_poll, Some(true));
         // What mount(8) adds on its own is accepted and ignored.
         let o = fs("defaults,relatime,noauto,user");
         assert_eq!(o, MountOptions::defaults(FS));

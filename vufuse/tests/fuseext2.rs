@@ -1125,47 +1125,76 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// `-o busy_poll` serves as usual while requests come and stops polling when they stop: an
-/// idle mount uses no CPU, and unmounting ends the daemon.
+/// Names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// fuseext2 polls for requests by default (its driver serves one call at a time, so one
+/// serving thread loses nothing) and `-o no_busy_poll` turns that off; either way it serves as
+/// usual, polling stops when requests stop (an idle mount uses no CPU), and unmounting ends
+/// the daemon.
 #[test]
-fn busy_poll_serves_and_costs_nothing_when_idle() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("poll.img");
-    sh(&format!(
-        "truncate -s 64M '{0}' && mke2fs -q -F -t ext4 '{0}'",
-        img.display()
-    ));
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mut daemon = Command::new(BIN)
-        .args(["-f", "-o", "rw+,busy_poll"])
-        .arg(&img)
-        .arg(&mnt)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "fuseext2 did not mount");
-        std::thread::sleep(Duration::from_millis(10));
+fn busy_poll_is_the_default_serves_and_costs_nothing_when_idle() {
+    for (options, polls) in [("rw+", true), ("rw+,no_busy_poll", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("poll.img");
+        sh(&format!(
+            "truncate -s 64M '{0}' && mke2fs -q -F -t ext4 '{0}'",
+            img.display()
+        ));
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut daemon = Command::new(BIN)
+            .args(["-f", "-o", options])
+            .arg(&img)
+            .arg(&mnt)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_mounted(&mnt) {
+            assert!(Instant::now() < deadline, "fuseext2 did not mount");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Unmounts (lazily) if an assertion fails.
+        let _guard = Mounted(mnt.clone());
+        let listing = sh(&format!(
+            "cd '{}' && mkdir d && for i in $(seq 1 200); do echo $i > d/f$i; done && \
+             cat d/f7 d/f200 && ls d | wc -l",
+            mnt.display()
+        ));
+        assert_eq!(listing, "7\n200\n200\n", "{options}");
+        let threads = thread_names(daemon.id());
+        // fuser names its serving threads fuser-0, fuser-1, ... (fuser-bg is not one).
+        let serving = threads
+            .iter()
+            .filter(|t| {
+                t.strip_prefix("fuser-")
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .count();
+        let poller = threads.iter().any(|t| t == "busy-poll");
+        assert_eq!(poller, polls, "{options}: {threads:?}");
+        assert_eq!(serving, if polls { 1 } else { 2 }, "{options}: {threads:?}");
+        // Polling ends within milliseconds of the last request; then the daemon sleeps.
+        std::thread::sleep(Duration::from_millis(100));
+        let before = cpu_ticks(daemon.id());
+        std::thread::sleep(Duration::from_millis(700));
+        let spent = cpu_ticks(daemon.id()) - before;
+        assert!(
+            spent <= 5,
+            "{options}: an idle mount used {spent} ticks of CPU in 0.7 s"
+        );
+        let _ = Command::new("fusermount3").arg("-u").arg(&mnt).output();
+        assert!(daemon.wait().unwrap().success());
+        e2fsck_clean(&img);
     }
-    let listing = sh(&format!(
-        "cd '{}' && mkdir d && for i in $(seq 1 200); do echo $i > d/f$i; done && \
-         cat d/f7 d/f200 && ls d | wc -l",
-        mnt.display()
-    ));
-    assert_eq!(listing, "7\n200\n200\n");
-    // Polling ends within milliseconds of the last request; then the daemon sleeps.
-    std::thread::sleep(Duration::from_millis(100));
-    let before = cpu_ticks(daemon.id());
-    std::thread::sleep(Duration::from_millis(700));
-    let spent = cpu_ticks(daemon.id()) - before;
-    assert!(
-        spent <= 5,
-        "an idle mount used {spent} ticks of CPU in 0.7 s"
-    );
-    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).output();
-    assert!(daemon.wait().unwrap().success());
-    e2fsck_clean(&img);
 }
 
 /// One 1 MiB write to a block-mapped ext2 file with 1 KiB blocks dirties more blocks (data and

@@ -962,6 +962,11 @@ impl FileSystem for ExtFs {
         true
     }
 
+    /// libext2fs is not thread-safe: every call holds `ExtFs::lock`.
+    fn is_serial(&self) -> bool {
+        true
+    }
+
     fn lookup(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<Entry> {
         let mut h = self.lock();
         let bytes = name.as_bytes();

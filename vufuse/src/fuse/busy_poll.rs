@@ -7,10 +7,16 @@
 //! non-blocking, so fuser's loop retries its read (it retries `EAGAIN`) instead of sleeping;
 //! once no request has come for [`IDLE_AFTER`], a watchdog thread makes it blocking again.
 //! An idle mount costs nothing; a busy one costs one core while busy.
+//!
+//! Polling only pays while a core is free for it. When the serving thread has to wait for a
+//! CPU (other processes want the core it spins on, as its scheduler statistics in
+//! `/proc/self/task/TID/schedstat` show), polling would only take their time and delay its
+//! own replies: it pauses for [`PAUSE_MIN`], doubling up to [`PAUSE_MAX`] while the
+//! contention lasts, and the daemon serves as if polling were off.
 
 use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -18,9 +24,21 @@ use std::time::{Duration, Instant};
 /// Polling stops when no request has come for this long.
 pub const IDLE_AFTER: Duration = Duration::from_millis(2);
 
+/// Polling pauses when the serving thread waited for a CPU for more than 1/`CONTENDED_SHARE`
+/// of a watchdog window.
+const CONTENDED_SHARE: u64 = 4;
+
+/// The first pause after contention was seen.
+pub const PAUSE_MIN: Duration = Duration::from_millis(20);
+
+/// The longest pause, reached by doubling while contention lasts.
+pub const PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// Nanoseconds a thread (by tid) has spent waiting on a run queue, or `None` when unknown.
+type RunDelay = Box<dyn Fn(i32) -> Option<u64> + Send + Sync>;
+
 /// The polling state of one mount, shared by the adapter (which reports requests) and the
-/// watchdog thread (which ends polling when they stop).
-#[derive(Debug)]
+/// watchdog thread (which ends polling when they stop or when the CPU is contended).
 pub struct BusyPoll {
     /// A duplicate of the session's `/dev/fuse` descriptor: the non-blocking flag belongs to
     /// the open file, so setting it here changes the serving thread's reads.
@@ -29,7 +47,23 @@ pub struct BusyPoll {
     polling: AtomicBool,
     /// Nanoseconds since `start` at the last request.
     last_request: AtomicU64,
+    /// Nanoseconds since `start` before which polling stays paused (contention).
+    resume_at: AtomicU64,
+    /// The polling thread's tid (0 until polling first starts).
+    server: AtomicI32,
+    /// How many times contention paused polling.
+    pauses: AtomicU64,
+    run_delay: RunDelay,
     start: Instant,
+}
+
+impl std::fmt::Debug for BusyPoll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusyPoll")
+            .field("polling", &self.is_polling())
+            .field("pauses", &self.pauses())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for BusyPoll {
@@ -41,11 +75,19 @@ impl Default for BusyPoll {
 impl BusyPoll {
     /// Polling off until [`BusyPoll::attach`] gives it the device.
     pub fn new() -> BusyPoll {
+        BusyPoll::with_run_delay(Box::new(schedstat_run_delay))
+    }
+
+    fn with_run_delay(run_delay: RunDelay) -> BusyPoll {
         BusyPoll {
             device: OnceLock::new(),
             watchdog: OnceLock::new(),
             polling: AtomicBool::new(false),
             last_request: AtomicU64::new(0),
+            resume_at: AtomicU64::new(0),
+            server: AtomicI32::new(0),
+            pauses: AtomicU64::new(0),
+            run_delay,
             start: Instant::now(),
         }
     }
@@ -65,12 +107,23 @@ impl BusyPoll {
         Ok(())
     }
 
-    /// Called on every request: starts polling if it was off.
+    /// Called on every request, by the serving thread: starts polling if it was off (and not
+    /// paused).
     pub fn on_request(&self) {
-        self.last_request.store(self.now(), Ordering::Relaxed);
-        if self.polling.load(Ordering::Relaxed) || self.polling.swap(true, Ordering::AcqRel) {
+        let now = self.now();
+        self.last_request.store(now, Ordering::Relaxed);
+        if self.polling.load(Ordering::Relaxed) {
             return;
         }
+        if now < self.resume_at.load(Ordering::Relaxed) || self.polling.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        // The thread that will poll (the first request, INIT, is served by another).
+        self.server.store(
+            rustix::thread::gettid().as_raw_nonzero().get(),
+            Ordering::Relaxed,
+        );
         let (Some(device), Some(watchdog)) = (self.device.get(), self.watchdog.get()) else {
             self.polling.store(false, Ordering::Release);
             return;
@@ -83,35 +136,75 @@ impl BusyPoll {
     }
 
     /// The watchdog: sleeps while polling is off; while it is on, checks every
-    /// [`IDLE_AFTER`] whether requests stopped, and then makes the device blocking again.
+    /// [`IDLE_AFTER`] whether requests stopped or the serving thread waited for a CPU, and
+    /// then makes the device blocking again.
     fn watch(&self) {
-        let idle = u64::try_from(IDLE_AFTER.as_nanos()).unwrap_or(u64::MAX);
+        let idle = nanos(IDLE_AFTER);
         let Some(device) = self.device.get() else {
             return;
         };
+        let mut pause = PAUSE_MIN;
         loop {
             if !self.polling.load(Ordering::Acquire) {
                 std::thread::park();
                 continue;
             }
+            let server = self.server.load(Ordering::Relaxed);
+            let window_start = self.now();
+            let delay_before = (self.run_delay)(server);
             std::thread::sleep(IDLE_AFTER);
+            let now = self.now();
+            let waited = delay_before
+                .zip((self.run_delay)(server))
+                .map(|(before, after)| after.saturating_sub(before));
+            let contended =
+                waited.is_some_and(|w| w.saturating_mul(CONTENDED_SHARE) > now - window_start);
             let last = self.last_request.load(Ordering::Relaxed);
-            if self.now().saturating_sub(last) >= idle {
-                // Blocking first, then off: a request between the two finds polling still
-                // on and leaves the device blocking, which is safe (it only stops polling).
-                // The reverse order could leave the device non-blocking with nobody to reset
-                // it, and the serving thread spinning on an idle mount.
-                if set_nonblocking(device, false).is_ok() {
-                    self.polling.store(false, Ordering::Release);
-                }
+            if contended {
+                self.resume_at
+                    .store(now.saturating_add(nanos(pause)), Ordering::Relaxed);
+                self.pauses.fetch_add(1, Ordering::Relaxed);
+                pause = (pause * 2).min(PAUSE_MAX);
+            } else if now.saturating_sub(last) < idle {
+                pause = PAUSE_MIN;
+                continue;
+            }
+            // Blocking first, then off: a request between the two finds polling still on and
+            // leaves the device blocking, which is safe (it only stops polling). The reverse
+            // order could leave the device non-blocking with nobody to reset it, and the
+            // serving thread spinning on an idle mount.
+            if set_nonblocking(device, false).is_ok() {
+                self.polling.store(false, Ordering::Release);
             }
         }
+    }
+
+    /// How many times contention for the CPU paused polling.
+    pub fn pauses(&self) -> u64 {
+        self.pauses.load(Ordering::Relaxed)
     }
 
     /// Whether the device is in polling mode now (for tests).
     pub fn is_polling(&self) -> bool {
         self.polling.load(Ordering::Acquire)
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The run-queue wait of thread `tid` of this process: the second field of its schedstat.
+fn schedstat_run_delay(tid: i32) -> Option<u64> {
+    if tid == 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    parse_run_delay(&text)
+}
+
+fn parse_run_delay(schedstat: &str) -> Option<u64> {
+    schedstat.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 fn set_nonblocking(device: &OwnedFd, on: bool) -> rustix::io::Result<()> {
@@ -153,5 +246,52 @@ mod tests {
         // And starts again.
         poll.on_request();
         assert!(fcntl_getfl(&probe).unwrap().contains(OFlags::NONBLOCK));
+        assert_eq!(
+            poll.pauses(),
+            0,
+            "this thread never waits 1/4 of the time for a CPU"
+        );
+    }
+
+    #[test]
+    fn contention_for_the_cpu_pauses_polling_while_requests_keep_coming() {
+        // A serving thread that waits for a CPU half of the time it is watched.
+        let start = Instant::now();
+        let waiting = Box::new(move |_tid| Some(nanos(start.elapsed()) / 2));
+        let (reader, _writer) = rustix::pipe::pipe().unwrap();
+        let probe = reader.try_clone().unwrap();
+        let poll = Arc::new(BusyPoll::with_run_delay(waiting));
+        poll.attach(reader).unwrap();
+        poll.on_request();
+        assert!(poll.is_polling());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while poll.pauses() == 0 || poll.is_polling() {
+            assert!(Instant::now() < deadline, "contention never paused polling");
+            poll.on_request();
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        assert!(!fcntl_getfl(&probe).unwrap().contains(OFlags::NONBLOCK));
+        // Paused: requests do not restart it until the pause is over.
+        for _ in 0..50 {
+            poll.on_request();
+            assert!(!poll.is_polling());
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        std::thread::sleep(PAUSE_MIN);
+        poll.on_request();
+        assert!(poll.is_polling(), "polling resumes after the pause");
+    }
+
+    #[test]
+    fn run_delay_is_the_second_schedstat_field() {
+        assert_eq!(parse_run_delay("123 456 7\n"), Some(456));
+        assert_eq!(parse_run_delay("123"), None);
+        assert_eq!(parse_run_delay(""), None);
+        let own = rustix::thread::gettid().as_raw_nonzero().get();
+        // The kernel's own file parses (every kernel with schedstat; CONFIG_SCHED_INFO).
+        if std::path::Path::new("/proc/self/schedstat").exists() {
+            assert!(schedstat_run_delay(own).is_some());
+        }
+        assert_eq!(schedstat_run_delay(0), None);
     }
 }

@@ -25,7 +25,14 @@ pub const SERVING_THREADS: usize = 2;
 /// `fsname` is the mount source shown in /proc/mounts when the options do
 /// not name one; `subtype` makes the type show as `fuse.SUBTYPE`. Neither
 /// AutoUnmount (it execs fusermount) nor clone_fd (it breaks under umvu) is used.
-pub fn session_config(options: &MountOptions, fsname: &str, subtype: &str) -> Config {
+/// `busy_poll` (resolved from the option and the driver, see [`BusyPoll`]) serves with one
+/// thread.
+pub fn session_config(
+    options: &MountOptions,
+    busy_poll: bool,
+    fsname: &str,
+    subtype: &str,
+) -> Config {
     let mut mount_options = vec![MountOption::FSName(
         options.fsname.clone().unwrap_or_else(|| fsname.to_string()),
     )];
@@ -70,11 +77,7 @@ pub fn session_config(options: &MountOptions, fsname: &str, subtype: &str) -> Co
     };
     // One thread polls; a second one would poll too (they share the device) and take the
     // caller's core.
-    config.n_threads = Some(if options.busy_poll {
-        1
-    } else {
-        SERVING_THREADS
-    });
+    config.n_threads = Some(if busy_poll { 1 } else { SERVING_THREADS });
     config.clone_fd = false;
     config
 }
@@ -112,7 +115,7 @@ mod tests {
 
     fn config(text: &str) -> Config {
         let opts = MountOptions::parse(text, WritePolicy::ReadOnlyUnlessForced).unwrap();
-        session_config(&opts, "/img", "fusefatfs")
+        session_config(&opts, false, "/img", "fusefatfs")
     }
 
     #[test]
@@ -126,7 +129,8 @@ mod tests {
             .mount_options
             .contains(&MountOption::CUSTOM("subtype=fusefatfs".into())));
         assert_eq!(c.n_threads, Some(2));
-        assert_eq!(config("busy_poll").n_threads, Some(1));
+        let opts = MountOptions::parse("", WritePolicy::ReadOnlyUnlessForced).unwrap();
+        assert_eq!(session_config(&opts, true, "/img", "x").n_threads, Some(1));
         assert!(!c.clone_fd);
         assert!(!c.mount_options.contains(&MountOption::AutoUnmount));
         assert_eq!(c.acl, SessionACL::Owner);
