@@ -991,16 +991,35 @@ impl VuFs {
 
     /// Owner and permissions for a name just created in SOURCE by `ctx`.
     fn own_new(&self, ctx: &Context, path: &Path, perm: Option<u32>) -> Result<()> {
+        self.own_new_known(ctx, path, perm, None).map(|_| ())
+    }
+
+    /// [`Self::own_new`] given the new name's stat when the caller has it (an open file):
+    /// returns whether the name's mode or owner changed, so that the stat is stale.
+    fn own_new_known(
+        &self,
+        ctx: &Context,
+        path: &Path,
+        perm: Option<u32>,
+        known: Option<&Stat>,
+    ) -> Result<bool> {
         let upper = self.upper.as_fd();
         let at = self.at(upper, path)?;
-        let st = at.stat()?;
+        let st = match known {
+            Some(st) => *st,
+            None => at.stat()?,
+        };
+        let mut changed = false;
         if let Some(perm) = perm {
             if st.st_mode & 0o7777 != perm & 0o7777 {
                 let _ = self.chmod_at(upper, path, perm);
+                changed = true;
             }
         }
         let mut v = VStat::default();
-        if (st.st_uid != ctx.uid || st.st_gid != ctx.gid)
+        let owner_differs = st.st_uid != ctx.uid || st.st_gid != ctx.gid;
+        changed |= owner_differs;
+        if owner_differs
             && rustix::fs::chownat(
                 at.dir(),
                 at.name,
@@ -1017,7 +1036,7 @@ impl VuFs {
         if self.route(path) == Route::Union {
             self.write_vstat(path, &v)?;
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Where a new name goes: the layer, and whether to act as the caller.
@@ -2219,16 +2238,20 @@ impl FileSystem for VuFs {
         };
         let layer = self.make_name(ctx, &path, &make)?;
         let fd = made.into_inner().ok_or(Errno::EIO)?;
-        if layer == Layer::Upper && self.route(&path) == Route::Union {
-            self.own_new(ctx, &path, Some(perm))?;
+        // One fstat of the new file, taken again only if its mode or owner was changed.
+        let mut st = rustix::fs::fstat(&fd)?;
+        let stale = if layer == Layer::Upper && self.route(&path) == Route::Union {
+            self.own_new_known(ctx, &path, Some(perm), Some(&st))?
+        } else if st.st_mode & 0o7777 != perm {
+            let _c = self.creds(ctx);
+            let _ = rustix::fs::fchmod(&fd, HostMode::from_raw_mode(perm));
+            true
         } else {
-            let st = rustix::fs::fstat(&fd)?;
-            if st.st_mode & 0o7777 != perm {
-                let _c = self.creds(ctx);
-                let _ = rustix::fs::fchmod(&fd, HostMode::from_raw_mode(perm));
-            }
+            false
+        };
+        if stale {
+            st = rustix::fs::fstat(&fd)?;
         }
-        let st = rustix::fs::fstat(&fd)?;
         let entry = self.attach(parent, name, layer, &path, st);
         let fh = self.new_handle(entry.attr.ino.0, of, fd);
         Ok((
