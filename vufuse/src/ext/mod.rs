@@ -17,11 +17,13 @@
 #![allow(unsafe_code)]
 
 pub mod journal;
+mod names;
 
 use crate::fs::{
     Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
     StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
+use names::{Known, NameCache};
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void, OsStr};
@@ -376,14 +378,9 @@ struct Handles {
     /// Names of directories looked up in, so lookups (positive and
     /// negative) and the existence check of a create skip libext2fs's
     /// linear scan. Kept in step by every change made here; "." and ".."
-    /// are not cached.
-    names: HashMap<u32, HashMap<Vec<u8>, u32>>,
-    /// Entries held in `names`, bounded by [`NAME_CACHE_LIMIT`].
-    cached_names: usize,
+    /// are not cached. Bounded in memory (`names::NAME_CACHE_BYTES`).
+    names: NameCache,
 }
-
-/// At most this many names are cached (about 100 bytes each).
-const NAME_CACHE_LIMIT: usize = 500_000;
 
 extern "C" fn collect_name(
     ctx: *mut c_void,
@@ -445,7 +442,7 @@ impl Handles {
             })?;
             return Ok(ino);
         }
-        if !self.names.contains_key(&dir) {
+        if !self.names.holds(dir) {
             let mut names: HashMap<Vec<u8>, u32> = HashMap::new();
             // SAFETY: self.fs is open; the callback only touches `names`, alive for the call.
             check(unsafe {
@@ -456,43 +453,46 @@ impl Handles {
                     &mut names as *mut _ as *mut c_void,
                 )
             })?;
-            if self.cached_names + names.len() > NAME_CACHE_LIMIT {
-                self.names.clear();
-                self.cached_names = 0;
-            }
-            self.cached_names += names.len();
-            self.names.insert(dir, names);
+            self.names.insert_dir(dir, names);
         }
-        self.names[&dir].get(name).copied().ok_or(Errno::ENOENT)
+        match self.names.get(dir, name) {
+            Known::Present(ino) => Ok(ino),
+            Known::Absent => Err(Errno::ENOENT),
+            // Too large a directory for the table: libext2fs scans it.
+            Known::Unknown => {
+                let mut ino = 0u32;
+                // SAFETY: self.fs is open; name is valid for name.len() bytes.
+                check(unsafe {
+                    vx_lookup(
+                        self.fs,
+                        dir,
+                        name.as_ptr() as *const c_char,
+                        name.len(),
+                        &mut ino,
+                    )
+                })?;
+                Ok(ino)
+            }
+        }
     }
 
     /// Whether `name` is known to be absent from `dir` (false: unknown or present).
     fn known_absent(&self, dir: u32, name: &[u8]) -> bool {
-        self.names
-            .get(&dir)
-            .is_some_and(|names| !names.contains_key(name))
+        self.names.known_absent(dir, name)
     }
 
     /// Records that `name` in `dir` now leads to `ino` (after a successful
     /// create or link), or forgets the directory after a failure.
     fn note_added(&mut self, dir: u32, name: &[u8], result: &Result<u32>) {
         match result {
-            Ok(ino) => {
-                if let Some(names) = self.names.get_mut(&dir) {
-                    if names.insert(name.to_vec(), *ino).is_none() {
-                        self.cached_names += 1;
-                    }
-                }
-            }
+            Ok(ino) => self.names.note_added(dir, name, *ino),
             Err(_) => self.forget_dir(dir),
         }
     }
 
     /// Drops the cached names of `dir` (changed in a way not tracked, or gone).
     fn forget_dir(&mut self, dir: u32) {
-        if let Some(names) = self.names.remove(&dir) {
-            self.cached_names -= names.len();
-        }
+        self.names.forget_dir(dir);
     }
 
     /// Writes the allocation metadata a change touched (bitmaps and
@@ -762,8 +762,7 @@ impl ExtFs {
                 prefetch_at: HashMap::new(),
                 dirs: HashMap::new(),
                 orphans: HashSet::new(),
-                names: HashMap::new(),
-                cached_names: 0,
+                names: NameCache::default(),
             }),
             device,
             read_only,
@@ -830,13 +829,7 @@ impl ExtFs {
             )
         });
         match &removed {
-            Ok(()) => {
-                if let Some(names) = h.names.get_mut(&ext_ino(parent)) {
-                    if names.remove(name.as_bytes()).is_some() {
-                        h.cached_names -= 1;
-                    }
-                }
-            }
+            Ok(()) => h.names.note_removed(ext_ino(parent), name.as_bytes()),
             Err(_) => h.forget_dir(ext_ino(parent)),
         }
         let result = removed.and_then(|()| {
