@@ -541,6 +541,33 @@ fn mount_device(mountinfo: &[u8], path: &Path) -> Option<String> {
     })
 }
 
+/// Which mount a daemon made, to tell it later from a newer mount on the same path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum MountIdentity {
+    /// The kernel's 64-bit mount ID, never reused (statx `STATX_MNT_ID_UNIQUE`, Linux 6.8+).
+    Unique(u64),
+    /// The device of the newest mount on the path (older kernels). Anonymous device numbers,
+    /// like mountinfo's mount IDs, are handed out again as soon as they are freed, so a mount
+    /// made right after ours was removed can carry the same one.
+    Device(String),
+}
+
+/// The identity of the mount on `mountpoint` now. `AT_STATX_DONT_SYNC`: the attributes the
+/// kernel has cached do, so no request reaches a FUSE daemon (this very one, or another that
+/// may not answer).
+fn mount_identity(mountpoint: &Path) -> Option<MountIdentity> {
+    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
+    const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+    let unique = StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
+    if let Ok(st) = statx(CWD, mountpoint, AtFlags::STATX_DONT_SYNC, unique) {
+        if st.stx_mask & STATX_MNT_ID_UNIQUE != 0 {
+            return Some(MountIdentity::Unique(st.stx_mnt_id));
+        }
+    }
+    let mountinfo = std::fs::read("/proc/self/mountinfo").ok()?;
+    mount_device(&mountinfo, mountpoint).map(MountIdentity::Device)
+}
+
 fn serve_until_unmounted<F>(
     spec: &DaemonSpec,
     invocation: &Invocation,
@@ -584,11 +611,10 @@ where
             invocation.mountpoint.display()
         ))
     })?;
-    // Which mount is ours: the device of the newest mount on the mount point, right now.
-    let our_device = mountpoint_abs.as_deref().and_then(|mountpoint| {
+    // Which mount is ours: the newest mount on the mount point, right now.
+    let our_mount = mountpoint_abs.as_deref().and_then(|mountpoint| {
         widen_readahead(mountpoint);
-        let mountinfo = std::fs::read("/proc/self/mountinfo").ok()?;
-        mount_device(&mountinfo, mountpoint)
+        mount_identity(mountpoint)
     });
     if let Some(poll) = &busy_poll {
         use std::os::fd::AsFd;
@@ -640,13 +666,10 @@ where
         .map_err(|e| DaemonError::Failed(format!("starting the session: {e}")))?;
     lifecycle.wait_ended();
     std::mem::forget(background);
-    let still_ours = our_device.is_some()
-        && mountpoint_abs.as_deref().is_some_and(|mountpoint| {
-            std::fs::read("/proc/self/mountinfo")
-                .ok()
-                .and_then(|mountinfo| mount_device(&mountinfo, mountpoint))
-                == our_device
-        });
+    let still_ours = our_mount.is_some()
+        && mountpoint_abs
+            .as_deref()
+            .is_some_and(|mountpoint| mount_identity(mountpoint) == our_mount);
     if still_ours {
         let _ = unmount(&invocation.mountpoint);
         return Err(DaemonError::Failed(
@@ -714,6 +737,42 @@ mod tests {
             Some("0:52")
         );
         assert_eq!(mount_device(info, Path::new("/mnt")), None);
+    }
+
+    /// Two mounts made one after the other on one path get the same anonymous device number
+    /// (and mountinfo ID), and a daemon whose mount was removed must not take the second for
+    /// its own: their identities differ.
+    #[test]
+    fn a_new_mount_on_the_same_path_has_another_identity() {
+        use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().canonicalize().unwrap();
+        let mount_tmpfs = || {
+            mount(
+                "vutest",
+                &path,
+                "tmpfs",
+                MountFlags::empty(),
+                None::<&std::ffi::CStr>,
+            )
+        };
+        if let Err(e) = mount_tmpfs() {
+            eprintln!("skipped: cannot mount a tmpfs here ({e}): needs root");
+            return;
+        }
+        let first = mount_identity(&path).unwrap();
+        unmount(&path, UnmountFlags::empty()).unwrap();
+        let bare = mount_identity(&path);
+        mount_tmpfs().unwrap();
+        let second = mount_identity(&path).unwrap();
+        unmount(&path, UnmountFlags::empty()).unwrap();
+        if let MountIdentity::Device(_) = first {
+            eprintln!("skipped: this kernel has no STATX_MNT_ID_UNIQUE (Linux 6.8+)");
+            return;
+        }
+        assert_ne!(first, second);
+        assert_ne!(bare.as_ref(), Some(&first));
+        assert_ne!(bare.as_ref(), Some(&second));
     }
 
     const SPEC: DaemonSpec = DaemonSpec {
