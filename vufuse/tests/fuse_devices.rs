@@ -13,8 +13,9 @@ use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+use testkit::{is_mounted, lazy_unmount, run, run_ok, s, sh};
 
 const PARTX: &str = env!("CARGO_BIN_EXE_vudevpartx");
 const RAMDISK: &str = env!("CARGO_BIN_EXE_vudevramdisk");
@@ -60,49 +61,9 @@ fn can_run(test: &str, tools: &[&str]) -> bool {
     true
 }
 
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-}
-
-fn run_ok(program: &str, args: &[&str]) -> String {
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sh(script: &str) -> String {
-    run_ok("sh", &["-c", script])
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("test paths are UTF-8")
-}
-
-fn is_mounted(mountpoint: &Path) -> bool {
-    let wanted = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| Path::new(mp) == wanted)
-}
-
 /// Waits until `done` holds; panics with `what` after [`PATIENCE`].
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < PATIENCE, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    testkit::wait_until(what, PATIENCE, done);
 }
 
 /// A running foreground daemon and its mount; dropping it cleans up.
@@ -166,10 +127,10 @@ impl Mounted {
         (status, stderr)
     }
 
-    /// `fusermount3 -u`, then the daemon must exit with status 0.
+    /// `fusermount3 -u` (EBUSY retried for a moment), then the daemon must exit with status 0.
     fn unmount(self) {
         let mountpoint = self.mountpoint.clone();
-        run_ok("fusermount3", &["-u", s(&mountpoint)]);
+        testkit::unmount(&mountpoint);
         let (status, stderr) = self.wait_exit();
         assert!(status.success(), "daemon exited with {status}:\n{stderr}");
         assert!(
@@ -183,9 +144,7 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if is_mounted(&self.mountpoint) {
-                let _ = Command::new("fusermount3")
-                    .args(["-u", "-z", s(&self.mountpoint)])
-                    .output();
+                lazy_unmount(&self.mountpoint);
             }
             let _ = child.kill();
             let _ = child.wait();
