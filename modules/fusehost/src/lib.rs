@@ -774,6 +774,27 @@ pub mod tools {
         dst.write_all_at(&data, offset).expect("write partition");
     }
 
+    /// The names of the dynamic symbols the shared object `so` defines
+    /// (`nm -D --defined-only`).
+    pub fn defined_symbols(so: &Path) -> Vec<String> {
+        symbol_names(&run("nm", &["-D", "--defined-only", s(so)]))
+    }
+
+    /// The names of the dynamic symbols the shared object `so` imports
+    /// (`nm -D --undefined-only`).
+    pub fn undefined_symbols(so: &Path) -> Vec<String> {
+        symbol_names(&run("nm", &["-D", "--undefined-only", s(so)]))
+    }
+
+    /// The last word of each line of an `nm` listing: the symbol names.
+    fn symbol_names(listing: &str) -> Vec<String> {
+        listing
+            .lines()
+            .filter_map(|l| l.split_whitespace().last())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// A deterministic pseudo-random byte pattern.
     pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
         let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
@@ -785,72 +806,5 @@ pub mod tools {
                 x as u8
             })
             .collect()
-    }
-}
-
-/// Running a script under the real VUOS hypervisor, for the tests that need it.
-pub mod umvu {
-    use std::path::Path;
-    use std::process::Command;
-
-    /// Why real-umvu tests cannot run here, or None when they can: `umvu`
-    /// must be on PATH and vufuse.so installed where umvu looks.
-    pub fn unavailable() -> Option<String> {
-        let on_path = std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("umvu").is_file()));
-        if !on_path {
-            return Some("umvu not installed".into());
-        }
-        if !has_module("vufuse") {
-            return Some("umvu installed without the vufuse module".into());
-        }
-        None
-    }
-
-    /// True if umvu's module directory holds `NAME.so`.
-    pub fn has_module(name: &str) -> bool {
-        [
-            "/usr/local/lib/vu/modules",
-            "/usr/lib/vu/modules",
-            "/usr/lib/x86_64-linux-gnu/vu/modules",
-        ]
-        .iter()
-        .any(|d| Path::new(d).join(format!("{name}.so")).is_file())
-    }
-
-    /// Installs `so` as `$home/.vu/modules/NAME.so`, which umvu searches before
-    /// its own module directory, so this build replaces the C module of that name.
-    pub fn install_module(home: &Path, so: &Path, name: &str) {
-        let dir = home.join(".vu/modules");
-        std::fs::create_dir_all(&dir).expect("module dir");
-        std::fs::copy(so, dir.join(format!("{name}.so"))).expect("copy module");
-    }
-
-    /// Runs `bash -c script` inside umvu with HOME=`home`, killed after
-    /// `timeout_s` (SIGKILL: a SIGTERMed umvu leaves traced children behind).
-    /// Returns the exit code (137 when killed) and stdout + stderr.
-    pub fn run(home: &Path, script: &str, timeout_s: u32) -> (i32, String) {
-        let out = Command::new("timeout")
-            .args([
-                "-s",
-                "KILL",
-                &timeout_s.to_string(),
-                "umvu",
-                "bash",
-                "-c",
-                script,
-            ])
-            .env("HOME", home)
-            .current_dir("/tmp")
-            .output()
-            .expect("timeout umvu");
-        (
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
     }
 }
