@@ -16,4 +16,4 @@ pub use mount::{
     daemon_gone, is_mounted, lazy_unmount, unmount, wait_for_daemon_exit, wait_until,
     wait_until_mounted, MountGuard,
 };
-pub use run::{run, run_ok, s, sh, sh_output, skip};
+pub use run::{run, run_daemon, run_ok, s, sh, sh_output, skip};

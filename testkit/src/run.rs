@@ -29,6 +29,21 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `program -o OPTION... SOURCE MOUNT_POINT`, the command line of this project's FUSE
+/// daemons (which return once the mount is live, or fail with a message), and returns its
+/// output.
+pub fn run_daemon(program: &str, options: &[&str], source: &Path, mount_point: &Path) -> Output {
+    let mut cmd = Command::new(program);
+    for option in options {
+        cmd.arg("-o").arg(option);
+    }
+    cmd.arg(source)
+        .arg(mount_point)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
 /// Runs `sh -c script`, which must succeed; returns its stdout. Panics with the script
 /// and both outputs otherwise. For pipelines and loops the tests write in shell.
 pub fn sh(script: &str) -> String {

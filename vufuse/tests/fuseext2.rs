@@ -16,11 +16,7 @@ use testkit::{
 const BIN: &str = env!("CARGO_BIN_EXE_fuseext2");
 
 fn run(image: &Path, dir: &Path, options: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    for o in options {
-        cmd.arg("-o").arg(o);
-    }
-    cmd.arg(image).arg(dir).output().unwrap()
+    testkit::run_daemon(BIN, options, image, dir)
 }
 
 /// Runs `fuseext2 -o OPTS IMAGE DIR` (daemonizing), which must succeed; the guard unmounts

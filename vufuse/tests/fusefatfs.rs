@@ -10,11 +10,7 @@ use testkit::{
 const BIN: &str = env!("CARGO_BIN_EXE_fusefatfs");
 
 fn run_daemon(image: &Path, dir: &Path, options: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    for o in options {
-        cmd.arg("-o").arg(o);
-    }
-    cmd.arg(image).arg(dir).output().unwrap()
+    testkit::run_daemon(BIN, options, image, dir)
 }
 
 /// Runs `fusefatfs -o OPTS IMAGE DIR` (daemonizing) and checks that the mount is live when

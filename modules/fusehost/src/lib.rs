@@ -713,20 +713,10 @@ pub mod tools {
     use std::process::Command;
 
     /// Runs `program args`, panicking with its output unless it exits 0; returns stdout.
-    pub fn run(program: &str, args: &[&str]) -> String {
-        let out = Command::new(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        assert!(
-            out.status.success(),
-            "{program} {args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
+    pub use testkit::run_ok as run;
+
+    /// The path as &str (test paths are UTF-8).
+    pub use testkit::s;
 
     /// Runs `program args` and gives (exit code, stdout + stderr).
     pub fn run_status(program: &str, args: &[&str]) -> (i32, String) {
@@ -747,11 +737,6 @@ pub mod tools {
         std::fs::File::create(path)
             .and_then(|f| f.set_len(bytes))
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    }
-
-    /// The path as &str (test paths are UTF-8).
-    pub fn s(path: &Path) -> &str {
-        path.to_str().expect("UTF-8 test path")
     }
 
     /// Copies `len` bytes at `offset` of `from` into a new file `to` (a partition out of a disk).

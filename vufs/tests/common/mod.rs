@@ -51,11 +51,7 @@ pub fn as_nobody(script: &str) -> Output {
 
 /// Runs `vufs -o OPTS... SOURCE DIR` and returns its output (it daemonizes once the mount is live).
 pub fn run(source: &Path, dir: &Path, options: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    for o in options {
-        cmd.arg("-o").arg(o);
-    }
-    cmd.arg(source).arg(dir).output().unwrap()
+    testkit::run_daemon(BIN, options, source, dir)
 }
 
 /// Runs `vufs -o OPTS SOURCE DIR`, which must succeed with the mount live when it returns;
