@@ -71,7 +71,12 @@ pub fn s(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
 }
 
-/// Says why a test is skipped, on stderr past libtest's output capture, so it is always seen.
+/// Says why a test is skipped, on stderr past libtest's output capture, so it is always seen;
+/// names the test (libtest names each test's thread after it).
 pub fn skip(reason: &str) {
-    let _ = writeln!(std::io::stderr(), "skipped: {reason}");
+    let thread = std::thread::current();
+    let _ = match thread.name().filter(|name| *name != "main") {
+        Some(test) => writeln!(std::io::stderr(), "skipped {test}: {reason}"),
+        None => writeln!(std::io::stderr(), "skipped: {reason}"),
+    };
 }

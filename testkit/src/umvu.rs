@@ -105,8 +105,9 @@ impl UmvuEnv {
 
 /// The start of every real-umvu test: when umvu (or one of `system_modules`) is missing,
 /// prints why the test is skipped and returns None; otherwise makes the scratch directory
-/// and its HOME, installs each `(name, so)` of `modules` there as `NAME.so`, and returns it.
-pub fn prologue(system_modules: &[&str], modules: &[(&str, &Path)]) -> Option<UmvuEnv> {
+/// and its HOME, installs this build's `libNAME.so` there as `NAME.so` for each of
+/// `modules`, and returns it.
+pub fn prologue(system_modules: &[&str], modules: &[&str]) -> Option<UmvuEnv> {
     if let Some(reason) = unavailable(system_modules) {
         crate::skip(&reason);
         return None;
@@ -114,8 +115,26 @@ pub fn prologue(system_modules: &[&str], modules: &[(&str, &Path)]) -> Option<Um
     let scratch = tempfile::tempdir().expect("scratch directory");
     let home = scratch.path().join("home");
     std::fs::create_dir_all(&home).expect("HOME");
-    for (name, so) in modules {
-        install_module(&home, so, name);
+    for name in modules {
+        install_module(&home, &module_path(name), name);
     }
     Some(UmvuEnv { scratch, home })
+}
+
+/// Finds a cdylib built for this test run (`libNAME.so`), next to the running test
+/// executable (in `deps/` or its parent).
+pub fn module_path(lib_name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    let file = format!("lib{lib_name}.so");
+    for dir in [deps, deps.parent().unwrap_or(deps)] {
+        let candidate = dir.join(&file);
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!(
+        "{file} not built next to {} (is it a dev-dependency of this crate?)",
+        exe.display()
+    );
 }

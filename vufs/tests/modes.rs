@@ -32,7 +32,7 @@ fn the_mount_asks_for_a_wide_kernel_readahead() {
     m.unmount();
     if !writable {
         // The daemon skips it silently too (not root, or sysfs mounted read-only).
-        eprintln!("skipped: {setting} is not writable here");
+        testkit::skip(&format!("{setting} is not writable here"));
         return;
     }
     // FUSE's own default is 128.
@@ -382,7 +382,7 @@ fn handle_opened_before_copy_up_sees_current_data() {
 fn mincow_as_unprivileged_user() {
     need_fuse!();
     if as_nobody("true").status.code() != Some(0) {
-        eprintln!("skipped: setpriv cannot switch to nobody here");
+        testkit::skip("setpriv cannot switch to nobody here");
         return;
     }
     let s = Scratch::example();
@@ -485,7 +485,7 @@ fn bad_input_exits_2_with_a_message() {
 fn other_users_cannot_read_what_the_view_forbids() {
     need_fuse!();
     if as_nobody("true").status.code() != Some(0) {
-        eprintln!("skipped: setpriv cannot switch to nobody here");
+        testkit::skip("setpriv cannot switch to nobody here");
         return;
     }
     let s = Scratch::example();

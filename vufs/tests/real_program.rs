@@ -68,7 +68,7 @@ fn unpack_and_build_in_a_cow_view() {
     need_fuse!();
     for tool in ["gcc", "make", "tar"] {
         if !have(tool) {
-            eprintln!("skipped: {tool} is not installed");
+            testkit::skip(&format!("{tool} is not installed"));
             return;
         }
     }

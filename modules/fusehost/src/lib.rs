@@ -13,7 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -100,18 +100,7 @@ pub extern "C" fn fuse_version() -> c_int {
 }
 
 /// Finds a built cdylib (`libNAME.so`) next to the running test executable.
-pub fn module_path(lib_name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let deps = exe.parent().expect("deps dir");
-    let file = format!("lib{lib_name}.so");
-    for dir in [deps, deps.parent().unwrap_or(deps)] {
-        let candidate = dir.join(&file);
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    panic!("{file} not built next to {}", exe.display());
-}
+pub use testkit::umvu::module_path;
 
 type MainFn = unsafe extern "C" fn(c_int, *mut *mut c_char) -> c_int;
 

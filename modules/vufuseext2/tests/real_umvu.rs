@@ -1,19 +1,12 @@
 //! vufuseext2.so under the real VUOS hypervisor: `vu_insmod vufuse`, then
 //! `vumount -t vufuseext2 -o rw+`. Skips where umvu is absent.
 
-use fusehost::module_path;
 use fusehost::tools::{pattern, run, s, sparse_file};
-use testkit::umvu::{self, UmvuEnv};
-
-/// The real-umvu prologue: None (the reason printed) where umvu or its vufuse module is
-/// absent; otherwise a scratch directory whose HOME has this build's vufuseext2.so.
-fn umvu_env() -> Option<UmvuEnv> {
-    umvu::prologue(&["vufuse"], &[("vufuseext2", &module_path("vufuseext2"))])
-}
+use testkit::umvu;
 
 #[test]
 fn write_read_back_umount_then_e2fsck_outside() {
-    let Some(env) = umvu_env() else {
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufuseext2"]) else {
         return;
     };
     let dir = env.dir();

@@ -2,19 +2,12 @@
 //! `vumount -t vufusefatfs` loads this build (from `$HOME/.vu/modules`, which
 //! umvu searches before its own directory). Skips where umvu is absent.
 
-use fusehost::module_path;
 use fusehost::tools::{pattern, run, s, sparse_file};
-use testkit::umvu::{self, UmvuEnv};
-
-/// The real-umvu prologue: None (the reason printed) where umvu or its vufuse module is
-/// absent; otherwise a scratch directory whose HOME has this build's vufusefatfs.so.
-fn umvu_env() -> Option<UmvuEnv> {
-    umvu::prologue(&["vufuse"], &[("vufusefatfs", &module_path("vufusefatfs"))])
-}
+use testkit::umvu;
 
 #[test]
 fn write_read_back_umount_then_fsck_outside() {
-    let Some(env) = umvu_env() else {
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufusefatfs"]) else {
         return;
     };
     let dir = env.dir();
@@ -69,7 +62,7 @@ vuumount {mnt}
 
 #[test]
 fn read_only_by_default_under_umvu() {
-    let Some(env) = umvu_env() else {
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufusefatfs"]) else {
         return;
     };
     let dir = env.dir();
@@ -102,7 +95,7 @@ vuumount {mnt}
 
 #[test]
 fn two_concurrent_mounts_under_umvu() {
-    let Some(env) = umvu_env() else {
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufusefatfs"]) else {
         return;
     };
     let dir = env.dir();
@@ -141,11 +134,11 @@ vuumount {b}
 
 #[test]
 fn stacked_on_a_vudevpartx_partition() {
-    let Some(env) = umvu_env() else {
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufusefatfs"]) else {
         return;
     };
     if !umvu::has_module("vudevpartx") {
-        println!("skipped: umvu installed without vudevpartx");
+        testkit::skip("umvu installed without vudevpartx");
         return;
     }
     let dir = env.dir();
@@ -182,7 +175,7 @@ vuumount /dev/hda
 
 #[test]
 fn a_bad_image_or_option_fails_the_mount_with_a_message_and_no_hang() {
-    let Some(env) = umvu_env() else {
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufusefatfs"]) else {
         return;
     };
     let dir = env.dir();

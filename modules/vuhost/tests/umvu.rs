@@ -1,18 +1,12 @@
 //! The README's VUOS walk-through under the real umvu, with this build's modules first in the
 //! search path (`$HOME/.vu/modules`). Skips with a printed reason where umvu is absent.
 
-use std::path::Path;
 use std::process::Command;
 use testkit::umvu::{self, UmvuEnv};
-use vuhost::{module_path, sh};
+use vuhost::sh;
 
-/// The real-umvu prologue: None (the reason printed) where umvu is absent; otherwise a scratch
-/// directory whose HOME has the modules built for this test run.
-fn umvu_env() -> Option<UmvuEnv> {
-    let built = ["vudevramdisk", "vudevpartx", "vufs"].map(|lib| (lib, module_path(lib)));
-    let modules: Vec<(&str, &Path)> = built.iter().map(|(lib, so)| (*lib, so.as_path())).collect();
-    umvu::prologue(&[], &modules)
-}
+/// This build's modules that the tests put first in umvu's search path.
+const MODULES: [&str; 3] = ["vudevramdisk", "vudevpartx", "vufs"];
 
 /// Runs `script` under `umvu bash` in the scratch directory (killed after 120 s); it must
 /// succeed; returns stdout and stderr.
@@ -35,7 +29,7 @@ fn under_umvu(env: &UmvuEnv, script: &str) -> (String, String) {
 
 #[test]
 fn ramdisk_and_mkfs_ext4_under_umvu() {
-    let Some(env) = umvu_env() else {
+    let Some(env) = umvu::prologue(&[], &MODULES) else {
         return;
     };
     let (out, _) = under_umvu(
@@ -64,7 +58,7 @@ fn ramdisk_and_mkfs_ext4_under_umvu() {
 
 #[test]
 fn partx_sgdisk_mkfs_vfat_and_vufusefatfs_under_umvu() {
-    let Some(env) = umvu_env() else {
+    let Some(env) = umvu::prologue(&[], &MODULES) else {
         return;
     };
     let d = env.dir().display();
@@ -118,7 +112,7 @@ fn partx_sgdisk_mkfs_vfat_and_vufusefatfs_under_umvu() {
 
 #[test]
 fn vufs_cow_over_a_system_dir_under_umvu() {
-    let Some(env) = umvu_env() else {
+    let Some(env) = umvu::prologue(&[], &MODULES) else {
         return;
     };
     let d = env.dir().display();

@@ -313,7 +313,7 @@ fn vufs_binary() -> Option<PathBuf> {
 #[test]
 fn a_layer_made_by_the_module_is_the_fuse_binarys_view() {
     let Some(bin) = vufs_binary() else {
-        eprintln!("skipped: target/debug/vufs not built (cargo build -p vufs)");
+        testkit::skip("target/debug/vufs not built (cargo build -p vufs)");
         return;
     };
     if fs::OpenOptions::new()
@@ -322,7 +322,7 @@ fn a_layer_made_by_the_module_is_the_fuse_binarys_view() {
         .open("/dev/fuse")
         .is_err()
     {
-        eprintln!("skipped: /dev/fuse cannot be opened");
+        testkit::skip("/dev/fuse cannot be opened");
         return;
     }
     let s = scratch();

@@ -28,7 +28,7 @@ pub fn fuse_unavailable() -> Option<String> {
 macro_rules! need_fuse {
     () => {
         if let Some(reason) = common::fuse_unavailable() {
-            eprintln!("skipped: {reason}");
+            testkit::skip(&reason);
             return;
         }
     };
