@@ -13,7 +13,7 @@ pub mod umvu;
 
 pub use fsck::{e2fsck_clean, fsck_fat_clean};
 pub use mount::{
-    daemon_gone, is_mounted, lazy_unmount, unmount, wait_for_daemon_exit, wait_until,
+    daemon_gone, is_mounted, lazy_unmount, mount_daemon, unmount, wait_for_daemon_exit, wait_until,
     wait_until_mounted, MountGuard,
 };
 pub use run::{run, run_daemon, run_ok, s, sh, sh_output, skip};

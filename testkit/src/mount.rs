@@ -122,6 +122,25 @@ pub fn wait_for_daemon_exit(program: &str, dir: &Path) {
     );
 }
 
+/// Runs `program -o OPTION... SOURCE DIR` (making DIR first), which must succeed with the
+/// mount live when it returns (this project's daemons go to the background only once the
+/// kernel mount is up); the guard takes the mount down, and waits for the daemon, when
+/// dropped or unmounted.
+pub fn mount_daemon(program: &str, options: &[&str], source: &Path, dir: &Path) -> MountGuard {
+    let name = Path::new(program)
+        .file_name()
+        .map_or(program.into(), |n| n.to_string_lossy());
+    std::fs::create_dir_all(dir).expect("mount point");
+    let out = crate::run_daemon(program, options, source, dir);
+    assert!(
+        out.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(dir), "{name} returned before the mount was live");
+    MountGuard::served_by(&name, dir)
+}
+
 /// A live mount that is taken down (lazily) when dropped, so a failing test leaves no mount
 /// behind; [`MountGuard::unmount`] is the checked way down.
 pub struct MountGuard {

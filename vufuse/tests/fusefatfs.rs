@@ -17,18 +17,7 @@ fn run_daemon(image: &Path, dir: &Path, options: &[&str]) -> Output {
 /// it returns; the guard unmounts it when dropped, and `unmount()` also waits for the daemon,
 /// which writes the volume back after the kernel unmounts.
 fn mount(image: &Path, dir: &Path, options: &[&str]) -> MountGuard {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = run_daemon(image, dir, options);
-    assert!(
-        out.status.success(),
-        "fusefatfs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        is_mounted(dir),
-        "the parent returned before the mount was live"
-    );
-    MountGuard::served_by("fusefatfs", dir)
+    testkit::mount_daemon(BIN, options, image, dir)
 }
 
 fn sample_tree(root: &Path, big_mib: usize) {

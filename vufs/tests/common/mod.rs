@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-pub use testkit::{is_mounted, sh, MountGuard};
+pub use testkit::{sh, MountGuard};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vufs");
 
@@ -57,14 +57,7 @@ pub fn run(source: &Path, dir: &Path, options: &[&str]) -> Output {
 /// Runs `vufs -o OPTS SOURCE DIR`, which must succeed with the mount live when it returns;
 /// the guard unmounts it (and waits for the daemon) when dropped.
 pub fn mount_vufs(source: &Path, dir: &Path, options: &[&str]) -> MountGuard {
-    let out = run(source, dir, options);
-    assert!(
-        out.status.success(),
-        "vufs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(is_mounted(dir), "vufs returned before the mount was live");
-    MountGuard::served_by("vufs", dir)
+    testkit::mount_daemon(BIN, options, source, dir)
 }
 
 /// A scratch area: `upper` (SOURCE), `lower` (the real tree, also the mount point).
