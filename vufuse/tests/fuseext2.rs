@@ -348,17 +348,7 @@ except FileExistsError: pass
 os.removexattr(os.path.join(m, 'b'), 'user.big')
 assert 'user.big' not in os.listxattr(os.path.join(m, 'b'))
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::run_ok("python3", &["-c", script, testkit::s(&mnt)]);
     drop(m);
     wait_for_daemon_exit("fuseext2", &mnt);
     e2fsck_clean(&img);

@@ -339,12 +339,7 @@ fn a_layer_made_by_the_module_is_the_fuse_binarys_view() {
     m.umount().unwrap();
 
     // The FUSE binary mounts the same layer over the same lower tree.
-    let out = Command::new(&bin)
-        .args(["-o", "cow"])
-        .arg(&s.over)
-        .arg(&s.real)
-        .output()
-        .unwrap();
+    let out = testkit::run_daemon(testkit::s(&bin), &["cow"], &s.over, &s.real);
     assert!(
         out.status.success(),
         "{}",
