@@ -158,6 +158,19 @@ impl Module {
         !unsafe { libc::dlsym(self.handle, name.as_ptr()) }.is_null()
     }
 
+    /// Asserts that mounting `argv` is refused the way vufuse sees a refusal: the module's
+    /// `main` returns non-zero, without mounting and without failing any other way.
+    pub fn assert_mount_refused(&self, argv: &[&str]) {
+        match self.mount(argv) {
+            Err(MountFailure::MainReturned(rc)) => assert_ne!(rc, 0, "{argv:?}"),
+            Err(other) => panic!("{argv:?}: {other:?}"),
+            Ok(m) => {
+                m.umount();
+                panic!("{argv:?} mounted");
+            }
+        }
+    }
+
     /// Mounts as vufuse does: runs `main(argv)` in a new thread and waits for
     /// it to call `fuse_main_real`; then calls `init`.
     pub fn mount(&self, argv: &[&str]) -> Result<Mounted, MountFailure> {
