@@ -3,36 +3,9 @@
 //! what this project reads or writes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use vudev::part::{PartType, PartitionTable, Scheme};
 
-/// Runs `program args...`, panicking with its output if it cannot start.
-pub fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} (is it installed? .ci/run installs it): {e}")
-        })
-}
-
-/// Runs a command that must succeed and returns its stdout.
-pub fn run_ok(program: &str, args: &[&str]) -> String {
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a shell snippet that must succeed (for pipelines such as `printf ... | sfdisk`).
-pub fn sh(script: &str) -> String {
-    run_ok("sh", &["-c", script])
-}
+pub use testkit::{run, run_ok, sh};
 
 /// Creates a sparse file of `bytes` bytes at `dir/name`.
 pub fn sparse_image(dir: &Path, name: &str, bytes: u64) -> PathBuf {

@@ -1,39 +1,10 @@
 //! vuimg from the outside: exit codes, messages, tables checked by sfdisk, and
 //! failed commands leaving the image byte-for-byte unchanged.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn vuimg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vuimg"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = vuimg(args);
-    assert!(
-        out.status.success(),
-        "vuimg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str], code: i32, needle: &str) {
-    let out = vuimg(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "vuimg {args:?}: {stderr}");
-    assert!(
-        stderr.contains(needle),
-        "vuimg {args:?}: expected {needle:?} in {stderr:?}"
-    );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::*;
+use std::process::Command;
 
 #[test]
 fn builds_a_card_image_that_sfdisk_agrees_with() {

@@ -42,17 +42,6 @@ done
 stat -c '%n %F %t,%T' cdev
 "#;
 
-fn umvu_unavailable() -> Option<String> {
-    let found = Command::new("sh")
-        .args(["-c", "command -v umvu && command -v vu_insmod"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        return Some("umvu is not installed (VUOS); the C vufs cannot be compared".into());
-    }
-    None
-}
-
 struct Tree {
     tmp: tempfile::TempDir,
 }
@@ -105,7 +94,7 @@ impl Tree {
     /// Runs `script` with our vufs mounted in cow mode, then unmounts.
     fn in_ours(&self, body: &str) -> String {
         let lower = self.tmp.path().join("lower");
-        let m = Mounted::new(&self.tmp.path().join("upper"), &lower, &["cow"]);
+        let m = mount_vufs(&self.tmp.path().join("upper"), &lower, &["cow"]);
         let out = sh(body);
         m.unmount();
         out
@@ -130,8 +119,8 @@ fn ops_cmd(tree: &Tree) -> String {
 #[test]
 fn a_layer_written_by_our_vufs_reads_the_same_in_the_c_vufs() {
     need_fuse!();
-    if let Some(reason) = umvu_unavailable() {
-        eprintln!("skipped: {reason}");
+    if let Some(reason) = testkit::umvu::unavailable(&[]) {
+        testkit::skip(&format!("{reason}; the C vufs cannot be compared"));
         return;
     }
     let tree = Tree::new();
@@ -150,8 +139,8 @@ fn a_layer_written_by_our_vufs_reads_the_same_in_the_c_vufs() {
 #[test]
 fn a_layer_written_by_the_c_vufs_reads_the_same_in_ours() {
     need_fuse!();
-    if let Some(reason) = umvu_unavailable() {
-        eprintln!("skipped: {reason}");
+    if let Some(reason) = testkit::umvu::unavailable(&[]) {
+        testkit::skip(&format!("{reason}; the C vufs cannot be compared"));
         return;
     }
     let tree = Tree::new();

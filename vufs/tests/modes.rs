@@ -6,6 +6,7 @@ use common::*;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
+use testkit::{daemon_gone, is_mounted};
 
 fn read(p: &Path) -> String {
     fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -23,7 +24,7 @@ fn the_mount_asks_for_a_wide_kernel_readahead() {
     need_fuse!();
     let s = Scratch::example();
     let dir = s.lower.clone();
-    let m = Mounted::new(&s.upper, &dir, &["bind"]);
+    let m = mount_vufs(&s.upper, &dir, &["bind"]);
     let dev = sh(&format!("mountpoint -d '{}'", dir.display()));
     let setting = format!("/sys/class/bdi/{}/read_ahead_kb", dev.trim());
     let kb = fs::read_to_string(&setting);
@@ -31,7 +32,7 @@ fn the_mount_asks_for_a_wide_kernel_readahead() {
     m.unmount();
     if !writable {
         // The daemon skips it silently too (not root, or sysfs mounted read-only).
-        eprintln!("skipped: {setting} is not writable here");
+        testkit::skip(&format!("{setting} is not writable here"));
         return;
     }
     // FUSE's own default is 128.
@@ -42,7 +43,7 @@ fn the_mount_asks_for_a_wide_kernel_readahead() {
 fn bind_shows_source_alone() {
     need_fuse!();
     let s = Scratch::example();
-    let m = Mounted::new(&s.upper, &s.lower, &["bind"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["bind"]);
     assert_eq!(names(&s.lower), vec!["a", "x"]);
     assert_eq!(read(&s.low("a")), "over a\n");
     assert_eq!(errno_of(fs::metadata(s.low("b"))), libc::ENOENT);
@@ -52,7 +53,7 @@ fn bind_shows_source_alone() {
     assert_eq!(read(&s.low("b")), "real b\n");
     assert!(!s.low("new").exists());
     // `move` is a synonym.
-    let m = Mounted::new(&s.upper, &s.lower, &["move"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["move"]);
     assert_eq!(names(&s.lower), vec!["a", "new", "x"]);
     m.unmount();
 }
@@ -61,7 +62,7 @@ fn bind_shows_source_alone() {
 fn merge_union_source_read_only() {
     need_fuse!();
     let s = Scratch::example();
-    let m = Mounted::new(&s.upper, &s.lower, &["merge"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["merge"]);
     assert_eq!(names(&s.lower), vec!["a", "b", "sub", "x"]);
     assert_eq!(read(&s.low("a")), "over a\n", "SOURCE wins on equal names");
     // Writes to lower files and new names go to the lower tree.
@@ -86,7 +87,7 @@ fn cow_changes_land_in_source_only() {
     need_fuse!();
     let s = Scratch::example();
     let saved = s.save_lower();
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     assert_eq!(
         names(&s.lower),
         vec!["a", "b", "sub", "x"],
@@ -110,7 +111,7 @@ fn cow_changes_land_in_source_only() {
     assert!(!s.up("a").exists());
 
     // Re-creating a name removes its whiteout.
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     fs::write(s.low("a"), "new a\n").unwrap();
     assert_eq!(read(&s.low("a")), "new a\n");
     m.unmount();
@@ -124,7 +125,7 @@ fn cow_rmdir_becomes_one_whiteout_and_recreated_dir_is_empty() {
     let s = Scratch::example();
     fs::write(s.low("sub/d"), "d").unwrap();
     let saved = s.save_lower();
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     assert_eq!(
         errno_of(fs::remove_dir(s.low("sub"))),
         libc::ENOTEMPTY,
@@ -137,7 +138,7 @@ fn cow_rmdir_becomes_one_whiteout_and_recreated_dir_is_empty() {
     m.unmount();
     let wh = s.up(".-/sub");
     assert!(wh.is_file(), "the directory whiteout is one regular file");
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     fs::create_dir(s.low("sub")).unwrap();
     assert!(names(&s.low("sub")).is_empty(), "no old lower entries");
     fs::write(s.low("sub/e"), "e").unwrap();
@@ -145,7 +146,7 @@ fn cow_rmdir_becomes_one_whiteout_and_recreated_dir_is_empty() {
     m.unmount();
     assert_same_tree(&s.lower, &saved);
     // The same view after a remount.
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     assert_eq!(names(&s.low("sub")), vec!["e"]);
     m.unmount();
 }
@@ -154,7 +155,7 @@ fn cow_rmdir_becomes_one_whiteout_and_recreated_dir_is_empty() {
 fn cow_mknod_is_faked_through_vstat() {
     need_fuse!();
     let s = Scratch::example();
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     sh(&format!("mknod '{}' c 1 3", s.low("cdev").display()));
     let meta = fs::symlink_metadata(s.low("cdev")).unwrap();
     assert!(meta.file_type().is_char_device());
@@ -166,7 +167,7 @@ fn cow_mknod_is_faked_through_vstat() {
         .is_fifo());
     m.unmount();
     // Re-mounted, the listing's entry types (d_type) agree with stat for the faked device.
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     let listed: Vec<(String, bool)> = fs::read_dir(&s.lower)
         .unwrap()
         .map(|e| e.unwrap())
@@ -189,7 +190,7 @@ fn cow_mknod_is_faked_through_vstat() {
 fn cow_except_shows_lower_untouched() {
     need_fuse!();
     let s = Scratch::example();
-    let m = Mounted::new(&s.upper, &s.lower, &["cow,except=/sub"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow,except=/sub"]);
     fs::write(s.low("sub/c"), "written through\n").unwrap();
     fs::write(s.low("b"), "cow b\n").unwrap();
     m.unmount();
@@ -206,7 +207,7 @@ fn cow_except_shows_lower_untouched() {
 fn cow_nochcopy_records_vstat_only() {
     need_fuse!();
     let s = Scratch::example();
-    let m = Mounted::new(&s.upper, &s.lower, &["cow", "nochcopy"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow", "nochcopy"]);
     sh(&format!("chmod 600 '{}'", s.low("b").display()));
     assert_eq!(fs::metadata(s.low("b")).unwrap().mode() & 0o7777, 0o600);
     m.unmount();
@@ -226,7 +227,7 @@ fn readdir_lists_each_name_once() {
             fs::write(s.up(&format!("f{i:04}")), "u").unwrap();
         }
     }
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     for i in (0..300).step_by(7) {
         fs::remove_file(s.low(&format!("f{i:04}"))).unwrap();
     }
@@ -246,7 +247,7 @@ fn inode_numbers_are_stable_and_links_share_one() {
     need_fuse!();
     let s = Scratch::example();
     fs::hard_link(s.low("b"), s.low("b2")).unwrap();
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     let ino = |p: &str| fs::symlink_metadata(s.low(p)).unwrap().ino();
     let (b, b2, sub) = (ino("b"), ino("b2"), ino("sub"));
     assert_eq!(b, b2, "hard links share one inode number");
@@ -274,7 +275,7 @@ fn cow_renames_a_lower_only_directory_by_copying_it_up() {
     fs::write(s.low("tree/deep/f"), "deep").unwrap();
     std::os::unix::fs::symlink("deep/f", s.low("tree/link")).unwrap();
     let saved = s.save_lower();
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     fs::rename(s.low("tree"), s.low("moved")).unwrap();
     assert!(!s.low("tree").exists());
     assert_eq!(read(&s.low("moved/deep/f")), "deep");
@@ -285,7 +286,7 @@ fn cow_renames_a_lower_only_directory_by_copying_it_up() {
     m.unmount();
     assert_same_tree(&s.lower, &saved);
     assert!(s.up(".-/tree").is_file());
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     assert_eq!(names(&s.low("sub2")), vec!["deep", "link"]);
     m.unmount();
 }
@@ -310,7 +311,7 @@ fn copy_up_keeps_links_symlinks_fifos_holes_xattrs_modes_times() {
     )
     .unwrap();
     let saved = s.save_lower();
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     rustix::fs::setxattr(s.low("f"), "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap();
     sh(&format!(
         "cd '{}' && touch -d @2000000000 sparse && \
@@ -349,7 +350,7 @@ fn copy_up_keeps_links_symlinks_fifos_holes_xattrs_modes_times() {
         up("d-moved/g2").ino(),
         "hard links survive a tree copy-up"
     );
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     assert_eq!(fs::read_link(s.low("sym")).unwrap(), Path::new("f"));
     assert_eq!(read(&s.low("d-moved/g")), "in\n");
     m.unmount();
@@ -360,7 +361,7 @@ fn handle_opened_before_copy_up_sees_current_data() {
     need_fuse!();
     use std::io::{Read, Seek, SeekFrom, Write};
     let s = Scratch::example();
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     let mut reader = fs::File::open(s.low("b")).unwrap();
     let mut first = String::new();
     reader.read_to_string(&mut first).unwrap();
@@ -381,14 +382,14 @@ fn handle_opened_before_copy_up_sees_current_data() {
 fn mincow_as_unprivileged_user() {
     need_fuse!();
     if as_nobody("true").status.code() != Some(0) {
-        eprintln!("skipped: setpriv cannot switch to nobody here");
+        testkit::skip("setpriv cannot switch to nobody here");
         return;
     }
     let s = Scratch::example();
     fs::write(s.low("w"), "world writable\n").unwrap();
     fs::set_permissions(s.low("w"), fs::Permissions::from_mode(0o666)).unwrap();
     fs::set_permissions(s.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let m = Mounted::new(&s.upper, &s.lower, &["mincow,allow_other"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["mincow,allow_other"]);
     let out = as_nobody(&format!(
         "cd '{}' && echo nobody >> w && echo nobody >> b && echo n > n && rm sub/c && \
          stat -c '%u:%g' b && cat b",
@@ -434,7 +435,7 @@ fn nothing_escapes_through_symlinks_in_the_layers() {
     std::os::unix::fs::symlink(&outside, s.low("lnk")).unwrap();
     fs::create_dir(s.up("lnk")).unwrap();
     fs::write(s.low("victim"), "v").unwrap();
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     assert!(
         names(&s.low("lnk")).is_empty(),
         "the daemon did not follow lnk"
@@ -446,9 +447,7 @@ fn nothing_escapes_through_symlinks_in_the_layers() {
     std::os::unix::fs::symlink(&outside, s.up(".-")).unwrap();
     let out = run(&s.upper, &s.lower, &["cow"]);
     if out.status.success() {
-        let m = Mounted {
-            dir: s.lower.clone(),
-        };
+        let m = MountGuard::served_by("vufs", &s.lower);
         let _ = fs::remove_file(s.low("victim"));
         m.unmount();
     }
@@ -486,14 +485,14 @@ fn bad_input_exits_2_with_a_message() {
 fn other_users_cannot_read_what_the_view_forbids() {
     need_fuse!();
     if as_nobody("true").status.code() != Some(0) {
-        eprintln!("skipped: setpriv cannot switch to nobody here");
+        testkit::skip("setpriv cannot switch to nobody here");
         return;
     }
     let s = Scratch::example();
     fs::set_permissions(s.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(s.low("secret"), "lower secret").unwrap();
     fs::set_permissions(s.low("secret"), fs::Permissions::from_mode(0o600)).unwrap();
-    let m = Mounted::new(&s.upper, &s.lower, &["cow,allow_other"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow,allow_other"]);
     // Made by root in the view: lives in SOURCE, read by the daemon.
     fs::write(s.low("upper-secret"), "upper secret").unwrap();
     fs::set_permissions(s.low("upper-secret"), fs::Permissions::from_mode(0o600)).unwrap();
@@ -511,44 +510,25 @@ fn other_users_cannot_read_what_the_view_forbids() {
     m.unmount();
 }
 
-/// True while a vufs process has `arg` among its arguments.
-fn vufs_running_with(arg: &Path) -> bool {
-    let needle = arg.to_str().unwrap().as_bytes().to_vec();
-    fs::read_dir("/proc").unwrap().flatten().any(|p| {
-        fs::read(p.path().join("cmdline"))
-            .map(|c| {
-                let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
-                args.first()
-                    .is_some_and(|a| String::from_utf8_lossy(a).ends_with("vufs"))
-                    && args.contains(&needle.as_slice())
-            })
-            .unwrap_or(false)
-    })
-}
-
 #[test]
 fn an_old_daemon_ending_leaves_a_new_mount_on_the_same_path_alone() {
     need_fuse!();
     let s = Scratch::example();
-    let first = Mounted::new(&s.upper, &s.lower, &["bind"]);
+    let first = mount_vufs(&s.upper, &s.lower, &["bind"]);
     // An open file keeps the first mount's connection (and daemon) alive after a lazy unmount.
     let held = fs::File::open(s.low("a")).unwrap();
     sh(&format!("fusermount3 -u -z '{}'", s.lower.display()));
-    std::mem::forget(first);
+    first.forget();
     let other = s.tmp.path().join("other");
     fs::create_dir(&other).unwrap();
     fs::write(other.join("only-in-other"), "2").unwrap();
-    let second = Mounted::new(&other, &s.lower, &["bind"]);
+    let second = mount_vufs(&other, &s.lower, &["bind"]);
     // The first daemon ends now; it must not unmount the path on its way out.
     drop(held);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while vufs_running_with(&s.upper) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first daemon did not end"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert!(
+        daemon_gone("vufs", &s.upper, std::time::Duration::from_secs(20)),
+        "the first daemon did not end"
+    );
     assert!(is_mounted(&s.lower), "the second mount was taken down");
     assert_eq!(names(&s.lower), vec!["only-in-other"]);
     second.unmount();

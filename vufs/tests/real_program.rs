@@ -68,7 +68,7 @@ fn unpack_and_build_in_a_cow_view() {
     need_fuse!();
     for tool in ["gcc", "make", "tar"] {
         if !have(tool) {
-            eprintln!("skipped: {tool} is not installed");
+            testkit::skip(&format!("{tool} is not installed"));
             return;
         }
     }
@@ -81,7 +81,7 @@ fn unpack_and_build_in_a_cow_view() {
     make_tarball(&s.lower);
     let saved = s.save_lower();
 
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     sh(&format!(
         "cd '{}' && tar xzf project.tar.gz && make -C project && ./project/prog > result && \
          echo appended >> README && rm doc/old.txt",
@@ -119,7 +119,7 @@ fn unpack_and_build_in_a_cow_view() {
     assert_eq!(fs::metadata(s.up(".-/doc/old.txt")).unwrap().len(), 0);
 
     // A layer written by vufs, re-mounted, shows the same view.
-    let m = Mounted::new(&s.upper, &s.lower, &["cow"]);
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
     assert_eq!(view_listing(&s.lower), before);
     let out = sh(&format!("'{}'", s.low("project/prog").display()));
     assert_eq!(out, "42\n");

@@ -16,66 +16,11 @@ Usage: fat_bench.py [--ours PATH] [--c PATH] [--runs N] [--dir DIR]
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import time
 
-MIB = 1 << 20
-
-
-def sh(cmd, timeout=None, check=True):
-    """Runs a shell command; on timeout kills its whole process group (a
-    plain subprocess timeout kills only the shell and leaves mcopy running)."""
-    proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    if check and proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, cmd, out, err)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def drop_caches():
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-class Daemon:
-    """A FUSE daemon mounted in the foreground on `mnt`."""
-
-    def __init__(self, binary, image, mnt, options):
-        self.mnt = mnt
-        self.proc = subprocess.Popen([binary, "-f", "-o", options, image, mnt], stderr=subprocess.PIPE)
-        deadline = time.time() + 10
-        while not os.path.ismount(mnt):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"{binary} did not mount: {self.proc.stderr.read().decode()}")
-            time.sleep(0.01)
-
-    def peak_rss_kib(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        return 0
-
-    def unmount(self):
-        # Lazily if a killed step left something open.
-        if sh(f"fusermount3 -u {self.mnt}", check=False).returncode != 0:
-            sh(f"fusermount3 -u -z {self.mnt}")
-        self.proc.wait(timeout=120)
+from benchlib import MIB, Daemon, drop_caches, empty_results, measure_mounted, print_table, sh, speedups, timed
 
 
 def fresh_image(path, size_mib):
@@ -84,56 +29,15 @@ def fresh_image(path, size_mib):
     sh(f"truncate -s {size_mib}M {path} && mkfs.fat -F 32 -n BENCH {path}")
 
 
-CREATE_SCRIPT = r"""
-import os, sys
-d = sys.argv[1]
-os.makedirs(d, exist_ok=True)
-block = b"x" * 4096
-for i in range(5000):
-    p = os.path.join(d, "file_%05d.dat" % i)
-    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
-    os.write(fd, block)
-    os.close(fd)
-    os.stat(p)
-dfd = os.open(d, os.O_RDONLY)
-os.fsync(dfd)
-os.close(dfd)
-os.sync()
-"""
-
-
 def bench_fuse(name, binary, options, args, source):
     image = os.path.join(args.dir, f"{name}.img")
     mnt = os.path.join(args.dir, f"mnt-{name}")
     os.makedirs(mnt, exist_ok=True)
-    results = {"write": [], "read_cold": [], "read_warm": [], "create5000": [], "ls_cold": []}
+    results = empty_results()
     rss = 0
     for _ in range(args.runs):
         fresh_image(image, 1024)
-        d = Daemon(binary, image, mnt, options)
-        drop_caches()
-        results["write"].append(timed(lambda: sh(f"dd if={source} of={mnt}/big.bin bs=1M conv=fsync status=none")))
-        rss = max(rss, d.peak_rss_kib())
-        d.unmount()
-        d = Daemon(binary, image, mnt, options)
-        drop_caches()
-        results["read_cold"].append(timed(lambda: sh(f"dd if={mnt}/big.bin of=/dev/null bs=1M status=none")))
-        results["read_warm"].append(timed(lambda: sh(f"dd if={mnt}/big.bin of=/dev/null bs=1M status=none")))
-        drop_caches()
-        try:
-            results["create5000"].append(
-                timed(lambda: sh(f"{sys.executable} -c '{CREATE_SCRIPT}' {mnt}/many", timeout=args.timeout))
-            )
-        except subprocess.TimeoutExpired:
-            results["create5000"].append(float("inf"))
-        rss = max(rss, d.peak_rss_kib())
-        d.unmount()
-        if results["create5000"][-1] != float("inf"):
-            d = Daemon(binary, image, mnt, options)
-            drop_caches()
-            results["ls_cold"].append(timed(lambda: sh(f"ls -l {mnt}/many > /dev/null")))
-            rss = max(rss, d.peak_rss_kib())
-            d.unmount()
+        rss = max(rss, measure_mounted(lambda: Daemon(binary, image, mnt, options), mnt, source, args.timeout, results))
         fsck = sh(f"fsck.fat -n {image}", check=False)
         if fsck.returncode != 0:
             print(f"WARNING: {name}: fsck.fat -n after the run: {fsck.stdout.strip()}", file=sys.stderr)
@@ -142,7 +46,7 @@ def bench_fuse(name, binary, options, args, source):
 
 def bench_mtools(args, source):
     image = os.path.join(args.dir, "mtools.img")
-    results = {"write": [], "read_cold": [], "read_warm": [], "create5000": [], "ls_cold": []}
+    results = empty_results()
     files = os.path.join(args.dir, "mtools-src")
     if not os.path.isdir(files):
         os.makedirs(files)
@@ -165,14 +69,6 @@ def bench_mtools(args, source):
             drop_caches()
             results["ls_cold"].append(timed(lambda: sh(f"mdir -i {image} ::/many > /dev/null")))
     return results, 0
-
-
-def fmt(values):
-    if not values:
-        return "n/a"
-    if any(v == float("inf") for v in values):
-        return "timeout"
-    return f"{min(values):.3f} / {statistics.median(values):.3f}"
 
 
 def main():
@@ -198,21 +94,10 @@ def main():
     if shutil.which("mcopy"):
         rows.append(("mtools (no mount)", *bench_mtools(args, source)))
 
-    keys = ["write", "read_cold", "read_warm", "create5000", "ls_cold"]
-    print(f"\nseconds, min / median of {args.runs}; 256 MiB file on a 1 GiB FAT32 image\n")
-    print(f"| {'':26} | " + " | ".join(f"{k:>15}" for k in keys) + " | peak RSS |")
-    print("|" + "---|" * (len(keys) + 2))
-    for name, res, rss in rows:
-        rss_text = f"{rss // 1024} MiB" if rss else "n/a"
-        print(f"| {name:26} | " + " | ".join(f"{fmt(res[k]):>15}" for k in keys) + f" | {rss_text} |")
+    print_table(rows, f"seconds, min / median of {args.runs}; 256 MiB file on a 1 GiB FAT32 image")
     ours = rows[0][1]
     for name, res, _ in rows[1:]:
-        ratios = []
-        for k in keys:
-            if ours[k] and res[k]:
-                a, b = statistics.median(ours[k]), statistics.median(res[k])
-                ratios.append(f"{k} x{b / a:.1f}" if b != float("inf") else f"{k} (theirs timed out)")
-        print(f"speed-up vs {name}: " + ", ".join(ratios))
+        print(f"speed-up vs {name}: " + speedups(ours, res, 1))
     mib_s = 256 / statistics.median(ours["read_warm"])
     print(f"our warm sequential read: {mib_s / 1024:.2f} GiB/s")
 

@@ -213,21 +213,10 @@ fn check(u: &Under, m: &Model) {
 
 fn fresh(dir: &Path, options: &str) -> (Under, std::path::PathBuf) {
     let img = dir.join("model.img");
-    let out = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "truncate -s 32M '{0}' && mke2fs -q -F {options} '{0}'",
-                img.display()
-            ),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::sh(&format!(
+        "truncate -s 32M '{0}' && mke2fs -q -F {options} '{0}'",
+        img.display()
+    ));
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&img, false).unwrap());
     let fs = ExtFs::open(dev, ExtOptions { read_only: false }).unwrap();
     let c = Context::current();

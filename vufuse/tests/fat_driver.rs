@@ -4,25 +4,14 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
+use testkit::{fsck_fat_clean, sh};
 use vudev::{BlockDevice, FileDevice};
 use vufuse::fat::{FatFs, FatOptions};
 use vufuse::{Context, Errno, FileKind, FileSystem, Ino, SetAttr};
 
 fn ctx() -> Context {
     Context::current()
-}
-
-fn sh(script: &str) -> String {
-    let out = Command::new("sh").args(["-c", script]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn mkfs(dir: &Path, name: &str, size_mib: u64, fat_bits: u32) -> PathBuf {
@@ -48,19 +37,6 @@ fn mount(img: &Path, read_only: bool) -> FatFs {
         },
     )
     .unwrap()
-}
-
-fn fsck_clean(img: &Path) {
-    let out = Command::new("fsck.fat")
-        .args(["-n", img.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "fsck.fat -n found problems:\n{text}");
 }
 
 /// Everything under `ino` as path -> file bytes (directories map to None).
@@ -318,7 +294,7 @@ fn write_workload_passes_fsck_and_mtools_reads_it_back() {
             std::fs::write(expected.join("Top Level Sub/Moved Now.txt"), b"moving\n").unwrap();
             std::fs::write(expected.join("CASE.txt"), b"case\n").unwrap();
         }
-        fsck_clean(&img);
+        fsck_fat_clean(&img);
         let out = dir.path().join(format!("out{bits}"));
         std::fs::create_dir_all(&out).unwrap();
         sh(&format!(
@@ -354,7 +330,7 @@ fn five_thousand_files_in_one_directory() {
         assert_eq!(e.attr.size, 4096);
         fs.destroy();
     }
-    fsck_clean(&img);
+    fsck_fat_clean(&img);
     let listing = sh(&format!("mdir -b -i '{}' ::/many | wc -l", img.display()));
     assert_eq!(listing.trim(), "5000");
 }
@@ -406,7 +382,7 @@ fn full_volume_gives_enospc_and_stays_consistent() {
         );
         fs.destroy();
     }
-    fsck_clean(&img);
+    fsck_fat_clean(&img);
 }
 
 #[test]
@@ -507,7 +483,7 @@ fn open_unlinked_file_lives_until_release() {
         );
         fs.destroy();
     }
-    fsck_clean(&img);
+    fsck_fat_clean(&img);
 }
 
 // ---- bad input ----
@@ -690,5 +666,5 @@ fn inode_numbers_stay_stable_for_the_life_of_the_mount() {
     );
     fs.destroy();
     drop(fs);
-    fsck_clean(&img);
+    fsck_fat_clean(&img);
 }

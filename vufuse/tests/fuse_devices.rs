@@ -13,8 +13,9 @@ use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+use testkit::{is_mounted, lazy_unmount, run, run_ok, s, sh};
 
 const PARTX: &str = env!("CARGO_BIN_EXE_vudevpartx");
 const RAMDISK: &str = env!("CARGO_BIN_EXE_vudevramdisk");
@@ -22,25 +23,16 @@ const RAMDISK: &str = env!("CARGO_BIN_EXE_vudevramdisk");
 /// Hang guard for waits on the kernel or a daemon (never reached when things work).
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// Says why a test is skipped, past libtest's output capture so it is always seen.
-fn skip(test: &str, why: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-}
-
-/// True if this machine can run the test; prints why not otherwise.
-fn can_run(test: &str, tools: &[&str]) -> bool {
+/// True if this machine can run the calling test; prints why not otherwise.
+fn can_run(tools: &[&str]) -> bool {
     if !Path::new("/dev/fuse").exists() {
-        skip(
-            test,
-            "/dev/fuse is missing (no FUSE in this kernel or container)",
-        );
+        testkit::skip("/dev/fuse is missing (no FUSE in this kernel or container)");
         return false;
     }
     if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/fuse") {
-        skip(
-            test,
-            &format!("cannot open /dev/fuse ({e}); run as root or make it 0666"),
-        );
+        testkit::skip(&format!(
+            "cannot open /dev/fuse ({e}); run as root or make it 0666"
+        ));
         return false;
     }
     for tool in ["fusermount3"].iter().chain(tools) {
@@ -50,59 +42,16 @@ fn can_run(test: &str, tools: &[&str]) -> bool {
             || Path::new("/sbin").join(tool).is_file()
             || Path::new("/usr/sbin").join(tool).is_file();
         if !found {
-            skip(
-                test,
-                &format!("{tool} is not installed (.ci/run installs it)"),
-            );
+            testkit::skip(&format!("{tool} is not installed (.ci/run installs it)"));
             return false;
         }
     }
     true
 }
 
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-}
-
-fn run_ok(program: &str, args: &[&str]) -> String {
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sh(script: &str) -> String {
-    run_ok("sh", &["-c", script])
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("test paths are UTF-8")
-}
-
-fn is_mounted(mountpoint: &Path) -> bool {
-    let wanted = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| Path::new(mp) == wanted)
-}
-
 /// Waits until `done` holds; panics with `what` after [`PATIENCE`].
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < PATIENCE, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    testkit::wait_until(what, PATIENCE, done);
 }
 
 /// A running foreground daemon and its mount; dropping it cleans up.
@@ -166,10 +115,10 @@ impl Mounted {
         (status, stderr)
     }
 
-    /// `fusermount3 -u`, then the daemon must exit with status 0.
+    /// `fusermount3 -u` (EBUSY retried for a moment), then the daemon must exit with status 0.
     fn unmount(self) {
         let mountpoint = self.mountpoint.clone();
-        run_ok("fusermount3", &["-u", s(&mountpoint)]);
+        testkit::unmount(&mountpoint);
         let (status, stderr) = self.wait_exit();
         assert!(status.success(), "daemon exited with {status}:\n{stderr}");
         assert!(
@@ -183,9 +132,7 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if is_mounted(&self.mountpoint) {
-                let _ = Command::new("fusermount3")
-                    .args(["-u", "-z", s(&self.mountpoint)])
-                    .output();
+                lazy_unmount(&self.mountpoint);
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -305,10 +252,7 @@ fn gpt_image(dir: &Path) -> PathBuf {
 
 #[test]
 fn partx_files_have_the_partition_sizes_and_bytes() {
-    if !can_run(
-        "partx_files_have_the_partition_sizes_and_bytes",
-        &["sfdisk", "dd"],
-    ) {
+    if !can_run(&["sfdisk", "dd"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -393,10 +337,7 @@ fn partx_files_have_the_partition_sizes_and_bytes() {
 
 #[test]
 fn mkfs_vfat_on_a_partition_file_is_clean_and_stays_inside() {
-    if !can_run(
-        "mkfs_vfat_on_a_partition_file_is_clean_and_stays_inside",
-        &["sgdisk", "sfdisk", "mkfs.vfat", "fsck.fat", "minfo", "dd"],
-    ) {
+    if !can_run(&["sgdisk", "sfdisk", "mkfs.vfat", "fsck.fat", "minfo", "dd"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -445,10 +386,7 @@ fn mkfs_vfat_on_a_partition_file_is_clean_and_stays_inside() {
 
 #[test]
 fn sgdisk_through_disk_makes_the_partition_files_follow() {
-    if !can_run(
-        "sgdisk_through_disk_makes_the_partition_files_follow",
-        &["sgdisk", "sfdisk"],
-    ) {
+    if !can_run(&["sgdisk", "sfdisk"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -520,10 +458,7 @@ fn sgdisk_through_disk_makes_the_partition_files_follow() {
 
 #[test]
 fn read_only_refuses_writes_and_leaves_the_image_alone() {
-    if !can_run(
-        "read_only_refuses_writes_and_leaves_the_image_alone",
-        &["sfdisk", "dd"],
-    ) {
+    if !can_run(&["sfdisk", "dd"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -568,10 +503,7 @@ fn read_only_refuses_writes_and_leaves_the_image_alone() {
 
 #[test]
 fn ramdisk_takes_mkfs_ext4_and_vfat() {
-    if !can_run(
-        "ramdisk_takes_mkfs_ext4_and_vfat",
-        &["mkfs.ext4", "e2fsck", "mkfs.vfat", "fsck.fat"],
-    ) {
+    if !can_run(&["mkfs.ext4", "e2fsck", "mkfs.vfat", "fsck.fat"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -603,7 +535,7 @@ fn ramdisk_takes_mkfs_ext4_and_vfat() {
 
 #[test]
 fn ramdisk_size_follows_the_option() {
-    if !can_run("ramdisk_size_follows_the_option", &[]) {
+    if !can_run(&[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -638,7 +570,7 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
 
 #[test]
 fn default_mode_daemonizes_once_the_mount_is_live() {
-    if !can_run("default_mode_daemonizes_once_the_mount_is_live", &[]) {
+    if !can_run(&[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -669,7 +601,7 @@ fn default_mode_daemonizes_once_the_mount_is_live() {
 
 #[test]
 fn sigterm_unmounts_cleanly() {
-    if !can_run("sigterm_unmounts_cleanly", &[]) {
+    if !can_run(&[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -727,7 +659,7 @@ fn failed_start(binary: &str, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn bad_input_gets_a_message_and_an_exit_code() {
-    if !can_run("bad_input_gets_a_message_and_an_exit_code", &[]) {
+    if !can_run(&[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -781,10 +713,7 @@ fn bad_input_gets_a_message_and_an_exit_code() {
 fn mount_helper_argument_order_works() {
     // mount(8) runs mount.fuse3, which runs `PROGRAM SOURCE MOUNTPOINT -o OPTIONS`
     // (options after the paths); the old "PROGRAM#SOURCE" form names the binary by path.
-    if !can_run(
-        "mount_helper_argument_order_works",
-        &["mount", "umount", "mount.fuse3"],
-    ) {
+    if !can_run(&["mount", "umount", "mount.fuse3"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -834,7 +763,7 @@ fn mount_helper_argument_order_works() {
 
 #[test]
 fn debug_mode_prints_requests_and_results() {
-    if !can_run("debug_mode_prints_requests_and_results", &[]) {
+    if !can_run(&[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -962,7 +891,7 @@ impl vufuse::FileSystem for ManyNames {
 
 #[test]
 fn readdir_resumes_after_full_reply_buffers() {
-    if !can_run("readdir_resumes_after_full_reply_buffers", &[]) {
+    if !can_run(&[]) {
         return;
     }
     use std::sync::atomic::Ordering;

@@ -7,66 +7,46 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use testkit::{
+    e2fsck_clean, is_mounted, lazy_unmount, sh, wait_for_daemon_exit, wait_until,
+    wait_until_mounted, MountGuard,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fuseext2");
 
-fn sh(script: &str) -> String {
-    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+fn run(image: &Path, dir: &Path, options: &[&str]) -> Output {
+    testkit::run_daemon(BIN, options, image, dir)
+}
+
+/// Runs `fuseext2 -o OPTS IMAGE DIR` (daemonizing), which must succeed; the guard unmounts
+/// lazily when dropped and waits until the mount is gone (not for the daemon: tests that
+/// read the image afterwards call `wait_for_daemon_exit`).
+fn mount(image: &Path, dir: &Path, options: &[&str]) -> MountGuard {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = run(image, dir, options);
     assert!(
         out.status.success(),
-        "{script}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
+        "fuseext2: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    MountGuard::new(dir)
 }
 
-fn is_mounted(dir: &Path) -> bool {
-    let dir = dir.canonicalize().unwrap();
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
+/// What `diff -r --no-dereference -x lost+found [-x EXCLUDE]... a b` reports, less the
+/// fifos and device nodes it cannot compare: what really differs.
+fn tree_differences(a: &Path, b: &Path, excludes: &[&str]) -> Vec<String> {
+    let mut diff = Command::new("diff");
+    diff.args(["-r", "--no-dereference", "-x", "lost+found"]);
+    for exclude in excludes {
+        diff.args(["-x", exclude]);
+    }
+    let out = diff.arg(a).arg(b).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
         .lines()
-        .any(|l| l.split(' ').nth(1) == Some(dir.to_str().unwrap()))
-}
-
-fn run(image: &Path, dir: &Path, options: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    for o in options {
-        cmd.arg("-o").arg(o);
-    }
-    cmd.arg(image).arg(dir).output().unwrap()
-}
-
-/// A daemonized mount, unmounted (and waited for) on drop.
-struct Mounted(PathBuf);
-
-impl Mounted {
-    fn new(image: &Path, dir: &Path) -> Mounted {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = run(image, dir, &[]);
-        assert!(
-            out.status.success(),
-            "fuseext2: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(is_mounted(dir));
-        Mounted(dir.to_path_buf())
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&self.0)
-            .output();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while is_mounted(&self.0) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+        .filter(|l| !l.contains(" is a fifo while ") && !l.contains("special file"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Builds the source tree with the kinds of files mke2fs -d copies.
@@ -187,19 +167,10 @@ fn trees_made_by_mke2fs_read_back_exactly() {
             src.display()
         ));
         let mnt = dir.path().join(format!("mnt-{name}"));
-        let m = Mounted::new(&img, &mnt);
-        let diff = Command::new("diff")
-            .args(["-r", "--no-dereference", "-x", "lost+found"])
-            .arg(&src)
-            .arg(&mnt)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&diff.stdout);
+        let m = mount(&img, &mnt, &[]);
+        assert!(is_mounted(&mnt));
         // diff reports fifos and devices it cannot compare; nothing else may differ.
-        let real: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.contains(" is a fifo while ") && !l.contains("special file"))
-            .collect();
+        let real = tree_differences(&src, &mnt, &[]);
         assert!(real.is_empty(), "{name}: {real:?}");
         compare_metadata(&src, &mnt);
         // Inode numbers are the filesystem's own (debugfs agrees).
@@ -238,7 +209,8 @@ fn read_only_by_default_refuses_writes_and_keeps_the_bytes() {
     let before = std::fs::read(&img).unwrap();
     let mnt = dir.path().join("mnt");
     {
-        let _m = Mounted::new(&img, &mnt);
+        let _m = mount(&img, &mnt, &[]);
+        assert!(is_mounted(&mnt));
         let err = std::fs::write(mnt.join("new"), "x").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EROFS));
         let err = std::fs::create_dir(mnt.join("d")).unwrap_err();
@@ -258,31 +230,15 @@ fn write_workload(img: &Path, work: &Path, script: &str) {
     let model = work.join("model");
     std::fs::create_dir_all(&mnt).unwrap();
     std::fs::create_dir_all(&model).unwrap();
-    let out = run(img, &mnt, &["rw+"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mounted(mnt.clone());
+    let m = mount(img, &mnt, &["rw+"]);
     for root in [&mnt, &model] {
         sh(&format!("set -e; cd '{}'; {script}", root.display()));
     }
-    let diff = Command::new("diff")
-        .args(["-r", "--no-dereference", "-x", "lost+found"])
-        .arg(&model)
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&diff.stdout);
-    let real: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.contains(" is a fifo while ") && !l.contains("special file"))
-        .collect();
+    let real = tree_differences(&model, &mnt, &[]);
     assert!(real.is_empty(), "mount differs from the model: {real:?}");
     compare_metadata(&model, &mnt);
     drop(m);
-    wait_for_exit(&mnt);
+    wait_for_daemon_exit("fuseext2", &mnt);
     e2fsck_clean(img);
     // The 3,000-file directory was turned into an htree (EXT2_INDEX_FL,
     // 0x1000) when its first block filled, and grew as one.
@@ -319,49 +275,8 @@ fn write_workload(img: &Path, work: &Path, script: &str) {
         img.display()
     ));
     assert!(fifo.contains("Type: FIFO"), "{fifo}");
-    let diff = Command::new("diff")
-        .args([
-            "-r",
-            "--no-dereference",
-            "-x",
-            "lost+found",
-            "-x",
-            "fifo",
-            "-x",
-            "cdev",
-        ])
-        .arg(&model)
-        .arg(&out)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&diff.stdout);
-    let real: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.contains(" is a fifo while ") && !l.contains("special file"))
-        .collect();
+    let real = tree_differences(&model, &out, &["fifo", "cdev"]);
     assert!(real.is_empty(), "debugfs extracts something else: {real:?}");
-}
-
-/// The daemon writes bitmaps and the superblock back after the kernel
-/// unmounts: wait until it has exited.
-fn wait_for_exit(mnt: &Path) {
-    let needle = mnt.to_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let busy = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
-            std::fs::read(p.path().join("cmdline"))
-                .map(|c| {
-                    let t = String::from_utf8_lossy(&c).replace('\0', " ");
-                    t.contains("fuseext2") && t.contains(&needle)
-                })
-                .unwrap_or(false)
-        });
-        if !busy {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("fuseext2 did not exit");
 }
 
 const WORKLOAD: &str = "mkdir -p 'tree/a b/c' empty; seq 1 400000 > 'tree/a b/big'; \
@@ -400,13 +315,7 @@ fn unlinked_open_files_rename_flags_and_xattrs() {
     ));
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let out = run(&img, &mnt, &["rw+"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mounted(mnt.clone());
+    let m = mount(&img, &mnt, &["rw+"]);
     let script = r#"
 import ctypes, os, sys
 m = sys.argv[1]
@@ -439,19 +348,9 @@ except FileExistsError: pass
 os.removexattr(os.path.join(m, 'b'), 'user.big')
 assert 'user.big' not in os.listxattr(os.path.join(m, 'b'))
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::run_ok("python3", &["-c", script, testkit::s(&mnt)]);
     drop(m);
-    wait_for_exit(&mnt);
+    wait_for_daemon_exit("fuseext2", &mnt);
     e2fsck_clean(&img);
 }
 
@@ -465,20 +364,14 @@ fn a_full_filesystem_gives_enospc_and_stays_clean() {
     ));
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let out = run(&img, &mnt, &["rw+"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mounted(mnt.clone());
+    let m = mount(&img, &mnt, &["rw+"]);
     let err = sh(&format!(
         "dd if=/dev/zero of='{}/fill' bs=1M 2>&1 || true",
         mnt.display()
     ));
     assert!(err.contains("No space left on device"), "{err}");
     drop(m);
-    wait_for_exit(&mnt);
+    wait_for_daemon_exit("fuseext2", &mnt);
     e2fsck_clean(&img);
 }
 
@@ -528,7 +421,7 @@ fn bad_images_are_refused_with_a_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     if out.status.success() {
-        let _m = Mounted(mnt.clone());
+        let _m = MountGuard::new(&mnt);
         let _ = std::fs::read_dir(&mnt).map(|d| d.count());
     }
     assert!(!is_mounted(&mnt) || out.status.success());
@@ -552,10 +445,10 @@ fn htree_directories_made_by_the_kernel_stay_indexed_as_they_grow() {
         .output()
         .unwrap();
     if !mounted.status.success() {
-        eprintln!(
-            "SKIPPED: the kernel cannot loop-mount ext4 here: {}",
+        testkit::skip(&format!(
+            "the kernel cannot loop-mount ext4 here: {}",
             String::from_utf8_lossy(&mounted.stderr).trim()
-        );
+        ));
         return;
     }
     sh(&format!("mkdir '{0}/big' && cd '{0}/big' && for i in $(seq 1 3000); do : > k$i; done; cd / && umount '{0}'", kmnt.display()));
@@ -571,20 +464,14 @@ fn htree_directories_made_by_the_kernel_stay_indexed_as_they_grow() {
     );
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let out = run(&img, &mnt, &["rw"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mounted(mnt.clone());
+    let m = mount(&img, &mnt, &["rw"]);
     sh(&format!(
         "cd '{}/big' && for i in $(seq 1 3000); do : > u$i; done; rm k5 u5",
         mnt.display()
     ));
     assert_eq!(std::fs::read_dir(mnt.join("big")).unwrap().count(), 5998);
     drop(m);
-    wait_for_exit(&mnt);
+    wait_for_daemon_exit("fuseext2", &mnt);
     e2fsck_clean(&img);
     assert!(
         flags(&img).contains("Flags: 0x81000"),
@@ -626,7 +513,8 @@ fn a_journal_needing_recovery_is_replayed_in_memory_for_read_only_mounts() {
     let before = std::fs::read(&img).unwrap();
     let mnt = dir.path().join("mnt");
     {
-        let _m = Mounted::new(&img, &mnt);
+        let _m = mount(&img, &mnt, &[]);
+        assert!(is_mounted(&mnt));
         let content = std::fs::read_to_string(mnt.join("f")).unwrap();
         assert!(
             content.starts_with("NEWNEW"),
@@ -678,20 +566,14 @@ fn ownership_options_follow_fuse2fs() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
 
-    let out = run(&img, &mnt, &["uid=1234,gid=5678,umask=027"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mounted(mnt.clone());
+    let m = mount(&img, &mnt, &["uid=1234,gid=5678,umask=027"]);
     for name in ["file", "sub"] {
         let md = std::fs::symlink_metadata(mnt.join(name)).unwrap();
         assert_eq!((md.uid(), md.gid()), (1234, 5678), "{name}");
         assert_eq!(md.mode() & 0o7777, 0o750, "{name}");
     }
     drop(m);
-    wait_for_exit(&mnt);
+    wait_for_daemon_exit("fuseext2", &mnt);
     // The disk keeps its owners and modes.
     let stat = sh(&format!(
         "debugfs -R 'stat /file' '{}' 2>/dev/null",
@@ -706,19 +588,13 @@ fn ownership_options_follow_fuse2fs() {
         ("rw+,allow_other", "plain"),
         ("rw+,allow_other,fakeroot", "faked"),
     ] {
-        let out = run(&img, &mnt, &[options]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let m = Mounted(mnt.clone());
+        let m = mount(&img, &mnt, &[options]);
         sh(&format!(
             "setpriv --reuid 4321 --regid 4321 --clear-groups sh -c 'echo x > \"{}/{name}\"'",
             mnt.display()
         ));
         drop(m);
-        wait_for_exit(&mnt);
+        wait_for_daemon_exit("fuseext2", &mnt);
         let stat = sh(&format!(
             "debugfs -R 'stat /{name}' '{}' 2>/dev/null",
             img.display()
@@ -738,20 +614,6 @@ fn ownership_options_follow_fuse2fs() {
     );
     assert!(owners[1].starts_with("User: 0 Group: 0"), "{owners:?}");
     e2fsck_clean(&img);
-}
-
-/// Asserts that `e2fsck -fn` finds nothing to fix in `img`, showing its report otherwise;
-/// returns the report.
-fn e2fsck_clean(img: &Path) -> String {
-    let fsck = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
-    let report = String::from_utf8_lossy(&fsck.stdout).into_owned();
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn {}: {report}{}",
-        img.display(),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
-    report
 }
 
 /// Runs `script` under `timeout`, so a hang fails the test instead of
@@ -828,23 +690,13 @@ fn cycles_in_extent_trees_and_directories_give_errors_not_hangs() {
         deeper.display()
     ));
     for img in [&selfref, &deeper] {
-        let out = run(img, &mnt, &[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let _m = Mounted(mnt.clone());
+        let _m = mount(img, &mnt, &[]);
         // The name resolves (its inode is fine); only reading its data fails.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::symlink_metadata(mnt.join("frag")).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "frag not visible in {}",
-                img.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            &format!("frag to be visible in {}", img.display()),
+            Duration::from_secs(5),
+            || std::fs::symlink_metadata(mnt.join("frag")).is_ok(),
+        );
         let (ok, err) = bounded(&format!("cat '{}/frag' > /dev/null", mnt.display()));
         assert!(
             !ok && err.contains("Structure needs cleaning"),
@@ -885,13 +737,7 @@ fn cycles_in_extent_trees_and_directories_give_errors_not_hangs() {
     std::os::unix::fs::FileExt::write_all_at(&image, &b_ino.to_le_bytes(), b_block * 1024 + 12)
         .unwrap();
     drop(image);
-    let out = run(&dirs, &mnt, &["rw+"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mounted(mnt.clone());
+    let m = mount(&dirs, &mnt, &["rw+"]);
     let (ok, err) = bounded(&format!("ls '{}/a/b/loop/b'", mnt.display()));
     assert!(!ok && err.contains("Too many levels"), "{err}");
     let (ok, _) = bounded(&format!("find '{}' > /dev/null", mnt.display()));
@@ -924,11 +770,7 @@ fn a_killed_daemon_leaves_an_image_e2fsck_accepts() {
         .arg(&mnt)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "fuseext2 did not mount");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until_mounted(&mnt, Duration::from_secs(10));
     sh(&format!(
         "cd '{}' && mkdir -p d && for i in $(seq 1 300); do echo $i > d/f$i; done && rm d/f1* && \
          head -c 3000000 /dev/urandom > big && truncate -s 1000 big && \
@@ -955,10 +797,7 @@ fn a_killed_daemon_leaves_an_image_e2fsck_accepts() {
     daemon.wait().unwrap();
     holder.kill().unwrap();
     holder.wait().unwrap();
-    let _ = Command::new("fusermount3")
-        .args(["-u", "-z"])
-        .arg(&mnt)
-        .output();
+    lazy_unmount(&mnt);
     // Everything but the orphan is consistent...
     let fsck = Command::new("e2fsck")
         .arg("-fn")
@@ -970,17 +809,9 @@ fn a_killed_daemon_leaves_an_image_e2fsck_accepts() {
     // A read-write mount finishes the job, as the kernel's mount does...
     let copy = dir.path().join("remounted.img");
     std::fs::copy(&img, &copy).unwrap();
-    let m = {
-        let out = run(&copy, &mnt, &["rw+"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Mounted(mnt.clone())
-    };
+    let m = mount(&copy, &mnt, &["rw+"]);
     drop(m);
-    wait_for_exit(&mnt);
+    wait_for_daemon_exit("fuseext2", &mnt);
     let report = e2fsck_clean(&copy);
     assert!(report.contains("203/16384 files"), "{report}");
     // ...and so does e2fsck -p, no questions asked.
@@ -1041,13 +872,7 @@ fn unknown_features_are_named_and_ro_compat_ones_still_mount_read_only() {
         stderr.contains("FEATURE_R30") && stderr.contains("read-only"),
         "{stderr}"
     );
-    let out = run(&ro, &mnt, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mounted(mnt.clone());
+    let m = mount(&ro, &mnt, &[]);
     assert!(mnt.join("lost+found").is_dir());
     drop(m);
 
@@ -1079,11 +904,7 @@ fn every_operation_reaches_the_image_and_only_the_first_close_sends_flush() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "fuseext2 did not mount");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until_mounted(&mnt, Duration::from_secs(10));
     sh(&format!(
         "cd '{}' && mkdir d && for i in $(seq 1 40); do echo file $i > d/f$i; done && \
          head -c 300000 /dev/urandom > d/big && rm d/f3 && mv d/f4 d/g4 && chmod 600 d/f5",
@@ -1157,13 +978,9 @@ fn busy_poll_is_the_default_serves_and_costs_nothing_when_idle() {
             .arg(&mnt)
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !is_mounted(&mnt) {
-            assert!(Instant::now() < deadline, "fuseext2 did not mount");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until_mounted(&mnt, Duration::from_secs(10));
         // Unmounts (lazily) if an assertion fails.
-        let _guard = Mounted(mnt.clone());
+        let _guard = MountGuard::new(&mnt);
         let listing = sh(&format!(
             "cd '{}' && mkdir d && for i in $(seq 1 200); do echo $i > d/f$i; done && \
              cat d/f7 d/f200 && ls d | wc -l",
@@ -1212,13 +1029,7 @@ fn writes_larger_than_the_block_cache_reach_the_image_in_order() {
     ));
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let out = run(&img, &mnt, &["rw+"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mounted(mnt.clone());
+    let m = mount(&img, &mnt, &["rw+"]);
     sh(&format!(
         "dd if='{0}/data' of='{1}/file' bs=1M iflag=fullblock status=none && \
          dd if='{0}/data' of='{1}/file' bs=1M seek=1 skip=2 count=1 conv=notrunc status=none && \
@@ -1229,7 +1040,7 @@ fn writes_larger_than_the_block_cache_reach_the_image_in_order() {
         mnt.display()
     ));
     drop(m);
-    wait_for_exit(&mnt);
+    wait_for_daemon_exit("fuseext2", &mnt);
     let dumped = dir.path().join("dumped");
     sh(&format!(
         "debugfs -R 'dump /file {}' '{}' 2>/dev/null",

@@ -1,132 +1,23 @@
 //! `fusefatfs` through the real kernel FUSE, checked with diff, fsck.fat and mtools.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use testkit::{
+    fsck_fat_clean, is_mounted, sh, wait_for_daemon_exit, wait_until_mounted, MountGuard,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fusefatfs");
 
-fn sh(script: &str) -> String {
-    let out = Command::new("sh").args(["-c", script]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{script}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn is_mounted(dir: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let dir = dir.canonicalize().unwrap();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(dir.to_str().unwrap()))
-}
-
-/// A mount made by the daemon; unmounted (lazily if needed) when dropped.
-struct Mounted {
-    dir: PathBuf,
-}
-
-impl Mounted {
-    /// Runs `fusefatfs ARGS IMAGE DIR` (daemonizing) and waits for the mount.
-    fn new(image: &Path, dir: &Path, options: &[&str]) -> Mounted {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = run_daemon(image, dir, options);
-        assert!(
-            out.status.success(),
-            "fusefatfs failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            is_mounted(dir),
-            "the parent returned before the mount was live"
-        );
-        Mounted {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Unmounts and waits until the daemon is gone (it flushes first).
-    fn unmount(self) {
-        let dir = self.dir.clone();
-        std::mem::forget(self);
-        // EBUSY can last a moment after the test closed its files: a sibling test thread that
-        // is spawning a process holds a copy of our descriptors until its child execs.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let out = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&dir)
-                .output()
-                .unwrap();
-            if out.status.success() {
-                break;
-            }
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                stderr.contains("busy") && std::time::Instant::now() < deadline,
-                "fusermount3 -u: {stderr}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        wait_for_daemon_exit(&dir);
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&self.dir)
-            .output();
-    }
-}
-
 fn run_daemon(image: &Path, dir: &Path, options: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    for o in options {
-        cmd.arg("-o").arg(o);
-    }
-    cmd.arg(image).arg(dir).output().unwrap()
+    testkit::run_daemon(BIN, options, image, dir)
 }
 
-/// The daemon writes the volume back after the kernel unmounts: wait until
-/// no fusefatfs process serves this directory any more.
-fn wait_for_daemon_exit(dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let needle = dir.to_str().unwrap().to_string();
-    while Instant::now() < deadline {
-        let busy = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
-            std::fs::read(p.path().join("cmdline"))
-                .map(|c| {
-                    let text = String::from_utf8_lossy(&c).replace('\0', " ");
-                    text.contains("fusefatfs") && text.contains(&needle)
-                })
-                .unwrap_or(false)
-        });
-        if !busy {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("fusefatfs for {} did not exit after unmount", dir.display());
-}
-
-fn fsck_clean(image: &str) {
-    let out = Command::new("fsck.fat")
-        .args(["-n", image])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fsck.fat -n {image}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs `fusefatfs -o OPTS IMAGE DIR` (daemonizing) and checks that the mount is live when
+/// it returns; the guard unmounts it when dropped, and `unmount()` also waits for the daemon,
+/// which writes the volume back after the kernel unmounts.
+fn mount(image: &Path, dir: &Path, options: &[&str]) -> MountGuard {
+    testkit::mount_daemon(BIN, options, image, dir)
 }
 
 fn sample_tree(root: &Path, big_mib: usize) {
@@ -158,7 +49,7 @@ fn mounted_tree_equals_the_mcopy_source_on_fat12_16_32() {
             tree.display()
         ));
         let mnt = dir.path().join(format!("mnt{bits}"));
-        let m = Mounted::new(&img, &mnt, &[]);
+        let m = mount(&img, &mnt, &[]);
         sh(&format!("diff -r '{}' '{}'", tree.display(), mnt.display()));
         // Case-insensitive lookup that preserves case.
         assert_eq!(
@@ -184,7 +75,7 @@ fn writes_through_the_mount_pass_fsck_and_mtools_reads_them() {
     ));
     let mnt = dir.path().join("mnt");
     let model = dir.path().join("model");
-    let m = Mounted::new(&img, &mnt, &["rw+"]);
+    let m = mount(&img, &mnt, &["rw+"]);
     // The same operations on the mount and on a plain directory (the model).
     for root in [&mnt, &model] {
         sh(&format!(
@@ -206,7 +97,7 @@ fn writes_through_the_mount_pass_fsck_and_mtools_reads_them() {
         mnt.display()
     ));
     m.unmount();
-    fsck_clean(img.to_str().unwrap());
+    fsck_fat_clean(&img);
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     sh(&format!(
@@ -230,7 +121,7 @@ fn read_only_by_default_refuses_writes_and_keeps_the_bytes() {
     let mnt = dir.path().join("mnt");
     // Plain `rw` without `force` stays read-only too, as in the C fusefatfs.
     for options in [&[][..], &["rw"][..]] {
-        let m = Mounted::new(&img, &mnt, options);
+        let m = mount(&img, &mnt, options);
         for attempt in [
             std::fs::write(mnt.join("new.txt"), "x").err(),
             std::fs::create_dir(mnt.join("d")).err(),
@@ -280,7 +171,7 @@ fn partitions_are_chosen_by_number_or_by_content_and_a_full_one_gives_enospc() {
 
     let mnt = dir.path().join("mnt");
     // No part=: the only FAT partition is taken.
-    let m = Mounted::new(&img, &mnt, &["rw+"]);
+    let m = mount(&img, &mnt, &["rw+"]);
     let err = sh(&format!(
         "dd if=/dev/zero of='{}/fill' bs=64k 2>&1 || true",
         mnt.display()
@@ -296,7 +187,7 @@ fn partitions_are_chosen_by_number_or_by_content_and_a_full_one_gives_enospc() {
         img.display(),
         part.display()
     ));
-    fsck_clean(part.to_str().unwrap());
+    fsck_fat_clean(&part);
 
     // part=3 holds no FAT filesystem; part=9 does not exist: clear errors, exit 1.
     for (option, needle) in [("part=3", "boot sector"), ("part=9", "no partition 9")] {
@@ -306,7 +197,7 @@ fn partitions_are_chosen_by_number_or_by_content_and_a_full_one_gives_enospc() {
         assert!(stderr.contains(needle), "{option}: {stderr}");
         assert!(!is_mounted(&mnt));
     }
-    let m = Mounted::new(&img, &mnt, &["part=2"]);
+    let m = mount(&img, &mnt, &["part=2"]);
     assert!(mnt.join("fill").exists());
     m.unmount();
 }
@@ -356,7 +247,7 @@ fn bad_images_fail_at_mount_or_with_eio_and_the_daemon_keeps_serving() {
         img.display(),
         fat_offset + 6
     ));
-    let m = Mounted::new(&img, &mnt, &[]);
+    let m = mount(&img, &mnt, &[]);
     let err = std::fs::read(mnt.join("victim")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert_eq!(std::fs::read_to_string(mnt.join("ok")).unwrap(), "fine\n");
@@ -390,7 +281,7 @@ fn mount_dot_fuse3_argument_order_works() {
         "mount.fuse3: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m = Mounted { dir: mnt.clone() };
+    let m = MountGuard::served_by("fusefatfs", &mnt);
     assert_eq!(
         std::fs::read_to_string(mnt.join("hello.txt")).unwrap(),
         "via-mount\n"
@@ -411,7 +302,7 @@ fn ownership_permissions_times_and_label_follow_the_options() {
     let img = dir.path().join("opts.img");
     sh(&format!("truncate -s 16M '{0}' && mkfs.fat -n CARDLABEL '{0}' >/dev/null && echo x | mcopy -i '{0}' - ::/f.txt && mmd -i '{0}' ::/d", img.display()));
     let mnt = dir.path().join("mnt");
-    let m = Mounted::new(&img, &mnt, &["rw+,uid=1234,gid=567,umask=027"]);
+    let m = mount(&img, &mnt, &["rw+,uid=1234,gid=567,umask=027"]);
     let stat = sh(&format!(
         "stat -c '%u %g %a' '{0}/f.txt' '{0}/d'",
         mnt.display()
@@ -429,7 +320,7 @@ fn ownership_permissions_times_and_label_follow_the_options() {
     // chmod a-w maps to the read-only attribute.
     sh(&format!("chmod a-w '{}/f.txt'", mnt.display()));
     m.unmount();
-    let m = Mounted::new(&img, &mnt, &[]);
+    let m = mount(&img, &mnt, &[]);
     let times = sh(&format!(
         "TZ=UTC stat -c '%y|%x|%a' '{}/f.txt'",
         mnt.display()
@@ -459,19 +350,15 @@ fn sigterm_flushes_and_unmounts_cleanly() {
         .arg(&mnt)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "no mount");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let guard = Mounted { dir: mnt.clone() };
+    wait_until_mounted(&mnt, Duration::from_secs(10));
+    let guard = MountGuard::served_by("fusefatfs", &mnt);
     sh(&format!("mkdir '{0}/d' && head -c 3000000 /dev/urandom > '{0}/d/data' && cp '{0}/d/data' '{1}/copy'", mnt.display(), dir.path().display()));
     send_sigterm(child.id());
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(!is_mounted(&mnt), "SIGTERM must unmount");
-    std::mem::forget(guard);
-    fsck_clean(img.to_str().unwrap());
+    guard.forget();
+    fsck_fat_clean(&img);
     let out = dir.path().join("out");
     sh(&format!(
         "mcopy -i '{}' ::/d/data '{}'",
@@ -498,19 +385,19 @@ fn the_image_is_consistent_as_soon_as_the_unmount_returns() {
     ));
     let mnt = dir.path().join("mnt");
     for round in 0..3 {
-        let m = Mounted::new(&img, &mnt, &["rw+"]);
+        let m = mount(&img, &mnt, &["rw+"]);
         sh(&format!(
             "set -e; cd '{0}'; mkdir -p r{round}/a/b; head -c 700000 /dev/urandom > r{round}/a/b/f; \
              for i in $(seq 1 50); do echo $i > r{round}/n$i; done; rm r{round}/n7; mv r{round}/n8 r{round}/a/",
             mnt.display()
         ));
-        let dir_path = m.dir.clone();
-        std::mem::forget(m);
+        let dir_path = m.dir().to_path_buf();
+        m.forget();
         sh(&format!("fusermount3 -u '{}'", dir_path.display()));
         // No waiting for the daemon here.
-        fsck_clean(img.to_str().unwrap());
+        fsck_fat_clean(&img);
         let listing = sh(&format!("mdir -b -i '{}' ::/r{round}", img.display()));
         assert_eq!(listing.lines().count(), 49, "{listing}");
-        wait_for_daemon_exit(&dir_path);
+        wait_for_daemon_exit("fusefatfs", &dir_path);
     }
 }

@@ -13,7 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -100,18 +100,7 @@ pub extern "C" fn fuse_version() -> c_int {
 }
 
 /// Finds a built cdylib (`libNAME.so`) next to the running test executable.
-pub fn module_path(lib_name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let deps = exe.parent().expect("deps dir");
-    let file = format!("lib{lib_name}.so");
-    for dir in [deps, deps.parent().unwrap_or(deps)] {
-        let candidate = dir.join(&file);
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    panic!("{file} not built next to {}", exe.display());
-}
+pub use testkit::umvu::module_path;
 
 type MainFn = unsafe extern "C" fn(c_int, *mut *mut c_char) -> c_int;
 
@@ -167,6 +156,19 @@ impl Module {
         let name = CString::new(name).expect("symbol name");
         // SAFETY: live handle, NUL-terminated name.
         !unsafe { libc::dlsym(self.handle, name.as_ptr()) }.is_null()
+    }
+
+    /// Asserts that mounting `argv` is refused the way vufuse sees a refusal: the module's
+    /// `main` returns non-zero, without mounting and without failing any other way.
+    pub fn assert_mount_refused(&self, argv: &[&str]) {
+        match self.mount(argv) {
+            Err(MountFailure::MainReturned(rc)) => assert_ne!(rc, 0, "{argv:?}"),
+            Err(other) => panic!("{argv:?}: {other:?}"),
+            Ok(m) => {
+                m.umount();
+                panic!("{argv:?} mounted");
+            }
+        }
     }
 
     /// Mounts as vufuse does: runs `main(argv)` in a new thread and waits for
@@ -713,20 +715,10 @@ pub mod tools {
     use std::process::Command;
 
     /// Runs `program args`, panicking with its output unless it exits 0; returns stdout.
-    pub fn run(program: &str, args: &[&str]) -> String {
-        let out = Command::new(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        assert!(
-            out.status.success(),
-            "{program} {args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
+    pub use testkit::run_ok as run;
+
+    /// The path as &str (test paths are UTF-8).
+    pub use testkit::s;
 
     /// Runs `program args` and gives (exit code, stdout + stderr).
     pub fn run_status(program: &str, args: &[&str]) -> (i32, String) {
@@ -749,11 +741,6 @@ pub mod tools {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 
-    /// The path as &str (test paths are UTF-8).
-    pub fn s(path: &Path) -> &str {
-        path.to_str().expect("UTF-8 test path")
-    }
-
     /// Copies `len` bytes at `offset` of `from` into a new file `to` (a partition out of a disk).
     pub fn extract(from: &Path, offset: u64, len: u64, to: &Path) {
         use std::os::unix::fs::FileExt;
@@ -774,6 +761,27 @@ pub mod tools {
         dst.write_all_at(&data, offset).expect("write partition");
     }
 
+    /// The names of the dynamic symbols the shared object `so` defines
+    /// (`nm -D --defined-only`).
+    pub fn defined_symbols(so: &Path) -> Vec<String> {
+        symbol_names(&run("nm", &["-D", "--defined-only", s(so)]))
+    }
+
+    /// The names of the dynamic symbols the shared object `so` imports
+    /// (`nm -D --undefined-only`).
+    pub fn undefined_symbols(so: &Path) -> Vec<String> {
+        symbol_names(&run("nm", &["-D", "--undefined-only", s(so)]))
+    }
+
+    /// The last word of each line of an `nm` listing: the symbol names.
+    fn symbol_names(listing: &str) -> Vec<String> {
+        listing
+            .lines()
+            .filter_map(|l| l.split_whitespace().last())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// A deterministic pseudo-random byte pattern.
     pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
         let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
@@ -785,72 +793,5 @@ pub mod tools {
                 x as u8
             })
             .collect()
-    }
-}
-
-/// Running a script under the real VUOS hypervisor, for the tests that need it.
-pub mod umvu {
-    use std::path::Path;
-    use std::process::Command;
-
-    /// Why real-umvu tests cannot run here, or None when they can: `umvu`
-    /// must be on PATH and vufuse.so installed where umvu looks.
-    pub fn unavailable() -> Option<String> {
-        let on_path = std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("umvu").is_file()));
-        if !on_path {
-            return Some("umvu not installed".into());
-        }
-        if !has_module("vufuse") {
-            return Some("umvu installed without the vufuse module".into());
-        }
-        None
-    }
-
-    /// True if umvu's module directory holds `NAME.so`.
-    pub fn has_module(name: &str) -> bool {
-        [
-            "/usr/local/lib/vu/modules",
-            "/usr/lib/vu/modules",
-            "/usr/lib/x86_64-linux-gnu/vu/modules",
-        ]
-        .iter()
-        .any(|d| Path::new(d).join(format!("{name}.so")).is_file())
-    }
-
-    /// Installs `so` as `$home/.vu/modules/NAME.so`, which umvu searches before
-    /// its own module directory, so this build replaces the C module of that name.
-    pub fn install_module(home: &Path, so: &Path, name: &str) {
-        let dir = home.join(".vu/modules");
-        std::fs::create_dir_all(&dir).expect("module dir");
-        std::fs::copy(so, dir.join(format!("{name}.so"))).expect("copy module");
-    }
-
-    /// Runs `bash -c script` inside umvu with HOME=`home`, killed after
-    /// `timeout_s` (SIGKILL: a SIGTERMed umvu leaves traced children behind).
-    /// Returns the exit code (137 when killed) and stdout + stderr.
-    pub fn run(home: &Path, script: &str, timeout_s: u32) -> (i32, String) {
-        let out = Command::new("timeout")
-            .args([
-                "-s",
-                "KILL",
-                &timeout_s.to_string(),
-                "umvu",
-                "bash",
-                "-c",
-                script,
-            ])
-            .env("HOME", home)
-            .current_dir("/tmp")
-            .output()
-            .expect("timeout umvu");
-        (
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
     }
 }

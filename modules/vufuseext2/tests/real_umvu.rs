@@ -1,24 +1,21 @@
 //! vufuseext2.so under the real VUOS hypervisor: `vu_insmod vufuse`, then
 //! `vumount -t vufuseext2 -o rw+`. Skips where umvu is absent.
 
-use fusehost::tools::{pattern, run, run_status, s, sparse_file};
-use fusehost::{module_path, umvu};
+use fusehost::tools::{pattern, run, s, sparse_file};
+use testkit::umvu;
 
 #[test]
 fn write_read_back_umount_then_e2fsck_outside() {
-    if let Some(reason) = umvu::unavailable() {
-        println!("skipped: {reason}");
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufuseext2"]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    umvu::install_module(&home, &module_path("vufuseext2"), "vufuseext2");
-    let img = dir.path().join("ext.img");
+    };
+    let dir = env.dir();
+    let img = dir.join("ext.img");
     sparse_file(&img, 64 << 20);
     run("mke2fs", &["-q", "-F", "-t", "ext4", s(&img)]);
-    let mnt = dir.path().join("mnt");
+    let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let data = dir.path().join("data.bin");
+    let data = dir.join("data.bin");
     std::fs::write(&data, pattern(2 << 20, 6)).unwrap();
     let script = format!(
         "vu_insmod vufuse
@@ -36,13 +33,12 @@ vuumount {mnt}
         mnt = s(&mnt),
         data = s(&data)
     );
-    let (code, out) = umvu::run(&home, &script, 120);
+    let (code, out) = env.run(&script, 120);
     assert_eq!(code, 0, "umvu failed:\n{out}");
     assert!(out.contains("SAME-INSIDE"), "{out}");
     assert!(out.contains("b/data.bin\n"), "{out}");
     assert!(out.contains(&format!("600 {}", 2 << 20)), "{out}");
-    let (fsck, report) = run_status("e2fsck", &["-fn", s(&img)]);
-    assert_eq!(fsck, 0, "{report}");
+    testkit::e2fsck_clean(&img);
     let copied = std::process::Command::new("debugfs")
         .args(["-R", "cat /a/b/data.bin", s(&img)])
         .output()

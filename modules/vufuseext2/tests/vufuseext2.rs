@@ -2,10 +2,13 @@
 //! fusehost harness plays vufuse), with the image checked afterwards by
 //! e2fsck -fn and debugfs.
 
-use fusehost::tools::{extract, implant, pattern, run, run_status, s, sparse_file};
+use fusehost::tools::{
+    defined_symbols, extract, implant, pattern, run, s, sparse_file, undefined_symbols,
+};
 use fusehost::{module_path, Module, MountFailure, Mounted};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use testkit::e2fsck_clean;
 
 fn module() -> &'static Module {
     static MODULE: OnceLock<Module> = OnceLock::new();
@@ -43,11 +46,6 @@ fn mount(args: &[&str]) -> Mounted {
         .unwrap_or_else(|e| panic!("mount {args:?} failed: {e:?}"))
 }
 
-fn e2fsck_clean(img: &Path) {
-    let (code, text) = run_status("e2fsck", &["-fn", s(img)]);
-    assert_eq!(code, 0, "e2fsck -fn {}: {text}", img.display());
-}
-
 fn debugfs(img: &Path, request: &str) -> Vec<u8> {
     let out = std::process::Command::new("debugfs")
         .args(["-R", request, s(img)])
@@ -60,19 +58,15 @@ fn debugfs(img: &Path, request: &str) -> Vec<u8> {
 #[test]
 fn exports_main_and_the_reentrant_tag_and_does_not_link_libfuse() {
     let so = module_path("vufuseext2");
-    let defined = run("nm", &["-D", "--defined-only", s(&so)]);
+    let defined = defined_symbols(&so);
     for name in ["main", "fuse_reentrant_tag"] {
         assert!(
-            defined
-                .lines()
-                .any(|l| l.split_whitespace().last() == Some(name)),
-            "{name} not exported:\n{defined}"
+            defined.iter().any(|d| d == name),
+            "{name} not exported:\n{defined:?}"
         );
     }
-    let undefined = run("nm", &["-D", "--undefined-only", s(&so)]);
-    let fuse_imports: Vec<&str> = undefined
-        .lines()
-        .filter_map(|l| l.split_whitespace().last())
+    let fuse_imports: Vec<String> = undefined_symbols(&so)
+        .into_iter()
         .filter(|n| n.starts_with("fuse_"))
         .collect();
     assert_eq!(fuse_imports, ["fuse_get_context", "fuse_main_real"]);
@@ -261,14 +255,7 @@ fn bad_options_and_bad_images_make_main_return_nonzero() {
         vec!["vufuseext2"],
     ];
     for argv in cases {
-        match module().mount(&argv) {
-            Err(MountFailure::MainReturned(rc)) => assert_ne!(rc, 0, "{argv:?}"),
-            Err(other) => panic!("{argv:?}: {other:?}"),
-            Ok(m) => {
-                m.umount();
-                panic!("{argv:?} mounted");
-            }
-        }
+        module().assert_mount_refused(&argv);
     }
 }
 

@@ -2,24 +2,21 @@
 //! `vumount -t vufusefatfs` loads this build (from `$HOME/.vu/modules`, which
 //! umvu searches before its own directory). Skips where umvu is absent.
 
-use fusehost::tools::{pattern, run, run_status, s, sparse_file};
-use fusehost::{module_path, umvu};
+use fusehost::tools::{pattern, run, s, sparse_file};
+use testkit::umvu;
 
 #[test]
 fn write_read_back_umount_then_fsck_outside() {
-    if let Some(reason) = umvu::unavailable() {
-        println!("skipped: {reason}");
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufusefatfs"]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
-    let img = dir.path().join("fat.img");
+    };
+    let dir = env.dir();
+    let img = dir.join("fat.img");
     sparse_file(&img, 64 << 20);
     run("mkfs.vfat", &["-F", "32", "-n", "UMVU", s(&img)]);
-    let mnt = dir.path().join("mnt");
+    let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let data = dir.path().join("data.bin");
+    let data = dir.join("data.bin");
     std::fs::write(&data, pattern(3 << 20, 5)).unwrap();
 
     // uid=4321 is an option only this module knows: ls -n proves which module served.
@@ -42,7 +39,7 @@ vuumount {mnt}
         mnt = s(&mnt),
         data = s(&data)
     );
-    let (code, out) = umvu::run(&home, &script, 120);
+    let (code, out) = env.run(&script, 120);
     assert_eq!(code, 0, "umvu failed:\n{out}");
     assert!(out.contains("SAME-INSIDE"), "{out}");
     assert!(out.contains("hello"), "{out}");
@@ -52,8 +49,7 @@ vuumount {mnt}
         "not served by this module (uid=4321 missing):\n{out}"
     );
 
-    let (fsck, report) = run_status("fsck.fat", &["-n", s(&img)]);
-    assert_eq!(fsck, 0, "{report}");
+    testkit::fsck_fat_clean(&img);
     let copied = std::process::Command::new("mtype")
         .args(["-i", s(&img), "::/dir/data.bin"])
         .env("MTOOLS_SKIP_CHECK", "1")
@@ -66,19 +62,16 @@ vuumount {mnt}
 
 #[test]
 fn read_only_by_default_under_umvu() {
-    if let Some(reason) = umvu::unavailable() {
-        println!("skipped: {reason}");
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufusefatfs"]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
-    let img = dir.path().join("fat.img");
+    };
+    let dir = env.dir();
+    let img = dir.join("fat.img");
     sparse_file(&img, 16 << 20);
     run("mkfs.vfat", &["-n", "RO", s(&img)]);
     run("mcopy", &["-i", s(&img), "/etc/hostname", "::/host.txt"]);
     let before = std::fs::read(&img).unwrap();
-    let mnt = dir.path().join("mnt");
+    let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let script = format!(
         "vu_insmod vufuse
@@ -90,7 +83,7 @@ vuumount {mnt}
         img = s(&img),
         mnt = s(&mnt)
     );
-    let (code, out) = umvu::run(&home, &script, 60);
+    let (code, out) = env.run(&script, 60);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("WRITE-REFUSED"), "{out}");
     assert!(
@@ -102,22 +95,19 @@ vuumount {mnt}
 
 #[test]
 fn two_concurrent_mounts_under_umvu() {
-    if let Some(reason) = umvu::unavailable() {
-        println!("skipped: {reason}");
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufusefatfs"]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
+    };
+    let dir = env.dir();
     let mut imgs = Vec::new();
     for name in ["a", "b"] {
-        let img = dir.path().join(format!("{name}.img"));
+        let img = dir.join(format!("{name}.img"));
         sparse_file(&img, 16 << 20);
         run("mkfs.vfat", &["-n", name, s(&img)]);
-        std::fs::create_dir(dir.path().join(name)).unwrap();
+        std::fs::create_dir(dir.join(name)).unwrap();
         imgs.push(img);
     }
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (a, b) = (dir.join("a"), dir.join("b"));
     let script = format!(
         "vu_insmod vufuse
 vumount -t vufusefatfs -o rw+ {ia} {a}
@@ -132,12 +122,11 @@ vuumount {b}
         a = s(&a),
         b = s(&b)
     );
-    let (code, out) = umvu::run(&home, &script, 60);
+    let (code, out) = env.run(&script, 60);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("a2\nb3\n"), "{out}");
     for (img, tag) in [(&imgs[0], "a"), (&imgs[1], "b")] {
-        let (fsck, report) = run_status("fsck.fat", &["-n", s(img)]);
-        assert_eq!(fsck, 0, "{report}");
+        testkit::fsck_fat_clean(img);
         let listing = run("mdir", &["-b", "-i", s(img), "::/"]);
         assert_eq!(listing.lines().count(), 3, "{tag}: {listing}");
     }
@@ -145,20 +134,17 @@ vuumount {b}
 
 #[test]
 fn stacked_on_a_vudevpartx_partition() {
-    if let Some(reason) = umvu::unavailable() {
-        println!("skipped: {reason}");
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufusefatfs"]) else {
         return;
-    }
+    };
     if !umvu::has_module("vudevpartx") {
-        println!("skipped: umvu installed without vudevpartx");
+        testkit::skip("umvu installed without vudevpartx");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
-    let disk = dir.path().join("disk.img");
+    let dir = env.dir();
+    let disk = dir.join("disk.img");
     sparse_file(&disk, 64 << 20);
-    let mnt = dir.path().join("mnt");
+    let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     // The partition is made and formatted inside umvu, through vudevpartx.
     let script = format!(
@@ -175,7 +161,7 @@ vuumount /dev/hda
         disk = s(&disk),
         mnt = s(&mnt)
     );
-    let (code, out) = umvu::run(&home, &script, 120);
+    let (code, out) = env.run(&script, 120);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("stacked"), "{out}");
     let at = format!("{}@@{}", s(&disk), 2048 * 512);
@@ -189,19 +175,16 @@ vuumount /dev/hda
 
 #[test]
 fn a_bad_image_or_option_fails_the_mount_with_a_message_and_no_hang() {
-    if let Some(reason) = umvu::unavailable() {
-        println!("skipped: {reason}");
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufusefatfs"]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    umvu::install_module(&home, &module_path("vufusefatfs"), "vufusefatfs");
-    let zeros = dir.path().join("zeros.img");
+    };
+    let dir = env.dir();
+    let zeros = dir.join("zeros.img");
     sparse_file(&zeros, 4 << 20);
-    let good = dir.path().join("good.img");
+    let good = dir.join("good.img");
     sparse_file(&good, 16 << 20);
     run("mkfs.vfat", &[s(&good)]);
-    let mnt = dir.path().join("mnt");
+    let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let script = format!(
         "vu_insmod vufuse
@@ -215,7 +198,7 @@ vuumount {mnt}
         good = s(&good),
         mnt = s(&mnt)
     );
-    let (code, out) = umvu::run(&home, &script, 60);
+    let (code, out) = env.run(&script, 60);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("no FAT filesystem"), "{out}");
     assert!(out.contains("bad mount option 'frobnicate'"), "{out}");

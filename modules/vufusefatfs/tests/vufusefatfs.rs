@@ -2,10 +2,13 @@
 //! fusehost harness plays vufuse), with the image checked afterwards by
 //! fsck.fat and mtools.
 
-use fusehost::tools::{extract, implant, pattern, run, run_status, s, sparse_file};
+use fusehost::tools::{
+    defined_symbols, extract, implant, pattern, run, s, sparse_file, undefined_symbols,
+};
 use fusehost::{module_path, Module, MountFailure, Mounted};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use testkit::fsck_fat_clean;
 
 fn module() -> &'static Module {
     static MODULE: OnceLock<Module> = OnceLock::new();
@@ -29,11 +32,6 @@ fn mount(args: &[&str]) -> Mounted {
     module()
         .mount(args)
         .unwrap_or_else(|e| panic!("mount {args:?} failed: {e:?}"))
-}
-
-fn fsck_clean(img: &Path) {
-    let (code, text) = run_status("fsck.fat", &["-n", s(img)]);
-    assert_eq!(code, 0, "fsck.fat -n {}: {text}", img.display());
 }
 
 fn mtype(img: &str, path: &str) -> Vec<u8> {
@@ -67,25 +65,21 @@ fn mdir(img: &str, path: &str) -> String {
 #[test]
 fn exports_main_and_the_reentrant_tag_and_does_not_link_libfuse() {
     let so = module_path("vufusefatfs");
-    let defined = run("nm", &["-D", "--defined-only", s(&so)]);
+    let defined = defined_symbols(&so);
     for name in ["main", "fuse_reentrant_tag"] {
         assert!(
-            defined
-                .lines()
-                .any(|l| l.split_whitespace().last() == Some(name)),
-            "{name} not exported:\n{defined}"
+            defined.iter().any(|d| d == name),
+            "{name} not exported:\n{defined:?}"
         );
     }
-    let undefined = run("nm", &["-D", "--undefined-only", s(&so)]);
-    let fuse_imports: Vec<&str> = undefined
-        .lines()
-        .filter_map(|l| l.split_whitespace().last())
+    let fuse_imports: Vec<String> = undefined_symbols(&so)
+        .into_iter()
         .filter(|n| n.starts_with("fuse_"))
         .collect();
     assert_eq!(fuse_imports.len(), 2, "{fuse_imports:?}");
     for name in ["fuse_main_real", "fuse_get_context"] {
         assert!(
-            fuse_imports.contains(&name),
+            fuse_imports.iter().any(|i| i == name),
             "{name} not imported: {fuse_imports:?}"
         );
     }
@@ -219,7 +213,7 @@ fn read_write_rename_mkdir_unlink_truncate_then_fsck_and_mtools_agree() {
 
     assert_eq!(m.umount(), 0, "main returns 0 after umount");
 
-    fsck_clean(&img);
+    fsck_fat_clean(&img);
     let i = s(&img);
     assert_eq!(mtype(i, "/big.bin"), expected_big);
     assert_eq!(mtype(i, "/victim.txt"), b"short");
@@ -285,7 +279,7 @@ fn read_only_unless_rw_plus_and_writes_give_erofs() {
     m.write_file("/new.txt", b"forced").unwrap();
     assert_eq!(m.umount(), 0);
     assert_eq!(mtype(s(&img), "/new.txt"), b"forced");
-    fsck_clean(&img);
+    fsck_fat_clean(&img);
 }
 
 #[test]
@@ -339,7 +333,7 @@ fn a_partition_of_an_sfdisk_disk_with_part_n() {
     assert_eq!(mtype(&at, "/dir/data.bin"), data);
     let copy = dir.path().join("p2-after.img");
     extract(&disk, 43008 * 512, p2_len, &copy);
-    fsck_clean(&copy);
+    fsck_fat_clean(&copy);
     // Partition 1 untouched.
     let p1_now = dir.path().join("p1-after.img");
     extract(&disk, 2048 * 512, 20 << 20, &p1_now);
@@ -365,14 +359,7 @@ fn bad_options_and_bad_images_make_main_return_nonzero() {
         vec!["vufusefatfs", "-o", "rw+", s(&img), "/mnt", "extra"],
     ];
     for argv in cases {
-        match module().mount(&argv) {
-            Err(MountFailure::MainReturned(rc)) => assert_ne!(rc, 0, "{argv:?}"),
-            Err(other) => panic!("{argv:?}: {other:?}"),
-            Ok(m) => {
-                m.umount();
-                panic!("{argv:?} mounted");
-            }
-        }
+        module().assert_mount_refused(&argv);
     }
 }
 
@@ -405,7 +392,7 @@ fn two_concurrent_mounts_of_the_same_module() {
     assert_eq!(ma.umount(), 0);
     assert_eq!(mb.umount(), 0);
     for (img, seed) in [(&a, 10u32), (&b, 20u32)] {
-        fsck_clean(img);
+        fsck_fat_clean(img);
         for i in [0u32, 7, 19] {
             assert_eq!(
                 mtype(s(img), &format!("/f{i}.bin")),
@@ -453,5 +440,5 @@ fn uid_gid_umask_options_and_access_checks() {
     assert_eq!(m.access("/f", libc::R_OK).unwrap_err(), libc::EACCES);
     m.set_caller(0, 0);
     assert_eq!(m.umount(), 0);
-    fsck_clean(&img);
+    fsck_fat_clean(&img);
 }

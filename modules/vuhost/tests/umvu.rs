@@ -1,40 +1,20 @@
 //! The README's VUOS walk-through under the real umvu, with this build's modules first in the
 //! search path (`$HOME/.vu/modules`). Skips with a printed reason where umvu is absent.
 
-use std::path::Path;
 use std::process::Command;
-use vuhost::{module_path, sh};
+use testkit::umvu::{self, UmvuEnv};
+use vuhost::sh;
 
-fn umvu_missing() -> Option<String> {
-    match Command::new("sh")
-        .args([
-            "-c",
-            "command -v umvu && command -v vu_insmod && command -v vumount",
-        ])
-        .output()
-    {
-        Ok(o) if o.status.success() => None,
-        _ => Some("umvu not installed".into()),
-    }
-}
+/// This build's modules that the tests put first in umvu's search path.
+const MODULES: [&str; 3] = ["vudevramdisk", "vudevpartx", "vufs"];
 
-/// A HOME whose `.vu/modules` holds links to the modules built for this test run.
-fn module_home(dir: &Path) -> std::path::PathBuf {
-    let home = dir.join("home");
-    let mods = home.join(".vu/modules");
-    std::fs::create_dir_all(&mods).unwrap();
-    for lib in ["vudevramdisk", "vudevpartx", "vufs"] {
-        std::os::unix::fs::symlink(module_path(lib), mods.join(format!("{lib}.so"))).unwrap();
-    }
-    home
-}
-
-/// Runs `script` under `umvu bash` (killed after 120 s); returns stdout and stderr.
-fn under_umvu(home: &Path, cwd: &Path, script: &str) -> (String, String) {
+/// Runs `script` under `umvu bash` in the scratch directory (killed after 120 s); it must
+/// succeed; returns stdout and stderr.
+fn under_umvu(env: &UmvuEnv, script: &str) -> (String, String) {
     let out = Command::new("timeout")
         .args(["-s", "KILL", "120", "umvu", "bash", "-c", script])
-        .env("HOME", home)
-        .current_dir(cwd)
+        .env("HOME", env.home())
+        .current_dir(env.dir())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -49,15 +29,11 @@ fn under_umvu(home: &Path, cwd: &Path, script: &str) -> (String, String) {
 
 #[test]
 fn ramdisk_and_mkfs_ext4_under_umvu() {
-    if let Some(reason) = umvu_missing() {
-        eprintln!("skipped: {reason}");
+    let Some(env) = umvu::prologue(&[], &MODULES) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let home = module_home(dir.path());
+    };
     let (out, _) = under_umvu(
-        &home,
-        dir.path(),
+        &env,
         "set -e; vu_insmod vudev
          vumount -t vudevramdisk -o size=64M none /dev/ramdisk
          stat -c '%F' /dev/ramdisk
@@ -82,17 +58,12 @@ fn ramdisk_and_mkfs_ext4_under_umvu() {
 
 #[test]
 fn partx_sgdisk_mkfs_vfat_and_vufusefatfs_under_umvu() {
-    if let Some(reason) = umvu_missing() {
-        eprintln!("skipped: {reason}");
+    let Some(env) = umvu::prologue(&[], &MODULES) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let home = module_home(dir.path());
-    let d = dir.path().display();
+    };
+    let d = env.dir().display();
     sh(&format!("truncate -s 256M {d}/disk.img && mkdir {d}/mnt"));
-    let fat_module = ["/usr/local/lib/vu/modules", "/usr/lib/vu/modules"]
-        .iter()
-        .any(|p| Path::new(p).join("vufusefatfs.so").exists());
+    let fat_module = umvu::has_module("vufusefatfs");
     let fat_steps = if fat_module {
         format!(
             "vu_insmod vufuse
@@ -106,8 +77,7 @@ fn partx_sgdisk_mkfs_vfat_and_vufusefatfs_under_umvu() {
         String::new()
     };
     let (out, _) = under_umvu(
-        &home,
-        dir.path(),
+        &env,
         &format!(
             "set -e; vu_insmod vudev
              vumount -t vudevpartx {d}/disk.img /dev/hda
@@ -142,18 +112,14 @@ fn partx_sgdisk_mkfs_vfat_and_vufusefatfs_under_umvu() {
 
 #[test]
 fn vufs_cow_over_a_system_dir_under_umvu() {
-    if let Some(reason) = umvu_missing() {
-        eprintln!("skipped: {reason}");
+    let Some(env) = umvu::prologue(&[], &MODULES) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let home = module_home(dir.path());
-    let d = dir.path().display();
+    };
+    let d = env.dir().display();
     sh(&format!("mkdir {d}/layer"));
     let etc_before = sh("ls -la --time-style=+%s /etc | md5sum");
     let (out, _) = under_umvu(
-        &home,
-        dir.path(),
+        &env,
         &format!(
             "set -e; vu_insmod vufs
              vu_lsmod | grep -q Rust
@@ -180,12 +146,12 @@ fn vufs_cow_over_a_system_dir_under_umvu() {
     );
     assert_eq!(sh("ls -la --time-style=+%s /etc | md5sum"), etc_before);
     assert_eq!(
-        std::fs::read_to_string(dir.path().join("layer/vufs-walkthrough")).unwrap(),
+        std::fs::read_to_string(env.dir().join("layer/vufs-walkthrough")).unwrap(),
         "from-umvu\n"
     );
     assert!(
-        dir.path().join("layer/.-/issue.net").is_file(),
+        env.dir().join("layer/.-/issue.net").is_file(),
         "whiteout in the layer"
     );
-    assert!(dir.path().join("layer/vufs-dir/hostname").is_file());
+    assert!(env.dir().join("layer/vufs-dir/hostname").is_file());
 }

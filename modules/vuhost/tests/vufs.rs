@@ -313,7 +313,7 @@ fn vufs_binary() -> Option<PathBuf> {
 #[test]
 fn a_layer_made_by_the_module_is_the_fuse_binarys_view() {
     let Some(bin) = vufs_binary() else {
-        eprintln!("skipped: target/debug/vufs not built (cargo build -p vufs)");
+        testkit::skip("target/debug/vufs not built (cargo build -p vufs)");
         return;
     };
     if fs::OpenOptions::new()
@@ -322,7 +322,7 @@ fn a_layer_made_by_the_module_is_the_fuse_binarys_view() {
         .open("/dev/fuse")
         .is_err()
     {
-        eprintln!("skipped: /dev/fuse cannot be opened");
+        testkit::skip("/dev/fuse cannot be opened");
         return;
     }
     let s = scratch();
@@ -339,12 +339,7 @@ fn a_layer_made_by_the_module_is_the_fuse_binarys_view() {
     m.umount().unwrap();
 
     // The FUSE binary mounts the same layer over the same lower tree.
-    let out = Command::new(&bin)
-        .args(["-o", "cow"])
-        .arg(&s.over)
-        .arg(&s.real)
-        .output()
-        .unwrap();
+    let out = testkit::run_daemon(testkit::s(&bin), &["cow"], &s.over, &s.real);
     assert!(
         out.status.success(),
         "{}",

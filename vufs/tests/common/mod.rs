@@ -1,9 +1,10 @@
-//! Shared helpers: a mount guard for the `vufs` binary and shell runners.
+//! Shared helpers: mounting the `vufs` binary and a scratch tree; the generic runners and
+//! mount guards come from testkit.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+pub use testkit::{sh, MountGuard};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vufs");
 
@@ -27,27 +28,10 @@ pub fn fuse_unavailable() -> Option<String> {
 macro_rules! need_fuse {
     () => {
         if let Some(reason) = common::fuse_unavailable() {
-            eprintln!("skipped: {reason}");
+            testkit::skip(&reason);
             return;
         }
     };
-}
-
-/// Runs `sh -c script`, asserting success; returns stdout.
-pub fn sh(script: &str) -> String {
-    let out = Command::new("sh").args(["-c", script]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{script}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `sh -c script` and returns the whole output.
-pub fn sh_out(script: &str) -> Output {
-    Command::new("sh").args(["-c", script]).output().unwrap()
 }
 
 /// Runs `script` as user nobody (via setpriv); returns the output.
@@ -65,112 +49,15 @@ pub fn as_nobody(script: &str) -> Output {
         .unwrap()
 }
 
-pub fn is_mounted(dir: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let dir = dir.canonicalize().unwrap();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(dir.to_str().unwrap()))
-}
-
-/// A live vufs mount; unmounted (lazily) when dropped.
-pub struct Mounted {
-    pub dir: PathBuf,
-}
-
+/// Runs `vufs -o OPTS... SOURCE DIR` and returns its output (it daemonizes once the mount is live).
 pub fn run(source: &Path, dir: &Path, options: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    for o in options {
-        cmd.arg("-o").arg(o);
-    }
-    cmd.arg(source).arg(dir).output().unwrap()
+    testkit::run_daemon(BIN, options, source, dir)
 }
 
-impl Mounted {
-    /// Runs `vufs -o OPTS SOURCE DIR` and waits for the mount.
-    pub fn new(source: &Path, dir: &Path, options: &[&str]) -> Mounted {
-        let out = run(source, dir, options);
-        assert!(
-            out.status.success(),
-            "vufs failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(is_mounted(dir), "vufs returned before the mount was live");
-        Mounted {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Unmounts and waits for the daemon to exit.
-    ///
-    /// A plain unmount can meet EBUSY for a moment after the test closed its files: a sibling
-    /// test thread that is spawning a process holds a copy of this process's descriptors until
-    /// its child calls exec. So EBUSY is retried for a bounded time; any other failure fails.
-    pub fn unmount(self) {
-        let dir = self.dir.clone();
-        std::mem::forget(self);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let out = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&dir)
-                .output()
-                .unwrap();
-            if out.status.success() {
-                break;
-            }
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                stderr.contains("busy") && std::time::Instant::now() < deadline,
-                "fusermount3 -u: {stderr}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        wait_for_daemon_exit(&dir);
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&self.dir)
-            .output();
-        let _ = daemon_gone(&self.dir);
-    }
-}
-
-/// Waits until no vufs process serves `dir` (bounded: a hang is a failure).
-pub fn wait_for_daemon_exit(dir: &Path) {
-    assert!(
-        daemon_gone(dir),
-        "vufs for {} did not exit after unmount",
-        dir.display()
-    );
-}
-
-/// Waits (at most 30 s) until no vufs process serves `dir`; false if one still does.
-pub fn daemon_gone(dir: &Path) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let needle = dir.to_str().unwrap().to_string();
-    while Instant::now() < deadline {
-        let busy = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
-            std::fs::read(p.path().join("cmdline"))
-                .map(|c| {
-                    let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
-                    args.first()
-                        .is_some_and(|a| String::from_utf8_lossy(a).ends_with("vufs"))
-                        && args.contains(&needle.as_bytes())
-                })
-                .unwrap_or(false)
-        });
-        if !busy {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+/// Runs `vufs -o OPTS SOURCE DIR`, which must succeed with the mount live when it returns;
+/// the guard unmounts it (and waits for the daemon) when dropped.
+pub fn mount_vufs(source: &Path, dir: &Path, options: &[&str]) -> MountGuard {
+    testkit::mount_daemon(BIN, options, source, dir)
 }
 
 /// A scratch area: `upper` (SOURCE), `lower` (the real tree, also the mount point).

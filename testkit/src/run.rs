@@ -1,0 +1,82 @@
+//! Running tools and shell snippets from tests.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Runs `program args...` with stdin closed, panicking if it cannot start (a missing tool).
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} (is it installed? .ci/setup lists it): {e}")
+        })
+}
+
+/// Runs `program args...`, which must exit 0; returns its stdout. Panics with both
+/// outputs otherwise.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `program -o OPTION... SOURCE MOUNT_POINT`, the command line of this project's FUSE
+/// daemons (which return once the mount is live, or fail with a message), and returns its
+/// output.
+pub fn run_daemon(program: &str, options: &[&str], source: &Path, mount_point: &Path) -> Output {
+    let mut cmd = Command::new(program);
+    for option in options {
+        cmd.arg("-o").arg(option);
+    }
+    cmd.arg(source)
+        .arg(mount_point)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// Runs `sh -c script`, which must succeed; returns its stdout. Panics with the script
+/// and both outputs otherwise. For pipelines and loops the tests write in shell.
+pub fn sh(script: &str) -> String {
+    let out = sh_output(script);
+    assert!(
+        out.status.success(),
+        "{script}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `sh -c script` and returns its whole output, whatever its exit status.
+pub fn sh_output(script: &str) -> Output {
+    Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run sh: {e}"))
+}
+
+/// The path as `&str` (test paths are UTF-8).
+pub fn s(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+/// Says why a test is skipped, on stderr past libtest's output capture, so it is always seen;
+/// names the test (libtest names each test's thread after it).
+pub fn skip(reason: &str) {
+    let thread = std::thread::current();
+    let _ = match thread.name().filter(|name| *name != "main") {
+        Some(test) => writeln!(std::io::stderr(), "skipped {test}: {reason}"),
+        None => writeln!(std::io::stderr(), "skipped: {reason}"),
+    };
+}
