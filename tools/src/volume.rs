@@ -113,6 +113,7 @@ impl Volume {
                 gid: 0,
                 dmask: 0o022,
                 fmask: 0o022,
+                ..FatOptions::default()
             };
             let fs = FatFs::open(dev, opts)
                 .map_err(|e| fail!("{name}: corrupt or unsupported FAT filesystem: {e}"))?;

@@ -28,11 +28,18 @@ fn mkfs(dir: &Path, name: &str, size_mib: u64, fat_bits: u32) -> PathBuf {
 }
 
 fn mount(img: &Path, read_only: bool) -> FatFs {
+    mount_with_dir_cache(img, read_only, vufuse::fat::DIR_CACHE_BYTES)
+}
+
+/// `dir_cache_bytes` 1: every directory not used by the current operation is dropped and
+/// parsed again from the disk when next needed.
+fn mount_with_dir_cache(img: &Path, read_only: bool, dir_cache_bytes: usize) -> FatFs {
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(img, read_only).unwrap());
     FatFs::open(
         dev,
         FatOptions {
             read_only,
+            dir_cache_bytes,
             ..FatOptions::default()
         },
     )
@@ -178,20 +185,25 @@ fn create_file(fs: &FatFs, parent: Ino, name: &str, data: &[u8]) -> Ino {
     entry.attr.ino
 }
 
+/// Also with a directory cache of one byte: every operation then parses its directories
+/// again from the disk, so nothing a change leaves only in memory can pass.
 #[test]
 fn write_workload_passes_fsck_and_mtools_reads_it_back() {
     let dir = tempfile::tempdir().unwrap();
-    for bits in [12, 16, 32] {
+    for (bits, dir_cache) in [12, 16, 32]
+        .into_iter()
+        .flat_map(|bits| [(bits, vufuse::fat::DIR_CACHE_BYTES), (bits, 1)])
+    {
         let img = mkfs(
             dir.path(),
-            &format!("w{bits}.img"),
+            &format!("w{bits}-{dir_cache}.img"),
             if bits == 12 { 4 } else { 64 },
             bits,
         );
-        let expected = dir.path().join(format!("expected{bits}"));
+        let expected = dir.path().join(format!("expected{bits}-{dir_cache}"));
         std::fs::create_dir_all(&expected).unwrap();
         {
-            let fs = mount(&img, false);
+            let fs = mount_with_dir_cache(&img, false, dir_cache);
             let c = ctx();
             let docs = fs
                 .mkdir(&c, Ino::ROOT, OsStr::new("Documents and Settings"), 0o755)
@@ -295,7 +307,7 @@ fn write_workload_passes_fsck_and_mtools_reads_it_back() {
             std::fs::write(expected.join("CASE.txt"), b"case\n").unwrap();
         }
         fsck_fat_clean(&img);
-        let out = dir.path().join(format!("out{bits}"));
+        let out = dir.path().join(format!("out{bits}-{dir_cache}"));
         std::fs::create_dir_all(&out).unwrap();
         sh(&format!(
             "mcopy -s -n -i '{}' ::/ '{}/'",
@@ -304,7 +316,7 @@ fn write_workload_passes_fsck_and_mtools_reads_it_back() {
         ));
         assert!(
             host_tree(&out) == host_tree(&expected),
-            "FAT{bits}: mcopy extracted something else"
+            "FAT{bits}, directory cache {dir_cache}: mcopy extracted something else"
         );
     }
 }

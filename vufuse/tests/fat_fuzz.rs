@@ -79,10 +79,17 @@ fn exercise(bytes: &[u8]) {
     let disk = Ramdisk::new(IMAGE_BYTES).unwrap();
     disk.write_all_at(bytes, 0).unwrap();
     let dev: Arc<dyn BlockDevice> = Arc::new(disk);
+    // Half the cases with a one-byte directory cache: every operation parses again.
+    let dir_cache_bytes = if bytes.iter().map(|&b| b as usize).sum::<usize>() % 2 == 0 {
+        1
+    } else {
+        vufuse::fat::DIR_CACHE_BYTES
+    };
     let Ok(fs) = FatFs::open(
         dev,
         FatOptions {
             read_only: false,
+            dir_cache_bytes,
             ..FatOptions::default()
         },
     ) else {
