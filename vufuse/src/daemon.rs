@@ -591,11 +591,11 @@ where
             .unwrap_or_else(|| spec.name.to_string())
     });
     // Polling needs one serving thread: by default only for drivers that serve one call at
-    // a time anyway.
+    // a time anyway, and where the poller can see contention for the CPU (to step aside).
     let polls = invocation
         .options
         .busy_poll
-        .unwrap_or_else(|| served.fs.is_serial());
+        .unwrap_or_else(|| served.fs.is_serial() && crate::fuse::BusyPoll::can_see_contention());
     let config = session_config(&invocation.options, polls, &fsname, spec.name);
     // Resolved before mounting: once mounted, resolving it would wait for this very daemon.
     let mountpoint_abs = std::fs::canonicalize(&invocation.mountpoint).ok();

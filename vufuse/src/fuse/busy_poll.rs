@@ -179,6 +179,12 @@ impl BusyPoll {
         }
     }
 
+    /// Whether this system shows a thread's run-queue wait (procfs with schedstat), which
+    /// polling by default relies on to step aside when the CPU is contended.
+    pub fn can_see_contention() -> bool {
+        schedstat_run_delay(rustix::thread::gettid().as_raw_nonzero().get()).is_some()
+    }
+
     /// How many times contention for the CPU paused polling.
     pub fn pauses(&self) -> u64 {
         self.pauses.load(Ordering::Relaxed)
@@ -293,5 +299,9 @@ mod tests {
             assert!(schedstat_run_delay(own).is_some());
         }
         assert_eq!(schedstat_run_delay(0), None);
+        assert_eq!(
+            BusyPoll::can_see_contention(),
+            schedstat_run_delay(own).is_some()
+        );
     }
 }
