@@ -45,6 +45,8 @@ pub struct BusyPoll {
     device: OnceLock<OwnedFd>,
     watchdog: OnceLock<Thread>,
     polling: AtomicBool,
+    /// Held while polling is switched on or off (see [`BusyPoll::switch_lock`]).
+    switching: std::sync::Mutex<()>,
     /// Nanoseconds since `start` at the last request.
     last_request: AtomicU64,
     /// Nanoseconds since `start` before which polling stays paused (contention).
@@ -83,6 +85,7 @@ impl BusyPoll {
             device: OnceLock::new(),
             watchdog: OnceLock::new(),
             polling: AtomicBool::new(false),
+            switching: std::sync::Mutex::new(()),
             last_request: AtomicU64::new(0),
             resume_at: AtomicU64::new(0),
             server: AtomicI32::new(0),
@@ -112,27 +115,38 @@ impl BusyPoll {
     pub fn on_request(&self) {
         let now = self.now();
         self.last_request.store(now, Ordering::Relaxed);
-        if self.polling.load(Ordering::Relaxed) {
+        if self.polling.load(Ordering::Acquire) || now < self.resume_at.load(Ordering::Relaxed) {
             return;
         }
-        if now < self.resume_at.load(Ordering::Relaxed) || self.polling.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        // The thread that will poll (the first request, INIT, is served by another).
-        self.server.store(
-            rustix::thread::gettid().as_raw_nonzero().get(),
-            Ordering::Relaxed,
-        );
         let (Some(device), Some(watchdog)) = (self.device.get(), self.watchdog.get()) else {
-            self.polling.store(false, Ordering::Release);
             return;
         };
-        if set_nonblocking(device, true).is_err() {
-            self.polling.store(false, Ordering::Release);
-            return;
+        {
+            let _switching = self.switch_lock();
+            if self.polling.load(Ordering::Acquire) {
+                return;
+            }
+            // The thread that will poll (the first request, INIT, is served by another),
+            // known before the watchdog's first window.
+            self.server.store(
+                rustix::thread::gettid().as_raw_nonzero().get(),
+                Ordering::Relaxed,
+            );
+            if set_nonblocking(device, true).is_err() {
+                return;
+            }
+            self.polling.store(true, Ordering::Release);
         }
         watchdog.unpark();
+    }
+
+    /// Polling is switched on or off (the device's O_NONBLOCK and `polling` together) only
+    /// under this lock, so that `polling` is false exactly when the device blocks: without
+    /// it, a serving thread preempted between its two steps could make the device
+    /// non-blocking after the watchdog had switched polling off and parked, and spin on an
+    /// idle mount.
+    fn switch_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.switching.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The watchdog: sleeps while polling is off; while it is on, checks every
@@ -159,20 +173,17 @@ impl BusyPoll {
                 .map(|(before, after)| after.saturating_sub(before));
             let contended =
                 waited.is_some_and(|w| w.saturating_mul(CONTENDED_SHARE) > now - window_start);
+            let _switching = self.switch_lock();
             let last = self.last_request.load(Ordering::Relaxed);
             if contended {
                 self.resume_at
                     .store(now.saturating_add(nanos(pause)), Ordering::Relaxed);
                 self.pauses.fetch_add(1, Ordering::Relaxed);
                 pause = (pause * 2).min(PAUSE_MAX);
-            } else if now.saturating_sub(last) < idle {
+            } else if self.now().saturating_sub(last) < idle {
                 pause = PAUSE_MIN;
                 continue;
             }
-            // Blocking first, then off: a request between the two finds polling still on and
-            // leaves the device blocking, which is safe (it only stops polling). The reverse
-            // order could leave the device non-blocking with nobody to reset it, and the
-            // serving thread spinning on an idle mount.
             if set_nonblocking(device, false).is_ok() {
                 self.polling.store(false, Ordering::Release);
             }
@@ -286,6 +297,38 @@ mod tests {
         std::thread::sleep(PAUSE_MIN);
         poll.on_request();
         assert!(poll.is_polling(), "polling resumes after the pause");
+    }
+
+    /// Requests at intervals around the idle window, from two threads, switch polling on
+    /// and off many times; once they stop, polling is off and the device blocks.
+    #[test]
+    fn polling_off_always_means_a_blocking_device() {
+        let (reader, _writer) = rustix::pipe::pipe().unwrap();
+        let probe = reader.try_clone().unwrap();
+        let poll = Arc::new(BusyPoll::new());
+        poll.attach(reader).unwrap();
+        let workers: Vec<_> = (0..2u64)
+            .map(|k| {
+                let poll = poll.clone();
+                std::thread::spawn(move || {
+                    for i in 0..150u64 {
+                        poll.on_request();
+                        std::thread::sleep(Duration::from_micros(1500 + (i * 37 + k * 501) % 1200));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while poll.is_polling() {
+            assert!(Instant::now() < deadline, "polling never stopped");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!poll.is_polling());
+        assert!(!fcntl_getfl(&probe).unwrap().contains(OFlags::NONBLOCK));
     }
 
     #[test]
