@@ -23,7 +23,7 @@ use crate::fs::{
     Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
     StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
-use names::{Known, NameCache};
+use names::{Known, Listing, NameCache};
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void, OsStr};
@@ -382,6 +382,8 @@ struct Handles {
     names: NameCache,
 }
 
+/// Adds one directory entry to the `names::Listing` behind `ctx`; non-zero stops the
+/// iteration (the listing is over budget, or a panic was caught: then marked broken).
 extern "C" fn collect_name(
     ctx: *mut c_void,
     ino: u32,
@@ -389,20 +391,22 @@ extern "C" fn collect_name(
     name: *const c_char,
     len: usize,
 ) -> c_int {
+    // SAFETY: ctx is the listing passed by `Handles::lookup_cached`, alive for the whole
+    // iteration and touched by nothing else meanwhile.
+    let listing = unsafe { &mut *(ctx as *mut Listing) };
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: ctx is the map passed by `Handles::names_of`, alive for the
-        // whole iteration; name points at len bytes inside libext2fs's block buffer.
-        let (out, name) = unsafe {
-            (
-                &mut *(ctx as *mut HashMap<Vec<u8>, u32>),
-                std::slice::from_raw_parts(name as *const u8, len),
-            )
-        };
-        if name != b"." && name != b".." && ino != 0 {
-            out.insert(name.to_vec(), ino);
-        }
+        // SAFETY: name points at len bytes inside libext2fs's block buffer.
+        let name = unsafe { std::slice::from_raw_parts(name as *const u8, len) };
+        listing.add(name, ino)
     }));
-    c_int::from(outcome.is_err())
+    match outcome {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(_) => {
+            listing.set_broken();
+            1
+        }
+    }
 }
 
 impl Handles {
@@ -442,23 +446,24 @@ impl Handles {
             })?;
             return Ok(ino);
         }
-        if !self.names.holds(dir) {
-            let mut names: HashMap<Vec<u8>, u32> = HashMap::new();
-            // SAFETY: self.fs is open; the callback only touches `names`, alive for the call.
+        if self.names.wants(dir) {
+            let mut listing = self.names.listing();
+            // SAFETY: self.fs is open; the callback only touches `listing`, alive for the call.
             check(unsafe {
                 vx_readdir(
                     self.fs,
                     dir,
                     collect_name,
-                    &mut names as *mut _ as *mut c_void,
+                    &mut listing as *mut _ as *mut c_void,
                 )
             })?;
-            self.names.insert_dir(dir, names);
+            self.names.insert_dir(dir, listing);
         }
         match self.names.get(dir, name) {
             Known::Present(ino) => Ok(ino),
             Known::Absent => Err(Errno::ENOENT),
-            // Too large a directory for the table: libext2fs scans it.
+            // Too large a directory for the table: libext2fs scans it (once per lookup, as
+            // before the table existed).
             Known::Unknown => {
                 let mut ino = 0u32;
                 // SAFETY: self.fs is open; name is valid for name.len() bytes.
