@@ -619,6 +619,83 @@ fn a_directory_cluster_outside_the_volume_gives_eio() {
     assert!(fs.opendir(&c, healthy).is_ok());
 }
 
+/// A directory whose `..` entry is gone cannot be moved to another parent (it could not
+/// point there): EIO before anything changes, the name stays where it was.
+#[test]
+fn moving_a_directory_without_dotdot_gives_eio_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), "nodotdot.img", 32, 16);
+    sh(&format!(
+        "mmd -i '{0}' ::/lost ::/home && echo hi | mcopy -i '{0}' - ::/lost/f.txt",
+        img.display()
+    ));
+    let fs = mount(&img, true);
+    let geo = fs.geometry().clone();
+    drop(fs);
+    // "lost" is the first directory mmd made: its cluster holds ".", "..", then f.txt.
+    let dev = FileDevice::open(&img, false).unwrap();
+    let mut root = vec![0u8; 16 * 32];
+    dev.read_exact_at(&mut root, geo.root_offset).unwrap();
+    let slot = root.chunks(32).find(|s| &s[..4] == b"LOST").unwrap();
+    let cluster = u16::from_le_bytes([slot[26], slot[27]]) as u32;
+    let dotdot = geo.cluster_offset(cluster) + 32;
+    let mut raw = [0u8; 32];
+    dev.read_exact_at(&mut raw, dotdot).unwrap();
+    assert_eq!(&raw[..2], b"..", "the second slot of a directory is ..");
+    dev.write_all_at(&[0xE5], dotdot).unwrap();
+    drop(dev);
+    for dir_cache in [vufuse::fat::DIR_CACHE_BYTES, 1] {
+        let fs = mount_with_dir_cache(&img, false, dir_cache);
+        let c = ctx();
+        let home = fs
+            .lookup(&c, Ino::ROOT, OsStr::new("home"))
+            .unwrap()
+            .attr
+            .ino;
+        assert_eq!(
+            fs.rename(
+                &c,
+                Ino::ROOT,
+                OsStr::new("lost"),
+                home,
+                OsStr::new("lost"),
+                0
+            ),
+            Err(Errno::EIO)
+        );
+        let lost = fs
+            .lookup(&c, Ino::ROOT, OsStr::new("lost"))
+            .unwrap()
+            .attr
+            .ino;
+        assert!(fs.lookup(&c, lost, OsStr::new("f.txt")).is_ok());
+        assert_eq!(
+            fs.lookup(&c, home, OsStr::new("lost")).unwrap_err(),
+            Errno::ENOENT
+        );
+        // A rename inside the same parent needs no "..": it still works.
+        fs.rename(
+            &c,
+            Ino::ROOT,
+            OsStr::new("lost"),
+            Ino::ROOT,
+            OsStr::new("found"),
+            0,
+        )
+        .unwrap();
+        fs.rename(
+            &c,
+            Ino::ROOT,
+            OsStr::new("found"),
+            Ino::ROOT,
+            OsStr::new("lost"),
+            0,
+        )
+        .unwrap();
+        fs.destroy();
+    }
+}
+
 #[test]
 fn inode_numbers_stay_stable_for_the_life_of_the_mount() {
     let dir = tempfile::tempdir().unwrap();

@@ -492,8 +492,9 @@ impl FatFs {
         Ok(st.dirs.get_mut(&id).expect("just loaded"))
     }
 
-    /// Drops least recently used parsed directories, never one the current operation used,
-    /// when they are over `budget` bytes.
+    /// Drops least recently used parsed directories, never one the current operation used
+    /// nor the most recent of the others, when they are over `budget` bytes (so the total
+    /// can exceed it by those few directories, at most 65,536 entries each).
     fn trim_dirs(st: &mut State, budget: usize) {
         if st.dir_bytes <= budget {
             return;
@@ -505,6 +506,9 @@ impl FatFs {
             .map(|(&id, &(used, _))| (used, id))
             .collect();
         by_age.sort_unstable();
+        // Spare the most recently used one of earlier operations too, so that two
+        // directories used in turn (cp big/* other/) do not evict and parse each other.
+        by_age.pop();
         for (_, id) in by_age {
             if st.dir_bytes <= budget - budget / 4 {
                 break;
@@ -915,11 +919,13 @@ impl FatFs {
     /// Marks an entry's slots deleted and forgets it in the index.
     fn remove_entry(&self, st: &mut State, loc: Location) -> Result<Named> {
         let dir = self.load_dir(st, loc.dir)?;
-        let named = dir.entries.remove(&loc.slot).ok_or(Errno::ENOENT)?;
-        for slot in named.first_slot..=loc.slot {
+        let first_slot = dir.entries.get(&loc.slot).ok_or(Errno::ENOENT)?.first_slot;
+        // The disk first: the index follows only what reached it.
+        for slot in first_slot..=loc.slot {
             self.dev
                 .write_all_at(&[DELETED], dir.slot_offset(&self.geo, slot))?;
         }
+        let named = dir.entries.remove(&loc.slot).ok_or(Errno::ENOENT)?;
         dir.by_key.remove(&dirent::name_key(&named.name));
         dir.shorts.remove(&named.entry.name);
         dir.release(named.first_slot, loc.slot - named.first_slot + 1);
@@ -1039,18 +1045,27 @@ impl FatFs {
     }
 
     /// Points the `..` entry of directory `child` at `parent`.
+    /// A directory about to move to another parent must have a `..` entry to point there
+    /// (a corrupt one without it would keep its new parent in memory only, and a later
+    /// parse would see the root): `EIO` before anything changes.
+    fn check_dotdot(&self, st: &mut State, dir: DirId) -> Result<()> {
+        match self.load_dir(st, dir)?.dotdot_slot {
+            Some(_) => Ok(()),
+            None => Err(Errno::EIO),
+        }
+    }
+
     fn set_dotdot(&self, st: &mut State, child: DirId, parent: DirId) -> Result<()> {
         let cluster = if parent == self.root { 0 } else { parent };
         let dir = self.load_dir(st, child)?;
+        let slot = dir.dotdot_slot.ok_or(Errno::EIO)?;
+        let offset = dir.slot_offset(&self.geo, slot);
+        let mut raw = [0u8; SLOT];
+        self.dev.read_exact_at(&mut raw, offset)?;
+        raw[20..22].copy_from_slice(&((cluster >> 16) as u16).to_le_bytes());
+        raw[26..28].copy_from_slice(&(cluster as u16).to_le_bytes());
+        self.dev.write_all_at(&raw, offset)?;
         dir.parent = parent;
-        if let Some(slot) = dir.dotdot_slot {
-            let offset = dir.slot_offset(&self.geo, slot);
-            let mut raw = [0u8; SLOT];
-            self.dev.read_exact_at(&mut raw, offset)?;
-            raw[20..22].copy_from_slice(&((cluster >> 16) as u16).to_le_bytes());
-            raw[26..28].copy_from_slice(&(cluster as u16).to_le_bytes());
-            self.dev.write_all_at(&raw, offset)?;
-        }
         Ok(())
     }
 
@@ -1079,6 +1094,9 @@ impl FatFs {
         {
             return Err(Errno::EINVAL);
         }
+        if src.entry.is_dir() && dst_dir != src_dir {
+            self.check_dotdot(st, src.entry.cluster)?;
+        }
         if flags & RENAME_EXCHANGE != 0 {
             let dst_slot = dst_slot.ok_or(Errno::ENOENT)?;
             let dst_loc = Location {
@@ -1094,6 +1112,9 @@ impl FatFs {
                 && self.is_ancestor(st, dst.entry.cluster, src_dir)?
             {
                 return Err(Errno::EINVAL);
+            }
+            if dst.entry.is_dir() && dst_dir != src_dir {
+                self.check_dotdot(st, dst.entry.cluster)?;
             }
             // Each name keeps its slots and short name; the metadata swaps.
             let keep_name = |meta: &ShortEntry, slot_owner: &ShortEntry| ShortEntry {
