@@ -543,29 +543,57 @@ fn mount_device(mountinfo: &[u8], path: &Path) -> Option<String> {
 
 /// Which mount a daemon made, to tell it later from a newer mount on the same path.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum MountIdentity {
+struct MountIdentity {
+    /// The device of the newest mount on the path, from mountinfo. Anonymous device numbers,
+    /// like mountinfo's mount IDs, are handed out again as soon as they are freed, so a
+    /// mount made right after ours was removed can carry the same one.
+    device: String,
     /// The kernel's 64-bit mount ID, never reused (statx `STATX_MNT_ID_UNIQUE`, Linux 6.8+).
-    Unique(u64),
-    /// The device of the newest mount on the path (older kernels). Anonymous device numbers,
-    /// like mountinfo's mount IDs, are handed out again as soon as they are freed, so a mount
-    /// made right after ours was removed can carry the same one.
-    Device(String),
+    unique: Option<u64>,
 }
 
-/// The identity of the mount on `mountpoint` now. `AT_STATX_DONT_SYNC`: the attributes the
-/// kernel has cached do, so no request reaches a FUSE daemon (this very one, or another that
-/// may not answer).
-fn mount_identity(mountpoint: &Path) -> Option<MountIdentity> {
+/// The unique mount ID of the mount on `mountpoint`. A path walk, so only done when needed:
+/// `AT_STATX_DONT_SYNC` keeps any FUSE daemon (this very one, or another that may not
+/// answer) out of it, `AT_NO_AUTOMOUNT` any automounter.
+fn unique_mount_id(mountpoint: &Path) -> Option<u64> {
     use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
     const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
     let unique = StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
-    if let Ok(st) = statx(CWD, mountpoint, AtFlags::STATX_DONT_SYNC, unique) {
-        if st.stx_mask & STATX_MNT_ID_UNIQUE != 0 {
-            return Some(MountIdentity::Unique(st.stx_mnt_id));
-        }
-    }
+    let st = statx(
+        CWD,
+        mountpoint,
+        AtFlags::STATX_DONT_SYNC | AtFlags::NO_AUTOMOUNT,
+        unique,
+    )
+    .ok()?;
+    (st.stx_mask & STATX_MNT_ID_UNIQUE != 0).then_some(st.stx_mnt_id)
+}
+
+fn mountinfo_device(mountpoint: &Path) -> Option<String> {
     let mountinfo = std::fs::read("/proc/self/mountinfo").ok()?;
-    mount_device(&mountinfo, mountpoint).map(MountIdentity::Device)
+    mount_device(&mountinfo, mountpoint)
+}
+
+/// The identity of the mount on `mountpoint` now (right after mounting).
+fn mount_identity(mountpoint: &Path) -> Option<MountIdentity> {
+    Some(MountIdentity {
+        device: mountinfo_device(mountpoint)?,
+        unique: unique_mount_id(mountpoint),
+    })
+}
+
+/// Whether the mount on `mountpoint` is still `ours`. Usually it is gone and mountinfo says
+/// so without touching the path; only when the device matches (ours, or a reused number)
+/// does the unique ID decide. If that ID cannot be read again, the answer is "not ours":
+/// a dead mount may be left behind, never someone else's taken down.
+fn still_ours(mountpoint: &Path, ours: &MountIdentity) -> bool {
+    if mountinfo_device(mountpoint).as_ref() != Some(&ours.device) {
+        return false;
+    }
+    match ours.unique {
+        Some(id) => unique_mount_id(mountpoint) == Some(id),
+        None => true,
+    }
 }
 
 fn serve_until_unmounted<F>(
@@ -666,10 +694,10 @@ where
         .map_err(|e| DaemonError::Failed(format!("starting the session: {e}")))?;
     lifecycle.wait_ended();
     std::mem::forget(background);
-    let still_ours = our_mount.is_some()
-        && mountpoint_abs
-            .as_deref()
-            .is_some_and(|mountpoint| mount_identity(mountpoint) == our_mount);
+    let still_ours = our_mount
+        .as_ref()
+        .zip(mountpoint_abs.as_deref())
+        .is_some_and(|(ours, mountpoint)| still_ours(mountpoint, ours));
     if still_ours {
         let _ = unmount(&invocation.mountpoint);
         return Err(DaemonError::Failed(
@@ -741,9 +769,9 @@ mod tests {
 
     /// Two mounts made one after the other on one path get the same anonymous device number
     /// (and mountinfo ID), and a daemon whose mount was removed must not take the second for
-    /// its own: their identities differ.
+    /// its own.
     #[test]
-    fn a_new_mount_on_the_same_path_has_another_identity() {
+    fn a_new_mount_on_the_same_path_is_not_ours() {
         use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().canonicalize().unwrap();
@@ -761,18 +789,23 @@ mod tests {
             return;
         }
         let first = mount_identity(&path).unwrap();
+        assert!(still_ours(&path, &first));
         unmount(&path, UnmountFlags::empty()).unwrap();
-        let bare = mount_identity(&path);
+        assert!(!still_ours(&path, &first), "nothing mounted: not ours");
         mount_tmpfs().unwrap();
         let second = mount_identity(&path).unwrap();
+        let same_device = second.device == first.device;
+        let verdict = still_ours(&path, &first);
         unmount(&path, UnmountFlags::empty()).unwrap();
-        if let MountIdentity::Device(_) = first {
+        if first.unique.is_none() {
             eprintln!("skipped: this kernel has no STATX_MNT_ID_UNIQUE (Linux 6.8+)");
             return;
         }
-        assert_ne!(first, second);
-        assert_ne!(bare.as_ref(), Some(&first));
-        assert_ne!(bare.as_ref(), Some(&second));
+        assert!(
+            !verdict,
+            "a new mount (same device: {same_device}) is not ours"
+        );
+        assert_ne!(first.unique, second.unique);
     }
 
     const SPEC: DaemonSpec = DaemonSpec {
