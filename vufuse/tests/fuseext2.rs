@@ -750,6 +750,30 @@ fn cycles_in_extent_trees_and_directories_give_errors_not_hangs() {
     drop(m);
 }
 
+/// A fresh 64 MiB ext4 image `name` in `dir`, served in the foreground with `options` on
+/// `dir/mnt`, once the mount is live: (image, mount point, daemon).
+fn foreground_on_fresh_ext4(
+    dir: &Path,
+    name: &str,
+    options: &str,
+) -> (PathBuf, PathBuf, std::process::Child) {
+    let img = dir.join(name);
+    sh(&format!(
+        "truncate -s 64M '{0}' && mke2fs -q -F -t ext4 '{0}'",
+        img.display()
+    ));
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let daemon = Command::new(BIN)
+        .args(["-f", "-o", options])
+        .arg(&img)
+        .arg(&mnt)
+        .spawn()
+        .unwrap();
+    wait_until_mounted(&mnt, Duration::from_secs(10));
+    (img, mnt, daemon)
+}
+
 /// The daemon killed with SIGKILL after `sync` (no unmount, no close):
 /// bitmaps, group descriptors and the superblock were written after each
 /// operation, so e2fsck finds nothing to fix but the one file that was
@@ -757,20 +781,7 @@ fn cycles_in_extent_trees_and_directories_give_errors_not_hangs() {
 #[test]
 fn a_killed_daemon_leaves_an_image_e2fsck_accepts() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("killed.img");
-    sh(&format!(
-        "truncate -s 64M '{0}' && mke2fs -q -F -t ext4 '{0}'",
-        img.display()
-    ));
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mut daemon = Command::new(BIN)
-        .args(["-f", "-o", "rw+"])
-        .arg(&img)
-        .arg(&mnt)
-        .spawn()
-        .unwrap();
-    wait_until_mounted(&mnt, Duration::from_secs(10));
+    let (img, mnt, mut daemon) = foreground_on_fresh_ext4(dir.path(), "killed.img", "rw+");
     sh(&format!(
         "cd '{}' && mkdir -p d && for i in $(seq 1 300); do echo $i > d/f$i; done && rm d/f1* && \
          head -c 3000000 /dev/urandom > big && truncate -s 1000 big && \
@@ -965,20 +976,7 @@ fn thread_names(pid: u32) -> Vec<String> {
 fn busy_poll_is_the_default_serves_and_costs_nothing_when_idle() {
     for (options, polls) in [("rw+", true), ("rw+,no_busy_poll", false)] {
         let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("poll.img");
-        sh(&format!(
-            "truncate -s 64M '{0}' && mke2fs -q -F -t ext4 '{0}'",
-            img.display()
-        ));
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir_all(&mnt).unwrap();
-        let mut daemon = Command::new(BIN)
-            .args(["-f", "-o", options])
-            .arg(&img)
-            .arg(&mnt)
-            .spawn()
-            .unwrap();
-        wait_until_mounted(&mnt, Duration::from_secs(10));
+        let (img, mnt, mut daemon) = foreground_on_fresh_ext4(dir.path(), "poll.img", options);
         // Unmounts (lazily) if an assertion fails.
         let _guard = MountGuard::new(&mnt);
         let listing = sh(&format!(

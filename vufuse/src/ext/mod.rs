@@ -433,18 +433,7 @@ impl Handles {
     /// the directory on first use); `ENOENT` if absent.
     fn lookup_cached(&mut self, dir: u32, name: &[u8]) -> Result<u32> {
         if name == b"." || name == b".." {
-            let mut ino = 0u32;
-            // SAFETY: self.fs is open; name is valid for name.len() bytes.
-            check(unsafe {
-                vx_lookup(
-                    self.fs,
-                    dir,
-                    name.as_ptr() as *const c_char,
-                    name.len(),
-                    &mut ino,
-                )
-            })?;
-            return Ok(ino);
+            return self.scan_lookup(dir, name);
         }
         if self.names.wants(dir) {
             let mut listing = self.names.listing();
@@ -464,21 +453,24 @@ impl Handles {
             Known::Absent => Err(Errno::ENOENT),
             // Too large a directory for the table: libext2fs scans it (once per lookup, as
             // before the table existed).
-            Known::Unknown => {
-                let mut ino = 0u32;
-                // SAFETY: self.fs is open; name is valid for name.len() bytes.
-                check(unsafe {
-                    vx_lookup(
-                        self.fs,
-                        dir,
-                        name.as_ptr() as *const c_char,
-                        name.len(),
-                        &mut ino,
-                    )
-                })?;
-                Ok(ino)
-            }
+            Known::Unknown => self.scan_lookup(dir, name),
         }
+    }
+
+    /// `name` in `dir` by libext2fs's scan of the directory's blocks.
+    fn scan_lookup(&self, dir: u32, name: &[u8]) -> Result<u32> {
+        let mut ino = 0u32;
+        // SAFETY: self.fs is open; name is valid for name.len() bytes.
+        check(unsafe {
+            vx_lookup(
+                self.fs,
+                dir,
+                name.as_ptr() as *const c_char,
+                name.len(),
+                &mut ino,
+            )
+        })?;
+        Ok(ino)
     }
 
     /// Whether `name` is known to be absent from `dir` (false: unknown or present).
