@@ -16,7 +16,9 @@ pub use mount::{
     daemon_gone, is_mounted, lazy_unmount, mount_daemon, unmount, wait_for_daemon_exit, wait_until,
     wait_until_mounted, MountGuard,
 };
-pub use run::{run, run_daemon, run_ok, s, sh, sh_output, skip};
+pub use run::{
+    fuser_serving_threads, run, run_daemon, run_ok, s, sh, sh_output, skip, thread_names,
+};
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,32 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+/// The names of the threads of process `pid` (their `comm`), sorted.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The number of fuser's serving threads among `names` (fuser-0, fuser-1, ...; its
+/// fuser-bg thread is not one).
+pub fn fuser_serving_threads(names: &[String]) -> usize {
+    names
+        .iter()
+        .filter(|t| {
+            t.strip_prefix("fuser-")
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .count()
+}
+
 /// Runs `program args...` with stdin closed, panicking if it cannot start (a missing tool).
 pub fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)

@@ -211,7 +211,7 @@ fn command(spec: &DaemonSpec) -> Command {
          fsname=NAME, subtype=T   what /proc/mounts shows\n  \
          nosuid, nodev, noexec, noatime, sync, dirsync (and their opposites)\n  \
          busy_poll, no_busy_poll  while busy, poll for requests instead of sleeping\n  \
-                                  (default: on for drivers that serve one call at a time)\n  \
+                                  (default: on for fuseext2 and fusefatfs)\n  \
          debug                    same as -d\n{}\n\
          The daemon goes to the background once the mount is live; end it with\n  \
          fusermount3 -u MOUNTPOINT   (or umount, or SIGTERM).\n\
@@ -618,12 +618,11 @@ where
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| spec.name.to_string())
     });
-    // Polling needs one serving thread: by default only for drivers that serve one call at
-    // a time anyway, and where the poller can see contention for the CPU (to step aside).
-    let polls = invocation
-        .options
-        .busy_poll
-        .unwrap_or_else(|| served.fs.is_serial() && crate::fuse::BusyPoll::can_see_contention());
+    // Polling needs one serving thread: by default only for drivers that lose nothing with
+    // one, and where the poller can see contention for the CPU (to step aside).
+    let polls = invocation.options.busy_poll.unwrap_or_else(|| {
+        served.fs.one_thread_suffices() && crate::fuse::BusyPoll::can_see_contention()
+    });
     let config = session_config(&invocation.options, polls, &fsname, spec.name);
     // Resolved before mounting: once mounted, resolving it would wait for this very daemon.
     let mountpoint_abs = std::fs::canonicalize(&invocation.mountpoint).ok();

@@ -360,11 +360,12 @@ pub trait FileSystem: Send + Sync {
         false
     }
 
-    /// True when the driver serves one call at a time whatever the caller does (one lock
-    /// around every call): a front end then loses nothing by serving with one thread, and the
-    /// FUSE daemon polls for requests by default (`busy_poll`), which needs exactly that.
-    /// Off by default.
-    fn is_serial(&self) -> bool {
+    /// True when serving with one thread loses nothing (the driver serialises its calls, or
+    /// they are short and served from memory and the page cache; measured, not assumed): the
+    /// FUSE daemon then polls for requests by default (`busy_poll`), which needs exactly one
+    /// serving thread. Off by default (a driver whose calls may block, like vufs's host
+    /// calls, keeps two threads).
+    fn one_thread_suffices(&self) -> bool {
         false
     }
 

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 use testkit::{
-    e2fsck_clean, is_mounted, lazy_unmount, sh, wait_for_daemon_exit, wait_until,
-    wait_until_mounted, MountGuard,
+    e2fsck_clean, fuser_serving_threads, is_mounted, lazy_unmount, sh, thread_names,
+    wait_for_daemon_exit, wait_until, wait_until_mounted, MountGuard,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_fuseext2");
@@ -957,17 +957,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// Names of the threads of process `pid`.
-fn thread_names(pid: u32) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .map(|name| name.trim().to_string())
-        .collect();
-    names.sort();
-    names
-}
-
 /// fuseext2 polls for requests by default (its driver serves one call at a time, so one
 /// serving thread loses nothing) and `-o no_busy_poll` turns that off; either way it serves as
 /// usual, polling stops when requests stop (an idle mount uses no CPU), and unmounting ends
@@ -987,13 +976,7 @@ fn busy_poll_is_the_default_serves_and_costs_nothing_when_idle() {
         assert_eq!(listing, "7\n200\n200\n", "{options}");
         let threads = thread_names(daemon.id());
         // fuser names its serving threads fuser-0, fuser-1, ... (fuser-bg is not one).
-        let serving = threads
-            .iter()
-            .filter(|t| {
-                t.strip_prefix("fuser-")
-                    .is_some_and(|n| n.parse::<u32>().is_ok())
-            })
-            .count();
+        let serving = fuser_serving_threads(&threads);
         let poller = threads.iter().any(|t| t == "busy-poll");
         assert_eq!(poller, polls, "{options}: {threads:?}");
         assert_eq!(serving, if polls { 1 } else { 2 }, "{options}: {threads:?}");

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 use testkit::{
-    fsck_fat_clean, is_mounted, sh, wait_for_daemon_exit, wait_until_mounted, MountGuard,
+    fsck_fat_clean, fuser_serving_threads, is_mounted, sh, thread_names, wait_for_daemon_exit,
+    wait_until_mounted, MountGuard,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_fusefatfs");
@@ -399,5 +400,51 @@ fn the_image_is_consistent_as_soon_as_the_unmount_returns() {
         let listing = sh(&format!("mdir -b -i '{}' ::/r{round}", img.display()));
         assert_eq!(listing.lines().count(), 49, "{listing}");
         wait_for_daemon_exit("fusefatfs", &dir_path);
+    }
+}
+
+/// fusefatfs polls for requests by default (one serving thread loses nothing there: measured
+/// with fat_bench.py) and `-o no_busy_poll` keeps two sleeping threads; both serve writes
+/// that fsck.fat accepts, and an idle mount stops polling.
+#[test]
+fn polls_by_default_with_one_serving_thread() {
+    for (options, polls) in [("rw+", true), ("rw+,no_busy_poll", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("poll.img");
+        sh(&format!(
+            "truncate -s 32M '{0}' && mkfs.fat -F 16 '{0}' >/dev/null",
+            img.display()
+        ));
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut daemon = Command::new(BIN)
+            .args(["-f", "-o", options])
+            .arg(&img)
+            .arg(&mnt)
+            .spawn()
+            .unwrap();
+        wait_until_mounted(&mnt, Duration::from_secs(10));
+        // Unmounts (lazily) if an assertion fails.
+        let guard = MountGuard::new(&mnt);
+        let out = sh(&format!(
+            "cd '{}' && mkdir d && for i in $(seq 1 100); do echo $i > d/f$i; done && \
+             cat d/f7 d/f100 && ls d | wc -l",
+            mnt.display()
+        ));
+        assert_eq!(out, "7\n100\n100\n", "{options}");
+        let threads = thread_names(daemon.id());
+        assert_eq!(
+            threads.iter().any(|t| t == "busy-poll"),
+            polls,
+            "{options}: {threads:?}"
+        );
+        assert_eq!(
+            fuser_serving_threads(&threads),
+            if polls { 1 } else { 2 },
+            "{options}: {threads:?}"
+        );
+        guard.unmount();
+        assert!(daemon.wait().unwrap().success(), "{options}");
+        fsck_fat_clean(&img);
     }
 }

@@ -953,7 +953,7 @@ impl FileSystem for ExtFs {
     }
 
     /// libext2fs is not thread-safe: every call holds `ExtFs::lock`.
-    fn is_serial(&self) -> bool {
+    fn one_thread_suffices(&self) -> bool {
         true
     }
 
