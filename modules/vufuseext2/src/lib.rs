@@ -10,9 +10,8 @@
 use std::ffi::{c_char, c_int};
 use std::path::Path;
 use std::sync::Arc;
-use vufuse::ext::{looks_like_ext, ExtFs, ExtOptions, ExtView};
+use vufuse::ext::ExtFs;
 use vufuse::options::{MountOptions, WritePolicy};
-use vufuse::source::open_source;
 use vufuse::FileSystem;
 use vufuseglue::ModuleSpec;
 
@@ -28,28 +27,7 @@ const SPEC: ModuleSpec = ModuleSpec {
 };
 
 fn open_ext(source: &Path, options: &MountOptions) -> Result<Arc<dyn FileSystem>, String> {
-    let device = open_source(
-        source,
-        options.partition,
-        options.read_only,
-        "ext2/3/4",
-        looks_like_ext,
-    )?;
-    // `..Default::default()` keeps this building when the driver gains options.
-    #[allow(clippy::needless_update)]
-    let ext_options = ExtOptions {
-        read_only: options.read_only,
-        ..ExtOptions::default()
-    };
-    let fs = ExtFs::open(device, ext_options)
-        .map_err(|e| format!("{}: {e}", source.display()))?
-        .with_view(ExtView {
-            uid: options.uid,
-            gid: options.gid,
-            umask: options.umask,
-            fakeroot: options.fakeroot,
-        });
-    Ok(Arc::new(fs))
+    Ok(Arc::new(ExtFs::open_mount(source, options)?))
 }
 
 /// The submodule entry vufuse calls in a thread of its own with

@@ -10,9 +10,8 @@
 use std::ffi::{c_char, c_int};
 use std::path::Path;
 use std::sync::Arc;
-use vufuse::fat::{looks_like_fat, FatFs, FatOptions};
+use vufuse::fat::FatFs;
 use vufuse::options::{MountOptions, WritePolicy};
-use vufuse::source::open_source;
 use vufuse::FileSystem;
 use vufuseglue::ModuleSpec;
 
@@ -28,12 +27,7 @@ const SPEC: ModuleSpec = ModuleSpec {
 };
 
 fn open_fat(source: &Path, options: &MountOptions) -> Result<Arc<dyn FileSystem>, String> {
-    let device = open_source(source, options.partition, options.read_only, "FAT", |dev| {
-        looks_like_fat(dev)
-    })?;
-    let fs = FatFs::open(device, FatOptions::from_mount_options(options))
-        .map_err(|e| format!("{}: {e}", source.display()))?;
-    Ok(Arc::new(fs))
+    Ok(Arc::new(FatFs::open_mount(source, options)?))
 }
 
 /// The submodule entry vufuse calls in a thread of its own with

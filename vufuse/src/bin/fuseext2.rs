@@ -6,9 +6,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
-use vufuse::ext::{looks_like_ext, ExtFs, ExtOptions, ExtView};
+use vufuse::ext::ExtFs;
 use vufuse::options::WritePolicy;
-use vufuse::source::open_source;
 
 const SPEC: DaemonSpec = DaemonSpec {
     name: "fuseext2",
@@ -28,26 +27,7 @@ fn main() -> ExitCode {
     daemon::main(&SPEC, |invocation| {
         let options = &invocation.options;
         let source = invocation.source.as_deref().ok_or("no IMAGE given")?;
-        let device = open_source(
-            source,
-            options.partition,
-            options.read_only,
-            "ext2/3/4",
-            looks_like_ext,
-        )?;
-        let fs = ExtFs::open(
-            device,
-            ExtOptions {
-                read_only: options.read_only,
-            },
-        )
-        .map_err(|e| format!("{}: {e}", source.display()))?
-        .with_view(ExtView {
-            uid: options.uid,
-            gid: options.gid,
-            umask: options.umask,
-            fakeroot: options.fakeroot,
-        });
+        let fs = ExtFs::open_mount(source, options)?;
         let label = fs.label().to_string();
         let mut served = Served::new(Arc::new(fs));
         served.fsname = (!label.is_empty()).then_some(label);

@@ -6,9 +6,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
-use vufuse::fat::{FatFs, FatOptions};
+use vufuse::fat::FatFs;
 use vufuse::options::WritePolicy;
-use vufuse::source::open_source;
 
 const SPEC: DaemonSpec = DaemonSpec {
     name: "fusefatfs",
@@ -25,12 +24,7 @@ fn main() -> ExitCode {
     daemon::main(&SPEC, |invocation| {
         let options = &invocation.options;
         let source = invocation.source.as_deref().ok_or("no IMAGE given")?;
-        let device = open_source(source, options.partition, options.read_only, "FAT", |dev| {
-            vufuse::fat::looks_like_fat(dev)
-        })?;
-        let fat_options = FatOptions::from_mount_options(options);
-        let fs =
-            FatFs::open(device, fat_options).map_err(|e| format!("{}: {e}", source.display()))?;
+        let fs = FatFs::open_mount(source, options)?;
         // The volume label names the mount, as a desktop would show it.
         let label = fs.label().to_string();
         let mut served = Served::new(Arc::new(fs));

@@ -637,6 +637,36 @@ extern "C" fn collect_xattr(
 }
 
 impl ExtFs {
+    /// Opens the ext2/3/4 volume a mount asks for: `source` (an image, a partitioned disk
+    /// image with `part=N`, a device) with the write mode and fuse2fs's ownership view of
+    /// `options`. Every front end (the `fuseext2` daemon, the `vufuseext2.so` module) mounts
+    /// through this; errors name the source.
+    pub fn open_mount(
+        source: &std::path::Path,
+        options: &crate::options::MountOptions,
+    ) -> std::result::Result<ExtFs, String> {
+        let device = crate::source::open_source(
+            source,
+            options.partition,
+            options.read_only,
+            "ext2/3/4",
+            looks_like_ext,
+        )?;
+        let fs = ExtFs::open(
+            device,
+            ExtOptions {
+                read_only: options.read_only,
+            },
+        )
+        .map_err(|e| format!("{}: {e}", source.display()))?;
+        Ok(fs.with_view(ExtView {
+            uid: options.uid,
+            gid: options.gid,
+            umask: options.umask,
+            fakeroot: options.fakeroot,
+        }))
+    }
+
     /// Opens the ext2/3/4 volume on `dev`. A read-only mount of a volume
     /// whose journal needs recovery replays it in memory; a read-write one
     /// is refused (run e2fsck), as fuse2fs does.

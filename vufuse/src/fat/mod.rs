@@ -277,6 +277,25 @@ pub fn looks_like_fat(dev: &dyn BlockDevice) -> bool {
 }
 
 impl FatFs {
+    /// Opens the FAT volume a mount asks for: `source` (an image, a partitioned disk image
+    /// with `part=N`, a device) with the driver options of `options`
+    /// ([`FatOptions::from_mount_options`]). Every front end (the `fusefatfs` daemon, the
+    /// `vufusefatfs.so` module) mounts through this; errors name the source.
+    pub fn open_mount(
+        source: &std::path::Path,
+        options: &crate::options::MountOptions,
+    ) -> std::result::Result<FatFs, String> {
+        let device = crate::source::open_source(
+            source,
+            options.partition,
+            options.read_only,
+            "FAT",
+            |dev| looks_like_fat(dev),
+        )?;
+        FatFs::open(device, FatOptions::from_mount_options(options))
+            .map_err(|e| format!("{}: {e}", source.display()))
+    }
+
     /// Mounts the FAT volume on `dev`. Read-write needs `opts.read_only == false`
     /// and a writable device.
     pub fn open(
