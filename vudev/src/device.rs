@@ -57,6 +57,35 @@ pub trait BlockDevice: Send + Sync {
         let _ = (offset, len);
     }
 
+    /// Reads at `offset` until `buf` is full or the device ends, and returns how many bytes
+    /// were read (fewer only at the end): read(2) semantics for the front ends.
+    fn read_until_end(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.read_at(&mut buf[done..], offset + done as u64)? {
+                0 => break,
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
+
+    /// Writes `buf` at `offset` until all of it is written or the device ends, and returns
+    /// how many bytes were written: write(2) semantics for the front ends (`ENOSPC` only
+    /// when not one byte fits).
+    fn write_until_end(&self, buf: &[u8], offset: u64) -> Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.write_at(&buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(Errno::ENOSPC) if done > 0 => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset`, or fails with `EIO`
     /// (a range past the end is an I/O error for callers that need it all).
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> Result<()> {
@@ -169,5 +198,44 @@ mod tests {
         assert_eq!(writable_len(false, 100, 99, 8), Ok(1));
         assert_eq!(writable_len(true, 100, 0, 1), Err(Errno::EROFS));
         assert_eq!(writable_len(false, 100, 100, 0), Ok(0));
+    }
+
+    /// A device that moves at most 3 bytes a call, so the loops are exercised.
+    struct Trickle(crate::Ramdisk);
+
+    impl BlockDevice for Trickle {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+            let n = buf.len().min(3);
+            self.0.read_at(&mut buf[..n], offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize> {
+            let n = buf.len().min(3);
+            self.0.write_at(&buf[..n], offset)
+        }
+        fn flush(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn until_end_reads_and_writes_stop_only_at_the_end_of_the_device() {
+        let dev = Trickle(crate::Ramdisk::new(4096).unwrap());
+        let data: Vec<u8> = (0..100u8).collect();
+        assert_eq!(dev.write_until_end(&data, 10), Ok(100));
+        // Crossing the end: the part that fits; at the end: ENOSPC.
+        assert_eq!(dev.write_until_end(&data, 4090), Ok(6));
+        assert_eq!(dev.write_until_end(&data, 4096), Err(Errno::ENOSPC));
+        let mut buf = vec![0u8; 100];
+        assert_eq!(dev.read_until_end(&mut buf, 10), Ok(100));
+        assert_eq!(buf, data);
+        assert_eq!(dev.read_until_end(&mut buf, 4090), Ok(6));
+        assert_eq!(&buf[..6], &data[..6]);
+        assert_eq!(dev.read_until_end(&mut buf, 4096), Ok(0));
     }
 }

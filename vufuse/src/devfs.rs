@@ -444,18 +444,7 @@ impl FileSystem for DevFs {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize> {
-        let handle = self.handle(fh)?;
-        let mut done = 0;
-        while done < buf.len() {
-            match handle
-                .device
-                .read_at(&mut buf[done..], offset + done as u64)?
-            {
-                0 => break,
-                n => done += n,
-            }
-        }
-        Ok(done)
+        self.handle(fh)?.device.read_until_end(buf, offset)
     }
 
     fn write(&self, _ctx: &Context, _ino: Ino, fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {

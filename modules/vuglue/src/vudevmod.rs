@@ -441,17 +441,7 @@ pub unsafe extern "C" fn vudev_pread(
         }
         // SAFETY: the caller guarantees buf is valid for count bytes.
         let buf = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, count) };
-        let mut done = 0;
-        while done < buf.len() {
-            match open
-                .device
-                .read_at(&mut buf[done..], offset + done as u64)?
-            {
-                0 => break,
-                n => done += n,
-            }
-        }
-        Ok(done as isize)
+        Ok(open.device.read_until_end(buf, offset)? as isize)
     })
 }
 
@@ -487,16 +477,7 @@ pub unsafe extern "C" fn vudev_pwrite(
         }
         // SAFETY: the caller guarantees buf is valid for count bytes.
         let buf = unsafe { std::slice::from_raw_parts(buf as *const u8, count) };
-        let mut done = 0;
-        while done < buf.len() {
-            match open.device.write_at(&buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(Errno::ENOSPC) if done > 0 => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done as isize)
+        Ok(open.device.write_until_end(buf, offset)? as isize)
     })
 }
 
