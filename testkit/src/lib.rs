@@ -17,7 +17,8 @@ pub use mount::{
     wait_until_mounted, MountGuard,
 };
 pub use run::{
-    fuser_serving_threads, run, run_daemon, run_ok, s, sh, sh_output, skip, thread_names,
+    as_nobody, fuser_serving_threads, other_user_unavailable, run, run_daemon, run_ok, s, sh,
+    sh_output, skip, thread_names,
 };
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! handle of that inode, readers included, is then re-opened on the upper
 //! copy, so a handle opened before the copy-up keeps seeing current data.
 
+use crate::access::Caller;
 use crate::host::{self, At};
 use crate::layer::{self, VStat};
 use crate::options::{Mode, Options};
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 use vudev::{Errno, Result};
 use vufuse::fs::{
-    Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
+    Attr, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
     SetTime, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 
@@ -1594,24 +1595,33 @@ impl VuFs {
 
     /// Reads of SOURCE in union modes are done by the daemon: when it is
     /// root serving another user (allow_other), check read permission
-    /// against the view's attributes (vstat included) as the host would
-    /// (owner, group, other; supplementary groups are not known here).
+    /// against the view's attributes (vstat included) as the host would.
     fn may_read(&self, ctx: &Context, path: &Path, st: Stat) -> Result<()> {
-        if !self.switch_creds || ctx.uid == 0 {
+        if !self.acts_for_others(ctx) {
             return Ok(());
         }
         let st = self.merged(path, st);
-        let bits = if st.st_uid == ctx.uid {
-            st.st_mode >> 6
-        } else if st.st_gid == ctx.gid {
-            st.st_mode >> 3
-        } else {
-            st.st_mode
-        };
-        if bits & 0o4 == 0 {
+        if !Caller::of(ctx).may(&st, 0o4) {
             return Err(Errno::EACCES);
         }
         Ok(())
+    }
+
+    /// True when the daemon (root) serves a request of another user: what it then does as
+    /// itself must first pass that user's access checks.
+    fn acts_for_others(&self, ctx: &Context) -> bool {
+        self.switch_creds && ctx.uid != 0
+    }
+
+    /// The part of `set` the caller may apply to the union `path`, checked against the
+    /// view's attributes before a copy-up or a vstat change does it as the daemon
+    /// (`EPERM` for a chown to root by its owner, as the host would answer).
+    fn permitted_set(&self, ctx: &Context, path: &Path, set: &SetAttr) -> Result<SetAttr> {
+        if !self.acts_for_others(ctx) || self.route(path) != Route::Union {
+            return Ok(*set);
+        }
+        let (_, st) = self.find(path)?;
+        Caller::of(ctx).permitted(&self.merged(path, st), set)
     }
 
     fn open_file(
@@ -1654,11 +1664,13 @@ fn wants_write(flags: i32) -> bool {
 }
 
 impl FileSystem for VuFs {
-    fn cache_policy(&self) -> CachePolicy {
-        CachePolicy {
-            attr_ttl: Duration::from_secs(1),
-            entry_ttl: Duration::from_secs(1),
-        }
+    /// Host calls may block (two threads); the host tree may change behind the mount (1 s
+    /// caches). Access is left to the kernel (`default_permissions` under `allow_other`):
+    /// in union modes vufs looks up, copies up and makes names as itself, so only a check
+    /// against the view's attributes (search bits, sticky directories, chown rules) is
+    /// complete; bind's host calls are checked again by the host as the caller.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
 
     fn lookup(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<Entry> {
@@ -1694,6 +1706,7 @@ impl FileSystem for VuFs {
         let path = self.path_of(ino)?;
         {
             let _g = self.lock_big();
+            let set = &self.permitted_set(ctx, &path, set)?;
             let only_ch = set.size.is_none() && set.atime.is_none() && set.mtime.is_none();
             if self.route(&path) == Route::Union
                 && only_ch

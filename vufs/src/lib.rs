@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+mod access;
 mod fs;
 mod host;
 pub mod layer;

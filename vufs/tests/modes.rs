@@ -378,20 +378,44 @@ fn handle_opened_before_copy_up_sees_current_data() {
     assert_eq!(read(&s.low("b")), "real b\n");
 }
 
+/// VUOS's mincow "run as nobody" (../shared/VUOS.md, vufs): a user's private view, mounted by
+/// that user. What the real tree permits is changed in place; what it refuses is copied up
+/// or made in SOURCE, and the copy keeps its owner through the vstat file.
 #[test]
-fn mincow_as_unprivileged_user() {
+fn mincow_mounted_by_an_unprivileged_user() {
     need_fuse!();
-    if as_nobody("true").status.code() != Some(0) {
-        testkit::skip("setpriv cannot switch to nobody here");
-        return;
+    if let Some(reason) = testkit::other_user_unavailable() {
+        return testkit::skip(&reason);
+    }
+    if !as_nobody("test -r /dev/fuse -a -w /dev/fuse")
+        .status
+        .success()
+    {
+        return testkit::skip("/dev/fuse is not open to other users here (mode 0600?)");
     }
     let s = Scratch::example();
     fs::write(s.low("w"), "world writable\n").unwrap();
     fs::set_permissions(s.low("w"), fs::Permissions::from_mode(0o666)).unwrap();
     fs::set_permissions(s.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let m = mount_vufs(&s.upper, &s.lower, &["mincow,allow_other"]);
+    // nobody owns SOURCE and the mount point; b and sub/ stay root's.
+    sh(&format!(
+        "chown nobody:nogroup '{}' '{}'",
+        s.upper.display(),
+        s.lower.display()
+    ));
+    let mount = as_nobody(&format!(
+        "'{BIN}' -o mincow '{}' '{}'",
+        s.upper.display(),
+        s.lower.display()
+    ));
+    assert!(
+        mount.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mount.stderr)
+    );
+    let m = MountGuard::served_by("vufs", &s.lower);
     let out = as_nobody(&format!(
-        "cd '{}' && echo nobody >> w && echo nobody >> b && echo n > n && rm sub/c && \
+        "cd '{}' && echo nobody >> w && echo nobody >> b && echo n > sub/n && rm sub/c && \
          stat -c '%u:%g' b && cat b",
         s.lower.display()
     ));
@@ -410,18 +434,70 @@ fn mincow_as_unprivileged_user() {
     );
     assert_eq!(read(&s.low("b")), "real b\n", "read-only file untouched");
     assert_eq!(read(&s.up("b")), "real b\nnobody\n", "copied up");
-    // The owner stays 0:0: set on the copy (the daemon is root here), else
-    // recorded in the vstat file.
-    let up = fs::metadata(s.up("b")).unwrap();
-    let vstat = fs::read_to_string(s.upper.join(".-/b\u{7f}")).unwrap_or_default();
+    assert_eq!(read(&s.up("sub/n")), "n\n", "made in SOURCE");
+    assert_eq!(
+        read(&s.low("sub/c")),
+        "real c\n",
+        "removed by a whiteout only"
+    );
+    let vstat = fs::read_to_string(s.upper.join(".-/b\u{7f}")).unwrap();
     assert!(
-        (up.uid(), up.gid()) == (0, 0) || (vstat.contains("uid=0\n") && vstat.contains("gid=0\n")),
+        vstat.contains("uid=0\n") && vstat.contains("gid=0\n"),
         "{vstat}"
     );
-    assert_eq!(read(&s.up("n")), "n\n", "created in SOURCE");
-    assert!(!s.low("n").exists());
-    assert!(s.up(".-/sub/c").is_file(), "rm became a whiteout");
-    assert!(s.low("sub/c").exists());
+}
+
+/// A view root shares with other users (`allow_other`) gives them their POSIX rights, in
+/// cow and mincow alike: what the view's modes permit works (mincow in place), the rest is
+/// refused with the kernel's errno, and no user can give a file of its own to root.
+#[test]
+fn shared_union_views_keep_other_users_to_their_rights() {
+    need_fuse!();
+    if let Some(reason) = testkit::other_user_unavailable() {
+        return testkit::skip(&reason);
+    }
+    for mode in ["cow", "mincow"] {
+        let s = Scratch::example();
+        fs::write(s.low("w"), "world writable\n").unwrap();
+        fs::set_permissions(s.low("w"), fs::Permissions::from_mode(0o666)).unwrap();
+        fs::create_dir(s.low("pub")).unwrap();
+        fs::set_permissions(s.low("pub"), fs::Permissions::from_mode(0o777)).unwrap();
+        fs::set_permissions(s.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let m = mount_vufs(&s.upper, &s.lower, &[&format!("{mode},allow_other")]);
+        let nobody = |script: &str| {
+            let out = as_nobody(&format!("cd '{}' && {script}", s.lower.display()));
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, err) = nobody("echo nobody >> w && echo mine > pub/own");
+        assert!(ok, "{mode}: {err}");
+        for (script, errno) in [
+            ("echo nobody >> b", "Permission denied"),
+            ("echo n > n", "Permission denied"),
+            ("rm -f sub/c", "Permission denied"),
+            ("mv b pub/b", "Permission denied"),
+            ("chmod 777 b", "Operation not permitted"),
+            ("chown 0:0 pub/own", "Operation not permitted"),
+        ] {
+            let (ok, err) = nobody(script);
+            assert!(!ok, "{mode}: nobody could {script}");
+            assert!(err.contains(errno), "{mode}: {script}: {err}");
+        }
+        let own = fs::metadata(s.low("pub/own")).unwrap();
+        assert_eq!((own.uid(), own.gid()), (65534, 65534), "{mode}");
+        m.unmount();
+        assert_eq!(read(&s.low("b")), "real b\n", "{mode}");
+        assert_eq!(read(&s.low("sub/c")), "real c\n", "{mode}");
+        assert!(!s.up("b").exists() && !s.up("n").exists(), "{mode}");
+        let w = if mode == "mincow" {
+            s.low("w")
+        } else {
+            s.up("w")
+        };
+        assert_eq!(read(&w), "world writable\nnobody\n", "{mode}");
+    }
 }
 
 #[test]

@@ -620,10 +620,12 @@ where
     });
     // Polling needs one serving thread: by default only for drivers that lose nothing with
     // one, and where the poller can see contention for the CPU (to step aside).
-    let polls = invocation.options.busy_poll.unwrap_or_else(|| {
-        served.fs.one_thread_suffices() && crate::fuse::BusyPoll::can_see_contention()
-    });
-    let config = session_config(&invocation.options, polls, &fsname, spec.name);
+    let caps = served.fs.capabilities();
+    let polls = invocation
+        .options
+        .busy_poll
+        .unwrap_or_else(|| caps.one_thread_suffices && crate::fuse::BusyPoll::can_see_contention());
+    let config = session_config(&invocation.options, &caps, polls, &fsname, spec.name);
     // Resolved before mounting: once mounted, resolving it would wait for this very daemon.
     let mountpoint_abs = std::fs::canonicalize(&invocation.mountpoint).ok();
     let busy_poll = polls.then(|| Arc::new(crate::fuse::BusyPoll::new()));

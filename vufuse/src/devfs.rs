@@ -13,8 +13,8 @@
 //! kernel is told to drop the names and attributes it cached.
 
 use crate::fs::{
-    Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
-    StatFs,
+    Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino,
+    Opened, SetAttr, StatFs,
 };
 use crate::fuse::KernelCache;
 use crate::options::MountOptions;
@@ -169,6 +169,18 @@ impl DevFs {
             queue: Arc::new(InvalidationQueue::default()),
             worker_started: OnceLock::new(),
         }
+    }
+
+    /// Shows the device files with the owner, group and read/write bits of `like` (the
+    /// image file, or the file a ramdisk is mounted on), as a block device node keeps its
+    /// own: a root-only 0600 image stays root-only through the mount. `uid=`, `gid=` and the
+    /// masks still apply on top.
+    pub fn owned_like(mut self, like: &std::fs::Metadata, options: &MountOptions) -> DevFs {
+        use std::os::unix::fs::MetadataExt;
+        self.uid = options.uid.unwrap_or(like.uid());
+        self.gid = options.gid.unwrap_or(like.gid());
+        self.file_perm &= (like.mode() & 0o666) as u16;
+        self
     }
 
     /// True when every write is refused with `EROFS`.
@@ -334,19 +346,20 @@ fn invalidation_worker(queue: &InvalidationQueue, invalidator: &dyn CacheInvalid
 }
 
 impl FileSystem for DevFs {
-    fn cache_policy(&self) -> CachePolicy {
-        match self.layout {
+    fn capabilities(&self) -> Capabilities {
+        let cache = match self.layout {
             // Nothing changes a lone device's name or size.
-            Layout::SingleFile(_) => CachePolicy {
-                attr_ttl: Duration::from_secs(1),
-                entry_ttl: Duration::from_secs(1),
-            },
+            Layout::SingleFile(_) => Capabilities::default().cache,
             // A table rewrite changes names and sizes at once: the kernel asks
             // every time (cheap here), and invalidations are only a hint.
             Layout::Partitioned(_) => CachePolicy {
                 attr_ttl: Duration::ZERO,
                 entry_ttl: Duration::ZERO,
             },
+        };
+        Capabilities {
+            cache,
+            ..Capabilities::default()
         }
     }
 
@@ -757,6 +770,26 @@ mod tests {
             fs.write(&ctx(), e.attr.ino, o.fh, 0, b"x"),
             Err(Errno::EROFS)
         );
+    }
+
+    #[test]
+    fn device_files_keep_the_owner_and_mode_of_the_image() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("private.img");
+        std::fs::write(&image, [0u8; 4096]).unwrap();
+        std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let like = std::fs::metadata(&image).unwrap();
+        let dev: Arc<dyn BlockDevice> = Arc::new(Ramdisk::new(1 << 20).unwrap());
+        let fs = DevFs::single(dev.clone(), &rw()).owned_like(&like, &rw());
+        let a = fs.getattr(&ctx(), Ino::ROOT, None).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((a.perm, a.uid, a.gid), (0o600, like.uid(), like.gid()));
+        // uid= still names the owner shown; a read-only mount drops the write bit.
+        let opts = MountOptions::parse("ro,uid=7", WritePolicy::ReadWriteUnlessRo).unwrap();
+        let fs = DevFs::single(dev, &opts).owned_like(&like, &opts);
+        let a = fs.getattr(&ctx(), Ino::ROOT, None).unwrap();
+        assert_eq!((a.perm, a.uid), (0o400, 7));
     }
 
     #[test]

@@ -237,6 +237,42 @@ pub struct CachePolicy {
     pub entry_ttl: Duration,
 }
 
+/// What a driver tells its front end once, at mount: how long answers may be cached, which
+/// round trips can be skipped, how many serving threads pay off, and whether it checks access
+/// itself. FUSE tuning lives here, not in per-request trait methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// How long the front end may cache attributes and lookups.
+    pub cache: CachePolicy,
+    /// [`FileSystem::flush`] never has anything to do (every write is where it belongs when
+    /// `write` returns, and close reports no deferred error): the FUSE front end answers the
+    /// kernel's first FLUSH with `ENOSYS`, after which the kernel stops sending one per close.
+    pub flush_is_noop: bool,
+    /// Serving with one thread loses nothing (the driver serialises its calls, or they are
+    /// short and served from memory; measured, not assumed): the FUSE daemon then polls for
+    /// requests by default (`busy_poll`), which needs exactly one serving thread.
+    pub one_thread_suffices: bool,
+    /// The driver itself refuses what the caller's credentials do not permit (owner, group,
+    /// mode bits, sticky directories). When false, a front end that lets other users in
+    /// (`allow_other`) must have the kernel check instead (`default_permissions`).
+    pub checks_access: bool,
+}
+
+impl Default for Capabilities {
+    /// One-second caches, a flush per close, two threads, access left to the kernel.
+    fn default() -> Capabilities {
+        Capabilities {
+            cache: CachePolicy {
+                attr_ttl: Duration::from_secs(1),
+                entry_ttl: Duration::from_secs(1),
+            },
+            flush_is_noop: false,
+            one_thread_suffices: false,
+            checks_access: false,
+        }
+    }
+}
+
 /// `rename` flag: fail with `EEXIST` if the target exists.
 pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 /// `rename` flag: swap source and target atomically.
@@ -246,12 +282,10 @@ pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
 /// xattrs), so a read-only driver implements only what it supports.
 #[allow(unused_variables)]
 pub trait FileSystem: Send + Sync {
-    /// Caching the front end may apply to this driver's answers.
-    fn cache_policy(&self) -> CachePolicy {
-        CachePolicy {
-            attr_ttl: Duration::from_secs(1),
-            entry_ttl: Duration::from_secs(1),
-        }
+    /// What the front end may assume about this driver, asked once at mount (see
+    /// [`Capabilities`]).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
 
     /// Called once before the first request.
@@ -350,23 +384,6 @@ pub trait FileSystem: Send + Sync {
     /// Called on each close(2) of a descriptor.
     fn flush(&self, ctx: &Context, ino: Ino, fh: Fh) -> Result<()> {
         Ok(())
-    }
-
-    /// True when [`FileSystem::flush`] never has anything to do (every write is already
-    /// where it belongs when `write` returns, and close reports no deferred error): the FUSE
-    /// front end then answers the kernel's first FLUSH with `ENOSYS`, after which the
-    /// kernel stops sending one per close(2). Off by default.
-    fn flush_is_noop(&self) -> bool {
-        false
-    }
-
-    /// True when serving with one thread loses nothing (the driver serialises its calls, or
-    /// they are short and served from memory and the page cache; measured, not assumed): the
-    /// FUSE daemon then polls for requests by default (`busy_poll`), which needs exactly one
-    /// serving thread. Off by default (a driver whose calls may block, like vufs's host
-    /// calls, keeps two threads).
-    fn one_thread_suffices(&self) -> bool {
-        false
     }
 
     /// The last reference to a handle is gone.

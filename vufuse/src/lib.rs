@@ -15,8 +15,8 @@ pub mod fuse;
 pub mod options;
 
 pub use fs::{
-    Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
-    SetTime, StatFs,
+    Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino,
+    Opened, SetAttr, SetTime, StatFs,
 };
 pub use vudev;
 pub use vudev::{Errno, Result};

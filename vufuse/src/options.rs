@@ -96,9 +96,9 @@ pub struct MountOptions {
     pub debug: bool,
     /// `busy_poll` / `no_busy_poll`: while requests keep coming, poll for the next one
     /// instead of sleeping (lower latency per request, one core busy while the mount is; see
-    /// `fuse::BusyPoll`). `None`: the driver decides ([`FileSystem::one_thread_suffices`]).
+    /// `fuse::BusyPoll`). `None`: the driver decides ([`Capabilities::one_thread_suffices`]).
     ///
-    /// [`FileSystem::one_thread_suffices`]: crate::FileSystem::one_thread_suffices
+    /// [`Capabilities::one_thread_suffices`]: crate::Capabilities::one_thread_suffices
     pub busy_poll: Option<bool>,
     /// Generic kernel mount flags to pass through.
     pub kernel: KernelFlags,

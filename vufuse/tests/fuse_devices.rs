@@ -906,7 +906,8 @@ fn readdir_resumes_after_full_reply_buffers() {
     });
     let options =
         vufuse::options::MountOptions::defaults(vufuse::options::WritePolicy::ReadOnlyUnlessForced);
-    let config = vufuse::fuse::session_config(&options, false, "manynames", "vutest");
+    let config =
+        vufuse::fuse::session_config(&options, &Default::default(), false, "manynames", "vutest");
     let adapter = vufuse::fuse::FuseAdapter::new(fs.clone(), false);
     let session = fuser::Session::new(adapter, &mnt, &config).expect("mount in process");
     let _guard = Mounted {

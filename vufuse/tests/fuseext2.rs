@@ -582,7 +582,12 @@ fn ownership_options_follow_fuse2fs() {
     assert!(stat.contains("User:     0   Group:     0"), "{stat}");
     assert!(stat.contains("Mode:  0644"), "{stat}");
 
-    // An ordinary user creates a file: its owner, or root under fakeroot.
+    // An ordinary user creates a file: its owner, or root under fakeroot. The root
+    // directory is made world-writable (sticky) so that the kernel lets the user create.
+    sh(&format!(
+        "debugfs -w -R 'set_inode_field / mode 041777' '{}' 2>/dev/null",
+        img.display()
+    ));
     let mut owners = Vec::new();
     for (options, name) in [
         ("rw+,allow_other", "plain"),

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-pub use testkit::{sh, MountGuard};
+#[allow(unused_imports)]
+pub use testkit::{as_nobody, sh, MountGuard};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vufs");
 
@@ -32,21 +33,6 @@ macro_rules! need_fuse {
             return;
         }
     };
-}
-
-/// Runs `script` as user nobody (via setpriv); returns the output.
-pub fn as_nobody(script: &str) -> Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .unwrap()
 }
 
 /// Runs `vufs -o OPTS... SOURCE DIR` and returns its output (it daemonizes once the mount is live).

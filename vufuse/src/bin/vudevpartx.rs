@@ -27,6 +27,8 @@ fn main() -> ExitCode {
             .ok_or_else(|| "missing IMAGE".to_string())?;
         let device = FileDevice::open(image, invocation.options.read_only)
             .map_err(|e| format!("{}: {e}", image.display()))?;
+        let image_meta =
+            std::fs::metadata(image).map_err(|e| format!("{}: {e}", image.display()))?;
         let disk = Arc::new(PartitionedDisk::new(Arc::new(device)));
         if let Some(e) = disk.table_error() {
             eprintln!(
@@ -35,7 +37,10 @@ fn main() -> ExitCode {
                 image.display()
             );
         }
-        let fs = Arc::new(DevFs::partitioned(disk, &invocation.options));
+        let fs = Arc::new(
+            DevFs::partitioned(disk, &invocation.options)
+                .owned_like(&image_meta, &invocation.options),
+        );
         let follower = fs.clone();
         Ok(Served {
             fs,

@@ -28,7 +28,10 @@ fn main() -> ExitCode {
         let mut ramdisk =
             Ramdisk::new(size).map_err(|e| format!("a ramdisk of {size} bytes: {e}"))?;
         ramdisk.set_read_only(invocation.options.read_only);
-        let fs = DevFs::single(Arc::new(ramdisk), &invocation.options);
+        let mount_file = std::fs::metadata(&invocation.mountpoint)
+            .map_err(|e| format!("{}: {e}", invocation.mountpoint.display()))?;
+        let fs = DevFs::single(Arc::new(ramdisk), &invocation.options)
+            .owned_like(&mount_file, &invocation.options);
         Ok(Served::new(Arc::new(fs)))
     })
 }

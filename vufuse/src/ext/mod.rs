@@ -20,8 +20,8 @@ pub mod journal;
 mod names;
 
 use crate::fs::{
-    Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
-    StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
+    Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino,
+    Opened, SetAttr, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use names::{Known, Listing, NameCache};
 use std::collections::HashMap;
@@ -969,22 +969,20 @@ impl Drop for ExtFs {
 }
 
 impl FileSystem for ExtFs {
-    fn cache_policy(&self) -> CachePolicy {
-        CachePolicy {
-            attr_ttl: Duration::from_secs(60),
-            entry_ttl: Duration::from_secs(60),
+    /// 60 s caches (nothing else changes the image while mounted); every write reaches the
+    /// image before `write` returns (metadata included, by `commit`), so close(2) has nothing
+    /// left to do; libext2fs is not thread-safe, so every call holds `ExtFs::lock` and one
+    /// thread serves as well as two. Access checks are the kernel's (`default_permissions`).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            cache: CachePolicy {
+                attr_ttl: Duration::from_secs(60),
+                entry_ttl: Duration::from_secs(60),
+            },
+            flush_is_noop: true,
+            one_thread_suffices: true,
+            checks_access: false,
         }
-    }
-
-    /// Every write reaches the image before `write` returns (metadata included, by
-    /// `commit`), so close(2) has nothing left to do or report.
-    fn flush_is_noop(&self) -> bool {
-        true
-    }
-
-    /// libext2fs is not thread-safe: every call holds `ExtFs::lock`.
-    fn one_thread_suffices(&self) -> bool {
-        true
     }
 
     fn lookup(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<Entry> {

@@ -22,8 +22,8 @@ pub mod format;
 pub mod table;
 
 use crate::fs::{
-    Attr, CachePolicy, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
-    StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
+    Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino,
+    Opened, SetAttr, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use bpb::{FatType, Geometry};
 use dir::{DirId, DirIndex, Named};
@@ -1323,16 +1323,17 @@ impl FileSystem for FatFs {
     /// Every change takes the write lock; only reads of cached extents share a read lock,
     /// and the image is read through the page cache: measured with fat_bench.py, one polling
     /// thread matched or beat two sleeping ones on every figure (create5000 0.56 s vs 0.89 s,
-    /// cold read 0.20 s vs 0.20 s).
-    fn one_thread_suffices(&self) -> bool {
-        true
-    }
-
-    fn cache_policy(&self) -> CachePolicy {
-        // Nothing but this driver changes the volume while it is mounted.
-        CachePolicy {
-            attr_ttl: Duration::from_secs(60),
-            entry_ttl: Duration::from_secs(60),
+    /// cold read 0.20 s vs 0.20 s). Nothing but this driver changes the volume while it is
+    /// mounted (60 s caches). FAT has no owners: access is checked by the kernel against
+    /// the `uid=`/`gid=`/`umask=` view (`default_permissions`).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            cache: CachePolicy {
+                attr_ttl: Duration::from_secs(60),
+                entry_ttl: Duration::from_secs(60),
+            },
+            one_thread_suffices: true,
+            ..Capabilities::default()
         }
     }
 

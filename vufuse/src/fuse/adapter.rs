@@ -2,7 +2,8 @@
 
 use super::busy_poll::BusyPoll;
 use crate::fs::{
-    Attr, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, SetAttr, SetTime, StatFs,
+    Attr, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, SetAttr, SetTime,
+    StatFs,
 };
 use fuser::{
     FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -32,6 +33,7 @@ const READDIRPLUS_BATCH: usize = 64;
 /// the driver is; fuser calls it from several threads at once.
 pub struct FuseAdapter {
     fs: Arc<dyn FileSystem>,
+    caps: Capabilities,
     debug: bool,
     busy_poll: Option<Arc<BusyPoll>>,
     lifecycle: Arc<Lifecycle>,
@@ -96,6 +98,7 @@ impl FuseAdapter {
     /// Wraps `fs`; with `debug`, every request and its result go to stderr.
     pub fn new(fs: Arc<dyn FileSystem>, debug: bool) -> FuseAdapter {
         FuseAdapter {
+            caps: fs.capabilities(),
             fs,
             debug,
             busy_poll: None,
@@ -132,13 +135,13 @@ impl FuseAdapter {
     }
 
     fn attr_ttl(&self) -> Duration {
-        self.fs.cache_policy().attr_ttl
+        self.caps.cache.attr_ttl
     }
 
     fn reply_entry(&self, reply: ReplyEntry, result: Result<Entry, Errno>) {
         match result {
             Ok(entry) => {
-                let policy = self.fs.cache_policy();
+                let policy = self.caps.cache;
                 reply.entry_with_ttls(
                     &policy.attr_ttl,
                     &policy.entry_ttl,
@@ -569,7 +572,7 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         // ENOSYS makes the kernel stop sending FLUSH for the rest of the mount (close(2)
         // succeeds without a round trip); only for drivers with nothing to do there.
-        let result = if self.fs.flush_is_noop() {
+        let result = if self.caps.flush_is_noop {
             Err(Errno::ENOSYS)
         } else {
             self.fs.flush(&context(req, None), Ino(ino.0), Fh(fh.0))
@@ -693,7 +696,7 @@ impl fuser::Filesystem for FuseAdapter {
             self.trace(req, || format!("readdirplus({}, {offset})", ino.0), &listed);
             return reply.error(errno(e));
         }
-        let policy = self.fs.cache_policy();
+        let policy = self.caps.cache;
         let ttl = policy.attr_ttl.min(policy.entry_ttl);
         let mut count = 0usize;
         for (entry_ino, next_offset, kind, name) in &batch {
@@ -896,7 +899,7 @@ impl fuser::Filesystem for FuseAdapter {
         );
         match result {
             Ok((entry, opened)) => reply.created(
-                &self.fs.cache_policy().entry_ttl,
+                &self.caps.cache.entry_ttl,
                 &to_file_attr(&entry.attr),
                 Generation(entry.generation),
                 FileHandle(opened.fh.0),

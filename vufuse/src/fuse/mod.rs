@@ -12,7 +12,7 @@ mod busy_poll;
 pub use adapter::{FuseAdapter, Lifecycle, MAX_WRITE};
 pub use busy_poll::{BusyPoll, IDLE_AFTER};
 
-use crate::fs::Ino;
+use crate::fs::{Capabilities, Ino};
 use crate::options::MountOptions;
 use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 use std::ffi::OsStr;
@@ -27,8 +27,14 @@ pub const SERVING_THREADS: usize = 2;
 /// AutoUnmount (it execs fusermount) nor clone_fd (it breaks under umvu) is used.
 /// `busy_poll` (resolved from the option and the driver, see [`BusyPoll`]) serves with one
 /// thread.
+///
+/// `allow_other` lets every user in; a driver that does not check access itself
+/// (`caps.checks_access` false) then gets the kernel's `default_permissions` whether or not
+/// it was asked for, so a root-owned 0600 file stays root's (fuse2fs checks the same rights
+/// itself).
 pub fn session_config(
     options: &MountOptions,
+    caps: &Capabilities,
     busy_poll: bool,
     fsname: &str,
     subtype: &str,
@@ -45,7 +51,7 @@ pub fn session_config(
     if options.read_only {
         mount_options.push(MountOption::RO);
     }
-    if options.default_permissions {
+    if kernel_checks_access(options, caps) {
         mount_options.push(MountOption::DefaultPermissions);
     }
     let kernel = &options.kernel;
@@ -82,6 +88,12 @@ pub fn session_config(
     config
 }
 
+/// Whether the kernel must check permissions: asked for, or needed because other users
+/// reach a mount whose driver would not refuse them.
+pub fn kernel_checks_access(options: &MountOptions, caps: &Capabilities) -> bool {
+    options.default_permissions || (options.allow_other && !caps.checks_access)
+}
+
 /// Drops what the kernel cached about names and inodes of one mount, for
 /// drivers whose data changes behind the kernel's back (a partition table
 /// rewritten through the whole-disk file).
@@ -115,7 +127,7 @@ mod tests {
 
     fn config(text: &str) -> Config {
         let opts = MountOptions::parse(text, WritePolicy::ReadOnlyUnlessForced).unwrap();
-        session_config(&opts, false, "/img", "fusefatfs")
+        session_config(&opts, &Capabilities::default(), false, "/img", "fusefatfs")
     }
 
     #[test]
@@ -130,7 +142,11 @@ mod tests {
             .contains(&MountOption::CUSTOM("subtype=fusefatfs".into())));
         assert_eq!(c.n_threads, Some(2));
         let opts = MountOptions::parse("", WritePolicy::ReadOnlyUnlessForced).unwrap();
-        assert_eq!(session_config(&opts, true, "/img", "x").n_threads, Some(1));
+        let caps = Capabilities::default();
+        assert_eq!(
+            session_config(&opts, &caps, true, "/img", "x").n_threads,
+            Some(1)
+        );
         assert!(!c.clone_fd);
         assert!(!c.mount_options.contains(&MountOption::AutoUnmount));
         assert_eq!(c.acl, SessionACL::Owner);
@@ -145,6 +161,26 @@ mod tests {
         assert!(c.mount_options.contains(&MountOption::DefaultPermissions));
         assert_eq!(c.acl, SessionACL::All);
         assert_eq!(config("allow_root").acl, SessionACL::RootAndOwner);
+    }
+
+    #[test]
+    fn allow_other_turns_on_kernel_checks_unless_the_driver_checks() {
+        let opts = |text| MountOptions::parse(text, WritePolicy::ReadOnlyUnlessForced).unwrap();
+        let unchecked = Capabilities::default();
+        let checked = Capabilities {
+            checks_access: true,
+            ..Capabilities::default()
+        };
+        let has_dp = |text, caps: &Capabilities| {
+            session_config(&opts(text), caps, false, "/img", "t")
+                .mount_options
+                .contains(&MountOption::DefaultPermissions)
+        };
+        assert!(has_dp("allow_other", &unchecked));
+        assert!(!has_dp("allow_other", &checked));
+        assert!(has_dp("allow_other,default_permissions", &checked));
+        assert!(!has_dp("", &unchecked));
+        assert!(!has_dp("allow_root", &unchecked));
     }
 
     #[test]
