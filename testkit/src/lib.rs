@@ -8,6 +8,7 @@
 
 pub mod fsck;
 pub mod mount;
+pub mod other_user;
 pub mod run;
 pub mod umvu;
 
@@ -16,9 +17,9 @@ pub use mount::{
     daemon_gone, is_mounted, lazy_unmount, mount_daemon, unmount, wait_for_daemon_exit, wait_until,
     wait_until_mounted, MountGuard,
 };
+pub use other_user::{as_nobody, assert_denied, nobody, open_scratch, other_user_unavailable};
 pub use run::{
-    as_nobody, fuser_serving_threads, other_user_unavailable, run, run_daemon, run_ok, s, sh,
-    sh_output, skip, thread_names,
+    fuser_serving_threads, run, run_daemon, run_ok, s, sh, sh_output, skip, thread_names,
 };
 
 #[cfg(test)]

@@ -92,46 +92,6 @@ pub fn sh_output(script: &str) -> Output {
         .unwrap_or_else(|e| panic!("cannot run sh: {e}"))
 }
 
-/// Runs `sh -c script` as user nobody with no supplementary groups (via setpriv), whatever
-/// its exit status: how a test acts as a user other than the mounter.
-pub fn as_nobody(script: &str) -> Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "sh",
-            "-c",
-            script,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run setpriv (util-linux): {e}"))
-}
-
-/// Why a test cannot act as another user here, if it cannot (not root, or no setpriv).
-pub fn other_user_unavailable() -> Option<String> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("not root: cannot act as another user".into());
-    }
-    match Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "true",
-        ])
-        .output()
-    {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!(
-            "setpriv cannot switch to nobody: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Some(format!("setpriv is missing: {e}")),
-    }
-}
-
 /// The path as `&str` (test paths are UTF-8).
 pub fn s(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")

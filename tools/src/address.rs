@@ -7,7 +7,7 @@ use crate::util::Outcome;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vudev::part::{self, Partition};
-use vudev::{BlockDevice, FileDevice, PartitionedDisk};
+use vudev::{BlockDevice, PartitionedDisk};
 
 /// Where a path lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,7 +119,7 @@ pub fn open_device(
     partition: Option<&str>,
     read_only: bool,
 ) -> Outcome<Arc<dyn BlockDevice>> {
-    let file = FileDevice::open(image, read_only).map_err(|e| fail!("{}: {e}", image.display()))?;
+    let file = crate::image_lock::open_locked(image, read_only)?;
     let disk: Arc<dyn BlockDevice> = Arc::new(file);
     let Some(which) = partition else {
         return Ok(disk);

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vudev::part::{self, NewPartition, PartType, PartitionTable};
 use vudev::{BlockDevice, FileDevice, Window};
-use vufuse::Ino;
+use vufuse_api::Ino;
 
 /// Help for `vuimg build`.
 pub const SPEC_HELP: &str = r#"SPEC (TOML):
@@ -288,21 +288,21 @@ pub fn build(spec_path: &Path, output: Option<&Path>, dry_run: bool, json: bool)
         }
         let capacity = match fs {
             Some(f) if f.is_fat() => {
-                let opts = vufuse::fat::format::FormatOptions {
+                let opts = vufuse_fat::format::FormatOptions {
                     fat_type: None,
                     cluster_size: unit,
                     label: ps.label.clone(),
                     ..Default::default()
                 };
                 let forced = match f {
-                    FsType::Fat12 => Some(vufuse::fat::bpb::FatType::Fat12),
-                    FsType::Fat16 => Some(vufuse::fat::bpb::FatType::Fat16),
-                    FsType::Fat32 => Some(vufuse::fat::bpb::FatType::Fat32),
+                    FsType::Fat12 => Some(vufuse_fat::bpb::FatType::Fat12),
+                    FsType::Fat16 => Some(vufuse_fat::bpb::FatType::Fat16),
+                    FsType::Fat32 => Some(vufuse_fat::bpb::FatType::Fat32),
                     _ => None,
                 };
-                let layout = vufuse::fat::format::layout_for(
+                let layout = vufuse_fat::format::layout_for(
                     bytes,
-                    &vufuse::fat::format::FormatOptions {
+                    &vufuse_fat::format::FormatOptions {
                         fat_type: forced,
                         ..opts
                     },

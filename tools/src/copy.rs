@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
-use vufuse::{FileKind, Ino};
+use vufuse_api::{FileKind, Ino};
 
 /// Where the bytes of an item come from.
 pub enum Origin {
@@ -166,7 +166,7 @@ pub fn plan_image(
 
 fn plan_image_attr(
     vol: &Volume,
-    attr: &vufuse::Attr,
+    attr: &vufuse_api::Attr,
     src: &str,
     dest: &str,
     recursive: bool,

@@ -10,7 +10,7 @@ use crate::volume::Volume;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::time::UNIX_EPOCH;
-use vufuse::{FileKind, Ino};
+use vufuse_api::{FileKind, Ino};
 
 /// Opens the volume an address names.
 pub fn open_volume(p: &ImagePath, writable: bool) -> Outcome<Volume> {
@@ -66,7 +66,7 @@ pub fn ls(addr: &str, long: bool, json: bool) -> Outcome {
     let p = address::parse_image(addr)?;
     let vol = open_volume(&p, false)?;
     let attr = vol.resolve_existing(&p.path)?;
-    let entries: Vec<(String, vufuse::Attr)> = if attr.kind == FileKind::Dir {
+    let entries: Vec<(String, vufuse_api::Attr)> = if attr.kind == FileKind::Dir {
         let mut v = Vec::new();
         for (name, _, _) in vol.list(attr.ino).map_err(|e| fail!("{}: {e}", p))? {
             let a = vol
@@ -80,7 +80,7 @@ pub fn ls(addr: &str, long: bool, json: bool) -> Outcome {
         let name = copy::split(&p.path).1;
         vec![(name, attr)]
     };
-    let link = |a: &vufuse::Attr| -> Option<String> {
+    let link = |a: &vufuse_api::Attr| -> Option<String> {
         (a.kind == FileKind::Symlink)
             .then(|| vol.readlink(a.ino).ok())
             .flatten()
@@ -437,8 +437,7 @@ fn dev_start(image: &std::path::Path, partition: Option<&str>) -> Outcome<Option
     let Some(which) = partition else {
         return Ok(None);
     };
-    let dev =
-        vudev::FileDevice::open(image, true).map_err(|e| fail!("{}: {e}", image.display()))?;
+    let dev = crate::image_lock::open_locked(image, true)?;
     let table = crate::part_cmd::read_table(&dev)?;
     let p = address::find_partition(&table, which)
         .ok_or_else(|| fail!("{}@{which}: no such partition", image.display()))?;

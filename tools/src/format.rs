@@ -7,8 +7,8 @@ use crate::util::{parse_bytes, Outcome};
 use std::path::Path;
 use std::process::Command;
 use vudev::BlockDevice;
-use vufuse::fat::bpb::FatType;
-use vufuse::fat::format::{self as fatfmt, FormatOptions, Layout};
+use vufuse_fat::bpb::FatType;
+use vufuse_fat::format::{self as fatfmt, FormatOptions, Layout};
 
 /// A filesystem type to create.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,6 +10,7 @@ mod cli;
 mod copy;
 mod files;
 mod format;
+mod image_lock;
 mod part_cmd;
 mod progress;
 mod repro;

@@ -7,7 +7,7 @@ use vudev::part::{self, NewPartition, PartType, PartitionTable, Scheme};
 use vudev::{BlockDevice, FileDevice};
 
 fn open_rw(image: &Path) -> Result<FileDevice, Failure> {
-    FileDevice::open(image, false).map_err(|e| Failure(format!("{}: {e}", image.display())))
+    crate::image_lock::open_locked(image, false)
 }
 
 /// The partition table of an image, warnings printed.
@@ -160,8 +160,7 @@ pub fn part_command(cmd: PartCommand) -> Outcome {
             part::write(&dev, &table)?;
         }
         PartCommand::List { image, json } => {
-            let dev = FileDevice::open(&image, true)
-                .map_err(|e| Failure(format!("{}: {e}", image.display())))?;
+            let dev = crate::image_lock::open_locked(&image, true)?;
             let table = read_table(&dev)?;
             if json {
                 println!(

@@ -17,9 +17,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::SystemTime;
 use vudev::BlockDevice;
-use vufuse::fat::bpb::{self, FatType};
-use vufuse::fat::dirent::{from_fat_time, to_fat_time, SLOT};
-use vufuse::fat::table::Fat;
+use vufuse_fat::bpb::{self, FatType};
+use vufuse_fat::dirent::{from_fat_time, to_fat_time, SLOT};
+use vufuse_fat::table::Fat;
 
 const ATTR_LFN: u8 = 0x0F;
 const ATTR_VOLUME: u8 = 0x08;

@@ -9,10 +9,10 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use vudev::BlockDevice;
-use vufuse::ext::{looks_like_ext, ExtFs, ExtOptions};
-use vufuse::fat::{looks_like_fat, FatFs, FatOptions};
-use vufuse::resolver::PathResolver;
-use vufuse::{Attr, Context, Errno, FileKind, FileSystem, Ino, SetAttr, SetTime, StatFs};
+use vufuse_api::resolver::PathResolver;
+use vufuse_api::{Attr, Context, Errno, FileKind, FileSystem, Ino, SetAttr, SetTime, StatFs};
+use vufuse_ext::{looks_like_ext, ExtFs, ExtOptions};
+use vufuse_fat::{looks_like_fat, FatFs, FatOptions};
 
 /// The filesystem kinds vuimg works with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +96,7 @@ fn broken_fat(dev: &dyn BlockDevice) -> Option<String> {
     if !(signed && says_fat) {
         return None;
     }
-    vufuse::fat::bpb::parse(&sector, dev.size()).err()
+    vufuse_fat::bpb::parse(&sector, dev.size()).err()
 }
 
 fn errno_text(e: Errno) -> String {
@@ -500,7 +500,7 @@ pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 pub struct FileReader<'a> {
     vol: &'a Volume,
     ino: Ino,
-    fh: vufuse::Fh,
+    fh: vufuse_api::Fh,
     offset: u64,
 }
 

@@ -150,3 +150,58 @@ fn help_is_man_style_and_usage_errors_exit_2() {
     fails(&["ls"], 2, "required");
     fails(&["format", "x.img"], 2, "required");
 }
+
+/// An image another program holds (an OFD lock, as fusefatfs, fuseext2 and qemu take) is
+/// refused for writing with a message naming it; read-only commands share a reader's lock.
+#[test]
+fn an_image_held_by_another_program_is_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("held.img");
+    ok(&["create", s(&img), "8M"]);
+    ok(&["part", "new", s(&img), "mbr"]);
+    // A holder of the kind F_OFD_SETLK (37) gives: F_WRLCK (1) for a writer, F_RDLCK (0) for
+    // readers, over the whole file.
+    let hold = |l_type: u8| {
+        let script = format!(
+            "import fcntl, os, struct, sys, time\n\
+             fd = os.open(sys.argv[1], os.O_RDWR)\n\
+             fcntl.fcntl(fd, 37, struct.pack('hhxxxxqqixxxx', {l_type}, 0, 0, 0, 0))\n\
+             print('held', flush=True)\n\
+             time.sleep(60)\n"
+        );
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &script, s(&img)])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line, "held\n");
+        child
+    };
+    let before = std::fs::read(&img).unwrap();
+    let mut writer = hold(1);
+    fails(
+        &["part", "add", s(&img), "fat32"],
+        1,
+        &format!("{}: in use", img.display()),
+    );
+    fails(&["part", "list", s(&img)], 1, "open read-write");
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    let mut reader = hold(0);
+    ok(&["part", "list", s(&img)]);
+    fails(&["part", "add", s(&img), "fat32"], 1, "open read-only");
+    reader.kill().unwrap();
+    reader.wait().unwrap();
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        before,
+        "the image was not written"
+    );
+    ok(&["part", "add", s(&img), "fat32"]);
+}

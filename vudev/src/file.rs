@@ -6,9 +6,11 @@
 
 use crate::device::{clamp_len, writable_len, BlockDevice};
 use crate::errno::{Errno, Result};
+use crate::lock::{lock_file, LockError, LockMode};
 use rustix::fs::FallocateFlags;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
@@ -75,6 +77,12 @@ impl FileDevice {
     /// True for a host block device (as opposed to an image file).
     pub fn is_block_device(&self) -> bool {
         self.is_block_device
+    }
+
+    /// Locks the image against other opens: [`LockMode::Exclusive`] for a writer,
+    /// [`LockMode::Shared`] for readers (see [`crate::lock`]). Held until the device is dropped.
+    pub fn lock(&self, mode: LockMode) -> std::result::Result<(), LockError> {
+        lock_file(self.file.as_fd(), mode)
     }
 
     /// The underlying file, for front ends that pass ioctls through.

@@ -8,15 +8,18 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "oracles")]
 pub mod adapters;
 mod device;
 pub mod errno;
 mod file;
+pub mod lock;
 pub mod part;
 mod partx;
 mod ramdisk;
 mod window;
 
+#[cfg(feature = "oracles")]
 pub use adapters::{DeviceCursor, Ext4Reader};
 pub use device::BlockDevice;
 pub use errno::{Errno, Result};

@@ -8,7 +8,7 @@
 
 use rustix::fs::Stat;
 use vudev::{Errno, Result};
-use vufuse::fs::{Context, SetAttr, SetTime};
+use vufuse_api::fs::{Context, SetAttr, SetTime};
 
 /// The caller's identity: uid, primary gid and supplementary groups.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 use vudev::{Errno, Result};
-use vufuse::fs::{
+use vufuse_api::fs::{
     Attr, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
     SetTime, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };

@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use vufs::{open_layer, Config, Mode, Options, VuFs};
-use vufuse::{Context, FileSystem, Ino};
+use vufuse_api::{Context, FileSystem, Ino};
 
 fn cow(upper: &std::path::Path, lower: &std::path::Path) -> VuFs {
     let options = Options {

@@ -13,9 +13,7 @@
 //! the mount is live), 2 for usage errors (bad arguments or options), 1 for
 //! failures (source or mount point unusable, mount refused).
 
-use crate::fs::FileSystem;
 use crate::fuse::{session_config, FuseAdapter, KernelCache};
-use crate::options::{MountOptions, WritePolicy};
 use clap::{Arg, ArgAction, Command};
 use std::ffi::OsString;
 use std::fmt;
@@ -24,6 +22,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use vufuse_api::fs::FileSystem;
+use vufuse_api::options::{MountOptions, WritePolicy};
 
 /// What a binary's mount point must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

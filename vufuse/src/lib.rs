@@ -1,22 +1,11 @@
-//! Filesystem drivers (FAT, ext2/3/4) behind one [`FileSystem`] trait, and
-//! their front ends (FUSE daemon, VUOS vufuse submodules).
+//! The kernel FUSE front end: the adapter that serves any [`FileSystem`] through `fuser`, and
+//! the daemon (command line, daemonizing, signals, session end) that the `fusefatfs`,
+//! `fuseext2`, `vudevpartx`, `vudevramdisk` and `vufs` binaries share. Drivers live in
+//! crates of their own (`vufuse-fat`, `vufuse-ext`, `vufs`) and never see this one.
 
 #![warn(missing_docs)]
 
-pub mod ext;
-pub mod fat;
-pub mod fs;
-pub mod resolver;
-pub mod source;
-
 pub mod daemon;
-pub mod devfs;
 pub mod fuse;
-pub mod options;
 
-pub use fs::{
-    Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino,
-    Opened, SetAttr, SetTime, StatFs,
-};
-pub use vudev;
-pub use vudev::{Errno, Result};
+pub use vufuse_api::{self as api, FileSystem};

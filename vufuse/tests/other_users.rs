@@ -4,36 +4,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use testkit::{as_nobody, other_user_unavailable, sh, skip, MountGuard};
+use testkit::{assert_denied, nobody, open_scratch, other_user_unavailable, sh, skip, MountGuard};
 
 const FUSEEXT2: &str = env!("CARGO_BIN_EXE_fuseext2");
 const FUSEFATFS: &str = env!("CARGO_BIN_EXE_fusefatfs");
-const VUDEVPARTX: &str = env!("CARGO_BIN_EXE_vudevpartx");
-
-/// A scratch directory other users can enter (tempdirs are 0700).
-fn open_scratch() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
-/// What nobody's `script` did: its exit status and stderr.
-fn nobody(script: &str) -> (bool, String) {
-    let out = as_nobody(script);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn assert_denied(script: &str) {
-    let (ok, err) = nobody(script);
-    assert!(!ok, "nobody was allowed: {script}");
-    assert!(
-        err.contains("Permission denied") || err.contains("Operation not permitted"),
-        "{script}: {err}"
-    );
-}
 
 fn mount(bin: &str, image: &Path, dir: &Path, options: &str) -> MountGuard {
     std::fs::create_dir_all(dir).unwrap();
@@ -106,28 +80,5 @@ fn fusefatfs_umask_keeps_other_users_out() {
     assert!(ok, "{err}");
     assert_denied(&format!("echo x >> '{}/s'", mnt.display()));
     assert_denied(&format!("rm -f '{}/s'", mnt.display()));
-    m.unmount();
-}
-
-#[test]
-fn vudevpartx_shows_devices_with_the_images_owner_and_mode() {
-    if let Some(reason) = other_user_unavailable() {
-        return skip(&reason);
-    }
-    let dir = open_scratch();
-    let img = dir.path().join("d.img");
-    sh(&format!(
-        "truncate -s 8M '{0}' && echo 'start=2048, size=4096, type=83' | sfdisk -q '{0}' && \
-         chmod 600 '{0}'",
-        img.display()
-    ));
-    let mnt = dir.path().join("m");
-    let m = mount(VUDEVPARTX, &img, &mnt, "allow_other");
-    for name in ["disk", "disk1"] {
-        let md = std::fs::metadata(mnt.join(name)).unwrap();
-        assert_eq!(md.permissions().mode() & 0o777, 0o600, "{name}");
-        assert_denied(&format!("head -c 1 '{}/{name}' >/dev/null", mnt.display()));
-        assert_denied(&format!("printf x 1<> '{}/{name}'", mnt.display()));
-    }
     m.unmount();
 }

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use vudev::{BlockDevice, Errno, FileDevice, PartitionedDisk};
-use vuglue::vudevmod::{chs_geometry, submodule_options, warn, BlockDriver, HdGeometry};
+use vudevglue::{chs_geometry, submodule_options, warn, BlockDriver, HdGeometry};
 
 const NAME: &str = "vudevpartx";
 
@@ -62,4 +62,4 @@ impl BlockDriver for PartxDriver {
     }
 }
 
-vuglue::export_vudev_ops!(make);
+vudevglue::export_vudev_ops!(make);

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use vudev::{BlockDevice, Errno, Ramdisk};
-use vuglue::vudevmod::{chs_geometry, submodule_options, warn, BlockDriver, HdGeometry};
+use vudevglue::{chs_geometry, submodule_options, warn, BlockDriver, HdGeometry};
 
 const NAME: &str = "vudevramdisk";
 /// The size when `size=` is absent, as the C module (64 Ki sectors).
@@ -78,7 +78,7 @@ impl BlockDriver for RamdiskDriver {
     }
 }
 
-vuglue::export_vudev_ops!(make);
+vudevglue::export_vudev_ops!(make);
 
 #[cfg(test)]
 mod tests {

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vufs_core::{open_layer, Config, Options, VuFs};
-use vufuse::fs::{Attr, Context, DirEntry, Fh, FileKind, FileSystem, Ino, SetAttr, SetTime};
-use vufuse::resolver::PathResolver;
+use vufuse_api::fs::{Attr, Context, DirEntry, Fh, FileKind, FileSystem, Ino, SetAttr, SetTime};
+use vufuse_api::resolver::PathResolver;
 use vuglue::{no_unwind, ret_int, ret_isize, Errno};
 
 /// umvu's hashtable entry, opaque here.
@@ -315,11 +315,11 @@ pub unsafe extern "C" fn vu_vufs_mount(
         // SAFETY: as above; data is a string or NULL for vufs.
         let data_text = unsafe { vuglue::c_str_opt(data as *const c_char) }?.unwrap_or("");
         let (options, rest) = Options::split([data_text]).map_err(|e| {
-            vuglue::vudevmod::warn("vufs", &e.to_string());
+            vuglue::warn("vufs", &e.to_string());
             Errno::EINVAL
         })?;
         if let Some(bad) = rest.iter().find(|item| item.as_str() != "permanent") {
-            vuglue::vudevmod::warn("vufs", &format!("{bad}: unknown option"));
+            vuglue::warn("vufs", &format!("{bad}: unknown option"));
             return Err(Errno::EINVAL);
         }
         let except = options

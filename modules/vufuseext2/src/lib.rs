@@ -10,9 +10,8 @@
 use std::ffi::{c_char, c_int};
 use std::path::Path;
 use std::sync::Arc;
-use vufuse::ext::ExtFs;
-use vufuse::options::{MountOptions, WritePolicy};
-use vufuse::FileSystem;
+use vufuse_api::options::{MountOptions, WritePolicy};
+use vufuse_api::FileSystem;
 use vufuseglue::ModuleSpec;
 
 /// Tells vufuse that two mounts of this module may run at once.
@@ -27,7 +26,7 @@ const SPEC: ModuleSpec = ModuleSpec {
 };
 
 fn open_ext(source: &Path, options: &MountOptions) -> Result<Arc<dyn FileSystem>, String> {
-    Ok(Arc::new(ExtFs::open_mount(source, options)?))
+    Ok(Arc::new(vufuse_mount::open_ext(source, options)?))
 }
 
 /// The submodule entry vufuse calls in a thread of its own with

@@ -8,7 +8,7 @@
 //! device) with the shared `open_source`, and hands vufuse the FUSE 3.14
 //! operations table of [`ops`] through `fuse_main_real`, which blocks until
 //! the mount goes away. The operations get mount-relative paths and turn them
-//! into inodes through the shared [`PathResolver`](vufuse::resolver::PathResolver);
+//! into inodes through the shared [`PathResolver`](vufuse_api::resolver::PathResolver);
 //! every per-mount value lives in the mount's private data, so two mounts of
 //! one `.so` run side by side.
 #![allow(unsafe_code)]
@@ -23,8 +23,8 @@ use std::ffi::{c_char, c_int, c_void, CStr, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vufuse::options::{MountOptions, WritePolicy};
-use vufuse::FileSystem;
+use vufuse_api::options::{MountOptions, WritePolicy};
+use vufuse_api::FileSystem;
 
 pub use mount::Mount;
 

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use vufuse::resolver::PathResolver;
-use vufuse::{Errno, Fh, FileSystem, Ino};
+use vufuse_api::resolver::PathResolver;
+use vufuse_api::{Errno, Fh, FileSystem, Ino};
 
 /// One open file or directory: what `fuse_file_info.fh` stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +77,7 @@ impl Mount {
         }
         // Files vufuse never released (it should have) are released now.
         let leftover: Vec<OpenFile> = self.handles().open.drain().map(|(_, f)| f).collect();
-        let ctx = vufuse::Context::current();
+        let ctx = vufuse_api::Context::current();
         for file in leftover {
             let _ = if file.dir {
                 self.fs().releasedir(&ctx, file.ino, file.fh)

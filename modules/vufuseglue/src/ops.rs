@@ -1,5 +1,5 @@
 //! The FUSE operations vufuse calls, each a thin adapter: C arguments in, one
-//! [`FileSystem`](vufuse::FileSystem) call through the path resolver, `-errno` out.
+//! [`FileSystem`](vufuse_api::FileSystem) call through the path resolver, `-errno` out.
 //! Every entry runs inside `vuglue::ret_neg_errno`, so no panic reaches C.
 
 use crate::abi::{FillDir, FuseFileInfo, FuseOperations};
@@ -9,7 +9,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
-use vufuse::{Attr, Context, Errno, FileKind, Ino, SetAttr, SetTime};
+use vufuse_api::{Attr, Context, Errno, FileKind, Ino, SetAttr, SetTime};
 
 /// The table handed to `fuse_main_real`.
 pub static OPERATIONS: FuseOperations = FuseOperations {

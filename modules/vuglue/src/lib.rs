@@ -12,7 +12,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use vudev::Errno;
 
-pub mod vudevmod;
+/// Writes a warning to umvu's stderr (never panics, unlike `eprintln!`).
+pub fn warn(module: &str, message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{module}: {message}");
+}
 
 /// Sets the calling thread's `errno`, as umvu reads it after a handler returns -1.
 pub fn set_errno(errno: Errno) {

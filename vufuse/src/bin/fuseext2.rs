@@ -6,8 +6,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
-use vufuse::ext::ExtFs;
-use vufuse::options::WritePolicy;
+use vufuse_api::options::WritePolicy;
 
 const SPEC: DaemonSpec = DaemonSpec {
     name: "fuseext2",
@@ -27,7 +26,7 @@ fn main() -> ExitCode {
     daemon::main(&SPEC, |invocation| {
         let options = &invocation.options;
         let source = invocation.source.as_deref().ok_or("no IMAGE given")?;
-        let fs = ExtFs::open_mount(source, options)?;
+        let fs = vufuse_mount::open_ext(source, options)?;
         let label = fs.label().to_string();
         let mut served = Served::new(Arc::new(fs));
         served.fsname = (!label.is_empty()).then_some(label);

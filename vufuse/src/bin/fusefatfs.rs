@@ -6,8 +6,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
-use vufuse::fat::FatFs;
-use vufuse::options::WritePolicy;
+use vufuse_api::options::WritePolicy;
 
 const SPEC: DaemonSpec = DaemonSpec {
     name: "fusefatfs",
@@ -24,7 +23,7 @@ fn main() -> ExitCode {
     daemon::main(&SPEC, |invocation| {
         let options = &invocation.options;
         let source = invocation.source.as_deref().ok_or("no IMAGE given")?;
-        let fs = FatFs::open_mount(source, options)?;
+        let fs = vufuse_mount::open_fat(source, options)?;
         // The volume label names the mount, as a desktop would show it.
         let label = fs.label().to_string();
         let mut served = Served::new(Arc::new(fs));

@@ -1,10 +1,6 @@
 //! The adapter: every fuser request mapped to one [`FileSystem`] call.
 
 use super::busy_poll::BusyPoll;
-use crate::fs::{
-    Attr, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, SetAttr, SetTime,
-    StatFs,
-};
 use fuser::{
     FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -19,6 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use vudev::Errno;
+use vufuse_api::fs::{
+    Attr, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, SetAttr, SetTime,
+    StatFs,
+};
 
 /// The largest write the kernel may send in one request (and so the largest read it asks for).
 pub const MAX_WRITE: u32 = 1 << 20;

@@ -12,10 +12,10 @@ mod busy_poll;
 pub use adapter::{FuseAdapter, Lifecycle, MAX_WRITE};
 pub use busy_poll::{BusyPoll, IDLE_AFTER};
 
-use crate::fs::{Capabilities, Ino};
-use crate::options::MountOptions;
 use fuser::{Config, INodeNo, MountOption, Notifier, SessionACL};
 use std::ffi::OsStr;
+use vufuse_api::fs::{Capabilities, Ino};
+use vufuse_api::options::MountOptions;
 
 /// fuser threads serving requests (2: one request may block on I/O while another proceeds).
 pub const SERVING_THREADS: usize = 2;
@@ -123,7 +123,7 @@ impl KernelCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::options::WritePolicy;
+    use vufuse_api::options::WritePolicy;
 
     fn config(text: &str) -> Config {
         let opts = MountOptions::parse(text, WritePolicy::ReadOnlyUnlessForced).unwrap();

@@ -1,0 +1,55 @@
+//! `vudevpartx [-o ro] IMAGE MOUNTDIR`: a disk image and its partitions as
+//! files `disk`, `disk1`, `disk2`, ... (Linux numbering) in MOUNTDIR.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use vudev::PartitionedDisk;
+use vudev_fuse::DevFs;
+use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
+use vufuse_api::options::WritePolicy;
+
+const SPEC: DaemonSpec = DaemonSpec {
+    name: "vudevpartx",
+    about: "Shows a disk image (or block device) as the file `disk` and each of its \
+            partitions as `disk1`, `disk2`, ... in MOUNTDIR. A table rewritten through \
+            `disk` (sfdisk, sgdisk) is followed when the writer closes it.",
+    source: SourceArg::Required("IMAGE"),
+    mountpoint: MountpointKind::Directory,
+    write_policy: WritePolicy::ReadWriteUnlessRo,
+    extra_options: "",
+};
+
+fn main() -> ExitCode {
+    daemon::main(&SPEC, |invocation| {
+        let image = invocation
+            .source
+            .as_ref()
+            .ok_or_else(|| "missing IMAGE".to_string())?;
+        let options = &invocation.options;
+        let device = vufuse_mount::open_image(image, options.read_only, !options.nolock)?;
+        let image_meta =
+            std::fs::metadata(image).map_err(|e| format!("{}: {e}", image.display()))?;
+        let disk = Arc::new(PartitionedDisk::new(device));
+        if let Some(e) = disk.table_error() {
+            eprintln!(
+                "{}: warning: {}: partition table unreadable ({e}); serving the whole disk only",
+                SPEC.name,
+                image.display()
+            );
+        }
+        let fs = Arc::new(
+            DevFs::partitioned(disk, &invocation.options)
+                .owned_like(&image_meta, &invocation.options),
+        );
+        let follower = fs.clone();
+        Ok(Served {
+            fs,
+            on_mounted: Some(Box::new(move |cache| {
+                follower
+                    .set_invalidator(Box::new(cache))
+                    .map_err(|e| format!("starting the invalidation thread: {e}"))
+            })),
+            fsname: None,
+        })
+    })
+}

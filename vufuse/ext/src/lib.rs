@@ -1,0 +1,1464 @@
+//! ext2/3/4 driver on libext2fs (the engine e2fsck and fuse2fs use; the
+//! choice and its measurements are in docs/EXT-ENGINE.md).
+//!
+//! libext2fs is reached through a small C shim (`shim.c`) with a flat API,
+//! so struct layouts stay in C. This module is the FFI edge: the only place
+//! in the crate with `unsafe`, each block with its SAFETY reasoning. The
+//! library is not thread-safe, so one mutex guards the filesystem handle.
+//!
+//! Reading and writing as fuse2fs does: changes go straight to their final
+//! blocks, not through the journal (which stays empty and consistent); a
+//! journal that needs recovery, or a filesystem with errors, is refused
+//! read-write. A file unlinked while open keeps its blocks until the last
+//! handle closes. Each read or write opens its own libext2fs file handle,
+//! because a handle caches the inode and two long-lived ones could write a
+//! stale copy back.
+
+#![allow(unsafe_code)]
+
+pub mod journal;
+mod names;
+
+use names::{Known, Listing, NameCache};
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::ffi::{c_char, c_int, c_void, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use vudev::{BlockDevice, Errno, Result};
+use vufuse_api::fs::{
+    Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino,
+    Opened, SetAttr, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
+};
+use vufuse_api::MountError;
+
+/// Opaque libext2fs handles.
+#[repr(C)]
+struct ExtFsHandle {
+    _private: [u8; 0],
+}
+
+/// The device as the shim sees it (mirrors `struct vx_dev`).
+#[repr(C)]
+struct VxDev {
+    ctx: *mut c_void,
+    size: u64,
+    read_only: c_int,
+    read: extern "C" fn(*mut c_void, u64, *mut c_void, usize) -> c_int,
+    write: extern "C" fn(*mut c_void, u64, *const c_void, usize) -> c_int,
+    flush: extern "C" fn(*mut c_void) -> c_int,
+    prefetch: extern "C" fn(*mut c_void, u64, u64),
+}
+
+/// Mirrors `struct vx_stat`.
+#[repr(C)]
+#[derive(Default)]
+struct VxStat {
+    ino: u64,
+    size: u64,
+    blocks: u64,
+    mode: u32,
+    nlink: u32,
+    uid: u32,
+    gid: u32,
+    rdev: u32,
+    generation: u32,
+    atime: i64,
+    mtime: i64,
+    ctime: i64,
+    crtime: i64,
+    atime_ns: u32,
+    mtime_ns: u32,
+    ctime_ns: u32,
+    crtime_ns: u32,
+}
+
+/// Mirrors `struct vx_statfs`.
+#[repr(C)]
+#[derive(Default)]
+struct VxStatFs {
+    blocks: u64,
+    blocks_free: u64,
+    blocks_avail: u64,
+    files: u64,
+    files_free: u64,
+    block_size: u32,
+    name_max: u32,
+}
+
+type DirentCb = extern "C" fn(*mut c_void, u32, c_int, *const c_char, usize) -> c_int;
+type XattrCb = extern "C" fn(*mut c_void, *const c_char, *const c_void, usize) -> c_int;
+
+extern "C" {
+    fn vx_open(
+        dev: *mut VxDev,
+        rw: c_int,
+        allow_recovery: c_int,
+        out: *mut *mut ExtFsHandle,
+        msg: *mut c_char,
+        msglen: usize,
+    ) -> c_int;
+    fn vx_close(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_needs_recovery(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_journal_map(fs: *mut ExtFsHandle, out: *mut u64, max: usize, count: *mut usize) -> c_int;
+    fn vx_block_size(fs: *mut ExtFsHandle) -> u32;
+    fn vx_stat(fs: *mut ExtFsHandle, ino: u32, st: *mut VxStat) -> c_int;
+    fn vx_lookup(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        len: usize,
+        ino: *mut u32,
+    ) -> c_int;
+    fn vx_readdir(fs: *mut ExtFsHandle, dir: u32, cb: DirentCb, ctx: *mut c_void) -> c_int;
+    fn vx_readlink(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        buf: *mut c_char,
+        cap: usize,
+        len: *mut usize,
+    ) -> c_int;
+    fn vx_statfs(fs: *mut ExtFsHandle, st: *mut VxStatFs) -> c_int;
+    fn vx_label(fs: *mut ExtFsHandle, buf: *mut c_char);
+    fn vx_xattrs(fs: *mut ExtFsHandle, ino: u32, cb: XattrCb, ctx: *mut c_void) -> c_int;
+    fn vx_begin_rw(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_end_rw(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_flush(fs: *mut ExtFsHandle) -> c_int;
+    fn vx_mknod(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+        s: i64,
+        ns: u32,
+        known_absent: c_int,
+        out: *mut u32,
+    ) -> c_int;
+    fn vx_mkdir(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        s: i64,
+        ns: u32,
+        known_absent: c_int,
+        out: *mut u32,
+    ) -> c_int;
+    fn vx_symlink(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        target: *const c_char,
+        uid: u32,
+        gid: u32,
+        s: i64,
+        ns: u32,
+        known_absent: c_int,
+        out: *mut u32,
+    ) -> c_int;
+    fn vx_link(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        dir: u32,
+        name: *const c_char,
+        s: i64,
+        ns: u32,
+        known_absent: c_int,
+    ) -> c_int;
+    fn vx_unlink(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        want_dir: c_int,
+        s: i64,
+        ns: u32,
+        out_ino: *mut u32,
+        out_last: *mut c_int,
+    ) -> c_int;
+    fn vx_free_inode(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    fn vx_orphan_add(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    fn vx_rename(
+        fs: *mut ExtFsHandle,
+        sdir: u32,
+        sname: *const c_char,
+        ddir: u32,
+        dname: *const c_char,
+        flags: c_int,
+        s: i64,
+        ns: u32,
+        freed: *mut u32,
+    ) -> c_int;
+    fn vx_read_ino(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        offset: u64,
+        buf: *mut c_void,
+        len: usize,
+        ahead: u64,
+        got: *mut usize,
+    ) -> c_int;
+    fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
+    fn vx_sync_meta(fs: *mut ExtFsHandle) -> c_int;
+    #[cfg(test)]
+    fn vx_crc32c_selftest() -> c_int;
+    fn vx_check_extents(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    fn vx_write_ino(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        offset: u64,
+        buf: *const c_void,
+        len: usize,
+        s: i64,
+        ns: u32,
+        done: *mut usize,
+    ) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    fn vx_setattr(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        has_mode: c_int,
+        mode: u32,
+        has_uid: c_int,
+        uid: u32,
+        has_gid: c_int,
+        gid: u32,
+        has_atime: c_int,
+        a_s: i64,
+        a_ns: u32,
+        has_mtime: c_int,
+        m_s: i64,
+        m_ns: u32,
+        now_s: i64,
+        now_ns: u32,
+    ) -> c_int;
+    fn vx_setxattr(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        name: *const c_char,
+        value: *const c_void,
+        len: usize,
+        flags: c_int,
+    ) -> c_int;
+}
+
+/// Seconds and nanoseconds of `t` since the epoch (negative before it).
+fn split_time(t: SystemTime) -> (i64, u32) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            let (s, n) = (d.as_secs() as i64, d.subsec_nanos());
+            if n == 0 {
+                (-s, 0)
+            } else {
+                (-s - 1, 1_000_000_000 - n)
+            }
+        }
+    }
+}
+
+/// A name as a C string; `EINVAL` if it holds a NUL byte.
+fn c_name(name: &OsStr) -> Result<std::ffi::CString> {
+    if name.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// How far ahead of a sequential reader the device is asked to prefetch.
+const READAHEAD: u64 = 8 << 20;
+
+fn check(code: c_int) -> Result<()> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw(code))
+    }
+}
+
+/// Runs a device callback body; a panic becomes EIO instead of unwinding into C.
+fn guarded(f: impl FnOnce() -> Result<()>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => e.raw(),
+        Err(_) => libc::EIO,
+    }
+}
+
+extern "C" fn dev_read(ctx: *mut c_void, offset: u64, buf: *mut c_void, len: usize) -> c_int {
+    guarded(|| {
+        // SAFETY: ctx is the `Arc<dyn BlockDevice>` boxed in `ExtFs::open`, alive
+        // until the filesystem is closed; buf is a writable buffer of len bytes
+        // owned by libext2fs for the duration of this call.
+        let (dev, buf) = unsafe {
+            (
+                &*(ctx as *const Arc<dyn BlockDevice>),
+                std::slice::from_raw_parts_mut(buf as *mut u8, len),
+            )
+        };
+        dev.read_exact_at(buf, offset)
+    })
+}
+
+extern "C" fn dev_write(ctx: *mut c_void, offset: u64, buf: *const c_void, len: usize) -> c_int {
+    guarded(|| {
+        // SAFETY: as in dev_read; buf is readable for len bytes during the call.
+        let (dev, buf) = unsafe {
+            (
+                &*(ctx as *const Arc<dyn BlockDevice>),
+                std::slice::from_raw_parts(buf as *const u8, len),
+            )
+        };
+        dev.write_all_at(buf, offset)
+    })
+}
+
+extern "C" fn dev_prefetch(ctx: *mut c_void, offset: u64, len: u64) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as in dev_read.
+        let dev = unsafe { &*(ctx as *const Arc<dyn BlockDevice>) };
+        dev.prefetch(offset, len);
+    }));
+}
+
+extern "C" fn dev_flush(ctx: *mut c_void) -> c_int {
+    guarded(|| {
+        // SAFETY: as in dev_read.
+        let dev = unsafe { &*(ctx as *const Arc<dyn BlockDevice>) };
+        dev.flush()
+    })
+}
+
+/// What the driver itself needs from the mount options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExtOptions {
+    /// Refuse every change.
+    pub read_only: bool,
+}
+
+/// The libext2fs handle and the open files; only touched under the mutex.
+struct Handles {
+    fs: *mut ExtFsHandle,
+    /// Open file handles: fh to inode.
+    files: HashMap<u64, u32>,
+    /// Where a sequential reader of each handle would read next.
+    next_read: HashMap<u64, u64>,
+    /// Per open file: the file offset at which a sequential reader next asks the device to
+    /// prefetch (once per half window, not once per request: each ask walks the page cache).
+    prefetch_at: HashMap<u64, u64>,
+    /// Directory listings taken at opendir.
+    dirs: HashMap<u64, Vec<(u32, FileKind, Vec<u8>)>>,
+    /// Inodes whose last link went while open: freed at their last close.
+    orphans: HashSet<u32>,
+    /// Names of directories looked up in, so lookups (positive and
+    /// negative) and the existence check of a create skip libext2fs's
+    /// linear scan. Kept in step by every change made here; "." and ".."
+    /// are not cached. Bounded in memory (`names::NAME_CACHE_BYTES`).
+    names: NameCache,
+}
+
+/// Adds one directory entry to the `names::Listing` behind `ctx`; non-zero stops the
+/// iteration (the listing is over budget, or a panic was caught: then marked broken).
+extern "C" fn collect_name(
+    ctx: *mut c_void,
+    ino: u32,
+    _file_type: c_int,
+    name: *const c_char,
+    len: usize,
+) -> c_int {
+    // SAFETY: ctx is the listing passed by `Handles::lookup_cached`, alive for the whole
+    // iteration and touched by nothing else meanwhile.
+    let listing = unsafe { &mut *(ctx as *mut Listing) };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: name points at len bytes inside libext2fs's block buffer.
+        let name = unsafe { std::slice::from_raw_parts(name as *const u8, len) };
+        listing.add(name, ino)
+    }));
+    match outcome {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(_) => {
+            listing.set_broken();
+            1
+        }
+    }
+}
+
+impl Handles {
+    fn open_count(&self, ino: u32) -> usize {
+        self.files.values().filter(|&&i| i == ino).count()
+    }
+
+    /// Frees `ino` now if nobody has it open, else when the last handle closes.
+    fn free_when_closed(&mut self, ino: u32) -> Result<()> {
+        self.forget_dir(ino);
+        if self.open_count(ino) > 0 {
+            if self.orphans.insert(ino) {
+                // SAFETY: self.fs is open; ino's last link is gone.
+                check(unsafe { vx_orphan_add(self.fs, ino) })?;
+            }
+            Ok(())
+        } else {
+            // SAFETY: self.fs is open; ino's last link is gone.
+            check(unsafe { vx_free_inode(self.fs, ino) })
+        }
+    }
+
+    /// The inode `name` in `dir` leads to, from the name cache (filled from
+    /// the directory on first use); `ENOENT` if absent.
+    fn lookup_cached(&mut self, dir: u32, name: &[u8]) -> Result<u32> {
+        if name == b"." || name == b".." {
+            return self.scan_lookup(dir, name);
+        }
+        if self.names.wants(dir) {
+            let mut listing = self.names.listing();
+            // SAFETY: self.fs is open; the callback only touches `listing`, alive for the call.
+            check(unsafe {
+                vx_readdir(
+                    self.fs,
+                    dir,
+                    collect_name,
+                    &mut listing as *mut _ as *mut c_void,
+                )
+            })?;
+            self.names.insert_dir(dir, listing);
+        }
+        match self.names.get(dir, name) {
+            Known::Present(ino) => Ok(ino),
+            Known::Absent => Err(Errno::ENOENT),
+            // Too large a directory for the table: libext2fs scans it (once per lookup, as
+            // before the table existed).
+            Known::Unknown => self.scan_lookup(dir, name),
+        }
+    }
+
+    /// `name` in `dir` by libext2fs's scan of the directory's blocks.
+    fn scan_lookup(&self, dir: u32, name: &[u8]) -> Result<u32> {
+        let mut ino = 0u32;
+        // SAFETY: self.fs is open; name is valid for name.len() bytes.
+        check(unsafe {
+            vx_lookup(
+                self.fs,
+                dir,
+                name.as_ptr() as *const c_char,
+                name.len(),
+                &mut ino,
+            )
+        })?;
+        Ok(ino)
+    }
+
+    /// Whether `name` is known to be absent from `dir` (false: unknown or present).
+    fn known_absent(&self, dir: u32, name: &[u8]) -> bool {
+        self.names.known_absent(dir, name)
+    }
+
+    /// Records that `name` in `dir` now leads to `ino` (after a successful
+    /// create or link), or forgets the directory after a failure.
+    fn note_added(&mut self, dir: u32, name: &[u8], result: &Result<u32>) {
+        match result {
+            Ok(ino) => self.names.note_added(dir, name, *ino),
+            Err(_) => self.forget_dir(dir),
+        }
+    }
+
+    /// Drops the cached names of `dir` (changed in a way not tracked, or gone).
+    fn forget_dir(&mut self, dir: u32) {
+        self.names.forget_dir(dir);
+    }
+
+    /// Writes the allocation metadata a change touched (bitmaps and
+    /// descriptors of the changed groups, the superblock), so the image is
+    /// consistent after every operation, not only at unmount. Runs after
+    /// failed operations too: they may have changed something before failing.
+    fn commit<T>(&self, result: Result<T>) -> Result<T> {
+        // SAFETY: self.fs is open; on a read-only mount this does nothing.
+        let synced = check(unsafe { vx_sync_meta(self.fs) });
+        let value = result?;
+        synced.map(|()| value)
+    }
+}
+
+// SAFETY: libext2fs handles are plain heap data with no thread affinity; the
+// library is not thread-safe, so every use goes through `ExtFs::lock`, which
+// serialises all calls.
+unsafe impl Send for Handles {}
+
+/// A mounted ext2/3/4 volume.
+pub struct ExtFs {
+    handles: Mutex<Handles>,
+    /// Owns the device the shim's `VxDev` points into; freed after close.
+    device: *mut VxDev,
+    read_only: bool,
+    label: String,
+    next_fh: AtomicU64,
+    view: ExtView,
+}
+
+/// How files are shown and owned, from fuse2fs's mount options. The
+/// default shows what is on disk and gives new files the caller's ids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExtView {
+    /// `uid=N`: every file is reported as owned by user N (the disk keeps its owners).
+    pub uid: Option<u32>,
+    /// `gid=N`: every file is reported as owned by group N.
+    pub gid: Option<u32>,
+    /// `umask=M`: every file is reported with permissions `0777 & !M`, as
+    /// libfuse's option of that name does for fuse2fs.
+    pub umask: Option<u32>,
+    /// `fakeroot`: act as if every caller were root: new files and
+    /// directories are owned by 0:0 (building an image as an ordinary user).
+    pub fakeroot: bool,
+}
+
+// SAFETY: `device` is written once in `open` and read only by libext2fs
+// under the mutex; `Handles` is Send and guarded by the mutex.
+unsafe impl Send for ExtFs {}
+// SAFETY: as above; all shared access is serialised by `handles`.
+unsafe impl Sync for ExtFs {}
+
+/// True if `dev` carries an ext2/3/4 superblock (magic 0xEF53 at byte 1080).
+pub fn looks_like_ext(dev: &dyn BlockDevice) -> bool {
+    let mut magic = [0u8; 2];
+    dev.read_exact_at(&mut magic, 1024 + 56).is_ok() && magic == [0x53, 0xEF]
+}
+
+fn ext_ino(ino: Ino) -> u32 {
+    if ino == Ino::ROOT {
+        2
+    } else {
+        ino.0 as u32
+    }
+}
+
+fn fuse_ino(ino: u32) -> Ino {
+    if ino == 2 {
+        Ino::ROOT
+    } else {
+        Ino(ino as u64)
+    }
+}
+
+fn time(secs: i64, nanos: u32) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nanos.min(999_999_999))
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            + Duration::from_nanos(nanos.min(999_999_999) as u64)
+    }
+}
+
+fn kind_of_mode(mode: u32) -> FileKind {
+    FileKind::from_mode(mode).unwrap_or(FileKind::File)
+}
+
+fn kind_of_dirent(file_type: c_int) -> Option<FileKind> {
+    Some(match file_type {
+        1 => FileKind::File,
+        2 => FileKind::Dir,
+        3 => FileKind::CharDevice,
+        4 => FileKind::BlockDevice,
+        5 => FileKind::Fifo,
+        6 => FileKind::Socket,
+        7 => FileKind::Symlink,
+        _ => return None,
+    })
+}
+
+extern "C" fn collect_dirent(
+    ctx: *mut c_void,
+    ino: u32,
+    file_type: c_int,
+    name: *const c_char,
+    len: usize,
+) -> c_int {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: ctx is the Vec passed by `ExtFs::list`, alive for the whole
+        // iteration; name points at len bytes inside libext2fs's block buffer.
+        let (out, name) = unsafe {
+            (
+                &mut *(ctx as *mut Vec<(u32, c_int, Vec<u8>)>),
+                std::slice::from_raw_parts(name as *const u8, len),
+            )
+        };
+        out.push((ino, file_type, name.to_vec()));
+    }));
+    c_int::from(outcome.is_err())
+}
+
+extern "C" fn collect_xattr(
+    ctx: *mut c_void,
+    name: *const c_char,
+    value: *const c_void,
+    len: usize,
+) -> c_int {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: ctx is the Vec passed by `ExtFs::xattrs`; name is a NUL-terminated
+        // string and value points at len bytes, both owned by libext2fs during the call.
+        let (out, name, value) = unsafe {
+            (
+                &mut *(ctx as *mut Vec<(Vec<u8>, Vec<u8>)>),
+                std::ffi::CStr::from_ptr(name).to_bytes().to_vec(),
+                if len == 0 {
+                    Vec::new()
+                } else {
+                    std::slice::from_raw_parts(value as *const u8, len).to_vec()
+                },
+            )
+        };
+        out.push((name, value));
+    }));
+    c_int::from(outcome.is_err())
+}
+
+impl ExtFs {
+    /// Opens the ext2/3/4 volume on `dev`. A read-only mount of a volume
+    /// whose journal needs recovery replays it in memory; a read-write one
+    /// is refused (run e2fsck), as fuse2fs does.
+    pub fn open(
+        dev: Arc<dyn BlockDevice>,
+        opts: ExtOptions,
+    ) -> std::result::Result<ExtFs, MountError> {
+        let read_only = opts.read_only || dev.read_only();
+        if !read_only {
+            return ExtFs::open_raw(dev, false, false);
+        }
+        let fs = ExtFs::open_raw(dev.clone(), true, true)?;
+        if !fs.needs_recovery() {
+            return Ok(fs);
+        }
+        let (map, block_size) = fs.journal_map().map_err(|e| MountError::Volume {
+            errno: e,
+            message: format!("the journal needs recovery but cannot be read: {e}"),
+        })?;
+        drop(fs);
+        let replayed = journal::replay(dev.as_ref(), &map, block_size as usize).map_err(|e| {
+            MountError::Volume {
+                errno: e,
+                message: format!("the journal needs recovery but is corrupt ({e}): run e2fsck"),
+            }
+        })?;
+        let overlay: Arc<dyn BlockDevice> =
+            Arc::new(journal::Overlay::new(dev, replayed, block_size as usize));
+        ExtFs::open_raw(overlay, true, true)
+    }
+
+    fn needs_recovery(&self) -> bool {
+        let h = self.lock();
+        // SAFETY: h.fs is open.
+        unsafe { vx_needs_recovery(h.fs) != 0 }
+    }
+
+    /// Physical blocks of the journal, in order, and the block size.
+    fn journal_map(&self) -> Result<(Vec<u64>, u32)> {
+        let h = self.lock();
+        let mut count = 0usize;
+        // SAFETY: h.fs is open; a zero-length buffer only asks for the count.
+        check(unsafe { vx_journal_map(h.fs, std::ptr::null_mut(), 0, &mut count) })?;
+        let mut map = vec![0u64; count];
+        // SAFETY: map has room for count entries.
+        check(unsafe { vx_journal_map(h.fs, map.as_mut_ptr(), map.len(), &mut count) })?;
+        // SAFETY: h.fs is open.
+        Ok((map, unsafe { vx_block_size(h.fs) }))
+    }
+
+    fn open_raw(
+        dev: Arc<dyn BlockDevice>,
+        read_only: bool,
+        allow_recovery: bool,
+    ) -> std::result::Result<ExtFs, MountError> {
+        let read_only = read_only || dev.read_only();
+        let size = dev.size();
+        let ctx = Box::into_raw(Box::new(dev)) as *mut c_void;
+        let device = Box::into_raw(Box::new(VxDev {
+            ctx,
+            size,
+            read_only: c_int::from(read_only),
+            read: dev_read,
+            write: dev_write,
+            flush: dev_flush,
+            prefetch: dev_prefetch,
+        }));
+        let mut fs: *mut ExtFsHandle = std::ptr::null_mut();
+        let mut msg = vec![0u8; 512];
+        // SAFETY: device points at a live VxDev that outlives the handle (freed
+        // in Drop after vx_close); msg is a writable buffer of its length.
+        let code = unsafe {
+            vx_open(
+                device,
+                c_int::from(!read_only),
+                c_int::from(allow_recovery),
+                &mut fs,
+                msg.as_mut_ptr() as *mut c_char,
+                msg.len(),
+            )
+        };
+        if code != 0 {
+            // SAFETY: both boxes were created above and nothing else holds them.
+            unsafe { free_device(device) };
+            let end = msg.iter().position(|&b| b == 0).unwrap_or(msg.len());
+            return Err(MountError::Volume {
+                errno: Errno::from_raw(code),
+                message: String::from_utf8_lossy(&msg[..end]).into_owned(),
+            });
+        }
+        if !read_only {
+            // SAFETY: fs was just opened read-write.
+            let code = unsafe { vx_begin_rw(fs) };
+            if code != 0 {
+                // SAFETY: fs is open and closed once here; then the device is unused.
+                unsafe {
+                    vx_close(fs);
+                    free_device(device);
+                }
+                return Err(MountError::Volume {
+                    errno: Errno::from_raw(code),
+                    message: format!(
+                        "cannot mark the filesystem in use: {}",
+                        Errno::from_raw(code)
+                    ),
+                });
+            }
+        }
+        let mut label = [0 as c_char; 17];
+        // SAFETY: fs is the handle just opened; label has the 17 bytes vx_label writes.
+        unsafe { vx_label(fs, label.as_mut_ptr()) };
+        // SAFETY: vx_label NUL-terminates within the buffer.
+        let label = unsafe { std::ffi::CStr::from_ptr(label.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        Ok(ExtFs {
+            handles: Mutex::new(Handles {
+                fs,
+                files: HashMap::new(),
+                next_read: HashMap::new(),
+                prefetch_at: HashMap::new(),
+                dirs: HashMap::new(),
+                orphans: HashSet::new(),
+                names: NameCache::default(),
+            }),
+            device,
+            read_only,
+            label,
+            next_fh: AtomicU64::new(1),
+            view: ExtView::default(),
+        })
+    }
+
+    /// Applies the ownership and permission view of `view` (fuse2fs's
+    /// `uid=`, `gid=`, `umask=` and `fakeroot` options).
+    pub fn with_view(mut self, view: ExtView) -> ExtFs {
+        self.view = view;
+        self
+    }
+
+    /// The owner given to new files: the caller, or root under `fakeroot`.
+    fn owner(&self, ctx: &Context) -> (u32, u32) {
+        if self.view.fakeroot {
+            (0, 0)
+        } else {
+            (ctx.uid, ctx.gid)
+        }
+    }
+
+    /// The volume label (may be empty).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn entry_of(&self, h: &Handles, ino: u32) -> Result<Entry> {
+        let st = Self::stat(h, ino)?;
+        Ok(Entry {
+            attr: self.attr(&st),
+            generation: st.generation as u64,
+        })
+    }
+
+    fn remove(&self, parent: Ino, name: &OsStr, want_dir: bool) -> Result<()> {
+        self.writable()?;
+        let name = c_name(name)?;
+        let mut h = self.lock();
+        let (s, ns) = split_time(SystemTime::now());
+        let (mut ino, mut last) = (0u32, 0 as c_int);
+        // SAFETY: h.fs is open; name is NUL-terminated; outputs are valid pointers.
+        let removed = check(unsafe {
+            vx_unlink(
+                h.fs,
+                ext_ino(parent),
+                name.as_ptr(),
+                c_int::from(want_dir),
+                s,
+                ns,
+                &mut ino,
+                &mut last,
+            )
+        });
+        match &removed {
+            Ok(()) => h.names.note_removed(ext_ino(parent), name.as_bytes()),
+            Err(_) => h.forget_dir(ext_ino(parent)),
+        }
+        let result = removed.and_then(|()| {
+            if last != 0 {
+                h.free_when_closed(ino)
+            } else {
+                Ok(())
+            }
+        });
+        h.commit(result)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Handles> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stat(h: &Handles, ino: u32) -> Result<VxStat> {
+        let mut st = VxStat::default();
+        // SAFETY: h.fs is open while Handles exists; st is a valid out-pointer.
+        check(unsafe { vx_stat(h.fs, ino, &mut st) })?;
+        Ok(st)
+    }
+
+    /// The attributes reported for `st`, after the `uid=`/`gid=`/`umask=` view.
+    fn attr(&self, st: &VxStat) -> Attr {
+        let view = &self.view;
+        let perm = match view.umask {
+            // As libfuse's umask= (what fuse2fs users get): permissions are 0777 minus the mask.
+            Some(mask) => (0o777 & !mask) as u16,
+            None => (st.mode & 0o7777) as u16,
+        };
+        Attr {
+            perm,
+            uid: view.uid.unwrap_or(st.uid),
+            gid: view.gid.unwrap_or(st.gid),
+            ino: fuse_ino(st.ino as u32),
+            size: st.size,
+            blocks: st.blocks,
+            atime: time(st.atime, st.atime_ns),
+            mtime: time(st.mtime, st.mtime_ns),
+            ctime: time(st.ctime, st.ctime_ns),
+            crtime: time(st.crtime, st.crtime_ns),
+            kind: kind_of_mode(st.mode),
+            nlink: st.nlink,
+            rdev: st.rdev,
+            blksize: 4096,
+        }
+    }
+
+    fn list(h: &Handles, dir: u32) -> Result<Vec<(u32, FileKind, Vec<u8>)>> {
+        let mut raw: Vec<(u32, c_int, Vec<u8>)> = Vec::new();
+        // SAFETY: h.fs is open; the callback only touches `raw`, alive for the call.
+        check(unsafe { vx_readdir(h.fs, dir, collect_dirent, &mut raw as *mut _ as *mut c_void) })?;
+        raw.into_iter()
+            .map(|(ino, ft, name)| {
+                let kind = match kind_of_dirent(ft) {
+                    Some(k) => k,
+                    // No filetype feature: ask the inode.
+                    None => kind_of_mode(Self::stat(h, ino)?.mode),
+                };
+                Ok((ino, kind, name))
+            })
+            .collect()
+    }
+
+    fn xattrs(h: &Handles, ino: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        // SAFETY: h.fs is open; the callback only touches `out`, alive for the call.
+        check(unsafe { vx_xattrs(h.fs, ino, collect_xattr, &mut out as *mut _ as *mut c_void) })?;
+        Ok(out)
+    }
+}
+
+/// Frees the device descriptor and the boxed device behind it.
+///
+/// # Safety
+/// `device` must come from `Box::into_raw` in `ExtFs::open`, and libext2fs
+/// must no longer use it (the filesystem is closed or was never opened).
+unsafe fn free_device(device: *mut VxDev) {
+    // SAFETY: guaranteed by the caller.
+    let device = unsafe { Box::from_raw(device) };
+    // SAFETY: ctx was created from a Box<Arc<dyn BlockDevice>> in `open`.
+    drop(unsafe { Box::from_raw(device.ctx as *mut Arc<dyn BlockDevice>) });
+}
+
+impl Drop for ExtFs {
+    fn drop(&mut self) {
+        let read_only = self.read_only;
+        let h = self.handles.get_mut().unwrap_or_else(|e| e.into_inner());
+        h.files.clear();
+        for ino in std::mem::take(&mut h.orphans) {
+            // SAFETY: h.fs is open; the orphan's last link is gone and no handle remains.
+            unsafe { vx_free_inode(h.fs, ino) };
+        }
+        if !read_only {
+            // SAFETY: h.fs is open read-write; this marks it clean before the close writes it.
+            unsafe { vx_end_rw(h.fs) };
+        }
+        // SAFETY: h.fs was opened by vx_open and is closed exactly once, here.
+        let code = unsafe { vx_close(h.fs) };
+        if code != 0 {
+            eprintln!(
+                "ext: closing the filesystem failed: {}",
+                Errno::from_raw(code)
+            );
+        }
+        // SAFETY: the filesystem is closed, so libext2fs no longer uses the device.
+        unsafe { free_device(self.device) };
+    }
+}
+
+impl FileSystem for ExtFs {
+    /// 60 s caches (nothing else changes the image while mounted); every write reaches the
+    /// image before `write` returns (metadata included, by `commit`), so close(2) has nothing
+    /// left to do; libext2fs is not thread-safe, so every call holds `ExtFs::lock` and one
+    /// thread serves as well as two. Access checks are the kernel's (`default_permissions`).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            cache: CachePolicy {
+                attr_ttl: Duration::from_secs(60),
+                entry_ttl: Duration::from_secs(60),
+            },
+            flush_is_noop: true,
+            one_thread_suffices: true,
+            checks_access: false,
+        }
+    }
+
+    fn lookup(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<Entry> {
+        let mut h = self.lock();
+        let bytes = name.as_bytes();
+        if bytes.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let ino = h.lookup_cached(ext_ino(parent), bytes)?;
+        let st = Self::stat(&h, ino)?;
+        Ok(Entry {
+            attr: self.attr(&st),
+            generation: st.generation as u64,
+        })
+    }
+
+    fn getattr(&self, _ctx: &Context, ino: Ino, _fh: Option<Fh>) -> Result<Attr> {
+        let h = self.lock();
+        Ok(self.attr(&Self::stat(&h, ext_ino(ino))?))
+    }
+
+    fn readlink(&self, _ctx: &Context, ino: Ino) -> Result<Vec<u8>> {
+        let h = self.lock();
+        let mut buf = vec![0u8; 4096];
+        let mut len = 0usize;
+        // SAFETY: h.fs is open; buf is writable for its length.
+        check(unsafe {
+            vx_readlink(
+                h.fs,
+                ext_ino(ino),
+                buf.as_mut_ptr() as *mut c_char,
+                buf.len(),
+                &mut len,
+            )
+        })?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    fn open(&self, _ctx: &Context, ino: Ino, flags: i32) -> Result<Opened> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY && self.read_only {
+            return Err(Errno::EROFS);
+        }
+        let mut h = self.lock();
+        let st = Self::stat(&h, ext_ino(ino))?;
+        if kind_of_mode(st.mode) == FileKind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        // A corrupt extent tree (a cycle, a node out of place) is refused
+        // here, once, rather than read as made-up mappings.
+        // SAFETY: h.fs is open.
+        check(unsafe { vx_check_extents(h.fs, ext_ino(ino)) })?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        h.files.insert(fh, ext_ino(ino));
+        Ok(Opened {
+            fh: Fh(fh),
+            keep_cache: true,
+            direct_io: false,
+        })
+    }
+
+    fn read(&self, _ctx: &Context, ino: Ino, fh: Fh, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut h = self.lock();
+        // A reader that goes on where it stopped gets the next 8 MiB prefetched.
+        let sequential = offset == 0 || h.next_read.get(&fh.0) == Some(&offset);
+        let due = offset + buf.len() as u64 > h.prefetch_at.get(&fh.0).copied().unwrap_or(0);
+        let ahead = if sequential && (offset == 0 || due) {
+            h.prefetch_at.insert(fh.0, offset + READAHEAD / 2);
+            READAHEAD
+        } else {
+            0
+        };
+        let mut got = 0usize;
+        // SAFETY: h.fs is open; buf is writable for its length; got is a valid out-pointer.
+        check(unsafe {
+            vx_read_ino(
+                h.fs,
+                ext_ino(ino),
+                offset,
+                buf.as_mut_ptr() as *mut c_void,
+                buf.len(),
+                ahead,
+                &mut got,
+            )
+        })?;
+        h.next_read.insert(fh.0, offset + got as u64);
+        Ok(got)
+    }
+
+    fn write(&self, _ctx: &Context, ino: Ino, _fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
+        self.writable()?;
+        let h = self.lock();
+        let (s, ns) = split_time(SystemTime::now());
+        let mut done = 0usize;
+        // SAFETY: h.fs is open; data is readable for its length; done is a valid out-pointer.
+        let result = check(unsafe {
+            vx_write_ino(
+                h.fs,
+                ext_ino(ino),
+                offset,
+                data.as_ptr() as *const c_void,
+                data.len(),
+                s,
+                ns,
+                &mut done,
+            )
+        });
+        h.commit(result.map(|()| done))
+    }
+
+    fn release(&self, _ctx: &Context, _ino: Ino, fh: Fh) -> Result<()> {
+        let mut h = self.lock();
+        h.next_read.remove(&fh.0);
+        h.prefetch_at.remove(&fh.0);
+        if let Some(ino) = h.files.remove(&fh.0) {
+            if h.open_count(ino) == 0 && h.orphans.remove(&ino) {
+                // SAFETY: h.fs is open; the orphan's last link is gone and its last handle closed.
+                let freed = check(unsafe { vx_free_inode(h.fs, ino) });
+                h.commit(freed)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fsync(&self, _ctx: &Context, _ino: Ino, _fh: Fh, _datasync: bool) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let h = self.lock();
+        // SAFETY: h.fs is open.
+        check(unsafe { vx_flush(h.fs) })
+    }
+
+    fn setattr(&self, ctx: &Context, ino: Ino, set: &SetAttr) -> Result<Attr> {
+        self.writable()?;
+        let h = self.lock();
+        let target = ext_ino(ino);
+        if let Some(size) = set.size {
+            if kind_of_mode(Self::stat(&h, target)?.mode) == FileKind::Dir {
+                return Err(Errno::EISDIR);
+            }
+            // SAFETY: h.fs is open.
+            check(unsafe { vx_check_extents(h.fs, target) })?;
+            // SAFETY: h.fs is open.
+            let truncated = check(unsafe { vx_truncate(h.fs, target, size) });
+            h.commit(truncated)?;
+        }
+        let _ = ctx;
+        let (now_s, now_ns) = split_time(SystemTime::now());
+        let (a_s, a_ns) = set
+            .atime
+            .map(|t| split_time(t.resolve()))
+            .unwrap_or_default();
+        let (m_s, m_ns) = set
+            .mtime
+            .map(|t| split_time(t.resolve()))
+            .unwrap_or_default();
+        // SAFETY: h.fs is open; all arguments are plain values.
+        let changed = check(unsafe {
+            vx_setattr(
+                h.fs,
+                target,
+                c_int::from(set.mode.is_some()),
+                set.mode.unwrap_or(0),
+                c_int::from(set.uid.is_some()),
+                set.uid.unwrap_or(0),
+                c_int::from(set.gid.is_some()),
+                set.gid.unwrap_or(0),
+                c_int::from(set.atime.is_some()),
+                a_s,
+                a_ns,
+                c_int::from(set.mtime.is_some()),
+                m_s,
+                m_ns,
+                now_s,
+                now_ns,
+            )
+        });
+        h.commit(changed)?;
+        Ok(self.attr(&Self::stat(&h, target)?))
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<Entry> {
+        self.writable()?;
+        let name = c_name(name)?;
+        let mut h = self.lock();
+        let owner = self.owner(ctx);
+        let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
+        let (s, ns) = split_time(SystemTime::now());
+        let mut ino = 0u32;
+        // SAFETY: h.fs is open; name is a NUL-terminated string; ino is a valid out-pointer.
+        let made = check(unsafe {
+            vx_mknod(
+                h.fs,
+                ext_ino(parent),
+                name.as_ptr(),
+                mode,
+                rdev,
+                owner.0,
+                owner.1,
+                s,
+                ns,
+                absent,
+                &mut ino,
+            )
+        });
+        let made = h.commit(made).map(|()| ino);
+        h.note_added(ext_ino(parent), name.as_bytes(), &made);
+        made?;
+        self.entry_of(&h, ino)
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        _flags: i32,
+    ) -> Result<(Entry, Opened)> {
+        let entry = self.mknod(ctx, parent, name, libc::S_IFREG | (mode & 0o7777), 0)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.lock().files.insert(fh, ext_ino(entry.attr.ino));
+        Ok((
+            entry,
+            Opened {
+                fh: Fh(fh),
+                keep_cache: true,
+                direct_io: false,
+            },
+        ))
+    }
+
+    fn mkdir(&self, ctx: &Context, parent: Ino, name: &OsStr, mode: u32) -> Result<Entry> {
+        self.writable()?;
+        let name = c_name(name)?;
+        let mut h = self.lock();
+        let owner = self.owner(ctx);
+        let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
+        let (s, ns) = split_time(SystemTime::now());
+        let mut ino = 0u32;
+        // SAFETY: as in mknod.
+        let made = check(unsafe {
+            vx_mkdir(
+                h.fs,
+                ext_ino(parent),
+                name.as_ptr(),
+                mode,
+                owner.0,
+                owner.1,
+                s,
+                ns,
+                absent,
+                &mut ino,
+            )
+        });
+        let made = h.commit(made).map(|()| ino);
+        h.note_added(ext_ino(parent), name.as_bytes(), &made);
+        made?;
+        self.entry_of(&h, ino)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        parent: Ino,
+        name: &OsStr,
+        target: &std::path::Path,
+    ) -> Result<Entry> {
+        self.writable()?;
+        let name = c_name(name)?;
+        let target =
+            std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let mut h = self.lock();
+        let owner = self.owner(ctx);
+        let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
+        let (s, ns) = split_time(SystemTime::now());
+        let mut ino = 0u32;
+        // SAFETY: as in mknod; target is a NUL-terminated string.
+        let made = check(unsafe {
+            vx_symlink(
+                h.fs,
+                ext_ino(parent),
+                name.as_ptr(),
+                target.as_ptr(),
+                owner.0,
+                owner.1,
+                s,
+                ns,
+                absent,
+                &mut ino,
+            )
+        });
+        let made = h.commit(made).map(|()| ino);
+        h.note_added(ext_ino(parent), name.as_bytes(), &made);
+        made?;
+        self.entry_of(&h, ino)
+    }
+
+    fn link(&self, _ctx: &Context, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
+        self.writable()?;
+        let name = c_name(new_name)?;
+        let mut h = self.lock();
+        let absent = c_int::from(h.known_absent(ext_ino(new_parent), name.as_bytes()));
+        let (s, ns) = split_time(SystemTime::now());
+        // SAFETY: h.fs is open; name is NUL-terminated.
+        let linked = check(unsafe {
+            vx_link(
+                h.fs,
+                ext_ino(ino),
+                ext_ino(new_parent),
+                name.as_ptr(),
+                s,
+                ns,
+                absent,
+            )
+        });
+        let linked = h.commit(linked).map(|()| ext_ino(ino));
+        h.note_added(ext_ino(new_parent), name.as_bytes(), &linked);
+        linked?;
+        self.entry_of(&h, ext_ino(ino))
+    }
+
+    fn unlink(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    fn rmdir(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn rename(
+        &self,
+        _ctx: &Context,
+        parent: Ino,
+        name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        self.writable()?;
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+            || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+        {
+            return Err(Errno::EINVAL);
+        }
+        let (from, to) = (c_name(name)?, c_name(new_name)?);
+        let mut h = self.lock();
+        let c_flags = c_int::from(flags & RENAME_NOREPLACE != 0)
+            | (c_int::from(flags & RENAME_EXCHANGE != 0) << 1);
+        let (s, ns) = split_time(SystemTime::now());
+        let mut freed = 0u32;
+        h.forget_dir(ext_ino(parent));
+        h.forget_dir(ext_ino(new_parent));
+        // SAFETY: h.fs is open; both names are NUL-terminated; freed is a valid out-pointer.
+        let renamed = check(unsafe {
+            vx_rename(
+                h.fs,
+                ext_ino(parent),
+                from.as_ptr(),
+                ext_ino(new_parent),
+                to.as_ptr(),
+                c_flags,
+                s,
+                ns,
+                &mut freed,
+            )
+        });
+        let result = renamed.and_then(|()| {
+            if freed != 0 {
+                h.free_when_closed(freed)
+            } else {
+                Ok(())
+            }
+        });
+        h.commit(result)
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: &Context,
+        ino: Ino,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> Result<()> {
+        self.writable()?;
+        let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let h = self.lock();
+        let c_flags = c_int::from(flags & libc::XATTR_CREATE != 0)
+            | (c_int::from(flags & libc::XATTR_REPLACE != 0) << 1);
+        // An empty value is still a value: pass a non-null pointer.
+        let ptr: *const c_void = if value.is_empty() {
+            c"".as_ptr() as *const c_void
+        } else {
+            value.as_ptr() as *const c_void
+        };
+        // SAFETY: h.fs is open; name is NUL-terminated; ptr is readable for value.len() bytes.
+        let set = check(unsafe {
+            vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), ptr, value.len(), c_flags)
+        });
+        h.commit(set)
+    }
+
+    fn removexattr(&self, _ctx: &Context, ino: Ino, name: &OsStr) -> Result<()> {
+        self.writable()?;
+        let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let h = self.lock();
+        // SAFETY: h.fs is open; name is NUL-terminated; a null value means remove.
+        let removed = check(unsafe {
+            vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), std::ptr::null(), 0, 0)
+        });
+        h.commit(removed)
+    }
+
+    fn destroy(&self) {
+        if self.read_only {
+            return;
+        }
+        let h = self.lock();
+        // SAFETY: h.fs is open.
+        let code = unsafe { vx_flush(h.fs) };
+        if code != 0 {
+            eprintln!(
+                "ext: writing the filesystem back failed: {}",
+                Errno::from_raw(code)
+            );
+        }
+    }
+
+    fn opendir(&self, _ctx: &Context, ino: Ino) -> Result<Fh> {
+        let mut h = self.lock();
+        let entries = Self::list(&h, ext_ino(ino))?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        h.dirs.insert(fh, entries);
+        Ok(Fh(fh))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        ino: Ino,
+        fh: Fh,
+        offset: u64,
+        sink: &mut dyn FnMut(DirEntry<'_>) -> bool,
+    ) -> Result<()> {
+        let mut h = self.lock();
+        if !h.dirs.contains_key(&fh.0) {
+            // A front end without opendir (e.g. a path-based one): list now.
+            let entries = Self::list(&h, ext_ino(ino))?;
+            h.dirs.insert(fh.0, entries);
+        }
+        let entries = &h.dirs[&fh.0];
+        for (i, (entry_ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            let entry = DirEntry {
+                ino: fuse_ino(*entry_ino),
+                next_offset: i as u64 + 1,
+                kind: *kind,
+                name: OsStr::from_bytes(name),
+            };
+            if !sink(entry) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn releasedir(&self, _ctx: &Context, _ino: Ino, fh: Fh) -> Result<()> {
+        self.lock().dirs.remove(&fh.0);
+        Ok(())
+    }
+
+    fn statfs(&self, _ctx: &Context) -> Result<StatFs> {
+        let h = self.lock();
+        let mut st = VxStatFs::default();
+        // SAFETY: h.fs is open; st is a valid out-pointer.
+        check(unsafe { vx_statfs(h.fs, &mut st) })?;
+        Ok(StatFs {
+            blocks: st.blocks,
+            blocks_free: st.blocks_free,
+            blocks_available: st.blocks_avail,
+            files: st.files,
+            files_free: st.files_free,
+            block_size: st.block_size,
+            name_max: st.name_max,
+            fragment_size: st.block_size,
+        })
+    }
+
+    fn getxattr(&self, _ctx: &Context, ino: Ino, name: &OsStr) -> Result<Vec<u8>> {
+        let h = self.lock();
+        Self::xattrs(&h, ext_ino(ino))?
+            .into_iter()
+            .find(|(n, _)| n.as_slice() == name.as_bytes())
+            .map(|(_, v)| v)
+            .ok_or(Errno::ENODATA)
+    }
+
+    fn listxattr(&self, _ctx: &Context, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let h = self.lock();
+        Ok(Self::xattrs(&h, ext_ino(ino))?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shim_crc32c_gives_the_standard_check_value_and_agrees_with_its_table() {
+        // SAFETY: takes no arguments and touches only its own stack.
+        assert_eq!(unsafe { vx_crc32c_selftest() }, 0);
+    }
+}

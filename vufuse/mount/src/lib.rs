@@ -1,0 +1,187 @@
+//! The mount layer: "source + options -> opened volume", once for every front end (the FUSE
+//! daemons, the VUOS modules, vuimg). It opens the source, locks the image (exclusive for
+//! read-write, shared for read-only; `-o nolock` skips it), chooses the partition, and hands
+//! the device to the driver with the driver's own options; every failure is one
+//! [`MountError`]. Drivers never see [`MountOptions`].
+
+#![warn(missing_docs)]
+
+pub mod source;
+
+use std::path::Path;
+use std::sync::Arc;
+use vudev::lock::{LockError, LockMode};
+use vudev::{BlockDevice, FileDevice};
+pub use vufuse_api::options::MountOptions;
+pub use vufuse_api::MountError;
+
+/// What a driver looks for in a source: its name for messages and a quick probe.
+#[derive(Clone, Copy)]
+pub struct Probe {
+    /// The filesystem as messages name it ("FAT", "ext2/3/4").
+    pub kind: &'static str,
+    /// Whether a device starts with this filesystem.
+    pub looks_right: fn(&dyn BlockDevice) -> bool,
+}
+
+/// Opens `path` for a mount: read-only when `read_only`, locked unless `lock` is false.
+/// The lock lasts as long as the returned device.
+pub fn open_image(path: &Path, read_only: bool, lock: bool) -> Result<Arc<FileDevice>, MountError> {
+    open_file_device(path, read_only, lock).map(Arc::new)
+}
+
+/// [`open_image`] for callers that keep the device by value (vuimg's table edits).
+pub fn open_file_device(
+    path: &Path,
+    read_only: bool,
+    lock: bool,
+) -> Result<FileDevice, MountError> {
+    let device = FileDevice::open(path, read_only).map_err(|errno| MountError::Source {
+        source: path.to_path_buf(),
+        errno,
+    })?;
+    if lock {
+        let mode = if read_only {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        };
+        match device.lock(mode) {
+            Ok(()) => {}
+            Err(LockError::Busy { held }) => {
+                return Err(MountError::Locked {
+                    source: path.to_path_buf(),
+                    held,
+                })
+            }
+            // A filesystem without locks (some network ones) cannot protect the image;
+            // refusing would make it unusable, so the mount goes on as the C tools' do.
+            Err(LockError::Failed(_)) => {}
+        }
+    }
+    Ok(device)
+}
+
+/// Opens the device a mount of `source` with `options` serves: the image, locked as its
+/// write mode asks, then the partition holding `probe`'s filesystem.
+pub fn open_device(
+    source: &Path,
+    options: &MountOptions,
+    probe: Probe,
+) -> Result<Arc<dyn BlockDevice>, MountError> {
+    let disk: Arc<dyn BlockDevice> = open_image(source, options.read_only, !options.nolock)?;
+    source::select(disk, options.partition, probe.kind, probe.looks_right).map_err(|message| {
+        MountError::Partition {
+            source: source.to_path_buf(),
+            message,
+        }
+    })
+}
+
+/// The FAT volume a mount asks for, with fusefatfs's options: files owned by the mounting
+/// user unless `uid=`/`gid=` say otherwise, masked with `dmask`/`fmask` (else `umask`, else
+/// 022).
+#[cfg(feature = "fat")]
+pub fn open_fat(source: &Path, options: &MountOptions) -> Result<vufuse_fat::FatFs, MountError> {
+    use vufuse_fat::FatFs;
+    let probe = Probe {
+        kind: "FAT",
+        looks_right: vufuse_fat::looks_like_fat,
+    };
+    let device = open_device(source, options, probe)?;
+    FatFs::open(device, fat_options(options)).map_err(|e| e.at(source))
+}
+
+/// The FAT driver options of a mount's `-o` options (see [`open_fat`]).
+#[cfg(feature = "fat")]
+pub fn fat_options(options: &MountOptions) -> vufuse_fat::FatOptions {
+    let me = vufuse_api::Context::current();
+    vufuse_fat::FatOptions {
+        read_only: options.read_only,
+        uid: options.uid.unwrap_or(me.uid),
+        gid: options.gid.unwrap_or(me.gid),
+        dmask: options.dmask.or(options.umask).unwrap_or(0o022),
+        fmask: options.fmask.or(options.umask).unwrap_or(0o022),
+        dir_cache_bytes: vufuse_fat::DIR_CACHE_BYTES,
+    }
+}
+
+/// The ext2/3/4 volume a mount asks for, with fuse2fs's ownership view (`uid=`, `gid=`,
+/// `umask=`, `fakeroot`).
+#[cfg(feature = "ext")]
+pub fn open_ext(source: &Path, options: &MountOptions) -> Result<vufuse_ext::ExtFs, MountError> {
+    use vufuse_ext::{ExtFs, ExtOptions, ExtView};
+    let probe = Probe {
+        kind: "ext2/3/4",
+        looks_right: vufuse_ext::looks_like_ext,
+    };
+    let device = open_device(source, options, probe)?;
+    let fs = ExtFs::open(
+        device,
+        ExtOptions {
+            read_only: options.read_only,
+        },
+    )
+    .map_err(|e| e.at(source))?;
+    Ok(fs.with_view(ExtView {
+        uid: options.uid,
+        gid: options.gid,
+        umask: options.umask,
+        fakeroot: options.fakeroot,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vufuse_api::options::WritePolicy;
+
+    fn options(text: &str) -> MountOptions {
+        MountOptions::parse(text, WritePolicy::ReadOnlyUnlessRw).unwrap()
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_and_nolock_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        let reader = open_image(&image, true, true).unwrap();
+        let second_reader = open_image(&image, true, true).unwrap();
+        let err = open_image(&image, false, true).unwrap_err();
+        assert_eq!(
+            err,
+            MountError::Locked {
+                source: image.clone(),
+                held: LockMode::Shared
+            }
+        );
+        assert_eq!(err.errno(), vudev::Errno::EBUSY);
+        assert!(err.to_string().contains("disk.img: in use"), "{err}");
+        assert!(open_image(&image, false, false).is_ok(), "nolock");
+        drop((reader, second_reader));
+        let writer = open_image(&image, false, true).unwrap();
+        let err = open_image(&image, true, true).unwrap_err();
+        assert!(err.to_string().contains("open read-write"), "{err}");
+        drop(writer);
+    }
+
+    #[test]
+    fn errors_name_the_source_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.img");
+        let probe = Probe {
+            kind: "test",
+            looks_right: |_| false,
+        };
+        let err = open_device(&missing, &options(""), probe).err().unwrap();
+        assert!(matches!(err, MountError::Source { .. }), "{err:?}");
+        assert_eq!(err.errno(), vudev::Errno::ENOENT);
+        let blank = dir.path().join("blank.img");
+        std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
+        let err = open_device(&blank, &options("part=2"), probe)
+            .err()
+            .unwrap();
+        assert!(matches!(err, MountError::Partition { .. }), "{err:?}");
+        assert!(err.to_string().contains("blank.img: part=2 given"), "{err}");
+    }
+}
