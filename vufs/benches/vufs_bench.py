@@ -11,7 +11,7 @@ and the daemon's peak RSS (VmHWM of the -f process).
 
 Installs nothing: a competitor that is not installed is skipped with a note.
 Run as root (drop_caches, mounts). Usage:
-  cargo build --release -p vufs && vufs/benches/vufs_bench.py [--vufs PATH] [--dir DIR]
+  cargo build --release -p vufs-fuse && vufs/benches/vufs_bench.py [--vufs PATH] [--dir DIR]
 """
 
 import argparse
@@ -165,7 +165,7 @@ def main():
     ap.add_argument("--dir", default=None, help="scratch directory (default: a tempdir in /var/tmp)")
     args = ap.parse_args()
     if not os.access(args.vufs, os.X_OK):
-        sys.exit(f"vufs binary not found at {args.vufs}: cargo build --release -p vufs")
+        sys.exit(f"vufs binary not found at {args.vufs}: cargo build --release -p vufs-fuse")
     base = tempfile.mkdtemp(prefix="vufs-bench-", dir=args.dir or "/var/tmp")
     try:
         tree = os.path.join(base, "tree")
