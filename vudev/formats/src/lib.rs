@@ -1,0 +1,2 @@
+//! VM disk image formats as [`vudev::BlockDevice`]s (in progress: issue 14).
+#![warn(missing_docs)]
