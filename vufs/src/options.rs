@@ -147,34 +147,7 @@ impl Options {
     }
 }
 
-/// Splits at commas; a backslash escapes the next character (as libfuse and
-/// the shared parser do).
-fn split_items(text: &str) -> Vec<String> {
-    let mut items = Vec::new();
-    let mut current = String::new();
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some(next) => current.push(next),
-                None => current.push('\\'),
-            },
-            ',' => items.push(std::mem::take(&mut current)),
-            _ => current.push(c),
-        }
-    }
-    items.push(current);
-    items
-}
-
-/// Joins items back into one option string, escaping commas and backslashes.
-pub fn join_items(items: &[String]) -> String {
-    items
-        .iter()
-        .map(|item| item.replace('\\', "\\\\").replace(',', "\\,"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub use vufuse_api::options::{join_items, split_items};
 
 #[cfg(test)]
 mod tests {

@@ -353,8 +353,8 @@ impl MountOptions {
 }
 
 /// Splits an option string at commas; a backslash escapes the next character
-/// (as libfuse does), so `fsname=a\,b` is one item.
-fn split_items(text: &str) -> Vec<String> {
+/// (as libfuse does), so `fsname=a\,b` is one item. Shared by every option parser.
+pub fn split_items(text: &str) -> Vec<String> {
     let mut items = Vec::new();
     let mut current = String::new();
     let mut chars = text.chars();
@@ -370,6 +370,16 @@ fn split_items(text: &str) -> Vec<String> {
     }
     items.push(current);
     items
+}
+
+/// Joins items back into one option string, escaping commas and backslashes (the inverse
+/// of [`split_items`]).
+pub fn join_items(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|item| item.replace('\\', "\\\\").replace(',', "\\,"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_decimal(text: &str) -> Result<u32, String> {

@@ -16,8 +16,11 @@
 
 #![allow(unsafe_code)]
 
+mod ffi;
 pub mod journal;
 mod names;
+
+use ffi::*;
 
 use names::{Known, Listing, NameCache};
 use std::collections::HashMap;
@@ -34,221 +37,6 @@ use vufuse_api::fs::{
     Opened, SetAttr, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use vufuse_api::MountError;
-
-/// Opaque libext2fs handles.
-#[repr(C)]
-struct ExtFsHandle {
-    _private: [u8; 0],
-}
-
-/// The device as the shim sees it (mirrors `struct vx_dev`).
-#[repr(C)]
-struct VxDev {
-    ctx: *mut c_void,
-    size: u64,
-    read_only: c_int,
-    read: extern "C" fn(*mut c_void, u64, *mut c_void, usize) -> c_int,
-    write: extern "C" fn(*mut c_void, u64, *const c_void, usize) -> c_int,
-    flush: extern "C" fn(*mut c_void) -> c_int,
-    prefetch: extern "C" fn(*mut c_void, u64, u64),
-}
-
-/// Mirrors `struct vx_stat`.
-#[repr(C)]
-#[derive(Default)]
-struct VxStat {
-    ino: u64,
-    size: u64,
-    blocks: u64,
-    mode: u32,
-    nlink: u32,
-    uid: u32,
-    gid: u32,
-    rdev: u32,
-    generation: u32,
-    atime: i64,
-    mtime: i64,
-    ctime: i64,
-    crtime: i64,
-    atime_ns: u32,
-    mtime_ns: u32,
-    ctime_ns: u32,
-    crtime_ns: u32,
-}
-
-/// Mirrors `struct vx_statfs`.
-#[repr(C)]
-#[derive(Default)]
-struct VxStatFs {
-    blocks: u64,
-    blocks_free: u64,
-    blocks_avail: u64,
-    files: u64,
-    files_free: u64,
-    block_size: u32,
-    name_max: u32,
-}
-
-type DirentCb = extern "C" fn(*mut c_void, u32, c_int, *const c_char, usize) -> c_int;
-type XattrCb = extern "C" fn(*mut c_void, *const c_char, *const c_void, usize) -> c_int;
-
-extern "C" {
-    fn vx_open(
-        dev: *mut VxDev,
-        rw: c_int,
-        allow_recovery: c_int,
-        out: *mut *mut ExtFsHandle,
-        msg: *mut c_char,
-        msglen: usize,
-    ) -> c_int;
-    fn vx_close(fs: *mut ExtFsHandle) -> c_int;
-    fn vx_needs_recovery(fs: *mut ExtFsHandle) -> c_int;
-    fn vx_journal_map(fs: *mut ExtFsHandle, out: *mut u64, max: usize, count: *mut usize) -> c_int;
-    fn vx_block_size(fs: *mut ExtFsHandle) -> u32;
-    fn vx_stat(fs: *mut ExtFsHandle, ino: u32, st: *mut VxStat) -> c_int;
-    fn vx_lookup(
-        fs: *mut ExtFsHandle,
-        dir: u32,
-        name: *const c_char,
-        len: usize,
-        ino: *mut u32,
-    ) -> c_int;
-    fn vx_readdir(fs: *mut ExtFsHandle, dir: u32, cb: DirentCb, ctx: *mut c_void) -> c_int;
-    fn vx_readlink(
-        fs: *mut ExtFsHandle,
-        ino: u32,
-        buf: *mut c_char,
-        cap: usize,
-        len: *mut usize,
-    ) -> c_int;
-    fn vx_statfs(fs: *mut ExtFsHandle, st: *mut VxStatFs) -> c_int;
-    fn vx_label(fs: *mut ExtFsHandle, buf: *mut c_char);
-    fn vx_xattrs(fs: *mut ExtFsHandle, ino: u32, cb: XattrCb, ctx: *mut c_void) -> c_int;
-    fn vx_begin_rw(fs: *mut ExtFsHandle) -> c_int;
-    fn vx_end_rw(fs: *mut ExtFsHandle) -> c_int;
-    fn vx_flush(fs: *mut ExtFsHandle) -> c_int;
-    fn vx_mknod(
-        fs: *mut ExtFsHandle,
-        dir: u32,
-        name: *const c_char,
-        mode: u32,
-        rdev: u32,
-        uid: u32,
-        gid: u32,
-        s: i64,
-        ns: u32,
-        known_absent: c_int,
-        out: *mut u32,
-    ) -> c_int;
-    fn vx_mkdir(
-        fs: *mut ExtFsHandle,
-        dir: u32,
-        name: *const c_char,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-        s: i64,
-        ns: u32,
-        known_absent: c_int,
-        out: *mut u32,
-    ) -> c_int;
-    fn vx_symlink(
-        fs: *mut ExtFsHandle,
-        dir: u32,
-        name: *const c_char,
-        target: *const c_char,
-        uid: u32,
-        gid: u32,
-        s: i64,
-        ns: u32,
-        known_absent: c_int,
-        out: *mut u32,
-    ) -> c_int;
-    fn vx_link(
-        fs: *mut ExtFsHandle,
-        ino: u32,
-        dir: u32,
-        name: *const c_char,
-        s: i64,
-        ns: u32,
-        known_absent: c_int,
-    ) -> c_int;
-    fn vx_unlink(
-        fs: *mut ExtFsHandle,
-        dir: u32,
-        name: *const c_char,
-        want_dir: c_int,
-        s: i64,
-        ns: u32,
-        out_ino: *mut u32,
-        out_last: *mut c_int,
-    ) -> c_int;
-    fn vx_free_inode(fs: *mut ExtFsHandle, ino: u32) -> c_int;
-    fn vx_orphan_add(fs: *mut ExtFsHandle, ino: u32) -> c_int;
-    fn vx_rename(
-        fs: *mut ExtFsHandle,
-        sdir: u32,
-        sname: *const c_char,
-        ddir: u32,
-        dname: *const c_char,
-        flags: c_int,
-        s: i64,
-        ns: u32,
-        freed: *mut u32,
-    ) -> c_int;
-    fn vx_read_ino(
-        fs: *mut ExtFsHandle,
-        ino: u32,
-        offset: u64,
-        buf: *mut c_void,
-        len: usize,
-        ahead: u64,
-        got: *mut usize,
-    ) -> c_int;
-    fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
-    fn vx_sync_meta(fs: *mut ExtFsHandle) -> c_int;
-    #[cfg(test)]
-    fn vx_crc32c_selftest() -> c_int;
-    fn vx_check_extents(fs: *mut ExtFsHandle, ino: u32) -> c_int;
-    #[allow(clippy::too_many_arguments)]
-    fn vx_write_ino(
-        fs: *mut ExtFsHandle,
-        ino: u32,
-        offset: u64,
-        buf: *const c_void,
-        len: usize,
-        s: i64,
-        ns: u32,
-        done: *mut usize,
-    ) -> c_int;
-    #[allow(clippy::too_many_arguments)]
-    fn vx_setattr(
-        fs: *mut ExtFsHandle,
-        ino: u32,
-        has_mode: c_int,
-        mode: u32,
-        has_uid: c_int,
-        uid: u32,
-        has_gid: c_int,
-        gid: u32,
-        has_atime: c_int,
-        a_s: i64,
-        a_ns: u32,
-        has_mtime: c_int,
-        m_s: i64,
-        m_ns: u32,
-        now_s: i64,
-        now_ns: u32,
-    ) -> c_int;
-    fn vx_setxattr(
-        fs: *mut ExtFsHandle,
-        ino: u32,
-        name: *const c_char,
-        value: *const c_void,
-        len: usize,
-        flags: c_int,
-    ) -> c_int;
-}
 
 /// Seconds and nanoseconds of `t` since the epoch (negative before it).
 fn split_time(t: SystemTime) -> (i64, u32) {
@@ -336,6 +124,18 @@ extern "C" fn dev_flush(ctx: *mut c_void) -> c_int {
         let dev = unsafe { &*(ctx as *const Arc<dyn BlockDevice>) };
         dev.flush()
     })
+}
+
+/// What every new name is made with: where, who, when, and whether the name is known to be
+/// absent (so the shim skips its directory scan).
+struct NewName {
+    parent: u32,
+    name: std::ffi::CString,
+    uid: u32,
+    gid: u32,
+    secs: i64,
+    nanos: u32,
+    absent: c_int,
 }
 
 /// What the driver itself needs from the mount options.
@@ -762,6 +562,38 @@ impl ExtFs {
     }
 
     /// The owner given to new files: the caller, or root under `fakeroot`.
+    /// Makes one new name in `parent` with `make` (one shim call that writes the new inode
+    /// number), then commits, records the name and answers its entry: the steps mknod,
+    /// mkdir and symlink share.
+    fn make_name(
+        &self,
+        ctx: &Context,
+        parent: Ino,
+        name: &OsStr,
+        make: impl FnOnce(*mut ExtFsHandle, &NewName, &mut u32) -> c_int,
+    ) -> Result<Entry> {
+        self.writable()?;
+        let name = c_name(name)?;
+        let mut h = self.lock();
+        let (uid, gid) = self.owner(ctx);
+        let (secs, nanos) = split_time(SystemTime::now());
+        let new = NewName {
+            parent: ext_ino(parent),
+            absent: c_int::from(h.known_absent(ext_ino(parent), name.as_bytes())),
+            name,
+            uid,
+            gid,
+            secs,
+            nanos,
+        };
+        let mut ino = 0u32;
+        let made = check(make(h.fs, &new, &mut ino));
+        let made = h.commit(made).map(|()| ino);
+        h.note_added(new.parent, new.name.as_bytes(), &made);
+        made?;
+        self.entry_of(&h, ino)
+    }
+
     fn owner(&self, ctx: &Context) -> (u32, u32) {
         if self.view.fakeroot {
             (0, 0)
@@ -1128,33 +960,25 @@ impl FileSystem for ExtFs {
         mode: u32,
         rdev: u32,
     ) -> Result<Entry> {
-        self.writable()?;
-        let name = c_name(name)?;
-        let mut h = self.lock();
-        let owner = self.owner(ctx);
-        let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
-        let (s, ns) = split_time(SystemTime::now());
-        let mut ino = 0u32;
-        // SAFETY: h.fs is open; name is a NUL-terminated string; ino is a valid out-pointer.
-        let made = check(unsafe {
-            vx_mknod(
-                h.fs,
-                ext_ino(parent),
-                name.as_ptr(),
-                mode,
-                rdev,
-                owner.0,
-                owner.1,
-                s,
-                ns,
-                absent,
-                &mut ino,
-            )
-        });
-        let made = h.commit(made).map(|()| ino);
-        h.note_added(ext_ino(parent), name.as_bytes(), &made);
-        made?;
-        self.entry_of(&h, ino)
+        self.make_name(ctx, parent, name, |fs, new, ino| {
+            // SAFETY: fs is open and held under the lock; new.name is NUL-terminated; ino is
+            // a valid out-pointer.
+            unsafe {
+                vx_mknod(
+                    fs,
+                    new.parent,
+                    new.name.as_ptr(),
+                    mode,
+                    rdev,
+                    new.uid,
+                    new.gid,
+                    new.secs,
+                    new.nanos,
+                    new.absent,
+                    ino,
+                )
+            }
+        })
     }
 
     fn create(
@@ -1179,32 +1003,23 @@ impl FileSystem for ExtFs {
     }
 
     fn mkdir(&self, ctx: &Context, parent: Ino, name: &OsStr, mode: u32) -> Result<Entry> {
-        self.writable()?;
-        let name = c_name(name)?;
-        let mut h = self.lock();
-        let owner = self.owner(ctx);
-        let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
-        let (s, ns) = split_time(SystemTime::now());
-        let mut ino = 0u32;
-        // SAFETY: as in mknod.
-        let made = check(unsafe {
-            vx_mkdir(
-                h.fs,
-                ext_ino(parent),
-                name.as_ptr(),
-                mode,
-                owner.0,
-                owner.1,
-                s,
-                ns,
-                absent,
-                &mut ino,
-            )
-        });
-        let made = h.commit(made).map(|()| ino);
-        h.note_added(ext_ino(parent), name.as_bytes(), &made);
-        made?;
-        self.entry_of(&h, ino)
+        self.make_name(ctx, parent, name, |fs, new, ino| {
+            // SAFETY: as in mknod.
+            unsafe {
+                vx_mkdir(
+                    fs,
+                    new.parent,
+                    new.name.as_ptr(),
+                    mode,
+                    new.uid,
+                    new.gid,
+                    new.secs,
+                    new.nanos,
+                    new.absent,
+                    ino,
+                )
+            }
+        })
     }
 
     fn symlink(
@@ -1214,34 +1029,25 @@ impl FileSystem for ExtFs {
         name: &OsStr,
         target: &std::path::Path,
     ) -> Result<Entry> {
-        self.writable()?;
-        let name = c_name(name)?;
         let target =
             std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-        let mut h = self.lock();
-        let owner = self.owner(ctx);
-        let absent = c_int::from(h.known_absent(ext_ino(parent), name.as_bytes()));
-        let (s, ns) = split_time(SystemTime::now());
-        let mut ino = 0u32;
-        // SAFETY: as in mknod; target is a NUL-terminated string.
-        let made = check(unsafe {
-            vx_symlink(
-                h.fs,
-                ext_ino(parent),
-                name.as_ptr(),
-                target.as_ptr(),
-                owner.0,
-                owner.1,
-                s,
-                ns,
-                absent,
-                &mut ino,
-            )
-        });
-        let made = h.commit(made).map(|()| ino);
-        h.note_added(ext_ino(parent), name.as_bytes(), &made);
-        made?;
-        self.entry_of(&h, ino)
+        self.make_name(ctx, parent, name, |fs, new, ino| {
+            // SAFETY: as in mknod; target is a NUL-terminated string.
+            unsafe {
+                vx_symlink(
+                    fs,
+                    new.parent,
+                    new.name.as_ptr(),
+                    target.as_ptr(),
+                    new.uid,
+                    new.gid,
+                    new.secs,
+                    new.nanos,
+                    new.absent,
+                    ino,
+                )
+            }
+        })
     }
 
     fn link(&self, _ctx: &Context, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {

@@ -1,0 +1,230 @@
+//! The C shim's flat API (`shim.c`): the structs it fills and the functions it exports, as
+//! Rust sees them. Declarations only; every call site in the driver carries its SAFETY note.
+
+use std::ffi::{c_char, c_int, c_void};
+
+/// Opaque libext2fs handles.
+#[repr(C)]
+pub(crate) struct ExtFsHandle {
+    pub(crate) _private: [u8; 0],
+}
+
+/// The device as the shim sees it (mirrors `struct vx_dev`).
+#[repr(C)]
+pub(crate) struct VxDev {
+    pub(crate) ctx: *mut c_void,
+    pub(crate) size: u64,
+    pub(crate) read_only: c_int,
+    pub(crate) read: extern "C" fn(*mut c_void, u64, *mut c_void, usize) -> c_int,
+    pub(crate) write: extern "C" fn(*mut c_void, u64, *const c_void, usize) -> c_int,
+    pub(crate) flush: extern "C" fn(*mut c_void) -> c_int,
+    pub(crate) prefetch: extern "C" fn(*mut c_void, u64, u64),
+}
+
+/// Mirrors `struct vx_stat`.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct VxStat {
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) blocks: u64,
+    pub(crate) mode: u32,
+    pub(crate) nlink: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) rdev: u32,
+    pub(crate) generation: u32,
+    pub(crate) atime: i64,
+    pub(crate) mtime: i64,
+    pub(crate) ctime: i64,
+    pub(crate) crtime: i64,
+    pub(crate) atime_ns: u32,
+    pub(crate) mtime_ns: u32,
+    pub(crate) ctime_ns: u32,
+    pub(crate) crtime_ns: u32,
+}
+
+/// Mirrors `struct vx_statfs`.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct VxStatFs {
+    pub(crate) blocks: u64,
+    pub(crate) blocks_free: u64,
+    pub(crate) blocks_avail: u64,
+    pub(crate) files: u64,
+    pub(crate) files_free: u64,
+    pub(crate) block_size: u32,
+    pub(crate) name_max: u32,
+}
+
+pub(crate) type DirentCb = extern "C" fn(*mut c_void, u32, c_int, *const c_char, usize) -> c_int;
+pub(crate) type XattrCb = extern "C" fn(*mut c_void, *const c_char, *const c_void, usize) -> c_int;
+
+extern "C" {
+    pub(crate) fn vx_open(
+        dev: *mut VxDev,
+        rw: c_int,
+        allow_recovery: c_int,
+        out: *mut *mut ExtFsHandle,
+        msg: *mut c_char,
+        msglen: usize,
+    ) -> c_int;
+    pub(crate) fn vx_close(fs: *mut ExtFsHandle) -> c_int;
+    pub(crate) fn vx_needs_recovery(fs: *mut ExtFsHandle) -> c_int;
+    pub(crate) fn vx_journal_map(
+        fs: *mut ExtFsHandle,
+        out: *mut u64,
+        max: usize,
+        count: *mut usize,
+    ) -> c_int;
+    pub(crate) fn vx_block_size(fs: *mut ExtFsHandle) -> u32;
+    pub(crate) fn vx_stat(fs: *mut ExtFsHandle, ino: u32, st: *mut VxStat) -> c_int;
+    pub(crate) fn vx_lookup(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        len: usize,
+        ino: *mut u32,
+    ) -> c_int;
+    pub(crate) fn vx_readdir(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        cb: DirentCb,
+        ctx: *mut c_void,
+    ) -> c_int;
+    pub(crate) fn vx_readlink(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        buf: *mut c_char,
+        cap: usize,
+        len: *mut usize,
+    ) -> c_int;
+    pub(crate) fn vx_statfs(fs: *mut ExtFsHandle, st: *mut VxStatFs) -> c_int;
+    pub(crate) fn vx_label(fs: *mut ExtFsHandle, buf: *mut c_char);
+    pub(crate) fn vx_xattrs(fs: *mut ExtFsHandle, ino: u32, cb: XattrCb, ctx: *mut c_void)
+        -> c_int;
+    pub(crate) fn vx_begin_rw(fs: *mut ExtFsHandle) -> c_int;
+    pub(crate) fn vx_end_rw(fs: *mut ExtFsHandle) -> c_int;
+    pub(crate) fn vx_flush(fs: *mut ExtFsHandle) -> c_int;
+    pub(crate) fn vx_mknod(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+        s: i64,
+        ns: u32,
+        known_absent: c_int,
+        out: *mut u32,
+    ) -> c_int;
+    pub(crate) fn vx_mkdir(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        s: i64,
+        ns: u32,
+        known_absent: c_int,
+        out: *mut u32,
+    ) -> c_int;
+    pub(crate) fn vx_symlink(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        target: *const c_char,
+        uid: u32,
+        gid: u32,
+        s: i64,
+        ns: u32,
+        known_absent: c_int,
+        out: *mut u32,
+    ) -> c_int;
+    pub(crate) fn vx_link(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        dir: u32,
+        name: *const c_char,
+        s: i64,
+        ns: u32,
+        known_absent: c_int,
+    ) -> c_int;
+    pub(crate) fn vx_unlink(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        name: *const c_char,
+        want_dir: c_int,
+        s: i64,
+        ns: u32,
+        out_ino: *mut u32,
+        out_last: *mut c_int,
+    ) -> c_int;
+    pub(crate) fn vx_free_inode(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    pub(crate) fn vx_orphan_add(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    pub(crate) fn vx_rename(
+        fs: *mut ExtFsHandle,
+        sdir: u32,
+        sname: *const c_char,
+        ddir: u32,
+        dname: *const c_char,
+        flags: c_int,
+        s: i64,
+        ns: u32,
+        freed: *mut u32,
+    ) -> c_int;
+    pub(crate) fn vx_read_ino(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        offset: u64,
+        buf: *mut c_void,
+        len: usize,
+        ahead: u64,
+        got: *mut usize,
+    ) -> c_int;
+    pub(crate) fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
+    pub(crate) fn vx_sync_meta(fs: *mut ExtFsHandle) -> c_int;
+    #[cfg(test)]
+    pub(crate) fn vx_crc32c_selftest() -> c_int;
+    pub(crate) fn vx_check_extents(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn vx_write_ino(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        offset: u64,
+        buf: *const c_void,
+        len: usize,
+        s: i64,
+        ns: u32,
+        done: *mut usize,
+    ) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn vx_setattr(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        has_mode: c_int,
+        mode: u32,
+        has_uid: c_int,
+        uid: u32,
+        has_gid: c_int,
+        gid: u32,
+        has_atime: c_int,
+        a_s: i64,
+        a_ns: u32,
+        has_mtime: c_int,
+        m_s: i64,
+        m_ns: u32,
+        now_s: i64,
+        now_ns: u32,
+    ) -> c_int;
+    pub(crate) fn vx_setxattr(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        name: *const c_char,
+        value: *const c_void,
+        len: usize,
+        flags: c_int,
+    ) -> c_int;
+}
