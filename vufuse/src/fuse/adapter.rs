@@ -138,25 +138,65 @@ impl FuseAdapter {
         self.caps.cache.attr_ttl
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, result: Result<Entry, Errno>) {
+    /// Traces a request's `result` and sends it: the last two steps of every callback.
+    fn answer<T: Debug, R: Answer<T>>(
+        &self,
+        req: &Request,
+        describe: impl FnOnce() -> String,
+        result: Result<T, Errno>,
+        reply: R,
+    ) {
+        self.trace(req, describe, &result);
+        reply.send(self, result);
+    }
+}
+
+/// A fuser reply that carries a driver's answer of type `T` (or its errno).
+trait Answer<T> {
+    /// Sends `result`, with the adapter's cache lifetimes where the reply has them.
+    fn send(self, adapter: &FuseAdapter, result: Result<T, Errno>);
+}
+
+impl Answer<Entry> for ReplyEntry {
+    fn send(self, adapter: &FuseAdapter, result: Result<Entry, Errno>) {
         match result {
             Ok(entry) => {
-                let policy = self.caps.cache;
-                reply.entry_with_ttls(
+                let policy = adapter.caps.cache;
+                self.entry_with_ttls(
                     &policy.attr_ttl,
                     &policy.entry_ttl,
                     &to_file_attr(&entry.attr),
                     Generation(entry.generation),
                 )
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => self.error(errno(e)),
         }
     }
+}
 
-    fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+impl Answer<()> for ReplyEmpty {
+    fn send(self, _adapter: &FuseAdapter, result: Result<(), Errno>) {
         match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Ok(()) => self.ok(),
+            Err(e) => self.error(errno(e)),
+        }
+    }
+}
+
+impl Answer<Attr> for ReplyAttr {
+    fn send(self, adapter: &FuseAdapter, result: Result<Attr, Errno>) {
+        match result {
+            Ok(attr) => self.attr(&adapter.attr_ttl(), &to_file_attr(&attr)),
+            Err(e) => self.error(errno(e)),
+        }
+    }
+}
+
+impl Answer<Vec<u8>> for ReplyData {
+    fn send(self, _adapter: &FuseAdapter, result: Result<Vec<u8>, Errno>) {
+        match result {
+            Ok(data) => self.data(&data),
+            Err(e) => self.error(errno(e)),
         }
     }
 }
@@ -297,8 +337,12 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let result = self.fs.lookup(&context(req, None), Ino(parent.0), name);
-        self.trace(req, || format!("lookup({}, {name:?})", parent.0), &result);
-        self.reply_entry(reply, result);
+        self.answer(
+            req,
+            || format!("lookup({}, {name:?})", parent.0),
+            result,
+            reply,
+        );
     }
 
     fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
@@ -310,11 +354,7 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self
             .fs
             .getattr(&context(req, None), Ino(ino.0), fh.map(|f| Fh(f.0)));
-        self.trace(req, || format!("getattr({}, {fh:?})", ino.0), &result);
-        match result {
-            Ok(attr) => reply.attr(&self.attr_ttl(), &to_file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.answer(req, || format!("getattr({}, {fh:?})", ino.0), result, reply);
     }
 
     fn setattr(
@@ -345,20 +385,17 @@ impl fuser::Filesystem for FuseAdapter {
             fh: fh.map(|f| Fh(f.0)),
         };
         let result = self.fs.setattr(&context(req, None), Ino(ino.0), &set);
-        self.trace(req, || format!("setattr({}, {set:?})", ino.0), &result);
-        match result {
-            Ok(attr) => reply.attr(&self.attr_ttl(), &to_file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.answer(
+            req,
+            || format!("setattr({}, {set:?})", ino.0),
+            result,
+            reply,
+        );
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = self.fs.readlink(&context(req, None), Ino(ino.0));
-        self.trace(req, || format!("readlink({})", ino.0), &result);
-        match result {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.answer(req, || format!("readlink({})", ino.0), result, reply);
     }
 
     fn mknod(
@@ -374,12 +411,12 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self
             .fs
             .mknod(&context(req, Some(umask)), Ino(parent.0), name, mode, rdev);
-        self.trace(
+        self.answer(
             req,
             || format!("mknod({}, {name:?}, {mode:o}, {rdev})", parent.0),
-            &result,
+            result,
+            reply,
         );
-        self.reply_entry(reply, result);
     }
 
     fn mkdir(
@@ -394,24 +431,32 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self
             .fs
             .mkdir(&context(req, Some(umask)), Ino(parent.0), name, mode);
-        self.trace(
+        self.answer(
             req,
             || format!("mkdir({}, {name:?}, {mode:o})", parent.0),
-            &result,
+            result,
+            reply,
         );
-        self.reply_entry(reply, result);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = self.fs.unlink(&context(req, None), Ino(parent.0), name);
-        self.trace(req, || format!("unlink({}, {name:?})", parent.0), &result);
-        Self::reply_empty(reply, result);
+        self.answer(
+            req,
+            || format!("unlink({}, {name:?})", parent.0),
+            result,
+            reply,
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = self.fs.rmdir(&context(req, None), Ino(parent.0), name);
-        self.trace(req, || format!("rmdir({}, {name:?})", parent.0), &result);
-        Self::reply_empty(reply, result);
+        self.answer(
+            req,
+            || format!("rmdir({}, {name:?})", parent.0),
+            result,
+            reply,
+        );
     }
 
     fn symlink(
@@ -425,12 +470,12 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self
             .fs
             .symlink(&context(req, None), Ino(parent.0), link_name, target);
-        self.trace(
+        self.answer(
             req,
             || format!("symlink({}, {link_name:?}, {target:?})", parent.0),
-            &result,
+            result,
+            reply,
         );
-        self.reply_entry(reply, result);
     }
 
     fn rename(
@@ -451,7 +496,7 @@ impl fuser::Filesystem for FuseAdapter {
             newname,
             flags.bits(),
         );
-        self.trace(
+        self.answer(
             req,
             || {
                 format!(
@@ -461,9 +506,9 @@ impl fuser::Filesystem for FuseAdapter {
                     flags.bits()
                 )
             },
-            &result,
+            result,
+            reply,
         );
-        Self::reply_empty(reply, result);
     }
 
     fn link(
@@ -477,12 +522,12 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self
             .fs
             .link(&context(req, None), Ino(ino.0), Ino(newparent.0), newname);
-        self.trace(
+        self.answer(
             req,
             || format!("link({}, {}, {newname:?})", ino.0, newparent.0),
-            &result,
+            result,
+            reply,
         );
-        self.reply_entry(reply, result);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -577,8 +622,12 @@ impl fuser::Filesystem for FuseAdapter {
         } else {
             self.fs.flush(&context(req, None), Ino(ino.0), Fh(fh.0))
         };
-        self.trace(req, || format!("flush({}, fh {})", ino.0, fh.0), &result);
-        Self::reply_empty(reply, result);
+        self.answer(
+            req,
+            || format!("flush({}, fh {})", ino.0, fh.0),
+            result,
+            reply,
+        );
     }
 
     fn release(
@@ -592,8 +641,12 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let result = self.fs.release(&context(req, None), Ino(ino.0), Fh(fh.0));
-        self.trace(req, || format!("release({}, fh {})", ino.0, fh.0), &result);
-        Self::reply_empty(reply, result);
+        self.answer(
+            req,
+            || format!("release({}, fh {})", ino.0, fh.0),
+            result,
+            reply,
+        );
     }
 
     fn fsync(
@@ -607,12 +660,12 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self
             .fs
             .fsync(&context(req, None), Ino(ino.0), Fh(fh.0), datasync);
-        self.trace(
+        self.answer(
             req,
             || format!("fsync({}, fh {}, {datasync})", ino.0, fh.0),
-            &result,
+            result,
+            reply,
         );
-        Self::reply_empty(reply, result);
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -761,12 +814,12 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self
             .fs
             .releasedir(&context(req, None), Ino(ino.0), Fh(fh.0));
-        self.trace(
+        self.answer(
             req,
             || format!("releasedir({}, fh {})", ino.0, fh.0),
-            &result,
+            result,
+            reply,
         );
-        Self::reply_empty(reply, result);
     }
 
     fn fsyncdir(
@@ -780,12 +833,12 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self
             .fs
             .fsyncdir(&context(req, None), Ino(ino.0), Fh(fh.0), datasync);
-        self.trace(
+        self.answer(
             req,
             || format!("fsyncdir({}, fh {}, {datasync})", ino.0, fh.0),
-            &result,
+            result,
+            reply,
         );
-        Self::reply_empty(reply, result);
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -828,7 +881,7 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self
             .fs
             .setxattr(&context(req, None), Ino(ino.0), name, value, flags);
-        self.trace(
+        self.answer(
             req,
             || {
                 format!(
@@ -837,9 +890,9 @@ impl fuser::Filesystem for FuseAdapter {
                     value.len()
                 )
             },
-            &result,
+            result,
+            reply,
         );
-        Self::reply_empty(reply, result);
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -875,8 +928,12 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = self.fs.removexattr(&context(req, None), Ino(ino.0), name);
-        self.trace(req, || format!("removexattr({}, {name:?})", ino.0), &result);
-        Self::reply_empty(reply, result);
+        self.answer(
+            req,
+            || format!("removexattr({}, {name:?})", ino.0),
+            result,
+            reply,
+        );
     }
 
     fn create(
