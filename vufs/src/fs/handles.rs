@@ -1,0 +1,50 @@
+//! Open file handles, re-openable on the upper copy after a copy-up.
+
+use super::*;
+
+impl VuFs {
+    pub(super) fn new_handle(&self, ino: u64, flags: OFlags, fd: OwnedFd) -> Fh {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let reopen = flags & !(OFlags::CREATE | OFlags::EXCL | OFlags::TRUNC | OFlags::NOCTTY);
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                fh,
+                Arc::new(Handle {
+                    ino,
+                    flags: reopen | OFlags::NOFOLLOW,
+                    fd: RwLock::new(Arc::new(fd)),
+                }),
+            );
+        Fh(fh)
+    }
+
+    pub(super) fn handle(&self, fh: Fh) -> Result<Arc<OwnedFd>> {
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)?;
+        let fd = h.fd.read().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(fd)
+    }
+
+    pub(super) fn open_file(
+        &self,
+        ctx: &Context,
+        layer: Layer,
+        path: &Path,
+        flags: OFlags,
+        as_caller: bool,
+    ) -> Result<OwnedFd> {
+        let _c = if as_caller {
+            Some(self.creds(ctx))
+        } else {
+            None
+        };
+        self.open_in(self.root(layer), path, flags, HostMode::empty())
+    }
+}

@@ -1,0 +1,64 @@
+//! Finding a view path in the layers, and attaching what was found to an inode.
+
+use super::*;
+
+impl VuFs {
+    /// Where `path` lives in the view, and its host `lstat`.
+    pub(super) fn find(&self, path: &Path) -> Result<(Layer, Stat)> {
+        match self.route(path) {
+            Route::Direct(layer) => Ok((layer, self.stat_at(self.root(layer), path)?)),
+            Route::Union => match self.stat_at(self.upper.as_fd(), path) {
+                Ok(st) => Ok((Layer::Upper, st)),
+                Err(e) if errno_is(e, &[Errno::ENOENT, Errno::ENOTDIR, Errno::ELOOP]) => {
+                    if self.deleted(path) {
+                        return Err(Errno::ENOENT);
+                    }
+                    match self.stat_at(self.lower.as_fd(), path) {
+                        Ok(st) => Ok((Layer::Lower, st)),
+                        Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => Err(Errno::ENOENT),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    pub(super) fn exists(&self, path: &Path) -> bool {
+        self.find(path).is_ok()
+    }
+
+    pub(super) fn in_upper(&self, path: &Path) -> bool {
+        self.stat_at(self.upper.as_fd(), path).is_ok()
+    }
+
+    pub(super) fn lower_stat(&self, path: &Path) -> Option<Stat> {
+        self.stat_at(self.lower.as_fd(), path).ok()
+    }
+
+    pub(super) fn attach(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        layer: Layer,
+        path: &Path,
+        st: Stat,
+    ) -> Entry {
+        let st = self.merged(path, st);
+        let ino = self.inodes().attach(
+            parent.0,
+            name,
+            key(layer, &st_raw_key(&st)),
+            kind_of(st.st_mode),
+        );
+        Entry {
+            attr: to_attr(ino, &st),
+            generation: 0,
+        }
+    }
+
+    pub(super) fn attr_of(&self, ino: Ino, path: &Path) -> Result<Attr> {
+        let (_, st) = self.find(path)?;
+        Ok(to_attr(ino.0, &self.merged(path, st)))
+    }
+}

@@ -1,0 +1,179 @@
+//! Attribute changes: where they apply (copy-up or in place) and applying them.
+
+use super::*;
+
+impl VuFs {
+    /// Applies `set` to `path` in `layer` directly.
+    pub(super) fn apply_set(
+        &self,
+        ctx: &Context,
+        layer: Layer,
+        path: &Path,
+        set: &SetAttr,
+        as_caller: bool,
+    ) -> Result<()> {
+        let _c = if as_caller {
+            Some(self.creds(ctx))
+        } else {
+            None
+        };
+        let root = self.root(layer);
+        let union_upper = layer == Layer::Upper && self.route(path) == Route::Union;
+        if let Some(size) = set.size {
+            match set.fh {
+                Some(fh) => rustix::fs::ftruncate(&*self.handle(fh)?, size)?,
+                None => {
+                    let fd = self.open_in(
+                        root,
+                        path,
+                        OFlags::WRONLY | OFlags::NOFOLLOW,
+                        HostMode::empty(),
+                    )?;
+                    rustix::fs::ftruncate(&fd, size)?;
+                }
+            }
+        }
+        if let Some(mode) = set.mode {
+            match self.chmod_at(root, path, mode) {
+                Ok(()) => {
+                    if union_upper && self.read_vstat(path).is_some_and(|v| v.mode.is_some()) {
+                        self.update_vstat(
+                            path,
+                            &VStat {
+                                mode: Some(mode & 0o7777),
+                                ..VStat::default()
+                            },
+                        )?;
+                    }
+                }
+                Err(Errno::EPERM) if union_upper => self.update_vstat(
+                    path,
+                    &VStat {
+                        mode: Some(mode & 0o7777),
+                        ..VStat::default()
+                    },
+                )?,
+                Err(e) => return Err(e),
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            let at = self.at(root, path)?;
+            match rustix::fs::chownat(
+                at.dir(),
+                at.name,
+                set.uid.map(rustix::fs::Uid::from_raw),
+                set.gid.map(rustix::fs::Gid::from_raw),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ) {
+                Ok(()) => {
+                    if union_upper
+                        && self
+                            .read_vstat(path)
+                            .is_some_and(|v| v.uid.is_some() || v.gid.is_some())
+                    {
+                        self.update_vstat(
+                            path,
+                            &VStat {
+                                uid: set.uid,
+                                gid: set.gid,
+                                ..VStat::default()
+                            },
+                        )?;
+                    }
+                }
+                Err(HostErrno::PERM) if union_upper => self.update_vstat(
+                    path,
+                    &VStat {
+                        uid: set.uid,
+                        gid: set.gid,
+                        ..VStat::default()
+                    },
+                )?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let ts = |t: Option<SetTime>| match t {
+                None => rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_OMIT as _,
+                },
+                Some(SetTime::Now) => rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_NOW as _,
+                },
+                Some(SetTime::At(t)) => {
+                    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                    rustix::fs::Timespec {
+                        tv_sec: d.as_secs() as i64,
+                        tv_nsec: d.subsec_nanos() as _,
+                    }
+                }
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: ts(set.atime),
+                last_modification: ts(set.mtime),
+            };
+            let at = self.at(root, path)?;
+            rustix::fs::utimensat(at.dir(), at.name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        Ok(())
+    }
+
+    /// Readies `path` for a change in union mode: returns the layer to change
+    /// it in and whether to act as the caller. `try_lower` is the mincow
+    /// attempt on the lower tree (Ok(true): done there).
+    pub(super) fn writable(
+        &self,
+        ctx: &Context,
+        path: &Path,
+        truncate: Option<u64>,
+        try_lower: &dyn Fn() -> Result<()>,
+    ) -> Result<Option<Layer>> {
+        match self.route(path) {
+            Route::Direct(layer) => Ok(Some(layer)),
+            Route::Union => {
+                let (layer, _) = self.find(path)?;
+                match (self.mode(), layer) {
+                    (Mode::Merge, Layer::Upper) => Err(Errno::EROFS),
+                    (Mode::Merge, Layer::Lower) => Ok(Some(Layer::Lower)),
+                    (_, Layer::Upper) => Ok(Some(Layer::Upper)),
+                    (Mode::Mincow, Layer::Lower) => {
+                        let result = {
+                            let _c = self.creds(ctx);
+                            try_lower()
+                        };
+                        match result {
+                            Ok(()) => Ok(None),
+                            Err(e) if errno_is(e, REFUSED) => {
+                                self.copy_up(ctx, path, truncate)?;
+                                Ok(Some(Layer::Upper))
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    (_, Layer::Lower) => {
+                        self.copy_up(ctx, path, truncate)?;
+                        Ok(Some(Layer::Upper))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The part of `set` the caller may apply to the union `path`, checked against the
+    /// view's attributes before a copy-up or a vstat change does it as the daemon
+    /// (`EPERM` for a chown to root by its owner, as the host would answer).
+    pub(super) fn permitted_set(
+        &self,
+        ctx: &Context,
+        path: &Path,
+        set: &SetAttr,
+    ) -> Result<SetAttr> {
+        if !self.acts_for_others(ctx) || self.route(path) != Route::Union {
+            return Ok(*set);
+        }
+        let (_, st) = self.find(path)?;
+        Caller::of(ctx).permitted(&self.merged(path, st), set)
+    }
+}
