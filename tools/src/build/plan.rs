@@ -1,0 +1,340 @@
+//! Planning: the partition table and every partition decided and checked (types, sizes,
+//! filesystem parameters, sources, an estimate that the contents fit) before any write.
+
+use super::spec::{base_dir, opt_text, Content, PartSpec, Spec};
+use crate::copy::{self, Item, Origin};
+use crate::fail;
+use crate::format::{self as fmt, FormatRequest, FsType};
+use crate::util::{parse_bytes, Failure, IdSource, Outcome};
+use crate::volume::{FsKind, Meta};
+use std::path::Path;
+use vudev::part::{NewPartition, PartType, PartitionTable};
+
+/// The whole image, decided.
+pub(super) struct Plan {
+    /// The SPEC, as messages name it.
+    pub(super) name: String,
+    pub(super) size: u64,
+    pub(super) gpt: bool,
+    pub(super) table: PartitionTable,
+    pub(super) parts: Vec<PlannedPart>,
+    pub(super) epoch: Option<u64>,
+}
+
+/// One partition, fully decided.
+pub(super) struct PlannedPart {
+    pub(super) number: u32,
+    pub(super) what: String,
+    pub(super) start_sector: u64,
+    pub(super) bytes: u64,
+    pub(super) fs: Option<FsType>,
+    pub(super) req: FormatRequest,
+    pub(super) items: Vec<Item>,
+}
+
+/// Disk ids, partition GUIDs, serials and UUIDs: derived from the epoch when reproducible,
+/// random otherwise.
+struct Ids(Option<IdSource>);
+
+impl Ids {
+    fn next_u64(&mut self) -> u64 {
+        match self.0.as_mut() {
+            Some(i) => i.next_u64(),
+            None => uuid::Uuid::new_v4().as_u128() as u64,
+        }
+    }
+
+    fn uuid(&mut self) -> uuid::Uuid {
+        let value = (self.next_u64() as u128) << 64 | self.next_u64() as u128;
+        uuid::Builder::from_random_bytes(value.to_be_bytes()).into_uuid()
+    }
+}
+
+/// Plans the image `spec` describes: the table, then each partition in order.
+pub(super) fn plan(spec: &Spec, spec_path: &Path, epoch: Option<u64>) -> Outcome<Plan> {
+    let name = spec_path.display().to_string();
+    let base = base_dir(spec_path);
+    let mut ids = Ids(epoch.map(IdSource::new));
+    let (size, gpt, mut table) = plan_table(spec, &name, &mut ids)?;
+    let mut parts = Vec::new();
+    for (i, ps) in spec.partitions.iter().enumerate() {
+        let what = format!(
+            "partition {}{}",
+            i + 1,
+            ps.name
+                .as_ref()
+                .or(ps.label.as_ref())
+                .map_or(String::new(), |n| format!(" ({n})"))
+        );
+        let part = plan_partition(
+            ps,
+            &what,
+            &spec.size.text(),
+            gpt,
+            &mut table,
+            &base,
+            epoch,
+            &mut ids,
+        )
+        .map_err(|e| fail!("{name}: {what}: {}", e.0))?;
+        parts.push(part);
+    }
+    Ok(Plan {
+        name,
+        size,
+        gpt,
+        table,
+        parts,
+        epoch,
+    })
+}
+
+/// The image size and an empty table of the SPEC's kind.
+fn plan_table(spec: &Spec, name: &str, ids: &mut Ids) -> Outcome<(u64, bool, PartitionTable)> {
+    let size_text = spec.size.text();
+    let size = parse_bytes(&size_text).map_err(|e| fail!("{name}: size: {}", e.0))?;
+    if size % 512 != 0 || size < 2 << 20 {
+        return Err(fail!(
+            "{name}: size {} must be a multiple of 512 bytes and at least 2M",
+            size_text
+        ));
+    }
+    let gpt = match spec.table.to_ascii_lowercase().as_str() {
+        "mbr" | "dos" => false,
+        "gpt" => true,
+        other => return Err(fail!("{name}: table {other:?} is not mbr or gpt")),
+    };
+    let table = if gpt {
+        let guid = match &spec.id {
+            Some(t) => {
+                uuid::Uuid::parse_str(t).map_err(|_| fail!("{name}: id {t:?} is not a GUID"))?
+            }
+            None => ids.uuid(),
+        };
+        PartitionTable::new_gpt(size, 512, guid)
+    } else {
+        let id = match &spec.id {
+            Some(t) => u32::from_str_radix(t.trim_start_matches("0x"), 16)
+                .map_err(|_| fail!("{name}: id {t:?} is not a 32-bit hex number"))?,
+            None => ids.next_u64() as u32,
+        };
+        PartitionTable::new_mbr(size, 512, id)
+    }
+    .map_err(|e| fail!("{name}: {e}"))?;
+    Ok((size, gpt, table))
+}
+
+/// One partition: its table entry (added to `table`), filesystem request and contents.
+#[allow(clippy::too_many_arguments)]
+fn plan_partition(
+    ps: &PartSpec,
+    what: &str,
+    image_size: &str,
+    gpt: bool,
+    table: &mut PartitionTable,
+    base: &Path,
+    epoch: Option<u64>,
+    ids: &mut Ids,
+) -> Outcome<PlannedPart> {
+    let fs = match ps.fs.as_deref() {
+        None | Some("none") => None,
+        Some(f) => Some(FsType::parse(f)?),
+    };
+    let type_name = ps.ptype.clone().unwrap_or_else(|| {
+        match (fs, gpt) {
+            (Some(FsType::Fat12), false) => "fat12",
+            (Some(FsType::Fat16), false) => "fat16",
+            (Some(f), false) if f.is_fat() => "fat32",
+            (Some(f), true) if f.is_fat() => "basic-data",
+            _ => "linux",
+        }
+        .to_string()
+    });
+    let ptype = PartType::parse(&type_name, gpt).map_err(Failure)?;
+    let size_spec = opt_text(&ps.size);
+    let sectors = match size_spec.as_deref() {
+        None | Some("rest") => None,
+        Some(s) => {
+            let b = parse_bytes(s)?;
+            if b % 512 != 0 {
+                return Err(fail!("size {s} is not a multiple of 512 bytes"));
+            }
+            Some(b / 512)
+        }
+    };
+    if !gpt && ps.name.is_some() {
+        return Err(fail!("MBR partitions have no names (use table = \"gpt\")"));
+    }
+    let number = table
+        .add(NewPartition {
+            number: None,
+            start: None,
+            sectors,
+            ptype,
+            name: ps.name.clone().unwrap_or_default(),
+            bootable: ps.bootable,
+            logical: false,
+            uuid: gpt.then(|| ids.uuid()),
+        })
+        .map_err(|e| {
+            fail!(
+                "{} does not fit in the {} image: {e}",
+                size_spec.as_deref().unwrap_or("the rest"),
+                image_size
+            )
+        })?;
+    let p = table.get(number).expect("just added").clone();
+    let bytes = p.sectors * 512;
+    let unit = match (fs, &opt_text(&ps.cluster_size), &opt_text(&ps.block_size)) {
+        (Some(f), Some(c), _) if f.is_fat() => Some(fmt::parse_unit(c)?),
+        (Some(f), _, Some(b)) if !f.is_fat() => Some(fmt::parse_unit(b)?),
+        (_, None, None) => None,
+        _ => return Err(fail!("cluster_size is for FAT, block_size for ext")),
+    };
+    let serial = ids.next_u64() as u32;
+    let req = FormatRequest {
+        label: ps.label.clone(),
+        unit,
+        epoch,
+        serial: Some(serial),
+        uuid: epoch.map(|_| ids.uuid()),
+    };
+    let mut items = Vec::new();
+    for c in &ps.contents {
+        plan_content(c, base, &mut items)?;
+    }
+    check_capacity(fs, bytes, unit, &req, &items, &ps.label)?;
+    Ok(PlannedPart {
+        number,
+        what: what.to_string(),
+        start_sector: p.start,
+        bytes,
+        fs,
+        req,
+        items,
+    })
+}
+
+/// Refuses contents that will not fit the filesystem `fs` of `bytes` (an estimate from
+/// the layout FAT will have, or ext's inode tables and journal).
+fn check_capacity(
+    fs: Option<FsType>,
+    bytes: u64,
+    unit: Option<u32>,
+    req: &FormatRequest,
+    items: &[Item],
+    label: &Option<String>,
+) -> Outcome {
+    let capacity = match fs {
+        Some(f) if f.is_fat() => {
+            let forced = match f {
+                FsType::Fat12 => Some(vufuse_fat::bpb::FatType::Fat12),
+                FsType::Fat16 => Some(vufuse_fat::bpb::FatType::Fat16),
+                FsType::Fat32 => Some(vufuse_fat::bpb::FatType::Fat32),
+                _ => None,
+            };
+            let layout = vufuse_fat::format::layout_for(
+                bytes,
+                &vufuse_fat::format::FormatOptions {
+                    fat_type: forced,
+                    cluster_size: unit,
+                    label: label.clone(),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| Failure(e.to_string()))?;
+            let unit = layout.cluster_size as u64;
+            Some((
+                layout.clusters as u64 * unit,
+                copy::space_needed(items, unit, FsKind::Fat),
+            ))
+        }
+        Some(_) => {
+            fmt::check_ext(bytes, req)?;
+            let unit = unit.unwrap_or(if bytes < 512 << 20 { 1024 } else { 4096 }) as u64;
+            // Inode tables (one 256-byte inode per 4-16 KiB) and the journal.
+            let ratio = if bytes < 512 << 20 { 4096 } else { 16384 };
+            let journal = (bytes / 64).min(128 << 20);
+            let usable = bytes.saturating_sub(bytes / ratio * 256 + journal + (bytes / 50));
+            Some((usable, copy::space_needed(items, unit, FsKind::Ext)))
+        }
+        None => {
+            if !items.is_empty() {
+                return Err(fail!("has contents but no filesystem (set fs)"));
+            }
+            None
+        }
+    };
+    if let Some((usable, needed)) = capacity {
+        if needed > usable {
+            return Err(fail!(
+                "contents need about {} but the filesystem will hold about {}",
+                crate::util::human(needed),
+                crate::util::human(usable)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The items one `contents` entry adds: a host directory's tree, one file, or inline text.
+fn plan_content(c: &Content, base: &Path, items: &mut Vec<Item>) -> Outcome {
+    if !c.to.starts_with('/') {
+        return Err(fail!("content destination {:?} must be absolute", c.to));
+    }
+    let to = crate::address::normalize(&c.to);
+    let perm = match &c.mode {
+        Some(m) => Some(
+            u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| fail!("mode {m:?} is not octal permission bits"))?,
+        ),
+        None => None,
+    };
+    match (&c.from, &c.text) {
+        (Some(from), None) => {
+            let src = base.join(from);
+            let md = std::fs::metadata(&src)
+                .map_err(|e| fail!("content source {}: {e}", src.display()))?;
+            let first = items.len();
+            if md.is_dir() {
+                copy::plan_host(&src, &to, true, true, items)?;
+            } else {
+                let dest = if c.to.ends_with('/') {
+                    copy::join(&to, &src.file_name().unwrap_or_default().to_string_lossy())
+                } else {
+                    to
+                };
+                copy::plan_host(&src, &dest, false, false, items)?;
+            }
+            if let Some(perm) = perm {
+                for item in &mut items[first..] {
+                    item.meta.perm = perm;
+                }
+            }
+        }
+        (None, Some(text)) => {
+            let now = std::time::SystemTime::now();
+            items.push(Item {
+                dest: to,
+                kind: copy::ItemKind::File(text.len() as u64),
+                origin: Origin::Inline(text.as_bytes().to_vec()),
+                meta: Meta {
+                    perm: perm.unwrap_or(0o644),
+                    uid: 0,
+                    gid: 0,
+                    mtime: now,
+                    atime: now,
+                },
+            });
+        }
+        _ => {
+            return Err(fail!(
+                "content for {:?} needs exactly one of from or text",
+                c.to
+            ))
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! `--dry-run`: the plan shown as text or JSON, nothing written.
+
+use super::plan::Plan;
+use crate::copy;
+use crate::util::Outcome;
+use std::path::Path;
+
+/// Prints what `plan` would write to `output`.
+pub(super) fn show(plan: &Plan, output: &Path, json: bool) -> Outcome {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&as_json(plan, output))?);
+        return Ok(());
+    }
+    for p in &plan.parts {
+        println!(
+            "{}: sectors {}+{} {} {} files, {}",
+            p.what,
+            p.start_sector,
+            p.bytes / 512,
+            p.fs.map_or("no filesystem".to_string(), |f| format!("{f:?}")
+                .to_lowercase()),
+            p.items.len(),
+            crate::util::human(copy::total_bytes(&p.items))
+        );
+    }
+    Ok(())
+}
+
+fn as_json(plan: &Plan, output: &Path) -> serde_json::Value {
+    let parts: Vec<serde_json::Value> = plan
+        .parts
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "number": p.number,
+                "start": p.start_sector,
+                "size": p.bytes / 512,
+                "type": plan.table.get(p.number).map(|t| t.ptype.sfdisk_string()),
+                "fs": p.fs.map(|f| format!("{f:?}").to_lowercase()),
+                "label": p.req.label,
+                "files": p.items.len(),
+                "bytes": copy::total_bytes(&p.items),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "output": output.display().to_string(),
+        "size": plan.size,
+        "table": if plan.gpt { "gpt" } else { "dos" },
+        "reproducible": plan.epoch.is_some(),
+        "partitions": parts,
+    })
+}

@@ -1,0 +1,150 @@
+//! Writing a planned image: into a temporary file beside the output (table, then each
+//! partition formatted and filled), renamed over the output only at the end, so a failure
+//! leaves the old image untouched.
+
+use super::plan::{Plan, PlannedPart};
+use crate::copy::{self, MetaPolicy};
+use crate::fail;
+use crate::format as fmt;
+use crate::progress::{note, Progress};
+use crate::util::{epoch_time, Outcome};
+use crate::volume::{FsKind, Meta, Volume};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vudev::part;
+use vudev::{BlockDevice, FileDevice, Window};
+use vufuse_api::Ino;
+
+/// Deletes the temporary image unless the build got to the end.
+struct TempImage {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Writes `plan` to `output`.
+pub(super) fn write(plan: &Plan, output: &Path) -> Outcome {
+    let mut temp = temp_image(output, plan.size)?;
+    let disk: Arc<dyn BlockDevice> = Arc::new(
+        FileDevice::open(&temp.path, false).map_err(|e| fail!("{}: {e}", temp.path.display()))?,
+    );
+    part::write(disk.as_ref(), &plan.table).map_err(|e| fail!("{}: {e}", output.display()))?;
+    let total: u64 = plan.parts.iter().map(|p| copy::total_bytes(&p.items)).sum();
+    let mut progress = Progress::new("building", total);
+    for p in &plan.parts {
+        fill_partition(plan, p, &disk, &temp.path, output, &mut progress)
+            .map_err(|e| fail!("{}: {}: {}", plan.name, p.what, e.0))?;
+    }
+    progress.finish();
+    disk.flush()
+        .map_err(|e| fail!("{}: {e}", temp.path.display()))?;
+    drop(disk);
+    std::fs::rename(&temp.path, output).map_err(|e| fail!("{}: {e}", output.display()))?;
+    temp.keep = true;
+    note(&format!(
+        "{}: {} image with {} partitions{}",
+        output.display(),
+        crate::util::human(plan.size),
+        plan.parts.len(),
+        if plan.epoch.is_some() {
+            " (reproducible)"
+        } else {
+            ""
+        }
+    ));
+    Ok(())
+}
+
+/// A sparse file of `size` bytes beside `output`, removed unless kept.
+fn temp_image(output: &Path, size: u64) -> Outcome<TempImage> {
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = output
+        .file_name()
+        .ok_or_else(|| fail!("{}: not a file name", output.display()))?;
+    let temp = TempImage {
+        path: dir.join(format!(
+            ".{}.vuimg-{}",
+            file_name.to_string_lossy(),
+            std::process::id()
+        )),
+        keep: false,
+    };
+    let f = std::fs::File::create(&temp.path).map_err(|e| fail!("{}: {e}", temp.path.display()))?;
+    f.set_len(size)
+        .map_err(|e| fail!("{}: {e}", temp.path.display()))?;
+    Ok(temp)
+}
+
+/// Formats partition `p` and copies its contents in; a reproducible build then clamps
+/// every time to the epoch.
+fn fill_partition(
+    plan: &Plan,
+    p: &PlannedPart,
+    disk: &Arc<dyn BlockDevice>,
+    temp: &Path,
+    output: &Path,
+    progress: &mut Progress,
+) -> Outcome {
+    let Some(fs) = p.fs else { return Ok(()) };
+    let offset = p.start_sector * 512;
+    let window: Arc<dyn BlockDevice> =
+        Arc::new(Window::new(disk.clone(), offset, p.bytes).map_err(|e| fail!("{e}"))?);
+    progress.set_message(&p.what);
+    if fs.is_fat() {
+        fmt::format_fat(window.as_ref(), fs, p.start_sector, &p.req)?;
+    } else {
+        disk.flush().map_err(|e| fail!("{e}"))?;
+        fmt::format_ext(temp, offset, p.bytes, fs, &p.req)?;
+    }
+    if p.items.is_empty() && plan.epoch.is_none() {
+        return Ok(());
+    }
+    let policy = MetaPolicy {
+        clamp: plan.epoch.map(epoch_time),
+        owner: Some((0, 0)),
+    };
+    let vol = Volume::open(
+        window.clone(),
+        true,
+        &format!("{}@{}", output.display(), p.number),
+    )?;
+    let filled = (|| -> Outcome {
+        copy::check_fits(&vol, &p.items)?;
+        copy::into_volume(&p.items, None, &vol, policy, progress)?;
+        if let (Some(t), FsKind::Ext) = (policy.clamp, vol.kind) {
+            let root = Meta {
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: t,
+                atime: t,
+            };
+            vol.set_meta(Ino::ROOT, &root, "/")?;
+        }
+        Ok(())
+    })();
+    let touched = vol.touched_inodes();
+    let kind = vol.kind;
+    vol.close();
+    filled?;
+    if let Some(e) = plan.epoch {
+        match kind {
+            FsKind::Fat => crate::repro::clamp_fat_times(window, e)?,
+            FsKind::Ext => {
+                disk.flush().map_err(|e| fail!("{e}"))?;
+                crate::repro::fix_ext_times(temp, offset, &touched, e)?
+            }
+        }
+    }
+    Ok(())
+}
