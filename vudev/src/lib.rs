@@ -10,6 +10,7 @@
 
 #[cfg(feature = "oracles")]
 pub mod adapters;
+pub mod cache;
 mod device;
 pub mod errno;
 mod file;
@@ -21,6 +22,7 @@ mod window;
 
 #[cfg(feature = "oracles")]
 pub use adapters::{DeviceCursor, Ext4Reader};
+pub use cache::CachedDevice;
 pub use device::BlockDevice;
 pub use errno::{Errno, Result};
 pub use file::FileDevice;

@@ -19,6 +19,10 @@ pub(crate) struct VxDev {
     pub(crate) write: extern "C" fn(*mut c_void, u64, *const c_void, usize) -> c_int,
     pub(crate) flush: extern "C" fn(*mut c_void) -> c_int,
     pub(crate) prefetch: extern "C" fn(*mut c_void, u64, u64),
+    /// Writes the blocks the cache holds dirty (end of an operation).
+    pub(crate) write_back: extern "C" fn(*mut c_void) -> c_int,
+    /// The filesystem's block size, the unit the cache keeps.
+    pub(crate) set_block_size: extern "C" fn(*mut c_void, u32) -> c_int,
 }
 
 /// Mirrors `struct vx_stat`.

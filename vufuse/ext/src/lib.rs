@@ -31,7 +31,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use vudev::{BlockDevice, Errno, Result};
+use vudev::{BlockDevice, CachedDevice, Errno, Result};
 use vufuse_api::fs::{
     Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino,
     Opened, SetAttr, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
@@ -84,12 +84,12 @@ fn guarded(f: impl FnOnce() -> Result<()>) -> c_int {
 
 extern "C" fn dev_read(ctx: *mut c_void, offset: u64, buf: *mut c_void, len: usize) -> c_int {
     guarded(|| {
-        // SAFETY: ctx is the `Arc<dyn BlockDevice>` boxed in `ExtFs::open`, alive
+        // SAFETY: ctx is the `CachedDevice` boxed in `ExtFs::open_raw`, alive
         // until the filesystem is closed; buf is a writable buffer of len bytes
         // owned by libext2fs for the duration of this call.
         let (dev, buf) = unsafe {
             (
-                &*(ctx as *const Arc<dyn BlockDevice>),
+                &*(ctx as *const CachedDevice),
                 std::slice::from_raw_parts_mut(buf as *mut u8, len),
             )
         };
@@ -102,7 +102,7 @@ extern "C" fn dev_write(ctx: *mut c_void, offset: u64, buf: *const c_void, len: 
         // SAFETY: as in dev_read; buf is readable for len bytes during the call.
         let (dev, buf) = unsafe {
             (
-                &*(ctx as *const Arc<dyn BlockDevice>),
+                &*(ctx as *const CachedDevice),
                 std::slice::from_raw_parts(buf as *const u8, len),
             )
         };
@@ -113,7 +113,7 @@ extern "C" fn dev_write(ctx: *mut c_void, offset: u64, buf: *const c_void, len: 
 extern "C" fn dev_prefetch(ctx: *mut c_void, offset: u64, len: u64) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: as in dev_read.
-        let dev = unsafe { &*(ctx as *const Arc<dyn BlockDevice>) };
+        let dev = unsafe { &*(ctx as *const CachedDevice) };
         dev.prefetch(offset, len);
     }));
 }
@@ -121,8 +121,24 @@ extern "C" fn dev_prefetch(ctx: *mut c_void, offset: u64, len: u64) {
 extern "C" fn dev_flush(ctx: *mut c_void) -> c_int {
     guarded(|| {
         // SAFETY: as in dev_read.
-        let dev = unsafe { &*(ctx as *const Arc<dyn BlockDevice>) };
+        let dev = unsafe { &*(ctx as *const CachedDevice) };
         dev.flush()
+    })
+}
+
+extern "C" fn dev_write_back(ctx: *mut c_void) -> c_int {
+    guarded(|| {
+        // SAFETY: as in dev_read.
+        let dev = unsafe { &*(ctx as *const CachedDevice) };
+        dev.write_back()
+    })
+}
+
+extern "C" fn dev_set_block_size(ctx: *mut c_void, block_size: u32) -> c_int {
+    guarded(|| {
+        // SAFETY: as in dev_read.
+        let dev = unsafe { &*(ctx as *const CachedDevice) };
+        dev.set_block_size(block_size as usize)
     })
 }
 
@@ -478,7 +494,9 @@ impl ExtFs {
     ) -> std::result::Result<ExtFs, MountError> {
         let read_only = read_only || dev.read_only();
         let size = dev.size();
-        let ctx = Box::into_raw(Box::new(dev)) as *mut c_void;
+        // libext2fs reads the superblock in 1 KiB blocks, then sets its own block size.
+        let cached = CachedDevice::new(dev, 1024);
+        let ctx = Box::into_raw(Box::new(cached)) as *mut c_void;
         let device = Box::into_raw(Box::new(VxDev {
             ctx,
             size,
@@ -487,6 +505,8 @@ impl ExtFs {
             write: dev_write,
             flush: dev_flush,
             prefetch: dev_prefetch,
+            write_back: dev_write_back,
+            set_block_size: dev_set_block_size,
         }));
         let mut fs: *mut ExtFsHandle = std::ptr::null_mut();
         let mut msg = vec![0u8; 512];
@@ -725,8 +745,8 @@ impl ExtFs {
 unsafe fn free_device(device: *mut VxDev) {
     // SAFETY: guaranteed by the caller.
     let device = unsafe { Box::from_raw(device) };
-    // SAFETY: ctx was created from a Box<Arc<dyn BlockDevice>> in `open`.
-    drop(unsafe { Box::from_raw(device.ctx as *mut Arc<dyn BlockDevice>) });
+    // SAFETY: ctx was created from a Box<CachedDevice> in `open_raw`.
+    drop(unsafe { Box::from_raw(device.ctx as *mut CachedDevice) });
 }
 
 impl Drop for ExtFs {

@@ -30,6 +30,9 @@ struct vx_dev {
 	int (*write)(void *ctx, uint64_t offset, const void *buf, size_t len);
 	int (*flush)(void *ctx);
 	void (*prefetch)(void *ctx, uint64_t offset, uint64_t len);
+	/* The block cache lives on the Rust side (vudev::CachedDevice): */
+	int (*write_back)(void *ctx); /* write the dirty blocks, sorted and coalesced */
+	int (*set_block_size)(void *ctx, uint32_t block_size); /* the cached unit */
 };
 
 /* ---- errno mapping: the one place ---- */
@@ -168,145 +171,16 @@ int vx_crc32c_selftest(void)
 
 /* ---- io_manager over struct vx_dev ---- */
 
-/* A cache of single blocks (inode tables, bitmaps, directory blocks are read
- * and written over and over), direct-mapped, bounded: VX_SLOTS blocks.
- *
- * Writes of single blocks are held in it (dirty) until the end of the
- * operation: vx_sync_meta(), run after every modifying operation, writes them
- * back sorted and coalesced into runs, so a block written several times in one
- * operation (an inode table block, a directory block) costs one device write,
- * and neighbours cost one together. Every other device access keeps the order
- * of writes: a multi-block or byte write, a multi-block read and the channel's
- * flush write the dirty blocks back first; a dirty block a new one displaces
- * from its slot is written back before it is dropped. */
-#define VX_SLOTS 1024
-/* The longest run of dirty blocks written back in one device call. */
-#define VX_RUN_MAX 64
-
-struct vx_slot {
-	unsigned long long block;
-	int valid;
-	int dirty;
-};
-
+/* A pass-through channel: every read and write goes to the Rust device, whose
+ * block cache (vudev::CachedDevice) holds single blocks (inode tables, bitmaps,
+ * directory blocks) and keeps single-block writes dirty until vx_sync_meta(),
+ * run after every modifying operation, calls dev->write_back: sorted and
+ * coalesced, so a block written several times in one operation costs one
+ * device write. The cache keeps the order of writes for everything else. */
 struct vx_chan {
 	struct vx_dev *dev;
-	struct vx_slot slots[VX_SLOTS];
-	char *data; /* VX_SLOTS * block_size bytes, or NULL */
-	int dirty[VX_SLOTS]; /* slot indexes holding dirty blocks, ndirty of them */
-	int ndirty;
-	char *run; /* VX_RUN_MAX * block_size bytes for coalesced write-back, or NULL */
-	char *scratch; /* one block right after run, for vx_io_write_byte */
+	char *scratch; /* one block, for vx_io_write_byte */
 };
-
-static errcode_t vx_cache_writeback(io_channel io);
-
-static void vx_cache_reset(struct vx_chan *chan, int block_size)
-{
-	free(chan->data);
-	free(chan->run);
-	chan->data = malloc((size_t)VX_SLOTS * (size_t)block_size);
-	chan->run = malloc((size_t)(VX_RUN_MAX + 1) * (size_t)block_size);
-	chan->scratch = chan->run ? chan->run + (size_t)VX_RUN_MAX * (size_t)block_size : NULL;
-	for (int i = 0; i < VX_SLOTS; i++)
-		chan->slots[i].valid = chan->slots[i].dirty = 0;
-	chan->ndirty = 0;
-}
-
-/* Forgets cached blocks overlapping the byte range [offset, offset + len),
- * dirty ones included: the caller is about to overwrite them on the device. */
-static void vx_cache_forget(io_channel io, unsigned long long offset, size_t len)
-{
-	struct vx_chan *chan = io->private_data;
-	unsigned long long first = offset / io->block_size;
-	unsigned long long last = (offset + len + io->block_size - 1) / io->block_size;
-	int all = last - first >= VX_SLOTS;
-	for (unsigned long long b = first; all ? b < first + VX_SLOTS : b < last; b++) {
-		struct vx_slot *slot = &chan->slots[b % VX_SLOTS];
-		if (slot->valid && (all ? (slot->block >= first && slot->block < last) : slot->block == b))
-			slot->valid = slot->dirty = 0; /* a stale index in chan->dirty is skipped */
-	}
-}
-
-static int vx_slot_cmp(const void *a, const void *b, void *arg)
-{
-	const struct vx_slot *slots = arg;
-	unsigned long long x = slots[*(const int *)a].block, y = slots[*(const int *)b].block;
-	return x < y ? -1 : x > y;
-}
-
-/* Drops stale and repeated indexes from the dirty list (a slot that was
- * written back or forgotten and dirtied again is listed twice): afterwards it
- * names each dirty slot once, so it has room for one more. */
-static void vx_dirty_compact(struct vx_chan *chan)
-{
-	int n = 0;
-	for (int i = 0; i < chan->ndirty; i++) {
-		struct vx_slot *slot = &chan->slots[chan->dirty[i]];
-		if (slot->valid && slot->dirty == 1) {
-			slot->dirty = 2; /* listed: later duplicates of the index are skipped */
-			chan->dirty[n++] = chan->dirty[i];
-		}
-	}
-	for (int i = 0; i < n; i++)
-		chan->slots[chan->dirty[i]].dirty = 1;
-	chan->ndirty = n;
-}
-
-/* Writes every dirty block back, in block order, runs of neighbours in one
- * call. On an error the blocks not yet written stay dirty. */
-static errcode_t vx_cache_writeback(io_channel io)
-{
-	struct vx_chan *chan = io->private_data;
-	struct vx_dev *dev = chan->dev;
-	size_t bs = (size_t)io->block_size;
-	vx_dirty_compact(chan);
-	int n = chan->ndirty;
-	if (n == 0)
-		return 0;
-	qsort_r(chan->dirty, (size_t)n, sizeof chan->dirty[0], vx_slot_cmp, chan->slots);
-	int i = 0;
-	while (i < n) {
-		int j = i + 1;
-		while (j < n && j - i < VX_RUN_MAX && chan->run &&
-		       chan->slots[chan->dirty[j]].block == chan->slots[chan->dirty[i]].block + (unsigned long long)(j - i))
-			j++;
-		unsigned long long first = chan->slots[chan->dirty[i]].block;
-		const char *src;
-		if (j - i == 1) {
-			src = chan->data + (size_t)chan->dirty[i] * bs;
-		} else {
-			for (int k = i; k < j; k++)
-				memcpy(chan->run + (size_t)(k - i) * bs, chan->data + (size_t)chan->dirty[k] * bs, bs);
-			src = chan->run;
-		}
-		int e = dev->write(dev->ctx, first * bs, src, (size_t)(j - i) * bs);
-		if (e) {
-			/* The blocks from this run on stay dirty (and listed). */
-			memmove(chan->dirty, chan->dirty + i, (size_t)(n - i) * sizeof chan->dirty[0]);
-			chan->ndirty = n - i;
-			return io->write_error ? io->write_error(io, first, j - i, src, (size_t)(j - i) * bs, 0, e) : e;
-		}
-		for (int k = i; k < j; k++)
-			chan->slots[chan->dirty[k]].dirty = 0;
-		i = j;
-	}
-	chan->ndirty = 0;
-	return 0;
-}
-
-/* Makes slot s free for another block: a dirty block in it goes to the device first. */
-static errcode_t vx_slot_evict(io_channel io, struct vx_slot *slot, char *cached)
-{
-	struct vx_chan *chan = io->private_data;
-	if (!slot->valid || !slot->dirty)
-		return 0;
-	int e = chan->dev->write(chan->dev->ctx, slot->block * io->block_size, cached, (size_t)io->block_size);
-	if (e)
-		return io->write_error ? io->write_error(io, slot->block, 1, cached, (size_t)io->block_size, 0, e) : e;
-	slot->dirty = 0; /* its stale index in chan->dirty is skipped */
-	return 0;
-}
 
 static struct struct_io_manager vx_io_manager;
 
@@ -330,12 +204,13 @@ static errcode_t vx_io_open(const char *name, int flags, io_channel *channel)
 	}
 	memset(chan, 0, sizeof *chan);
 	chan->dev = dev;
-	vx_cache_reset(chan, 1024);
+	chan->scratch = malloc(1024);
 	err = ext2fs_get_mem(strlen(name) + 1, &io->name);
-	if (err) {
+	if (err || !chan->scratch) {
+		free(chan->scratch);
 		ext2fs_free_mem(&chan);
 		ext2fs_free_mem(&io);
-		return err;
+		return err ? err : EXT2_ET_NO_MEMORY;
 	}
 	strcpy(io->name, name);
 	io->magic = EXT2_ET_MAGIC_IO_CHANNEL;
@@ -352,10 +227,9 @@ static errcode_t vx_io_close(io_channel io)
 {
 	if (--io->refcount > 0)
 		return 0;
-	errcode_t err = vx_cache_writeback(io);
 	struct vx_chan *chan = io->private_data;
-	free(chan->data);
-	free(chan->run);
+	errcode_t err = chan->dev->write_back(chan->dev->ctx);
+	free(chan->scratch);
 	ext2fs_free_mem(&io->private_data);
 	ext2fs_free_mem(&io->name);
 	ext2fs_free_mem(&io);
@@ -364,11 +238,18 @@ static errcode_t vx_io_close(io_channel io)
 
 static errcode_t vx_io_set_blksize(io_channel io, int blksize)
 {
+	struct vx_chan *chan = io->private_data;
 	if (io->block_size != blksize) {
-		errcode_t err = vx_cache_writeback(io);
-		if (err)
-			return err;
-		vx_cache_reset(io->private_data, blksize);
+		char *scratch = malloc((size_t)blksize);
+		if (!scratch)
+			return EXT2_ET_NO_MEMORY;
+		int e = chan->dev->set_block_size(chan->dev->ctx, (uint32_t)blksize);
+		if (e) {
+			free(scratch);
+			return e;
+		}
+		free(chan->scratch);
+		chan->scratch = scratch;
 	}
 	io->block_size = blksize;
 	return 0;
@@ -382,29 +263,8 @@ static size_t vx_bytes(io_channel io, int count)
 
 static errcode_t vx_io_read64(io_channel io, unsigned long long block, int count, void *data)
 {
-	struct vx_chan *chan = io->private_data;
-	struct vx_dev *dev = chan->dev;
+	struct vx_dev *dev = ((struct vx_chan *)io->private_data)->dev;
 	size_t len = vx_bytes(io, count);
-	if (count == 1 && chan->data) {
-		struct vx_slot *slot = &chan->slots[block % VX_SLOTS];
-		char *cached = chan->data + (size_t)(block % VX_SLOTS) * io->block_size;
-		if (slot->valid && slot->block == block) {
-			memcpy(data, cached, len);
-			return 0;
-		}
-		int e = dev->read(dev->ctx, block * io->block_size, data, len);
-		if (e)
-			return io->read_error ? io->read_error(io, block, count, data, len, 0, e) : e;
-		if (vx_slot_evict(io, slot, cached) == 0) {
-			memcpy(cached, data, len);
-			slot->block = block;
-			slot->valid = 1;
-		}
-		return 0;
-	}
-	errcode_t err = vx_cache_writeback(io);
-	if (err)
-		return err;
 	int e = dev->read(dev->ctx, block * io->block_size, data, len);
 	if (e && io->read_error)
 		return io->read_error(io, block, count, data, len, 0, e);
@@ -413,36 +273,10 @@ static errcode_t vx_io_read64(io_channel io, unsigned long long block, int count
 
 static errcode_t vx_io_write64(io_channel io, unsigned long long block, int count, const void *data)
 {
-	struct vx_chan *chan = io->private_data;
-	struct vx_dev *dev = chan->dev;
+	struct vx_dev *dev = ((struct vx_chan *)io->private_data)->dev;
 	if (!(io->flags & IO_FLAG_RW))
 		return EXT2_ET_RO_FILSYS;
 	size_t len = vx_bytes(io, count);
-	if (count == 1 && chan->data) {
-		struct vx_slot *slot = &chan->slots[block % VX_SLOTS];
-		char *cached = chan->data + (size_t)(block % VX_SLOTS) * io->block_size;
-		if (!(slot->valid && slot->block == block)) {
-			errcode_t err = vx_slot_evict(io, slot, cached);
-			if (err)
-				return err;
-			slot->block = block;
-			slot->valid = 1;
-		}
-		memcpy(cached, data, len);
-		if (!slot->dirty) {
-			/* This slot is not dirty, so at most VX_SLOTS - 1 others are:
-			 * a compacted list has room. */
-			if (chan->ndirty == VX_SLOTS)
-				vx_dirty_compact(chan);
-			slot->dirty = 1;
-			chan->dirty[chan->ndirty++] = (int)(block % VX_SLOTS);
-		}
-		return 0;
-	}
-	errcode_t err = vx_cache_writeback(io);
-	if (err)
-		return err;
-	vx_cache_forget(io, block * io->block_size, len);
 	int e = dev->write(dev->ctx, block * io->block_size, data, len);
 	if (e && io->write_error)
 		return io->write_error(io, block, count, data, len, 0, e);
@@ -467,19 +301,15 @@ static errcode_t vx_io_write_byte(io_channel io, unsigned long offset, int size,
 		return EXT2_ET_RO_FILSYS;
 	unsigned long long block = offset / io->block_size;
 	size_t within = offset % io->block_size;
-	if (chan->data && chan->scratch && size > 0 && within + (size_t)size <= (size_t)io->block_size) {
-		/* Inside one block (the superblock): changed in the cache like any
-		 * block, so it goes out with its neighbours (the descriptors). */
+	if (size > 0 && within + (size_t)size <= (size_t)io->block_size) {
+		/* Inside one block (the superblock): changed as a whole block, so the
+		 * cache sends it out with its neighbours (the descriptors). */
 		errcode_t err = vx_io_read64(io, block, 1, chan->scratch);
 		if (err)
 			return err;
 		memcpy(chan->scratch + within, data, (size_t)size);
 		return vx_io_write64(io, block, 1, chan->scratch);
 	}
-	errcode_t err = vx_cache_writeback(io);
-	if (err)
-		return err;
-	vx_cache_forget(io, offset, (size_t)size);
 	return dev->write(dev->ctx, offset, data, (size_t)size);
 }
 
@@ -488,10 +318,7 @@ static errcode_t vx_io_flush(io_channel io)
 	struct vx_dev *dev = ((struct vx_chan *)io->private_data)->dev;
 	if (!(io->flags & IO_FLAG_RW))
 		return 0;
-	errcode_t err = vx_cache_writeback(io);
-	if (err)
-		return err;
-	return dev->flush(dev->ctx);
+	return dev->flush(dev->ctx); /* writes the cache back first */
 }
 
 static errcode_t vx_io_set_option(io_channel io, const char *option, const char *arg)
@@ -1807,12 +1634,6 @@ int vx_read_ino(ext2_filsys fs, uint32_t ino, uint64_t offset, void *buf, size_t
 	if (err)
 		return vx_errno(err);
 	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
-	/* Data is read from the device directly: nothing may wait in the cache
-	 * (every modifying operation writes its blocks back; this is a guard). */
-	if (((struct vx_chan *)fs->io->private_data)->ndirty && (err = vx_cache_writeback(fs->io))) {
-		ext2fs_extent_free(h);
-		return vx_errno(err);
-	}
 	uint64_t bs = fs->blocksize;
 	char *edge = NULL; /* for runs that start or end inside a block */
 	size_t done = 0;
@@ -2149,8 +1970,9 @@ int vx_sync_meta(ext2_filsys fs)
 			return vx_errno(err);
 		memcpy(m->super_snapshot, fs->super, SUPERBLOCK_SIZE);
 	}
-	/* The operation's blocks, held by the channel until now. */
-	return vx_errno(vx_cache_writeback(fs->io));
+	/* The operation's blocks, held by the device's cache until now. */
+	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
+	return vx_errno(dev->write_back(dev->ctx));
 }
 
 /* ---- the data path for writes: whole runs per device call ---- */
@@ -2159,8 +1981,7 @@ int vx_sync_meta(ext2_filsys fs)
 static int vx_write_run(ext2_filsys fs, uint64_t pblk, const void *data, size_t bytes)
 {
 	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
-	vx_cache_forget(fs->io, pblk * fs->blocksize, bytes);
-	return dev->write(dev->ctx, pblk * fs->blocksize, data, bytes);
+	return dev->write(dev->ctx, pblk * fs->blocksize, data, bytes); /* the cache forgets what it overlaps */
 }
 
 /* Maps the hole [lblk, lblk + len) of an extent file to newly allocated
