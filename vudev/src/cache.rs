@@ -39,11 +39,9 @@ struct Cache {
 
 impl Cache {
     fn new(block_size: usize) -> Cache {
-        let count = if block_size == 0 {
-            0
-        } else {
-            MAX_SLOTS.min(MAX_BYTES / block_size).max(1)
-        };
+        let count = MAX_BYTES
+            .checked_div(block_size)
+            .map_or(0, |fit| MAX_SLOTS.min(fit).max(1));
         Cache {
             block_size,
             slots: vec![Slot::default(); count],
