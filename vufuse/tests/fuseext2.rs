@@ -1040,3 +1040,65 @@ fn writes_larger_than_the_block_cache_reach_the_image_in_order() {
     ));
     e2fsck_clean(&img);
 }
+
+/// At 0 free blocks, unlink and truncate free what they remove and leave an image e2fsck
+/// accepts (issue 17): a file filled up to ENOSPC through the mount, and a file debugfs
+/// wrote over the filesystem's very last block (libext2fs's punch refuses a run ending
+/// there, after cutting it from the tree).
+#[test]
+fn a_full_disk_frees_what_unlink_and_truncate_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    // Filled through the mount until ENOSPC, then removed.
+    let img = dir.path().join("full.img");
+    sh(&format!(
+        "truncate -s 4M '{0}' && mke2fs -q -F -t ext4 '{0}'",
+        img.display()
+    ));
+    let m = mount(&img, &mnt, &["rw"]);
+    let filled = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}/f", mnt.display()),
+            "bs=1M",
+            "count=8",
+        ])
+        .output()
+        .unwrap();
+    assert!(!filled.status.success(), "the disk never filled");
+    std::fs::remove_file(mnt.join("f")).expect("rm on a full disk");
+    drop(m);
+    wait_for_daemon_exit("fuseext2", &mnt);
+    e2fsck_clean(&img);
+
+    // A file that ends at the filesystem's last block (blocks 1330-4095 of 4096).
+    let img = dir.path().join("last.img");
+    let data = dir.path().join("data");
+    sh(&format!(
+        "truncate -s 4M '{0}' && mke2fs -q -F -t ext4 -b 1024 '{0}' && \
+         head -c 2832384 /dev/urandom > '{1}' && debugfs -w -R 'write {1} a' '{0}' >/dev/null 2>&1",
+        img.display(),
+        data.display()
+    ));
+    let extents = sh(&format!(
+        "debugfs -R 'ex a' '{}' 2>/dev/null",
+        img.display()
+    ));
+    assert!(
+        extents.split_whitespace().any(|w| w == "4095"),
+        "a does not reach the last block: {extents}"
+    );
+    let m = mount(&img, &mnt, &["rw"]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("a"))
+        .unwrap()
+        .set_len(5000)
+        .expect("truncate over the last block");
+    let head = std::fs::read(mnt.join("a")).unwrap();
+    assert_eq!(head, std::fs::read(&data).unwrap()[..5000]);
+    std::fs::remove_file(mnt.join("a")).expect("rm");
+    drop(m);
+    wait_for_daemon_exit("fuseext2", &mnt);
+    e2fsck_clean(&img);
+}

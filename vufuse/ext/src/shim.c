@@ -683,6 +683,7 @@ static int vx_has_extra(ext2_filsys fs, const struct ext2_inode_large *in)
 }
 
 int vx_free_inode(ext2_filsys fs, uint32_t ino);
+static errcode_t vx_unmap_last_block(ext2_filsys fs, uint32_t ino, blk64_t from);
 static errcode_t vx_orphan_remove(ext2_filsys fs, uint32_t ino);
 
 /* Finishes what a crash interrupted, as the kernel does at mount: frees the
@@ -710,8 +711,10 @@ static int vx_release_orphans(ext2_filsys fs)
 			if ((err = vx_orphan_remove(fs, ino)) || (err = ext2fs_read_inode(fs, ino, &in)))
 				return vx_errno(err);
 			in.i_dtime = 0;
+			blk64_t end_blk = (EXT2_I_SIZE(&in) + fs->blocksize - 1) / fs->blocksize;
 			if (ext2fs_inode_has_valid_blocks2(fs, &in) &&
-			    (err = ext2fs_punch(fs, ino, &in, NULL, (EXT2_I_SIZE(&in) + fs->blocksize - 1) / fs->blocksize, ~0ULL)))
+			    ((err = ext2fs_write_inode(fs, ino, &in)) || (err = vx_unmap_last_block(fs, ino, end_blk)) ||
+			     (err = ext2fs_read_inode(fs, ino, &in)) || (err = ext2fs_punch(fs, ino, &in, NULL, end_blk, ~0ULL))))
 				return vx_errno(err);
 			if ((err = ext2fs_write_inode(fs, ino, &in)))
 				return vx_errno(err);
@@ -1267,6 +1270,34 @@ static errcode_t vx_orphan_remove(ext2_filsys fs, uint32_t ino)
 	return 0;
 }
 
+/* A run of blocks being released: freed together, one bitmap range at a time. */
+struct vx_run {
+	blk64_t start;
+	blk64_t count;
+};
+
+static void vx_release_run(ext2_filsys fs, struct vx_run *run)
+{
+	if (run->count)
+		ext2fs_block_alloc_stats_range(fs, run->start, (unsigned int)run->count, -1);
+	run->count = 0;
+}
+
+static int vx_release_block_cb(ext2_filsys fs, blk64_t *blocknr, e2_blkcnt_t blockcnt, blk64_t ref_blk,
+			       int ref_offset, void *priv)
+{
+	(void)blockcnt; (void)ref_blk; (void)ref_offset;
+	struct vx_run *run = priv;
+	if (run->count && *blocknr == run->start + run->count && run->count < (1u << 30)) {
+		run->count++;
+		return 0;
+	}
+	vx_release_run(fs, run);
+	run->start = *blocknr;
+	run->count = 1;
+	return 0;
+}
+
 int vx_free_inode(ext2_filsys fs, uint32_t ino)
 {
 	struct ext2_inode_large in;
@@ -1295,9 +1326,17 @@ int vx_free_inode(ext2_filsys fs, uint32_t ino)
 		ext2fs_file_acl_block_set(fs, (struct ext2_inode *)&in, 0);
 	}
 	if (ext2fs_inode_has_valid_blocks2(fs, (struct ext2_inode *)&in)) {
-		err = ext2fs_punch(fs, ino, (struct ext2_inode *)&in, NULL, 0, ~0ULL);
+		/* Every block, extent tree nodes included, goes back to the bitmaps as
+		 * e2fsck and debugfs release a deleted inode's; not ext2fs_punch, which
+		 * refuses a run that ends at the filesystem's last block
+		 * (EXT2_ET_BAD_BLOCK_NUM, libext2fs 1.47) after cutting it from the
+		 * tree, leaving an inode half deleted. */
+		struct vx_run run = { 0, 0 };
+		err = ext2fs_block_iterate3(fs, ino, BLOCK_FLAG_READ_ONLY, NULL, vx_release_block_cb, &run);
 		if (err)
 			return vx_errno(err);
+		vx_release_run(fs, &run);
+		ext2fs_iblk_set(fs, (struct ext2_inode *)&in, 0);
 	}
 	in.i_dtime = (uint32_t)time(NULL);
 	err = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
@@ -1532,10 +1571,68 @@ int vx_file_flush(ext2_file_t f)
 }
 
 /* Truncates or extends (with a hole) the file ino to size. */
+/* Unmaps and frees the filesystem's last block if inode ino maps it at a
+ * logical block >= from: libext2fs 1.47's punch refuses a freed run that ends
+ * at that block (EXT2_ET_BAD_BLOCK_NUM) after cutting it from the extent tree,
+ * so a truncate or an unlink would leave the inode half done. The block ends
+ * its extent (nothing lies after it), so unmapping it only shortens one
+ * extent: no split, no new block, even on a full disk. */
+static errcode_t vx_unmap_last_block(ext2_filsys fs, uint32_t ino, blk64_t from)
+{
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, ino, &in);
+	if (err || !(in.i_flags & EXT4_EXTENTS_FL) || (in.i_flags & EXT4_INLINE_DATA_FL))
+		return err;
+	blk64_t last = ext2fs_blocks_count(fs->super) - 1;
+	ext2_extent_handle_t h;
+	if ((err = ext2fs_extent_open2(fs, ino, &in, &h)))
+		return err;
+	struct ext2fs_extent ext;
+	int found = 0;
+	for (err = ext2fs_extent_get(h, EXT2_EXTENT_ROOT, &ext); !err; err = ext2fs_extent_get(h, EXT2_EXTENT_NEXT_LEAF, &ext)) {
+		if ((ext.e_flags & EXT2_EXTENT_FLAGS_LEAF) && ext.e_len && ext.e_pblk + ext.e_len - 1 == last) {
+			found = 1;
+			break;
+		}
+	}
+	if (!found) {
+		ext2fs_extent_free(h);
+		return err == EXT2_ET_EXTENT_NO_NEXT || err == EXT2_ET_NO_CURRENT_NODE ? 0 : err;
+	}
+	if (ext.e_lblk + ext.e_len - 1 < from) {
+		ext2fs_extent_free(h);
+		return 0;
+	}
+	if (ext.e_len > 1) {
+		ext.e_len--;
+		err = ext2fs_extent_replace(h, 0, &ext);
+	} else {
+		err = ext2fs_extent_delete(h, 0);
+	}
+	if (!err) {
+		err = ext2fs_extent_fix_parents(h);
+		if (err == EXT2_ET_NO_CURRENT_NODE)
+			err = 0;
+	}
+	ext2fs_extent_free(h);
+	if (err)
+		return err;
+	/* The handle wrote the tree; the block and its count go now. */
+	if ((err = ext2fs_read_inode(fs, ino, &in)))
+		return err;
+	ext2fs_block_alloc_stats2(fs, last, -1);
+	if ((err = ext2fs_iblk_sub_blocks(fs, &in, 1)))
+		return err;
+	return ext2fs_write_inode(fs, ino, &in);
+}
+
 int vx_truncate(ext2_filsys fs, uint32_t ino, uint64_t size)
 {
 	ext2_file_t f;
-	errcode_t err = ext2fs_file_open(fs, ino, EXT2_FILE_WRITE, &f);
+	errcode_t err = vx_unmap_last_block(fs, ino, (size + fs->blocksize - 1) / fs->blocksize);
+	if (err)
+		return vx_errno(err);
+	err = ext2fs_file_open(fs, ino, EXT2_FILE_WRITE, &f);
 	if (err)
 		return vx_errno(err);
 	err = ext2fs_file_set_size2(f, size);
@@ -1988,6 +2085,33 @@ static int vx_write_run(ext2_filsys fs, uint64_t pblk, const void *data, size_t 
  * blocks, appending to the extent on the left when physically contiguous
  * (so a file written front to back stays one extent per 128 MiB).
  * *mapped gets how many blocks from lblk on were mapped before any error. */
+/* ext2fs_new_range short of the filesystem's last block: libext2fs 1.47's
+ * punch refuses a freed run that ends there (see vx_free_inode), so files this
+ * driver writes never hold it and stay truncatable. */
+static errcode_t vx_new_range(ext2_filsys fs, blk64_t goal, blk64_t want, blk64_t *pblk, blk64_t *plen)
+{
+	blk64_t last = ext2fs_blocks_count(fs->super) - 1;
+	errcode_t err = ext2fs_new_range(fs, 0, goal, want, NULL, pblk, plen);
+	if (err)
+		return err;
+	if (*pblk + *plen <= last)
+		return 0;
+	if (*pblk < last) {
+		*plen = last - *pblk;
+		return 0;
+	}
+	/* Only the last block was found from goal: look again from the start. */
+	if (goal > fs->super->s_first_data_block) {
+		err = ext2fs_new_range(fs, 0, fs->super->s_first_data_block, want, NULL, pblk, plen);
+		if (!err && *pblk < last) {
+			if (*pblk + *plen > last)
+				*plen = last - *pblk;
+			return 0;
+		}
+	}
+	return EXT2_ET_BLOCK_ALLOC_FAIL;
+}
+
 static errcode_t vx_map_hole(ext2_filsys fs, uint32_t ino, struct ext2_inode *in, ext2_extent_handle_t h,
 			     blk64_t lblk, blk64_t len, blk64_t *mapped)
 {
@@ -2001,9 +2125,9 @@ static errcode_t vx_map_hole(ext2_filsys fs, uint32_t ino, struct ext2_inode *in
 		    left.e_lblk + left.e_len == at && !(left.e_flags & EXT2_EXTENT_FLAGS_UNINIT))
 			have_left = 1;
 		blk64_t goal = have_left ? left.e_pblk + left.e_len : ext2fs_find_inode_goal(fs, ino, in, at);
-		errcode_t err = ext2fs_new_range(fs, 0, goal, want, NULL, &pblk, &plen);
+		errcode_t err = vx_new_range(fs, goal, want, &pblk, &plen);
 		if (err == EXT2_ET_BLOCK_ALLOC_FAIL && goal)
-			err = ext2fs_new_range(fs, 0, fs->super->s_first_data_block, want, NULL, &pblk, &plen);
+			err = vx_new_range(fs, fs->super->s_first_data_block, want, &pblk, &plen);
 		if (err)
 			return err;
 		if (plen > want)
