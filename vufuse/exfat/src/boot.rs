@@ -65,7 +65,8 @@ impl Geometry {
     /// True if `count` clusters from `first` are all heap clusters.
     pub fn is_valid_run(&self, first: u32, count: u64) -> bool {
         count == 0
-            || (self.is_valid_cluster(first) && first as u64 + count <= self.cluster_count as u64 + 2)
+            || (self.is_valid_cluster(first)
+                && first as u64 + count <= self.cluster_count as u64 + 2)
     }
 }
 
@@ -106,7 +107,9 @@ pub fn read(dev: &dyn BlockDevice) -> Result<Geometry, MountError> {
     dev.read_exact_at(&mut first, 0)
         .map_err(|e| MountError::volume(e, format!("cannot read the boot sector: {e}")))?;
     if !has_signature(&first) {
-        return Err(refuse("not an exFAT volume (no \"EXFAT   \" signature)".into()));
+        return Err(refuse(
+            "not an exFAT volume (no \"EXFAT   \" signature)".into(),
+        ));
     }
     let shift = first[108] as u32;
     if !(9..=12).contains(&shift) {
@@ -201,7 +204,12 @@ pub fn parse(b: &[u8], dev_size: u64) -> Result<Geometry, String> {
         cluster_shift,
         cluster_size: 1 << cluster_shift,
         volume_bytes: volume_sectors.saturating_mul(sector),
-        fat_offset: (fat_offset + if flags & ACTIVE_FAT != 0 && fats == 2 { fat_length } else { 0 })
+        fat_offset: (fat_offset
+            + if flags & ACTIVE_FAT != 0 && fats == 2 {
+                fat_length
+            } else {
+                0
+            })
             * sector,
         fat_bytes: fat_length * sector,
         heap_offset: heap_offset * sector,

@@ -165,9 +165,16 @@ impl EntrySet {
     /// Checks and decodes the set whose File entry starts `raw` (which holds exactly its
     /// SecondaryCount + 1 entries); returns it with its name. `hash_of` up-cases a name and
     /// hashes it.
-    pub fn decode(raw: &[u8], hash_of: impl Fn(&[u16]) -> u16) -> Result<(EntrySet, Vec<u16>), Damage> {
+    pub fn decode(
+        raw: &[u8],
+        hash_of: impl Fn(&[u16]) -> u16,
+    ) -> Result<(EntrySet, Vec<u16>), Damage> {
         let count = raw.len() / ENTRY;
-        if raw.len() % ENTRY != 0 || count < 3 || raw[0] != TYPE_FILE || raw[1] as usize + 1 != count {
+        if raw.len() % ENTRY != 0
+            || count < 3
+            || raw[0] != TYPE_FILE
+            || raw[1] as usize + 1 != count
+        {
             return Err(Damage::Structure);
         }
         let stream = &raw[ENTRY..2 * ENTRY];
@@ -191,7 +198,10 @@ impl EntrySet {
                 }
             }
         }
-        if raw[2 * ENTRY..].chunks(ENTRY).any(|e| e[0] & IN_USE == 0 || e[0] & 0x40 == 0) {
+        if raw[2 * ENTRY..]
+            .chunks(ENTRY)
+            .any(|e| e[0] & IN_USE == 0 || e[0] & 0x40 == 0)
+        {
             // A secondary entry that is deleted or not a secondary.
             return Err(Damage::Structure);
         }
@@ -319,7 +329,9 @@ mod tests {
 
     #[test]
     fn a_new_set_decodes_to_its_name_and_meta_and_a_flipped_bit_is_caught() {
-        let name: Vec<u16> = "a fairly long name, over fifteen units".encode_utf16().collect();
+        let name: Vec<u16> = "a fairly long name, over fifteen units"
+            .encode_utf16()
+            .collect();
         let hash = |n: &[u16]| name_hash(n);
         let mut meta = FileMeta::new(ATTR_ARCHIVE);
         meta.data_len = 5_000_000_000;
@@ -330,10 +342,16 @@ mod tests {
         let (back, got) = EntrySet::decode(set.raw(), hash).unwrap();
         assert_eq!(got, name);
         let m = back.meta();
-        assert_eq!((m.data_len, m.valid_len, m.first_cluster), (5_000_000_000, 1234, 77));
+        assert_eq!(
+            (m.data_len, m.valid_len, m.first_cluster),
+            (5_000_000_000, 1234, 77)
+        );
         let mut raw = set.raw().to_vec();
         raw[40] ^= 1;
-        assert_eq!(EntrySet::decode(&raw, hash), Err(Damage::Checksum(name.clone())));
+        assert_eq!(
+            EntrySet::decode(&raw, hash),
+            Err(Damage::Checksum(name.clone()))
+        );
         let short: Vec<u16> = "x".encode_utf16().collect();
         let renamed = set.renamed(&short, name_hash(&short));
         assert_eq!(renamed.entries(), 3);

@@ -1,0 +1,197 @@
+//! VDI and VMDK against qemu-img as the oracle.
+
+mod common;
+
+use common::*;
+use testkit::s;
+use vudev::{BlockDevice, Errno};
+use vudev_formats::{create_vdi, info, open_image, open_image_with, Format, OpenOptions};
+
+const MIB: usize = 1 << 20;
+
+fn convert(from: &std::path::Path, to: &std::path::Path, format: &str, opts: &[&str]) {
+    let mut args = vec!["convert", "-f", "raw", "-O", format];
+    args.extend(opts);
+    args.extend([s(from), s(to)]);
+    qemu_img(&args);
+}
+
+#[test]
+fn vdi_dynamic_and_fixed_read_what_qemu_wrote() {
+    if !have(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    let want = random_raw(&raw, 6 * MIB + 512, 1);
+    for (name, opts) in [("dyn.vdi", vec![]), ("fixed.vdi", vec!["-o", "static=on"])] {
+        let img = dir.path().join(name);
+        convert(&raw, &img, "vdi", &opts);
+        let dev = open_image(&img, true, None).unwrap();
+        assert_same(&read_all(&*dev)[..want.len()], &want, name);
+    }
+}
+
+#[test]
+fn vdi_writes_pass_qemu_img_check() {
+    if !have(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for fixed in [false, true] {
+        let img = dir.path().join(format!("w{fixed}.vdi"));
+        if fixed {
+            qemu_img(&[
+                "create",
+                "-q",
+                "-f",
+                "vdi",
+                "-o",
+                "static=on",
+                s(&img),
+                "48M",
+            ]);
+        } else {
+            qemu_img(&["create", "-q", "-f", "vdi", s(&img), "48M"]);
+        }
+        let mut mirror = vec![0u8; 48 * MIB];
+        {
+            let dev = open_image(&img, false, None).unwrap();
+            assert_eq!(dev.size(), 48 * MIB as u64);
+            random_writes(&*dev, &mut mirror, 150, 3);
+            assert_same(&read_all(&*dev), &mirror, "ours");
+        }
+        qemu_check_clean(&img, "vdi");
+        assert_same(
+            &qemu_raw(&img, "vdi"),
+            &mirror,
+            "qemu's view of our VDI writes",
+        );
+    }
+}
+
+#[test]
+fn create_vdi_makes_images_qemu_accepts() {
+    if !have(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for fixed in [false, true] {
+        let img = dir.path().join(format!("c{fixed}.vdi"));
+        create_vdi(&img, 20 * MIB as u64, fixed).unwrap();
+        qemu_check_clean(&img, "vdi");
+        let mut mirror = vec![0u8; 20 * MIB];
+        {
+            let dev = open_image_with(&img, &OpenOptions::default()).unwrap();
+            assert_eq!(info(&*dev).format, Format::Vdi);
+            let dev = dev.into_block_device();
+            random_writes(&*dev, &mut mirror, 60, 8);
+        }
+        qemu_check_clean(&img, "vdi");
+        assert_same(&qemu_raw(&img, "vdi"), &mirror, "qemu's view of create_vdi");
+    }
+}
+
+#[test]
+fn vmdk_sparse_reads_and_writes_pass_qemu_img_check() {
+    if !have(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    let mut want = random_raw(&raw, 40 * MIB, 2);
+    let img = dir.path().join("s.vmdk");
+    convert(&raw, &img, "vmdk", &[]);
+    {
+        let dev = open_image(&img, false, None).unwrap();
+        assert_same(&read_all(&*dev), &want, "monolithicSparse read");
+        random_writes(&*dev, &mut want, 150, 4);
+        assert_same(&read_all(&*dev), &want, "ours after writes");
+    }
+    qemu_check_clean(&img, "vmdk");
+    assert_same(
+        &qemu_raw(&img, "vmdk"),
+        &want,
+        "qemu's view of our VMDK writes",
+    );
+    // An empty image made by qemu-img create: every grain is new.
+    let empty = dir.path().join("e.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", s(&empty), "30M"]);
+    let mut mirror = vec![0u8; 30 * MIB];
+    {
+        let dev = open_image(&empty, false, None).unwrap();
+        random_writes(&*dev, &mut mirror, 100, 5);
+    }
+    qemu_check_clean(&empty, "vmdk");
+    assert_same(
+        &qemu_raw(&empty, "vmdk"),
+        &mirror,
+        "qemu's view of the new image",
+    );
+}
+
+#[test]
+fn vmdk_monolithic_flat_reads_and_writes() {
+    if !have(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    let mut want = random_raw(&raw, 10 * MIB, 6);
+    let img = dir.path().join("f.vmdk");
+    convert(&raw, &img, "vmdk", &["-o", "subformat=monolithicFlat"]);
+    assert!(dir.path().join("f-flat.vmdk").exists());
+    {
+        let dev = open_image_with(&img, &OpenOptions::default()).unwrap();
+        assert_eq!(dev.image_info().format, Format::Vmdk);
+        let dev = dev.into_block_device();
+        assert_same(&read_all(&*dev), &want, "monolithicFlat read");
+        random_writes(&*dev, &mut want, 80, 7);
+    }
+    assert_same(
+        &qemu_raw(&img, "vmdk"),
+        &want,
+        "qemu's view of our flat writes",
+    );
+    // The flat extent is the disk itself.
+    assert_same(
+        &std::fs::read(dir.path().join("f-flat.vmdk")).unwrap(),
+        &want,
+        "flat extent",
+    );
+}
+
+#[test]
+fn vmdk_stream_optimized_reads_compressed_grains() {
+    if !have(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    let want = random_raw(&raw, 9 * MIB, 8);
+    let img = dir.path().join("so.vmdk");
+    convert(&raw, &img, "vmdk", &["-o", "subformat=streamOptimized"]);
+    let dev = open_image(&img, false, None).unwrap();
+    assert!(dev.read_only(), "streamOptimized is read-only here");
+    assert_eq!(dev.write_at(b"x", 0), Err(Errno::EROFS));
+    assert_same(&read_all(&*dev), &want, "streamOptimized read");
+}
+
+#[test]
+fn vmdk_two_gb_sparse_descriptor_with_sparse_extents() {
+    if !have(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    let want = random_raw(&raw, 5 * MIB, 9);
+    let img = dir.path().join("t.vmdk");
+    convert(
+        &raw,
+        &img,
+        "vmdk",
+        &["-o", "subformat=twoGbMaxExtentSparse"],
+    );
+    let dev = open_image(&img, true, None).unwrap();
+    assert_same(&read_all(&*dev), &want, "twoGbMaxExtentSparse read");
+}
