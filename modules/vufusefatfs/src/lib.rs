@@ -1,4 +1,4 @@
-//! `vufusefatfs.so`: the project's FAT12/16/32 driver as a vufuse submodule of
+//! `vufusefatfs.so`: the project's FAT12/16/32 and exFAT drivers as a vufuse submodule of
 //! the VUOS hypervisor, a drop-in replacement for the C vufusefatfs.
 //!
 //! `vumount -t vufusefatfs [-o OPTS] SOURCE TARGET` loads this file and runs
@@ -26,7 +26,7 @@ const SPEC: ModuleSpec = ModuleSpec {
 };
 
 fn open_fat(source: &Path, options: &MountOptions) -> Result<Arc<dyn FileSystem>, String> {
-    Ok(Arc::new(vufuse_mount::open_fat(source, options)?))
+    Ok(vufuse_mount::open_fat_family(source, options)?.fs)
 }
 
 /// The submodule entry vufuse calls in a thread of its own with

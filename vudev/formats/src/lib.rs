@@ -274,6 +274,19 @@ pub fn open_image_with(
     open_path(path, options.read_only, options.format, None, &ctx)
 }
 
+/// Opens the image whose file `dev` (opened from `path`, already locked by the caller) is,
+/// as [`open_image_with`] does: the mount layer takes its own lock on the overlay first.
+pub fn open_file(
+    dev: FileDevice,
+    path: &Path,
+    options: &OpenOptions,
+) -> Result<Arc<dyn BlockDevice>, FormatError> {
+    let mut ctx = Ctx::new(options.clone());
+    ctx.seen
+        .push(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+    Ok(open_opened(dev, options.read_only, options.format, &ctx)?.into_block_device())
+}
+
 fn open_path(
     path: &Path,
     read_only: bool,
@@ -297,13 +310,23 @@ fn open_path(
             lock,
         })?;
     }
+    open_opened(dev, read_only, format, &ctx)
+}
+
+/// The device for the opened image file `dev`, probed unless `format` names it.
+fn open_opened(
+    dev: FileDevice,
+    read_only: bool,
+    format: Option<Format>,
+    ctx: &Ctx,
+) -> Result<Arc<dyn ImageDevice>, FormatError> {
     let format = format.unwrap_or_else(|| probe(&dev));
     Ok(match format {
         Format::Raw => Arc::new(dev),
-        Format::Qcow2 => Arc::new(Qcow2::open_storage(Storage::file(dev), read_only, &ctx)?),
+        Format::Qcow2 => Arc::new(Qcow2::open_storage(Storage::file(dev), read_only, ctx)?),
         Format::Vdi => Arc::new(Vdi::open_storage(Storage::file(dev), read_only)?),
         Format::Vmdk => Arc::new(Vmdk::open_storage(Storage::file(dev), read_only)?),
-        Format::UmlCow => Arc::new(UmlCow::open_storage(Storage::file(dev), read_only, &ctx)?),
+        Format::UmlCow => Arc::new(UmlCow::open_storage(Storage::file(dev), read_only, ctx)?),
     })
 }
 

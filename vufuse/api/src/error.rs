@@ -25,6 +25,16 @@ pub enum MountError {
         /// What is wrong, for the user.
         message: String,
     },
+    /// The image format (qcow2, VDI, VMDK, UML COW) is corrupt, unsupported, or its backing
+    /// chain cannot be opened.
+    Image {
+        /// The source as given.
+        source: PathBuf,
+        /// The errno a front end reports.
+        errno: Errno,
+        /// What is wrong, for the user (names the file).
+        message: String,
+    },
     /// Another mount, tool or VM holds the image in a conflicting mode.
     Locked {
         /// The source as given.
@@ -53,7 +63,9 @@ impl MountError {
     /// The errno a front end reports (a VUOS module returns it to the caller of mount(2)).
     pub fn errno(&self) -> Errno {
         match self {
-            MountError::Source { errno, .. } | MountError::Volume { errno, .. } => *errno,
+            MountError::Source { errno, .. }
+            | MountError::Volume { errno, .. }
+            | MountError::Image { errno, .. } => *errno,
             MountError::Partition { .. } => Errno::ENXIO,
             MountError::Locked { .. } => Errno::EBUSY,
         }
@@ -85,6 +97,7 @@ impl fmt::Display for MountError {
                 source.display()
             ),
             MountError::Volume { message, .. } => f.write_str(message),
+            MountError::Image { message, .. } => f.write_str(message),
         }
     }
 }

@@ -95,6 +95,9 @@ pub struct MountOptions {
     /// `nolock`: do not lock the image (by default a read-write mount holds it exclusively
     /// and a read-only one shared, so a second writer is refused).
     pub nolock: bool,
+    /// `format=NAME`: the image's format (`raw`, `qcow2`, `vdi`, `vmdk`, `cow`) instead of
+    /// probing its magic; `format=raw` serves an image file as the disk it is.
+    pub format: Option<String>,
     /// `debug`: print every request (same as `-d`).
     pub debug: bool,
     /// `busy_poll` / `no_busy_poll`: while requests keep coming, poll for the next one
@@ -197,6 +200,7 @@ impl MountOptions {
             codepage: None,
             fakeroot: false,
             nolock: false,
+            format: None,
             debug: false,
             busy_poll: None,
             kernel: KernelFlags::default(),
@@ -303,6 +307,7 @@ impl MountOptions {
                 flag(value)?;
                 self.nolock = true;
             }
+            "format" => self.format = Some(needs(value)?),
             "debug" => {
                 flag(value)?;
                 self.debug = true;

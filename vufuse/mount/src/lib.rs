@@ -1,8 +1,9 @@
 //! The mount layer: "source + options -> opened volume", once for every front end (the FUSE
 //! daemons, the VUOS modules, vuimg). It opens the source, locks the image (exclusive for
-//! read-write, shared for read-only; `-o nolock` skips it), chooses the partition, and hands
-//! the device to the driver with the driver's own options; every failure is one
-//! [`MountError`]. Drivers never see [`MountOptions`].
+//! read-write, shared for read-only; `-o nolock` skips it), opens its format by the magic
+//! (qcow2 with its backing chain, VDI, VMDK, UML COW; `-o format=raw` forces raw), chooses
+//! the partition, and hands the device to the driver with the driver's own options; every
+//! failure is one [`MountError`]. Drivers never see [`MountOptions`].
 
 #![warn(missing_docs)]
 
@@ -12,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use vudev::lock::{LockError, LockMode};
 use vudev::{BlockDevice, FileDevice};
+use vudev_formats::Format;
 pub use vufuse_api::options::MountOptions;
 pub use vufuse_api::MountError;
 
@@ -63,18 +65,49 @@ pub fn open_file_device(
 }
 
 /// Opens the device a mount of `source` with `options` serves: the image, locked as its
-/// write mode asks, then the partition holding `probe`'s filesystem.
+/// write mode asks, then its format, then the partition holding `probe`'s filesystem.
 pub fn open_device(
     source: &Path,
     options: &MountOptions,
     probe: Probe,
 ) -> Result<Arc<dyn BlockDevice>, MountError> {
-    let disk: Arc<dyn BlockDevice> = open_image(source, options.read_only, !options.nolock)?;
+    let disk = open_disk(source, options)?;
     source::select(disk, options.partition, probe.kind, probe.looks_right).map_err(|message| {
         MountError::Partition {
             source: source.to_path_buf(),
             message,
         }
+    })
+}
+
+/// The whole disk `source` holds: the image file (locked unless `nolock`) read through its
+/// format, probed by magic unless `format=` names it.
+pub fn open_disk(source: &Path, options: &MountOptions) -> Result<Arc<dyn BlockDevice>, MountError> {
+    let format = match options.format.as_deref() {
+        None => None,
+        Some(name) => Some(Format::from_name(name).ok_or_else(|| MountError::Image {
+            source: source.to_path_buf(),
+            errno: vudev::Errno::EINVAL,
+            message: format!(
+                "{}: format={name}: not one of raw, qcow2, vdi, vmdk, cow",
+                source.display()
+            ),
+        })?),
+    };
+    let file = open_file_device(source, options.read_only, !options.nolock)?;
+    if format == Some(Format::Raw) || (format.is_none() && vudev_formats::probe(&file) == Format::Raw) {
+        return Ok(Arc::new(file));
+    }
+    let open = vudev_formats::OpenOptions {
+        read_only: options.read_only,
+        format,
+        force: options.force,
+        ..Default::default()
+    };
+    vudev_formats::open_file(file, source, &open).map_err(|e| MountError::Image {
+        source: source.to_path_buf(),
+        errno: e.errno(),
+        message: e.to_string(),
     })
 }
 
@@ -103,6 +136,58 @@ pub fn fat_options(options: &MountOptions) -> vufuse_fat::FatOptions {
         dmask: options.dmask.or(options.umask).unwrap_or(0o022),
         fmask: options.fmask.or(options.umask).unwrap_or(0o022),
         dir_cache_bytes: vufuse_fat::DIR_CACHE_BYTES,
+    }
+}
+
+/// A FAT or exFAT volume, as fusefatfs and vufusefatfs.so serve them (the C fusefatfs, on
+/// FatFs, mounts both).
+#[cfg(all(feature = "fat", feature = "exfat"))]
+pub struct FatFamily {
+    /// The driver.
+    pub fs: Arc<dyn vufuse_api::FileSystem>,
+    /// The volume label (names the mount).
+    pub label: String,
+    /// "FAT" or "exFAT", for messages.
+    pub kind: &'static str,
+}
+
+/// The FAT12/16/32 or exFAT volume a mount asks for, told apart by the boot sector (the
+/// whole device, or the only partition holding one, or `part=N`), with fusefatfs's options.
+#[cfg(all(feature = "fat", feature = "exfat"))]
+pub fn open_fat_family(source: &Path, options: &MountOptions) -> Result<FatFamily, MountError> {
+    let probe = Probe {
+        kind: "FAT or exFAT",
+        looks_right: |dev| vufuse_fat::looks_like_fat(dev) || vufuse_exfat::looks_like_exfat(dev),
+    };
+    let device = open_device(source, options, probe)?;
+    if vufuse_exfat::looks_like_exfat(device.as_ref()) {
+        let fs = vufuse_exfat::ExFatFs::open(device, exfat_options(options))
+            .map_err(|e| e.at(source))?;
+        return Ok(FatFamily {
+            label: fs.label(),
+            fs: Arc::new(fs),
+            kind: "exFAT",
+        });
+    }
+    let fs = vufuse_fat::FatFs::open(device, fat_options(options)).map_err(|e| e.at(source))?;
+    Ok(FatFamily {
+        label: fs.label().to_string(),
+        fs: Arc::new(fs),
+        kind: "FAT",
+    })
+}
+
+/// The exFAT driver options of a mount's `-o` options (as [`fat_options`]).
+#[cfg(feature = "exfat")]
+pub fn exfat_options(options: &MountOptions) -> vufuse_exfat::ExFatOptions {
+    let me = vufuse_api::Context::current();
+    vufuse_exfat::ExFatOptions {
+        read_only: options.read_only,
+        uid: options.uid.unwrap_or(me.uid),
+        gid: options.gid.unwrap_or(me.gid),
+        dmask: options.dmask.or(options.umask).unwrap_or(0o022),
+        fmask: options.fmask.or(options.umask).unwrap_or(0o022),
+        dir_cache_bytes: vufuse_exfat::DIR_CACHE_BYTES,
     }
 }
 
