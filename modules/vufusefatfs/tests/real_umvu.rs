@@ -200,9 +200,68 @@ vuumount {mnt}
     );
     let (code, out) = env.run(&script, 60);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("no FAT filesystem"), "{out}");
+    assert!(out.contains("no FAT or exFAT filesystem"), "{out}");
     assert!(out.contains("bad mount option 'frobnicate'"), "{out}");
     // vufuse turns main's non-zero return into EFAULT.
     assert_eq!(out.matches("vumount: Bad address").count(), 2, "{out}");
     assert!(out.contains("still-works"), "{out}");
+}
+
+/// exFAT (an SDXC card's filesystem) and a qcow2 image are served by the same module under
+/// umvu: written inside, then checked outside by fsck.exfat and qemu-img.
+#[test]
+fn exfat_and_a_qcow2_image_under_umvu() {
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufusefatfs"]) else {
+        return;
+    };
+    let dir = env.dir();
+    let exfat = dir.join("card.img");
+    sparse_file(&exfat, 64 << 20);
+    let mkfs = std::process::Command::new("mkfs.exfat")
+        .args(["-L", "SDXC", s(&exfat)])
+        .output();
+    if !mkfs.is_ok_and(|o| o.status.success()) {
+        return testkit::skip("mkfs.exfat (exfatprogs) is not installed");
+    }
+    let raw = dir.join("fat.raw");
+    sparse_file(&raw, 32 << 20);
+    run("mkfs.vfat", &["-n", "QCOW", s(&raw)]);
+    let qcow = dir.join("disk.qcow2");
+    run(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow)],
+    );
+    let (m1, m2) = (dir.join("m1"), dir.join("m2"));
+    std::fs::create_dir(&m1).unwrap();
+    std::fs::create_dir(&m2).unwrap();
+    let script = format!(
+        "set -eu
+vu_insmod vufuse
+vumount -t vufusefatfs -o rw+ {exfat} {m1}
+vumount -t vufusefatfs -o rw+ {qcow} {m2}
+mkdir {m1}/DCIM
+echo photo > {m1}/DCIM/IMG_0001.JPG
+cat {m1}/dcim/img_0001.jpg
+echo inside > {m2}/NOTE.TXT
+vuumount {m1}
+vuumount {m2}
+",
+        exfat = s(&exfat),
+        qcow = s(&qcow),
+        m1 = s(&m1),
+        m2 = s(&m2)
+    );
+    let (code, out) = env.run(&script, 120);
+    assert_eq!(code, 0, "umvu failed:\n{out}");
+    assert!(out.contains("photo"), "case-insensitive lookup: {out}");
+    run("fsck.exfat", &["-n", s(&exfat)]);
+    run("qemu-img", &["check", s(&qcow)]);
+    let back = dir.join("back.raw");
+    run("qemu-img", &["convert", "-O", "raw", s(&qcow), s(&back)]);
+    let note = std::process::Command::new("mtype")
+        .args(["-i", s(&back), "::/NOTE.TXT"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&note.stdout), "inside\n");
 }
