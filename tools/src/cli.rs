@@ -286,7 +286,7 @@ pub struct AddArgs {
 pub struct FormatArgs {
     /// IMAGE@N (a partition) or IMAGE (the whole image).
     pub target: String,
-    /// fat, fat12, fat16, fat32, ext2 or ext4.
+    /// fat, fat12, fat16, fat32, exfat, ext2 or ext4.
     pub fs: String,
     /// Volume label.
     #[arg(long, short = 'L')]

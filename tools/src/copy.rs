@@ -349,10 +349,11 @@ pub fn into_volume(
             }
             ItemKind::Symlink(target) => {
                 let parent = dst.mkdir_p(&parent, None)?;
-                if dst.kind == FsKind::Fat {
+                if !dst.kind.has_symlinks() {
                     crate::progress::note(&format!(
-                        "skipping symbolic link {}: FAT has none",
-                        item.dest
+                        "skipping symbolic link {}: {} has none",
+                        item.dest,
+                        dst.kind.name()
                     ));
                     continue;
                 }

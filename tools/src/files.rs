@@ -390,7 +390,7 @@ pub fn format(args: &crate::cli::FormatArgs) -> Outcome {
         }
         _ => (std::path::PathBuf::from(&args.target), None),
     };
-    let unit = match (fs.is_fat(), &args.cluster_size, &args.block_size) {
+    let unit = match (fs.has_clusters(), &args.cluster_size, &args.block_size) {
         (true, Some(c), _) => Some(fmt::parse_unit(c)?),
         (false, _, Some(b)) => Some(fmt::parse_unit(b)?),
         (true, _, Some(_)) => {
@@ -413,7 +413,14 @@ pub fn format(args: &crate::cli::FormatArgs) -> Outcome {
     let dev = address::open_device(&image, partition.as_deref(), false)?;
     let start: u64 = dev_start(&image, partition.as_deref())?.unwrap_or_default();
     let name = args.target.clone();
-    if fs.is_fat() {
+    if fs.is_exfat() {
+        fmt::check_exfat(dev.size(), &req).map_err(|e| fail!("{name}: {}", e.0))?;
+        let (cluster, count) =
+            fmt::format_exfat(dev.as_ref(), &req).map_err(|e| fail!("{name}: {}", e.0))?;
+        note(&format!(
+            "{name}: exFAT with {count} clusters of {cluster} bytes"
+        ));
+    } else if fs.is_fat() {
         fmt::check_fat(dev.size(), fs, &req).map_err(|e| fail!("{name}: {}", e.0))?;
         let layout =
             fmt::format_fat(dev.as_ref(), fs, start, &req).map_err(|e| fail!("{name}: {}", e.0))?;

@@ -21,6 +21,8 @@ pub enum FsType {
     Fat16,
     /// FAT32.
     Fat32,
+    /// exFAT.
+    ExFat,
     /// ext2.
     Ext2,
     /// ext4.
@@ -35,19 +37,30 @@ impl FsType {
             "fat12" => FsType::Fat12,
             "fat16" => FsType::Fat16,
             "fat32" => FsType::Fat32,
+            "exfat" => FsType::ExFat,
             "ext2" => FsType::Ext2,
             "ext4" => FsType::Ext4,
             _ => {
                 return Err(fail!(
-                    "unknown filesystem {text:?} (fat, fat12, fat16, fat32, ext2, ext4)"
+                    "unknown filesystem {text:?} (fat, fat12, fat16, fat32, exfat, ext2, ext4)"
                 ))
             }
         })
     }
 
-    /// True for the FAT variants.
+    /// True for the FAT variants (FAT12/16/32, not exFAT).
     pub fn is_fat(self) -> bool {
-        !matches!(self, FsType::Ext2 | FsType::Ext4)
+        !matches!(self, FsType::Ext2 | FsType::Ext4 | FsType::ExFat)
+    }
+
+    /// True for exFAT.
+    pub fn is_exfat(self) -> bool {
+        self == FsType::ExFat
+    }
+
+    /// True where the size unit is a cluster (FAT, exFAT), not an ext block.
+    pub fn has_clusters(self) -> bool {
+        self.is_fat() || self.is_exfat()
     }
 
     fn fat_type(self) -> Option<FatType> {
@@ -99,6 +112,45 @@ pub fn format_fat(
         time: req.epoch.map(crate::util::epoch_time),
     };
     fatfmt::format(dev, &opts).map_err(|e| fail!("{e}"))
+}
+
+/// Formats `dev` as exFAT (layout as mkfs.exfat picks it); returns the cluster size and
+/// count.
+pub fn format_exfat(dev: &dyn BlockDevice, req: &FormatRequest) -> Outcome<(u64, u32)> {
+    let opts = exfat_options(req);
+    let layout =
+        vufuse_exfat::format::layout(dev.size(), dev.sector_size(), &opts).map_err(|e| {
+            fail!(
+                "no exFAT layout fits {} bytes with these options: {e}",
+                dev.size()
+            )
+        })?;
+    vufuse_exfat::format::format(dev, &opts).map_err(|e| fail!("{e}"))?;
+    Ok((layout.cluster_size, layout.cluster_count))
+}
+
+/// Checks what an exFAT format would choose without writing; returns the usable bytes and
+/// the cluster size.
+pub fn check_exfat(bytes: u64, req: &FormatRequest) -> Outcome<(u64, u64)> {
+    if let Some(l) = &req.label {
+        if l.encode_utf16().count() > 11 {
+            return Err(fail!("exFAT label {l:?} is longer than 11 characters"));
+        }
+    }
+    let layout = vufuse_exfat::format::layout(bytes, 512, &exfat_options(req))
+        .map_err(|e| fail!("no exFAT layout fits {bytes} bytes with these options: {e}"))?;
+    Ok((
+        layout.cluster_count as u64 * layout.cluster_size,
+        layout.cluster_size,
+    ))
+}
+
+fn exfat_options(req: &FormatRequest) -> vufuse_exfat::format::FormatOptions {
+    vufuse_exfat::format::FormatOptions {
+        label: req.label.clone(),
+        cluster_size: req.unit,
+        serial: req.serial,
+    }
 }
 
 /// Checks what a FAT format would choose without writing.

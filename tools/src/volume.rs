@@ -19,6 +19,8 @@ use vufuse_fat::{looks_like_fat, FatFs, FatOptions};
 pub enum FsKind {
     /// FAT12/16/32.
     Fat,
+    /// exFAT.
+    ExFat,
     /// ext2/3/4.
     Ext,
 }
@@ -27,6 +29,20 @@ impl FsKind {
     /// True where the format keeps permission bits and owners.
     pub fn keeps_modes(self) -> bool {
         self == FsKind::Ext
+    }
+
+    /// True where the format has symbolic links (ext; not FAT or exFAT).
+    pub fn has_symlinks(self) -> bool {
+        self == FsKind::Ext
+    }
+
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Fat => "FAT",
+            FsKind::ExFat => "exFAT",
+            FsKind::Ext => "ext",
+        }
     }
 }
 
@@ -106,38 +122,51 @@ fn errno_text(e: Errno) -> String {
 impl Volume {
     /// Opens the filesystem on `dev`, detecting FAT or ext.
     pub fn open(dev: Arc<dyn BlockDevice>, writable: bool, name: &str) -> Outcome<Volume> {
-        let (fs, kind): (Arc<dyn FileSystem>, FsKind) = if looks_like_fat(dev.as_ref()) {
-            let opts = FatOptions {
-                read_only: !writable,
-                uid: 0,
-                gid: 0,
-                dmask: 0o022,
-                fmask: 0o022,
-                ..FatOptions::default()
-            };
-            let fs = FatFs::open(dev, opts)
-                .map_err(|e| fail!("{name}: corrupt or unsupported FAT filesystem: {e}"))?;
-            (Arc::new(fs), FsKind::Fat)
-        } else if looks_like_ext(dev.as_ref()) {
-            // The ext driver is gaining mount options; defaults for the rest.
-            #[allow(clippy::needless_update)]
-            let opts = ExtOptions {
-                read_only: !writable,
-                ..Default::default()
-            };
-            let fs = ExtFs::open(dev, opts)
-                .map_err(|e| fail!("{name}: corrupt or unsupported ext filesystem: {e}"))?;
-            (Arc::new(fs), FsKind::Ext)
-        } else {
-            if let Some(why) = broken_fat(dev.as_ref()) {
+        let (fs, kind): (Arc<dyn FileSystem>, FsKind) =
+            if vufuse_exfat::looks_like_exfat(dev.as_ref()) {
+                let opts = vufuse_exfat::ExFatOptions {
+                    read_only: !writable,
+                    uid: 0,
+                    gid: 0,
+                    dmask: 0o022,
+                    fmask: 0o022,
+                    ..vufuse_exfat::ExFatOptions::default()
+                };
+                let fs = vufuse_exfat::ExFatFs::open(dev, opts)
+                    .map_err(|e| fail!("{name}: corrupt or unsupported exFAT filesystem: {e}"))?;
+                (Arc::new(fs), FsKind::ExFat)
+            } else if looks_like_fat(dev.as_ref()) {
+                let opts = FatOptions {
+                    read_only: !writable,
+                    uid: 0,
+                    gid: 0,
+                    dmask: 0o022,
+                    fmask: 0o022,
+                    ..FatOptions::default()
+                };
+                let fs = FatFs::open(dev, opts)
+                    .map_err(|e| fail!("{name}: corrupt or unsupported FAT filesystem: {e}"))?;
+                (Arc::new(fs), FsKind::Fat)
+            } else if looks_like_ext(dev.as_ref()) {
+                // The ext driver is gaining mount options; defaults for the rest.
+                #[allow(clippy::needless_update)]
+                let opts = ExtOptions {
+                    read_only: !writable,
+                    ..Default::default()
+                };
+                let fs = ExtFs::open(dev, opts)
+                    .map_err(|e| fail!("{name}: corrupt or unsupported ext filesystem: {e}"))?;
+                (Arc::new(fs), FsKind::Ext)
+            } else {
+                if let Some(why) = broken_fat(dev.as_ref()) {
+                    return Err(fail!(
+                        "{name}: corrupt FAT filesystem: {why} (fsck.fat may repair it)"
+                    ));
+                }
                 return Err(fail!(
-                    "{name}: corrupt FAT filesystem: {why} (fsck.fat may repair it)"
+                    "{name}: no FAT or ext2/3/4 filesystem found (format it with `vuimg format`)"
                 ));
-            }
-            return Err(fail!(
-                "{name}: no FAT or ext2/3/4 filesystem found (format it with `vuimg format`)"
-            ));
-        };
+            };
         fs.init()
             .map_err(|e| fail!("{name}: cannot start the filesystem: {e}"))?;
         Ok(Volume {
@@ -402,8 +431,12 @@ impl Volume {
     /// Creates a symbolic link (ext only; FAT has none).
     pub fn symlink(&self, parent: Ino, name: &OsStr, target: &[u8], shown: &str) -> Outcome<Ino> {
         use std::os::unix::ffi::OsStrExt;
-        if self.kind == FsKind::Fat {
-            return Err(fail!("{}:{shown}: FAT has no symbolic links", self.name));
+        if !self.kind.has_symlinks() {
+            return Err(fail!(
+                "{}:{shown}: {} has no symbolic links",
+                self.name,
+                self.kind.name()
+            ));
         }
         let target = std::path::Path::new(OsStr::from_bytes(target));
         let entry = self

@@ -142,3 +142,88 @@ fn partitions_are_formatted_in_place() {
     fails(&["format", s(&img), "ntfs"], 1, "unknown filesystem");
     assert_eq!(sha256(&img), before);
 }
+
+/// `vuimg format IMG@N exfat` (label, cluster size) passes fsck.exfat and dump.exfat agrees;
+/// `vuimg cp/ls/cat` then write and read it, and the tree passes fsck.exfat again; `vuimg
+/// build` takes `fs = "exfat"`.
+#[test]
+fn exfat_formats_copies_and_builds_pass_fsck_exfat() {
+    let (have, _) = tool(
+        "sh",
+        &["-c", "command -v fsck.exfat && command -v dump.exfat"],
+    );
+    if !have {
+        eprintln!("skipped exfat_formats_copies_and_builds_pass_fsck_exfat: exfatprogs missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("card.img");
+    ok(&["create", s(&img), "96M"]);
+    ok(&["part", "new", s(&img), "mbr"]);
+    ok(&["part", "add", s(&img), "exfat"]);
+    let part = format!("{}@1", s(&img));
+    ok(&[
+        "format",
+        "-q",
+        &part,
+        "exfat",
+        "--label",
+        "SDXC",
+        "--cluster-size",
+        "32K",
+    ]);
+    let p1 = dir.path().join("p1.img");
+    let (offset, len) = partition(&img, 1);
+    extract(&img, offset, len, &p1);
+    let (clean, text) = tool("fsck.exfat", &["-n", s(&p1)]);
+    assert!(clean, "{text}");
+    let (_, dump) = tool("dump.exfat", &[s(&p1)]);
+    assert!(dump.contains("SDXC"), "{dump}");
+    assert!(dump.contains("32768"), "cluster size: {dump}");
+
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("DCIM/100CANON")).unwrap();
+    std::fs::write(src.join("DCIM/100CANON/IMG_0001.JPG"), vec![7u8; 200_000]).unwrap();
+    std::fs::write(src.join("naïve 日本.txt"), "unicode\n").unwrap();
+    std::os::unix::fs::symlink("naïve 日本.txt", src.join("link")).unwrap();
+    ok(&[
+        "cp",
+        "-q",
+        "-r",
+        &format!("{}/.", s(&src)),
+        &format!("{part}:/"),
+    ]);
+    let listing = ok(&["ls", &format!("{part}:/")]);
+    assert!(
+        listing.contains("DCIM") && listing.contains("naïve 日本.txt"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("link"),
+        "symlinks are skipped on exFAT: {listing}"
+    );
+    assert_eq!(
+        ok(&["cat", &format!("{part}:/NAÏVE 日本.TXT")]),
+        "unicode\n"
+    );
+    extract(&img, offset, len, &p1);
+    let (clean, text) = tool("fsck.exfat", &["-n", s(&p1)]);
+    assert!(clean, "{text}");
+
+    let spec = dir.path().join("card.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "size = \"64M\"\ntable = \"gpt\"\n[[partition]]\nfs = \"exfat\"\nlabel = \"BUILT\"\n\
+             contents = [ {{ from = \"{}\", to = \"/\" }} ]\n",
+            s(&src)
+        ),
+    )
+    .unwrap();
+    let built = dir.path().join("built.img");
+    ok(&["build", "-q", s(&spec), "-o", s(&built)]);
+    assert_eq!(
+        ok(&["cat", &format!("{}@1:/naïve 日本.txt", s(&built))]),
+        "unicode\n"
+    );
+}

@@ -28,9 +28,9 @@ pub const SPEC_HELP: &str = r#"SPEC (TOML):
   size = "128M"              # or "rest" (the default): the free space left
   name = "boot"              # GPT name (also usable as IMAGE@boot)
   bootable = true
-  fs = "fat32"               # fat, fat12, fat16, fat32, ext2, ext4 or none
+  fs = "fat32"               # fat, fat12, fat16, fat32, exfat, ext2, ext4 or none
   label = "BOOT"
-  cluster_size = "4K"        # FAT; ext takes block_size = 4096
+  cluster_size = "4K"        # FAT and exFAT; ext takes block_size = 4096
   contents = [
     { from = "sample/boot", to = "/" },        # a host directory's contents
     { from = "kernel.img", to = "/kernel.img" },  # one file

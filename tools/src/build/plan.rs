@@ -145,7 +145,8 @@ fn plan_partition(
             (Some(FsType::Fat12), false) => "fat12",
             (Some(FsType::Fat16), false) => "fat16",
             (Some(f), false) if f.is_fat() => "fat32",
-            (Some(f), true) if f.is_fat() => "basic-data",
+            (Some(f), true) if f.is_fat() || f.is_exfat() => "basic-data",
+            (Some(FsType::ExFat), false) => "exfat",
             _ => "linux",
         }
         .to_string()
@@ -186,10 +187,14 @@ fn plan_partition(
     let p = table.get(number).expect("just added").clone();
     let bytes = p.sectors * 512;
     let unit = match (fs, &opt_text(&ps.cluster_size), &opt_text(&ps.block_size)) {
-        (Some(f), Some(c), _) if f.is_fat() => Some(fmt::parse_unit(c)?),
-        (Some(f), _, Some(b)) if !f.is_fat() => Some(fmt::parse_unit(b)?),
+        (Some(f), Some(c), _) if f.has_clusters() => Some(fmt::parse_unit(c)?),
+        (Some(f), _, Some(b)) if !f.has_clusters() => Some(fmt::parse_unit(b)?),
         (_, None, None) => None,
-        _ => return Err(fail!("cluster_size is for FAT, block_size for ext")),
+        _ => {
+            return Err(fail!(
+                "cluster_size is for FAT and exFAT, block_size for ext"
+            ))
+        }
     };
     let serial = ids.next_u64() as u32;
     let req = FormatRequest {
@@ -248,6 +253,10 @@ fn check_capacity(
                 layout.clusters as u64 * unit,
                 copy::space_needed(items, unit, FsKind::Fat),
             ))
+        }
+        Some(FsType::ExFat) => {
+            let (usable, unit) = fmt::check_exfat(bytes, req)?;
+            Some((usable, copy::space_needed(items, unit, FsKind::ExFat)))
         }
         Some(_) => {
             fmt::check_ext(bytes, req)?;

@@ -100,7 +100,9 @@ fn fill_partition(
     let window: Arc<dyn BlockDevice> =
         Arc::new(Window::new(disk.clone(), offset, p.bytes).map_err(|e| fail!("{e}"))?);
     progress.set_message(&p.what);
-    if fs.is_fat() {
+    if fs.is_exfat() {
+        fmt::format_exfat(window.as_ref(), &p.req)?;
+    } else if fs.is_fat() {
         fmt::format_fat(window.as_ref(), fs, p.start_sector, &p.req)?;
     } else {
         disk.flush().map_err(|e| fail!("{e}"))?;
@@ -140,6 +142,11 @@ fn fill_partition(
     if let Some(e) = plan.epoch {
         match kind {
             FsKind::Fat => crate::repro::clamp_fat_times(window, e)?,
+            // File times are clamped by the copy; the driver's create times are not.
+            FsKind::ExFat => note(&format!(
+                "{}: exFAT creation times are the build's, not the epoch: not byte-reproducible",
+                p.what
+            )),
             FsKind::Ext => {
                 disk.flush().map_err(|e| fail!("{e}"))?;
                 crate::repro::fix_ext_times(temp, offset, &touched, e)?
