@@ -120,7 +120,7 @@ pub fn open_device(
     read_only: bool,
 ) -> Outcome<Arc<dyn BlockDevice>> {
     let file = crate::image_lock::open_locked(image, read_only)?;
-    let disk: Arc<dyn BlockDevice> = Arc::new(file);
+    let disk = crate::image_lock::through_format(file, image, read_only)?;
     let Some(which) = partition else {
         return Ok(disk);
     };

@@ -431,6 +431,15 @@ pub fn format(args: &crate::cli::FormatArgs) -> Outcome {
     } else {
         let bytes = dev.size();
         drop(dev);
+        // mke2fs writes the image file itself at an offset: only a raw image is its disk.
+        let file = vudev::FileDevice::open(&image, true).map_err(|e| fail!("{name}: {e}"))?;
+        let format = vudev_formats::probe(&file);
+        if format != vudev_formats::Format::Raw {
+            return Err(fail!(
+                "{name}: ext is formatted by mke2fs on raw images only, and this is {format}: \
+                 convert it to raw first (qemu-img convert -O raw)"
+            ));
+        }
         fmt::check_ext(bytes, &req).map_err(|e| fail!("{name}: {}", e.0))?;
         note(&format!("{name}: running mke2fs"));
         fmt::format_ext(&image, start * 512, bytes, fs, &req)
@@ -444,7 +453,7 @@ fn dev_start(image: &std::path::Path, partition: Option<&str>) -> Outcome<Option
     let Some(which) = partition else {
         return Ok(None);
     };
-    let dev = crate::image_lock::open_locked(image, true)?;
+    let dev = crate::part_cmd::Disk::open(image, true)?;
     let table = crate::part_cmd::read_table(&dev)?;
     let p = address::find_partition(&table, which)
         .ok_or_else(|| fail!("{}@{which}: no such partition", image.display()))?;

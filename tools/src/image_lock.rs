@@ -33,6 +33,23 @@ pub fn open_locked(image: &Path, read_only: bool) -> Result<FileDevice, Failure>
     Ok(device)
 }
 
+/// The disk an opened image file holds: the file itself for raw images, else the device of
+/// its format (qcow2 with its backing chain, VDI, VMDK, UML COW), probed by magic.
+pub fn through_format(
+    file: FileDevice,
+    image: &Path,
+    read_only: bool,
+) -> Result<std::sync::Arc<dyn vudev::BlockDevice>, Failure> {
+    if vudev_formats::probe(&file) == vudev_formats::Format::Raw {
+        return Ok(std::sync::Arc::new(file));
+    }
+    let options = vudev_formats::OpenOptions {
+        read_only,
+        ..Default::default()
+    };
+    vudev_formats::open_file(file, image, &options).map_err(|e| Failure(e.to_string()))
+}
+
 fn hold(image: &Path, wanted: LockMode) -> Result<(), MountError> {
     let key = std::fs::canonicalize(image).unwrap_or_else(|_| image.to_path_buf());
     let mut holders = HOLDERS.lock().unwrap_or_else(|e| e.into_inner());

@@ -4,15 +4,44 @@ use crate::cli::{Label, PartCommand};
 use crate::util::{human, parse_bytes, Failure, Outcome};
 use std::path::Path;
 use vudev::part::{self, NewPartition, PartType, PartitionTable, Scheme};
-use vudev::{BlockDevice, FileDevice};
+use vudev::BlockDevice;
 
-fn open_rw(image: &Path) -> Result<FileDevice, Failure> {
-    crate::image_lock::open_locked(image, false)
+/// The disk `image` holds (through its format), opened read-write and locked.
+fn open_rw(image: &Path) -> Result<Disk, Failure> {
+    Disk::open(image, false)
+}
+
+/// A disk image opened for table work: the device (through its format) and its path.
+pub struct Disk {
+    device: std::sync::Arc<dyn BlockDevice>,
+    path: std::path::PathBuf,
+}
+
+impl Disk {
+    /// Opens `image` locked (shared when `read_only`), through its format.
+    pub fn open(image: &Path, read_only: bool) -> Result<Disk, Failure> {
+        let file = crate::image_lock::open_locked(image, read_only)?;
+        Ok(Disk {
+            device: crate::image_lock::through_format(file, image, read_only)?,
+            path: image.to_path_buf(),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for Disk {
+    type Target = dyn BlockDevice;
+    fn deref(&self) -> &Self::Target {
+        self.device.as_ref()
+    }
 }
 
 /// The partition table of an image, warnings printed.
-pub fn read_table(dev: &FileDevice) -> Result<PartitionTable, Failure> {
-    let table = part::probe(dev)
+pub fn read_table(dev: &Disk) -> Result<PartitionTable, Failure> {
+    let table = part::probe(&**dev)
         .map_err(|e| Failure(format!("{}: {e}", dev.path().display())))?
         .ok_or_else(|| {
             Failure(format!(
@@ -92,7 +121,7 @@ pub fn part_command(cmd: PartCommand) -> Outcome {
                     PartitionTable::new_gpt(dev.size(), dev.sector_size(), guid)?
                 }
             };
-            part::write(&dev, &table)?;
+            part::write(&*dev, &table)?;
         }
         PartCommand::Add(args) => {
             let dev = open_rw(&args.image)?;
@@ -113,14 +142,14 @@ pub fn part_command(cmd: PartCommand) -> Outcome {
                 uuid: None,
             };
             let number = table.add(spec)?;
-            part::write(&dev, &table)?;
+            part::write(&*dev, &table)?;
             println!("{number}");
         }
         PartCommand::Del { image, number } => {
             let dev = open_rw(&image)?;
             let mut table = read_table(&dev)?;
             table.delete(number)?;
-            part::write(&dev, &table)?;
+            part::write(&*dev, &table)?;
         }
         PartCommand::Resize {
             image,
@@ -135,7 +164,7 @@ pub fn part_command(cmd: PartCommand) -> Outcome {
                 let sectors = sectors_of(&table, &size)?;
                 table.resize(number, sectors)?;
             }
-            part::write(&dev, &table)?;
+            part::write(&*dev, &table)?;
         }
         PartCommand::Set {
             image,
@@ -157,10 +186,10 @@ pub fn part_command(cmd: PartCommand) -> Outcome {
             if bootable || no_bootable {
                 table.set_bootable(number, bootable)?;
             }
-            part::write(&dev, &table)?;
+            part::write(&*dev, &table)?;
         }
         PartCommand::List { image, json } => {
-            let dev = crate::image_lock::open_locked(&image, true)?;
+            let dev = Disk::open(&image, true)?;
             let table = read_table(&dev)?;
             if json {
                 println!(

@@ -205,3 +205,73 @@ fn an_image_held_by_another_program_is_not_written() {
     );
     ok(&["part", "add", s(&img), "fat32"]);
 }
+
+/// vuimg reads and writes VM images like raw ones: a card built raw, converted to qcow2 by
+/// qemu-img, then listed, read and written through vuimg; qemu-img check stays clean.
+#[test]
+fn vm_images_are_addressed_like_raw_ones() {
+    let (have, _) = tool("sh", &["-c", "command -v qemu-img"]);
+    if !have {
+        eprintln!("skipped vm_images_are_addressed_like_raw_ones: qemu-img missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("card.img");
+    ok(&["create", s(&raw), "64M"]);
+    ok(&["part", "new", s(&raw), "mbr"]);
+    ok(&["part", "add", s(&raw), "fat32"]);
+    ok(&[
+        "format",
+        "-q",
+        &format!("{}@1", s(&raw)),
+        "fat32",
+        "--label",
+        "BOOT",
+    ]);
+    let qcow = dir.path().join("card.qcow2");
+    let (converted, text) = tool(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow)],
+    );
+    assert!(converted, "{text}");
+    let list = ok(&["part", "list", s(&qcow)]);
+    assert!(
+        list.contains("fat32") || list.contains("0c") || list.contains("W95"),
+        "{list}"
+    );
+    let note = dir.path().join("note.txt");
+    std::fs::write(&note, "in a qcow2\n").unwrap();
+    ok(&["cp", "-q", s(&note), &format!("{}@1:/", s(&qcow))]);
+    assert_eq!(
+        ok(&["cat", &format!("{}@1:/note.txt", s(&qcow))]),
+        "in a qcow2\n"
+    );
+    let (clean, text) = tool("qemu-img", &["check", s(&qcow)]);
+    assert!(clean && text.contains("No errors"), "{text}");
+}
+
+/// ext is made by mke2fs, which writes the image file itself: a qcow2 image is refused
+/// with a message instead of being overwritten as if it were raw.
+#[test]
+fn ext_format_of_a_vm_image_is_refused_not_done_raw() {
+    let (have, _) = tool("sh", &["-c", "command -v qemu-img"]);
+    if !have {
+        eprintln!("skipped ext_format_of_a_vm_image_is_refused_not_done_raw: qemu-img missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let qcow = dir.path().join("disk.qcow2");
+    let (made, text) = tool("qemu-img", &["create", "-f", "qcow2", s(&qcow), "64M"]);
+    assert!(made, "{text}");
+    ok(&["part", "new", s(&qcow), "mbr"]);
+    ok(&["part", "add", s(&qcow), "linux"]);
+    let before = std::fs::read(&qcow).unwrap();
+    fails(
+        &["format", "-q", &format!("{}@1", s(&qcow)), "ext4"],
+        1,
+        "raw images only",
+    );
+    assert_eq!(std::fs::read(&qcow).unwrap(), before);
+    let (clean, text) = tool("qemu-img", &["check", s(&qcow)]);
+    assert!(clean, "{text}");
+}

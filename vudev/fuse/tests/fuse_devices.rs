@@ -784,3 +784,58 @@ fn debug_mode_prints_requests_and_results() {
     assert!(stderr.contains("-> Ok(4096)"), "{stderr}");
     assert!(stderr.contains("destroy"), "{stderr}");
 }
+
+/// A qcow2 disk (and a VDI) served by vudevpartx: partitioned and formatted through `disk`
+/// and `disk1`, the image then passes `qemu-img check` and its raw conversion holds the
+/// table and a clean FAT; `format=raw` shows the image file itself.
+#[test]
+fn vm_images_are_disks_partitioned_and_formatted_through_the_mount() {
+    if !can_run(&["qemu-img", "sfdisk", "mkfs.vfat", "fsck.fat"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    for format in ["qcow2", "vdi"] {
+        let image = dir.path().join(format!("disk.{format}"));
+        run_ok(
+            "qemu-img",
+            &["create", "-q", "-f", format, s(&image), "64M"],
+        );
+        let m = Mounted::start(PARTX, &[s(&image), s(&mnt)], &mnt);
+        assert_eq!(std::fs::metadata(mnt.join("disk")).unwrap().len(), 64 << 20);
+        sh(&format!(
+            "echo 'start=2048, type=c' | sfdisk -q '{}'",
+            mnt.join("disk").display()
+        ));
+        wait_until("disk1 to appear", || mnt.join("disk1").exists());
+        run_ok("mkfs.vfat", &["-n", "INVM", s(&mnt.join("disk1"))]);
+        m.unmount();
+        run_ok("qemu-img", &["check", "-q", s(&image)]);
+        let raw = dir.path().join("back.raw");
+        run_ok("qemu-img", &["convert", "-O", "raw", s(&image), s(&raw)]);
+        let parts = sfdisk_parts(&raw);
+        assert_eq!(parts.len(), 1, "{format}: {parts:?}");
+        let p1 = dir.path().join("p1.raw");
+        run_ok(
+            "dd",
+            &[
+                &format!("if={}", s(&raw)),
+                &format!("of={}", s(&p1)),
+                "bs=512",
+                &format!("skip={}", parts[0].start / 512),
+                &format!("count={}", parts[0].size / 512),
+                "status=none",
+            ],
+        );
+        run_ok("fsck.fat", &["-n", s(&p1)]);
+        let m = Mounted::start(PARTX, &["-o", "ro,format=raw", s(&image), s(&mnt)], &mnt);
+        let shown = std::fs::metadata(mnt.join("disk")).unwrap().len();
+        assert_eq!(
+            shown,
+            std::fs::metadata(&image).unwrap().len(),
+            "format=raw"
+        );
+        m.unmount();
+    }
+}

@@ -26,7 +26,8 @@ fn main() -> ExitCode {
             .as_ref()
             .ok_or_else(|| "missing IMAGE".to_string())?;
         let options = &invocation.options;
-        let device = vufuse_mount::open_image(image, options.read_only, !options.nolock)?;
+        // The image's format (qcow2, VDI, VMDK, UML COW) by its magic, or format=NAME.
+        let device = vufuse_mount::open_disk(image, options)?;
         let image_meta =
             std::fs::metadata(image).map_err(|e| format!("{}: {e}", image.display()))?;
         let disk = Arc::new(PartitionedDisk::new(device));
