@@ -1,2 +1,58 @@
-//! The NBD protocol: server and client (in progress: issue 16).
+//! The Network Block Device protocol, both ways.
+//!
+//! - [`Server`] serves any set of [`BlockDevice`](vudev::BlockDevice)s as named exports,
+//!   a thread per connection; the `vunbd` binary puts image files, partitions of them,
+//!   ramdisks and in-memory snapshots ([`Overlay`]) behind it. It is what lets tools that
+//!   speak NBD (qemu, nbdcopy, nbdinfo, the kernel's nbd client) reach this project's
+//!   devices without root.
+//! - [`NbdDevice`] opens an export of any NBD server (nbdkit, nbd-server, qemu-nbd, ours)
+//!   as a `BlockDevice`, so every driver of the project can run over the network.
+//!
+//! # Protocol subset (doc/proto.md of NetworkBlockDevice/nbd)
+//!
+//! Handshake: fixed newstyle only (no oldstyle, no TLS: `NBD_OPT_STARTTLS` is refused with
+//! `NBD_REP_ERR_POLICY`), with `NBD_FLAG_NO_ZEROES`; options `EXPORT_NAME`, `ABORT`,
+//! `LIST`, `INFO`, `GO` (replying `NBD_INFO_EXPORT`, `NAME`, `DESCRIPTION`, `BLOCK_SIZE`),
+//! `STRUCTURED_REPLY`, `LIST_META_CONTEXT` and `SET_META_CONTEXT` for `base:allocation`;
+//! anything else gets `NBD_REP_ERR_UNSUP`. Extended headers are not implemented.
+//!
+//! Transmission: `READ` (simple or structured: `OFFSET_DATA`, or `OFFSET_HOLE` for an
+//! all-zero range), `WRITE`, `FLUSH`, `TRIM`, `CACHE`, `WRITE_ZEROES` (with `NO_HOLE` and
+//! `FAST_ZERO`), `BLOCK_STATUS` (`base:allocation`, `REQ_ONE`), `DISC`, and `FUA` on all
+//! of them. Exports advertise `NBD_FLAG_CAN_MULTI_CONN`: connections share the device, so
+//! a flush on any connection covers the writes of all. Errors are mapped to the spec's
+//! errno values ([`proto::errno_to_nbd`]): read-only → `EPERM`, out of range reads, trims
+//! and block status → `EINVAL`, out of range writes → `ENOSPC`.
+//!
+//! # Limits and defences
+//!
+//! Every length from the peer is checked before use: option data over 64 KiB gets
+//! `NBD_REP_ERR_TOO_BIG` (skipped up to 1 MiB, else the connection is closed); strings
+//! over 4096 bytes are invalid; at most 1024 options and 64 meta-context queries per
+//! handshake, which must also finish within the handshake timeout (10 s per read and in
+//! total). READ and WRITE payloads are capped at 32 MiB (`EINVAL`; an oversized WRITE
+//! closes the connection after the error, since its payload cannot be skipped cheaply).
+//! At most 64 connections at once; writes to a client time out after 60 s. A garbled
+//! request magic closes the connection (the stream cannot be resynchronised).
+//!
+//! Block status knows holes of image files ([`FileAllocation`], lseek
+//! `SEEK_DATA`/`SEEK_HOLE`), also through a partition window; other devices report all
+//! data, which is always correct.
+//!
+//! The client serialises requests over one connection, splits them at 32 MiB, does not
+//! request `NBD_INFO_BLOCK_SIZE` (so it sends requests as the caller gives them, which
+//! servers with a minimum block size above 1 may refuse), and reconnects and resends a
+//! request whose connection failed (see [`client`]).
+
 #![warn(missing_docs)]
+
+pub mod client;
+pub mod extents;
+pub mod overlay;
+pub mod proto;
+pub mod server;
+
+pub use client::{ClientOptions, ConnectError, NbdDevice};
+pub use extents::{AllData, Allocation, Extent, FileAllocation};
+pub use overlay::Overlay;
+pub use server::{Export, Server, ServerOptions, Transport};

@@ -1,0 +1,701 @@
+//! An NBD export as a [`BlockDevice`]: [`NbdDevice::connect`] takes libnbd's URIs,
+//! `nbd://host[:port]/export` and `nbd+unix:///export?socket=PATH`.
+//!
+//! One connection, requests serialised under a mutex. Every socket operation has a
+//! timeout; a request that fails at the transport level (connection dropped, timeout,
+//! garbage from the server) drops the connection, reconnects and is sent again, a bounded
+//! number of times, then fails with `EIO`. Resending is safe: a request that was not
+//! acknowledged had no promised effect, and reads and writes are idempotent. Writes that
+//! were acknowledged live on the server (in its page cache at least); [`flush`] sends
+//! `NBD_CMD_FLUSH` to make them durable.
+//!
+//! [`flush`]: BlockDevice::flush
+
+use crate::proto::*;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+use vudev::{BlockDevice, Errno, Result};
+
+/// Where the server is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A Unix socket.
+    Unix(PathBuf),
+    /// A TCP host and port.
+    Tcp {
+        /// Host name or address (IPv6 without brackets).
+        host: String,
+        /// Port (10809 by default).
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(p) => write!(f, "{}", p.display()),
+            Target::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Target::Tcp { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URI is not one this client understands.
+    #[error("bad NBD URI: {0}")]
+    BadUri(String),
+    /// The socket could not be reached.
+    #[error("cannot connect to {target}: {errno}")]
+    Connect {
+        /// Where.
+        target: String,
+        /// Why.
+        errno: Errno,
+    },
+    /// The server refused or broke the handshake.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl ConnectError {
+    /// The errno closest to this error (for callers that speak errno only).
+    pub fn errno(&self) -> Errno {
+        match self {
+            ConnectError::BadUri(_) => Errno::EINVAL,
+            ConnectError::Connect { errno, .. } => *errno,
+            ConnectError::Protocol(_) => Errno::EIO,
+        }
+    }
+}
+
+impl From<ConnectError> for Errno {
+    fn from(e: ConnectError) -> Errno {
+        e.errno()
+    }
+}
+
+/// Parses `nbd://host[:port][/export]` or `nbd+unix:///[export]?socket=PATH`.
+pub fn parse_uri(uri: &str) -> std::result::Result<(Target, String), ConnectError> {
+    let bad = |why: &str| ConnectError::BadUri(format!("{uri}: {why}"));
+    let (scheme, rest) = uri.split_once("://").ok_or_else(|| bad("no scheme"))?;
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, ""),
+    };
+    let export = percent_decode(path).ok_or_else(|| bad("bad %-escape in the export name"))?;
+    let mut socket = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "socket" {
+            socket = Some(percent_decode(v).ok_or_else(|| bad("bad %-escape in socket"))?);
+        }
+    }
+    match scheme {
+        "nbd+unix" => {
+            if !authority.is_empty() {
+                return Err(bad("nbd+unix:// takes no host"));
+            }
+            let socket = socket.ok_or_else(|| bad("nbd+unix:// needs ?socket=PATH"))?;
+            Ok((Target::Unix(PathBuf::from(socket)), export))
+        }
+        "nbd" => {
+            if socket.is_some() {
+                return Err(bad("socket= belongs to nbd+unix://"));
+            }
+            let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+                let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+                (h, after.strip_prefix(':'))
+            } else {
+                match authority.rsplit_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (authority, None),
+                }
+            };
+            if host.is_empty() {
+                return Err(bad("no host"));
+            }
+            let port = match port {
+                Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+                None => 10809,
+            };
+            Ok((
+                Target::Tcp {
+                    host: host.to_string(),
+                    port,
+                },
+                export,
+            ))
+        }
+        "nbds" | "nbds+unix" => Err(bad("TLS is not supported")),
+        _ => Err(bad("unknown scheme (use nbd:// or nbd+unix://)")),
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Tunables of an [`NbdDevice`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Timeout of connecting and of every socket read and write.
+    pub timeout: Duration,
+    /// Tries per request (the first included) before `EIO`.
+    pub attempts: u32,
+    /// Pause before the first retry; doubled for each further one.
+    pub retry_delay: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            attempts: 4,
+            retry_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+enum Sock {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Unix(s) => s.read(buf),
+            Sock::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Unix(s) => s.write(buf),
+            Sock::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Conn {
+    sock: Sock,
+    structured: bool,
+    cookie: u64,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Soft disconnect; the server may be gone already.
+        let req = Request {
+            flags: 0,
+            kind: CMD_DISC,
+            cookie: 0,
+            offset: 0,
+            len: 0,
+        };
+        let _ = self.sock.write_all(&req.encode());
+    }
+}
+
+/// What the server answered to one request (the transport worked).
+type Answer = std::result::Result<(), Errno>;
+
+fn proto_err(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+impl Conn {
+    fn request(
+        &mut self,
+        kind: u16,
+        offset: u64,
+        len: u32,
+        payload: Option<&[u8]>,
+        mut read_into: Option<&mut [u8]>,
+    ) -> io::Result<Answer> {
+        self.cookie = self.cookie.wrapping_add(1);
+        let cookie = self.cookie;
+        let req = Request {
+            flags: 0,
+            kind,
+            cookie,
+            offset,
+            len,
+        };
+        self.sock.write_all(&req.encode())?;
+        if let Some(p) = payload {
+            self.sock.write_all(p)?;
+        }
+        let magic = read_u32(&mut self.sock)?;
+        if magic == SIMPLE_REPLY_MAGIC {
+            let error = read_u32(&mut self.sock)?;
+            if read_u64(&mut self.sock)? != cookie {
+                return Err(proto_err("reply to another request"));
+            }
+            if error != 0 {
+                return Ok(Err(nbd_to_errno(error)));
+            }
+            if let Some(buf) = read_into {
+                self.sock.read_exact(buf)?;
+            }
+            return Ok(Ok(()));
+        }
+        let mut magic = magic;
+        let mut error = None;
+        let mut covered = 0u64;
+        loop {
+            if magic != STRUCTURED_REPLY_MAGIC || !self.structured {
+                return Err(proto_err("bad reply magic"));
+            }
+            let flags = read_u16(&mut self.sock)?;
+            let chunk = read_u16(&mut self.sock)?;
+            if read_u64(&mut self.sock)? != cookie {
+                return Err(proto_err("reply to another request"));
+            }
+            let clen = read_u32(&mut self.sock)?;
+            match chunk {
+                REPLY_TYPE_NONE if clen == 0 => {}
+                REPLY_TYPE_OFFSET_DATA | REPLY_TYPE_OFFSET_HOLE => {
+                    let Some(buf) = read_into.as_deref_mut() else {
+                        return Err(proto_err("content chunk for a non-read"));
+                    };
+                    if clen < 9 || (chunk == REPLY_TYPE_OFFSET_HOLE && clen != 12) {
+                        return Err(proto_err("bad content chunk length"));
+                    }
+                    let at = read_u64(&mut self.sock)?;
+                    let n = if chunk == REPLY_TYPE_OFFSET_DATA {
+                        u64::from(clen - 8)
+                    } else {
+                        u64::from(read_u32(&mut self.sock)?)
+                    };
+                    let start = at
+                        .checked_sub(offset)
+                        .filter(|s| s.checked_add(n).is_some_and(|e| e <= u64::from(len)))
+                        .ok_or_else(|| proto_err("chunk outside the request"))?
+                        as usize;
+                    let dst = &mut buf[start..start + n as usize];
+                    if chunk == REPLY_TYPE_OFFSET_DATA {
+                        self.sock.read_exact(dst)?;
+                    } else {
+                        dst.fill(0);
+                    }
+                    covered += n;
+                }
+                c if c & 0x8000 != 0 => {
+                    if !(6..=MAX_OPTION_LEN).contains(&clen) {
+                        return Err(proto_err("bad error chunk"));
+                    }
+                    let mut data = vec![0u8; clen as usize];
+                    self.sock.read_exact(&mut data)?;
+                    error.get_or_insert(nbd_to_errno(be32(&data)));
+                }
+                REPLY_TYPE_BLOCK_STATUS => {
+                    if clen > MAX_OPTION_LEN * 128 {
+                        return Err(proto_err("block status too big"));
+                    }
+                    discard_bytes(&mut self.sock, clen.into())?;
+                }
+                _ => return Err(proto_err("unexpected reply chunk")),
+            }
+            if flags & REPLY_FLAG_DONE != 0 {
+                break;
+            }
+            magic = read_u32(&mut self.sock)?;
+        }
+        if let Some(e) = error {
+            return Ok(Err(e));
+        }
+        if read_into.is_some() && covered != u64::from(len) {
+            return Err(proto_err("read reply does not cover the request"));
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// A remote NBD export as a [`BlockDevice`].
+pub struct NbdDevice {
+    target: Target,
+    export: String,
+    options: ClientOptions,
+    size: u64,
+    flags: u16,
+    conn: Mutex<Option<Conn>>,
+}
+
+impl std::fmt::Debug for NbdDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NbdDevice")
+            .field("target", &self.target)
+            .field("export", &self.export)
+            .field("size", &self.size)
+            .field("flags", &self.flags)
+            .finish()
+    }
+}
+
+impl NbdDevice {
+    /// Connects to `uri` with the default options.
+    pub fn connect(uri: &str) -> std::result::Result<NbdDevice, ConnectError> {
+        NbdDevice::connect_with(uri, ClientOptions::default())
+    }
+
+    /// Connects to `uri`.
+    pub fn connect_with(
+        uri: &str,
+        options: ClientOptions,
+    ) -> std::result::Result<NbdDevice, ConnectError> {
+        let (target, export) = parse_uri(uri)?;
+        let (conn, size, flags) = open(&target, &export, &options)?;
+        Ok(NbdDevice {
+            target,
+            export,
+            options,
+            size,
+            flags,
+            conn: Mutex::new(Some(conn)),
+        })
+    }
+
+    /// The export's transmission flags as the server sent them.
+    pub fn transmission_flags(&self) -> u16 {
+        self.flags
+    }
+
+    /// The export name.
+    pub fn export_name(&self) -> &str {
+        &self.export
+    }
+
+    /// Runs `op` on a live connection, reconnecting and retrying on transport failures.
+    fn with_conn(&self, mut op: impl FnMut(&mut Conn) -> io::Result<Answer>) -> Result<()> {
+        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut delay = self.options.retry_delay;
+        for attempt in 0..self.options.attempts.max(1) {
+            if attempt > 0 {
+                std::thread::sleep(delay);
+                delay = delay.saturating_mul(2);
+            }
+            if guard.is_none() {
+                match open(&self.target, &self.export, &self.options) {
+                    // The export must be the same one.
+                    Ok((c, size, _)) if size == self.size => *guard = Some(c),
+                    Ok(_) => return Err(Errno::EIO),
+                    Err(_) => continue,
+                }
+            }
+            let Some(conn) = guard.as_mut() else { continue };
+            match op(conn) {
+                Ok(Ok(())) => return Ok(()),
+                // The server is going away: hang up and try a new connection.
+                Ok(Err(e)) if e.raw() == libc::ESHUTDOWN => *guard = None,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => *guard = None,
+            }
+        }
+        Err(Errno::EIO)
+    }
+
+    fn clamp(&self, offset: u64, len: usize) -> usize {
+        if offset >= self.size {
+            0
+        } else {
+            (self.size - offset).min(len as u64) as usize
+        }
+    }
+}
+
+fn connect_socket(target: &Target, timeout: Duration) -> std::result::Result<Sock, ConnectError> {
+    let fail = |e: io::Error| ConnectError::Connect {
+        target: target.to_string(),
+        errno: Errno::from(e),
+    };
+    match target {
+        Target::Unix(path) => {
+            let s = UnixStream::connect(path).map_err(fail)?;
+            s.set_read_timeout(Some(timeout)).map_err(fail)?;
+            s.set_write_timeout(Some(timeout)).map_err(fail)?;
+            Ok(Sock::Unix(s))
+        }
+        Target::Tcp { host, port } => {
+            let addrs =
+                (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|_| ConnectError::Connect {
+                        target: target.to_string(),
+                        errno: Errno::ENOENT,
+                    })?;
+            let mut last = io::Error::from(io::ErrorKind::NotFound);
+            for addr in addrs {
+                match TcpStream::connect_timeout(&addr, timeout) {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        s.set_read_timeout(Some(timeout)).map_err(fail)?;
+                        s.set_write_timeout(Some(timeout)).map_err(fail)?;
+                        return Ok(Sock::Tcp(s));
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(fail(last))
+        }
+    }
+}
+
+/// An option reply: (type, data).
+fn read_option_reply(s: &mut Sock, option: u32) -> io::Result<(u32, Vec<u8>)> {
+    if read_u64(s)? != REPLY_MAGIC {
+        return Err(proto_err("bad option reply magic"));
+    }
+    if read_u32(s)? != option {
+        return Err(proto_err("reply to another option"));
+    }
+    let kind = read_u32(s)?;
+    let len = read_u32(s)?;
+    if len > MAX_OPTION_LEN {
+        return Err(proto_err("option reply too big"));
+    }
+    let mut data = vec![0u8; len as usize];
+    s.read_exact(&mut data)?;
+    Ok((kind, data))
+}
+
+fn open(
+    target: &Target,
+    export: &str,
+    options: &ClientOptions,
+) -> std::result::Result<(Conn, u64, u16), ConnectError> {
+    let mut sock = connect_socket(target, options.timeout)?;
+    let proto = |e: io::Error| {
+        ConnectError::Protocol(format!(
+            "handshake with {target} failed: {}",
+            crate::server::io_message(&e)
+        ))
+    };
+    let (structured, size, flags) = handshake(&mut sock, export).map_err(proto)??;
+    Ok((
+        Conn {
+            sock,
+            structured,
+            cookie: 0,
+        },
+        size,
+        flags,
+    ))
+}
+
+type Handshake = std::result::Result<(bool, u64, u16), ConnectError>;
+
+fn handshake(s: &mut Sock, export: &str) -> io::Result<Handshake> {
+    if read_u64(s)? != NBDMAGIC {
+        return Err(proto_err("not an NBD server"));
+    }
+    if read_u64(s)? != IHAVEOPT {
+        return Ok(Err(ConnectError::Protocol(
+            "server speaks only oldstyle NBD".into(),
+        )));
+    }
+    let hflags = read_u16(s)?;
+    if hflags & FLAG_FIXED_NEWSTYLE == 0 {
+        return Ok(Err(ConnectError::Protocol(
+            "server does not speak fixed newstyle NBD".into(),
+        )));
+    }
+    let no_zeroes = hflags & FLAG_NO_ZEROES != 0;
+    let cflags = FLAG_C_FIXED_NEWSTYLE | if no_zeroes { FLAG_C_NO_ZEROES } else { 0 };
+    s.write_all(&cflags.to_be_bytes())?;
+
+    s.write_all(&option_request(OPT_STRUCTURED_REPLY, &[]))?;
+    let (kind, _) = read_option_reply(s, OPT_STRUCTURED_REPLY)?;
+    let structured = kind == REP_ACK;
+
+    let mut go = Vec::new();
+    go.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    go.extend_from_slice(export.as_bytes());
+    go.extend_from_slice(&0u16.to_be_bytes());
+    s.write_all(&option_request(OPT_GO, &go))?;
+    let mut info = None;
+    loop {
+        let (kind, data) = read_option_reply(s, OPT_GO)?;
+        match kind {
+            REP_INFO => {
+                if data.len() == 12 && be16(&data) == INFO_EXPORT {
+                    info = Some((be64(&data[2..]), be16(&data[10..])));
+                }
+            }
+            REP_ACK => {
+                let Some((size, flags)) = info else {
+                    return Err(proto_err("NBD_OPT_GO succeeded without export info"));
+                };
+                return Ok(Ok((structured, size, flags)));
+            }
+            REP_ERR_UNSUP => break,
+            _ => {
+                let msg = String::from_utf8_lossy(&data);
+                let what = match kind {
+                    REP_ERR_UNKNOWN => "no such export",
+                    REP_ERR_POLICY => "refused by policy",
+                    REP_ERR_SHUTDOWN => "server shutting down",
+                    _ => "refused",
+                };
+                return Ok(Err(ConnectError::Protocol(format!(
+                    "export {export:?}: {what}{}{msg}",
+                    if msg.is_empty() { "" } else { ": " }
+                ))));
+            }
+        }
+    }
+    // An old server without NBD_OPT_GO.
+    s.write_all(&option_request(OPT_EXPORT_NAME, export.as_bytes()))?;
+    let size = read_u64(s)?;
+    let flags = read_u16(s)?;
+    if !no_zeroes {
+        discard_bytes(s, 124)?;
+    }
+    Ok(Ok((structured, size, flags)))
+}
+
+impl BlockDevice for NbdDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.flags & FLAG_READ_ONLY != 0
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let len = self.clamp(offset, buf.len());
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(MAX_PAYLOAD as usize);
+            let at = offset + done as u64;
+            let piece = &mut buf[done..done + n];
+            self.with_conn(|c| c.request(CMD_READ, at, n as u32, None, Some(&mut *piece)))?;
+            done += n;
+        }
+        Ok(len)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize> {
+        if self.read_only() {
+            return Err(Errno::EROFS);
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let len = self.clamp(offset, buf.len());
+        if len == 0 {
+            return Err(Errno::ENOSPC);
+        }
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(MAX_PAYLOAD as usize);
+            let at = offset + done as u64;
+            let piece = &buf[done..done + n];
+            self.with_conn(|c| c.request(CMD_WRITE, at, n as u32, Some(piece), None))?;
+            done += n;
+        }
+        Ok(len)
+    }
+
+    fn flush(&self) -> Result<()> {
+        if self.read_only() || self.flags & FLAG_SEND_FLUSH == 0 {
+            return Ok(());
+        }
+        self.with_conn(|c| c.request(CMD_FLUSH, 0, 0, None, None))
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        if self.read_only() {
+            return Err(Errno::EROFS);
+        }
+        if self.flags & FLAG_SEND_TRIM == 0 {
+            return Ok(());
+        }
+        let len = self.clamp(offset, usize::try_from(len).unwrap_or(usize::MAX)) as u64;
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(1 << 30);
+            let at = offset + done;
+            self.with_conn(|c| c.request(CMD_TRIM, at, n as u32, None, None))?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_parse_as_libnbd_spells_them() {
+        assert_eq!(
+            parse_uri("nbd+unix:///disk?socket=/tmp/s").unwrap(),
+            (Target::Unix("/tmp/s".into()), "disk".into())
+        );
+        assert_eq!(
+            parse_uri("nbd+unix:///?socket=/tmp/a%20b").unwrap(),
+            (Target::Unix("/tmp/a b".into()), String::new())
+        );
+        assert_eq!(
+            parse_uri("nbd://example.org/a%2Fb").unwrap(),
+            (
+                Target::Tcp {
+                    host: "example.org".into(),
+                    port: 10809
+                },
+                "a/b".into()
+            )
+        );
+        assert_eq!(
+            parse_uri("nbd://[::1]:1234").unwrap(),
+            (
+                Target::Tcp {
+                    host: "::1".into(),
+                    port: 1234
+                },
+                String::new()
+            )
+        );
+        for bad in [
+            "nbd+unix:///x",
+            "nbds://h/x",
+            "http://h/x",
+            "nbd://:1/x",
+            "nbd://h:99999/x",
+            "nbd://h/%zz",
+            "nbd+unix://host/x?socket=/s",
+        ] {
+            assert!(parse_uri(bad).is_err(), "{bad}");
+        }
+    }
+}
