@@ -325,6 +325,8 @@ where
         Some(s) if s.is_empty() => {
             return Err(DaemonError::Usage("SOURCE is empty".to_string()));
         }
+        // An NBD URI stays as written (it is not a path to make absolute).
+        Some(s) if s.to_str().is_some_and(vufuse_mount::is_uri) => Some(PathBuf::from(s)),
         Some(s) => Some(
             std::path::absolute(s)
                 .map_err(|e| DaemonError::Failed(format!("{}: {e}", Path::new(s).display())))?,

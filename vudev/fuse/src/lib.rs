@@ -183,6 +183,13 @@ impl DevFs {
         self
     }
 
+    /// Shows the device files as the mounter's alone (mode 0600 at most): for a source
+    /// without an owner and mode of its own to copy, such as an NBD export.
+    pub fn owner_only(mut self) -> DevFs {
+        self.file_perm &= 0o600;
+        self
+    }
+
     /// True when every write is refused with `EROFS`.
     pub fn read_only(&self) -> bool {
         self.read_only

@@ -80,9 +80,23 @@ pub fn open_device(
     })
 }
 
-/// The whole disk `source` holds: the image file (locked unless `nolock`) read through its
-/// format, probed by magic unless `format=` names it.
-pub fn open_disk(source: &Path, options: &MountOptions) -> Result<Arc<dyn BlockDevice>, MountError> {
+/// True when `source` is an NBD URI (`nbd://host[:port]/export`, `nbd+unix:///export?socket=
+/// PATH`, libnbd's syntax) rather than a path: front ends must not make it absolute.
+pub fn is_uri(source: &str) -> bool {
+    ["nbd://", "nbd+unix://", "nbds://", "nbds+unix://"]
+        .iter()
+        .any(|scheme| source.starts_with(scheme))
+}
+
+/// The whole disk `source` holds: an NBD export for a URI, else the image file (locked
+/// unless `nolock`) read through its format, probed by magic unless `format=` names it.
+pub fn open_disk(
+    source: &Path,
+    options: &MountOptions,
+) -> Result<Arc<dyn BlockDevice>, MountError> {
+    if let Some(uri) = source.to_str().filter(|s| is_uri(s)) {
+        return open_export(uri, source);
+    }
     let format = match options.format.as_deref() {
         None => None,
         Some(name) => Some(Format::from_name(name).ok_or_else(|| MountError::Image {
@@ -95,7 +109,9 @@ pub fn open_disk(source: &Path, options: &MountOptions) -> Result<Arc<dyn BlockD
         })?),
     };
     let file = open_file_device(source, options.read_only, !options.nolock)?;
-    if format == Some(Format::Raw) || (format.is_none() && vudev_formats::probe(&file) == Format::Raw) {
+    if format == Some(Format::Raw)
+        || (format.is_none() && vudev_formats::probe(&file) == Format::Raw)
+    {
         return Ok(Arc::new(file));
     }
     let open = vudev_formats::OpenOptions {
@@ -109,6 +125,18 @@ pub fn open_disk(source: &Path, options: &MountOptions) -> Result<Arc<dyn BlockD
         errno: e.errno(),
         message: e.to_string(),
     })
+}
+
+/// The NBD export `uri` as a device (the server holds the image; no lock here).
+fn open_export(uri: &str, source: &Path) -> Result<Arc<dyn BlockDevice>, MountError> {
+    match vudev_nbd::NbdDevice::connect(uri) {
+        Ok(device) => Ok(Arc::new(device)),
+        Err(e) => Err(MountError::Image {
+            source: source.to_path_buf(),
+            errno: e.errno(),
+            message: format!("{uri}: {e}"),
+        }),
+    }
 }
 
 /// The FAT volume a mount asks for, with fusefatfs's options: files owned by the mounting

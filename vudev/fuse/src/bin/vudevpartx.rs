@@ -28,8 +28,12 @@ fn main() -> ExitCode {
         let options = &invocation.options;
         // The image's format (qcow2, VDI, VMDK, UML COW) by its magic, or format=NAME.
         let device = vufuse_mount::open_disk(image, options)?;
-        let image_meta =
-            std::fs::metadata(image).map_err(|e| format!("{}: {e}", image.display()))?;
+        // An NBD export has no owner or mode to copy: it is the mounter's alone.
+        let image_meta = if vufuse_mount::is_uri(&image.to_string_lossy()) {
+            None
+        } else {
+            Some(std::fs::metadata(image).map_err(|e| format!("{}: {e}", image.display()))?)
+        };
         let disk = Arc::new(PartitionedDisk::new(device));
         if let Some(e) = disk.table_error() {
             eprintln!(
@@ -38,10 +42,11 @@ fn main() -> ExitCode {
                 image.display()
             );
         }
-        let fs = Arc::new(
-            DevFs::partitioned(disk, &invocation.options)
-                .owned_like(&image_meta, &invocation.options),
-        );
+        let fs = DevFs::partitioned(disk, &invocation.options);
+        let fs = Arc::new(match &image_meta {
+            Some(meta) => fs.owned_like(meta, &invocation.options),
+            None => fs.owner_only(),
+        });
         let follower = fs.clone();
         Ok(Served {
             fs,
