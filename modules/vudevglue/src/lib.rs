@@ -207,6 +207,9 @@ struct OpenDev {
 
 pub use vuglue::warn;
 
+mod partitioned;
+pub use partitioned::open_partitioned;
+
 /// The mount options every vudev submodule receives and vudev itself handles
 /// (`mode=`, `uid=`, `gid=`, `major=`, `minor=`, type words, `devid`) plus umvu's `permanent`.
 pub const VUDEV_OWN_OPTIONS: &[&str] = &[

@@ -155,3 +155,48 @@ fn vufs_cow_over_a_system_dir_under_umvu() {
     );
     assert!(env.dir().join("layer/vufs-dir/hostname").is_file());
 }
+
+/// `vumount -t vudevvdi disk.vdi /dev/hda` without VirtualBox (the C module needs its
+/// library): a VDI, and a qcow2 through vudevpartx, partitioned and formatted inside umvu,
+/// then `qemu-img check` and the raw conversion's FAT are clean outside.
+#[test]
+fn vdi_and_qcow2_disks_under_umvu() {
+    let Some(env) = umvu::prologue(&[], &["vudevpartx", "vudevvdi"]) else {
+        return;
+    };
+    if Command::new("qemu-img").arg("--version").output().is_err() {
+        return testkit::skip("qemu-img is not installed");
+    }
+    let d = env.dir().display();
+    sh(&format!(
+        "qemu-img create -q -f vdi {d}/disk.vdi 128M && qemu-img create -q -f qcow2 {d}/disk.qcow2 128M"
+    ));
+    let (out, _) = under_umvu(
+        &env,
+        &format!(
+            "set -e; vu_insmod vudev
+             vumount -t vudevvdi {d}/disk.vdi /dev/hda
+             vumount -t vudevpartx {d}/disk.qcow2 /dev/hdb
+             for disk in /dev/hda /dev/hdb; do
+               sgdisk -n 1:2048:+64M -t 1:0700 $disk >/dev/null
+               mkfs.vfat -n INSIDE ${{disk}}1 >/dev/null
+               blockdev --getsize64 $disk
+             done
+             vuumount /dev/hda
+             vuumount /dev/hdb"
+        ),
+    );
+    assert_eq!(
+        out.matches("134217728").count(),
+        2,
+        "both disks are 128 MiB: {out}"
+    );
+    for image in ["disk.vdi", "disk.qcow2"] {
+        sh(&format!(
+            "qemu-img check -q {d}/{image} && qemu-img convert -O raw {d}/{image} {d}/back.raw && \
+             sgdisk -v {d}/back.raw | grep -q 'No problems found' && \
+             dd if={d}/back.raw of={d}/p1 bs=512 skip=2048 count=131072 status=none && \
+             fsck.fat -n {d}/p1 >/dev/null"
+        ));
+    }
+}
