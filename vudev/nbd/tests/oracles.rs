@@ -340,3 +340,44 @@ fn sigterm_flushes_and_removes_the_socket_and_pidfile() {
     assert_eq!(&std::fs::read(&img).unwrap()[512..517], b"hello");
     assert!(raw.closed(), "connection closed at shutdown");
 }
+
+/// A qcow2 image is exported as the disk it holds: qemu-img reads through the server what
+/// it reads from the image itself, and a write through the server lands in the qcow2
+/// (qemu-img check clean, the raw conversion shows it).
+#[test]
+fn a_qcow2_image_is_exported_as_its_disk() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    std::fs::write(&raw, random_bytes(8 << 20, 9)).unwrap();
+    let qcow = dir.path().join("disk.qcow2");
+    run_ok(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow)],
+    );
+    let sock = dir.path().join("s");
+    let v = Vunbd::start(&sock, &[s(&qcow), "--name", "q"]);
+    let out = dir.path().join("out.raw");
+    run_ok(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "raw", &v.uri("q"), s(&out)],
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&raw).unwrap(),
+        "contents differ"
+    );
+    let w = run_ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x77 2M 64k", &v.uri("q")],
+    );
+    assert!(w.contains("wrote 65536/65536"), "{w}");
+    assert!(v.terminate().success());
+    run_ok("qemu-img", &["check", s(&qcow)]);
+    let r = run_ok(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "read -P 0x77 2M 64k", s(&qcow)],
+    );
+    assert!(r.contains("read 65536/65536"), "{r}");
+}

@@ -174,11 +174,15 @@ fn plan(cli: &Cli, matches: &clap::ArgMatches) -> Vec<Planned> {
     exports.into_iter().map(|(_, p)| p).collect()
 }
 
-fn open_image(
-    path: &Path,
-    cli: &Cli,
-    opened: &mut HashMap<PathBuf, Arc<FileDevice>>,
-) -> Arc<FileDevice> {
+/// An image opened for export: the disk it holds (through its format) and, for raw
+/// images, the file itself (its holes answer BLOCK_STATUS).
+#[derive(Clone)]
+struct Opened {
+    disk: Arc<dyn BlockDevice>,
+    raw_file: Option<Arc<FileDevice>>,
+}
+
+fn open_image(path: &Path, cli: &Cli, opened: &mut HashMap<PathBuf, Opened>) -> Opened {
     let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     if let Some(f) = opened.get(&key) {
         return f.clone();
@@ -199,9 +203,27 @@ fn open_image(
         )),
         Err(LockError::Failed(e)) => fail(format!("{}: cannot lock: {e}", path.display())),
     }
-    let file = Arc::new(file);
-    opened.insert(key, file.clone());
-    file
+    // qcow2 (with its backing chain), VDI, VMDK and UML COW images export the disk they hold.
+    let image = if vudev_formats::probe(&file) == vudev_formats::Format::Raw {
+        let file = Arc::new(file);
+        Opened {
+            disk: file.clone(),
+            raw_file: Some(file),
+        }
+    } else {
+        let options = vudev_formats::OpenOptions {
+            read_only,
+            ..Default::default()
+        };
+        let disk =
+            vudev_formats::open_file(file, path, &options).unwrap_or_else(|e| fail(e.to_string()));
+        Opened {
+            disk,
+            raw_file: None,
+        }
+    };
+    opened.insert(key, image.clone());
+    image
 }
 
 fn build(cli: &Cli, planned: Vec<Planned>, verbose: bool) -> Server {
@@ -218,11 +240,11 @@ fn build(cli: &Cli, planned: Vec<Planned>, verbose: bool) -> Server {
                 Export::new(Arc::new(disk)).description(format!("ramdisk of {size} bytes"))
             }
             Source::Image { path, part } => {
-                let file = open_image(path, cli, &mut opened);
+                let image = open_image(path, cli, &mut opened);
                 let (device, start, what): (Arc<dyn BlockDevice>, u64, String) = match part {
-                    None => (file.clone(), 0, path.display().to_string()),
+                    None => (image.disk.clone(), 0, path.display().to_string()),
                     Some(n) => {
-                        let disk = PartitionedDisk::new(file.clone());
+                        let disk = PartitionedDisk::new(image.disk.clone());
                         if let Some(e) = disk.table_error() {
                             fail(format!("{}: partition table: {e}", path.display()));
                         }
@@ -243,9 +265,11 @@ fn build(cli: &Cli, planned: Vec<Planned>, verbose: bool) -> Server {
                         .allocation(Arc::new(AllData))
                         .description(format!("{what} (snapshot)"))
                 } else {
-                    Export::new(device)
-                        .allocation(FileAllocation::for_device(file, start))
-                        .description(what)
+                    let export = Export::new(device).description(what);
+                    match image.raw_file {
+                        Some(file) => export.allocation(FileAllocation::for_device(file, start)),
+                        None => export.allocation(Arc::new(AllData)),
+                    }
                 }
             }
         };
