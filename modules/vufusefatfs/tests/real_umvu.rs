@@ -265,3 +265,52 @@ vuumount {m2}
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&note.stdout), "inside\n");
 }
+
+/// An NBD export as SOURCE under umvu: nbdkit serves a FAT image on a Unix socket and
+/// `vumount -t vufusefatfs nbd+unix:///?socket=S` mounts it; the write reaches the file.
+#[test]
+fn an_nbd_export_under_umvu() {
+    let Some(env) = umvu::prologue(&["vufuse"], &["vufusefatfs"]) else {
+        return;
+    };
+    let dir = env.dir();
+    let img = dir.join("fat.img");
+    sparse_file(&img, 32 << 20);
+    run("mkfs.vfat", &[s(&img)]);
+    let sock = dir.join("nbd.sock");
+    let Ok(mut server) = std::process::Command::new("nbdkit")
+        .args(["-f", "-U", s(&sock), "file", s(&img)])
+        .spawn()
+    else {
+        return testkit::skip("nbdkit is not installed");
+    };
+    testkit::wait_until(
+        "nbdkit's socket",
+        std::time::Duration::from_secs(20),
+        || sock.exists(),
+    );
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "set -eu
+vu_insmod vufuse
+vumount -t vufusefatfs -o rw+ 'nbd+unix:///?socket={sock}' {mnt}
+echo remote > {mnt}/REMOTE.TXT
+cat {mnt}/REMOTE.TXT
+vuumount {mnt}
+",
+        sock = s(&sock),
+        mnt = s(&mnt)
+    );
+    let (code, out) = env.run(&script, 120);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(code, 0, "umvu failed:\n{out}");
+    testkit::fsck_fat_clean(&img);
+    let note = std::process::Command::new("mtype")
+        .args(["-i", s(&img), "::/REMOTE.TXT"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&note.stdout), "remote\n");
+}
