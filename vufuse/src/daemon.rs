@@ -100,6 +100,41 @@ impl Served {
     }
 }
 
+/// Says what is wrong when the kernel's FUSE device cannot be used, before the mount fails
+/// with an error that would seem to be about the mount point.
+fn dev_fuse_usable() -> Result<(), DaemonError> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DaemonError::Failed(
+            "/dev/fuse does not exist: this kernel or container has no FUSE \
+             (modprobe fuse, or run the container with --device /dev/fuse)"
+                .to_string(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(DaemonError::Failed(
+            "/dev/fuse: permission denied: this user may not open it \
+                 (it is usually mode 0666; ask the administrator, or mount as root)"
+                .to_string(),
+        )),
+        Err(e) => Err(DaemonError::Failed(format!(
+            "/dev/fuse: {}",
+            crate::daemon::plain_io_error(&e)
+        ))),
+    }
+}
+
+/// An I/O error's text without Rust's "(os error N)" suffix.
+pub fn plain_io_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
 /// Why a daemon stopped before or while serving.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DaemonError {
@@ -246,6 +281,12 @@ fn command(spec: &DaemonSpec) -> Command {
                 .help("stay in the foreground"),
         )
         .arg(
+            Arg::new("single")
+                .short('s')
+                .action(ArgAction::SetTrue)
+                .help("serve with one thread (as max_threads=1)"),
+        )
+        .arg(
             Arg::new("debug")
                 .short('d')
                 .action(ArgAction::SetTrue)
@@ -289,8 +330,11 @@ where
         .get_many::<String>("options")
         .map(|v| v.collect())
         .unwrap_or_default();
-    let options = MountOptions::parse_all(option_texts, spec.write_policy)
+    let mut options = MountOptions::parse_all(option_texts, spec.write_policy)
         .map_err(|e| DaemonError::Usage(e.to_string()))?;
+    if matches.get_flag("single") {
+        options.fuse.max_threads = Some(1);
+    }
     let paths: Vec<&OsString> = matches
         .get_many::<OsString>("paths")
         .map(|v| v.collect())
@@ -623,19 +667,23 @@ where
     // Polling needs one serving thread: by default only for drivers that lose nothing with
     // one, and where the poller can see contention for the CPU (to step aside).
     let caps = served.fs.capabilities();
-    let polls = invocation
-        .options
-        .busy_poll
-        .unwrap_or_else(|| caps.one_thread_suffices && crate::fuse::BusyPoll::can_see_contention());
+    // More than one serving thread asked for (max_threads=N): no polling, which needs one.
+    let many_threads = invocation.options.fuse.max_threads.is_some_and(|n| n > 1);
+    let polls = !many_threads
+        && invocation.options.busy_poll.unwrap_or_else(|| {
+            caps.one_thread_suffices && crate::fuse::BusyPoll::can_see_contention()
+        });
     let config = session_config(&invocation.options, &caps, polls, &fsname, spec.name);
     // Resolved before mounting: once mounted, resolving it would wait for this very daemon.
     let mountpoint_abs = std::fs::canonicalize(&invocation.mountpoint).ok();
     let busy_poll = polls.then(|| Arc::new(crate::fuse::BusyPoll::new()));
-    let mut adapter = FuseAdapter::new(served.fs, invocation.debug);
+    let mut adapter =
+        FuseAdapter::new(served.fs, invocation.debug).with_tuning(&invocation.options.fuse);
     let lifecycle = adapter.lifecycle();
     if let Some(poll) = &busy_poll {
         adapter = adapter.with_busy_poll(poll.clone());
     }
+    dev_fuse_usable()?;
     let session = fuser::Session::new(adapter, &invocation.mountpoint, &config).map_err(|e| {
         DaemonError::Failed(format!(
             "cannot mount on {}: {e}",

@@ -4,7 +4,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use testkit::{assert_denied, nobody, open_scratch, other_user_unavailable, sh, skip, MountGuard};
+use testkit::{
+    as_nobody, assert_denied, nobody, open_scratch, other_user_unavailable, sh, skip, MountGuard,
+};
 
 const FUSEEXT2: &str = env!("CARGO_BIN_EXE_fuseext2");
 const FUSEFATFS: &str = env!("CARGO_BIN_EXE_fusefatfs");
@@ -81,4 +83,36 @@ fn fusefatfs_umask_keeps_other_users_out() {
     assert_denied(&format!("echo x >> '{}/s'", mnt.display()));
     assert_denied(&format!("rm -f '{}/s'", mnt.display()));
     m.unmount();
+}
+
+/// A user who may not open /dev/fuse is told so, not that the mount point is wrong.
+#[test]
+fn a_closed_dev_fuse_is_named_in_the_error() {
+    if let Some(reason) = other_user_unavailable() {
+        return skip(&reason);
+    }
+    if as_nobody("test -r /dev/fuse -a -w /dev/fuse")
+        .status
+        .success()
+    {
+        return skip("/dev/fuse is open to every user here: nothing to refuse");
+    }
+    let dir = open_scratch();
+    let img = dir.path().join("f.img");
+    sh(&format!(
+        "truncate -s 4M '{0}' && mkfs.fat '{0}' >/dev/null && chmod 644 '{0}'",
+        img.display()
+    ));
+    let mnt = dir.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    sh(&format!("chown nobody '{}'", mnt.display()));
+    let out = as_nobody(&format!(
+        "'{FUSEFATFS}' '{}' '{}'",
+        img.display(),
+        mnt.display()
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/dev/fuse: permission denied"), "{err}");
+    assert!(!err.contains("os error"), "{err}");
 }

@@ -108,6 +108,8 @@ pub struct MountOptions {
     pub busy_poll: Option<bool>,
     /// Generic kernel mount flags to pass through.
     pub kernel: KernelFlags,
+    /// libfuse's tuning options, for the FUSE front end.
+    pub fuse: FuseTuning,
     /// Messages for the user about options that were accepted but not honoured as written.
     pub warnings: Vec<String>,
 }
@@ -153,7 +155,26 @@ const IGNORED: &[&str] = &[
     "loud",
     "iversion",
     "noiversion",
+    // libfuse3 accepts it and ignores it: mounting over a non-empty directory is allowed.
+    "nonempty",
 ];
+
+/// libfuse's options that tune a FUSE mount (as fuse2fs and the libfuse daemons take them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuseTuning {
+    /// `attr_timeout=S`: how long the kernel may cache attributes (else the driver's).
+    pub attr_timeout: Option<std::time::Duration>,
+    /// `entry_timeout=S`: how long the kernel may cache name lookups (else the driver's).
+    pub entry_timeout: Option<std::time::Duration>,
+    /// `max_threads=N` (or `-s`: 1): serving threads.
+    pub max_threads: Option<usize>,
+    /// `max_read=N`: the largest read request the kernel sends, in bytes.
+    pub max_read: Option<u32>,
+    /// `kernel_cache`: keep the page cache of a file across opens.
+    pub kernel_cache: bool,
+    /// `clone_fd`: one /dev/fuse descriptor per serving thread.
+    pub clone_fd: bool,
+}
 
 /// The raw flags before the write policy resolves them.
 #[derive(Default)]
@@ -204,6 +225,7 @@ impl MountOptions {
             debug: false,
             busy_poll: None,
             kernel: KernelFlags::default(),
+            fuse: FuseTuning::default(),
             warnings: Vec::new(),
         };
         let mut raw = RawFlags::default();
@@ -295,6 +317,34 @@ impl MountOptions {
                 flag(value)?;
                 self.default_permissions = true;
             }
+            "attr_timeout" => {
+                self.fuse.attr_timeout = Some(parse_seconds(&needs(value)?).map_err(|r| bad(&r))?)
+            }
+            "entry_timeout" => {
+                self.fuse.entry_timeout = Some(parse_seconds(&needs(value)?).map_err(|r| bad(&r))?)
+            }
+            "max_threads" => {
+                let n = parse_decimal(&needs(value)?).map_err(|r| bad(&r))?;
+                if !(1..=64).contains(&n) {
+                    return Err(bad("max_threads must be 1 to 64"));
+                }
+                self.fuse.max_threads = Some(n as usize);
+            }
+            "max_read" => {
+                let n = parse_decimal(&needs(value)?).map_err(|r| bad(&r))?;
+                if n < 4096 {
+                    return Err(bad("max_read must be at least 4096"));
+                }
+                self.fuse.max_read = Some(n);
+            }
+            "kernel_cache" => {
+                flag(value)?;
+                self.fuse.kernel_cache = true;
+            }
+            "clone_fd" => {
+                flag(value)?;
+                self.fuse.clone_fd = true;
+            }
             "fsname" => self.fsname = Some(needs(value)?),
             "subtype" => self.subtype = Some(needs(value)?),
             "size" => self.size = Some(vudev::parse_size(&needs(value)?).map_err(|r| bad(&r))?),
@@ -385,6 +435,16 @@ pub fn join_items(items: &[String]) -> String {
         .map(|item| item.replace('\\', "\\\\").replace(',', "\\,"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Seconds as libfuse writes them: a decimal, possibly fractional (`0.5`), not negative.
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=1e6).contains(&s) => {
+            Ok(std::time::Duration::from_secs_f64(s))
+        }
+        _ => Err(format!("{text:?} is not a number of seconds")),
+    }
 }
 
 fn parse_decimal(text: &str) -> Result<u32, String> {

@@ -19,6 +19,7 @@ use vufuse_api::fs::{
     Attr, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, SetAttr, SetTime,
     StatFs,
 };
+use vufuse_api::options::FuseTuning;
 
 /// The largest write the kernel may send in one request (and so the largest read it asks for).
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -34,6 +35,8 @@ const READDIRPLUS_BATCH: usize = 64;
 pub struct FuseAdapter {
     fs: Arc<dyn FileSystem>,
     caps: Capabilities,
+    /// `kernel_cache`: every open keeps the kernel's pages of the file.
+    kernel_cache: bool,
     debug: bool,
     busy_poll: Option<Arc<BusyPoll>>,
     lifecycle: Arc<Lifecycle>,
@@ -99,6 +102,7 @@ impl FuseAdapter {
     pub fn new(fs: Arc<dyn FileSystem>, debug: bool) -> FuseAdapter {
         FuseAdapter {
             caps: fs.capabilities(),
+            kernel_cache: false,
             fs,
             debug,
             busy_poll: None,
@@ -109,6 +113,19 @@ impl FuseAdapter {
     /// The handle that ends the driver once, for a daemon that ends the session itself.
     pub fn lifecycle(&self) -> Arc<Lifecycle> {
         self.lifecycle.clone()
+    }
+
+    /// Applies libfuse's tuning options: `attr_timeout=`/`entry_timeout=` replace the
+    /// driver's cache lifetimes, `kernel_cache` keeps file pages across opens.
+    pub fn with_tuning(mut self, tuning: &FuseTuning) -> FuseAdapter {
+        if let Some(t) = tuning.attr_timeout {
+            self.caps.cache.attr_ttl = t;
+        }
+        if let Some(t) = tuning.entry_timeout {
+            self.caps.cache.entry_ttl = t;
+        }
+        self.kernel_cache = tuning.kernel_cache;
+        self
     }
 
     /// Reports every request to `poll` (the `busy_poll` mount option).
@@ -536,7 +553,7 @@ impl fuser::Filesystem for FuseAdapter {
         match result {
             Ok(opened) => reply.opened(
                 FileHandle(opened.fh.0),
-                fopen_flags(opened.keep_cache, opened.direct_io),
+                fopen_flags(opened.keep_cache || self.kernel_cache, opened.direct_io),
             ),
             Err(e) => reply.error(errno(e)),
         }
@@ -960,7 +977,7 @@ impl fuser::Filesystem for FuseAdapter {
                 &to_file_attr(&entry.attr),
                 Generation(entry.generation),
                 FileHandle(opened.fh.0),
-                fopen_flags(opened.keep_cache, opened.direct_io),
+                fopen_flags(opened.keep_cache || self.kernel_cache, opened.direct_io),
             ),
             Err(e) => reply.error(errno(e)),
         }

@@ -72,6 +72,9 @@ pub fn session_config(
     if kernel.dirsync {
         mount_options.push(MountOption::DirSync);
     }
+    if let Some(n) = options.fuse.max_read {
+        mount_options.push(MountOption::CUSTOM(format!("max_read={n}")));
+    }
     let mut config = Config::default();
     config.mount_options = mount_options;
     config.acl = if options.allow_other {
@@ -83,8 +86,13 @@ pub fn session_config(
     };
     // One thread polls; a second one would poll too (they share the device) and take the
     // caller's core.
-    config.n_threads = Some(if busy_poll { 1 } else { SERVING_THREADS });
-    config.clone_fd = false;
+    config.n_threads = Some(match options.fuse.max_threads {
+        Some(n) => n,
+        None if busy_poll => 1,
+        None => SERVING_THREADS,
+    });
+    // Only when asked: one descriptor per thread breaks under umvu's /dev/fuse.
+    config.clone_fd = options.fuse.clone_fd;
     config
 }
 
@@ -181,6 +189,38 @@ mod tests {
         assert!(has_dp("allow_other,default_permissions", &checked));
         assert!(!has_dp("", &unchecked));
         assert!(!has_dp("allow_root", &unchecked));
+    }
+
+    #[test]
+    fn libfuse_tuning_options_reach_the_session() {
+        let c = config("max_threads=4,max_read=131072,clone_fd,nonempty");
+        assert_eq!(c.n_threads, Some(4));
+        assert!(c.clone_fd);
+        assert!(c
+            .mount_options
+            .contains(&MountOption::CUSTOM("max_read=131072".into())));
+        let opts = MountOptions::parse(
+            "attr_timeout=2.5,entry_timeout=0,kernel_cache",
+            WritePolicy::ReadOnlyUnlessForced,
+        )
+        .unwrap();
+        assert_eq!(
+            opts.fuse.attr_timeout,
+            Some(std::time::Duration::from_millis(2500))
+        );
+        assert_eq!(opts.fuse.entry_timeout, Some(std::time::Duration::ZERO));
+        assert!(opts.fuse.kernel_cache);
+        for bad in [
+            "max_threads=0",
+            "max_read=12",
+            "attr_timeout=-1",
+            "attr_timeout=x",
+        ] {
+            assert!(
+                MountOptions::parse(bad, WritePolicy::ReadOnlyUnlessForced).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
