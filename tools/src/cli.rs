@@ -11,10 +11,11 @@ ADDRESSES:
                   with a filesystem)
   anything else   a host path
   The filesystem (FAT12/16/32 or ext2/3/4) is found by probing.
+  IMAGE may be raw, qcow2 (with its backing chain), VDI, VMDK or UML COW.
 
 EXAMPLES:
   vuimg build images/rpi.toml -o card.img     # a whole Raspberry Pi card
-  vuimg create disk.img 512M
+  vuimg create disk.img 512M                  # or disk.qcow2, --format vdi
   vuimg part new disk.img mbr
   vuimg part add disk.img fat32 --size 64M --bootable
   vuimg part add disk.img linux
@@ -24,6 +25,9 @@ EXAMPLES:
   vuimg ls -l disk.img@1:/
   vuimg cat disk.img@1:/config.txt
   vuimg cp disk.img@2:/etc/hostname .
+  vuimg overlay disk.img test.qcow2           # copy-on-write; then commit
+  vuimg convert disk.img disk.vmdk            # raw, qcow2, vdi, vmdk
+  vuimg info --json test.qcow2
 
 Sizes take K, M, G or T suffixes (binary units); a bare number is bytes.
 Progress bars appear on stderr for work longer than a second, only on a
@@ -50,15 +54,25 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand)]
 pub enum Command {
-    /// Create a sparse image file of SIZE bytes (refuses to overwrite).
-    #[command(after_help = "EXAMPLES:\n  vuimg create disk.img 512M")]
+    /// Create an empty image of SIZE bytes: raw (sparse), qcow2, VDI or VMDK (never overwrites).
+    #[command(after_help = "\
+The format is --format, else IMAGE's extension (.qcow2, .vdi, .vmdk), else raw.
+qcow2 is v3 with 64 KiB clusters; VDI is dynamic; VMDK is monolithicSparse.
+
+EXAMPLES:
+  vuimg create disk.img 512M
+  vuimg create disk.qcow2 8G
+  vuimg create disk.bin 1G --format vmdk")]
     Create {
         /// Image file to create.
         image: PathBuf,
         /// Size, e.g. 512M.
         size: String,
+        /// Image format (default: by IMAGE's extension, else raw).
+        #[arg(long, short = 'f')]
+        format: Option<ImageFormat>,
     },
-    /// Grow an image file to SIZE bytes (a GPT's backup moves on the next table write).
+    /// Grow a raw image file to SIZE bytes (a GPT's backup moves on the next table write).
     #[command(
         after_help = "EXAMPLES:\n  vuimg grow disk.img 1G\n  vuimg part resize disk.img 2 max"
     )]
@@ -167,6 +181,94 @@ EXAMPLES:
         /// IMAGE@N:/path (same filesystem).
         to: String,
     },
+    /// Convert an image (raw, qcow2, VDI, VMDK, UML COW, with its backing chain) to a new one.
+    #[command(after_help = "\
+SRC's format is probed; an overlay is read through its whole backing chain.
+DST's format is --format, else DST's extension (.qcow2, .vdi, .vmdk), else raw.
+Only data that is not zero is written: a raw DST keeps holes, a qcow2, VDI or
+VMDK DST allocates no cluster for zeros. DST is written beside itself and
+renamed at the end, so a failure leaves it as it was.
+
+EXAMPLES:
+  vuimg convert card.img card.qcow2
+  vuimg convert disk.vdi disk.img
+  vuimg convert top.qcow2 flat.vmdk --format vmdk
+  vuimg convert new.img old.img --force")]
+    Convert {
+        /// Source image.
+        src: PathBuf,
+        /// Image to write.
+        dst: PathBuf,
+        /// Output format (default: by DST's extension, else raw).
+        #[arg(long, short = 'f')]
+        format: Option<ImageFormat>,
+        /// Replace DST if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create a copy-on-write overlay NEW over BASE: writes go to NEW, BASE stays as it is.
+    #[command(after_help = "\
+qcow2 (default): BASE may be of any format and is recorded with its format;
+its name is stored relative to NEW's directory when both are in one directory
+tree (below the same top directory), else absolute. The disk size is BASE's.
+uml: a UML COW v3 file as uml_mkcow makes (BASE raw, recorded by absolute
+path, mtime and size; UML refuses the overlay once BASE changes).
+
+EXAMPLES:
+  vuimg overlay card.img card-test.qcow2
+  vuimg cp config.txt card-test.qcow2@1:/
+  vuimg overlay root.img root.cow --format uml")]
+    Overlay {
+        /// The image below.
+        base: PathBuf,
+        /// The overlay to create.
+        new: PathBuf,
+        /// Overlay format.
+        #[arg(long, short = 'f', default_value = "qcow2")]
+        format: OverlayFormat,
+    },
+    /// Fold an overlay into its backing file, or write the merged disk to DST.
+    #[command(after_help = "\
+Without DST, as `qemu-img commit`: the clusters (qcow2) or sectors (UML COW)
+the overlay holds are written into its backing file, opened read-write and
+locked exclusive; the overlay is kept (it now reads as its backing file). A
+UML overlay takes the backing file's new mtime so UML still accepts it.
+With DST, as `uml_moo`: a new image with the merged disk (raw, or by DST's
+extension or --format), written atomically like `vuimg convert`.
+
+EXAMPLES:
+  vuimg commit card-test.qcow2
+  vuimg commit root.cow merged.img")]
+    Commit {
+        /// The overlay (qcow2 or UML COW).
+        overlay: PathBuf,
+        /// A new image to write instead (the backing file is then left alone).
+        dst: Option<PathBuf>,
+        /// With DST: its format (default: by extension, else raw).
+        #[arg(long, short = 'f', requires = "dst")]
+        format: Option<ImageFormat>,
+        /// With DST: replace it if it exists.
+        #[arg(long, requires = "dst")]
+        force: bool,
+    },
+    /// Show an image's format, sizes and backing chain, as `qemu-img info`.
+    #[command(after_help = "\
+disk size is what the file occupies on the host; allocated is the part of
+the disk the image itself stores. Every level of the backing chain follows.
+--json uses qemu-img info's field names (format, virtual-size, actual-size,
+backing-filename, backing-filename-format, full-backing-filename) with the
+image below nested as backing-image; allocated-bytes is vuimg's own.
+
+EXAMPLES:
+  vuimg info card-test.qcow2
+  vuimg info --json disk.vdi")]
+    Info {
+        /// Image file.
+        image: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Build a whole image from a TOML SPEC.
     #[command(after_help = crate::build::SPEC_HELP)]
     Build {
@@ -182,6 +284,28 @@ EXAMPLES:
         #[arg(long, requires = "dry_run")]
         json: bool,
     },
+}
+
+/// Formats an image can be written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImageFormat {
+    /// QEMU copy-on-write v3.
+    Qcow2,
+    /// VirtualBox (dynamic).
+    Vdi,
+    /// VMware monolithicSparse.
+    Vmdk,
+    /// The disk itself (sparse file).
+    Raw,
+}
+
+/// Overlay formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OverlayFormat {
+    /// qcow2 with a backing file.
+    Qcow2,
+    /// User-Mode Linux COW v3.
+    Uml,
 }
 
 /// MBR or GPT.

@@ -11,6 +11,7 @@ mod copy;
 mod files;
 mod format;
 mod image_lock;
+mod images;
 mod part_cmd;
 mod progress;
 mod repro;
@@ -25,7 +26,11 @@ use util::Failure;
 fn run(cli: Cli) -> util::Outcome {
     progress::set_quiet(cli.quiet);
     match cli.command {
-        Command::Create { image, size } => part_cmd::create(&image, &size),
+        Command::Create {
+            image,
+            size,
+            format,
+        } => images::create::create(&image, &size, format),
         Command::Grow { image, size } => part_cmd::grow(&image, &size),
         Command::Part(cmd) => part_cmd::part_command(cmd),
         Command::Format(args) => files::format(&args),
@@ -39,6 +44,20 @@ fn run(cli: Cli) -> util::Outcome {
         Command::Mkdir { parents, address } => files::mkdir(&address, parents),
         Command::Rm { recursive, address } => files::rm(&address, recursive),
         Command::Mv { from, to } => files::mv(&from, &to),
+        Command::Convert {
+            src,
+            dst,
+            format,
+            force,
+        } => images::convert::convert(&src, &dst, format, force),
+        Command::Overlay { base, new, format } => images::overlay::overlay(&base, &new, format),
+        Command::Commit {
+            overlay,
+            dst,
+            format,
+            force,
+        } => images::commit::commit(&overlay, dst.as_deref(), format, force),
+        Command::Info { image, json } => images::info::info(&image, json),
         Command::Build {
             spec,
             output,

@@ -66,21 +66,10 @@ fn sectors_of(table: &PartitionTable, size: &str) -> Result<u64, Failure> {
     Ok(bytes / ss)
 }
 
-/// `vuimg create`.
-pub fn create(image: &Path, size: &str) -> Outcome {
-    let bytes = parse_bytes(size)?;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(image)
-        .map_err(|e| Failure(format!("{}: {e}", image.display())))?;
-    file.set_len(bytes)?;
-    Ok(())
-}
-
 /// `vuimg grow`.
 pub fn grow(image: &Path, size: &str) -> Outcome {
     let bytes = parse_bytes(size)?;
+    crate::images::create::refuse_non_raw(image, "grow")?;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(image)

@@ -68,7 +68,7 @@ pub use qcow2::{create_qcow2, Qcow2};
 pub use storage::{Lru, Storage};
 pub use umlcow::{create_uml_cow, UmlCow};
 pub use vdi::{create_vdi, Vdi};
-pub use vmdk::Vmdk;
+pub use vmdk::{create_vmdk, Vmdk};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -607,3 +607,103 @@ impl ImageDevice for Vmdk {
         self
     }
 }
+
+/// Creates an empty monolithicSparse VMDK of `size` bytes (rounded up to 512-byte sectors)
+/// at `path`, laid out as `qemu-img create -f vmdk` does: 64 KiB grains, 512 entries per
+/// grain table, a redundant grain directory, every grain table preallocated (zeros) after
+/// each directory, and an embedded descriptor naming the file itself. Overwrites `path`.
+pub fn create_vmdk(path: &Path, size: u64) -> std::result::Result<(), FormatError> {
+    use std::os::unix::fs::FileExt;
+    let io = |e: std::io::Error| FormatError::io(path, e.into());
+    let capacity = size.div_ceil(512);
+    let granularity = 128u64; // sectors: 64 KiB grains
+    let gtes = 512u64;
+    let grains = capacity.div_ceil(granularity);
+    let gt_count = grains.div_ceil(gtes).max(1);
+    if gt_count > MAX_GD_ENTRIES {
+        return Err(FormatError::unsupported(
+            path,
+            NAME,
+            format!("a {size}-byte disk"),
+        ));
+    }
+    let gt_sectors = (gtes * 4).div_ceil(512);
+    let gd_sectors = (gt_count * 4).div_ceil(512);
+    let (desc_offset, desc_size) = (1u64, 20u64);
+    let rgd_offset = desc_offset + desc_size;
+    let gd_offset = rgd_offset + gd_sectors + gt_sectors * gt_count;
+    let grain_offset =
+        (gd_offset + gd_sectors + gt_sectors * gt_count).div_ceil(granularity) * granularity;
+    if grain_offset > u64::from(u32::MAX) {
+        return Err(FormatError::unsupported(
+            path,
+            NAME,
+            format!("a {size}-byte disk"),
+        ));
+    }
+    let mut h = vec![0u8; 512];
+    h[0..4].copy_from_slice(&SPARSE_MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&1u32.to_le_bytes());
+    h[8..12].copy_from_slice(&(1 | FLAG_RGD).to_le_bytes()); // newline test + redundant GD
+    h[0x0c..0x14].copy_from_slice(&capacity.to_le_bytes());
+    h[0x14..0x1c].copy_from_slice(&granularity.to_le_bytes());
+    h[0x1c..0x24].copy_from_slice(&desc_offset.to_le_bytes());
+    h[0x24..0x2c].copy_from_slice(&desc_size.to_le_bytes());
+    h[0x2c..0x30].copy_from_slice(&(gtes as u32).to_le_bytes());
+    h[0x30..0x38].copy_from_slice(&rgd_offset.to_le_bytes());
+    h[0x38..0x40].copy_from_slice(&gd_offset.to_le_bytes());
+    h[0x40..0x48].copy_from_slice(&grain_offset.to_le_bytes());
+    h[0x49..0x4d].copy_from_slice(b"\n \r\n");
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cylinders = (capacity / (16 * 63)).min(16383);
+    let cid = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u32)
+        .unwrap_or(0)
+        | 1;
+    let desc = format!(
+        "# Disk DescriptorFile\nversion=1\nCID={cid:08x}\nparentCID=ffffffff\n\
+         createType=\"monolithicSparse\"\n\n# Extent description\n\
+         RW {capacity} SPARSE \"{file_name}\"\n\n# The Disk Data Base\n#DDB\n\n\
+         ddb.virtualHWVersion = \"4\"\nddb.geometry.cylinders = \"{cylinders}\"\n\
+         ddb.geometry.heads = \"16\"\nddb.geometry.sectors = \"63\"\n\
+         ddb.adapterType = \"ide\"\nddb.toolsVersion = \"2147483647\"\n"
+    );
+    if desc.len() as u64 > desc_size * 512 {
+        return Err(FormatError::unsupported(
+            path,
+            NAME,
+            "a file name this long in the descriptor",
+        ));
+    }
+    // A directory at `dir` whose tables follow it.
+    let directory = |dir: u64| -> Vec<u8> {
+        let first = dir + gd_sectors;
+        let mut gd = vec![0u8; (gd_sectors * 512) as usize];
+        for i in 0..gt_count {
+            let at = (i * 4) as usize;
+            gd[at..at + 4].copy_from_slice(&((first + i * gt_sectors) as u32).to_le_bytes());
+        }
+        gd
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io)?;
+    f.write_all_at(&h, 0).map_err(io)?;
+    f.write_all_at(desc.as_bytes(), desc_offset * 512)
+        .map_err(io)?;
+    f.write_all_at(&directory(rgd_offset), rgd_offset * 512)
+        .map_err(io)?;
+    f.write_all_at(&directory(gd_offset), gd_offset * 512)
+        .map_err(io)?;
+    f.set_len(grain_offset * 512).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(())
+}

@@ -5,7 +5,9 @@ mod common;
 use common::*;
 use testkit::s;
 use vudev::{BlockDevice, Errno};
-use vudev_formats::{create_vdi, info, open_image, open_image_with, Format, OpenOptions};
+use vudev_formats::{
+    create_vdi, create_vmdk, info, open_image, open_image_with, Format, OpenOptions,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -127,6 +129,55 @@ fn vmdk_sparse_reads_and_writes_pass_qemu_img_check() {
         &qemu_raw(&empty, "vmdk"),
         &mirror,
         "qemu's view of the new image",
+    );
+}
+
+#[test]
+fn create_vmdk_lays_out_as_qemu_and_passes_qemu_img_check() {
+    if !have(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Same layout as qemu-img create: header, directories, tables, first grain, length.
+    for size in [1u64 << 30, 30 * MIB as u64 + 512, 3 << 20] {
+        let ours = dir.path().join("ours.vmdk");
+        let theirs = dir.path().join("theirs.vmdk");
+        create_vmdk(&ours, size).unwrap();
+        qemu_img(&["create", "-q", "-f", "vmdk", s(&theirs), &size.to_string()]);
+        let (a, b) = (
+            std::fs::read(&ours).unwrap(),
+            std::fs::read(&theirs).unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "file length for {size}");
+        assert_same(&a[..512], &b[..512], "sparse header");
+        assert_same(
+            &a[21 * 512..],
+            &b[21 * 512..],
+            "grain directories and tables",
+        );
+        qemu_check_clean(&ours, "vmdk");
+        let info = qemu_img(&["info", "--output=json", s(&ours)]);
+        assert!(
+            info.contains(&format!("\"virtual-size\": {}", size.div_ceil(512) * 512)),
+            "{info}"
+        );
+        assert!(info.contains("monolithicSparse"), "{info}");
+    }
+    // Written by us, read by qemu.
+    let img = dir.path().join("w.vmdk");
+    create_vmdk(&img, 20 * MIB as u64).unwrap();
+    let mut mirror = vec![0u8; 20 * MIB];
+    {
+        let dev = open_image_with(&img, &OpenOptions::default()).unwrap();
+        assert_eq!(info(&*dev).format, Format::Vmdk);
+        assert_eq!(info(&*dev).allocated_bytes, 0);
+        random_writes(&*dev.into_block_device(), &mut mirror, 80, 9);
+    }
+    qemu_check_clean(&img, "vmdk");
+    assert_same(
+        &qemu_raw(&img, "vmdk"),
+        &mirror,
+        "qemu's view of create_vmdk",
     );
 }
 

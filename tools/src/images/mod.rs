@@ -1,0 +1,273 @@
+//! VM image commands: convert, overlay, commit, info, and `create --format`.
+//!
+//! The formats themselves are `vudev-formats`' devices; what is here is the plumbing around
+//! them: choosing a format, writing outputs atomically (a temporary directory beside the
+//! output, renamed at the end), copying only the data that is not zero, and reading the
+//! allocation maps of overlays (qcow2 L1/L2 tables, UML COW bitmaps) for `commit`.
+
+pub mod commit;
+pub mod convert;
+pub mod create;
+pub mod headers;
+pub mod info;
+pub mod overlay;
+
+use crate::cli::ImageFormat;
+use crate::fail;
+use crate::progress::Progress;
+use crate::util::Outcome;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vudev::BlockDevice;
+use vudev_formats::Format;
+
+/// Bytes read per call while copying.
+pub const CHUNK: usize = 1 << 20;
+/// Granularity of zero detection: the qcow2 cluster and VMDK grain size.
+pub const ZERO_GRAIN: usize = 64 << 10;
+
+impl ImageFormat {
+    /// The format of the formats crate.
+    pub fn format(self) -> Format {
+        match self {
+            ImageFormat::Raw => Format::Raw,
+            ImageFormat::Qcow2 => Format::Qcow2,
+            ImageFormat::Vdi => Format::Vdi,
+            ImageFormat::Vmdk => Format::Vmdk,
+        }
+    }
+}
+
+/// The output format: the chosen one, else by `path`'s extension, else raw.
+pub fn output_format(path: &Path, chosen: Option<ImageFormat>) -> ImageFormat {
+    if let Some(f) = chosen {
+        return f;
+    }
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "qcow2" | "qcow" => ImageFormat::Qcow2,
+        "vdi" => ImageFormat::Vdi,
+        "vmdk" => ImageFormat::Vmdk,
+        _ => ImageFormat::Raw,
+    }
+}
+
+/// Creates an empty image of `format` and `size` bytes at `path` (overwriting it).
+pub fn create_empty(path: &Path, format: ImageFormat, size: u64) -> Outcome {
+    let named = |e: vudev_formats::FormatError| fail!("{e}");
+    match format {
+        ImageFormat::Raw => {
+            let f = std::fs::File::create(path).map_err(|e| fail!("{}: {e}", path.display()))?;
+            f.set_len(size)
+                .map_err(|e| fail!("{}: {e}", path.display()))?;
+        }
+        ImageFormat::Qcow2 => vudev_formats::create_qcow2(path, size, None).map_err(named)?,
+        ImageFormat::Vdi => {
+            if size % 512 != 0 {
+                return Err(fail!(
+                    "{}: a VDI disk is a whole number of 512-byte sectors, not {size} bytes",
+                    path.display()
+                ));
+            }
+            vudev_formats::create_vdi(path, size, false).map_err(named)?
+        }
+        ImageFormat::Vmdk => {
+            if size % 512 != 0 {
+                return Err(fail!(
+                    "{}: a VMDK disk is a whole number of 512-byte sectors, not {size} bytes",
+                    path.display()
+                ));
+            }
+            vudev_formats::create_vmdk(path, size).map_err(named)?
+        }
+    }
+    Ok(())
+}
+
+/// An output being written: `path` inside a private directory beside the final name, with
+/// the final file name (a VMDK names itself in its descriptor); removed unless committed.
+pub struct TempOutput {
+    dir: PathBuf,
+    /// Where to write.
+    pub path: PathBuf,
+    target: PathBuf,
+    done: bool,
+}
+
+impl TempOutput {
+    /// A temporary place for `target`; refuses an existing `target` unless `force`.
+    pub fn new(target: &Path, force: bool) -> Outcome<TempOutput> {
+        let name = target
+            .file_name()
+            .ok_or_else(|| fail!("{}: not a file name", target.display()))?;
+        if !force && std::fs::symlink_metadata(target).is_ok() {
+            return Err(fail!(
+                "{}: exists (use --force to replace it)",
+                target.display()
+            ));
+        }
+        if target.is_dir() {
+            return Err(fail!("{}: is a directory", target.display()));
+        }
+        let parent = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = parent.join(format!(
+            ".{}.vuimg-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        std::fs::create_dir(&dir).map_err(|e| fail!("{}: {e}", dir.display()))?;
+        Ok(TempOutput {
+            path: dir.join(name),
+            dir,
+            target: target.to_path_buf(),
+            done: false,
+        })
+    }
+
+    /// Renames the finished output over the target.
+    pub fn commit(mut self) -> Outcome {
+        std::fs::File::open(&self.path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| fail!("{}: {e}", self.path.display()))?;
+        std::fs::rename(&self.path, &self.target)
+            .map_err(|e| fail!("{}: {e}", self.target.display()))?;
+        self.done = true;
+        let _ = std::fs::remove_dir(&self.dir);
+        Ok(())
+    }
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// True when every byte of `buf` is zero.
+pub fn is_zero(buf: &[u8]) -> bool {
+    let mut words = buf.chunks_exact(16);
+    words
+        .by_ref()
+        .all(|w| u128::from_ne_bytes(w.try_into().expect("16 bytes")) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// Copies `src`'s bytes in `ranges` (offset, length) to the same offsets of `dst`, skipping
+/// every `ZERO_GRAIN`-aligned piece that reads as zeros when `skip_zeros` (a fresh output),
+/// else discarding it when `dst` reads discarded ranges as zeros, or writing zeros.
+pub fn copy_ranges(
+    src: &dyn BlockDevice,
+    dst: &dyn BlockDevice,
+    ranges: &[(u64, u64)],
+    skip_zeros: bool,
+    progress: &mut Progress,
+) -> Outcome {
+    let mut buf = vec![0u8; CHUNK];
+    for &(start, len) in ranges {
+        let end = start + len;
+        let mut pos = start;
+        while pos < end {
+            // Pieces end on ZERO_GRAIN boundaries so clusters stay whole.
+            let n = ((end - pos) as usize).min(CHUNK - (pos % ZERO_GRAIN as u64) as usize);
+            let data = &mut buf[..n];
+            src.read_exact_at(data, pos)
+                .map_err(|e| fail!("read of {n} bytes at {pos}: {e}"))?;
+            write_nonzero(dst, data, pos, skip_zeros)?;
+            progress.advance(n as u64);
+            pos += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the pieces of `data` (at `pos` of `dst`) that are not all zeros; zero pieces are
+/// skipped (`skip_zeros`), discarded or written.
+fn write_nonzero(dst: &dyn BlockDevice, data: &[u8], pos: u64, skip_zeros: bool) -> Outcome {
+    let werr = |at: u64, e: vudev::Errno| fail!("write at {at}: {e}");
+    let mut i = 0;
+    while i < data.len() {
+        let piece_end = |from: usize| -> usize {
+            let abs = pos + from as u64;
+            (from + ZERO_GRAIN - (abs % ZERO_GRAIN as u64) as usize).min(data.len())
+        };
+        // A run of pieces of the same kind.
+        let zero = is_zero(&data[i..piece_end(i)]);
+        let mut j = piece_end(i);
+        while j < data.len() && is_zero(&data[j..piece_end(j)]) == zero {
+            j = piece_end(j);
+        }
+        let at = pos + i as u64;
+        if !zero {
+            dst.write_all_at(&data[i..j], at).map_err(|e| werr(at, e))?;
+        } else if !skip_zeros {
+            if dst.discard_zeroes() {
+                dst.discard(at, (j - i) as u64).map_err(|e| werr(at, e))?;
+            } else {
+                dst.write_all_at(&data[i..j], at).map_err(|e| werr(at, e))?;
+            }
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+/// Opens `image` read-only, locked shared, through its format.
+pub fn open_source(image: &Path) -> Outcome<Arc<dyn BlockDevice>> {
+    let file = crate::image_lock::open_locked(image, true)?;
+    crate::image_lock::through_format(file, image, true)
+}
+
+/// Writes the whole of `src` to a new image at `dst` of `format`, atomically: the
+/// conversion of `convert` and of `commit OVERLAY DST`.
+pub fn write_image(
+    src: &dyn BlockDevice,
+    src_name: &Path,
+    dst: &Path,
+    format: ImageFormat,
+    force: bool,
+) -> Outcome {
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(src_name), std::fs::canonicalize(dst)) {
+        if a == b {
+            return Err(fail!("{}: is the source itself", dst.display()));
+        }
+    }
+    let size = src.size();
+    // Only what may hold data is read; the rest of a new image is zeros already. (This
+    // also reads the allocation tables, refusing a truncated source before writing.)
+    let ranges = headers::data_ranges(src_name)
+        .map_err(|e| fail!("{}: {}", src_name.display(), e.0))?
+        .unwrap_or_else(|| vec![(0, size)]);
+    let temp = TempOutput::new(dst, force)?;
+    create_empty(&temp.path, format, size)?;
+    {
+        let out: Arc<dyn BlockDevice> = if format == ImageFormat::Raw {
+            Arc::new(
+                vudev::FileDevice::open(&temp.path, false)
+                    .map_err(|e| fail!("{}: {e}", temp.path.display()))?,
+            )
+        } else {
+            let options = vudev_formats::OpenOptions {
+                format: Some(format.format()),
+                ..Default::default()
+            };
+            vudev_formats::open_image_with(&temp.path, &options)
+                .map_err(|e| fail!("{e}"))?
+                .into_block_device()
+        };
+        let total = ranges.iter().map(|r| r.1).sum();
+        let mut progress = Progress::new("converting", total);
+        copy_ranges(src, out.as_ref(), &ranges, true, &mut progress)
+            .map_err(|e| fail!("{} -> {}: {}", src_name.display(), dst.display(), e.0))?;
+        progress.finish();
+        out.flush().map_err(|e| fail!("{}: {e}", dst.display()))?;
+    }
+    temp.commit()
+}

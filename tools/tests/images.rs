@@ -1,0 +1,507 @@
+//! VM image commands (convert, overlay, commit, info, create --format) against the real
+//! tools: qemu-img compare/check/info, uml_mkcow and uml_moo.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// True when every program is installed; else prints why `test` is skipped.
+fn have(test: &str, programs: &[&str]) -> bool {
+    for p in programs {
+        let (found, _) = tool("sh", &["-c", &format!("command -v {p}")]);
+        if !found {
+            eprintln!("skipped {test}: {p} missing");
+            return false;
+        }
+    }
+    true
+}
+
+fn qemu_img(args: &[&str]) -> String {
+    let (okay, text) = tool("qemu-img", args);
+    assert!(okay, "qemu-img {args:?}: {text}");
+    text
+}
+
+/// `qemu-img compare` (formats probed unless given) must say identical.
+fn assert_identical(a: &Path, a_fmt: &str, b: &Path, b_fmt: &str) {
+    let text = qemu_img(&["compare", "-f", a_fmt, "-F", b_fmt, s(a), s(b)]);
+    assert!(text.contains("Images are identical"), "{text}");
+}
+
+/// `qemu-img check` must find no errors and no leaks.
+fn assert_clean(img: &Path, fmt: &str) {
+    let text = qemu_img(&["check", "-f", fmt, s(img)]);
+    assert!(
+        !text.contains("ERROR") && !text.to_lowercase().contains("leaked"),
+        "qemu-img check {}: {text}",
+        img.display()
+    );
+}
+
+fn qemu_info(img: &Path) -> Value {
+    serde_json::from_str(&qemu_img(&["info", "--output=json", s(img)])).unwrap()
+}
+
+/// Bytes the file occupies on the host.
+fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// A raw disk of `size` with an MBR, one FAT32 partition of 64M and a file in it.
+fn fat_disk(dir: &Path, name: &str, size: &str) -> PathBuf {
+    let img = dir.join(name);
+    ok(&["create", s(&img), size, "--format", "raw"]);
+    ok(&["part", "new", s(&img), "mbr"]);
+    ok(&["part", "add", s(&img), "fat32", "--size", "64M"]);
+    ok(&["format", "-q", &format!("{}@1", s(&img)), "fat32"]);
+    let f = dir.join("base.txt");
+    std::fs::write(&f, "in the base\n").unwrap();
+    ok(&["cp", s(&f), &format!("{}@1:/", s(&img))]);
+    img
+}
+
+/// Seeded bytes (xorshift), for data that is not zero.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn convert_round_trips_raw_through_qcow2_vdi_and_vmdk() {
+    if !have(
+        "convert_round_trips_raw_through_qcow2_vdi_and_vmdk",
+        &["qemu-img"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = fat_disk(dir.path(), "disk.img", "1G");
+    for fmt in ["qcow2", "vdi", "vmdk"] {
+        // The format comes from the extension.
+        let img = dir.path().join(format!("disk.{fmt}"));
+        ok(&["convert", "-q", s(&raw), s(&img)]);
+        assert_eq!(qemu_info(&img)["format"], fmt);
+        assert_eq!(qemu_info(&img)["virtual-size"], 1u64 << 30);
+        assert_clean(&img, fmt);
+        assert_identical(&raw, "raw", &img, fmt);
+        // Existing commands work on the converted image.
+        let listing = ok(&["ls", &format!("{}@1:/", s(&img))]);
+        assert!(listing.contains("base.txt"), "{fmt}: {listing}");
+        // And back to raw: identical, and sparse.
+        let back = dir.path().join(format!("back-{fmt}.img"));
+        ok(&["convert", "-q", s(&img), s(&back)]);
+        assert_eq!(std::fs::metadata(&back).unwrap().len(), 1 << 30);
+        assert_identical(&raw, "raw", &back, "raw");
+        assert!(
+            disk_usage(&back) < 4 << 20,
+            "{fmt} -> raw is not sparse: {} bytes used",
+            disk_usage(&back)
+        );
+    }
+    // A mostly empty 1 GiB disk makes a small qcow2 (no cluster for zeros).
+    let qcow = dir.path().join("disk.qcow2");
+    let actual = qemu_info(&qcow)["actual-size"].as_u64().unwrap();
+    assert!(actual < 2 << 20, "qcow2 actual size {actual}");
+    let vmdk_used = disk_usage(&dir.path().join("disk.vmdk"));
+    assert!(vmdk_used < 2 << 20, "vmdk uses {vmdk_used}");
+    // --format wins over the extension.
+    let odd = dir.path().join("disk.bin");
+    ok(&["convert", "-q", s(&raw), s(&odd), "--format", "vmdk"]);
+    assert_eq!(qemu_info(&odd)["format"], "vmdk");
+    assert_clean(&odd, "vmdk");
+    // An existing DST is refused without --force (and left alone), replaced with it.
+    let before = sha256(&odd);
+    fails(&["convert", s(&qcow), s(&odd)], 1, "exists");
+    assert_eq!(sha256(&odd), before);
+    ok(&[
+        "convert",
+        "-q",
+        s(&qcow),
+        s(&odd),
+        "--force",
+        "--format",
+        "qcow2",
+    ]);
+    assert_eq!(qemu_info(&odd)["format"], "qcow2");
+    assert_identical(&raw, "raw", &odd, "qcow2");
+}
+
+#[test]
+fn convert_keeps_dense_data_and_zero_clusters_exact() {
+    if !have(
+        "convert_keeps_dense_data_and_zero_clusters_exact",
+        &["qemu-img"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("mixed.img");
+    // Noise, zeros written explicitly (allocated, not holes), noise at unaligned places.
+    let mut data = noise(24 << 20, 7);
+    data[3 << 20..9 << 20].fill(0);
+    data[(12 << 20) + 100..(12 << 20) + 70_000].fill(0);
+    std::fs::write(&raw, &data).unwrap();
+    for fmt in ["qcow2", "vdi", "vmdk"] {
+        let img = dir.path().join(format!("m.{fmt}"));
+        ok(&["convert", "-q", s(&raw), s(&img)]);
+        assert_clean(&img, fmt);
+        assert_identical(&raw, "raw", &img, fmt);
+        let back = dir.path().join(format!("m-{fmt}.img"));
+        ok(&["convert", "-q", s(&img), s(&back)]);
+        assert_eq!(std::fs::read(&back).unwrap(), data, "{fmt} round trip");
+    }
+    // The 6 MiB of zeros took no qcow2 clusters.
+    let q = dir.path().join("m.qcow2");
+    let used = qemu_info(&q)["actual-size"].as_u64().unwrap();
+    assert!(
+        used < (24 - 5) << 20,
+        "qcow2 of 24M with 6M zeros uses {used}"
+    );
+}
+
+#[test]
+fn convert_of_a_truncated_qcow2_fails_and_leaves_dst_alone() {
+    if !have(
+        "convert_of_a_truncated_qcow2_fails_and_leaves_dst_alone",
+        &["qemu-img"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.img");
+    std::fs::write(&raw, noise(8 << 20, 3)).unwrap();
+    let qcow = dir.path().join("cut.qcow2");
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow)]);
+    let len = std::fs::metadata(&qcow).unwrap().len();
+    // Data clusters cut off: the L2 tables point past the end.
+    let f = std::fs::OpenOptions::new().write(true).open(&qcow).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    let out = dir.path().join("out.img");
+    fails(&["convert", s(&qcow), s(&out)], 1, "truncated");
+    fails(&["convert", s(&qcow), s(&out)], 1, "cut.qcow2");
+    assert!(!out.exists(), "a failed convert left {}", out.display());
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "leftovers: {names:?}");
+    // An existing DST (with --force) stays as it was.
+    std::fs::write(&out, b"keep me").unwrap();
+    fails(&["convert", "--force", s(&qcow), s(&out)], 1, "cut.qcow2");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    // A header cut short is refused at open, with the reason.
+    let f = std::fs::OpenOptions::new().write(true).open(&qcow).unwrap();
+    f.set_len(50).unwrap();
+    drop(f);
+    fails(&["convert", "--force", s(&qcow), s(&out)], 1, "truncated");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    // Usage errors exit 2.
+    fails(&["convert", s(&qcow)], 2, "DST");
+    fails(&["convert", s(&qcow), s(&out), "--format", "qed"], 2, "qed");
+}
+
+#[test]
+fn overlay_chain_leaves_base_alone_and_commit_folds_it_down() {
+    if !have(
+        "overlay_chain_leaves_base_alone_and_commit_folds_it_down",
+        &["qemu-img", "sfdisk", "fsck.fat"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = fat_disk(dir.path(), "base.img", "256M");
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let mid = dir.path().join("sub/mid.qcow2");
+    let top = dir.path().join("top.qcow2");
+    ok(&["overlay", "-q", s(&base), s(&mid)]);
+    ok(&["overlay", "-q", s(&mid), s(&top)]);
+    fails(&["overlay", s(&base), s(&top)], 1, "exists");
+    let base_sum = sha256(&base);
+    let mid_sum = sha256(&mid);
+    // Written through vuimg: a file into the FAT partition of the top overlay.
+    let note = dir.path().join("note.txt");
+    std::fs::write(&note, "written into the overlay\n").unwrap();
+    ok(&["cp", s(&note), &format!("{}@1:/", s(&top))]);
+    assert_eq!(
+        ok(&["cat", &format!("{}@1:/note.txt", s(&top))]),
+        "written into the overlay\n"
+    );
+    assert_eq!(sha256(&base), base_sum, "a write reached the base");
+    assert_eq!(sha256(&mid), mid_sum, "a write reached the middle layer");
+    assert_clean(&top, "qcow2");
+    // qemu sees the chain, with relative names and recorded formats.
+    let chain: Value = serde_json::from_str(&qemu_img(&[
+        "info",
+        "--backing-chain",
+        "--output=json",
+        s(&top),
+    ]))
+    .unwrap();
+    let chain = chain.as_array().unwrap();
+    let formats: Vec<&str> = chain
+        .iter()
+        .map(|i| i["format"].as_str().unwrap())
+        .collect();
+    assert_eq!(formats, ["qcow2", "qcow2", "raw"]);
+    assert_eq!(chain[0]["backing-filename"], "sub/mid.qcow2");
+    assert_eq!(chain[0]["backing-filename-format"], "qcow2");
+    assert_eq!(chain[1]["backing-filename"], "../base.img");
+    assert_eq!(chain[1]["backing-filename-format"], "raw");
+    // What the overlay shows, as qemu reads it.
+    let shown = dir.path().join("shown.raw");
+    qemu_img(&["convert", "-O", "raw", s(&top), s(&shown)]);
+    // Commit the top into the middle layer, then the middle into the base.
+    ok(&["commit", "-q", s(&top)]);
+    assert_identical(&mid, "qcow2", &shown, "raw");
+    assert_clean(&mid, "qcow2");
+    assert_eq!(sha256(&base), base_sum, "commit went past the backing file");
+    assert_identical(&top, "qcow2", &shown, "raw");
+    ok(&["commit", "-q", s(&mid)]);
+    assert_identical(&base, "raw", &shown, "raw");
+    assert_eq!(
+        ok(&["cat", &format!("{}@1:/note.txt", s(&base))]),
+        "written into the overlay\n"
+    );
+    fsck_fat(&base, 1, dir.path());
+    // A raw image has nothing below it.
+    fails(&["commit", s(&base)], 1, "no backing file");
+}
+
+#[test]
+fn commit_refuses_a_backing_file_in_use() {
+    if !have(
+        "commit_refuses_a_backing_file_in_use",
+        &["qemu-img", "qemu-io"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    std::fs::write(&base, vec![0u8; 4 << 20]).unwrap();
+    let top = dir.path().join("top.qcow2");
+    ok(&["overlay", "-q", s(&base), s(&top)]);
+    let (w, text) = tool(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x5a 65536 131072", s(&top)],
+    );
+    assert!(w, "{text}");
+    // Another program reading the base: commit must not write under it.
+    let mut reader = std::process::Command::new("qemu-io")
+        .args(["-f", "raw", "-r", s(&base)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = sha256(&base);
+    fails(&["commit", s(&top)], 1, "in use");
+    drop(reader.stdin.take());
+    reader.wait().unwrap();
+    assert_eq!(sha256(&base), before);
+    ok(&["commit", "-q", s(&top)]);
+    let data = std::fs::read(&base).unwrap();
+    assert!(data[65536..196608].iter().all(|&b| b == 0x5a));
+    assert!(data[..65536].iter().all(|&b| b == 0));
+    assert!(data[196608..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn uml_overlay_is_what_uml_mkcow_makes_and_commit_matches_uml_moo() {
+    if !have(
+        "uml_overlay_is_what_uml_mkcow_makes_and_commit_matches_uml_moo",
+        &["uml_mkcow", "uml_moo", "qemu-img", "sfdisk"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = fat_disk(dir.path(), "root.img", "96M");
+    let cow = dir.path().join("root.cow");
+    ok(&["overlay", "-q", "--format", "uml", s(&base), s(&cow)]);
+    // Same file as uml_mkcow's.
+    let mk = dir.path().join("mk.cow");
+    let (made, text) = tool("uml_mkcow", &["-f", s(&mk), s(&base)]);
+    assert!(made, "uml_mkcow: {text}");
+    assert_eq!(
+        std::fs::metadata(&cow).unwrap().len(),
+        std::fs::metadata(&mk).unwrap().len()
+    );
+    assert_eq!(
+        std::fs::read(&cow).unwrap()[..4128],
+        std::fs::read(&mk).unwrap()[..4128],
+        "header differs from uml_mkcow's"
+    );
+    let base_sum = sha256(&base);
+    let note = dir.path().join("note.txt");
+    std::fs::write(&note, "written into the COW file\n").unwrap();
+    ok(&["cp", s(&note), &format!("{}@1:/", s(&cow))]);
+    assert_eq!(sha256(&base), base_sum, "a write reached the backing file");
+    // uml_moo accepts it; our merge is byte-identical to uml_moo's.
+    let moo = dir.path().join("moo.img");
+    let (merged, text) = tool("uml_moo", &[s(&cow), s(&moo)]);
+    assert!(merged, "uml_moo: {text}");
+    let ours = dir.path().join("merged.img");
+    ok(&["commit", "-q", s(&cow), s(&ours)]);
+    assert_identical(&moo, "raw", &ours, "raw");
+    assert_eq!(sha256(&moo), sha256(&ours));
+    assert_eq!(
+        ok(&["cat", &format!("{}@1:/note.txt", s(&ours))]),
+        "written into the COW file\n"
+    );
+    // By extension, a merged qcow2.
+    let as_qcow = dir.path().join("merged.qcow2");
+    ok(&["commit", "-q", s(&cow), s(&as_qcow)]);
+    assert_identical(&moo, "raw", &as_qcow, "qcow2");
+    // In place, as `uml_moo -d` does on a copy.
+    let copy = dir.path().join("copy.img");
+    let copy_cow = dir.path().join("copy.cow");
+    for (from, to) in [(&base, &copy), (&cow, &copy_cow)] {
+        let (copied, text) = tool("cp", &["-p", s(from), s(to)]);
+        assert!(copied, "{text}");
+    }
+    let (inplace, text) = tool("uml_moo", &["-d", "-b", s(&copy), s(&copy_cow)]);
+    assert!(inplace, "uml_moo -d: {text}");
+    ok(&["commit", "-q", s(&cow)]);
+    assert_eq!(sha256(&base), sha256(&copy), "in-place commit differs");
+    assert_eq!(sha256(&base), sha256(&moo));
+    // The overlay still opens (it took the base's new mtime).
+    assert_eq!(
+        ok(&["cat", &format!("{}@1:/note.txt", s(&cow))]),
+        "written into the COW file\n"
+    );
+    // A UML overlay's backing file is raw.
+    let q = dir.path().join("b.qcow2");
+    ok(&["convert", "-q", s(&base), s(&q)]);
+    fails(
+        &[
+            "overlay",
+            "--format",
+            "uml",
+            s(&q),
+            s(&dir.path().join("x.cow")),
+        ],
+        1,
+        "raw",
+    );
+    assert!(!dir.path().join("x.cow").exists());
+}
+
+#[test]
+fn info_json_agrees_with_qemu_img_info() {
+    if !have("info_json_agrees_with_qemu_img_info", &["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    std::fs::write(&base, noise(3 << 20, 5)).unwrap();
+    let mid = dir.path().join("mid.qcow2");
+    let top = dir.path().join("top.qcow2");
+    ok(&["overlay", "-q", s(&base), s(&mid)]);
+    ok(&["overlay", "-q", s(&mid), s(&top)]);
+    let (w, text) = tool(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 7 0 200k", s(&top)],
+    );
+    assert!(w, "{text}");
+    let vdi = dir.path().join("d.vdi");
+    let vmdk = dir.path().join("d.vmdk");
+    qemu_img(&["convert", "-O", "vdi", s(&base), s(&vdi)]);
+    qemu_img(&["convert", "-O", "vmdk", s(&base), s(&vmdk)]);
+    for img in [&top, &mid, &base, &vdi, &vmdk] {
+        let ours: Value = serde_json::from_str(&ok(&["info", "--json", s(img)])).unwrap();
+        let theirs = qemu_info(img);
+        for key in [
+            "format",
+            "virtual-size",
+            "actual-size",
+            "backing-filename",
+            "backing-filename-format",
+            "full-backing-filename",
+        ] {
+            assert_eq!(ours[key], theirs[key], "{}: {key}", img.display());
+        }
+    }
+    let ours: Value = serde_json::from_str(&ok(&["info", "--json", s(&top)])).unwrap();
+    assert_eq!(ours["backing-filename"], "mid.qcow2");
+    assert_eq!(ours["backing-image"]["format"], "qcow2");
+    assert_eq!(ours["backing-image"]["backing-filename"], "base.img");
+    assert_eq!(ours["backing-image"]["backing-image"]["format"], "raw");
+    assert_eq!(ours["allocated-bytes"], 4 * 65536);
+    assert!(ours["backing-image"]["backing-image"]["backing-image"].is_null());
+    // The text form names every level.
+    let text = ok(&["info", s(&top)]);
+    assert!(text.contains("file format: qcow2"), "{text}");
+    assert!(
+        text.contains("virtual size: 3 MiB (3145728 bytes)"),
+        "{text}"
+    );
+    assert!(text.contains("backing file: mid.qcow2"), "{text}");
+    assert_eq!(text.matches("image: ").count(), 3, "{text}");
+    fails(&["info", s(&dir.path().join("none.img"))], 1, "none.img");
+}
+
+#[test]
+fn create_makes_each_format_and_grow_refuses_non_raw() {
+    if !have(
+        "create_makes_each_format_and_grow_refuses_non_raw",
+        &["qemu-img", "sfdisk", "fsck.fat"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (name, flag, fmt) in [
+        ("a.qcow2", None, "qcow2"),
+        ("b.vdi", None, "vdi"),
+        ("c.vmdk", None, "vmdk"),
+        ("d.bin", Some("vmdk"), "vmdk"),
+        ("e.img", None, "raw"),
+    ] {
+        let img = dir.path().join(name);
+        let mut args = vec!["create", s(&img), "96M"];
+        if let Some(f) = flag {
+            args.extend(["--format", f]);
+        }
+        ok(&args);
+        let info = qemu_info(&img);
+        assert_eq!(info["format"], fmt, "{name}");
+        assert_eq!(info["virtual-size"], 96u64 << 20, "{name}");
+        if fmt != "raw" {
+            assert_clean(&img, fmt);
+        }
+        // Partitioned, formatted and written through vuimg; qemu reads a clean FAT.
+        ok(&["part", "new", s(&img), "mbr"]);
+        ok(&["part", "add", s(&img), "fat32"]);
+        ok(&["format", "-q", &format!("{}@1", s(&img)), "fat32"]);
+        let f = dir.path().join("f.txt");
+        std::fs::write(&f, name).unwrap();
+        ok(&["cp", s(&f), &format!("{}@1:/", s(&img))]);
+        assert_eq!(ok(&["cat", &format!("{}@1:/f.txt", s(&img))]), name);
+        if fmt != "raw" {
+            assert_clean(&img, fmt);
+            let raw = dir.path().join("as-raw.img");
+            qemu_img(&["convert", "-O", "raw", s(&img), s(&raw)]);
+            fsck_fat(&raw, 1, dir.path());
+            std::fs::remove_file(&raw).unwrap();
+            // grow would truncate the container, not the disk: refused.
+            let before = sha256(&img);
+            fails(&["grow", s(&img), "200M"], 1, &format!("is a {fmt} image"));
+            assert_eq!(sha256(&img), before);
+        }
+        fails(&["create", s(&img), "1M"], 1, "exists");
+    }
+    ok(&["grow", s(&dir.path().join("e.img")), "128M"]);
+    assert_eq!(
+        std::fs::metadata(dir.path().join("e.img")).unwrap().len(),
+        128 << 20
+    );
+}
