@@ -201,3 +201,46 @@ fn bad_specs_fail_before_touching_the_output() {
         .collect();
     assert!(left.is_empty());
 }
+
+/// `vuimg build SPEC -o card.qcow2` writes the VM image directly: qemu-img check is clean,
+/// its raw conversion equals the raw build of the same reproducible SPEC, and vuimg reads it.
+#[test]
+fn build_writes_qcow2_vdi_and_vmdk_by_the_output_name() {
+    let (have, _) = tool("sh", &["-c", "command -v qemu-img"]);
+    if !have {
+        eprintln!("skipped build_writes_qcow2_vdi_and_vmdk_by_the_output_name: qemu-img missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("vm.toml");
+    std::fs::write(
+        &spec,
+        "size = \"48M\"\ntable = \"gpt\"\nreproducible = true\n\
+         [[partition]]\nfs = \"fat32\"\nlabel = \"EFI\"\nsize = \"40M\"\n\
+         contents = [ { text = \"hello\\n\", to = \"/hello.txt\" } ]\n",
+    )
+    .unwrap();
+    let raw = dir.path().join("vm.img");
+    ok(&["build", "-q", s(&spec), "-o", s(&raw)]);
+    for ext in ["qcow2", "vdi", "vmdk"] {
+        let img = dir.path().join(format!("vm.{ext}"));
+        ok(&["build", "-q", s(&spec), "-o", s(&img)]);
+        let (clean, text) = tool("qemu-img", &["check", s(&img)]);
+        assert!(clean, "{ext}: {text}");
+        let (same, text) = tool(
+            "qemu-img",
+            &["compare", "-f", ext, "-F", "raw", s(&img), s(&raw)],
+        );
+        assert!(same, "{ext}: {text}");
+        assert_eq!(
+            ok(&["cat", &format!("{}@1:/hello.txt", s(&img))]),
+            "hello\n"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}

@@ -46,8 +46,15 @@ pub(super) fn write(plan: &Plan, output: &Path) -> Outcome {
     disk.flush()
         .map_err(|e| fail!("{}: {e}", temp.path.display()))?;
     drop(disk);
-    std::fs::rename(&temp.path, output).map_err(|e| fail!("{}: {e}", output.display()))?;
-    temp.keep = true;
+    // A VM image output (by its extension: .qcow2, .vdi, .vmdk) is converted from the
+    // finished raw build, sparsely; the temporary raw file then goes.
+    match crate::images::output_format(output, None) {
+        crate::cli::ImageFormat::Raw => {
+            std::fs::rename(&temp.path, output).map_err(|e| fail!("{}: {e}", output.display()))?;
+            temp.keep = true;
+        }
+        format => crate::images::convert::convert(&temp.path, output, Some(format), true)?,
+    }
     note(&format!(
         "{}: {} image with {} partitions{}",
         output.display(),
@@ -73,7 +80,7 @@ fn temp_image(output: &Path, size: u64) -> Outcome<TempImage> {
         .ok_or_else(|| fail!("{}: not a file name", output.display()))?;
     let temp = TempImage {
         path: dir.join(format!(
-            ".{}.vuimg-{}",
+            ".{}.vuimg-build-{}",
             file_name.to_string_lossy(),
             std::process::id()
         )),
