@@ -379,14 +379,24 @@ static void vx_meta_free(ext2_filsys fs);
 static const struct {
 	uint32_t bit;
 	const char *name;
+	int read_only_ok; /* a read-only mount may go on (names are still found by exact case) */
 } vx_refused_incompat[] = {
-	{ EXT4_FEATURE_INCOMPAT_ENCRYPT, "encrypt" },
-	{ EXT4_FEATURE_INCOMPAT_CASEFOLD, "casefold" },
-	{ EXT3_FEATURE_INCOMPAT_JOURNAL_DEV, "journal_dev" },
+	{ EXT4_FEATURE_INCOMPAT_ENCRYPT, "encrypt", 0 },
+	{ EXT4_FEATURE_INCOMPAT_CASEFOLD, "casefold", 1 },
+	{ EXT3_FEATURE_INCOMPAT_JOURNAL_DEV, "journal_dev", 0 },
 };
+
+/* libext2fs's messages by code ("Unknown code ext2 60" until the table is registered). */
+static void vx_register_messages(void)
+{
+	static int done;
+	if (!__atomic_exchange_n(&done, 1, __ATOMIC_SEQ_CST))
+		initialize_ext2_error_table();
+}
 
 int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, char *msg, size_t msglen)
 {
+	vx_register_messages();
 	char name[64];
 	snprintf(name, sizeof name, "vudev:%p", (void *)dev);
 	ext2_filsys fs = NULL;
@@ -404,11 +414,11 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 		else if (err == EXT2_ET_BAD_MAGIC)
 			snprintf(msg, msglen, "not an ext2/3/4 filesystem (bad superblock magic)");
 		else
-			snprintf(msg, msglen, "%s", error_message(err));
+			snprintf(msg, msglen, "%s (e2fsck -fy IMAGE may repair it)", error_message(err));
 		return vx_errno(err) ? vx_errno(err) : EIO;
 	}
 	for (size_t i = 0; i < sizeof vx_refused_incompat / sizeof vx_refused_incompat[0]; i++) {
-		if (fs->super->s_feature_incompat & vx_refused_incompat[i].bit) {
+		if ((fs->super->s_feature_incompat & vx_refused_incompat[i].bit) && (rw || !vx_refused_incompat[i].read_only_ok)) {
 			snprintf(msg, msglen, "the filesystem uses the '%s' feature, which this driver does not support", vx_refused_incompat[i].name);
 			ext2fs_close_free(&fs);
 			return EOPNOTSUPP;
@@ -425,10 +435,16 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 		return EUCLEAN;
 	}
 	err = ext2fs_read_bitmaps(fs);
+	if (!rw && (err == EXT2_ET_BLOCK_BITMAP_CSUM_INVALID || err == EXT2_ET_INODE_BITMAP_CSUM_INVALID)) {
+		/* As fuse2fs: a read-only mount reads bitmaps whose checksums are wrong. */
+		fs->flags |= EXT2_FLAG_IGNORE_CSUM_ERRORS;
+		err = ext2fs_read_bitmaps(fs);
+		fs->flags &= ~EXT2_FLAG_IGNORE_CSUM_ERRORS;
+	}
 	if (!err && rw)
 		err = vx_meta_init(fs);
 	if (err) {
-		snprintf(msg, msglen, "cannot read the allocation bitmaps: %s", error_message(err));
+		snprintf(msg, msglen, "cannot read the allocation bitmaps: %s (e2fsck -fy IMAGE may repair it)", error_message(err));
 		ext2fs_close_free(&fs);
 		return vx_errno(err);
 	}
