@@ -163,7 +163,9 @@ impl VStat {
             out.push_str(&format!("dev={a},{b}\n"));
         }
         if let Some((s, ns)) = self.ctime {
-            out.push_str(&format!("ctime={s},{ns}\n"));
+            // As the reader parses them (strtoul, then a cast): unsigned, so a value that
+            // wrapped negative reads back the same.
+            out.push_str(&format!("ctime={},{}\n", s as u64, ns as u64));
         }
         out
     }
