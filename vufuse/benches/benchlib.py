@@ -152,3 +152,46 @@ def speedups(ours, theirs, digits):
             a, b = statistics.median(ours[k]), statistics.median(theirs[k])
             ratios.append(f"{k} x{b / a:.{digits}f}" if b != float("inf") else f"{k} (theirs timed out)")
     return ", ".join(ratios)
+
+
+class LoopFuseBackground:
+    """A FUSE daemon that wants a block device and has no foreground option (exfat-fuse:
+    its -d also logs every request): a loop device over `image`, the daemon started in the
+    background and found by its command line, so its peak RSS can still be read."""
+
+    def __init__(self, binary, image, mnt, options):
+        self.mnt = mnt
+        self.loop = sh(f"losetup -f --show {image}").stdout.strip()
+        try:
+            sh(f"{binary} -o {options} {self.loop} {mnt}", timeout=30)
+            deadline = time.time() + 10
+            while not os.path.ismount(mnt):
+                if time.time() > deadline:
+                    raise RuntimeError(f"{binary} did not mount {self.loop}")
+                time.sleep(0.01)
+            pids = sh(f"pgrep -f '{binary} .*{self.loop} {mnt}$'", check=False).stdout.split()
+            if len(pids) != 1:
+                raise RuntimeError(f"{binary}: expected one daemon for {self.loop}, found {pids}")
+            self.pid = int(pids[0])
+        except Exception:
+            sh(f"fusermount3 -u -z {mnt}", check=False)
+            sh(f"losetup -d {self.loop}", check=False)
+            raise
+
+    def peak_rss_kib(self):
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except FileNotFoundError:
+            pass
+        return 0
+
+    def unmount(self):
+        if sh(f"fusermount3 -u {self.mnt}", check=False).returncode != 0:
+            sh(f"fusermount3 -u -z {self.mnt}")
+        deadline = time.time() + 120
+        while os.path.exists(f"/proc/{self.pid}") and time.time() < deadline:
+            time.sleep(0.01)
+        sh(f"losetup -d {self.loop}", check=False)

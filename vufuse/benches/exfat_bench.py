@@ -5,7 +5,8 @@ Figures as fat_bench.py (ANCHORS.md B.1 method): sequential write of 256 MiB (dd
 conv=fsync), cold and warm sequential read, create+write 4 KiB+stat of 5,000 files in one
 directory (then sync), `ls -l` of them cold; peak RSS of each daemon (VmHWM). The image is
 a 1 GiB file made by mkfs.exfat; exfat-fuse wants a block device, so it gets a loop device
-over the same kind of image. No kernel exFAT here (not in /proc/filesystems), so no kernel
+over the same kind of image (and runs in the background: its -d, the only way to keep it in
+the foreground, also logs every request). No kernel exFAT here (not in /proc/filesystems), so no kernel
 column. Needs root.
 
 Usage: exfat_bench.py [--ours PATH] [--runs N] [--dir DIR]
@@ -17,29 +18,13 @@ import shutil
 import statistics
 import sys
 
-from benchlib import MIB, Daemon, empty_results, measure_mounted, print_table, sh, speedups
+from benchlib import MIB, Daemon, LoopFuseBackground, empty_results, measure_mounted, print_table, sh, speedups
 
 
 def fresh_image(path, size_mib):
     if os.path.exists(path):
         os.unlink(path)
-    sh(f"truncate -s {size_mib}M {path} && mkfs.exfat -q {path} >/dev/null")
-
-
-class ExfatFuse(Daemon):
-    """exfat-fuse on a loop device over `image`, in the foreground."""
-
-    def __init__(self, binary, image, mnt, options):
-        self.loop = sh(f"losetup -f --show {image}").stdout.strip()
-        try:
-            super().__init__(binary, self.loop, mnt, options)
-        except Exception:
-            sh(f"losetup -d {self.loop}", check=False)
-            raise
-
-    def unmount(self):
-        super().unmount()
-        sh(f"losetup -d {self.loop}", check=False)
+    sh(f"truncate -s {size_mib}M {path} && mkfs.exfat {path} >/dev/null")
 
 
 def bench(name, binary, options, args, source, kind):
@@ -73,7 +58,7 @@ def main():
     rows = [("fusefatfs exFAT (this project)", *bench("ours", args.ours, "rw+", args, source, Daemon))]
     peer = shutil.which("mount.exfat-fuse") or shutil.which("exfat-fuse")
     if peer:
-        rows.append(("exfat-fuse (C)", *bench("peer", peer, "rw", args, source, ExfatFuse)))
+        rows.append(("exfat-fuse (C)", *bench("peer", peer, "rw", args, source, LoopFuseBackground)))
     else:
         print("note: exfat-fuse not installed, its column is skipped", file=sys.stderr)
     print_table(rows, f"seconds, min / median of {args.runs}; 256 MiB file on a 1 GiB exFAT image")
