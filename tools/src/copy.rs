@@ -5,10 +5,12 @@
 use crate::fail;
 use crate::progress::Progress;
 use crate::util::Outcome;
-use crate::volume::{FsKind, Meta, Volume};
+use crate::volume::{FsKind, Meta, Volume, Xattr};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use vufuse_api::{FileKind, Ino};
@@ -34,6 +36,25 @@ pub enum ItemKind {
     File(u64),
     /// A symbolic link to this target.
     Symlink(Vec<u8>),
+    /// A fifo, socket or device node (`rdev` in the kernel's `new_encode_dev` form, as FUSE
+    /// carries it).
+    Node {
+        /// Fifo, socket, character or block device.
+        kind: FileKind,
+        /// Device number of a device node (0 otherwise).
+        rdev: u32,
+    },
+}
+
+/// Identifies one file with several names (hard links) in a copy's source: the host's
+/// (device, inode) or a source volume's inode. Items sharing a key become hard links of the
+/// first one where the destination has links (ext), copies elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinkKey(pub u64, pub u64);
+
+/// The key of a source volume's inode (device `u64::MAX`: no host device has it).
+fn volume_link_key(ino: Ino) -> LinkKey {
+    LinkKey(u64::MAX, ino.0)
 }
 
 /// One thing to create.
@@ -46,6 +67,10 @@ pub struct Item {
     pub origin: Origin,
     /// Times, mode and owner to give it.
     pub meta: Meta,
+    /// Set when the source has other names for the same file (hard links).
+    pub link: Option<LinkKey>,
+    /// Extended attributes (user., trusted., security., system.posix_acl_*), kept on ext.
+    pub xattrs: Vec<Xattr>,
 }
 
 /// Options that change the metadata written.
@@ -99,20 +124,26 @@ pub fn plan_host(
     contents_only: bool,
     out: &mut Vec<Item>,
 ) -> Outcome {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let md = std::fs::symlink_metadata(src).map_err(|e| fail!("{}: {e}", src.display()))?;
     let meta = Meta::of_host(&md);
     let ft = md.file_type();
+    let xattrs = host_xattrs(src)?;
+    let link = (!ft.is_dir() && md.nlink() > 1).then(|| LinkKey(md.dev(), md.ino()));
+    let item = |kind, origin| Item {
+        dest: dest.to_string(),
+        kind,
+        origin,
+        meta,
+        link,
+        xattrs: xattrs.clone(),
+    };
     if ft.is_dir() {
         if !recursive {
             return Err(fail!("{}: is a directory (use -r)", src.display()));
         }
         if !contents_only {
-            out.push(Item {
-                dest: dest.to_string(),
-                kind: ItemKind::Dir,
-                origin: Origin::None,
-                meta,
-            });
+            out.push(item(ItemKind::Dir, Origin::None));
         }
         let mut names: Vec<_> = std::fs::read_dir(src)
             .map_err(|e| fail!("{}: {e}", src.display()))?
@@ -127,28 +158,67 @@ pub fn plan_host(
     } else if ft.is_symlink() {
         use std::os::unix::ffi::OsStrExt;
         let target = std::fs::read_link(src).map_err(|e| fail!("{}: {e}", src.display()))?;
-        out.push(Item {
-            dest: dest.to_string(),
-            kind: ItemKind::Symlink(target.as_os_str().as_bytes().to_vec()),
-            origin: Origin::None,
-            meta,
-        });
+        let target = target.as_os_str().as_bytes().to_vec();
+        out.push(item(ItemKind::Symlink(target), Origin::None));
     } else if ft.is_file() {
         // Opened now so that an unreadable source fails before any write.
         File::open(src).map_err(|e| fail!("{}: {e}", src.display()))?;
-        out.push(Item {
-            dest: dest.to_string(),
-            kind: ItemKind::File(md.len()),
-            origin: Origin::Host(src.to_path_buf()),
-            meta,
-        });
-    } else {
-        return Err(fail!(
-            "{}: only files, directories and symbolic links are copied",
-            src.display()
+        out.push(item(
+            ItemKind::File(md.len()),
+            Origin::Host(src.to_path_buf()),
         ));
+    } else {
+        let kind = if ft.is_fifo() {
+            FileKind::Fifo
+        } else if ft.is_socket() {
+            FileKind::Socket
+        } else if ft.is_char_device() {
+            FileKind::CharDevice
+        } else if ft.is_block_device() {
+            FileKind::BlockDevice
+        } else {
+            return Err(fail!("{}: a file of unknown type", src.display()));
+        };
+        let rdev = fuse_rdev(md.rdev());
+        out.push(item(ItemKind::Node { kind, rdev }, Origin::None));
     }
     Ok(())
+}
+
+/// A host device number in the encoding FUSE and ext use (Linux's `new_encode_dev`).
+fn fuse_rdev(rdev: u64) -> u32 {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+/// The extended attributes of a host file (not following a symbolic link); none where the
+/// host filesystem has none.
+fn host_xattrs(path: &Path) -> Outcome<Vec<Xattr>> {
+    use rustix::io::Errno as E;
+    let unsupported = |e: E| e == E::NOTSUP || e == E::NODATA;
+    let shown = |e: E| fail!("{}: reading extended attributes: {e}", path.display());
+    let size = match rustix::fs::llistxattr_query(path) {
+        Ok(n) => n,
+        Err(e) if unsupported(e) => return Ok(Vec::new()),
+        Err(e) => return Err(shown(e)),
+    };
+    let mut names = vec![0u8; size];
+    let n = rustix::fs::llistxattr(path, &mut names[..]).map_err(shown)?;
+    let mut out = Vec::new();
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name_os = OsStr::from_bytes(name);
+        let len = match rustix::fs::lgetxattr_query(path, name_os) {
+            Ok(len) => len,
+            // Removed since it was listed.
+            Err(E::NODATA) => continue,
+            Err(e) => return Err(shown(e)),
+        };
+        let mut value = vec![0u8; len];
+        let got = rustix::fs::lgetxattr(path, name_os, &mut value[..]).map_err(shown)?;
+        value.truncate(got);
+        out.push((name.to_vec(), value));
+    }
+    Ok(out)
 }
 
 /// Lists a file or tree of a volume to copy to `dest`.
@@ -173,23 +243,27 @@ fn plan_image_attr(
     contents_only: bool,
     out: &mut Vec<Item>,
 ) -> Outcome {
+    let shown = |e| fail!("{}:{src}: {e}", vol.name);
     let meta = Meta::of_attr(attr);
+    let xattrs = vol.xattrs(attr.ino).map_err(shown)?;
+    let link = (attr.kind != FileKind::Dir && attr.nlink > 1).then(|| volume_link_key(attr.ino));
+    let item = |kind, origin| Item {
+        dest: dest.to_string(),
+        kind,
+        origin,
+        meta,
+        link,
+        xattrs: xattrs.clone(),
+    };
     match attr.kind {
         FileKind::Dir => {
             if !recursive {
                 return Err(fail!("{}:{src}: is a directory (use -r)", vol.name));
             }
             if !contents_only {
-                out.push(Item {
-                    dest: dest.to_string(),
-                    kind: ItemKind::Dir,
-                    origin: Origin::None,
-                    meta,
-                });
+                out.push(item(ItemKind::Dir, Origin::None));
             }
-            let entries = vol
-                .list(attr.ino)
-                .map_err(|e| fail!("{}:{src}: {e}", vol.name))?;
+            let entries = vol.list(attr.ino).map_err(shown)?;
             for (name, _, _) in entries {
                 let name_s = name.to_string_lossy().into_owned();
                 let child_src = join(src, &name_s);
@@ -208,37 +282,28 @@ fn plan_image_attr(
                 )?;
             }
         }
-        FileKind::File => out.push(Item {
-            dest: dest.to_string(),
-            kind: ItemKind::File(attr.size),
-            origin: Origin::Image(attr.ino),
-            meta,
-        }),
+        FileKind::File => out.push(item(ItemKind::File(attr.size), Origin::Image(attr.ino))),
         FileKind::Symlink => {
-            let target = vol
-                .readlink(attr.ino)
-                .map_err(|e| fail!("{}:{src}: {e}", vol.name))?;
-            out.push(Item {
-                dest: dest.to_string(),
-                kind: ItemKind::Symlink(target),
-                origin: Origin::None,
-                meta,
-            })
+            let target = vol.readlink(attr.ino).map_err(shown)?;
+            out.push(item(ItemKind::Symlink(target), Origin::None))
         }
-        _ => {
-            return Err(fail!(
-                "{}:{src}: only files, directories and symbolic links are copied",
-                vol.name
-            ))
-        }
+        kind => out.push(item(
+            ItemKind::Node {
+                kind,
+                rdev: attr.rdev,
+            },
+            Origin::None,
+        )),
     }
     Ok(())
 }
 
 /// Total file bytes of a plan.
 pub fn total_bytes(items: &[Item]) -> u64 {
+    let mut seen = std::collections::HashSet::new();
     items
         .iter()
+        .filter(|i| i.link.is_none_or(|key| seen.insert(key)))
         .map(|i| match i.kind {
             ItemKind::File(n) => n,
             _ => 0,
@@ -251,8 +316,10 @@ pub fn total_bytes(items: &[Item]) -> u64 {
 /// large files (an estimate that errs on the generous side).
 pub fn space_needed<'a>(items: impl IntoIterator<Item = &'a Item>, unit: u64, kind: FsKind) -> u64 {
     let unit = unit.max(512);
+    let mut seen = std::collections::HashSet::new();
     items
         .into_iter()
+        .filter(|i| i.link.is_none_or(|key| seen.insert(key)))
         .map(|i| match &i.kind {
             ItemKind::Dir => unit,
             ItemKind::File(n) => {
@@ -265,7 +332,7 @@ pub fn space_needed<'a>(items: impl IntoIterator<Item = &'a Item>, unit: u64, ki
                 (units + index) * unit
             }
             ItemKind::Symlink(t) if kind == FsKind::Ext && t.len() >= 60 => unit,
-            ItemKind::Symlink(_) => 0,
+            ItemKind::Symlink(_) | ItemKind::Node { .. } => 0,
         })
         .sum()
 }
@@ -327,25 +394,36 @@ pub fn into_volume(
     progress: &mut Progress,
 ) -> Outcome {
     let mut dirs: Vec<(Ino, Meta, &str)> = Vec::new();
+    let mut written: HashMap<LinkKey, Ino> = HashMap::new();
+    let mut xattrs_noted = false;
     for item in items {
         let meta = policy.apply(item.meta);
         let (parent, name) = split(&item.dest);
-        match &item.kind {
+        let name = OsStr::new(&name);
+        let second_name = item.link.and_then(|key| written.get(&key));
+        if let Some(&first) = second_name.filter(|_| dst.kind.has_hard_links()) {
+            // FAT and exFAT have no links: there, each name gets its own copy.
+            let parent = dst.mkdir_p(&parent, None)?;
+            dst.link(first, parent, name, &item.dest)?;
+            continue;
+        }
+        let made = match &item.kind {
             ItemKind::Dir => {
                 let ino = dst.mkdir_p(&item.dest, Some(&meta))?;
                 dirs.push((ino, meta, &item.dest));
+                Some(ino)
             }
             ItemKind::File(_) => {
                 let parent = dst.mkdir_p(&parent, None)?;
                 let mut data = open_origin(item, src)?;
-                dst.write_file(
+                Some(dst.write_file(
                     parent,
-                    OsStr::new(&name),
+                    name,
                     &mut data,
                     Some(&meta),
                     &item.dest,
                     &mut |n| progress.advance(n),
-                )?;
+                )?)
             }
             ItemKind::Symlink(target) => {
                 let parent = dst.mkdir_p(&parent, None)?;
@@ -357,21 +435,47 @@ pub fn into_volume(
                     ));
                     continue;
                 }
-                if dst
-                    .lookup(parent, OsStr::new(&name))
-                    .map_err(|e| fail!("{}:{}: {e}", dst.name, item.dest))?
-                    .is_some()
-                {
-                    dst.remove(parent, OsStr::new(&name), false, &item.dest)?;
-                }
-                let ino = dst.symlink(parent, OsStr::new(&name), target, &item.dest)?;
+                let ino = dst.symlink(parent, name, target, &item.dest)?;
                 if dst.kind.keeps_modes() {
                     // Times and owner; a link's mode bits mean nothing.
                     let mut m = meta;
                     m.perm = 0o777;
                     dst.set_meta(ino, &m, &item.dest)?;
                 }
+                Some(ino)
             }
+            ItemKind::Node { kind, rdev } => {
+                let parent = dst.mkdir_p(&parent, None)?;
+                if !dst.kind.has_special_files() {
+                    crate::progress::note(&format!(
+                        "skipping {} {}: {} has none",
+                        node_name(*kind),
+                        item.dest,
+                        dst.kind.name()
+                    ));
+                    continue;
+                }
+                let ino = dst.mknod(parent, name, *kind, meta.perm, *rdev, &item.dest)?;
+                dst.set_meta(ino, &meta, &item.dest)?;
+                Some(ino)
+            }
+        };
+        let Some(ino) = made else { continue };
+        if let Some(key) = item.link {
+            written.insert(key, ino);
+        }
+        if item.xattrs.is_empty() {
+            continue;
+        }
+        if dst.kind.keeps_modes() {
+            dst.set_xattrs(ino, &item.xattrs, &item.dest)?;
+        } else if !xattrs_noted {
+            xattrs_noted = true;
+            crate::progress::note(&format!(
+                "extended attributes not kept ({} has none), first on {}",
+                dst.kind.name(),
+                item.dest
+            ));
         }
     }
     // Directory times last, deepest first: adding entries changed them.
@@ -396,11 +500,33 @@ pub fn into_volume(
     Ok(())
 }
 
-/// Writes the planned items to the host; image origins are read from `src`.
+/// A special file's kind in messages.
+fn node_name(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::Fifo => "fifo",
+        FileKind::Socket => "socket",
+        FileKind::CharDevice => "character device",
+        FileKind::BlockDevice => "block device",
+        _ => "file",
+    }
+}
+
+/// Block granularity of the holes a copy to the host leaves (the page size: the smallest
+/// hole a host filesystem keeps).
+const HOLE_GRAIN: usize = 4096;
+
+/// Writes the planned items to the host; image origins are read from `src`. Runs of zeros
+/// become holes, second names of one file hard links.
 pub fn to_host(items: &[Item], src: Option<&Volume>, progress: &mut Progress) -> Outcome {
     let mut dirs: Vec<(&str, Meta)> = Vec::new();
+    let mut written: HashMap<LinkKey, &str> = HashMap::new();
     for item in items {
         let dest = Path::new(&item.dest);
+        if let Some(&first) = item.link.and_then(|key| written.get(&key)) {
+            let _ = std::fs::remove_file(dest);
+            std::fs::hard_link(first, dest).map_err(|e| fail!("{}: {e}", item.dest))?;
+            continue;
+        }
         match &item.kind {
             ItemKind::Dir => {
                 std::fs::create_dir_all(dest).map_err(|e| fail!("{}: {e}", item.dest))?;
@@ -408,25 +534,34 @@ pub fn to_host(items: &[Item], src: Option<&Volume>, progress: &mut Progress) ->
             }
             ItemKind::File(_) => {
                 let mut data = open_origin(item, src)?;
-                let mut out = File::create(dest).map_err(|e| fail!("{}: {e}", item.dest))?;
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = crate::volume::read_full(&mut data, &mut buf)
-                        .map_err(|e| fail!("{}: reading: {e}", item.dest))?;
-                    if n == 0 {
-                        break;
-                    }
-                    std::io::Write::write_all(&mut out, &buf[..n])
-                        .map_err(|e| fail!("{}: {e}", item.dest))?;
-                    progress.advance(n as u64);
-                }
+                let out = File::create(dest).map_err(|e| fail!("{}: {e}", item.dest))?;
+                write_sparse(&out, &mut data, progress).map_err(|e| fail!("{}: {e}", item.dest))?;
                 set_host_meta(&out, &item.meta).map_err(|e| fail!("{}: {e}", item.dest))?;
             }
             ItemKind::Symlink(target) => {
-                use std::os::unix::ffi::OsStrExt;
                 let _ = std::fs::remove_file(dest);
                 std::os::unix::fs::symlink(OsStr::from_bytes(target), dest)
                     .map_err(|e| fail!("{}: {e}", item.dest))?;
+            }
+            ItemKind::Node { kind, rdev } => {
+                let _ = std::fs::remove_file(dest);
+                make_host_node(dest, *kind, item.meta.perm, *rdev)
+                    .map_err(|e| fail!("{}: {e}", item.dest))?;
+            }
+        }
+        if let Some(key) = item.link {
+            written.insert(key, &item.dest);
+        }
+        for (name, value) in &item.xattrs {
+            let name = OsStr::from_bytes(name);
+            if let Err(e) =
+                rustix::fs::lsetxattr(dest, name, value, rustix::fs::XattrFlags::empty())
+            {
+                crate::progress::note(&format!(
+                    "{}: extended attribute {} not kept: {e}",
+                    item.dest,
+                    name.to_string_lossy()
+                ));
             }
         }
     }
@@ -435,6 +570,47 @@ pub fn to_host(items: &[Item], src: Option<&Volume>, progress: &mut Progress) ->
         set_host_meta(&f, meta).map_err(|e| fail!("{dest}: {e}"))?;
     }
     Ok(())
+}
+
+/// Copies `data` into `out`, leaving holes where whole aligned blocks are zero.
+fn write_sparse(out: &File, data: &mut dyn Read, progress: &mut Progress) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = crate::volume::read_full(data, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        for (i, block) in buf[..n].chunks(HOLE_GRAIN).enumerate() {
+            if block.iter().any(|&b| b != 0) {
+                out.write_all_at(block, offset + (i * HOLE_GRAIN) as u64)?;
+            }
+        }
+        offset += n as u64;
+        progress.advance(n as u64);
+    }
+    out.set_len(offset)
+}
+
+/// Creates a fifo, socket or device node on the host.
+fn make_host_node(dest: &Path, kind: FileKind, perm: u32, rdev: u32) -> rustix::io::Result<()> {
+    use rustix::fs::FileType;
+    let file_type = match kind {
+        FileKind::Fifo => FileType::Fifo,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharacterDevice,
+        _ => FileType::BlockDevice,
+    };
+    let major = (rdev & 0xfff00) >> 8;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dest,
+        file_type,
+        rustix::fs::Mode::from_raw_mode(perm),
+        rustix::fs::makedev(major, minor),
+    )
 }
 
 fn set_host_meta(f: &File, meta: &Meta) -> std::io::Result<()> {

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message)) => {
-            eprintln!("vuimg: {message}");
+            eprintln!("vuimg: {}", util::without_os_error_codes(&message));
             ExitCode::from(1)
         }
     }

@@ -21,7 +21,7 @@ pub fn quiet() -> bool {
 /// Prints an informational line on stderr unless `--quiet`.
 pub fn note(message: &str) {
     if !quiet() {
-        eprintln!("vuimg: {message}");
+        eprintln!("vuimg: {}", crate::util::without_os_error_codes(message));
     }
 }
 

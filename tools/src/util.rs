@@ -22,6 +22,26 @@ macro_rules! fail {
     ($($arg:tt)*) => { $crate::util::Failure(format!($($arg)*)) };
 }
 
+/// `message` without the " (os error N)" that Rust's I/O errors append: the text before it
+/// already names the error, as the C tools print it.
+pub fn without_os_error_codes(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(" (os error ") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + " (os error ".len()..];
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && tail[digits..].starts_with(')') {
+            rest = &tail[digits + 1..];
+        } else {
+            out.push_str(" (os error ");
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Parses a byte size: a number with an optional K/M/G/T suffix; bare numbers are bytes.
 pub fn parse_bytes(text: &str) -> Outcome<u64> {
     let text = text.trim();
@@ -88,5 +108,22 @@ impl IdSource {
     pub fn uuid(&mut self) -> uuid::Uuid {
         let value = (self.next_u64() as u128) << 64 | self.next_u64() as u128;
         uuid::Builder::from_random_bytes(value.to_be_bytes()).into_uuid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_os_error_codes;
+
+    #[test]
+    fn os_error_codes_are_dropped_and_other_text_kept() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let message = format!("a.img: {io}; b: {io}");
+        assert_eq!(
+            without_os_error_codes(&message),
+            "a.img: No such file or directory; b: No such file or directory"
+        );
+        assert_eq!(without_os_error_codes("x (os error )"), "x (os error )");
+        assert_eq!(without_os_error_codes("x (os error 5"), "x (os error 5");
     }
 }

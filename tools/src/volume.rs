@@ -6,11 +6,12 @@ use crate::fail;
 use crate::util::{Failure, Outcome};
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use vudev::BlockDevice;
 use vufuse_api::resolver::PathResolver;
-use vufuse_api::{Attr, Context, Errno, FileKind, FileSystem, Ino, SetAttr, SetTime, StatFs};
+use vufuse_api::{Attr, Context, Errno, Fh, FileKind, FileSystem, Ino, SetAttr, SetTime, StatFs};
 use vufuse_ext::{looks_like_ext, ExtFs, ExtOptions};
 use vufuse_fat::{looks_like_fat, FatFs, FatOptions};
 
@@ -36,6 +37,16 @@ impl FsKind {
         self == FsKind::Ext
     }
 
+    /// True where a file can have several names (ext).
+    pub fn has_hard_links(self) -> bool {
+        self == FsKind::Ext
+    }
+
+    /// True where the format has fifos, sockets and device nodes (ext).
+    pub fn has_special_files(self) -> bool {
+        self == FsKind::Ext
+    }
+
     /// Its name in messages.
     pub fn name(self) -> &'static str {
         match self {
@@ -45,6 +56,9 @@ impl FsKind {
         }
     }
 }
+
+/// An extended attribute: name (with its namespace, "user.x") and value.
+pub type Xattr = (Vec<u8>, Vec<u8>);
 
 /// What is kept of a file besides its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -396,6 +410,12 @@ impl Volume {
         };
         self.touch(parent);
         self.touch(ino);
+        // Holes where the format has them: whole zero blocks are not written (as mkfs.ext4 -d).
+        let grain = match self.kind {
+            FsKind::Ext => Some(self.statfs()?.block_size.max(512) as usize),
+            _ => None,
+        };
+        let sparse = grain.is_some();
         let mut buf = vec![0u8; 1 << 20];
         let mut offset = 0u64;
         let outcome = (|| -> Outcome {
@@ -404,21 +424,27 @@ impl Volume {
                 if n == 0 {
                     return Ok(());
                 }
-                let mut done = 0;
-                while done < n {
-                    let w = self
-                        .fs
-                        .write(&self.ctx, ino, fh, offset, &buf[done..n])
-                        .map_err(|e| self.err(shown, e))?;
-                    if w == 0 {
-                        return Err(self.err(shown, Errno::ENOSPC));
-                    }
-                    done += w;
-                    offset += w as u64;
+                for run in data_runs(&buf[..n], grain) {
+                    self.write_all(ino, fh, offset + run.start as u64, &buf[run], shown)?;
                 }
+                offset += n as u64;
                 progress(n as u64);
             }
-        })();
+        })()
+        .and_then(|()| {
+            // A file that ends in a hole: its size from the last byte read.
+            let set = SetAttr {
+                size: Some(offset),
+                fh: Some(fh),
+                ..Default::default()
+            };
+            let ends_in_hole = sparse && offset > 0;
+            match ends_in_hole {
+                true => self.fs.setattr(&self.ctx, ino, &set).map(drop),
+                false => Ok(()),
+            }
+            .map_err(|e| self.err(shown, e))
+        });
         let released = self.fs.release(&self.ctx, ino, fh);
         outcome?;
         released.map_err(|e| self.err(shown, e))?;
@@ -428,9 +454,79 @@ impl Volume {
         Ok(ino)
     }
 
-    /// Creates a symbolic link (ext only; FAT has none).
+    /// Removes a non-directory `name` from `parent` if it exists, so that a copy replaces it.
+    fn clear_name(&self, parent: Ino, name: &OsStr, shown: &str) -> Outcome {
+        match self.lookup(parent, name).map_err(|e| self.err(shown, e))? {
+            Some(a) if a.kind == FileKind::Dir => Err(self.err(shown, Errno::EISDIR)),
+            Some(_) => self.remove(parent, name, false, shown),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates a fifo, socket or device node (ext only), replacing a file of that name.
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        kind: FileKind,
+        perm: u32,
+        rdev: u32,
+        shown: &str,
+    ) -> Outcome<Ino> {
+        self.clear_name(parent, name, shown)?;
+        let entry = self
+            .fs
+            .mknod(&self.ctx, parent, name, kind.mode_bits() | perm, rdev)
+            .map_err(|e| self.err(shown, e))?;
+        self.touch(parent);
+        self.touch(entry.attr.ino);
+        Ok(entry.attr.ino)
+    }
+
+    /// Gives file `ino` the further name `name` in `parent` (a hard link), replacing a file of
+    /// that name.
+    pub fn link(&self, ino: Ino, parent: Ino, name: &OsStr, shown: &str) -> Outcome {
+        self.clear_name(parent, name, shown)?;
+        self.fs
+            .link(&self.ctx, ino, parent, name)
+            .map_err(|e| self.err(shown, e))?;
+        self.touch(parent);
+        self.touch(ino);
+        Ok(())
+    }
+
+    /// The extended attributes of `ino` (none on formats without them).
+    pub fn xattrs(&self, ino: Ino) -> Result<Vec<Xattr>, Errno> {
+        if !self.kind.keeps_modes() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for name in self.fs.listxattr(&self.ctx, ino)? {
+            let value = self.fs.getxattr(&self.ctx, ino, OsStr::from_bytes(&name))?;
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+
+    /// Sets extended attributes on `ino` (ext).
+    pub fn set_xattrs(&self, ino: Ino, xattrs: &[Xattr], shown: &str) -> Outcome {
+        for (name, value) in xattrs {
+            self.fs
+                .setxattr(&self.ctx, ino, OsStr::from_bytes(name), value, 0)
+                .map_err(|e| {
+                    fail!(
+                        "{}:{shown}: extended attribute {}: {e}",
+                        self.name,
+                        String::from_utf8_lossy(name)
+                    )
+                })?;
+        }
+        self.touch(ino);
+        Ok(())
+    }
+
+    /// Creates a symbolic link (ext only; FAT has none), replacing a file of that name.
     pub fn symlink(&self, parent: Ino, name: &OsStr, target: &[u8], shown: &str) -> Outcome<Ino> {
-        use std::os::unix::ffi::OsStrExt;
         if !self.kind.has_symlinks() {
             return Err(fail!(
                 "{}:{shown}: {} has no symbolic links",
@@ -439,6 +535,7 @@ impl Volume {
             ));
         }
         let target = std::path::Path::new(OsStr::from_bytes(target));
+        self.clear_name(parent, name, shown)?;
         let entry = self
             .fs
             .symlink(&self.ctx, parent, name, target)
@@ -446,6 +543,23 @@ impl Volume {
         self.touch(parent);
         self.touch(entry.attr.ino);
         Ok(entry.attr.ino)
+    }
+
+    /// Writes all of `data` at `offset` of open file `ino`.
+    fn write_all(&self, ino: Ino, fh: Fh, mut offset: u64, data: &[u8], shown: &str) -> Outcome {
+        let mut done = 0;
+        while done < data.len() {
+            let w = self
+                .fs
+                .write(&self.ctx, ino, fh, offset, &data[done..])
+                .map_err(|e| self.err(shown, e))?;
+            if w == 0 {
+                return Err(self.err(shown, Errno::ENOSPC));
+            }
+            done += w;
+            offset += w as u64;
+        }
+        Ok(())
     }
 
     /// Applies times (and, where the format keeps them, mode and owner).
@@ -513,6 +627,27 @@ impl Volume {
         self.touch(new_parent);
         Ok(())
     }
+}
+
+/// The byte ranges of `buf` (which starts on a block boundary) to write: all of it, or with
+/// a `grain` (the volume's block size) only the blocks that are not all zeros, adjacent ones
+/// merged, so that zero blocks stay holes.
+fn data_runs(buf: &[u8], grain: Option<usize>) -> Vec<std::ops::Range<usize>> {
+    let Some(grain) = grain else {
+        return std::iter::once(0..buf.len()).collect();
+    };
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, block) in buf.chunks(grain).enumerate() {
+        if block.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let (start, end) = (i * grain, i * grain + block.len());
+        match runs.last_mut() {
+            Some(last) if last.end == start => last.end = end,
+            _ => runs.push(start..end),
+        }
+    }
+    runs
 }
 
 /// Reads until `buf` is full or the end.

@@ -336,6 +336,8 @@ fn plan_content(c: &Content, base: &Path, items: &mut Vec<Item>) -> Outcome {
                     mtime: now,
                     atime: now,
                 },
+                link: None,
+                xattrs: Vec::new(),
             });
         }
         _ => {

@@ -660,12 +660,29 @@ typedef int (*vx_xattr_cb)(void *ctx, const char *name, const void *value, size_
 struct vx_xiter {
 	vx_xattr_cb cb;
 	void *ctx;
+	struct ext2_xattr_handle *h;
 };
 
+static int vx_is_acl(const char *name)
+{
+	return !strcmp(name, "system.posix_acl_access") || !strcmp(name, "system.posix_acl_default");
+}
+
+/* The iterator hands out values as stored; ACLs are stored in ext4's short form, so those
+ * go through ext2fs_xattr_get, which gives them in the kernel's xattr form (as getfacl and
+ * setxattr(2) use), the form setxattr takes them in. */
 static int vx_xattr_iter(char *name, char *value, size_t value_len, void *data)
 {
 	struct vx_xiter *it = data;
-	return it->cb(it->ctx, name, value, value_len) ? XATTR_ABORT : 0;
+	if (!vx_is_acl(name))
+		return it->cb(it->ctx, name, value, value_len) ? XATTR_ABORT : 0;
+	void *acl = NULL;
+	size_t acl_len = 0;
+	if (ext2fs_xattr_get(it->h, name, &acl, &acl_len))
+		return XATTR_ABORT;
+	int stop = it->cb(it->ctx, name, acl, acl_len);
+	ext2fs_free_mem(&acl);
+	return stop ? XATTR_ABORT : 0;
 }
 
 /* Calls cb with every extended attribute of ino (names as the kernel shows them). */
@@ -677,7 +694,7 @@ int vx_xattrs(ext2_filsys fs, uint32_t ino, vx_xattr_cb cb, void *ctx)
 		return vx_errno(err);
 	err = ext2fs_xattrs_read(h);
 	if (!err) {
-		struct vx_xiter it = { cb, ctx };
+		struct vx_xiter it = { cb, ctx, h };
 		err = ext2fs_xattrs_iterate(h, vx_xattr_iter, &it);
 	}
 	ext2fs_xattrs_close(&h);
