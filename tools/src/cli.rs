@@ -347,6 +347,9 @@ pub enum PartCommand {
         number: u32,
         /// New size or `max`.
         size: String,
+        /// Shrink even below the filesystem the partition holds (cutting it off).
+        #[arg(long)]
+        force: bool,
     },
     /// Change type, name or bootable flag of partition NUMBER.
     Set {

@@ -10,6 +10,7 @@ mod cli;
 mod copy;
 mod files;
 mod format;
+mod fs_extent;
 mod image_lock;
 mod images;
 mod part_cmd;

@@ -40,6 +40,41 @@ impl std::ops::Deref for Disk {
 }
 
 /// The partition table of an image, warnings printed.
+/// Fails if partition `number` holds a filesystem longer than `sectors`: shrinking it would
+/// cut the filesystem off (`--force` does it anyway).
+fn refuse_cutting_a_filesystem(
+    dev: &Disk,
+    table: &PartitionTable,
+    number: u32,
+    sectors: u64,
+) -> Result<(), Failure> {
+    let Some(p) = table.partitions.iter().find(|p| p.number == number) else {
+        return Ok(()); // resize names the missing partition itself
+    };
+    let unit = table.sector_size as u64;
+    let (start, len) = (p.start * unit, p.sectors * unit);
+    let Some(fs) = crate::fs_extent::filesystem_extent(dev.device.clone(), start, len) else {
+        return Ok(());
+    };
+    let new_bytes = sectors * unit;
+    if new_bytes >= fs.bytes {
+        return Ok(());
+    }
+    Err(Failure(format!(
+        "{}: partition {number} holds {} of {}; {} would cut it off (shrink the filesystem \
+         first{}, or use --force); the table is unchanged",
+        dev.path().display(),
+        fs.kind,
+        crate::util::human(fs.bytes),
+        crate::util::human(new_bytes),
+        if fs.kind.starts_with("ext") {
+            " with resize2fs"
+        } else {
+            ""
+        }
+    )))
+}
+
 pub fn read_table(dev: &Disk) -> Result<PartitionTable, Failure> {
     let table = part::probe(&**dev)
         .map_err(|e| Failure(format!("{}: {e}", dev.path().display())))?
@@ -144,6 +179,7 @@ pub fn part_command(cmd: PartCommand) -> Outcome {
             image,
             number,
             size,
+            force,
         } => {
             let dev = open_rw(&image)?;
             let mut table = read_table(&dev)?;
@@ -151,6 +187,9 @@ pub fn part_command(cmd: PartCommand) -> Outcome {
                 table.grow_to_fill(number)?;
             } else {
                 let sectors = sectors_of(&table, &size)?;
+                if !force {
+                    refuse_cutting_a_filesystem(&dev, &table, number, sectors)?;
+                }
                 table.resize(number, sectors)?;
             }
             part::write(&*dev, &table)?;

@@ -275,3 +275,38 @@ fn ext_format_of_a_vm_image_is_refused_not_done_raw() {
     let (clean, text) = tool("qemu-img", &["check", s(&qcow)]);
     assert!(clean, "{text}");
 }
+
+#[test]
+fn resize_refuses_to_cut_off_a_filesystem_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("r.img");
+    ok(&["create", s(&img), "256M"]);
+    ok(&["part", "new", s(&img), "gpt"]);
+    ok(&["part", "add", s(&img), "linux", "--size", "100M"]);
+    ok(&["part", "add", s(&img), "fat32", "--size", "64M"]);
+    ok(&["part", "add", s(&img), "linux", "--size", "64M"]);
+    ok(&["-q", "format", &format!("{}@1", s(&img)), "ext4"]);
+    ok(&["-q", "format", &format!("{}@2", s(&img)), "fat32"]);
+    ok(&["-q", "format", &format!("{}@3", s(&img)), "exfat"]);
+    let before = std::fs::read(&img).unwrap();
+    for (n, size, kind) in [
+        (1, "50M", "ext4 of 100M"),
+        (2, "32M", "FAT32"),
+        (3, "8M", "exFAT"),
+    ] {
+        fails(&["part", "resize", s(&img), &n.to_string(), size], 1, kind);
+    }
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "a refused resize changed the image"
+    );
+    // Growing, and shrinking a partition to what its filesystem spans, are fine.
+    ok(&["part", "resize", s(&img), "3", "max"]);
+    ok(&["part", "resize", s(&img), "3", "64M"]);
+    ok(&["part", "resize", s(&img), "2", "32M", "--force"]);
+    let listed = ok(&["part", "list", s(&img), "--json"]);
+    assert!(
+        listed.contains("65536"),
+        "partition 2 is 32 MiB now: {listed}"
+    );
+}
