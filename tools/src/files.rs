@@ -409,6 +409,7 @@ pub fn format(args: &crate::cli::FormatArgs) -> Outcome {
         epoch,
         serial: ids.as_mut().map(|i| i.next_u64() as u32),
         uuid: ids.as_mut().map(|i| i.uuid()),
+        features: Vec::new(),
     };
     let dev = address::open_device(&image, partition.as_deref(), false)?;
     let start: u64 = dev_start(&image, partition.as_deref())?.unwrap_or_default();

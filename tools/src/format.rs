@@ -86,6 +86,8 @@ pub struct FormatRequest {
     pub serial: Option<u32>,
     /// ext filesystem UUID (also the directory hash seed).
     pub uuid: Option<uuid::Uuid>,
+    /// mke2fs features to turn on or (with a leading ^) off.
+    pub features: Vec<String>,
 }
 
 /// Parses a cluster or block size ("4K", "4096").
@@ -183,6 +185,14 @@ pub fn check_ext(bytes: u64, req: &FormatRequest) -> Outcome<()> {
     if bytes < 1 << 20 {
         return Err(fail!("{bytes} bytes is too small for an ext filesystem"));
     }
+    for f in &req.features {
+        let name = f.strip_prefix('^').unwrap_or(f);
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(fail!(
+                "ext feature {f:?} is not a mke2fs feature name (e.g. \"^metadata_csum\")"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -204,6 +214,9 @@ pub fn mke2fs_command(
     }
     if let Some(l) = &req.label {
         cmd.arg("-L").arg(l);
+    }
+    if !req.features.is_empty() {
+        cmd.arg("-O").arg(req.features.join(","));
     }
     let mut ext_opts = format!("offset={offset},root_owner=0:0,nodiscard");
     if let Some(u) = req.uuid {

@@ -14,6 +14,10 @@ use vudev::part::{NewPartition, PartType, PartitionTable};
 pub(super) struct Plan {
     /// The SPEC, as messages name it.
     pub(super) name: String,
+    /// Allocate the whole raw output (no holes).
+    pub(super) fill: bool,
+    /// Files written at fixed offsets outside the partitions.
+    pub(super) raw: Vec<super::raw::RawBlob>,
     pub(super) size: u64,
     pub(super) gpt: bool,
     pub(super) table: PartitionTable,
@@ -30,6 +34,8 @@ pub(super) struct PlannedPart {
     pub(super) fs: Option<FsType>,
     pub(super) req: FormatRequest,
     pub(super) items: Vec<Item>,
+    /// An image file whose bytes fill the partition (no filesystem made then).
+    pub(super) image: Option<std::path::PathBuf>,
 }
 
 /// Disk ids, partition GUIDs, serials and UUIDs: derived from the epoch when reproducible,
@@ -79,8 +85,12 @@ pub(super) fn plan(spec: &Spec, spec_path: &Path, epoch: Option<u64>) -> Outcome
         .map_err(|e| fail!("{name}: {what}: {}", e.0))?;
         parts.push(part);
     }
+    let raw =
+        super::raw::plan(&spec.raw, &base, &table, size).map_err(|e| fail!("{name}: {}", e.0))?;
     Ok(Plan {
         name,
+        fill: spec.fill,
+        raw,
         size,
         gpt,
         table,
@@ -152,38 +162,60 @@ fn plan_partition(
         .to_string()
     });
     let ptype = PartType::parse(&type_name, gpt).map_err(Failure)?;
+    let image = plan_image_fill(ps, base, fs.is_some())?;
     let size_spec = opt_text(&ps.size);
     let sectors = match size_spec.as_deref() {
+        // A partition filled from an image is the image's size unless told.
+        None if image.is_some() => image.as_ref().map(|(_, len)| len.div_ceil(512)),
         None | Some("rest") => None,
-        Some(s) => {
-            let b = parse_bytes(s)?;
-            if b % 512 != 0 {
-                return Err(fail!("size {s} is not a multiple of 512 bytes"));
-            }
-            Some(b / 512)
-        }
+        Some(s) => Some(sectors_of_bytes(s, "size")?),
     };
+    if let (Some((path, len)), Some(n)) = (&image, sectors) {
+        if *len > n * 512 {
+            return Err(fail!(
+                "image {} ({}) is larger than the partition",
+                path.display(),
+                crate::util::human(*len)
+            ));
+        }
+    }
     if !gpt && ps.name.is_some() {
         return Err(fail!("MBR partitions have no names (use table = \"gpt\")"));
     }
-    let number = table
-        .add(NewPartition {
-            number: None,
-            start: None,
-            sectors,
-            ptype,
-            name: ps.name.clone().unwrap_or_default(),
-            bootable: ps.bootable,
-            logical: false,
-            uuid: gpt.then(|| ids.uuid()),
-        })
-        .map_err(|e| {
-            fail!(
-                "{} does not fit in the {} image: {e}",
-                size_spec.as_deref().unwrap_or("the rest"),
-                image_size
-            )
-        })?;
+    let uuid = match &ps.uuid {
+        Some(_) if !gpt => return Err(fail!("MBR partitions have no GUIDs (use table = \"gpt\")")),
+        Some(t) => Some(parse_uuid(t, "uuid")?),
+        None => gpt.then(|| ids.uuid()),
+    };
+    let start = opt_text(&ps.offset)
+        .map(|o| sectors_of_bytes(&o, "offset"))
+        .transpose()?;
+    let align = opt_text(&ps.align)
+        .map(|a| sectors_of_bytes(&a, "align"))
+        .transpose()?;
+    if align == Some(0) {
+        return Err(fail!("align must be at least 512 bytes"));
+    }
+    let default_align = table.align;
+    table.align = align.unwrap_or(default_align);
+    let added = table.add(NewPartition {
+        number: None,
+        start,
+        sectors,
+        ptype,
+        name: ps.name.clone().unwrap_or_default(),
+        bootable: ps.bootable,
+        logical: ps.logical,
+        uuid,
+    });
+    table.align = default_align;
+    let number = added.map_err(|e| {
+        fail!(
+            "{} does not fit in the {} image: {e}",
+            size_spec.as_deref().unwrap_or("the rest"),
+            image_size
+        )
+    })?;
     let p = table.get(number).expect("just added").clone();
     let bytes = p.sectors * 512;
     let unit = match (fs, &opt_text(&ps.cluster_size), &opt_text(&ps.block_size)) {
@@ -196,13 +228,30 @@ fn plan_partition(
             ))
         }
     };
-    let serial = ids.next_u64() as u32;
+    let serial = match &ps.volume_id {
+        Some(t) => u32::from_str_radix(t.trim_start_matches("0x"), 16)
+            .map_err(|_| fail!("volume_id {t:?} is not a 32-bit hex number"))?,
+        None => ids.next_u64() as u32,
+    };
+    let fs_uuid = ps
+        .fs_uuid
+        .as_deref()
+        .map(|t| parse_uuid(t, "fs_uuid"))
+        .transpose()?;
+    let is_ext = fs.is_some_and(|f| !f.has_clusters());
+    if (fs_uuid.is_some() || !ps.features.is_empty()) && !is_ext {
+        return Err(fail!("fs_uuid and features are for ext filesystems"));
+    }
+    if ps.volume_id.is_some() && !fs.is_some_and(|f| f.has_clusters()) {
+        return Err(fail!("volume_id is for FAT and exFAT"));
+    }
     let req = FormatRequest {
         label: ps.label.clone(),
         unit,
         epoch,
         serial: Some(serial),
-        uuid: epoch.map(|_| ids.uuid()),
+        uuid: fs_uuid.or_else(|| epoch.map(|_| ids.uuid())),
+        features: ps.features.clone(),
     };
     let mut items = Vec::new();
     for c in &ps.contents {
@@ -217,7 +266,42 @@ fn plan_partition(
         fs,
         req,
         items,
+        image: image.map(|(path, _)| path),
     })
+}
+
+/// The image file a partition is filled from, with its length, if the SPEC names one.
+fn plan_image_fill(
+    ps: &PartSpec,
+    base: &Path,
+    has_fs: bool,
+) -> Outcome<Option<(std::path::PathBuf, u64)>> {
+    let Some(image) = &ps.image else {
+        return Ok(None);
+    };
+    if has_fs || !ps.contents.is_empty() {
+        return Err(fail!(
+            "image fills the partition as it is: it takes no fs or contents"
+        ));
+    }
+    let path = base.join(image);
+    let len = std::fs::metadata(&path)
+        .map_err(|e| fail!("image {}: {e}", path.display()))?
+        .len();
+    Ok(Some((path, len)))
+}
+
+/// A byte count of the SPEC (`what` names the field) in 512-byte sectors.
+fn sectors_of_bytes(text: &str, what: &str) -> Outcome<u64> {
+    let b = parse_bytes(text)?;
+    if b % 512 != 0 {
+        return Err(fail!("{what} {text} is not a multiple of 512 bytes"));
+    }
+    Ok(b / 512)
+}
+
+fn parse_uuid(text: &str, what: &str) -> Outcome<uuid::Uuid> {
+    uuid::Uuid::parse_str(text).map_err(|_| fail!("{what} {text:?} is not a UUID"))
 }
 
 /// Refuses contents that will not fit the filesystem `fs` of `bytes` (an estimate from

@@ -13,15 +13,21 @@ pub(super) fn show(plan: &Plan, output: &Path, json: bool) -> Outcome {
     }
     for p in &plan.parts {
         println!(
-            "{}: sectors {}+{} {} {} files, {}",
-            p.what,
+            "partition {}: sectors {}+{} {} {} files, {}",
+            p.number,
             p.start_sector,
             p.bytes / 512,
-            p.fs.map_or("no filesystem".to_string(), |f| format!("{f:?}")
-                .to_lowercase()),
+            match (&p.image, p.fs) {
+                (Some(i), _) => format!("from {}", i.display()),
+                (None, Some(f)) => format!("{f:?}").to_lowercase(),
+                (None, None) => "no filesystem".to_string(),
+            },
             p.items.len(),
             crate::util::human(copy::total_bytes(&p.items))
         );
+    }
+    for r in &plan.raw {
+        println!("raw {}: bytes {}+{}", r.file.display(), r.offset, r.len);
     }
     Ok(())
 }
@@ -39,6 +45,8 @@ fn as_json(plan: &Plan, output: &Path) -> serde_json::Value {
                 "fs": p.fs.map(|f| format!("{f:?}").to_lowercase()),
                 "label": p.req.label,
                 "files": p.items.len(),
+                "image": p.image.as_ref().map(|i| i.display().to_string()),
+                "uuid": plan.table.get(p.number).and_then(|t| t.uuid).map(|u| u.to_string()),
                 "bytes": copy::total_bytes(&p.items),
             })
         })
@@ -48,6 +56,12 @@ fn as_json(plan: &Plan, output: &Path) -> serde_json::Value {
         "size": plan.size,
         "table": if plan.gpt { "gpt" } else { "dos" },
         "reproducible": plan.epoch.is_some(),
+        "fill": plan.fill,
         "partitions": parts,
+        "raw": plan.raw.iter().map(|r| serde_json::json!({
+            "file": r.file.display().to_string(),
+            "offset": r.offset,
+            "bytes": r.len,
+        })).collect::<Vec<_>>(),
     })
 }

@@ -39,8 +39,22 @@ pub(super) struct Spec {
     pub(super) reproducible: bool,
     pub(super) epoch: Option<u64>,
     pub(super) output: Option<String>,
+    /// Allocate every byte of a raw output (zeros, not holes), as genimage's `fill`.
+    #[serde(default)]
+    pub(super) fill: bool,
     #[serde(default, rename = "partition")]
     pub(super) partitions: Vec<PartSpec>,
+    /// Files written at fixed offsets outside the partitions (a bootloader).
+    #[serde(default)]
+    pub(super) raw: Vec<RawSpec>,
+}
+
+/// A file written at a byte offset of the disk, outside the table and the partitions.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSpec {
+    pub(super) file: String,
+    pub(super) offset: SizeText,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +72,24 @@ pub(super) struct PartSpec {
     pub(super) block_size: Option<SizeText>,
     #[serde(default)]
     pub(super) contents: Vec<Content>,
+    /// Start of the partition, in bytes from the disk's start (else the first free aligned).
+    pub(super) offset: Option<SizeText>,
+    /// Alignment of the start when `offset` is not given (default 1M).
+    pub(super) align: Option<SizeText>,
+    /// An existing image file copied into the partition (instead of `fs` and `contents`).
+    pub(super) image: Option<String>,
+    /// GPT partition GUID.
+    pub(super) uuid: Option<String>,
+    /// Filesystem UUID (ext).
+    pub(super) fs_uuid: Option<String>,
+    /// Volume serial (FAT, exFAT), hex.
+    pub(super) volume_id: Option<String>,
+    /// mke2fs features (`-O`), e.g. ["^metadata_csum", "^has_journal"].
+    #[serde(default)]
+    pub(super) features: Vec<String>,
+    /// An MBR logical partition (needs an `extended` partition before it).
+    #[serde(default)]
+    pub(super) logical: bool,
 }
 
 #[derive(Deserialize)]

@@ -43,9 +43,13 @@ pub(super) fn write(plan: &Plan, output: &Path) -> Outcome {
             .map_err(|e| fail!("{}: {}: {}", plan.name, p.what, e.0))?;
     }
     progress.finish();
+    super::raw::write(&plan.raw, disk.as_ref()).map_err(|e| fail!("{}: {}", plan.name, e.0))?;
     disk.flush()
         .map_err(|e| fail!("{}: {e}", temp.path.display()))?;
     drop(disk);
+    if plan.fill {
+        allocate_all(&temp.path, plan.size)?;
+    }
     // A VM image output (by its extension: .qcow2, .vdi, .vmdk) is converted from the
     // finished raw build, sparsely; the temporary raw file then goes.
     match crate::images::output_format(output, None) {
@@ -67,6 +71,36 @@ pub(super) fn write(plan: &Plan, output: &Path) -> Outcome {
         }
     ));
     Ok(())
+}
+
+/// Copies the image file `image` to byte `offset` of `disk`, leaving its holes as holes.
+fn copy_image_in(image: &Path, disk: &dyn BlockDevice, offset: u64) -> Outcome {
+    let mut file = std::fs::File::open(image).map_err(|e| fail!("{}: {e}", image.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = crate::volume::read_full(&mut file, &mut buf)
+            .map_err(|e| fail!("{}: {e}", image.display()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            disk.write_all_at(&buf[..n], offset + at)
+                .map_err(|e| fail!("{}: {e}", image.display()))?;
+        }
+        at += n as u64;
+    }
+}
+
+/// Gives every byte of the raw image `path` a block on the host (zeros where it had holes),
+/// as genimage's `fill` asks.
+fn allocate_all(path: &Path, size: u64) -> Outcome {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| fail!("{}: {e}", path.display()))?;
+    rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, size)
+        .map_err(|e| fail!("{}: allocating: {e}", path.display()))
 }
 
 /// A sparse file of `size` bytes beside `output`, removed unless kept.
@@ -102,6 +136,9 @@ fn fill_partition(
     output: &Path,
     progress: &mut Progress,
 ) -> Outcome {
+    if let Some(image) = &p.image {
+        return copy_image_in(image, disk.as_ref(), p.start_sector * 512);
+    }
     let Some(fs) = p.fs else { return Ok(()) };
     let offset = p.start_sector * 512;
     let window: Arc<dyn BlockDevice> =
