@@ -199,3 +199,48 @@ fn raw_data_over_the_table_or_a_partition_and_oversized_images_are_refused() {
         assert!(!out.exists(), "{needle}: an output was written");
     }
 }
+
+#[test]
+fn a_hybrid_mbr_lists_gpt_partitions_for_mbr_only_firmware() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("h.toml"),
+        "size = \"64M\"\ntable = \"gpt\"\nhybrid_mbr = [1, 2]\n\
+         [[partition]]\nname = \"boot\"\nfs = \"fat32\"\nsize = \"34M\"\n\
+         [[partition]]\nname = \"root\"\nfs = \"ext4\"\nmbr_type = \"0x83\"\n",
+    )
+    .unwrap();
+    let img = d.join("h.img");
+    ok(&["build", "-q", s(&d.join("h.toml")), "-o", s(&img)]);
+    let (verified, text) = tool("sgdisk", &["-v", s(&img)]);
+    assert!(verified && text.contains("No problems found"), "{text}");
+    let (_, mbr) = tool("fdisk", &["-t", "dos", "-l", s(&img)]);
+    let rows: Vec<Vec<&str>> = mbr
+        .lines()
+        .filter(|l| l.starts_with(s(&img)))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // Device Start End Sectors Size Id Type
+    let by_id = |id: &str| {
+        rows.iter()
+            .find(|r| r[5] == id)
+            .unwrap_or_else(|| panic!("{mbr}"))
+    };
+    assert_eq!(by_id("c")[1..4], ["2048", "71679", "69632"]);
+    assert_eq!(by_id("83")[1], "71680");
+    assert_eq!(by_id("ee")[1..3], ["1", "2047"]);
+    // Still read as GPT: both names address partitions.
+    ok(&["ls", &format!("{}@boot:/", s(&img))]);
+    ok(&["ls", &format!("{}@root:/", s(&img))]);
+    std::fs::write(
+        d.join("bad.toml"),
+        "size = \"16M\"\ntable = \"mbr\"\nhybrid_mbr = [1]\n[[partition]]\n",
+    )
+    .unwrap();
+    fails(
+        &["build", s(&d.join("bad.toml")), "-o", s(&d.join("x.img"))],
+        1,
+        "hybrid_mbr is for",
+    );
+}

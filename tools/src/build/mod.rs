@@ -23,6 +23,7 @@ pub const SPEC_HELP: &str = r#"SPEC (TOML):
   reproducible = true        # fix ids, serials and times (also: SOURCE_DATE_EPOCH)
   epoch = 1700000000         # the fixed time (default: SOURCE_DATE_EPOCH, else 1980-01-01)
   output = "card.img"        # default output, relative to the SPEC
+  hybrid_mbr = [1]           # GPT: also list these (1-3) in the MBR (mbr_type = "0c")
   fill = true                # allocate every byte of a raw output (no holes)
   raw = [ { file = "u-boot.bin", offset = "8K" } ]   # outside the table and partitions
 

@@ -16,6 +16,8 @@ pub(super) struct Plan {
     pub(super) name: String,
     /// Allocate the whole raw output (no holes).
     pub(super) fill: bool,
+    /// GPT partitions listed in a hybrid MBR too, with their MBR types.
+    pub(super) hybrid_mbr: Vec<(u32, u8)>,
     /// Files written at fixed offsets outside the partitions.
     pub(super) raw: Vec<super::raw::RawBlob>,
     pub(super) size: u64,
@@ -87,9 +89,11 @@ pub(super) fn plan(spec: &Spec, spec_path: &Path, epoch: Option<u64>) -> Outcome
     }
     let raw =
         super::raw::plan(&spec.raw, &base, &table, size).map_err(|e| fail!("{name}: {}", e.0))?;
+    let hybrid_mbr = plan_hybrid_mbr(spec, gpt, &parts).map_err(|e| fail!("{name}: {}", e.0))?;
     Ok(Plan {
         name,
         fill: spec.fill,
+        hybrid_mbr,
         raw,
         size,
         gpt,
@@ -97,6 +101,40 @@ pub(super) fn plan(spec: &Spec, spec_path: &Path, epoch: Option<u64>) -> Outcome
         parts,
         epoch,
     })
+}
+
+/// The partitions a hybrid MBR lists, each with its MBR type: `mbr_type`, else the one its
+/// filesystem has on MBR disks.
+fn plan_hybrid_mbr(spec: &Spec, gpt: bool, parts: &[PlannedPart]) -> Outcome<Vec<(u32, u8)>> {
+    if spec.hybrid_mbr.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !gpt {
+        return Err(fail!("hybrid_mbr is for table = \"gpt\""));
+    }
+    if spec.hybrid_mbr.len() > 3 {
+        return Err(fail!("hybrid_mbr lists at most three partitions"));
+    }
+    let mut out = Vec::new();
+    for &number in &spec.hybrid_mbr {
+        let index = (number as usize).checked_sub(1);
+        let (ps, part) = index
+            .and_then(|i| spec.partitions.get(i).zip(parts.get(i)))
+            .ok_or_else(|| fail!("hybrid_mbr: no partition {number}"))?;
+        let code = match &ps.mbr_type {
+            Some(t) => u8::from_str_radix(t.trim_start_matches("0x"), 16)
+                .map_err(|_| fail!("mbr_type {t:?} is not a hex byte"))?,
+            None => match part.fs {
+                Some(FsType::Fat12) => 0x01,
+                Some(FsType::Fat16) => 0x0e,
+                Some(FsType::ExFat) => 0x07,
+                Some(f) if f.is_fat() => 0x0c,
+                _ => 0x83,
+            },
+        };
+        out.push((part.number, code));
+    }
+    Ok(out)
 }
 
 /// The image size and an empty table of the SPEC's kind.

@@ -42,6 +42,9 @@ pub(super) struct Spec {
     /// Allocate every byte of a raw output (zeros, not holes), as genimage's `fill`.
     #[serde(default)]
     pub(super) fill: bool,
+    /// GPT partitions also listed in a hybrid MBR (one to three numbers).
+    #[serde(default)]
+    pub(super) hybrid_mbr: Vec<u32>,
     #[serde(default, rename = "partition")]
     pub(super) partitions: Vec<PartSpec>,
     /// Files written at fixed offsets outside the partitions (a bootloader).
@@ -87,6 +90,8 @@ pub(super) struct PartSpec {
     /// mke2fs features (`-O`), e.g. ["^metadata_csum", "^has_journal"].
     #[serde(default)]
     pub(super) features: Vec<String>,
+    /// Its MBR type in a hybrid MBR (hex; else from its filesystem).
+    pub(super) mbr_type: Option<String>,
     /// An MBR logical partition (needs an `extended` partition before it).
     #[serde(default)]
     pub(super) logical: bool,

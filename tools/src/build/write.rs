@@ -36,6 +36,10 @@ pub(super) fn write(plan: &Plan, output: &Path) -> Outcome {
         FileDevice::open(&temp.path, false).map_err(|e| fail!("{}: {e}", temp.path.display()))?,
     );
     part::write(disk.as_ref(), &plan.table).map_err(|e| fail!("{}: {e}", output.display()))?;
+    if !plan.hybrid_mbr.is_empty() {
+        part::write_hybrid_mbr(disk.as_ref(), &plan.table, &plan.hybrid_mbr)
+            .map_err(|e| fail!("{}: {e}", output.display()))?;
+    }
     let total: u64 = plan.parts.iter().map(|p| copy::total_bytes(&p.items)).sum();
     let mut progress = Progress::new("building", total);
     for p in &plan.parts {

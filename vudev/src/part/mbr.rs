@@ -465,6 +465,75 @@ pub(super) fn write_protective(
     Ok(())
 }
 
+/// Rewrites the protective MBR of a GPT disk as a hybrid one (as gdisk's `h` does): up to
+/// three GPT partitions, given as (number, MBR type code), also listed in the MBR for
+/// firmware and systems that read only MBRs, and a 0xEE entry after them over the GPT
+/// headers (sector 1 to the sector before the first listed partition).
+pub(super) fn write_hybrid(
+    dev: &dyn BlockDevice,
+    table: &PartitionTable,
+    hybrids: &[(u32, u8)],
+) -> Result<(), TableError> {
+    if table.scheme != super::Scheme::Gpt {
+        return Err(TableError::Invalid("a hybrid MBR is for GPT disks".into()));
+    }
+    if hybrids.is_empty() || hybrids.len() > 3 {
+        return Err(TableError::Invalid(
+            "a hybrid MBR lists one to three GPT partitions".into(),
+        ));
+    }
+    let mut entries = Vec::new();
+    for &(number, code) in hybrids {
+        let p = table
+            .partitions
+            .iter()
+            .find(|p| p.number == number)
+            .ok_or_else(|| {
+                TableError::Invalid(format!("no partition {number} for the hybrid MBR"))
+            })?;
+        if code == 0 || code == PROTECTIVE_MBR_CODE || super::is_extended_code(code) {
+            return Err(TableError::Invalid(format!(
+                "MBR type {code:#04x} cannot list partition {number} in a hybrid MBR"
+            )));
+        }
+        let fits = |v: u64| u32::try_from(v).ok();
+        let (start, sectors) = fits(p.start)
+            .zip(fits(p.sectors))
+            .filter(|(s, n)| s.checked_add(*n).is_some())
+            .ok_or_else(|| {
+                TableError::Invalid(format!(
+                    "partition {number} lies beyond what an MBR can address"
+                ))
+            })?;
+        entries.push(Entry {
+            boot: 0,
+            code,
+            start,
+            sectors,
+        });
+    }
+    entries.sort_by_key(|e| e.start);
+    let first = entries[0].start;
+    let mut lba0 = read_sectors(dev, table.sector_size, 0, 1)?;
+    for slot in 0..4 {
+        Entry::default().write(&mut lba0, slot);
+    }
+    let count = entries.len();
+    for (slot, e) in entries.into_iter().enumerate() {
+        e.write(&mut lba0, slot);
+    }
+    Entry {
+        boot: 0,
+        code: PROTECTIVE_MBR_CODE,
+        start: 1,
+        sectors: first - 1,
+    }
+    .write(&mut lba0, count);
+    lba0[510..512].copy_from_slice(&SIGNATURE);
+    dev.write_all_at(&lba0[..512], 0)?;
+    Ok(())
+}
+
 /// Zeroes GPT headers (primary at LBA 1, backup at the last LBA) for both
 /// common sector sizes, so a new DOS label is not shadowed by an old GPT.
 fn erase_gpt_headers(dev: &dyn BlockDevice, _sector_size: u32) -> Result<(), TableError> {

@@ -229,6 +229,22 @@ pub fn write(dev: &dyn BlockDevice, table: &PartitionTable) -> Result<(), TableE
     Ok(())
 }
 
+/// Makes the protective MBR of GPT disk `dev` (holding `table`) a hybrid MBR that also
+/// lists `hybrids` (partition number, MBR type code; one to three), for firmware that reads
+/// only MBRs (e.g. a Raspberry Pi's boot ROM).
+pub fn write_hybrid_mbr(
+    dev: &dyn BlockDevice,
+    table: &PartitionTable,
+    hybrids: &[(u32, u8)],
+) -> Result<(), TableError> {
+    if dev.read_only() {
+        return Err(TableError::Io(Errno::EROFS));
+    }
+    mbr::write_hybrid(dev, table, hybrids)?;
+    dev.flush()?;
+    Ok(())
+}
+
 impl PartitionTable {
     /// The partition numbered `number`.
     pub fn get(&self, number: u32) -> Option<&Partition> {
