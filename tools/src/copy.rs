@@ -298,6 +298,14 @@ fn plan_image_attr(
     Ok(())
 }
 
+/// Items of a plan that are not directories (what a progress bar counts as files).
+pub fn file_count<'a>(items: impl IntoIterator<Item = &'a Item>) -> u64 {
+    items
+        .into_iter()
+        .filter(|i| i.kind != ItemKind::Dir)
+        .count() as u64
+}
+
 /// Total file bytes of a plan.
 pub fn total_bytes(items: &[Item]) -> u64 {
     let mut seen = std::collections::HashSet::new();
@@ -401,6 +409,9 @@ pub fn into_volume(
         let (parent, name) = split(&item.dest);
         let name = OsStr::new(&name);
         let second_name = item.link.and_then(|key| written.get(&key));
+        if item.kind != ItemKind::Dir {
+            progress.file_done();
+        }
         if let Some(&first) = second_name.filter(|_| dst.kind.has_hard_links()) {
             // FAT and exFAT have no links: there, each name gets its own copy.
             let parent = dst.mkdir_p(&parent, None)?;
@@ -522,6 +533,9 @@ pub fn to_host(items: &[Item], src: Option<&Volume>, progress: &mut Progress) ->
     let mut written: HashMap<LinkKey, &str> = HashMap::new();
     for item in items {
         let dest = Path::new(&item.dest);
+        if item.kind != ItemKind::Dir {
+            progress.file_done();
+        }
         if let Some(&first) = item.link.and_then(|key| written.get(&key)) {
             let _ = std::fs::remove_file(dest);
             std::fs::hard_link(first, dest).map_err(|e| fail!("{}: {e}", item.dest))?;

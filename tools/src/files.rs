@@ -258,7 +258,8 @@ pub fn cp(paths: &[String], recursive: bool) -> Outcome {
         Address::Host(_) => None,
     };
     let total = plans.iter().map(|p| copy::total_bytes(&p.0)).sum();
-    let mut progress = Progress::new("copying", total);
+    let files = plans.iter().map(|p| copy::file_count(&p.0)).sum();
+    let mut progress = Progress::with_files("copying", total, files);
     let mut result = Ok(());
     for (items, vol, same) in &plans {
         let reading = if *same { dst_rw.as_ref() } else { vol.as_ref() };

@@ -25,12 +25,15 @@ pub fn note(message: &str) {
     }
 }
 
-/// A byte-count progress bar that appears after one second.
+/// A byte-count progress bar, with a file count where the work is files, that appears
+/// after one second.
 pub struct Progress {
     bar: ProgressBar,
     started: Instant,
     wanted: bool,
     shown: bool,
+    /// Files done and in all, when counted.
+    files: Option<(u64, u64)>,
 }
 
 impl Progress {
@@ -38,7 +41,9 @@ impl Progress {
     pub fn new(what: &str, total: u64) -> Progress {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
         bar.set_style(
-            ProgressStyle::with_template("{msg} [{bar:25}] {bytes}/{total_bytes} {bytes_per_sec}")
+            ProgressStyle::with_template(
+                "{msg} {prefix}[{bar:25}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
                 .expect("valid template")
                 .progress_chars("=> "),
         );
@@ -48,6 +53,29 @@ impl Progress {
             started: Instant::now(),
             wanted: !quiet() && std::io::stderr().is_terminal(),
             shown: false,
+            files: None,
+        }
+    }
+
+    /// A bar for `total` bytes in `files` files: it shows "done/files files" too.
+    pub fn with_files(what: &str, total: u64, files: u64) -> Progress {
+        let mut progress = Progress::new(what, total);
+        progress.files = Some((0, files));
+        progress.show_files();
+        progress
+    }
+
+    /// Records one more file (or link, or node) made.
+    pub fn file_done(&mut self) {
+        if let Some((done, _)) = &mut self.files {
+            *done += 1;
+            self.show_files();
+        }
+    }
+
+    fn show_files(&self) {
+        if let Some((done, all)) = self.files {
+            self.bar.set_prefix(format!("{done}/{all} files "));
         }
     }
 
@@ -68,5 +96,23 @@ impl Progress {
     /// Removes the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+
+    #[test]
+    fn files_are_counted_beside_bytes() {
+        let mut p = Progress::with_files("copying", 100, 3);
+        assert_eq!(p.files, Some((0, 3)));
+        p.advance(40);
+        p.file_done();
+        p.file_done();
+        assert_eq!(p.files, Some((2, 3)));
+        assert_eq!(p.bar.position(), 40);
+        assert_eq!(p.bar.prefix(), "2/3 files ");
+        assert_eq!(Progress::new("x", 1).files, None);
     }
 }

@@ -41,7 +41,8 @@ pub(super) fn write(plan: &Plan, output: &Path) -> Outcome {
             .map_err(|e| fail!("{}: {e}", output.display()))?;
     }
     let total: u64 = plan.parts.iter().map(|p| copy::total_bytes(&p.items)).sum();
-    let mut progress = Progress::new("building", total);
+    let files = plan.parts.iter().map(|p| copy::file_count(&p.items)).sum();
+    let mut progress = Progress::with_files("building", total, files);
     for p in &plan.parts {
         fill_partition(plan, p, &disk, &temp.path, output, &mut progress)
             .map_err(|e| fail!("{}: {}: {}", plan.name, p.what, e.0))?;
