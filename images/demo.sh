@@ -11,7 +11,14 @@
 # with fusefatfs and listed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p vuimg -p vufuse --bin vuimg --bin fusefatfs
+echo "== build vuimg and fusefatfs (cargo build --release; a few minutes the first time on a 2-core machine)"
+# Cargo's own lines for this project's crates, so a first build shows it is moving.
+set +o pipefail
+cargo build --release -p vuimg -p vufuse --bin vuimg --bin fusefatfs 2>&1 |
+  grep --line-buffered -E '^ *(Compiling (vu|integration|testkit)|Finished|error|warning)'
+built=${PIPESTATUS[0]}
+set -o pipefail
+[ "$built" -eq 0 ] || { echo "demo: the build failed (cargo build --release -p vuimg shows why)" >&2; exit 1; }
 bin=target/release
 image=${1:-target/demo/card.img}
 mkdir -p "$(dirname "$image")"
