@@ -347,6 +347,19 @@ try:
 except FileExistsError: pass
 os.removexattr(os.path.join(m, 'b'), 'user.big')
 assert 'user.big' not in os.listxattr(os.path.join(m, 'b'))
+# O_TRUNC and truncate(2) that change the size mark mtime and ctime (pjdfstest open/00 43).
+import time
+t = os.path.join(m, 'trunc')
+open(t, 'w').write('test\n')
+old = os.stat(t)
+time.sleep(1.1)
+os.close(os.open(t, os.O_WRONLY | os.O_TRUNC))
+new = os.stat(t)
+assert new.st_size == 0 and new.st_mtime > old.st_mtime and new.st_ctime > old.st_ctime, (old, new)
+time.sleep(1.1)
+os.truncate(t, 4096)
+grown = os.stat(t)
+assert grown.st_mtime > new.st_mtime and grown.st_ctime > new.st_ctime, (new, grown)
 "#;
     testkit::run_ok("python3", &["-c", script, testkit::s(&mnt)]);
     drop(m);

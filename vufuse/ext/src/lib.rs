@@ -927,10 +927,15 @@ impl FileSystem for ExtFs {
         self.writable()?;
         let h = self.lock();
         let target = ext_ino(ino);
+        // A size change marks mtime (and ctime) as truncate(2) and O_TRUNC must, unless the
+        // caller sets mtime itself.
+        let mut resized = false;
         if let Some(size) = set.size {
-            if kind_of_mode(Self::stat(&h, target)?.mode) == FileKind::Dir {
+            let before = Self::stat(&h, target)?;
+            if kind_of_mode(before.mode) == FileKind::Dir {
                 return Err(Errno::EISDIR);
             }
+            resized = before.size != size;
             // SAFETY: h.fs is open.
             check(unsafe { vx_check_extents(h.fs, target) })?;
             // SAFETY: h.fs is open.
@@ -943,10 +948,10 @@ impl FileSystem for ExtFs {
             .atime
             .map(|t| split_time(t.resolve()))
             .unwrap_or_default();
-        let (m_s, m_ns) = set
+        let mtime = set
             .mtime
-            .map(|t| split_time(t.resolve()))
-            .unwrap_or_default();
+            .or_else(|| resized.then_some(vufuse_api::SetTime::Now));
+        let (m_s, m_ns) = mtime.map(|t| split_time(t.resolve())).unwrap_or_default();
         // SAFETY: h.fs is open; all arguments are plain values.
         let changed = check(unsafe {
             vx_setattr(
@@ -961,7 +966,7 @@ impl FileSystem for ExtFs {
                 c_int::from(set.atime.is_some()),
                 a_s,
                 a_ns,
-                c_int::from(set.mtime.is_some()),
+                c_int::from(mtime.is_some()),
                 m_s,
                 m_ns,
                 now_s,
