@@ -609,3 +609,30 @@ fn an_old_daemon_ending_leaves_a_new_mount_on_the_same_path_alone() {
     assert_eq!(names(&s.lower), vec!["only-in-other"]);
     second.unmount();
 }
+
+#[test]
+fn a_file_unlinked_while_open_still_answers_fstat_with_no_links() {
+    use std::os::unix::fs::MetadataExt;
+    need_fuse!();
+    for mode in ["bind", "cow", "mincow"] {
+        let s = Scratch::example();
+        let m = mount_vufs(&s.upper, &s.lower, &[mode]);
+        // A new file and a lower one (copied up in cow when written).
+        for name in ["fresh", "b"] {
+            let p = s.low(name);
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .unwrap();
+            std::io::Write::write_all(&mut f, b"Hello").unwrap();
+            fs::remove_file(&p).unwrap();
+            let md = f
+                .metadata()
+                .unwrap_or_else(|e| panic!("{mode}: fstat of {name}: {e}"));
+            assert_eq!(md.nlink(), 0, "{mode}: {name} unlinked while open");
+            assert!(md.len() >= 5, "{mode}: {name}");
+        }
+        m.unmount();
+    }
+}

@@ -32,6 +32,15 @@ impl VuFs {
         Ok(fd)
     }
 
+    /// An open handle of inode `ino`, if any: what still knows a file unlinked while open
+    /// when the kernel asks for its attributes without naming the handle (fstat does).
+    pub(super) fn any_handle_of(&self, ino: u64) -> Option<Arc<OwnedFd>> {
+        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        let h = handles.values().find(|h| h.ino == ino)?;
+        let fd = h.fd.read().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(fd)
+    }
+
     pub(super) fn open_file(
         &self,
         ctx: &Context,

@@ -31,13 +31,17 @@ impl FileSystem for VuFs {
         if let Ok(path) = &path {
             match self.attr_of(ino, path) {
                 Ok(a) => return Ok(a),
-                Err(e) if fh.is_none() => return Err(e),
+                Err(e) if fh.is_none() && e != Errno::ENOENT => return Err(e),
                 Err(_) => {}
             }
         }
-        // Unlinked but open: the handle still knows the file.
-        let fh = fh.ok_or(Errno::ENOENT)?;
-        let st = rustix::fs::fstat(&*self.handle(fh)?)?;
+        // Unlinked but open: the handle still knows the file (the kernel names it on reads
+        // and writes, not on fstat, so any open handle of the inode will do).
+        let fd = match fh {
+            Some(fh) => self.handle(fh)?,
+            None => self.any_handle_of(ino.0).ok_or(Errno::ENOENT)?,
+        };
+        let st = rustix::fs::fstat(&*fd)?;
         Ok(to_attr(ino.0, &st))
     }
 
