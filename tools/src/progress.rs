@@ -44,8 +44,8 @@ impl Progress {
             ProgressStyle::with_template(
                 "{msg} {prefix}[{bar:25}] {bytes}/{total_bytes} {bytes_per_sec}",
             )
-                .expect("valid template")
-                .progress_chars("=> "),
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_message(what.to_string());
         Progress {

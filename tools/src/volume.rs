@@ -136,6 +136,17 @@ fn errno_text(e: Errno) -> String {
 impl Volume {
     /// Opens the filesystem on `dev`, detecting FAT or ext.
     pub fn open(dev: Arc<dyn BlockDevice>, writable: bool, name: &str) -> Outcome<Volume> {
+        Volume::open_at(dev, writable, name, None)
+    }
+
+    /// [`Volume::open`] with a fixed `clock` for the times a driver stamps by itself (exFAT's
+    /// creation times), so a reproducible build gives the same bytes every time.
+    pub fn open_at(
+        dev: Arc<dyn BlockDevice>,
+        writable: bool,
+        name: &str,
+        clock: Option<SystemTime>,
+    ) -> Outcome<Volume> {
         let (fs, kind): (Arc<dyn FileSystem>, FsKind) =
             if vufuse_exfat::looks_like_exfat(dev.as_ref()) {
                 let opts = vufuse_exfat::ExFatOptions {
@@ -144,6 +155,7 @@ impl Volume {
                     gid: 0,
                     dmask: 0o022,
                     fmask: 0o022,
+                    clock,
                     ..vufuse_exfat::ExFatOptions::default()
                 };
                 let fs = vufuse_exfat::ExFatFs::open(dev, opts)

@@ -164,10 +164,11 @@ fn fill_partition(
         clamp: plan.epoch.map(epoch_time),
         owner: Some((0, 0)),
     };
-    let vol = Volume::open(
+    let vol = Volume::open_at(
         window.clone(),
         true,
         &format!("{}@{}", output.display(), p.number),
+        policy.clamp,
     )?;
     let filled = (|| -> Outcome {
         copy::check_fits(&vol, &p.items)?;
@@ -191,11 +192,8 @@ fn fill_partition(
     if let Some(e) = plan.epoch {
         match kind {
             FsKind::Fat => crate::repro::clamp_fat_times(window, e)?,
-            // File times are clamped by the copy; the driver's create times are not.
-            FsKind::ExFat => note(&format!(
-                "{}: exFAT creation times are the build's, not the epoch: not byte-reproducible",
-                p.what
-            )),
+            // Every time the driver stamped is the epoch (its clock), the copy clamped the rest.
+            FsKind::ExFat => {}
             FsKind::Ext => {
                 disk.flush().map_err(|e| fail!("{e}"))?;
                 crate::repro::fix_ext_times(temp, offset, &touched, e)?

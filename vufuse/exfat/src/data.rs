@@ -234,7 +234,7 @@ impl ExFatFs {
             meta.valid_len = meta.valid_len.max(end);
             meta.data_len = meta.data_len.max(end);
         }
-        touch(&mut meta);
+        touch(&mut meta, self.now());
         let mut set = set;
         set.set_meta(&meta);
         self.put_set(st, ino, set)?;
@@ -290,7 +290,7 @@ impl ExFatFs {
             return Ok(());
         }
         meta.data_len = new_size;
-        touch(&mut meta);
+        touch(&mut meta, self.now());
         st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?.extents = Some(extents);
         set.set_meta(&meta);
         self.put_set(st, ino, set)

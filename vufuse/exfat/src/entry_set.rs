@@ -69,9 +69,8 @@ pub struct FileMeta {
 }
 
 impl FileMeta {
-    /// Metadata of a new, empty file or directory.
-    pub fn new(attr: u16) -> FileMeta {
-        let now = SystemTime::now();
+    /// Metadata of a new, empty file or directory made at `now`.
+    pub fn new(attr: u16, now: SystemTime) -> FileMeta {
         FileMeta {
             attr,
             created: now,
@@ -333,7 +332,7 @@ mod tests {
             .encode_utf16()
             .collect();
         let hash = |n: &[u16]| name_hash(n);
-        let mut meta = FileMeta::new(ATTR_ARCHIVE);
+        let mut meta = FileMeta::new(ATTR_ARCHIVE, SystemTime::now());
         meta.data_len = 5_000_000_000;
         meta.valid_len = 1234;
         meta.first_cluster = 77;

@@ -93,6 +93,9 @@ pub struct ExFatOptions {
     pub fmask: u32,
     /// Parsed directories kept in memory, in estimated bytes.
     pub dir_cache_bytes: usize,
+    /// A fixed time that every timestamp the driver writes takes instead of the clock's
+    /// (creation times included), for reproducible images; `None`: the real time.
+    pub clock: Option<SystemTime>,
 }
 
 impl Default for ExFatOptions {
@@ -106,6 +109,7 @@ impl Default for ExFatOptions {
             dmask: 0o022,
             fmask: 0o022,
             dir_cache_bytes: DIR_CACHE_BYTES,
+            clock: None,
         }
     }
 }
@@ -406,6 +410,19 @@ impl ExFatFs {
         &self.geo
     }
 
+    /// The time to stamp: the fixed clock of a reproducible build, else now.
+    fn now(&self) -> SystemTime {
+        self.opts.clock.unwrap_or_else(SystemTime::now)
+    }
+
+    /// A `SetTime` as this driver's clock reads it.
+    fn resolve(&self, t: vufuse_api::SetTime) -> SystemTime {
+        match t {
+            vufuse_api::SetTime::Now => self.now(),
+            vufuse_api::SetTime::At(at) => at,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.op += 1;
@@ -502,8 +519,7 @@ fn emptied(set: &EntrySet) -> EntrySet {
     set
 }
 
-fn touch(meta: &mut FileMeta) {
-    let now = SystemTime::now();
+fn touch(meta: &mut FileMeta, now: SystemTime) {
     meta.modified = now;
     meta.accessed = now;
     meta.attr |= ATTR_ARCHIVE;

@@ -12,7 +12,7 @@ impl ExFatFs {
         let units = entry_set::check_name(name.to_str().ok_or(Errno::EINVAL)?)?;
         let dir = Self::dir_of(st, parent)?;
         let hash = entry_set::name_hash(&self.upcase.key(&units));
-        let set = EntrySet::new(&units, hash, &FileMeta::new(ATTR_ARCHIVE));
+        let set = EntrySet::new(&units, hash, &FileMeta::new(ATTR_ARCHIVE, self.now()));
         let loc = self.add_set(st, dir, &units, set)?;
         self.lookup_at(st, loc)
     }
@@ -30,7 +30,7 @@ impl ExFatFs {
         let mut extents = Extents::default();
         let contiguous = self.extend(st, &mut extents, false, 1, true)?;
         let cluster = extents.last().expect("one cluster");
-        let mut meta = FileMeta::new(ATTR_DIRECTORY);
+        let mut meta = FileMeta::new(ATTR_DIRECTORY, self.now());
         self.set_allocation(&mut meta, &extents, contiguous);
         meta.data_len = self.cs();
         meta.valid_len = self.cs();

@@ -95,10 +95,10 @@ impl FileSystem for ExFatFs {
                     }
                 }
                 if let Some(t) = set.atime {
-                    meta.accessed = t.resolve();
+                    meta.accessed = self.resolve(t);
                 }
                 if let Some(t) = set.mtime {
-                    meta.modified = t.resolve();
+                    meta.modified = self.resolve(t);
                 }
                 entry.set_meta(&meta);
                 self.put_set(&mut st, ino, entry)?;

@@ -216,6 +216,7 @@ pub fn exfat_options(options: &MountOptions) -> vufuse_exfat::ExFatOptions {
         dmask: options.dmask.or(options.umask).unwrap_or(0o022),
         fmask: options.fmask.or(options.umask).unwrap_or(0o022),
         dir_cache_bytes: vufuse_exfat::DIR_CACHE_BYTES,
+        clock: None,
     }
 }
 
