@@ -220,7 +220,9 @@ pub enum Parsed {
     Exit(u8),
 }
 
-fn command(spec: &DaemonSpec) -> Command {
+/// The clap [`Command`] of a FUSE binary, as its `--help` shows it: what the man page and
+/// shell completion generators render, without running the daemon.
+pub fn command(spec: &DaemonSpec) -> Command {
     let source_name = match spec.source {
         SourceArg::Required(name) => name,
         SourceArg::Ignored => "none",
