@@ -28,7 +28,10 @@ pub const FUSEEXT2: DaemonSpec = DaemonSpec {
     extra_options: "  part=N                   partition N of a partitioned image (Linux numbering;\n                           default: the only ext partition)\n  \
                     uid=N, gid=N             report every file as owned by user N / group N\n  \
                     umask=M                  report every file with permissions 0777 & ~M (octal)\n  \
-                    fakeroot                 act as root: new files are owned by 0:0\n",
+                    fakeroot                 act as root: new files are owned by 0:0\n  \
+                    offset=BYTES             the filesystem starts at this byte of IMAGE\n  \
+                    norecovery               never replay the journal (one that needs it: ro only)\n  \
+                    errors=continue|remount-ro|panic   what a corruption found while serving does\n",
 };
 
 /// The clap command of `fusefatfs`.

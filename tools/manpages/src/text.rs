@@ -101,6 +101,12 @@ this kind; 0 is the whole disk.",
 format=raw serves an image file as the disk it is.",
         ),
         opt(
+            "offset=BYTES",
+            "offset=1048576",
+            "The filesystem starts at this byte offset of the image and runs to its end \
+(fuse2fs's offset=); no partition table is looked for, so part= cannot be given with it.",
+        ),
+        opt(
             "nolock",
             "nolock",
             "Do not lock the image. By default a read-write mount holds an exclusive OFD lock \
@@ -186,6 +192,30 @@ const OWNERS_EXT: OptionGroup = group(
             "fakeroot",
             "Act as root: the files an ordinary user creates are owned by 0:0, and root-only \
 changes (chown) are allowed.",
+        ),
+    ],
+);
+
+const FUSE2FS_EXT: OptionGroup = group(
+    "Journal and errors (fuse2fs's)",
+    &[
+        opt(
+            "norecovery, noload",
+            "norecovery",
+            "Never replay the journal. A read-only mount of a filesystem whose journal \
+needs recovery then shows what is on the disk, without the committed transactions (by \
+default they are replayed in memory, the image untouched); read-write is refused, as the \
+kernel and fuse2fs refuse it. With a clean journal it changes nothing.",
+        ),
+        opt(
+            "errors=continue|remount-ro|panic",
+            "errors=remount-ro",
+            "What to do when an operation finds the filesystem corrupt (a checksum or \
+structure error: the operation fails with EUCLEAN, \"Structure needs cleaning\"). \
+continue (the default): only that operation fails. remount-ro: from then on every change \
+is refused with EROFS, reads go on. panic: the daemon aborts, leaving a dead mount \
+(ENOTCONN) until it is unmounted, as fuse2fs does. The superblock's own errors \
+behaviour is not read. Run e2fsck -f after unmounting.",
         ),
     ],
 );
@@ -295,6 +325,28 @@ const LIBFUSE: OptionGroup = group(
             "nonempty",
             "nonempty",
             "Accepted and ignored: mounting over a non-empty directory is allowed anyway.",
+        ),
+        opt(
+            "auto_unmount",
+            "auto_unmount",
+            "The mount goes away when the daemon dies, even by SIGKILL: a fusermount3 \
+process watches the daemon and unmounts. It brings allow_root with it (the library \
+underneath needs allow_root or allow_other for it), so a user other than root needs \
+user_allow_other in /etc/fuse.conf. Not for use inside umvu.",
+        ),
+        opt(
+            "noforget",
+            "noforget",
+            "Accepted (libfuse: never forget node IDs, for NFS export). Node IDs here are \
+the filesystem's own inode numbers, valid for the life of the mount whatever the kernel \
+forgets, so nothing changes.",
+        ),
+        opt(
+            "negative_timeout=S",
+            "negative_timeout=5",
+            "Seconds the kernel may remember that a looked-up name does not exist (a \
+lookup answered \"no such name\" is not asked again meanwhile; creating the name through \
+the mount replaces it). Default 0: every lookup of a missing name reaches the daemon.",
         ),
         opt("debug", "debug", "Same as -d."),
         opt(
@@ -477,7 +529,14 @@ errors recorded. The kernel checks permissions with default_permissions or allow
 
 IMAGE may hold a partition table: the only ext partition is used, or the one part= names.",
         mount_options: &[
-            WRITE_EXT, SOURCE_FS, OWNERS_EXT, ACCESS, KERNEL, LIBFUSE, IGNORED,
+            WRITE_EXT,
+            SOURCE_FS,
+            OWNERS_EXT,
+            FUSE2FS_EXT,
+            ACCESS,
+            KERNEL,
+            LIBFUSE,
+            IGNORED,
         ],
         sections: &[("sources", SOURCES), ("lifecycle", DAEMON_LIFECYCLE)],
         examples: &[
@@ -492,6 +551,11 @@ IMAGE may hold a partition table: the only ext partition is used, or the one par
                 "An /etc/fstab line",
             ),
             ("e2fsck -fn root.img", "Check the image after fusermount3 -u /mnt"),
+            (
+                "fuseext2 -o rw,offset=1048576,errors=remount-ro,auto_unmount disk.img /mnt",
+                "A filesystem 1 MiB into a raw disk; read-only after any corruption; unmounted \
+if the daemon dies",
+            ),
         ],
         exit_status: DAEMON_EXIT,
         files: DAEMON_FILES,

@@ -113,10 +113,30 @@ fn the_daemon_pages_list_the_options_that_matter() {
             "attr_timeout=",
             "entry_timeout=",
             "max_threads=",
+            "auto_unmount",
+            "noforget",
+            "negative_timeout=",
+            "offset=",
         ] {
             let escaped = vurs_manpages::escape(option);
             assert!(page.contains(&escaped), "{name}.1 lacks {option}");
         }
+    }
+}
+
+#[test]
+fn the_fuseext2_page_lists_the_fuse2fs_options() {
+    let dir = tempfile::tempdir().unwrap();
+    write_all(dir.path()).unwrap();
+    let page = std::fs::read_to_string(dir.path().join("man/fuseext2.1")).unwrap();
+    for option in [
+        "norecovery",
+        "errors=continue|remount",
+        "rw, rw+",
+        "fakeroot",
+    ] {
+        let escaped = vurs_manpages::escape(option);
+        assert!(page.contains(&escaped), "fuseext2.1 lacks {option}");
     }
 }
 

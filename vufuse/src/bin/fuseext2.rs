@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use vufuse::daemon::{self, DaemonSpec, Served};
+use vufuse_api::errors::OnCorruption;
 
 const SPEC: DaemonSpec = vufuse::cli::FUSEEXT2;
 
@@ -15,7 +16,9 @@ fn main() -> ExitCode {
         let source = invocation.source.as_deref().ok_or("no IMAGE given")?;
         let fs = vufuse_mount::open_ext(source, options)?;
         let label = fs.label().to_string();
-        let mut served = Served::new(Arc::new(fs));
+        // errors=remount-ro|panic: what a corruption found while serving does.
+        let fs = OnCorruption::wrap(Arc::new(fs), options.errors, SPEC.name);
+        let mut served = Served::new(fs);
         served.fsname = (!label.is_empty()).then_some(label);
         // The daemon asks the kernel for a wide read-ahead on every mount (daemon.rs).
         Ok(served)

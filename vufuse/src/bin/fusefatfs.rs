@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 use vufuse::daemon::{self, DaemonSpec, Served};
+use vufuse_api::errors::OnCorruption;
 
 const SPEC: DaemonSpec = vufuse::cli::FUSEFATFS;
 
@@ -14,7 +15,9 @@ fn main() -> ExitCode {
         let source = invocation.source.as_deref().ok_or("no IMAGE given")?;
         let volume = vufuse_mount::open_fat_family(source, options)?;
         // The volume label names the mount, as a desktop would show it.
-        let mut served = Served::new(volume.fs);
+        // errors=remount-ro|panic: what a corruption found while serving does.
+        let fs = OnCorruption::wrap(volume.fs, options.errors, SPEC.name);
+        let mut served = Served::new(fs);
         served.fsname = (!volume.label.is_empty()).then_some(volume.label);
         Ok(served)
     })

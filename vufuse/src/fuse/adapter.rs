@@ -37,6 +37,8 @@ pub struct FuseAdapter {
     caps: Capabilities,
     /// `kernel_cache`: every open keeps the kernel's pages of the file.
     kernel_cache: bool,
+    /// `negative_timeout=`: how long the kernel may remember that a looked-up name is absent.
+    negative_ttl: Option<Duration>,
     debug: bool,
     busy_poll: Option<Arc<BusyPoll>>,
     lifecycle: Arc<Lifecycle>,
@@ -103,6 +105,7 @@ impl FuseAdapter {
         FuseAdapter {
             caps: fs.capabilities(),
             kernel_cache: false,
+            negative_ttl: None,
             fs,
             debug,
             busy_poll: None,
@@ -125,6 +128,7 @@ impl FuseAdapter {
             self.caps.cache.entry_ttl = t;
         }
         self.kernel_cache = tuning.kernel_cache;
+        self.negative_ttl = tuning.negative_timeout;
         self
     }
 
@@ -287,6 +291,27 @@ fn to_file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: node ID 0 ("no such name"); the rest is ignored.
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::SpecificTime(at) => SetTime::At(at),
@@ -354,6 +379,12 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let result = self.fs.lookup(&context(req, None), Ino(parent.0), name);
+        if let (Err(Errno::ENOENT), Some(ttl)) = (&result, self.negative_ttl) {
+            // negative_timeout: an entry with node ID 0 is the kernel's negative entry,
+            // remembered for `ttl` (the name stays absent to every caller meanwhile).
+            self.trace(req, || format!("lookup({}, {name:?})", parent.0), &result);
+            return reply.entry_with_ttls(&ttl, &ttl, &negative_attr(), Generation(0));
+        }
         self.answer(
             req,
             || format!("lookup({}, {name:?})", parent.0),
