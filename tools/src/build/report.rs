@@ -8,11 +8,11 @@ use std::path::Path;
 /// Prints what `plan` would write to `output`.
 pub(super) fn show(plan: &Plan, output: &Path, json: bool) -> Outcome {
     if json {
-        println!("{}", serde_json::to_string_pretty(&as_json(plan, output))?);
+        crate::outln!("{}", serde_json::to_string_pretty(&as_json(plan, output))?)?;
         return Ok(());
     }
     for p in &plan.parts {
-        println!(
+        crate::outln!(
             "{}: sectors {}+{} {} {} files, {}",
             p.what,
             p.start_sector,
@@ -21,7 +21,7 @@ pub(super) fn show(plan: &Plan, output: &Path, json: bool) -> Outcome {
                 .to_lowercase()),
             p.items.len(),
             crate::util::human(copy::total_bytes(&p.items))
-        );
+        )?;
     }
     Ok(())
 }
