@@ -376,3 +376,57 @@ fn unknown_and_malformed_options_still_fail_loudly() {
         assert!(!is_mounted(&mnt));
     }
 }
+
+/// `-d` prints one line per request: `op(node, args) -> ok ...|ERRNO pid=N uid=N`, modes in
+/// octal, so `grep '^mkdir('` or `grep ' -> ENOENT '` find requests.
+#[test]
+fn debug_prints_one_greppable_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = ext_image(dir.path(), &[]);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(BIN)
+        .args(["-d", "-o", "rw"])
+        .arg(&img)
+        .arg(&mnt)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    testkit::wait_until_mounted(&mnt, Duration::from_secs(10));
+    let guard = MountGuard::new(&mnt);
+    sh(&format!(
+        "cd '{}' && umask 022 && mkdir d && echo hi > d/f && chmod 640 d/f && \
+         ! stat missing 2>/dev/null",
+        mnt.display()
+    ));
+    guard.unmount();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = |prefix: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?}:\n{text}"))
+            .to_string()
+    };
+    let mkdir = line("mkdir(1, \"d\", 0");
+    assert!(mkdir.contains(" -> ok ino="), "{mkdir}");
+    assert!(mkdir.contains(" mode=040755 "), "{mkdir}");
+    assert!(
+        mkdir.contains(" pid=") && mkdir.ends_with(" uid=0"),
+        "{mkdir}"
+    );
+    let create = line("create(");
+    assert!(create.contains("\"f\", 0"), "{create}");
+    assert!(create.contains(" mode=0100644 "), "{create}");
+    let setattr = line("setattr(");
+    assert!(setattr.contains("mode=0"), "{setattr}");
+    assert!(setattr.contains(" mode=0100640 "), "{setattr}");
+    let missing = line("lookup(1, \"missing\")");
+    assert!(missing.contains(" -> ENOENT pid="), "{missing}");
+    assert!(line("init").starts_with("init -> ok"));
+    assert!(line("write(").contains(" -> ok 3 bytes "), "{text}");
+    // Nothing of Rust's Debug form is left.
+    assert!(!text.contains("Ok(") && !text.contains("Errno("), "{text}");
+}

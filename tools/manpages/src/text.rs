@@ -459,13 +459,22 @@ const DAEMON_FILES: &[(&str, &str)] = &[
 
 const DAEMON_LIFECYCLE: &str = "The daemon goes to the background once the mount is live, so \
 errors before that reach the terminal and the exit status; -f keeps it in the foreground and \
--d also prints every request. It ends when the mount is unmounted (fusermount3 -u, umount) or \
-on SIGINT, SIGTERM or SIGHUP, which unmount; either way everything is written back to the \
+-d also prints every request on stderr, one line each: the opcode, its node (the parent for \
+name operations) and arguments, then -> ok with the result (ino=, mode= in octal, size=, \
+...) or the errno's name, then the caller's pid= and uid=, e.g.
+
+  mkdir(1, \"d\", 0755) -> ok ino=12 mode=040755 nlink=2 uid=0 gid=0 size=1024 pid=812 uid=0
+  lookup(1, \"x\") -> ENOENT pid=812 uid=0
+
+The daemon ends when the mount is unmounted (fusermount3 -u, umount) \
+or on SIGINT, SIGTERM or SIGHUP, which unmount; either way everything is written back to the \
 image before the process exits.
 
 The arguments may also come in the order mount.fuse3 and /etc/fstab use, NAME SOURCE \
-MOUNTPOINT -o OPTIONS, so mount -t fuse.NAME SOURCE MOUNTPOINT -o OPTIONS works once NAME is \
-on the PATH.";
+MOUNTPOINT -o OPTIONS, so mount -t fuse.NAME SOURCE MOUNTPOINT -o OPTIONS works, and \
+/etc/fstab lines of type fuse.NAME, once NAME is installed in /usr/local/bin or /usr/bin: \
+mount(8) runs its helpers (mount.fuse3, which runs NAME through /bin/sh) without the \
+caller's PATH.";
 
 const SOURCES: &str = "IMAGE is a raw image or block device, a VM image opened by its magic \
 (qcow2 v2/v3 with its backing chain, VDI, VMDK sparse/flat/streamOptimized, User-Mode Linux \

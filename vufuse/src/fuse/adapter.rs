@@ -1,6 +1,7 @@
 //! The adapter: every fuser request mapped to one [`FileSystem`] call.
 
 use super::busy_poll::BusyPoll;
+use super::trace::Summary;
 use fuser::{
     FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -140,17 +141,18 @@ impl FuseAdapter {
 
     /// Prints `op` and its result when debugging; `describe` runs only then. Every request
     /// passes here once, so it is also where busy polling learns that requests keep coming.
-    fn trace<T: Debug>(&self, req: &Request, describe: impl FnOnce() -> String, result: &T) {
+    fn trace<T: Summary>(&self, req: &Request, describe: impl FnOnce() -> String, result: &T) {
         if let Some(poll) = &self.busy_poll {
             poll.on_request();
         }
         if self.debug {
+            // One greppable line: `op(node, args) -> ok ... | ERRNO pid=N uid=N` (trace.rs).
             eprintln!(
-                "[pid {} uid {}] {} -> {:?}",
-                req.pid(),
-                req.uid(),
+                "{} -> {} pid={} uid={}",
                 describe(),
-                result
+                result.summary(),
+                req.pid(),
+                req.uid()
             );
         }
     }
@@ -160,7 +162,7 @@ impl FuseAdapter {
     }
 
     /// Traces a request's `result` and sends it: the last two steps of every callback.
-    fn answer<T: Debug, R: Answer<T>>(
+    fn answer<T: Summary, R: Answer<T>>(
         &self,
         req: &Request,
         describe: impl FnOnce() -> String,
@@ -435,7 +437,7 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self.fs.setattr(&context(req, None), Ino(ino.0), &set);
         self.answer(
             req,
-            || format!("setattr({}, {set:?})", ino.0),
+            || format!("setattr({}, {})", ino.0, super::trace::set_attr(&set)),
             result,
             reply,
         );
@@ -461,7 +463,7 @@ impl fuser::Filesystem for FuseAdapter {
             .mknod(&context(req, Some(umask)), Ino(parent.0), name, mode, rdev);
         self.answer(
             req,
-            || format!("mknod({}, {name:?}, {mode:o}, {rdev})", parent.0),
+            || format!("mknod({}, {name:?}, 0{mode:o}, {rdev})", parent.0),
             result,
             reply,
         );
@@ -481,7 +483,7 @@ impl fuser::Filesystem for FuseAdapter {
             .mkdir(&context(req, Some(umask)), Ino(parent.0), name, mode);
         self.answer(
             req,
-            || format!("mkdir({}, {name:?}, {mode:o})", parent.0),
+            || format!("mkdir({}, {name:?}, 0{mode:o})", parent.0),
             result,
             reply,
         );
@@ -580,7 +582,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let result = self.fs.open(&context(req, None), Ino(ino.0), flags.0);
-        self.trace(req, || format!("open({}, {:#o})", ino.0, flags.0), &result);
+        self.trace(req, || format!("open({}, 0{:o})", ino.0, flags.0), &result);
         match result {
             Ok(opened) => reply.opened(
                 FileHandle(opened.fh.0),
@@ -999,7 +1001,7 @@ impl fuser::Filesystem for FuseAdapter {
             .create(&context(req, Some(umask)), Ino(parent.0), name, mode, flags);
         self.trace(
             req,
-            || format!("create({}, {name:?}, {mode:o}, {flags:#o})", parent.0),
+            || format!("create({}, {name:?}, 0{mode:o}, 0{flags:o})", parent.0),
             &result,
         );
         match result {

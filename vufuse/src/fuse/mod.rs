@@ -8,6 +8,7 @@
 
 mod adapter;
 mod busy_poll;
+mod trace;
 
 pub use adapter::{FuseAdapter, Lifecycle, MAX_WRITE};
 pub use busy_poll::{BusyPoll, IDLE_AFTER};
