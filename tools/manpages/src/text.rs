@@ -337,9 +337,9 @@ user_allow_other in /etc/fuse.conf. Not for use inside umvu.",
         opt(
             "noforget",
             "noforget",
-            "Accepted (libfuse: never forget node IDs, for NFS export). Node IDs here are \
-the filesystem's own inode numbers, valid for the life of the mount whatever the kernel \
-forgets, so nothing changes.",
+            "Accepted (libfuse: never forget node IDs, for NFS export). Node IDs here stay \
+valid for the life of the mount whatever the kernel forgets (ext shows its own inode \
+numbers), so nothing changes.",
         ),
         opt(
             "negative_timeout=S",
