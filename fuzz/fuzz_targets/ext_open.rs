@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let disk = Arc::new(Ramdisk::new(4 << 20).unwrap());
     disk.write_all_at(&data[..data.len().min(4 << 20)], 0).unwrap();
     for read_only in [true, false] {
-        if let Ok(fs) = ExtFs::open(disk.clone(), ExtOptions { read_only }) {
+        if let Ok(fs) = ExtFs::open(disk.clone(), ExtOptions { read_only, norecovery: false }) {
             walk::exercise(&fs);
         }
     }

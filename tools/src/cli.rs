@@ -270,7 +270,7 @@ EXAMPLES:
         json: bool,
     },
     /// Build a whole image from a TOML SPEC.
-    #[command(after_help = crate::build::SPEC_HELP)]
+    #[command(after_help = SPEC_HELP)]
     Build {
         /// The SPEC file.
         spec: PathBuf,
@@ -424,4 +424,41 @@ pub struct FormatArgs {
     /// ext block size (1024, 2048 or 4096).
     #[arg(long)]
     pub block_size: Option<String>,
+}
+
+/// Help for `vuimg build`.
+pub const SPEC_HELP: &str = r#"SPEC (TOML):
+  size = "512M"              # image size
+  table = "mbr"              # mbr or gpt
+  id = "0x5eed0001"          # optional MBR id / GPT disk GUID
+  reproducible = true        # fix ids, serials and times (also: SOURCE_DATE_EPOCH)
+  epoch = 1700000000         # the fixed time (default: SOURCE_DATE_EPOCH, else 1980-01-01)
+  output = "card.img"        # default output, relative to the SPEC
+
+  [[partition]]
+  type = "fat32"             # by name (linux, fat32, efi, swap, ...), hex or GUID
+  size = "128M"              # or "rest" (the default): the free space left
+  name = "boot"              # GPT name (also usable as IMAGE@boot)
+  bootable = true
+  fs = "fat32"               # fat, fat12, fat16, fat32, exfat, ext2, ext4 or none
+  label = "BOOT"
+  cluster_size = "4K"        # FAT and exFAT; ext takes block_size = 4096
+  contents = [
+    { from = "sample/boot", to = "/" },        # a host directory's contents
+    { from = "kernel.img", to = "/kernel.img" },  # one file
+    { text = "hello\n", to = "/motd", mode = "0644" },  # inline text
+  ]
+
+Paths in the SPEC are relative to the SPEC's directory. ext filesystems are
+made by running mke2fs (e2fsprogs); FAT is written in process. Files are owned
+by root (0:0); times are kept (clamped to the epoch when reproducible).
+
+EXAMPLES:
+  vuimg build images/rpi.toml -o card.img
+  SOURCE_DATE_EPOCH=1700000000 vuimg build images/efi.toml -o efi.img
+  vuimg build --dry-run --json images/rpi.toml   # the plan as JSON, nothing written"#;
+
+/// The clap command of `vuimg`, for the man page and completion generator.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }

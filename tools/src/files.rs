@@ -5,10 +5,9 @@ use crate::copy::{self, Item, MetaPolicy};
 use crate::fail;
 use crate::format::{self as fmt, FormatRequest, FsType};
 use crate::progress::{note, Progress};
-use crate::util::Outcome;
+use crate::util::{write_out, Outcome};
 use crate::volume::Volume;
 use std::ffi::OsStr;
-use std::io::Write;
 use std::time::UNIX_EPOCH;
 use vufuse_api::{FileKind, Ino};
 
@@ -107,26 +106,31 @@ pub fn ls(addr: &str, long: bool, json: bool) -> Outcome {
                 v
             })
             .collect();
-        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+        write_out(
+            &mut out,
+            format_args!("{}\n", serde_json::to_string_pretty(&list)?),
+        )?;
     } else if long {
         for (name, a) in &entries {
             let when = secs(a.mtime);
             let target = link(a).map_or(String::new(), |t| format!(" -> {t}"));
-            writeln!(
-                out,
-                "{} {:>3} {:>5} {:>5} {:>12} {} {name}{target}",
-                mode_string(a.kind, a.perm),
-                a.nlink,
-                a.uid,
-                a.gid,
-                a.size,
-                iso_time(when)
+            write_out(
+                &mut out,
+                format_args!(
+                    "{} {:>3} {:>5} {:>5} {:>12} {} {name}{target}\n",
+                    mode_string(a.kind, a.perm),
+                    a.nlink,
+                    a.uid,
+                    a.gid,
+                    a.size,
+                    iso_time(when)
+                ),
             )?;
         }
     } else {
         for (name, a) in &entries {
             let slash = if a.kind == FileKind::Dir { "/" } else { "" };
-            writeln!(out, "{name}{slash}")?;
+            write_out(&mut out, format_args!("{name}{slash}\n"))?;
         }
     }
     vol.close();

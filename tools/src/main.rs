@@ -6,7 +6,6 @@
 
 mod address;
 mod build;
-mod cli;
 mod copy;
 mod files;
 mod format;
@@ -23,6 +22,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 use std::process::ExitCode;
 use util::Failure;
+use vuimg::cli;
 
 fn run(cli: Cli) -> util::Outcome {
     progress::set_quiet(cli.quiet);

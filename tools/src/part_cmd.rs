@@ -167,7 +167,7 @@ pub fn part_command(cmd: PartCommand) -> Outcome {
             };
             let number = table.add(spec)?;
             part::write(&*dev, &table)?;
-            println!("{number}");
+            crate::outln!("{number}")?;
         }
         PartCommand::Del { image, number } => {
             let dev = open_rw(&image)?;
@@ -220,12 +220,12 @@ pub fn part_command(cmd: PartCommand) -> Outcome {
             let dev = Disk::open(&image, true)?;
             let table = read_table(&dev)?;
             if json {
-                println!(
+                crate::outln!(
                     "{}",
                     serde_json::to_string_pretty(&sfdisk_json(&table, &image))?
-                );
+                )?;
             } else {
-                print_table(&table, &image);
+                print_table(&table, &image)?;
             }
         }
     }
@@ -290,21 +290,26 @@ pub fn sfdisk_json(table: &PartitionTable, image: &Path) -> serde_json::Value {
     json!({ "partitiontable": t })
 }
 
-fn print_table(table: &PartitionTable, image: &Path) {
+fn print_table(table: &PartitionTable, image: &Path) -> Outcome {
     let ss = table.sector_size as u64;
-    println!(
+    crate::outln!(
         "{}: {} table, {} sectors of {} bytes",
         image.display(),
         table.scheme.sfdisk_label(),
         table.disk_sectors,
         ss
-    );
-    println!(
+    )?;
+    crate::outln!(
         "{:>4} {:>12} {:>12} {:>10} {:>4}  {:<28} name",
-        "#", "start", "sectors", "size", "boot", "type"
-    );
+        "#",
+        "start",
+        "sectors",
+        "size",
+        "boot",
+        "type"
+    )?;
     for p in &table.partitions {
-        println!(
+        crate::outln!(
             "{:>4} {:>12} {:>12} {:>10} {:>4}  {:<28} {}",
             p.number,
             p.start,
@@ -313,6 +318,7 @@ fn print_table(table: &PartitionTable, image: &Path) {
             if p.bootable { "*" } else { "" },
             p.ptype.to_string(),
             p.name
-        );
+        )?;
     }
+    Ok(())
 }

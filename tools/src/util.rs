@@ -42,6 +42,37 @@ pub fn without_os_error_codes(message: &str) -> String {
     out
 }
 
+/// Writes to standard output. A reader that went away (`vuimg ls IMG | head`) ends vuimg at
+/// once, quietly and with status 0 (what is left to print is not wanted; an image being
+/// changed is complete before anything is printed about it); any other error is a failure.
+pub fn write_out(out: &mut dyn std::io::Write, args: std::fmt::Arguments) -> Outcome {
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(fail!("standard output: {e}")),
+    }
+}
+
+/// `println!` through [`write_out`]: evaluates to an [`Outcome`].
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::util::write_out(&mut std::io::stdout().lock(), format_args!("\n")) };
+    ($($arg:tt)*) => {
+        $crate::util::write_out(
+            &mut std::io::stdout().lock(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        )
+    };
+}
+
+/// `print!` through [`write_out`]: evaluates to an [`Outcome`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::util::write_out(&mut std::io::stdout().lock(), format_args!($($arg)*))
+    };
+}
+
 /// Parses a byte size: a number with an optional K/M/G/T suffix; bare numbers are bytes.
 pub fn parse_bytes(text: &str) -> Outcome<u64> {
     let text = text.trim();

@@ -220,7 +220,9 @@ pub enum Parsed {
     Exit(u8),
 }
 
-fn command(spec: &DaemonSpec) -> Command {
+/// The clap [`Command`] of a FUSE binary, as its `--help` shows it: what the man page and
+/// shell completion generators render, without running the daemon.
+pub fn command(spec: &DaemonSpec) -> Command {
     let source_name = match spec.source {
         SourceArg::Required(name) => name,
         SourceArg::Ignored => "none",
@@ -247,7 +249,10 @@ fn command(spec: &DaemonSpec) -> Command {
          nosuid, nodev, noexec, noatime, sync, dirsync (and their opposites)\n  \
          busy_poll, no_busy_poll  while busy, poll for requests instead of sleeping\n  \
                                   (default: on for fuseext2 and fusefatfs)\n  \
-         debug                    same as -d\n{}\n\
+         debug                    same as -d\n  \
+         auto_unmount             the mount goes away if the daemon dies (even SIGKILL)\n  \
+         negative_timeout=S       seconds the kernel may remember a missing name\n  \
+         noforget                 accepted (node IDs stay valid anyway)\n{}\n\
          The daemon goes to the background once the mount is live; end it with\n  \
          fusermount3 -u MOUNTPOINT   (or umount, or SIGTERM).\n\
          Exit status: 0 ok, 1 failure, 2 usage error.\n\

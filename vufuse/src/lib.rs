@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod daemon;
 pub mod fuse;
 

@@ -8,11 +8,11 @@ use std::path::Path;
 /// Prints what `plan` would write to `output`.
 pub(super) fn show(plan: &Plan, output: &Path, json: bool) -> Outcome {
     if json {
-        println!("{}", serde_json::to_string_pretty(&as_json(plan, output))?);
+        crate::outln!("{}", serde_json::to_string_pretty(&as_json(plan, output))?)?;
         return Ok(());
     }
     for p in &plan.parts {
-        println!(
+        crate::outln!(
             "partition {}: sectors {}+{} {} {} files, {}",
             p.number,
             p.start_sector,
@@ -24,10 +24,10 @@ pub(super) fn show(plan: &Plan, output: &Path, json: bool) -> Outcome {
             },
             p.items.len(),
             crate::util::human(copy::total_bytes(&p.items))
-        );
+        )?;
     }
     for r in &plan.raw {
-        println!("raw {}: bytes {}+{}", r.file.display(), r.offset, r.len);
+        crate::outln!("raw {}: bytes {}+{}", r.file.display(), r.offset, r.len)?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ use super::headers::{overlay_data, probe_link};
 use crate::cli::ImageFormat;
 use crate::fail;
 use crate::image_lock::{open_locked, through_format};
+use crate::images::ToFormat;
 use crate::progress::{note, Progress};
 use crate::util::{human, Outcome};
 use std::path::Path;

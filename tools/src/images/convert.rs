@@ -2,6 +2,7 @@
 //! the chosen format, writing only what is not zero, atomically.
 
 use crate::cli::ImageFormat;
+use crate::images::ToFormat;
 use crate::progress::note;
 use crate::util::{human, Outcome};
 use std::path::Path;

@@ -18,14 +18,14 @@ pub fn info(image: &Path, as_json: bool) -> Outcome {
     let info = vudev_formats::info(dev.as_ref());
     if as_json {
         let value = to_json(&info)?;
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }
     for (i, level) in info.chain().into_iter().enumerate() {
         if i > 0 {
-            println!();
+            crate::outln!()?;
         }
-        print!("{}", describe(level)?);
+        crate::out!("{}", describe(level)?)?;
     }
     Ok(())
 }

@@ -26,9 +26,15 @@ pub const CHUNK: usize = 1 << 20;
 /// Granularity of zero detection: the qcow2 cluster and VMDK grain size.
 pub const ZERO_GRAIN: usize = 64 << 10;
 
-impl ImageFormat {
+/// The formats crate's name for a command-line format (the command line lives in the
+/// library, so this is a trait here).
+pub trait ToFormat {
     /// The format of the formats crate.
-    pub fn format(self) -> Format {
+    fn format(self) -> Format;
+}
+
+impl ToFormat for ImageFormat {
+    fn format(self) -> Format {
         match self {
             ImageFormat::Raw => Format::Raw,
             ImageFormat::Qcow2 => Format::Qcow2,

@@ -12,6 +12,8 @@
 //! handle still open on a moved or deleted partition gets `EIO`, and the
 //! kernel is told to drop the names and attributes it cached.
 
+pub mod cli;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;

@@ -778,10 +778,10 @@ fn debug_mode_prints_requests_and_results() {
     run_ok("fusermount3", &["-u", s(&file)]);
     let (status, stderr) = m.wait_exit();
     assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("init -> Ok(())"), "{stderr}");
+    assert!(stderr.contains("init -> ok pid="), "{stderr}");
     assert!(stderr.contains("open(1, "), "{stderr}");
     assert!(stderr.contains("read(1, fh "), "{stderr}");
-    assert!(stderr.contains("-> Ok(4096)"), "{stderr}");
+    assert!(stderr.contains("-> ok 4096 bytes"), "{stderr}");
     assert!(stderr.contains("destroy"), "{stderr}");
 }
 

@@ -46,6 +46,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod client;
 pub mod extents;
 pub mod overlay;

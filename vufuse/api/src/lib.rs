@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod errors;
 pub mod fs;
 pub mod options;
 pub mod resolver;

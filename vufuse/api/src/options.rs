@@ -108,6 +108,16 @@ pub struct MountOptions {
     pub busy_poll: Option<bool>,
     /// Generic kernel mount flags to pass through.
     pub kernel: KernelFlags,
+    // ---- fuse2fs's source and error options (issue 15) ----
+    /// `offset=BYTES`: the filesystem starts at this byte offset of the image (fuse2fs's
+    /// `offset=`); no partition is looked for.
+    pub offset: Option<u64>,
+    /// `norecovery` (or `noload`): never replay the journal. A journal that needs recovery
+    /// is then left as it is: the mount must be read-only (as the kernel and fuse2fs do).
+    pub norecovery: bool,
+    /// `errors=continue|remount-ro|panic`: what to do when the driver finds the filesystem
+    /// corrupt during an operation. `None`: continue.
+    pub errors: Option<ErrorBehavior>,
     /// libfuse's tuning options, for the FUSE front end.
     pub fuse: FuseTuning,
     /// Messages for the user about options that were accepted but not honoured as written.
@@ -174,6 +184,26 @@ pub struct FuseTuning {
     pub kernel_cache: bool,
     /// `clone_fd`: one /dev/fuse descriptor per serving thread.
     pub clone_fd: bool,
+    // ---- second batch (issue 15) ----
+    /// `auto_unmount`: the mount goes away when the daemon dies, even by SIGKILL (a
+    /// `fusermount3` process watches the daemon).
+    pub auto_unmount: bool,
+    /// `noforget`: accepted; node IDs here stay valid for the life of the mount anyway.
+    pub noforget: bool,
+    /// `negative_timeout=S`: how long the kernel may remember that a name does not exist.
+    pub negative_timeout: Option<std::time::Duration>,
+}
+
+/// What a mount does when the driver finds the filesystem corrupt during an operation
+/// (`errors=`, as ext4 and fuse2fs take it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorBehavior {
+    /// `errors=continue`: the operation fails (EUCLEAN), the mount goes on.
+    Continue,
+    /// `errors=remount-ro`: the operation fails and every later change is refused (EROFS).
+    RemountRo,
+    /// `errors=panic`: the daemon aborts, leaving a dead mount (as fuse2fs does).
+    Panic,
 }
 
 /// The raw flags before the write policy resolves them.
@@ -225,6 +255,9 @@ impl MountOptions {
             debug: false,
             busy_poll: None,
             kernel: KernelFlags::default(),
+            offset: None,
+            norecovery: false,
+            errors: None,
             fuse: FuseTuning::default(),
             warnings: Vec::new(),
         };
@@ -390,6 +423,39 @@ impl MountOptions {
                 flag(value)?;
                 self.kernel.dirsync = true;
             }
+            // ---- libfuse and fuse2fs habits, second batch (issue 15) ----
+            "auto_unmount" => {
+                flag(value)?;
+                self.fuse.auto_unmount = true;
+            }
+            "noforget" => {
+                flag(value)?;
+                self.fuse.noforget = true;
+            }
+            "negative_timeout" => {
+                self.fuse.negative_timeout =
+                    Some(parse_seconds(&needs(value)?).map_err(|r| bad(&r))?)
+            }
+            "offset" => {
+                let text = needs(value)?;
+                if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad("needs a number of bytes"));
+                }
+                self.offset = Some(text.parse().map_err(|_| bad("too large"))?);
+            }
+            "norecovery" | "noload" => {
+                flag(value)?;
+                self.norecovery = true;
+            }
+            "errors" => {
+                self.errors = Some(match needs(value)?.as_str() {
+                    "continue" => ErrorBehavior::Continue,
+                    "remount-ro" => ErrorBehavior::RemountRo,
+                    "panic" => ErrorBehavior::Panic,
+                    _ => return Err(bad("must be continue, remount-ro or panic")),
+                })
+            }
+            // ---- end of the second batch ----
             _ if IGNORED.contains(&key) && value.is_none() => {}
             _ => return Err(bad("unknown option")),
         }
@@ -651,5 +717,30 @@ mod tests {
         assert_eq!(err("ro=1").reason, "takes no value");
         assert_eq!(err("defaults=1").reason, "unknown option");
         assert_eq!(err("nosuid=yes").option, "nosuid=yes");
+    }
+
+    #[test]
+    fn second_batch_of_libfuse_and_fuse2fs_habits() {
+        let o = fs("auto_unmount,noforget,negative_timeout=2.5");
+        assert!(o.fuse.auto_unmount && o.fuse.noforget);
+        assert_eq!(
+            o.fuse.negative_timeout,
+            Some(std::time::Duration::from_millis(2500))
+        );
+        assert_eq!(fs("offset=1048576").offset, Some(1 << 20));
+        assert!(fs("norecovery").norecovery && fs("noload").norecovery);
+        assert_eq!(fs("errors=continue").errors, Some(ErrorBehavior::Continue));
+        assert_eq!(
+            fs("errors=remount-ro").errors,
+            Some(ErrorBehavior::RemountRo)
+        );
+        assert_eq!(fs("errors=panic").errors, Some(ErrorBehavior::Panic));
+        assert_eq!(fs("").errors, None);
+        assert!(err("errors=reboot").reason.contains("remount-ro"));
+        assert_eq!(err("errors").reason, "needs a value");
+        assert!(err("offset=1M").reason.contains("bytes"));
+        assert!(err("offset=-1").reason.contains("bytes"));
+        assert_eq!(err("auto_unmount=1").reason, "takes no value");
+        assert!(err("negative_timeout=x").reason.contains("seconds"));
     }
 }

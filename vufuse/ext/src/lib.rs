@@ -159,6 +159,10 @@ struct NewName {
 pub struct ExtOptions {
     /// Refuse every change.
     pub read_only: bool,
+    /// Never replay the journal (`-o norecovery`): a read-only mount of a volume whose
+    /// journal needs recovery shows it as it is on the disk, without the committed
+    /// transactions; a read-write one is refused as always.
+    pub norecovery: bool,
 }
 
 /// The libext2fs handle and the open files; only touched under the mutex.
@@ -438,8 +442,8 @@ extern "C" fn collect_xattr(
 
 impl ExtFs {
     /// Opens the ext2/3/4 volume on `dev`. A read-only mount of a volume
-    /// whose journal needs recovery replays it in memory; a read-write one
-    /// is refused (run e2fsck), as fuse2fs does.
+    /// whose journal needs recovery replays it in memory (unless
+    /// `norecovery`); a read-write one is refused (run e2fsck), as fuse2fs does.
     pub fn open(
         dev: Arc<dyn BlockDevice>,
         opts: ExtOptions,
@@ -449,7 +453,7 @@ impl ExtFs {
             return ExtFs::open_raw(dev, false, false);
         }
         let fs = ExtFs::open_raw(dev.clone(), true, true)?;
-        if !fs.needs_recovery() {
+        if opts.norecovery || !fs.needs_recovery() {
             return Ok(fs);
         }
         let (map, block_size) = fs.journal_map().map_err(|e| MountError::Volume {

@@ -218,7 +218,14 @@ fn fresh(dir: &Path, options: &str) -> (Under, std::path::PathBuf) {
         img.display()
     ));
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&img, false).unwrap());
-    let fs = ExtFs::open(dev, ExtOptions { read_only: false }).unwrap();
+    let fs = ExtFs::open(
+        dev,
+        ExtOptions {
+            read_only: false,
+            norecovery: false,
+        },
+    )
+    .unwrap();
     let c = Context::current();
     let x = fs
         .mkdir(&c, Ino::ROOT, OsStr::new("x"), 0o755)

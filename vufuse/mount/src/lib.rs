@@ -72,12 +72,45 @@ pub fn open_device(
     probe: Probe,
 ) -> Result<Arc<dyn BlockDevice>, MountError> {
     let disk = open_disk(source, options)?;
+    if let Some(offset) = options.offset {
+        return offset_window(disk, offset, options, source);
+    }
     source::select(disk, options.partition, probe.kind, probe.looks_right).map_err(|message| {
         MountError::Partition {
             source: source.to_path_buf(),
             message,
         }
     })
+}
+
+/// `offset=BYTES` (fuse2fs's): the filesystem starts at that byte of the disk and runs to its
+/// end; no partition is looked for, so `part=` cannot be given with it.
+fn offset_window(
+    disk: Arc<dyn BlockDevice>,
+    offset: u64,
+    options: &MountOptions,
+    source: &Path,
+) -> Result<Arc<dyn BlockDevice>, MountError> {
+    let refuse = |message: String| MountError::Partition {
+        source: source.to_path_buf(),
+        message,
+    };
+    if options.partition.is_some() {
+        return Err(refuse(
+            "offset= and part= cannot be given together (offset= says where the \
+             filesystem starts)"
+                .to_string(),
+        ));
+    }
+    let size = disk.size();
+    if offset >= size {
+        return Err(refuse(format!(
+            "offset={offset} is not inside the image ({size} bytes)"
+        )));
+    }
+    vudev::Window::new(disk, offset, size - offset)
+        .map(|w| Arc::new(w) as Arc<dyn BlockDevice>)
+        .map_err(|e| refuse(format!("offset={offset}: {e}")))
 }
 
 /// True when `source` is an NBD URI (`nbd://host[:port]/export`, `nbd+unix:///export?socket=
@@ -234,6 +267,7 @@ pub fn open_ext(source: &Path, options: &MountOptions) -> Result<vufuse_ext::Ext
         device,
         ExtOptions {
             read_only: options.read_only,
+            norecovery: options.norecovery,
         },
     )
     .map_err(|e| e.at(source))?;

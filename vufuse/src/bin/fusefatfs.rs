@@ -4,19 +4,10 @@
 //! unless `-o rw+` (or `-o rw,force`).
 
 use std::process::ExitCode;
-use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
-use vufuse_api::options::WritePolicy;
+use vufuse::daemon::{self, DaemonSpec, Served};
+use vufuse_api::errors::OnCorruption;
 
-const SPEC: DaemonSpec = DaemonSpec {
-    name: "fusefatfs",
-    about: "Mounts a FAT12/16/32 or exFAT filesystem from IMAGE (an image file, a whole disk image \
-            with a partition table, or a device). READ-ONLY unless -o rw+ (or -o rw,force) \
-            is given.",
-    source: SourceArg::Required("IMAGE"),
-    mountpoint: MountpointKind::Directory,
-    write_policy: WritePolicy::ReadOnlyUnlessForced,
-    extra_options: "  part=N                   partition N of a partitioned image (Linux numbering;\n                           default: the only FAT or exFAT partition)\n  codepage=N               accepted for compatibility (names are stored as long names)\n",
-};
+const SPEC: DaemonSpec = vufuse::cli::FUSEFATFS;
 
 fn main() -> ExitCode {
     daemon::main(&SPEC, |invocation| {
@@ -24,7 +15,9 @@ fn main() -> ExitCode {
         let source = invocation.source.as_deref().ok_or("no IMAGE given")?;
         let volume = vufuse_mount::open_fat_family(source, options)?;
         // The volume label names the mount, as a desktop would show it.
-        let mut served = Served::new(volume.fs);
+        // errors=remount-ro|panic: what a corruption found while serving does.
+        let fs = OnCorruption::wrap(volume.fs, options.errors, SPEC.name);
+        let mut served = Served::new(fs);
         served.fsname = (!volume.label.is_empty()).then_some(volume.label);
         Ok(served)
     })

@@ -1,6 +1,7 @@
 //! The adapter: every fuser request mapped to one [`FileSystem`] call.
 
 use super::busy_poll::BusyPoll;
+use super::trace::Summary;
 use fuser::{
     FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -37,6 +38,8 @@ pub struct FuseAdapter {
     caps: Capabilities,
     /// `kernel_cache`: every open keeps the kernel's pages of the file.
     kernel_cache: bool,
+    /// `negative_timeout=`: how long the kernel may remember that a looked-up name is absent.
+    negative_ttl: Option<Duration>,
     debug: bool,
     busy_poll: Option<Arc<BusyPoll>>,
     lifecycle: Arc<Lifecycle>,
@@ -103,6 +106,7 @@ impl FuseAdapter {
         FuseAdapter {
             caps: fs.capabilities(),
             kernel_cache: false,
+            negative_ttl: None,
             fs,
             debug,
             busy_poll: None,
@@ -125,6 +129,7 @@ impl FuseAdapter {
             self.caps.cache.entry_ttl = t;
         }
         self.kernel_cache = tuning.kernel_cache;
+        self.negative_ttl = tuning.negative_timeout;
         self
     }
 
@@ -136,17 +141,18 @@ impl FuseAdapter {
 
     /// Prints `op` and its result when debugging; `describe` runs only then. Every request
     /// passes here once, so it is also where busy polling learns that requests keep coming.
-    fn trace<T: Debug>(&self, req: &Request, describe: impl FnOnce() -> String, result: &T) {
+    fn trace<T: Summary>(&self, req: &Request, describe: impl FnOnce() -> String, result: &T) {
         if let Some(poll) = &self.busy_poll {
             poll.on_request();
         }
         if self.debug {
+            // One greppable line: `op(node, args) -> ok ... | ERRNO pid=N uid=N` (trace.rs).
             eprintln!(
-                "[pid {} uid {}] {} -> {:?}",
-                req.pid(),
-                req.uid(),
+                "{} -> {} pid={} uid={}",
                 describe(),
-                result
+                result.summary(),
+                req.pid(),
+                req.uid()
             );
         }
     }
@@ -156,7 +162,7 @@ impl FuseAdapter {
     }
 
     /// Traces a request's `result` and sends it: the last two steps of every callback.
-    fn answer<T: Debug, R: Answer<T>>(
+    fn answer<T: Summary, R: Answer<T>>(
         &self,
         req: &Request,
         describe: impl FnOnce() -> String,
@@ -287,6 +293,27 @@ fn to_file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: node ID 0 ("no such name"); the rest is ignored.
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::SpecificTime(at) => SetTime::At(at),
@@ -354,6 +381,12 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let result = self.fs.lookup(&context(req, None), Ino(parent.0), name);
+        if let (Err(Errno::ENOENT), Some(ttl)) = (&result, self.negative_ttl) {
+            // negative_timeout: an entry with node ID 0 is the kernel's negative entry,
+            // remembered for `ttl` (the name stays absent to every caller meanwhile).
+            self.trace(req, || format!("lookup({}, {name:?})", parent.0), &result);
+            return reply.entry_with_ttls(&ttl, &ttl, &negative_attr(), Generation(0));
+        }
         self.answer(
             req,
             || format!("lookup({}, {name:?})", parent.0),
@@ -404,7 +437,7 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self.fs.setattr(&context(req, None), Ino(ino.0), &set);
         self.answer(
             req,
-            || format!("setattr({}, {set:?})", ino.0),
+            || format!("setattr({}, {})", ino.0, super::trace::set_attr(&set)),
             result,
             reply,
         );
@@ -430,7 +463,7 @@ impl fuser::Filesystem for FuseAdapter {
             .mknod(&context(req, Some(umask)), Ino(parent.0), name, mode, rdev);
         self.answer(
             req,
-            || format!("mknod({}, {name:?}, {mode:o}, {rdev})", parent.0),
+            || format!("mknod({}, {name:?}, 0{mode:o}, {rdev})", parent.0),
             result,
             reply,
         );
@@ -450,7 +483,7 @@ impl fuser::Filesystem for FuseAdapter {
             .mkdir(&context(req, Some(umask)), Ino(parent.0), name, mode);
         self.answer(
             req,
-            || format!("mkdir({}, {name:?}, {mode:o})", parent.0),
+            || format!("mkdir({}, {name:?}, 0{mode:o})", parent.0),
             result,
             reply,
         );
@@ -549,7 +582,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let result = self.fs.open(&context(req, None), Ino(ino.0), flags.0);
-        self.trace(req, || format!("open({}, {:#o})", ino.0, flags.0), &result);
+        self.trace(req, || format!("open({}, 0{:o})", ino.0, flags.0), &result);
         match result {
             Ok(opened) => reply.opened(
                 FileHandle(opened.fh.0),
@@ -968,7 +1001,7 @@ impl fuser::Filesystem for FuseAdapter {
             .create(&context(req, Some(umask)), Ino(parent.0), name, mode, flags);
         self.trace(
             req,
-            || format!("create({}, {name:?}, {mode:o}, {flags:#o})", parent.0),
+            || format!("create({}, {name:?}, 0{mode:o}, 0{flags:o})", parent.0),
             &result,
         );
         match result {

@@ -8,6 +8,7 @@
 
 mod adapter;
 mod busy_poll;
+mod trace;
 
 pub use adapter::{FuseAdapter, Lifecycle, MAX_WRITE};
 pub use busy_poll::{BusyPoll, IDLE_AFTER};
@@ -76,7 +77,6 @@ pub fn session_config(
         mount_options.push(MountOption::CUSTOM(format!("max_read={n}")));
     }
     let mut config = Config::default();
-    config.mount_options = mount_options;
     config.acl = if options.allow_other {
         SessionACL::All
     } else if options.allow_root {
@@ -84,6 +84,16 @@ pub fn session_config(
     } else {
         SessionACL::Owner
     };
+    // auto_unmount: fuser hands the mount to fusermount3, which stays and unmounts when the
+    // daemon dies; fuser wants allow_root or allow_other with it, so it brings allow_root
+    // (root may use the mount too; the same as before when root mounts).
+    if options.fuse.auto_unmount {
+        mount_options.push(MountOption::AutoUnmount);
+        if config.acl == SessionACL::Owner {
+            config.acl = SessionACL::RootAndOwner;
+        }
+    }
+    config.mount_options = mount_options;
     // One thread polls; a second one would poll too (they share the device) and take the
     // caller's core.
     config.n_threads = Some(match options.fuse.max_threads {

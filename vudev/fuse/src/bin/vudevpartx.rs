@@ -5,19 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use vudev::PartitionedDisk;
 use vudev_fuse::DevFs;
-use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
-use vufuse_api::options::WritePolicy;
+use vufuse::daemon::{self, DaemonSpec, Served};
 
-const SPEC: DaemonSpec = DaemonSpec {
-    name: "vudevpartx",
-    about: "Shows a disk image (or block device) as the file `disk` and each of its \
-            partitions as `disk1`, `disk2`, ... in MOUNTDIR. A table rewritten through \
-            `disk` (sfdisk, sgdisk) is followed when the writer closes it.",
-    source: SourceArg::Required("IMAGE"),
-    mountpoint: MountpointKind::Directory,
-    write_policy: WritePolicy::ReadWriteUnlessRo,
-    extra_options: "",
-};
+const SPEC: DaemonSpec = vudev_fuse::cli::VUDEVPARTX;
 
 fn main() -> ExitCode {
     daemon::main(&SPEC, |invocation| {

@@ -5,22 +5,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use vudev::Ramdisk;
 use vudev_fuse::DevFs;
-use vufuse::daemon::{self, DaemonSpec, MountpointKind, Served, SourceArg};
-use vufuse_api::options::WritePolicy;
+use vufuse::daemon::{self, DaemonSpec, Served};
 
 /// The size when `size=` is not given, as VUOS's vudevramdisk.
 const DEFAULT_SIZE: u64 = 32 << 20;
 
-const SPEC: DaemonSpec = DaemonSpec {
-    name: "vudevramdisk",
-    about: "Mounts a sparse in-memory disk on the regular file FILE (its contents \
-            vanish at unmount). Memory is taken only for the parts written.",
-    source: SourceArg::Ignored,
-    mountpoint: MountpointKind::RegularFile,
-    write_policy: WritePolicy::ReadWriteUnlessRo,
-    extra_options:
-        "  size=N[K|M|G|T]          ramdisk size (a bare N counts 512-byte sectors; default 32M)\n",
-};
+const SPEC: DaemonSpec = vudev_fuse::cli::VUDEVRAMDISK;
 
 fn main() -> ExitCode {
     daemon::main(&SPEC, |invocation| {

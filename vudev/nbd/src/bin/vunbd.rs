@@ -11,7 +11,7 @@
 //! the socket listens. SIGTERM or SIGINT closes every connection, flushes every export and
 //! exits 0. Exit status: 2 for usage errors, 1 for runtime failures.
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, FromArgMatches};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::fs::FileTypeExt;
@@ -21,48 +21,8 @@ use std::process::exit;
 use std::sync::Arc;
 use vudev::lock::{LockError, LockMode};
 use vudev::{BlockDevice, Errno, FileDevice, PartitionedDisk, Ramdisk};
+use vudev_nbd::cli::Cli;
 use vudev_nbd::{AllData, Export, FileAllocation, Overlay, Server, ServerOptions};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "vunbd",
-    version,
-    about = "Serve raw images, partitions of them and ramdisks over NBD",
-    after_help = "--name names the export just before it on the command line. \
-                  The first export is also the default (empty) export name."
-)]
-struct Cli {
-    /// Raw image to export; IMAGE@N exports partition N of the image's MBR or GPT.
-    #[arg(value_name = "IMAGE[@PART]")]
-    images: Vec<String>,
-    /// Export a zero-filled ramdisk of SIZE (K, M, G, T suffixes; a bare number counts sectors).
-    #[arg(long = "ramdisk", value_name = "SIZE")]
-    ramdisks: Vec<String>,
-    /// Name of the export given just before this option.
-    #[arg(long = "name", value_name = "NAME")]
-    names: Vec<String>,
-    /// Keep writes in memory (copy-on-write); images are opened read-only and left unchanged.
-    #[arg(long)]
-    snapshot: bool,
-    /// Export everything read-only.
-    #[arg(short = 'r', long)]
-    read_only: bool,
-    /// Listen on this Unix socket.
-    #[arg(long, value_name = "PATH", conflicts_with = "bind")]
-    unix: Option<PathBuf>,
-    /// Listen on ADDR[:PORT] (default 127.0.0.1:10809; other addresses only when given).
-    #[arg(long, value_name = "ADDR[:PORT]")]
-    bind: Option<String>,
-    /// Stay in the foreground (always the case; accepted for compatibility).
-    #[arg(short = 'f', long)]
-    foreground: bool,
-    /// Write the process id here once listening; removed on exit.
-    #[arg(long, value_name = "PATH")]
-    pidfile: Option<PathBuf>,
-    /// Log connects, disconnects and errors on stderr.
-    #[arg(short, long)]
-    verbose: bool,
-}
 
 fn usage(msg: impl std::fmt::Display) -> ! {
     eprintln!("vunbd: {msg}");

@@ -6,23 +6,9 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 use std::sync::Arc;
 use vufs::{open_layer, Config, Options, VuFs};
-use vufuse::daemon::{self, DaemonSpec, MountpointKind, Parsed, Served, SourceArg};
-use vufuse_api::options::WritePolicy;
+use vufuse::daemon::{self, DaemonSpec, Parsed, Served};
 
-const SPEC: DaemonSpec = DaemonSpec {
-    name: "vufs",
-    about: "Shows SOURCE at MOUNTPOINT: alone (bind), or united with the tree under \
-            MOUNTPOINT (merge, cow, mincow), as VUOS's vufs module does.",
-    source: SourceArg::Required("SOURCE"),
-    mountpoint: MountpointKind::Directory,
-    write_policy: WritePolicy::ReadWriteUnlessRo,
-    extra_options: "  bind, move               MOUNTPOINT shows SOURCE alone (default)\n  \
-merge                    union; SOURCE read-only, changes go to the lower tree\n  \
-cow                      union; every change lands in SOURCE (copy-up, whiteouts in SOURCE/.-)\n  \
-mincow                   union; change the lower tree where it permits, else SOURCE\n  \
-except=/PATH             (repeatable) the subtree shows the lower tree untouched\n  \
-nochcopy                 chmod/chown record a vstat entry instead of copying up\n",
-};
+const SPEC: DaemonSpec = vufs_fuse::SPEC;
 
 fn usage(message: &str) -> ExitCode {
     eprintln!("vufs: {message}");
