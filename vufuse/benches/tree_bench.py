@@ -97,12 +97,14 @@ REQUEST_LOG = {"path": None}
 
 
 def count_requests():
-    """Requests logged so far by the current row's daemons (0 without --requests)."""
+    """Requests logged so far by the current row's daemons (0 without --requests), but
+    FORGET."""
     path = REQUEST_LOG["path"]
     if not path or not os.path.exists(path):
         return 0
     with open(path, "rb") as f:
-        return sum(1 for line in f if line.startswith(b"[pid"))
+        # FORGET has no reply (nobody waits for it) and comes in batches: not counted.
+        return sum(1 for line in f if line.startswith(b"[pid") and b"] forget(" not in line)
 
 
 class LoggedDaemon(Daemon):
@@ -486,7 +488,7 @@ def main():
             cells.append(text)
         print(f"| {row[0]} | {cp} | " + " | ".join(cells) + " |")
     if args.requests:
-        print("\nFUSE requests per figure (this project's daemons, -d log; median of the runs)\n")
+        print("\nFUSE requests per figure but FORGET (this project's daemons, -d log; median of the runs)\n")
         print("| | " + " | ".join(KEYS) + " |")
         print("|---" * (len(KEYS) + 1) + "|")
         for name, row in plan:

@@ -174,6 +174,9 @@ pub struct FuseTuning {
     pub kernel_cache: bool,
     /// `clone_fd`: one /dev/fuse descriptor per serving thread.
     pub clone_fd: bool,
+    /// `writeback_cache` / `no_writeback_cache`: let the kernel cache writes (else the
+    /// driver's choice, `Capabilities::writeback_cache`).
+    pub writeback_cache: Option<bool>,
 }
 
 /// The raw flags before the write policy resolves them.
@@ -344,6 +347,11 @@ impl MountOptions {
             "clone_fd" => {
                 flag(value)?;
                 self.fuse.clone_fd = true;
+            }
+            // The kernel's writeback cache (issue #18).
+            "writeback_cache" | "no_writeback_cache" => {
+                flag(value)?;
+                self.fuse.writeback_cache = Some(key == "writeback_cache");
             }
             "fsname" => self.fsname = Some(needs(value)?),
             "subtype" => self.subtype = Some(needs(value)?),
