@@ -127,17 +127,18 @@ impl FuseAdapter {
     }
 
     /// Notes a new handle `fh` of `ino` and says which backing file (if any) its I/O passes
-    /// through to: the inode's existing one, or, for its first handle, the driver's host file
-    /// registered with `register` (the reply's `open_backing`). A handle the kernel must not
-    /// mix with the inode's mode gets `direct_io` instead (returned true).
+    /// through to: for the inode's first handle, the driver's host file registered with
+    /// `register` (the reply's `open_backing`); for the others, whatever the first got. The
+    /// kernel fails (EIO) an open that does not follow the inode's mode, so a later handle
+    /// follows it even when the driver offers no file of its own for it.
     fn open_io(
         &self,
         ino: u64,
         fh: Fh,
         register: impl FnOnce(&std::os::fd::OwnedFd) -> std::io::Result<fuser::BackingId>,
-    ) -> (Option<Arc<fuser::BackingId>>, bool) {
+    ) -> Option<Arc<fuser::BackingId>> {
         if !self.passthrough {
-            return (None, false);
+            return None;
         }
         let file = self.fs.backing_file(Ino(ino), fh);
         let mut files = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
@@ -153,13 +154,8 @@ impl FuseAdapter {
                     Err(_) => {}
                 }
             }
-            return (open.backing.clone(), false);
         }
-        match (&open.backing, file) {
-            // The inode passes through, this handle has no stable file: around the cache.
-            (Some(_), None) => (None, true),
-            (backing, _) => (backing.clone(), false),
-        }
+        open.backing.clone()
     }
 
     /// Forgets a handle of `ino` (release): the backing file goes with the last one.
@@ -653,11 +649,8 @@ impl fuser::Filesystem for FuseAdapter {
         self.trace(req, || format!("open({}, {:#o})", ino.0, flags.0), &result);
         match result {
             Ok(opened) => {
-                let (backing, around) = self.open_io(ino.0, opened.fh, |fd| reply.open_backing(fd));
-                let flags = fopen_flags(
-                    opened.keep_cache || self.kernel_cache,
-                    opened.direct_io || around,
-                );
+                let backing = self.open_io(ino.0, opened.fh, |fd| reply.open_backing(fd));
+                let flags = fopen_flags(opened.keep_cache || self.kernel_cache, opened.direct_io);
                 match backing {
                     Some(id) => reply.opened_passthrough(
                         FileHandle(opened.fh.0),
@@ -1086,12 +1079,9 @@ impl fuser::Filesystem for FuseAdapter {
         );
         match result {
             Ok((entry, opened)) => {
-                let (backing, around) =
+                let backing =
                     self.open_io(entry.attr.ino.0, opened.fh, |fd| reply.open_backing(fd));
-                let flags = fopen_flags(
-                    opened.keep_cache || self.kernel_cache,
-                    opened.direct_io || around,
-                );
+                let flags = fopen_flags(opened.keep_cache || self.kernel_cache, opened.direct_io);
                 let (ttl, attr) = (&self.caps.cache.entry_ttl, to_file_attr(&entry.attr));
                 let (generation, fh) = (Generation(entry.generation), FileHandle(opened.fh.0));
                 match backing {
