@@ -1115,3 +1115,111 @@ fn a_full_disk_frees_what_unlink_and_truncate_remove() {
     wait_for_daemon_exit("fuseext2", &mnt);
     e2fsck_clean(&img);
 }
+
+/// `-o writeback_cache`: the kernel caches writes and sends them late and large, and the
+/// file still behaves: O_APPEND appends at the real end, a write-only handle can change part
+/// of a page (the kernel reads the rest through it), truncate then read, mtime moves on a
+/// write and keeps what utimens set once the cache is written back; data is in the image
+/// after fsync (debugfs, still mounted) and after SIGTERM (e2fsck clean).
+#[test]
+fn the_writeback_cache_keeps_file_semantics_and_durability() {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (img, mnt, mut daemon) =
+        foreground_on_fresh_ext4(dir.path(), "wb.img", "rw+,writeback_cache");
+    let f = mnt.join("f");
+    std::fs::write(&f, "hello").unwrap();
+    let mut append = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+    append.write_all(b" world").unwrap();
+    drop(append);
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "hello world");
+    let write_only = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    write_only.write_at(b"X", 2).unwrap();
+    drop(write_only);
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "heXlo world");
+    let before = std::fs::metadata(&f).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    file.set_len(3).unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), b"heX");
+    file.set_len(6).unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), b"heX\0\0\0");
+    file.write_at(b"!", 6).unwrap();
+    assert!(std::fs::metadata(&f).unwrap().modified().unwrap() > before);
+    // utimens after a cached write: the write-back must not move mtime again.
+    sh(&format!(
+        "touch -m -d '2020-02-03 04:05:06 UTC' '{}'",
+        f.display()
+    ));
+    drop(file);
+    let mtime = || std::fs::metadata(&f).unwrap().mtime();
+    assert_eq!(mtime(), 1_580_702_706);
+    // fsync: the data is in the image now.
+    let g = mnt.join("g");
+    let mut durable = std::fs::File::create(&g).unwrap();
+    durable.write_all(b"durable after fsync").unwrap();
+    durable.sync_all().unwrap();
+    let cat = |name: &str| {
+        sh(&format!(
+            "debugfs -R 'cat /{name}' '{}' 2>/dev/null",
+            img.display()
+        ))
+    };
+    assert_eq!(cat("g"), "durable after fsync");
+    // SIGTERM while a file is open with data still in the kernel's cache: the mount is
+    // detached, the file served until it is closed, and closing writes the cache back.
+    let mut late = std::fs::File::create(mnt.join("late")).unwrap();
+    late.write_all(&vec![b'L'; 300_000]).unwrap();
+    drop(durable);
+    let pid = rustix::process::Pid::from_child(&daemon);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    wait_until("the mount is detached", Duration::from_secs(10), || {
+        !is_mounted(&mnt)
+    });
+    late.write_all(b"END").unwrap();
+    drop(late);
+    assert!(daemon.wait().unwrap().success());
+    assert!(!is_mounted(&mnt));
+    e2fsck_clean(&img);
+    assert_eq!(cat("f"), "heX\0\0\0!");
+    let late = cat("late");
+    assert_eq!(late.len(), 300_003);
+    assert!(late.ends_with("LEND"));
+    let stat = sh(&format!(
+        "debugfs -R 'stat /f' '{}' 2>/dev/null",
+        img.display()
+    ));
+    assert!(stat.contains("mtime: 0x5e379bf2"), "{stat}");
+}
+
+/// Directory listings stay in the kernel across opens (FOPEN_CACHE_DIR), and a change made
+/// through the mount drops them: a new name and a removed one show at once.
+#[test]
+fn cached_directory_listings_follow_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, mnt, mut daemon) = foreground_on_fresh_ext4(dir.path(), "dirs.img", "rw+");
+    let names = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let d = mnt.join("d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("a"), "a").unwrap();
+    assert_eq!(names(&d), ["a"]);
+    assert_eq!(names(&d), ["a"]);
+    std::fs::write(d.join("b"), "b").unwrap();
+    assert_eq!(names(&d), ["a", "b"]);
+    std::fs::remove_file(d.join("a")).unwrap();
+    assert_eq!(names(&d), ["b"]);
+    std::fs::rename(d.join("b"), mnt.join("moved")).unwrap();
+    assert!(names(&d).is_empty());
+    assert_eq!(names(&mnt), ["d", "lost+found", "moved"]);
+    testkit::unmount(&mnt);
+    assert!(daemon.wait().unwrap().success());
+    e2fsck_clean(&img);
+}

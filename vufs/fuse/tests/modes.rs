@@ -636,3 +636,108 @@ fn a_file_unlinked_while_open_still_answers_fstat_with_no_links() {
         m.unmount();
     }
 }
+
+/// Runs `vufs -d -o MODE` in the foreground with its request log in `log`, until unmounted.
+fn mount_logged(s: &Scratch, mode: &str, log: &Path) -> std::process::Child {
+    let child = std::process::Command::new(BIN)
+        .args(["-d", "-o", mode])
+        .arg(&s.upper)
+        .arg(&s.lower)
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    testkit::wait_until_mounted(&s.lower, std::time::Duration::from_secs(10));
+    child
+}
+
+/// FUSE passthrough (Linux 6.9+, CAP_SYS_ADMIN): the data of a file that cannot move while
+/// open (any file in bind, SOURCE's files in cow) is read and written by the kernel on the
+/// host file, with no READ or WRITE request; a lower file open in cow stays with the daemon
+/// (a copy-up must be able to move its readers, see the test above), and O_APPEND,
+/// truncate, mmap and sizes behave as on the host file.
+#[test]
+fn file_data_passes_through_to_host_files() {
+    need_fuse!();
+    use std::io::{Read, Write};
+    let s = Scratch::example();
+    let log = s.tmp.path().join("bind.log");
+    let mut daemon = mount_logged(&s, "bind", &log);
+    let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    fs::write(s.low("big"), &data).unwrap();
+    assert_eq!(fs::read(s.low("big")).unwrap(), data);
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(s.low("a"))
+        .unwrap();
+    f.write_all(b"appended\n").unwrap();
+    drop(f);
+    assert_eq!(read(&s.low("a")), "over a\nappended\n");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(s.low("a"))
+        .unwrap()
+        .set_len(4)
+        .unwrap();
+    let mut text = String::new();
+    fs::File::open(s.low("a"))
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(text, "over");
+    assert_eq!(fs::metadata(s.low("big")).unwrap().len(), data.len() as u64);
+    testkit::unmount(&s.lower);
+    daemon.wait().unwrap();
+    assert_eq!(fs::read(s.up("big")).unwrap(), data);
+    assert_eq!(read(&s.up("a")), "over");
+    let requests = fs::read_to_string(&log).unwrap();
+    if requests.contains("passthrough of inode") {
+        return testkit::skip(
+            "the kernel refused passthrough here (Linux < 6.9, or no CAP_SYS_ADMIN)",
+        );
+    }
+    if !requests.lines().any(|l| l.starts_with("open(")) {
+        panic!("no open in the log: {requests}");
+    }
+    let io = |what: &str| requests.lines().filter(|l| l.starts_with(what)).count();
+    // A kernel without passthrough (before 6.9) serves every read and write through the daemon.
+    if io("read(") + io("write(") > 0 {
+        let release = sh("uname -r");
+        let (major, minor) = {
+            let mut it = release
+                .trim()
+                .split(['.', '-'])
+                .map(|n| n.parse::<u32>().unwrap_or(0));
+            (it.next().unwrap_or(0), it.next().unwrap_or(0))
+        };
+        assert!(
+            (major, minor) < (6, 9),
+            "passthrough on Linux {release}, yet {} reads and {} writes reached the daemon",
+            io("read("),
+            io("write(")
+        );
+    }
+    // cow: SOURCE's file passes through, the lower file is read through the daemon.
+    let log = s.tmp.path().join("cow.log");
+    let mut daemon = mount_logged(&s, "cow", &log);
+    assert_eq!(fs::read(s.low("big")).unwrap(), data);
+    assert_eq!(read(&s.low("b")), "real b\n");
+    testkit::unmount(&s.lower);
+    daemon.wait().unwrap();
+    let requests = fs::read_to_string(&log).unwrap();
+    let reads: Vec<&str> = requests.lines().filter(|l| l.starts_with("read(")).collect();
+    assert!(
+        !reads.is_empty(),
+        "the lower file was read through the daemon"
+    );
+    let b_ino = requests
+        .lines()
+        .find(|l| l.contains("lookup(1, \"b\")"))
+        .and_then(|l| l.split(" ino=").nth(1))
+        .and_then(|t| t.split(' ').next())
+        .unwrap()
+        .to_string();
+    assert!(
+        reads.iter().all(|l| l.contains(&format!("read({b_ino},"))),
+        "only the lower file b (inode {b_ino}) is read through the daemon: {reads:?}"
+    );
+}

@@ -3,7 +3,19 @@
 use super::*;
 
 impl VuFs {
-    pub(super) fn new_handle(&self, ino: u64, flags: OFlags, fd: OwnedFd) -> Fh {
+    /// Registers an open file of `ino` on `fd`, opened in `layer` for the view's `path`.
+    pub(super) fn new_handle(
+        &self,
+        ino: u64,
+        flags: OFlags,
+        fd: OwnedFd,
+        layer: Layer,
+        path: &Path,
+    ) -> Fh {
+        // Only a lower file of a copying union can move (to SOURCE) while it is open.
+        let stable = layer == Layer::Upper
+            || self.route(path) != Route::Union
+            || !matches!(self.mode(), Mode::Cow | Mode::Mincow);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let reopen = flags & !(OFlags::CREATE | OFlags::EXCL | OFlags::TRUNC | OFlags::NOCTTY);
         self.handles
@@ -15,9 +27,25 @@ impl VuFs {
                     ino,
                     flags: reopen | OFlags::NOFOLLOW,
                     fd: RwLock::new(Arc::new(fd)),
+                    stable,
                 }),
             );
         Fh(fh)
+    }
+
+    /// The host file of handle `fh` when it cannot move while open (see [`Handle::stable`]).
+    pub(super) fn stable_handle(&self, fh: Fh) -> Option<Arc<OwnedFd>> {
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()?;
+        if !h.stable {
+            return None;
+        }
+        let fd = h.fd.read().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(fd)
     }
 
     pub(super) fn handle(&self, fh: Fh) -> Result<Arc<OwnedFd>> {

@@ -78,6 +78,9 @@ struct Handle {
     /// The open flags to re-open with after a copy-up.
     flags: OFlags,
     fd: RwLock<Arc<OwnedFd>>,
+    /// No copy-up can re-open this handle elsewhere (it is on SOURCE, or outside a union
+    /// that copies up): the kernel may do its I/O on `fd` directly (passthrough).
+    stable: bool,
 }
 
 /// A snapshot of a directory listing, taken at opendir.

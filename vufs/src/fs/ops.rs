@@ -8,8 +8,15 @@ impl FileSystem for VuFs {
     /// in union modes vufs looks up, copies up and makes names as itself, so only a check
     /// against the view's attributes (search bits, sticky directories, chown rules) is
     /// complete; bind's host calls are checked again by the host as the caller.
+    /// File data passes through to the host files where they cannot move while open
+    /// ([`FileSystem::backing_file`]): reads and writes then need no request each. `flush`
+    /// has nothing to do (host files are closed at release), so close(2) sends none.
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
+        Capabilities {
+            passthrough: true,
+            flush_is_noop: true,
+            ..Capabilities::default()
+        }
     }
 
     fn lookup(&self, _ctx: &Context, parent: Ino, name: &OsStr) -> Result<Entry> {
@@ -398,7 +405,6 @@ impl FileSystem for VuFs {
             }
             (layer, self.open_file(ctx, layer, &path, of, as_caller)?)
         };
-        let _ = layer;
         if (flags & libc::O_ACCMODE) == libc::O_RDONLY {
             // Sequential reads are the common case: a larger host readahead.
             let _ = rustix::fs::fadvise(&fd, 0, None, rustix::fs::Advice::Sequential);
@@ -416,7 +422,7 @@ impl FileSystem for VuFs {
                 None => false,
             }
         };
-        let fh = self.new_handle(ino.0, of, fd);
+        let fh = self.new_handle(ino.0, of, fd, layer, &path);
         Ok(Opened {
             fh,
             keep_cache,
@@ -454,6 +460,10 @@ impl FileSystem for VuFs {
             node.seen = None;
         }
         Ok(done)
+    }
+
+    fn backing_file(&self, _ino: Ino, fh: Fh) -> Option<Arc<OwnedFd>> {
+        self.stable_handle(fh)
     }
 
     fn release(&self, _ctx: &Context, _ino: Ino, fh: Fh) -> Result<()> {
@@ -609,7 +619,7 @@ impl FileSystem for VuFs {
             st = rustix::fs::fstat(&fd)?;
         }
         let entry = self.attach(parent, name, layer, &path, st);
-        let fh = self.new_handle(entry.attr.ino.0, of, fd);
+        let fh = self.new_handle(entry.attr.ino.0, of, fd, layer, &path);
         Ok((
             entry,
             Opened {

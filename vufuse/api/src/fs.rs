@@ -256,6 +256,21 @@ pub struct Capabilities {
     /// mode bits, sticky directories). When false, a front end that lets other users in
     /// (`allow_other`) must have the kernel check instead (`default_permissions`).
     pub checks_access: bool,
+    /// [`FileSystem::backing_file`] may hand out host files: the FUSE front end then asks the
+    /// kernel for passthrough (Linux 6.9+, `CAP_SYS_ADMIN`), and reads and writes of such a
+    /// handle go straight to the host file without a request each.
+    pub passthrough: bool,
+    /// The kernel may keep written data in its page cache and send it later, in large
+    /// writes (FUSE_WRITEBACK_CACHE): only for a driver that alone changes its files (the
+    /// kernel then keeps size and mtime itself, and trusts its cache across opens). Such a
+    /// driver must serve `read` on a handle opened write-only (the kernel fills partly
+    /// written pages) and take `write` offsets as given (the kernel resolves O_APPEND).
+    /// Durability is unchanged: close, fsync and unmount write the cache back first.
+    pub writeback_cache: bool,
+    /// The kernel may keep directory listings across opens (FOPEN_CACHE_DIR): only for a
+    /// driver whose directories change through this mount alone (the kernel drops a cached
+    /// listing when it changes the directory itself or sees its mtime change).
+    pub cache_dirs: bool,
 }
 
 impl Default for Capabilities {
@@ -269,6 +284,9 @@ impl Default for Capabilities {
             flush_is_noop: false,
             one_thread_suffices: false,
             checks_access: false,
+            passthrough: false,
+            writeback_cache: false,
+            cache_dirs: false,
         }
     }
 }
@@ -379,6 +397,14 @@ pub trait FileSystem: Send + Sync {
     /// Writes `data` at `offset`; returns the count.
     fn write(&self, ctx: &Context, ino: Ino, fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
         Err(Errno::ENOSYS)
+    }
+
+    /// The host file that an open handle `fh` of `ino` reads and writes, if the kernel may do
+    /// that file's I/O on it directly for as long as the handle is open (see
+    /// [`Capabilities::passthrough`]): only when it stays the file's one true place (no copy-up
+    /// may move the file while the handle is open). Asked right after `open` and `create`.
+    fn backing_file(&self, ino: Ino, fh: Fh) -> Option<std::sync::Arc<std::os::fd::OwnedFd>> {
+        None
     }
 
     /// Called on each close(2) of a descriptor.

@@ -192,6 +192,9 @@ pub struct FuseTuning {
     pub noforget: bool,
     /// `negative_timeout=S`: how long the kernel may remember that a name does not exist.
     pub negative_timeout: Option<std::time::Duration>,
+    /// `writeback_cache` / `no_writeback_cache`: let the kernel cache writes (else the
+    /// driver's choice, `Capabilities::writeback_cache`).
+    pub writeback_cache: Option<bool>,
 }
 
 /// What a mount does when the driver finds the filesystem corrupt during an operation
@@ -377,6 +380,11 @@ impl MountOptions {
             "clone_fd" => {
                 flag(value)?;
                 self.fuse.clone_fd = true;
+            }
+            // The kernel's writeback cache (issue #18).
+            "writeback_cache" | "no_writeback_cache" => {
+                flag(value)?;
+                self.fuse.writeback_cache = Some(key == "writeback_cache");
             }
             "fsname" => self.fsname = Some(needs(value)?),
             "subtype" => self.subtype = Some(needs(value)?),

@@ -9,6 +9,7 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt::Debug;
 use std::path::Path;
@@ -43,6 +44,19 @@ pub struct FuseAdapter {
     debug: bool,
     busy_poll: Option<Arc<BusyPoll>>,
     lifecycle: Arc<Lifecycle>,
+    /// The kernel agreed to passthrough at init (the driver offers it, the kernel has it).
+    passthrough: bool,
+    /// Inodes with open handles, for passthrough: the kernel keeps one I/O mode per inode
+    /// (all handles through one backing file, or none), so every open follows the first.
+    open_files: std::sync::Mutex<HashMap<u64, OpenInode>>,
+}
+
+/// The open handles of one inode (see [`FuseAdapter::open_files`]).
+#[derive(Debug, Default)]
+struct OpenInode {
+    handles: u64,
+    /// The backing file every handle of the inode passes through to, when passthrough.
+    backing: Option<Arc<fuser::BackingId>>,
 }
 
 /// Whether the driver was started; ends it exactly once (from fuser's FUSE_DESTROY or its
@@ -111,6 +125,54 @@ impl FuseAdapter {
             debug,
             busy_poll: None,
             lifecycle: Arc::new(Lifecycle::default()),
+            passthrough: false,
+            open_files: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Notes a new handle `fh` of `ino` and says which backing file (if any) its I/O passes
+    /// through to: for the inode's first handle, the driver's host file registered with
+    /// `register` (the reply's `open_backing`); for the others, whatever the first got. The
+    /// kernel fails (EIO) an open that does not follow the inode's mode, so a later handle
+    /// follows it even when the driver offers no file of its own for it.
+    fn open_io(
+        &self,
+        ino: u64,
+        fh: Fh,
+        register: impl FnOnce(&std::os::fd::OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> Option<Arc<fuser::BackingId>> {
+        if !self.passthrough {
+            return None;
+        }
+        let file = self.fs.backing_file(Ino(ino), fh);
+        let mut files = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        let open = files.entry(ino).or_default();
+        let first = open.handles == 0;
+        open.handles += 1;
+        if first {
+            open.backing = None;
+            if let Some(file) = file {
+                match register(&file) {
+                    Ok(id) => open.backing = Some(Arc::new(id)),
+                    Err(e) if self.debug => eprintln!("passthrough of inode {ino}: {e}"),
+                    Err(_) => {}
+                }
+            }
+        }
+        open.backing.clone()
+    }
+
+    /// Forgets a handle of `ino` (release): the backing file goes with the last one.
+    fn release_io(&self, ino: u64) {
+        if !self.passthrough {
+            return;
+        }
+        let mut files = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = files.get_mut(&ino) {
+            open.handles = open.handles.saturating_sub(1);
+            if open.handles == 0 {
+                files.remove(&ino);
+            }
         }
     }
 
@@ -130,6 +192,9 @@ impl FuseAdapter {
         }
         self.kernel_cache = tuning.kernel_cache;
         self.negative_ttl = tuning.negative_timeout;
+        if let Some(on) = tuning.writeback_cache {
+            self.caps.writeback_cache = on;
+        }
         self
     }
 
@@ -332,6 +397,23 @@ fn fopen_flags(keep_cache: bool, direct_io: bool) -> FopenFlags {
     flags
 }
 
+/// A directory's open flags: with `cache` the kernel keeps its listing across opens and
+/// serves `readdir` from it (it drops the listing when the directory changes).
+fn dir_open_flags(cache: bool) -> FopenFlags {
+    if cache {
+        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+/// The open flags the kernel takes beside FOPEN_PASSTHROUGH (its FOPEN_PASSTHROUGH_MASK: any
+/// other, FOPEN_KEEP_CACHE included, fails the open with EIO). The page cache is the backing
+/// file's then, so keeping it is moot.
+fn passthrough_flags(flags: FopenFlags) -> FopenFlags {
+    flags & (FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH)
+}
+
 /// The xattr protocol: size 0 asks for the length, a too small size is `ERANGE`.
 fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, Errno>) {
     match result {
@@ -364,7 +446,22 @@ impl fuser::Filesystem for FuseAdapter {
         let wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_DO_READDIRPLUS;
-        let offered = config.capabilities() & wanted;
+        let mut offered = config.capabilities() & wanted;
+        // Passthrough: file I/O of handles with a backing file goes to that file in the
+        // kernel, no request each (Linux 6.9+; opening a backing file needs CAP_SYS_ADMIN,
+        // failing which a handle is served as usual).
+        if self.caps.passthrough
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            offered |= InitFlags::FUSE_PASSTHROUGH;
+            self.passthrough = true;
+        }
+        // The writeback cache: writes land in the page cache and reach the driver in large
+        // chunks, at the latest on close, fsync and unmount.
+        if self.caps.writeback_cache {
+            offered |= config.capabilities() & InitFlags::FUSE_WRITEBACK_CACHE;
+        }
         let _ = config.add_capabilities(offered);
         let result = self.fs.init();
         self.trace(req, || "init".to_string(), &result);
@@ -584,10 +681,18 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self.fs.open(&context(req, None), Ino(ino.0), flags.0);
         self.trace(req, || format!("open({}, 0{:o})", ino.0, flags.0), &result);
         match result {
-            Ok(opened) => reply.opened(
-                FileHandle(opened.fh.0),
-                fopen_flags(opened.keep_cache || self.kernel_cache, opened.direct_io),
-            ),
+            Ok(opened) => {
+                let backing = self.open_io(ino.0, opened.fh, |fd| reply.open_backing(fd));
+                let flags = fopen_flags(opened.keep_cache || self.kernel_cache, opened.direct_io);
+                match backing {
+                    Some(id) => reply.opened_passthrough(
+                        FileHandle(opened.fh.0),
+                        passthrough_flags(flags),
+                        &id,
+                    ),
+                    None => reply.opened(FileHandle(opened.fh.0), flags),
+                }
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -691,6 +796,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let result = self.fs.release(&context(req, None), Ino(ino.0), Fh(fh.0));
+        self.release_io(ino.0);
         self.answer(
             req,
             || format!("release({}, fh {})", ino.0, fh.0),
@@ -722,7 +828,7 @@ impl fuser::Filesystem for FuseAdapter {
         let result = self.fs.opendir(&context(req, None), Ino(ino.0));
         self.trace(req, || format!("opendir({})", ino.0), &result);
         match result {
-            Ok(fh) => reply.opened(FileHandle(fh.0), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh.0), dir_open_flags(self.caps.cache_dirs)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1005,13 +1111,20 @@ impl fuser::Filesystem for FuseAdapter {
             &result,
         );
         match result {
-            Ok((entry, opened)) => reply.created(
-                &self.caps.cache.entry_ttl,
-                &to_file_attr(&entry.attr),
-                Generation(entry.generation),
-                FileHandle(opened.fh.0),
-                fopen_flags(opened.keep_cache || self.kernel_cache, opened.direct_io),
-            ),
+            Ok((entry, opened)) => {
+                let backing =
+                    self.open_io(entry.attr.ino.0, opened.fh, |fd| reply.open_backing(fd));
+                let flags = fopen_flags(opened.keep_cache || self.kernel_cache, opened.direct_io);
+                let (ttl, attr) = (&self.caps.cache.entry_ttl, to_file_attr(&entry.attr));
+                let (generation, fh) = (Generation(entry.generation), FileHandle(opened.fh.0));
+                match backing {
+                    Some(id) => {
+                        let flags = passthrough_flags(flags);
+                        reply.created_passthrough(ttl, &attr, generation, fh, flags, &id)
+                    }
+                    None => reply.created(ttl, &attr, generation, fh, flags),
+                }
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1061,6 +1174,14 @@ mod tests {
         assert_eq!(fopen_flags(false, false), FopenFlags::empty());
         assert_eq!(fopen_flags(true, false), FopenFlags::FOPEN_KEEP_CACHE);
         assert_eq!(fopen_flags(false, true), FopenFlags::FOPEN_DIRECT_IO);
+        assert_eq!(dir_open_flags(false), FopenFlags::empty());
+        assert!(dir_open_flags(true).contains(FopenFlags::FOPEN_CACHE_DIR));
+        // The kernel refuses passthrough opens with any flag outside its mask.
+        let all = fopen_flags(true, true) | FopenFlags::FOPEN_NOFLUSH;
+        assert_eq!(
+            passthrough_flags(all),
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
+        );
     }
 
     #[test]

@@ -37,6 +37,29 @@ pub const PAUSE_MAX: Duration = Duration::from_secs(1);
 /// Nanoseconds a thread (by tid) has spent waiting on a run queue, or `None` when unknown.
 type RunDelay = Box<dyn Fn(i32) -> Option<u64> + Send + Sync>;
 
+/// The watchdog's time: what it reads and how it waits out a window. The real one is the
+/// monotonic clock; tests drive a manual one, so that no assertion depends on how soon a
+/// loaded machine runs a thread.
+trait Clock: Send + Sync {
+    /// Nanoseconds since an origin fixed at creation.
+    fn now(&self) -> u64;
+    /// Waits until `d` has passed on this clock.
+    fn sleep(&self, d: Duration);
+}
+
+/// The monotonic clock.
+struct RealClock(Instant);
+
+impl Clock for RealClock {
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
 /// The polling state of one mount, shared by the adapter (which reports requests) and the
 /// watchdog thread (which ends polling when they stop or when the CPU is contended).
 pub struct BusyPoll {
@@ -56,7 +79,7 @@ pub struct BusyPoll {
     /// How many times contention paused polling.
     pauses: AtomicU64,
     run_delay: RunDelay,
-    start: Instant,
+    clock: Box<dyn Clock>,
 }
 
 impl std::fmt::Debug for BusyPoll {
@@ -77,10 +100,14 @@ impl Default for BusyPoll {
 impl BusyPoll {
     /// Polling off until [`BusyPoll::attach`] gives it the device.
     pub fn new() -> BusyPoll {
-        BusyPoll::with_run_delay(Box::new(schedstat_run_delay))
+        BusyPoll::with_probes(
+            Box::new(schedstat_run_delay),
+            Box::new(RealClock(Instant::now())),
+        )
     }
 
-    fn with_run_delay(run_delay: RunDelay) -> BusyPoll {
+    /// With the contention signal (`run_delay`) and the `clock` given.
+    fn with_probes(run_delay: RunDelay, clock: Box<dyn Clock>) -> BusyPoll {
         BusyPoll {
             device: OnceLock::new(),
             watchdog: OnceLock::new(),
@@ -91,12 +118,12 @@ impl BusyPoll {
             server: AtomicI32::new(0),
             pauses: AtomicU64::new(0),
             run_delay,
-            start: Instant::now(),
+            clock,
         }
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.clock.now()
     }
 
     /// Hands over the session's `/dev/fuse` (a duplicate) and starts the watchdog thread.
@@ -166,7 +193,7 @@ impl BusyPoll {
             let server = self.server.load(Ordering::Relaxed);
             let window_start = self.now();
             let delay_before = (self.run_delay)(server);
-            std::thread::sleep(IDLE_AFTER);
+            self.clock.sleep(IDLE_AFTER);
             let now = self.now();
             let waited = delay_before
                 .zip((self.run_delay)(server))
@@ -242,65 +269,105 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// A clock that moves only when the test says so; the watchdog's window ends when the
+    /// test has advanced past it.
+    #[derive(Default)]
+    struct ManualClock {
+        now: std::sync::Mutex<u64>,
+        moved: std::sync::Condvar,
+    }
+
+    impl ManualClock {
+        fn advance(&self, d: Duration) {
+            *self.now.lock().unwrap() += nanos(d);
+            self.moved.notify_all();
+        }
+    }
+
+    impl Clock for Arc<ManualClock> {
+        fn now(&self) -> u64 {
+            *self.now.lock().unwrap()
+        }
+
+        fn sleep(&self, d: Duration) {
+            let mut now = self.now.lock().unwrap();
+            let until = now.saturating_add(nanos(d));
+            while *now < until {
+                now = self.moved.wait(now).unwrap();
+            }
+        }
+    }
+
+    /// A poller on a pipe, with a manual clock and the given contention signal.
+    fn manual(run_delay: RunDelay) -> (Arc<BusyPoll>, Arc<ManualClock>, OwnedFd, OwnedFd, OwnedFd) {
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        let probe = reader.try_clone().unwrap();
+        let clock = Arc::new(ManualClock::default());
+        let poll = Arc::new(BusyPoll::with_probes(run_delay, Box::new(clock.clone())));
+        (poll, clock, reader, writer, probe)
+    }
+
+    /// Advances `clock` a window at a time until `done`, within a (real) deadline.
+    fn advance_until(clock: &ManualClock, what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            clock.advance(IDLE_AFTER);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn nonblocking(fd: &OwnedFd) -> bool {
+        fcntl_getfl(fd).unwrap().contains(OFlags::NONBLOCK)
+    }
+
     #[test]
     fn polling_starts_on_a_request_and_stops_when_they_stop() {
-        let (reader, _writer) = rustix::pipe::pipe().unwrap();
-        let probe = reader.try_clone().unwrap();
-        let poll = Arc::new(BusyPoll::new());
+        // Never contended, and time stands still unless advanced: the watchdog cannot end a
+        // window (nor see contention) behind the test's back however loaded the CPUs are.
+        let (poll, clock, reader, _writer, probe) = manual(Box::new(|_| Some(0)));
         // Before attach: nothing to poll.
         poll.on_request();
         assert!(!poll.is_polling());
         poll.attach(reader).unwrap();
         poll.on_request();
         assert!(poll.is_polling());
-        assert!(fcntl_getfl(&probe).unwrap().contains(OFlags::NONBLOCK));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while poll.is_polling() {
-            assert!(Instant::now() < deadline, "polling never stopped");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert!(!fcntl_getfl(&probe).unwrap().contains(OFlags::NONBLOCK));
+        assert!(nonblocking(&probe));
+        // Requests stop: the first window with none ends polling.
+        advance_until(&clock, "polling never stopped", || !poll.is_polling());
+        assert!(!nonblocking(&probe));
         // And starts again.
         poll.on_request();
-        assert!(fcntl_getfl(&probe).unwrap().contains(OFlags::NONBLOCK));
-        assert_eq!(
-            poll.pauses(),
-            0,
-            "this thread never waits 1/4 of the time for a CPU"
-        );
+        assert!(poll.is_polling());
+        assert!(nonblocking(&probe));
+        assert_eq!(poll.pauses(), 0, "no contention was signalled");
     }
 
     #[test]
     fn contention_for_the_cpu_pauses_polling_while_requests_keep_coming() {
         // A serving thread that waits for a CPU half of the time it is watched.
-        let start = Instant::now();
-        let waiting = Box::new(move |_tid| Some(nanos(start.elapsed()) / 2));
-        let (reader, _writer) = rustix::pipe::pipe().unwrap();
-        let probe = reader.try_clone().unwrap();
-        let poll = Arc::new(BusyPoll::with_run_delay(waiting));
+        let clock_cell: Arc<OnceLock<Arc<ManualClock>>> = Arc::new(OnceLock::new());
+        let seen = clock_cell.clone();
+        let waiting = Box::new(move |_tid| seen.get().map(|c| Clock::now(c) / 2));
+        let (poll, clock, reader, _writer, probe) = manual(waiting);
+        let _ = clock_cell.set(clock.clone());
         poll.attach(reader).unwrap();
         poll.on_request();
         assert!(poll.is_polling());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while poll.pauses() == 0 || poll.is_polling() {
-            assert!(Instant::now() < deadline, "contention never paused polling");
+        advance_until(&clock, "contention never paused polling", || {
             poll.on_request();
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        let paused_at = Instant::now();
-        assert!(!fcntl_getfl(&probe).unwrap().contains(OFlags::NONBLOCK));
-        // Paused: requests do not restart it until the pause is over (checked only while
-        // it surely is: a loaded machine may oversleep past PAUSE_MIN).
+            poll.pauses() > 0 && !poll.is_polling()
+        });
+        assert!(!nonblocking(&probe));
+        // Paused: requests do not restart it until the pause is over (the clock stands).
         for _ in 0..50 {
             poll.on_request();
-            if paused_at.elapsed() < PAUSE_MIN {
-                assert!(!poll.is_polling());
-            }
-            std::thread::sleep(Duration::from_micros(100));
+            assert!(!poll.is_polling());
         }
-        std::thread::sleep(PAUSE_MIN);
+        clock.advance(PAUSE_MIN);
         poll.on_request();
         assert!(poll.is_polling(), "polling resumes after the pause");
+        assert!(nonblocking(&probe));
     }
 
     /// Requests at intervals around the idle window, from two threads, switch polling on

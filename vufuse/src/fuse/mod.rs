@@ -234,6 +234,24 @@ mod tests {
     }
 
     #[test]
+    fn the_writeback_cache_option_overrides_the_driver() {
+        let parse = |text| MountOptions::parse(text, WritePolicy::ReadOnlyUnlessForced);
+        assert_eq!(parse("").unwrap().fuse.writeback_cache, None);
+        assert_eq!(
+            parse("writeback_cache").unwrap().fuse.writeback_cache,
+            Some(true)
+        );
+        assert_eq!(
+            parse("writeback_cache,no_writeback_cache")
+                .unwrap()
+                .fuse
+                .writeback_cache,
+            Some(false)
+        );
+        assert!(parse("writeback_cache=1").is_err());
+    }
+
+    #[test]
     fn kernel_flags_pass_through() {
         let c = config("nosuid,dev,noexec,atime,sync,dirsync");
         for o in [
