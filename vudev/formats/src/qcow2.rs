@@ -983,6 +983,10 @@ impl BlockDevice for Qcow2 {
             let out = &mut buf[done..done + n];
             match map {
                 Map::Data(h) => {
+                    if h >= self.file.len() {
+                        // A truncated file: the data is gone, not zeros.
+                        return Err(Errno::EIO);
+                    }
                     let host = h + within;
                     match runs.last_mut() {
                         Some((start, at, rlen))
