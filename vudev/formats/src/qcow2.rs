@@ -527,6 +527,13 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Writes the dirty refcount blocks, then the dirty L2 tables: on disk a refcount is
+    /// never below the references to its cluster (qemu's rule; a crash leaks, at worst).
+    fn write_back_meta(&self, st: &mut State) -> Result<()> {
+        self.write_back_rb(st)?;
+        self.write_back_l2(st)
+    }
+
     fn ensure_rb(&self, st: &mut State, off: u64) -> Result<()> {
         if st.rb.contains(off) {
             return Ok(());
@@ -880,6 +887,8 @@ impl Qcow2 {
         self.set_l2(st, l2off, g, h | COPIED)?;
         if let Map::Compressed(off, len) = map {
             st.inflated = None;
+            // The L2 entry stops pointing at it on disk before its refcount drops.
+            self.write_back_meta(st)?;
             self.free_compressed(st, off, len)?;
         }
         Ok(())
@@ -928,6 +937,8 @@ impl Qcow2 {
             self.set_l2(st, f.l2off, f.g, f.h | COPIED)?;
             if let Map::Compressed(off, len) = f.map {
                 st.inflated = None;
+                // The L2 entry stops pointing at it on disk before its refcount drops.
+                self.write_back_meta(st)?;
                 self.free_compressed(st, off, len)?;
             }
         }
@@ -1092,8 +1103,7 @@ impl BlockDevice for Qcow2 {
             return Ok(());
         }
         let mut st = self.lock();
-        self.write_back_rb(&mut st)?;
-        self.write_back_l2(&mut st)?;
+        self.write_back_meta(&mut st)?;
         self.file.flush()
     }
 
@@ -1106,6 +1116,40 @@ impl BlockDevice for Qcow2 {
         }
         let end = offset.saturating_add(len).min(self.size);
         let zeroes = self.discard_zeroes();
+        // Clusters unmapped here are freed at the end, once the L2 tables that no longer
+        // point at them are on disk: a refcount must never drop below the references the
+        // file holds, or a crash in between leaves a cluster used twice.
+        let mut frees: Vec<Map> = Vec::new();
+        let res = self.discard_clusters(offset, end, zeroes, &mut frees);
+        if !frees.is_empty() {
+            let mut st = self.lock();
+            self.write_back_meta(&mut st)?;
+            for map in frees {
+                match map {
+                    Map::Data(h) | Map::Zero(Some(h)) => self.free_cluster(&mut st, h)?,
+                    Map::Compressed(off, clen) => self.free_compressed(&mut st, off, clen)?,
+                    _ => {}
+                }
+            }
+        }
+        res
+    }
+
+    fn discard_zeroes(&self) -> bool {
+        self.backing.is_none() || self.version >= 3
+    }
+}
+
+impl Qcow2 {
+    /// The cluster work of `discard`: unmaps whole clusters of `[offset, end)` (their
+    /// clusters go to `frees`) and zeroes partial ones.
+    fn discard_clusters(
+        &self,
+        offset: u64,
+        end: u64,
+        zeroes: bool,
+        frees: &mut Vec<Map>,
+    ) -> Result<()> {
         let mut pos = offset;
         while pos < end {
             let g = pos / self.cs;
@@ -1153,22 +1197,14 @@ impl BlockDevice for Qcow2 {
             };
             if e != new {
                 self.set_l2(&mut st, l2off, g, new)?;
-                match map {
-                    Map::Data(h) | Map::Zero(Some(h)) => self.free_cluster(&mut st, h)?,
-                    Map::Compressed(off, clen) => {
-                        st.inflated = None;
-                        self.free_compressed(&mut st, off, clen)?;
-                    }
-                    _ => {}
+                if let Map::Compressed(..) = map {
+                    st.inflated = None;
                 }
+                frees.push(map);
             }
             pos = stop;
         }
         Ok(())
-    }
-
-    fn discard_zeroes(&self) -> bool {
-        self.backing.is_none() || self.version >= 3
     }
 }
 
