@@ -302,8 +302,7 @@ fn write_nonzero(dst: &dyn BlockDevice, data: &[u8], pos: u64, skip_zeros: bool)
 
 /// Opens `image` read-only, locked shared, through its format.
 pub fn open_source(image: &Path) -> Outcome<Arc<dyn BlockDevice>> {
-    let file = crate::image_lock::open_locked(image, true)?;
-    crate::image_lock::through_format(file, image, true)
+    crate::image_lock::open_disk(image, true)
 }
 
 /// Writes the whole of `src` to a new image at `dst` of `format`, atomically: the
@@ -323,7 +322,13 @@ pub fn write_image(
     let size = src.size();
     // Only what may hold data is read; the rest of a new image is zeros already. (This
     // also reads the allocation tables, refusing a truncated source before writing.)
-    let ranges = headers::data_ranges(src_name)
+    let ranges = if crate::image_lock::is_uri(src_name) {
+        // An NBD export: read it all (zeros are still not written).
+        Ok(None)
+    } else {
+        headers::data_ranges(src_name)
+    };
+    let ranges = ranges
         .map_err(|e| fail!("{}: {}", src_name.display(), e.0))?
         .unwrap_or_else(|| vec![(0, size)]);
     let temp = TempOutput::new(dst, force)?;
