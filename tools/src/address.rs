@@ -40,8 +40,8 @@ impl ImagePath {
 
     /// True if both name the same filesystem.
     pub fn same_volume(&self, other: &ImagePath) -> bool {
-        self.partition == other.partition
-            && std::fs::canonicalize(&self.image).ok() == std::fs::canonicalize(&other.image).ok()
+        let key = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        self.partition == other.partition && key(&self.image) == key(&other.image)
     }
 }
 
@@ -55,6 +55,11 @@ impl std::fmt::Display for ImagePath {
 /// part (`X` without a trailing `@N`) is an existing file; anything else is a
 /// host path.
 pub fn parse(text: &str) -> Address {
+    if vufuse_mount::is_uri(text) {
+        if let Some(a) = parse_uri(text) {
+            return a;
+        }
+    }
     if let Some(colon) = text.find(':') {
         let (volume, rest) = (&text[..colon], &text[colon + 1..]);
         if rest.is_empty() || rest.starts_with('/') {
@@ -74,6 +79,33 @@ pub fn parse(text: &str) -> Address {
         }
     }
     Address::Host(PathBuf::from(text))
+}
+
+/// An NBD URI address: `URI[@N]:/path` or `URI[@N]:`. The separator is the first `:` after
+/// the scheme that ends the text or starts a `/path` (a port's `:` is followed by digits,
+/// an IPv6 address's by more of the address); `@N` is a partition when what follows the
+/// last `@` looks like one (no `/`, `?`, `=` or `:`).
+fn parse_uri(text: &str) -> Option<Address> {
+    let scheme = text.find("://")? + 3;
+    let tail = &text[scheme..];
+    let colon = tail
+        .char_indices()
+        .filter(|&(_, c)| c == ':')
+        .map(|(i, _)| i)
+        .find(|&i| matches!(tail.as_bytes().get(i + 1), None | Some(b'/')))?;
+    let (volume, rest) = (&text[..scheme + colon], &tail[colon + 1..]);
+    let (image, partition) = match volume[scheme..].rfind('@') {
+        Some(at) if !volume[scheme + at + 1..].contains(['/', '?', '=', ':']) => (
+            &volume[..scheme + at],
+            Some(volume[scheme + at + 1..].to_string()),
+        ),
+        _ => (volume, None),
+    };
+    Some(Address::Image(ImagePath {
+        image: PathBuf::from(image),
+        partition,
+        path: normalize(rest),
+    }))
 }
 
 /// Parses an address that must name a path in an image.
@@ -119,8 +151,7 @@ pub fn open_device(
     partition: Option<&str>,
     read_only: bool,
 ) -> Outcome<Arc<dyn BlockDevice>> {
-    let file = crate::image_lock::open_locked(image, read_only)?;
-    let disk = crate::image_lock::through_format(file, image, read_only)?;
+    let disk = crate::image_lock::open_disk(image, read_only)?;
     let Some(which) = partition else {
         return Ok(disk);
     };
@@ -192,6 +223,25 @@ mod tests {
             })
         );
         assert_eq!(parse("plain/file"), Address::Host("plain/file".into()));
+        let uri = |image: &str, partition: Option<&str>, path: &str| {
+            Address::Image(ImagePath {
+                image: image.into(),
+                partition: partition.map(Into::into),
+                path: path.into(),
+            })
+        };
+        assert_eq!(
+            parse("nbd+unix:///disk?socket=/run/s.sock@2:/etc/x"),
+            uri("nbd+unix:///disk?socket=/run/s.sock", Some("2"), "/etc/x")
+        );
+        assert_eq!(
+            parse("nbd://localhost:10809/exp:"),
+            uri("nbd://localhost:10809/exp", None, "/")
+        );
+        assert_eq!(
+            parse("nbd://[::1]:10809/@boot:/a"),
+            uri("nbd://[::1]:10809/", Some("boot"), "/a")
+        );
         assert_eq!(
             parse("/absent.img@1:/x"),
             Address::Host("/absent.img@1:/x".into())

@@ -50,6 +50,35 @@ pub fn through_format(
     vudev_formats::open_file(file, image, &options).map_err(|e| Failure(e.to_string()))
 }
 
+/// The disk `image` names: an NBD export when it is an NBD URI (`nbd://`, `nbd+unix://`;
+/// the server does the locking), else the file, locked, through its format.
+pub fn open_disk(
+    image: &Path,
+    read_only: bool,
+) -> Result<std::sync::Arc<dyn vudev::BlockDevice>, Failure> {
+    if is_uri(image) {
+        let mut options = vufuse_mount::MountOptions::defaults(
+            vufuse_api::options::WritePolicy::ReadWriteUnlessRo,
+        );
+        options.read_only = read_only;
+        let disk = vufuse_mount::open_disk(image, &options).map_err(|e| Failure(e.to_string()))?;
+        if !read_only && disk.read_only() {
+            return Err(Failure(format!(
+                "{}: the export is read-only",
+                image.display()
+            )));
+        }
+        return Ok(disk);
+    }
+    let file = open_locked(image, read_only)?;
+    through_format(file, image, read_only)
+}
+
+/// True when `image` is an NBD URI rather than a file.
+pub fn is_uri(image: &Path) -> bool {
+    image.to_str().is_some_and(vufuse_mount::is_uri)
+}
+
 fn hold(image: &Path, wanted: LockMode) -> Result<(), MountError> {
     let key = std::fs::canonicalize(image).unwrap_or_else(|_| image.to_path_buf());
     let mut holders = HOLDERS.lock().unwrap_or_else(|e| e.into_inner());

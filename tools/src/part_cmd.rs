@@ -20,9 +20,8 @@ pub struct Disk {
 impl Disk {
     /// Opens `image` locked (shared when `read_only`), through its format.
     pub fn open(image: &Path, read_only: bool) -> Result<Disk, Failure> {
-        let file = crate::image_lock::open_locked(image, read_only)?;
         Ok(Disk {
-            device: crate::image_lock::through_format(file, image, read_only)?,
+            device: crate::image_lock::open_disk(image, read_only)?,
             path: image.to_path_buf(),
         })
     }

@@ -505,3 +505,70 @@ fn create_makes_each_format_and_grow_refuses_non_raw() {
         128 << 20
     );
 }
+
+/// An NBD server for `img` on a Unix socket in `dir`: vunbd when it was built beside
+/// vuimg, else nbdkit; None (the test skips) when neither is there.
+fn nbd_server(dir: &Path, img: &Path) -> Option<(std::process::Child, String)> {
+    let sock = dir.join("nbd.sock");
+    let vunbd = Path::new(env!("CARGO_BIN_EXE_vuimg")).with_file_name("vunbd");
+    let mut cmd = if vunbd.exists() {
+        let mut c = std::process::Command::new(&vunbd);
+        c.args([s(img), "--name", "disk", "--unix", s(&sock)]);
+        c
+    } else if have("nbd_uris", &["nbdkit"]) {
+        let mut c = std::process::Command::new("nbdkit");
+        c.args(["-f", "-e", "disk", "--unix", s(&sock), "file"]);
+        c.arg(img);
+        c
+    } else {
+        return None;
+    };
+    let child = cmd.spawn().unwrap();
+    for _ in 0..200 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    Some((child, format!("nbd+unix:///disk?socket={}", s(&sock))))
+}
+
+#[test]
+fn nbd_uris_work_wherever_an_image_does() {
+    if !have("nbd_uris", &["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = fat_disk(dir.path(), "disk.img", "80M");
+    let Some((mut server, uri)) = nbd_server(dir.path(), &img) else {
+        return;
+    };
+    let run = || -> Result<(), String> {
+        // Files: ls, cat, cp in and out, through a partition of the export.
+        let listing = ok(&["ls", &format!("{uri}@1:/")]);
+        assert!(listing.contains("base.txt"), "{listing}");
+        assert_eq!(ok(&["cat", &format!("{uri}@1:/base.txt")]), "in the base\n");
+        let f = dir.path().join("new.txt");
+        std::fs::write(&f, "over nbd\n").unwrap();
+        ok(&["cp", s(&f), &format!("{uri}@1:/")]);
+        assert_eq!(ok(&["cat", &format!("{uri}@1:/new.txt")]), "over nbd\n");
+        let back = dir.path().join("back.txt");
+        ok(&["cp", &format!("{uri}@1:/new.txt"), s(&back)]);
+        assert_eq!(std::fs::read_to_string(&back).unwrap(), "over nbd\n");
+        // Images: info, part list, convert out of the export.
+        let info = ok(&["info", &uri]);
+        assert!(info.contains("virtual size: 80 MiB"), "{info}");
+        let parts = ok(&["part", "list", &uri]);
+        assert!(parts.contains("fat32") || parts.contains('1'), "{parts}");
+        let out = dir.path().join("out.qcow2");
+        ok(&["convert", "-q", &uri, s(&out)]);
+        assert_clean(&out, "qcow2");
+        Ok(())
+    };
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
+    let _ = server.kill();
+    let _ = server.wait();
+    res.unwrap().unwrap();
+    // The export was the image itself: the converted copy equals it.
+    assert_identical(&img, "raw", &dir.path().join("out.qcow2"), "qcow2");
+}

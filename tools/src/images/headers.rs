@@ -251,6 +251,32 @@ fn uml_map(file: &FileDevice, h: &UmlHeader) -> Outcome<Vec<(u64, u64)>> {
     Ok(ranges)
 }
 
+/// The guest ranges of a VDI's allocated blocks (its block map; a VDI has no backing
+/// file here: differencing images are refused when opened).
+fn vdi_map(file: &FileDevice) -> Outcome<Vec<(u64, u64)>> {
+    let name = file.path().display();
+    let h = read(file, 0x190, 0)?;
+    let le32 = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
+    let offset_bmap = u64::from(le32(0x154));
+    let size = u64::from_le_bytes(h[0x170..0x178].try_into().expect("8 bytes"));
+    let block = u64::from(le32(0x178));
+    let blocks = u64::from(le32(0x180));
+    if block == 0 || blocks > 1 << 24 || offset_bmap + blocks * 4 > file.size() {
+        return Err(fail!("{name}: VDI: block map past the end of the file"));
+    }
+    let map = read(file, (blocks * 4) as usize, offset_bmap)?;
+    let mut ranges = Vec::new();
+    for (b, e) in map.chunks_exact(4).enumerate() {
+        let e = u32::from_le_bytes(e.try_into().expect("4 bytes"));
+        let start = b as u64 * block;
+        // 0xffffffff unallocated, 0xfffffffe discarded: both read as zeros.
+        if e < 0xffff_fffe && start < size {
+            push(&mut ranges, start, block.min(size - start));
+        }
+    }
+    Ok(ranges)
+}
+
 /// The data ranges of a raw file (SEEK_DATA / SEEK_HOLE); all of it where not supported.
 fn raw_map(file: &FileDevice) -> Vec<(u64, u64)> {
     use rustix::fs::{seek, SeekFrom};
@@ -322,7 +348,8 @@ fn ranges_of(
             );
             (uml_map(&file, &h)?, h.size, Some(below))
         }
-        Format::Vdi | Format::Vmdk => return Ok(None),
+        Format::Vdi => return vdi_map(&file).map(Some),
+        Format::Vmdk => return Ok(None),
     };
     let Some((backing, f)) = below else {
         return Ok(Some(own));

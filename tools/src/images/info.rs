@@ -9,6 +9,26 @@ use vudev_formats::ImageInfo;
 
 /// `vuimg info`.
 pub fn info(image: &Path, as_json: bool) -> Outcome {
+    if crate::image_lock::is_uri(image) {
+        // An NBD export: a raw disk of the server's size (as qemu-img info shows it).
+        let dev = crate::image_lock::open_disk(image, true)?;
+        if as_json {
+            let v = json!({
+                "filename": image.display().to_string(),
+                "format": "raw",
+                "virtual-size": dev.size(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!(
+                "image: {}\nfile format: raw\nvirtual size: {} ({} bytes)",
+                image.display(),
+                iec(dev.size()),
+                dev.size()
+            );
+        }
+        return Ok(());
+    }
     crate::image_lock::open_locked(image, true)?;
     let options = vudev_formats::OpenOptions {
         read_only: true,

@@ -21,8 +21,12 @@ use std::sync::Arc;
 use vudev::BlockDevice;
 use vudev_formats::Format;
 
-/// Bytes read per call while copying.
-pub const CHUNK: usize = 1 << 20;
+/// Bytes read per call while copying (a multiple of `ZERO_GRAIN`).
+pub const CHUNK: usize = 2 << 20;
+/// Reader threads of a copy: several reads in flight (a cold disk, an NBD source).
+const READERS: usize = 4;
+/// Buffers of `CHUNK` bytes in a copy (readers' and writer's together): the memory cap.
+const BUFFERS: usize = 8;
 /// Granularity of zero detection: the qcow2 cluster and VMDK grain size.
 pub const ZERO_GRAIN: usize = 64 << 10;
 
@@ -166,9 +170,29 @@ pub fn is_zero(buf: &[u8]) -> bool {
         && words.remainder().iter().all(|&b| b == 0)
 }
 
+/// The pieces `ranges` are copied in: at most `CHUNK` bytes, ending on `ZERO_GRAIN`
+/// boundaries so that clusters stay whole.
+fn chunks(ranges: &[(u64, u64)]) -> Vec<(u64, usize)> {
+    let mut out = Vec::new();
+    for &(start, len) in ranges {
+        let end = start + len;
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(CHUNK - (pos % ZERO_GRAIN as u64) as usize);
+            out.push((pos, n));
+            pos += n as u64;
+        }
+    }
+    out
+}
+
 /// Copies `src`'s bytes in `ranges` (offset, length) to the same offsets of `dst`, skipping
 /// every `ZERO_GRAIN`-aligned piece that reads as zeros when `skip_zeros` (a fresh output),
 /// else discarding it when `dst` reads discarded ranges as zeros, or writing zeros.
+///
+/// Reading and writing overlap: `READERS` threads read pieces of `CHUNK` bytes into a pool
+/// of `BUFFERS` buffers (the memory cap) while this thread writes them, in order (so a
+/// new qcow2's clusters are laid out as the disk's), each run of data with one call.
 pub fn copy_ranges(
     src: &dyn BlockDevice,
     dst: &dyn BlockDevice,
@@ -176,22 +200,79 @@ pub fn copy_ranges(
     skip_zeros: bool,
     progress: &mut Progress,
 ) -> Outcome {
-    let mut buf = vec![0u8; CHUNK];
-    for &(start, len) in ranges {
-        let end = start + len;
-        let mut pos = start;
-        while pos < end {
-            // Pieces end on ZERO_GRAIN boundaries so clusters stay whole.
-            let n = ((end - pos) as usize).min(CHUNK - (pos % ZERO_GRAIN as u64) as usize);
-            let data = &mut buf[..n];
-            src.read_exact_at(data, pos)
-                .map_err(|e| fail!("read of {n} bytes at {pos}: {e}"))?;
-            write_nonzero(dst, data, pos, skip_zeros)?;
-            progress.advance(n as u64);
-            pos += n as u64;
-        }
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+
+    let pieces = chunks(ranges);
+    if pieces.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    // Free buffers go back to the readers through `pool`.
+    let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..BUFFERS.min(pieces.len() + 1) {
+        pool_tx.send(Vec::new()).expect("receiver alive");
+    }
+    let pool_rx = Mutex::new(pool_rx);
+    type Filled = (usize, Result<Vec<u8>, crate::util::Failure>);
+    let (full_tx, full_rx) = mpsc::channel::<Filled>();
+    std::thread::scope(|scope| {
+        for _ in 0..READERS.min(pieces.len()) {
+            let full_tx = full_tx.clone();
+            let (next, stop, pool_rx, pieces) = (&next, &stop, &pool_rx, &pieces);
+            scope.spawn(move || loop {
+                // A buffer first, then a piece: the lowest piece not yet written always
+                // has a buffer, so the writer never waits on a reader that cannot read.
+                let buf = pool_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok(mut buf) = buf else { return };
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(pos, n)) = pieces.get(i) else {
+                    return;
+                };
+                buf.resize(n, 0);
+                let res = src
+                    .read_exact_at(&mut buf, pos)
+                    .map(|()| buf)
+                    .map_err(|e| fail!("read of {n} bytes at {pos}: {e}"));
+                if full_tx.send((i, res)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(full_tx);
+        let mut waiting: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+        let mut want = 0;
+        let result = (|| {
+            while want < pieces.len() {
+                let buf = match waiting.remove(&want) {
+                    Some(b) => b,
+                    None => {
+                        let Ok((i, res)) = full_rx.recv() else {
+                            return Err(fail!("copy: the readers stopped"));
+                        };
+                        waiting.insert(i, res?);
+                        continue;
+                    }
+                };
+                let (pos, n) = pieces[want];
+                write_nonzero(dst, &buf, pos, skip_zeros)?;
+                progress.advance(n as u64);
+                want += 1;
+                let _ = pool_tx.send(buf);
+            }
+            Ok(())
+        })();
+        // Stop the readers (on error) and let them see the pool close.
+        stop.store(true, Ordering::Relaxed);
+        drop(pool_tx);
+        result
+    })
 }
 
 /// Writes the pieces of `data` (at `pos` of `dst`) that are not all zeros; zero pieces are
@@ -227,8 +308,7 @@ fn write_nonzero(dst: &dyn BlockDevice, data: &[u8], pos: u64, skip_zeros: bool)
 
 /// Opens `image` read-only, locked shared, through its format.
 pub fn open_source(image: &Path) -> Outcome<Arc<dyn BlockDevice>> {
-    let file = crate::image_lock::open_locked(image, true)?;
-    crate::image_lock::through_format(file, image, true)
+    crate::image_lock::open_disk(image, true)
 }
 
 /// Writes the whole of `src` to a new image at `dst` of `format`, atomically: the
@@ -248,7 +328,13 @@ pub fn write_image(
     let size = src.size();
     // Only what may hold data is read; the rest of a new image is zeros already. (This
     // also reads the allocation tables, refusing a truncated source before writing.)
-    let ranges = headers::data_ranges(src_name)
+    let ranges = if crate::image_lock::is_uri(src_name) {
+        // An NBD export: read it all (zeros are still not written).
+        Ok(None)
+    } else {
+        headers::data_ranges(src_name)
+    };
+    let ranges = ranges
         .map_err(|e| fail!("{}: {}", src_name.display(), e.0))?
         .unwrap_or_else(|| vec![(0, size)]);
     let temp = TempOutput::new(dst, force)?;

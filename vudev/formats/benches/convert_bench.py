@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """vuimg convert vs qemu-img convert: a 1 GiB mostly-written raw image to qcow2, and that
 qcow2 back to raw. Wall time and peak RSS (/usr/bin/time -v), page cache dropped before
-each, the output's `sync` included (qemu-img convert writes its target with cache=unsafe,
+each, the output's fsync included (`sync OUT`) (qemu-img convert writes its target with cache=unsafe,
 no flush of its own); outputs checked with `qemu-img compare` against the source.
 The source: 1 GiB, in every 64 MiB 56 MiB of random data and an 8 MiB hole (87.5% written).
 Runs interleaved (one of each tool in turn). Needs root (drop_caches).
@@ -31,9 +31,10 @@ def drop_caches():
         f.write("3\n")
 
 
-def timed_v(cmd):
-    """(wall seconds, peak RSS KiB) of `cmd` and its sync, from /usr/bin/time -v."""
-    r = sh(f"/usr/bin/time -v sh -c '{cmd} && sync'")
+def timed_v(cmd, out):
+    """(wall seconds, peak RSS KiB) of `cmd` and the fsync of `out` (`sync FILE`: the output
+    only, not other programs' dirty data on a shared machine), from /usr/bin/time -v."""
+    r = sh(f"/usr/bin/time -v sh -c '{cmd} && sync {out}'")
     wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", r.stderr)
     h, m, s = wall.groups()
     secs = (int(h) if h else 0) * 3600 + int(m) * 60 + float(s)
@@ -77,7 +78,7 @@ def main():
                 if os.path.exists(out):
                     os.unlink(out)
                 drop_caches()
-                secs, rss = timed_v(cmd)
+                secs, rss = timed_v(cmd, out)
                 res[(job, name)][0].append(secs)
                 res[(job, name)][1].append(rss)
                 cmp = sh(f"qemu-img compare {src} {out}", check=False)
@@ -89,7 +90,7 @@ def main():
                         print(f"WARNING: {job} {name}: qemu-img check: {chk.stdout.strip()[-300:]}")
                 alloc = int(sh(f"du -k {out}").stdout.split()[0]) // 1024
                 print(f"{job} {name}: {secs:.3f} s, {rss // 1024} MiB, output {alloc} MiB allocated", flush=True)
-    print(f"\nseconds (incl. sync), min / median of {args.runs}; peak RSS (max)\n")
+    print(f"\nseconds (incl. sync OUT), min / median of {args.runs}; peak RSS (max)\n")
     print("| conversion | vuimg convert | qemu-img convert | qemu / vuimg (>1: vuimg faster) | peak RSS vuimg / qemu-img |")
     print("|---|---|---|---|---|")
     for job in tools:

@@ -27,7 +27,13 @@ const SIZE: u64 = 1 << 30;
 const RAND_OPS: u64 = 65536;
 const STEP_BLOCKS: u64 = 104_729;
 
-const FIGURES: [&str; 5] = ["seq write", "seq read cold", "seq read warm", "rand read 4k", "rand write 4k"];
+const FIGURES: [&str; 5] = [
+    "seq write",
+    "seq read cold",
+    "seq read warm",
+    "rand read 4k",
+    "rand write 4k",
+];
 
 fn image_dir() -> PathBuf {
     std::env::var_os("THROUGHPUT_DIR")
@@ -123,13 +129,27 @@ fn ours(path: &Path, kind: Kind) -> [f64; 5] {
 fn qemu_bench(qemu_img: &str, fmt: &str, path: &Path, args: &[&str]) -> f64 {
     let depth = std::env::var("QEMU_DEPTH").unwrap_or_else(|_| "1".into());
     let out = Command::new(qemu_img)
-        .args(["bench", "-f", fmt, "-t", "writeback", "-i", "threads", "-d", &depth])
+        .args([
+            "bench",
+            "-f",
+            fmt,
+            "-t",
+            "writeback",
+            "-i",
+            "threads",
+            "-d",
+            &depth,
+        ])
         .args(args)
         .arg(path)
         .output()
         .expect("qemu-img bench");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "qemu-img bench failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "qemu-img bench failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.split("Run completed in ")
         .nth(1)
         .and_then(|s| s.split_whitespace().next())
@@ -154,15 +174,50 @@ fn qemu(qemu_img: &str, path: &Path, kind: Kind) -> [f64; 5] {
     let seq_flush = format!("--flush-interval={seq_n}");
     let rand_flush = format!("--flush-interval={rand_n}");
     let mut out = [0.0; 5];
-    out[0] = qemu_bench(qemu_img, fmt, path, &["-w", "--pattern=90", "-s", "1M", "-S", "1M", "-c", &seq_n, &seq_flush]);
+    out[0] = qemu_bench(
+        qemu_img,
+        fmt,
+        path,
+        &[
+            "-w",
+            "--pattern=90",
+            "-s",
+            "1M",
+            "-S",
+            "1M",
+            "-c",
+            &seq_n,
+            &seq_flush,
+        ],
+    );
     out[1] = if drop_caches() {
         qemu_bench(qemu_img, fmt, path, &["-s", "1M", "-S", "1M", "-c", &seq_n])
     } else {
         f64::NAN
     };
     out[2] = qemu_bench(qemu_img, fmt, path, &["-s", "1M", "-S", "1M", "-c", &seq_n]);
-    out[3] = qemu_bench(qemu_img, fmt, path, &["-s", "4k", "-S", &step, "-c", &rand_n]);
-    out[4] = qemu_bench(qemu_img, fmt, path, &["-w", "--pattern=165", "-s", "4k", "-S", &step, "-c", &rand_n, &rand_flush]);
+    out[3] = qemu_bench(
+        qemu_img,
+        fmt,
+        path,
+        &["-s", "4k", "-S", &step, "-c", &rand_n],
+    );
+    out[4] = qemu_bench(
+        qemu_img,
+        fmt,
+        path,
+        &[
+            "-w",
+            "--pattern=165",
+            "-s",
+            "4k",
+            "-S",
+            &step,
+            "-c",
+            &rand_n,
+            &rand_flush,
+        ],
+    );
     out
 }
 
@@ -176,7 +231,10 @@ fn rate(fig: usize, secs: f64) -> String {
         return "n/a".into();
     }
     if fig < 3 {
-        format!("{:.2} GiB/s ({secs:.3} s)", SIZE as f64 / secs / (1u64 << 30) as f64)
+        format!(
+            "{:.2} GiB/s ({secs:.3} s)",
+            SIZE as f64 / secs / (1u64 << 30) as f64
+        )
     } else {
         format!("{:.0} kIOPS ({secs:.3} s)", RAND_OPS as f64 / secs / 1000.0)
     }
@@ -197,20 +255,49 @@ fn main() {
     // `cargo bench` passes --bench; nothing else is taken.
     let dir = image_dir();
     std::fs::create_dir_all(&dir).unwrap();
-    let runs: usize = std::env::var("RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let qemu_img = std::env::var("QEMU_IMG").unwrap_or_else(|_| "qemu-img".into());
-    let have_qemu = !qemu_img.is_empty() && Command::new(&qemu_img).arg("--version").output().is_ok();
+    let have_qemu =
+        !qemu_img.is_empty() && Command::new(&qemu_img).arg("--version").output().is_ok();
     let raw = dir.join("tp.raw");
     let q = dir.join("tp.qcow2");
     type Row = (&'static str, Box<dyn Fn() -> [f64; 5]>);
     let mut rows: Vec<Row> = vec![
-        ("ours raw (FileDevice)", Box::new({ let raw = raw.clone(); move || ours(&raw, Kind::Raw) })),
-        ("ours qcow2", Box::new({ let q = q.clone(); move || ours(&q, Kind::Qcow2) })),
+        (
+            "ours raw (FileDevice)",
+            Box::new({
+                let raw = raw.clone();
+                move || ours(&raw, Kind::Raw)
+            }),
+        ),
+        (
+            "ours qcow2",
+            Box::new({
+                let q = q.clone();
+                move || ours(&q, Kind::Qcow2)
+            }),
+        ),
     ];
     if have_qemu {
         let (a, b) = (qemu_img.clone(), qemu_img.clone());
-        rows.push(("qemu-img bench raw", Box::new({ let raw = raw.clone(); move || qemu(&a, &raw, Kind::Raw) })));
-        rows.push(("qemu-img bench qcow2", Box::new({ let q = q.clone(); move || qemu(&b, &q, Kind::Qcow2) })));
+        rows.push((
+            "qemu-img bench raw",
+            Box::new({
+                let raw = raw.clone();
+                move || qemu(&a, &raw, Kind::Raw)
+            }),
+        ));
+        rows.push((
+            "qemu-img bench qcow2",
+            Box::new({
+                let q = q.clone();
+                move || qemu(&b, &q, Kind::Qcow2)
+            }),
+        ));
     } else {
         eprintln!("note: qemu-img not found, the qemu rows are skipped");
     }
@@ -243,7 +330,9 @@ fn main() {
     println!("| | {} |", FIGURES.join(" | "));
     println!("|---|---|---|---|---|---|");
     for (r, (name, _)) in rows.iter().enumerate().skip(1) {
-        let cells: Vec<String> = (0..5).map(|i| format!("{:.3}", med[r][i] / med[0][i])).collect();
+        let cells: Vec<String> = (0..5)
+            .map(|i| format!("{:.3}", med[r][i] / med[0][i]))
+            .collect();
         println!("| {name} | {} |", cells.join(" | "));
     }
     if have_qemu {
@@ -251,11 +340,16 @@ fn main() {
         println!("| | {} |", FIGURES.join(" | "));
         println!("|---|---|---|---|---|---|");
         for (o, qi, name) in [(0, 2, "raw"), (1, 3, "qcow2")] {
-            let cells: Vec<String> = (0..5).map(|i| format!("{:.3}", med[o][i] / med[qi][i])).collect();
+            let cells: Vec<String> = (0..5)
+                .map(|i| format!("{:.3}", med[o][i] / med[qi][i]))
+                .collect();
             println!("| {name} | {} |", cells.join(" | "));
         }
     }
-    println!("\npeak RSS of this process (our devices; qemu-img runs as a child): {} MiB", peak_rss_kib() / 1024);
+    println!(
+        "\npeak RSS of this process (our devices; qemu-img runs as a child): {} MiB",
+        peak_rss_kib() / 1024
+    );
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_file(&q);
 }

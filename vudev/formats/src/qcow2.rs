@@ -76,6 +76,22 @@ struct State {
     inflated: Option<(u64, Vec<u8>)>,
 }
 
+/// A newly allocated cluster of a write run: the L2 entry to set once its data is written.
+struct Fresh {
+    l2off: u64,
+    g: u64,
+    h: u64,
+    map: Map,
+}
+
+/// Pieces of one write that go to host-contiguous places: written with one call.
+struct Run {
+    host: u64,
+    at: usize,
+    len: usize,
+    fresh: Vec<Fresh>,
+}
+
 /// A qcow2 image as a block device.
 pub struct Qcow2 {
     file: Storage,
@@ -511,6 +527,13 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Writes the dirty refcount blocks, then the dirty L2 tables: on disk a refcount is
+    /// never below the references to its cluster (qemu's rule; a crash leaks, at worst).
+    fn write_back_meta(&self, st: &mut State) -> Result<()> {
+        self.write_back_rb(st)?;
+        self.write_back_l2(st)
+    }
+
     fn ensure_rb(&self, st: &mut State, off: u64) -> Result<()> {
         if st.rb.contains(off) {
             return Ok(());
@@ -864,7 +887,60 @@ impl Qcow2 {
         self.set_l2(st, l2off, g, h | COPIED)?;
         if let Map::Compressed(off, len) = map {
             st.inflated = None;
+            // The L2 entry stops pointing at it on disk before its refcount drops.
+            self.write_back_meta(st)?;
             self.free_compressed(st, off, len)?;
+        }
+        Ok(())
+    }
+
+    /// Where a write of `n` bytes at `within` of guest cluster `g` goes without reading
+    /// anything: into its data cluster, or (a whole cluster) into a newly allocated one,
+    /// returned with the L2 update to make once the data is written. None when the
+    /// cluster must be read, modified and written (`write_cluster`).
+    fn direct_target(
+        &self,
+        st: &mut State,
+        g: u64,
+        within: usize,
+        n: usize,
+    ) -> Result<Option<(u64, Option<Fresh>)>> {
+        let l2off = self.l2_for_write(st, g)?;
+        let e = st.l2.get(l2off).expect("loaded")[(g % self.l2_entries) as usize];
+        let map = self.classify(st, e)?;
+        if let Map::Data(h) = map {
+            return Ok(Some((h + within as u64, None)));
+        }
+        if n != self.cs as usize {
+            return Ok(None);
+        }
+        let h = match map {
+            Map::Zero(Some(h)) => h,
+            _ => self.alloc_cluster(st)?,
+        };
+        Ok(Some((h, Some(Fresh { l2off, g, h, map }))))
+    }
+
+    /// Writes a run of `buf` to its host-contiguous place with one call, then points the
+    /// L2 entries of its newly allocated clusters at them (data before metadata); on a
+    /// failed write the new clusters' references are dropped again.
+    fn write_run(&self, st: &mut State, r: Run, buf: &[u8]) -> Result<()> {
+        if let Err(err) = self.file.write_at(&buf[r.at..r.at + r.len], r.host) {
+            for f in &r.fresh {
+                if !matches!(f.map, Map::Zero(Some(_))) {
+                    let _ = self.rc_update(st, f.h / self.cs, -1);
+                }
+            }
+            return Err(err);
+        }
+        for f in r.fresh {
+            self.set_l2(st, f.l2off, f.g, f.h | COPIED)?;
+            if let Map::Compressed(off, len) = f.map {
+                st.inflated = None;
+                // The L2 entry stops pointing at it on disk before its refcount drops.
+                self.write_back_meta(st)?;
+                self.free_compressed(st, off, len)?;
+            }
         }
         Ok(())
     }
@@ -903,9 +979,11 @@ impl BlockDevice for Qcow2 {
         }
         let len = (self.size - offset).min(buf.len() as u64) as usize;
         let mut st = self.lock();
+        // What to read from the file or from below, once the map is known: runs of
+        // host-contiguous data clusters (host, at, len) and unallocated pieces (at, len).
+        let mut runs: Vec<(u64, usize, usize)> = Vec::new();
+        let mut below: Vec<(usize, usize)> = Vec::new();
         let mut done = 0;
-        // A run of host-contiguous data clusters, read with one call.
-        let mut run: Option<(u64, usize, usize)> = None;
         while done < len {
             let pos = offset + done as u64;
             let g = pos / self.cs;
@@ -913,38 +991,50 @@ impl BlockDevice for Qcow2 {
             let n = ((self.cs - within) as usize).min(len - done);
             let e = self.l2_entry(&mut st, g)?;
             let map = self.classify(&st, e)?;
-            if let Map::Data(h) = map {
-                let host = h + within;
-                match &mut run {
-                    Some((start, _, rlen)) if *start + *rlen as u64 == host => *rlen += n,
-                    _ => {
-                        if let Some((start, at, rlen)) = run.take() {
-                            self.file.read_at(&mut buf[at..at + rlen], start)?;
-                        }
-                        run = Some((host, done, n));
-                    }
-                }
-                done += n;
-                continue;
-            }
-            if let Some((start, at, rlen)) = run.take() {
-                self.file.read_at(&mut buf[at..at + rlen], start)?;
-            }
             let out = &mut buf[done..done + n];
             match map {
-                Map::Unallocated => self.read_below(out, pos)?,
+                Map::Data(h) => {
+                    if h >= self.file.len() {
+                        // A truncated file: the data is gone, not zeros.
+                        return Err(Errno::EIO);
+                    }
+                    let host = h + within;
+                    match runs.last_mut() {
+                        Some((start, at, rlen))
+                            if *start + *rlen as u64 == host && *at + *rlen == done =>
+                        {
+                            *rlen += n
+                        }
+                        _ => runs.push((host, done, n)),
+                    }
+                }
+                Map::Unallocated => match below.last_mut() {
+                    Some((at, blen)) if *at + *blen == done => *blen += n,
+                    _ => below.push((done, n)),
+                },
                 Map::Zero(_) => out.fill(0),
                 Map::Compressed(off, clen) => {
                     let data = self.inflate(&mut st, e, off, clen)?;
                     out.copy_from_slice(&data[within as usize..within as usize + n]);
                 }
-                Map::Data(_) => unreachable!("handled above"),
             }
             done += n;
         }
-        if let Some((start, at, rlen)) = run {
-            self.file.read_at(&mut buf[at..at + rlen], start)?;
+        // A read-only image's map cannot change under us: the reads themselves run
+        // unlocked, so that several readers (a conversion's) have reads in flight.
+        let guard = if self.read_only {
+            drop(st);
+            None
+        } else {
+            Some(st)
+        };
+        for (host, at, rlen) in runs {
+            self.file.read_at(&mut buf[at..at + rlen], host)?;
         }
+        for (at, blen) in below {
+            self.read_below(&mut buf[at..at + blen], offset + at as u64)?;
+        }
+        drop(guard);
         Ok(len)
     }
 
@@ -960,13 +1050,50 @@ impl BlockDevice for Qcow2 {
         }
         let len = (self.size - offset).min(buf.len() as u64) as usize;
         let mut st = self.lock();
+        let mut run: Option<Run> = None;
         let mut done = 0;
         while done < len {
             let pos = offset + done as u64;
+            let g = pos / self.cs;
             let within = (pos % self.cs) as usize;
             let n = (self.cs as usize - within).min(len - done);
-            self.write_cluster(&mut st, pos / self.cs, within, &buf[done..done + n])?;
+            match self.direct_target(&mut st, g, within, n) {
+                Ok(Some((host, fresh))) => {
+                    let joins = run
+                        .as_ref()
+                        .is_some_and(|r| r.host + r.len as u64 == host && r.at + r.len == done);
+                    if !joins {
+                        if let Some(r) = run.take() {
+                            self.write_run(&mut st, r, buf)?;
+                        }
+                        run = Some(Run {
+                            host,
+                            at: done,
+                            len: 0,
+                            fresh: Vec::new(),
+                        });
+                    }
+                    let r = run.as_mut().expect("just set");
+                    r.len += n;
+                    r.fresh.extend(fresh);
+                }
+                Ok(None) => {
+                    if let Some(r) = run.take() {
+                        self.write_run(&mut st, r, buf)?;
+                    }
+                    self.write_cluster(&mut st, g, within, &buf[done..done + n])?;
+                }
+                Err(e) => {
+                    if let Some(r) = run.take() {
+                        self.write_run(&mut st, r, buf)?;
+                    }
+                    return Err(e);
+                }
+            }
             done += n;
+        }
+        if let Some(r) = run.take() {
+            self.write_run(&mut st, r, buf)?;
         }
         Ok(len)
     }
@@ -976,8 +1103,7 @@ impl BlockDevice for Qcow2 {
             return Ok(());
         }
         let mut st = self.lock();
-        self.write_back_rb(&mut st)?;
-        self.write_back_l2(&mut st)?;
+        self.write_back_meta(&mut st)?;
         self.file.flush()
     }
 
@@ -990,6 +1116,40 @@ impl BlockDevice for Qcow2 {
         }
         let end = offset.saturating_add(len).min(self.size);
         let zeroes = self.discard_zeroes();
+        // Clusters unmapped here are freed at the end, once the L2 tables that no longer
+        // point at them are on disk: a refcount must never drop below the references the
+        // file holds, or a crash in between leaves a cluster used twice.
+        let mut frees: Vec<Map> = Vec::new();
+        let res = self.discard_clusters(offset, end, zeroes, &mut frees);
+        if !frees.is_empty() {
+            let mut st = self.lock();
+            self.write_back_meta(&mut st)?;
+            for map in frees {
+                match map {
+                    Map::Data(h) | Map::Zero(Some(h)) => self.free_cluster(&mut st, h)?,
+                    Map::Compressed(off, clen) => self.free_compressed(&mut st, off, clen)?,
+                    _ => {}
+                }
+            }
+        }
+        res
+    }
+
+    fn discard_zeroes(&self) -> bool {
+        self.backing.is_none() || self.version >= 3
+    }
+}
+
+impl Qcow2 {
+    /// The cluster work of `discard`: unmaps whole clusters of `[offset, end)` (their
+    /// clusters go to `frees`) and zeroes partial ones.
+    fn discard_clusters(
+        &self,
+        offset: u64,
+        end: u64,
+        zeroes: bool,
+        frees: &mut Vec<Map>,
+    ) -> Result<()> {
         let mut pos = offset;
         while pos < end {
             let g = pos / self.cs;
@@ -1037,22 +1197,14 @@ impl BlockDevice for Qcow2 {
             };
             if e != new {
                 self.set_l2(&mut st, l2off, g, new)?;
-                match map {
-                    Map::Data(h) | Map::Zero(Some(h)) => self.free_cluster(&mut st, h)?,
-                    Map::Compressed(off, clen) => {
-                        st.inflated = None;
-                        self.free_compressed(&mut st, off, clen)?;
-                    }
-                    _ => {}
+                if let Map::Compressed(..) = map {
+                    st.inflated = None;
                 }
+                frees.push(map);
             }
             pos = stop;
         }
         Ok(())
-    }
-
-    fn discard_zeroes(&self) -> bool {
-        self.backing.is_none() || self.version >= 3
     }
 }
 

@@ -143,6 +143,27 @@ impl Vdi {
         file.read_at(&mut raw, offset_bmap)
             .map_err(|e| FormatError::io(&path, e))?;
         let bmap: Vec<u32> = raw.chunks_exact(4).map(|c| le32(c, 0)).collect();
+        // Every allocated block's data must be in the file: a file cut short (a copy
+        // interrupted, a full disk) is refused here rather than read as zeros.
+        if let Some((b, &i)) = bmap
+            .iter()
+            .enumerate()
+            .filter(|(_, &i)| i != UNALLOCATED && i != DISCARDED)
+            .max_by_key(|(_, &i)| i)
+        {
+            if u64::from(i) >= blocks {
+                return Err(bad(format!(
+                    "block {b} maps to data block {i}, beyond the {blocks} blocks of the disk"
+                )));
+            }
+            let end = offset_data + (u64::from(i) + 1) * block_size;
+            if end > flen {
+                return Err(bad(format!(
+                    "truncated: block {b}'s data ends at {end}, past the end of the file \
+                     ({flen} bytes)"
+                )));
+            }
+        }
         let read_only = read_only || file.read_only();
         Ok(Vdi {
             file,

@@ -166,6 +166,26 @@ impl Sparse {
         } else {
             None
         };
+        // Grain tables past the end: a truncated file, refused as qemu does. (A grain
+        // past the end fails its read with EIO.)
+        let flen = file.len();
+        let overhead = le64(&h, 0x40).saturating_mul(512);
+        if !stream && overhead > flen {
+            return Err(bad(format!(
+                "truncated: the grains start at {overhead}, past the end of the file \
+                 ({flen} bytes)"
+            )));
+        }
+        for (i, &gt) in gd.iter().chain(rgd.iter().flatten()).enumerate() {
+            let end = u64::from(gt) * 512 + gtes * 4;
+            if gt != 0 && end > flen {
+                return Err(bad(format!(
+                    "truncated: grain table {} ends at {end}, past the end of the file \
+                     ({flen} bytes)",
+                    i % gd.len().max(1)
+                )));
+            }
+        }
         let _ = read_only;
         Ok(Sparse {
             file,

@@ -12,12 +12,13 @@ use crate::proto::*;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vudev::{BlockDevice, Errno};
+use vudev::{BlockDevice, Errno, FileDevice};
 
 /// Most options one handshake may send before the server gives up on the client.
 const MAX_OPTIONS: usize = 1024;
@@ -42,6 +43,18 @@ pub trait Transport: Read + Write {
         let _ = timeout;
         Ok(())
     }
+
+    /// The socket, for `sendfile` of read replies straight from a raw image file; None
+    /// (the default) for streams that are not file descriptors.
+    fn socket_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    /// A second descriptor of the socket, for replies written by worker threads while
+    /// this stream reads requests; None (requests served one at a time) otherwise.
+    fn clone_socket(&self) -> Option<OwnedFd> {
+        None
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for &mut T {
@@ -50,6 +63,12 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     }
     fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         (**self).set_write_timeout(timeout)
+    }
+    fn socket_fd(&self) -> Option<BorrowedFd<'_>> {
+        (**self).socket_fd()
+    }
+    fn clone_socket(&self) -> Option<OwnedFd> {
+        (**self).clone_socket()
     }
 }
 
@@ -60,6 +79,12 @@ impl Transport for UnixStream {
     fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         UnixStream::set_write_timeout(self, timeout)
     }
+    fn socket_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
+    }
+    fn clone_socket(&self) -> Option<OwnedFd> {
+        self.try_clone().ok().map(OwnedFd::from)
+    }
 }
 
 impl Transport for TcpStream {
@@ -69,6 +94,153 @@ impl Transport for TcpStream {
     fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         TcpStream::set_write_timeout(self, timeout)
     }
+    fn socket_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
+    }
+    fn clone_socket(&self) -> Option<OwnedFd> {
+        self.try_clone().ok().map(OwnedFd::from)
+    }
+}
+
+/// A transport read through a buffer (a burst of small requests costs one `read` call)
+/// and written directly (replies are whole writes already).
+struct Buffered<S: Transport> {
+    r: io::BufReader<S>,
+}
+
+impl<S: Transport> Read for Buffered<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.r.read(buf)
+    }
+}
+
+impl<S: Transport> Write for Buffered<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.r.get_mut().write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.r.get_mut().write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.r.get_mut().flush()
+    }
+}
+
+impl<S: Transport> Transport for Buffered<S> {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.r.get_ref().set_read_timeout(timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.r.get_ref().set_write_timeout(timeout)
+    }
+    fn socket_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.r.get_ref().socket_fd()
+    }
+    fn clone_socket(&self) -> Option<OwnedFd> {
+        self.r.get_ref().clone_socket()
+    }
+}
+
+/// The reply side of a socket shared by a connection's workers (a `File` over the
+/// socket's descriptor: `write`, `writev` and `sendfile` work on it as on the socket).
+struct SockOut(std::fs::File);
+
+impl Write for SockOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for SockOut {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+impl Transport for SockOut {
+    fn socket_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.0.as_fd())
+    }
+}
+
+/// Workers per connection: requests of one connection (READ, WRITE) served concurrently.
+const WORKERS: usize = 4;
+/// Requests queued for the workers of one connection.
+const QUEUED: usize = 16;
+/// Most payload bytes of one connection's queued and running writes.
+const MAX_INFLIGHT_BYTES: usize = 64 << 20;
+
+/// A READ or WRITE handed to a worker.
+struct Job {
+    req: Request,
+    payload: Vec<u8>,
+}
+
+/// What a connection's reader and workers share.
+struct Pipe {
+    out: Mutex<SockOut>,
+    /// Jobs queued or running, and their payload bytes.
+    inflight: Mutex<(usize, usize)>,
+    idle: std::sync::Condvar,
+    /// A reply could not be written: the connection is over.
+    broken: AtomicBool,
+    /// Payload buffers to reuse.
+    spare: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Pipe {
+    /// Waits until no more than `bytes_left` payload bytes are in flight (0: until the
+    /// workers are idle, before the reader itself replies).
+    fn wait_below(&self, bytes_left: usize) {
+        let mut n = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        while n.0 > 0 && (bytes_left == 0 || n.1 > bytes_left) {
+            n = self.idle.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn done(&self, bytes: usize) {
+        let mut n = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        n.0 -= 1;
+        n.1 -= bytes;
+        self.idle.notify_all();
+    }
+
+    fn take_buf(&self) -> Vec<u8> {
+        self.spare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give_buf(&self, buf: Vec<u8>) {
+        if buf.capacity() <= 4 << 20 {
+            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+            if spare.len() < QUEUED + WORKERS {
+                spare.push(buf);
+            }
+        }
+    }
+}
+
+/// Writes all of `parts` with as few calls as the stream takes (`writev`).
+fn write_parts(w: &mut impl Write, mut parts: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    io::IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        match w.write_vectored(parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// One named export: a device and how it is offered.
@@ -82,6 +254,9 @@ pub struct Export {
     pub description: String,
     /// Where the data is, for `base:allocation`.
     pub allocation: Arc<dyn Allocation>,
+    /// The raw image file the device reads, and where the export starts in it: read
+    /// replies are sent from it with `sendfile` (no copy through the server).
+    pub direct: Option<(Arc<FileDevice>, u64)>,
 }
 
 impl Export {
@@ -92,7 +267,15 @@ impl Export {
             device,
             description: String::new(),
             allocation: Arc::new(AllData),
+            direct: None,
         }
+    }
+
+    /// Says that the device reads `file` from byte `base` on, unchanged (a raw image or
+    /// a partition of one, not an overlay), so reads may be sent from the file directly.
+    pub fn direct_file(mut self, file: Arc<FileDevice>, base: u64) -> Export {
+        self.direct = Some((file, base));
+        self
     }
 
     /// Makes the export read-only (or not: a read-only device stays read-only).
@@ -383,7 +566,9 @@ impl Server {
     pub fn handle<S: Transport>(&self, stream: S, peer: &str) -> io::Result<()> {
         let _ = stream.set_read_timeout(Some(self.options.handshake_timeout));
         let mut conn = Conn {
-            s: stream,
+            s: Buffered {
+                r: io::BufReader::with_capacity(64 << 10, stream),
+            },
             server: self,
             peer,
             structured: false,
@@ -395,6 +580,96 @@ impl Server {
         };
         let _ = conn.s.set_read_timeout(None);
         conn.transmission(index)
+    }
+}
+
+/// What a connection's workers need to serve READ and WRITE.
+struct Worker<'a> {
+    server: &'a Server,
+    export: &'a (String, Export),
+    peer: &'a str,
+    structured: bool,
+}
+
+impl Worker<'_> {
+    /// Serves jobs until the reader hangs up the queue.
+    fn run(&self, pipe: &Pipe, rx: &Mutex<std::sync::mpsc::Receiver<Job>>) {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            let Ok(job) = job else { return };
+            let bytes = job.payload.len();
+            if !pipe.broken.load(Ordering::Relaxed) {
+                if let Err(e) = self.serve(pipe, &job, &mut buf) {
+                    if !pipe.broken.swap(true, Ordering::Relaxed) {
+                        self.server.log(format_args!(
+                            "client {}: reply not sent: {}",
+                            self.peer,
+                            io_message(&e)
+                        ));
+                        // Wake the reader out of its read: the connection is over.
+                        let out = pipe.out.lock().unwrap_or_else(|e| e.into_inner());
+                        let _ = rustix::net::shutdown(&out.0, rustix::net::Shutdown::Both);
+                    }
+                }
+            }
+            pipe.give_buf(job.payload);
+            if buf.capacity() > 4 << 20 {
+                buf = Vec::new();
+            }
+            pipe.done(bytes);
+        }
+    }
+
+    fn serve(&self, pipe: &Pipe, job: &Job, buf: &mut Vec<u8>) -> io::Result<()> {
+        let (name, export) = self.export;
+        let req = &job.req;
+        let dev = &export.device;
+        let fua = req.flags & CMD_FLAG_FUA != 0;
+        let result = if req.kind == CMD_READ {
+            if let Some((file, base)) = &export.direct {
+                let mut out = pipe.out.lock().unwrap_or_else(|e| e.into_inner());
+                return send_read_direct_to(
+                    &mut *out,
+                    self.structured,
+                    req,
+                    file,
+                    base + req.offset,
+                );
+            }
+            buf.resize(req.len as usize, 0);
+            match dev.read_exact_at(buf, req.offset) {
+                Ok(()) => {
+                    let mut out = pipe.out.lock().unwrap_or_else(|e| e.into_inner());
+                    return send_read_to(&mut *out, self.structured, req, buf);
+                }
+                Err(e) => Err(Failure::errno(e)),
+            }
+        } else {
+            dev.write_all_at(&job.payload, req.offset)
+                .and_then(|()| if fua { dev.flush() } else { Ok(()) })
+                .map_err(Failure::errno)
+        };
+        let reply = match result {
+            Ok(()) => simple_reply(0, req.cookie).to_vec(),
+            Err(f) => {
+                self.server.log(format_args!(
+                    "client {} export {name:?}: {} at {} length {}: {}",
+                    self.peer,
+                    command_name(req.kind),
+                    req.offset,
+                    req.len,
+                    f.1
+                ));
+                if self.structured {
+                    error_chunk(req.cookie, f.0, &f.1)
+                } else {
+                    simple_reply(f.0, req.cookie).to_vec()
+                }
+            }
+        };
+        let mut out = pipe.out.lock().unwrap_or_else(|e| e.into_inner());
+        out.write_all(&reply)
     }
 }
 
@@ -410,8 +685,8 @@ fn protocol_error(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }
 
-struct Conn<'a, S> {
-    s: S,
+struct Conn<'a, S: Transport> {
+    s: Buffered<S>,
     server: &'a Server,
     peer: &'a str,
     structured: bool,
@@ -685,11 +960,53 @@ impl<S: Transport> Conn<'_, S> {
     }
 
     fn transmission(&mut self, index: usize) -> io::Result<()> {
+        let Some(fd) = self.s.clone_socket() else {
+            return self.serve(index, None);
+        };
+        let pipe = Pipe {
+            out: Mutex::new(SockOut(std::fs::File::from(fd))),
+            inflight: Mutex::new((0, 0)),
+            idle: std::sync::Condvar::new(),
+            broken: AtomicBool::new(false),
+            spare: Mutex::new(Vec::new()),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUED);
+        let rx = Mutex::new(rx);
+        let worker = Worker {
+            server: self.server,
+            export: &self.server.exports[index],
+            peer: self.peer,
+            structured: self.structured,
+        };
+        std::thread::scope(|scope| {
+            for _ in 0..WORKERS {
+                let (pipe, rx, worker) = (&pipe, &rx, &worker);
+                scope.spawn(move || worker.run(pipe, rx));
+            }
+            let res = self.serve(index, Some((&pipe, tx)));
+            pipe.wait_below(0);
+            res
+        })
+    }
+
+    /// The transmission phase: requests read here; READ and WRITE handed to the workers
+    /// of `pipe` when there are some, everything else (and everything without workers)
+    /// served here, once the workers are idle.
+    fn serve(
+        &mut self,
+        index: usize,
+        pipe: Option<(&Pipe, std::sync::mpsc::SyncSender<Job>)>,
+    ) -> io::Result<()> {
         let server = self.server;
         let (name, export) = &server.exports[index];
         let size = export.device.size();
         let mut buf: Vec<u8> = Vec::new();
         loop {
+            if let Some((p, _)) = &pipe {
+                if p.broken.load(Ordering::Relaxed) {
+                    return Err(protocol_error("a reply could not be sent"));
+                }
+            }
             let mut header = [0u8; Request::SIZE];
             match self.s.read_exact(&mut header) {
                 Ok(()) => {}
@@ -705,11 +1022,47 @@ impl<S: Transport> Conn<'_, S> {
                 if req.len > MAX_PAYLOAD {
                     // The payload cannot be skipped cheaply: answer, then hang up.
                     let f = Failure::inval("write longer than 32 MiB");
+                    if let Some((p, _)) = &pipe {
+                        p.wait_below(0);
+                    }
                     let _ = self.reply_failure(&req, f, name);
                     return Err(protocol_error("write payload too big"));
                 }
+                if let Some((p, _)) = &pipe {
+                    buf = p.take_buf();
+                }
                 buf.resize(req.len as usize, 0);
                 self.s.read_exact(&mut buf)?;
+            }
+            if let Some((p, tx)) = &pipe {
+                let ok_flags = req.flags & !CMD_FLAG_FUA == 0
+                    || (req.kind == CMD_READ
+                        && self.structured
+                        && req.flags & !(CMD_FLAG_FUA | CMD_FLAG_DF) == 0);
+                let ready = !server.is_shutting_down()
+                    && ok_flags
+                    && in_range
+                    && req.len <= MAX_PAYLOAD
+                    && (req.kind == CMD_READ || (req.kind == CMD_WRITE && !export.read_only));
+                if ready {
+                    let payload = if req.kind == CMD_WRITE {
+                        std::mem::take(&mut buf)
+                    } else {
+                        Vec::new()
+                    };
+                    p.wait_below(MAX_INFLIGHT_BYTES.saturating_sub(payload.len()));
+                    {
+                        let mut n = p.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                        n.0 += 1;
+                        n.1 += payload.len();
+                    }
+                    if tx.send(Job { req, payload }).is_err() {
+                        return Err(protocol_error("the workers stopped"));
+                    }
+                    continue;
+                }
+                // Replies from here on are written by this thread: none may interleave.
+                p.wait_below(0);
             }
             if server.is_shutting_down() {
                 let f = Failure(NBD_ESHUTDOWN, "server shutting down".into());
@@ -735,6 +1088,19 @@ impl<S: Transport> Conn<'_, S> {
                         Err(Failure::inval("read longer than 32 MiB"))
                     } else if !in_range {
                         Err(Failure::inval("read past the end of the export"))
+                    } else if let Some((file, base)) = &export.direct {
+                        if self.s.socket_fd().is_some() {
+                            self.send_read_direct(&req, file, base + req.offset)?;
+                            continue;
+                        }
+                        buf.resize(req.len as usize, 0);
+                        match dev.read_exact_at(&mut buf, req.offset) {
+                            Ok(()) => {
+                                self.send_read(&req, &buf)?;
+                                continue;
+                            }
+                            Err(e) => Err(Failure::errno(e)),
+                        }
                     } else {
                         buf.resize(req.len as usize, 0);
                         match dev.read_exact_at(&mut buf, req.offset) {
@@ -836,33 +1202,11 @@ impl<S: Transport> Conn<'_, S> {
     }
 
     fn send_read(&mut self, req: &Request, data: &[u8]) -> io::Result<()> {
-        if !self.structured {
-            self.s.write_all(&simple_reply(0, req.cookie))?;
-            self.s.write_all(data)?;
-            return self.s.flush();
-        }
-        if data.is_empty() {
-            let h = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.cookie, 0);
-            return self.send(&h);
-        }
-        if data.iter().all(|&b| b == 0) {
-            let mut v =
-                chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_HOLE, req.cookie, 12).to_vec();
-            v.extend_from_slice(&req.offset.to_be_bytes());
-            v.extend_from_slice(&req.len.to_be_bytes());
-            return self.send(&v);
-        }
-        let mut h = chunk_header(
-            REPLY_FLAG_DONE,
-            REPLY_TYPE_OFFSET_DATA,
-            req.cookie,
-            8 + data.len() as u32,
-        )
-        .to_vec();
-        h.extend_from_slice(&req.offset.to_be_bytes());
-        self.s.write_all(&h)?;
-        self.s.write_all(data)?;
-        self.s.flush()
+        send_read_to(&mut self.s, self.structured, req, data)
+    }
+
+    fn send_read_direct(&mut self, req: &Request, file: &FileDevice, at: u64) -> io::Result<()> {
+        send_read_direct_to(&mut self.s, self.structured, req, file, at)
     }
 
     fn send_block_status(
@@ -898,6 +1242,85 @@ impl<S: Transport> Conn<'_, S> {
         v.extend_from_slice(&payload);
         self.send(&v)
     }
+}
+
+fn send_read_to<W: Transport>(
+    w: &mut W,
+    structured: bool,
+    req: &Request,
+    data: &[u8],
+) -> io::Result<()> {
+    if !structured {
+        let h = simple_reply(0, req.cookie);
+        return write_parts(w, &mut [io::IoSlice::new(&h), io::IoSlice::new(data)]);
+    }
+    if data.is_empty() {
+        let h = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.cookie, 0);
+        w.write_all(&h)?;
+        return w.flush();
+    }
+    if data.iter().all(|&b| b == 0) {
+        let mut v = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_HOLE, req.cookie, 12).to_vec();
+        v.extend_from_slice(&req.offset.to_be_bytes());
+        v.extend_from_slice(&req.len.to_be_bytes());
+        w.write_all(&v)?;
+        return w.flush();
+    }
+    let mut h = chunk_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_DATA,
+        req.cookie,
+        8 + data.len() as u32,
+    )
+    .to_vec();
+    h.extend_from_slice(&req.offset.to_be_bytes());
+    write_parts(w, &mut [io::IoSlice::new(&h), io::IoSlice::new(data)])
+}
+
+/// A read reply whose data goes from `file` at `at` to the socket with `sendfile`:
+/// the header first, then the bytes without a copy through the server. The file
+/// ending early (truncated under us) breaks the connection: the reply cannot be
+/// taken back once its header is out.
+fn send_read_direct_to<W: Transport>(
+    w: &mut W,
+    structured: bool,
+    req: &Request,
+    file: &FileDevice,
+    at: u64,
+) -> io::Result<()> {
+    let len = req.len as usize;
+    if structured && len == 0 {
+        let h = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.cookie, 0);
+        w.write_all(&h)?;
+        return w.flush();
+    }
+    if structured {
+        let mut h = chunk_header(
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_OFFSET_DATA,
+            req.cookie,
+            8 + req.len,
+        )
+        .to_vec();
+        h.extend_from_slice(&req.offset.to_be_bytes());
+        w.write_all(&h)?;
+    } else {
+        w.write_all(&simple_reply(0, req.cookie))?;
+    }
+    let Some(sock) = w.socket_fd() else {
+        return Err(protocol_error("no socket to send from"));
+    };
+    let mut offset = at;
+    let mut left = len;
+    while left > 0 {
+        match rustix::fs::sendfile(sock, file.file(), Some(&mut offset), left) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => left -= n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Writes `len` zero bytes at `offset` in 1 MiB pieces.

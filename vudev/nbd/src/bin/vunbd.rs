@@ -227,7 +227,9 @@ fn build(cli: &Cli, planned: Vec<Planned>, verbose: bool) -> Server {
                 } else {
                     let export = Export::new(device).description(what);
                     match image.raw_file {
-                        Some(file) => export.allocation(FileAllocation::for_device(file, start)),
+                        Some(file) => export
+                            .allocation(FileAllocation::for_device(file.clone(), start))
+                            .direct_file(file, start),
                         None => export.allocation(Arc::new(AllData)),
                     }
                 }
