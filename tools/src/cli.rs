@@ -434,6 +434,9 @@ pub const SPEC_HELP: &str = r#"SPEC (TOML):
   reproducible = true        # fix ids, serials and times (also: SOURCE_DATE_EPOCH)
   epoch = 1700000000         # the fixed time (default: SOURCE_DATE_EPOCH, else 1980-01-01)
   output = "card.img"        # default output, relative to the SPEC
+  hybrid_mbr = [1]           # GPT: also list these (1-3) in the MBR (mbr_type = "0c")
+  fill = true                # allocate every byte of a raw output (no holes)
+  raw = [ { file = "u-boot.bin", offset = "8K" } ]   # outside the table and partitions
 
   [[partition]]
   type = "fat32"             # by name (linux, fat32, efi, swap, ...), hex or GUID
@@ -443,6 +446,12 @@ pub const SPEC_HELP: &str = r#"SPEC (TOML):
   fs = "fat32"               # fat, fat12, fat16, fat32, exfat, ext2, ext4 or none
   label = "BOOT"
   cluster_size = "4K"        # FAT and exFAT; ext takes block_size = 4096
+  offset = "4M"              # start (bytes from the disk's start); or align = "4M"
+  uuid = "..."               # GPT partition GUID; fs_uuid = "..." the ext UUID
+  volume_id = "0x1234abcd"   # FAT/exFAT serial
+  features = ["^metadata_csum"]  # mke2fs -O
+  logical = true             # MBR logical (after a type = "extended" partition)
+  image = "boot.vfat"        # or: fill from an image file (no fs, no contents)
   contents = [
     { from = "sample/boot", to = "/" },        # a host directory's contents
     { from = "kernel.img", to = "/kernel.img" },  # one file
