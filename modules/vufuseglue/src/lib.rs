@@ -164,12 +164,37 @@ pub unsafe fn run_main(spec: &ModuleSpec, argc: c_int, argv: *mut *mut c_char) -
     rc
 }
 
+/// `errors=` as the FUSE daemons apply it, except `panic`: under umvu an abort would end
+/// every process of the partial virtual machine, not one daemon, so that mount is refused.
+fn on_corruption(
+    spec: &ModuleSpec,
+    options: &MountOptions,
+    fs: Arc<dyn FileSystem>,
+) -> Result<Arc<dyn FileSystem>, String> {
+    use vufuse_api::options::ErrorBehavior;
+    if options.errors == Some(ErrorBehavior::Panic) {
+        return Err(format!(
+            "{}: errors=panic would end every process under umvu; use errors=remount-ro",
+            spec.name
+        ));
+    }
+    Ok(vufuse_api::errors::OnCorruption::wrap(
+        fs,
+        options.errors,
+        spec.name,
+    ))
+}
+
 fn prepare(spec: &ModuleSpec, args: &[OsString]) -> Result<Mount, String> {
     let parsed = parse_args(spec.write_policy, args)?;
     for warning in &parsed.options.warnings {
         eprintln!("{}: warning: {warning}", spec.name);
     }
-    let fs = (spec.open)(&parsed.source, &parsed.options)?;
+    let fs = on_corruption(
+        spec,
+        &parsed.options,
+        (spec.open)(&parsed.source, &parsed.options)?,
+    )?;
     fs.init()
         .map_err(|e| format!("{}: {e}", parsed.source.display()))?;
     Ok(Mount::new(fs, parsed.options.read_only))
@@ -247,5 +272,70 @@ mod tests {
             .contains("SOURCE"));
         assert!(parse_args(FAT, &args(&["x", "a", "b", "c"])).is_err());
         assert!(parse_args(FAT, &args(&["x", "-z", "a"])).is_err());
+    }
+
+    #[test]
+    fn errors_option_wraps_the_driver_and_panic_is_refused() {
+        struct Corrupt;
+        impl FileSystem for Corrupt {
+            fn lookup(
+                &self,
+                _: &vufuse_api::Context,
+                _: vufuse_api::Ino,
+                _: &OsStr,
+            ) -> vufuse_api::Result<vufuse_api::Entry> {
+                Err(vufuse_api::Errno::EUCLEAN)
+            }
+            fn getattr(
+                &self,
+                _: &vufuse_api::Context,
+                _: vufuse_api::Ino,
+                _: Option<vufuse_api::Fh>,
+            ) -> vufuse_api::Result<vufuse_api::Attr> {
+                Err(vufuse_api::Errno::EUCLEAN)
+            }
+            fn statfs(&self, _: &vufuse_api::Context) -> vufuse_api::Result<vufuse_api::StatFs> {
+                Err(vufuse_api::Errno::EUCLEAN)
+            }
+            fn readdir(
+                &self,
+                _: &vufuse_api::Context,
+                _: vufuse_api::Ino,
+                _: vufuse_api::Fh,
+                _: u64,
+                _: &mut dyn FnMut(vufuse_api::DirEntry<'_>) -> bool,
+            ) -> vufuse_api::Result<()> {
+                Err(vufuse_api::Errno::EUCLEAN)
+            }
+        }
+        let spec = ModuleSpec {
+            name: "test",
+            write_policy: FAT,
+            open: |_, _| Ok(Arc::new(Corrupt)),
+        };
+        let ctx = vufuse_api::Context::current();
+        let opts = |o: &str| {
+            parse_args(FAT, &args(&["x", "-o", o, "/i", "/m"]))
+                .unwrap()
+                .options
+        };
+        let Err(e) = on_corruption(&spec, &opts("rw+,errors=panic"), Arc::new(Corrupt)) else {
+            panic!("errors=panic accepted under umvu");
+        };
+        assert!(e.contains("errors=panic"), "{e}");
+        let Ok(fs) = on_corruption(&spec, &opts("rw+,errors=remount-ro"), Arc::new(Corrupt)) else {
+            panic!("errors=remount-ro refused");
+        };
+        assert_eq!(
+            fs.lookup(&ctx, vufuse_api::Ino::ROOT, OsStr::new("x"))
+                .unwrap_err(),
+            vufuse_api::Errno::EUCLEAN
+        );
+        let made = fs.mkdir(&ctx, vufuse_api::Ino::ROOT, OsStr::new("d"), 0o755);
+        assert_eq!(
+            made.unwrap_err(),
+            vufuse_api::Errno::EROFS,
+            "read-only after a corruption"
+        );
     }
 }
