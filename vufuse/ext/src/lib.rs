@@ -17,6 +17,7 @@
 #![allow(unsafe_code)]
 
 mod ffi;
+mod geometry;
 pub mod journal;
 mod names;
 
@@ -494,6 +495,7 @@ impl ExtFs {
     ) -> std::result::Result<ExtFs, MountError> {
         let read_only = read_only || dev.read_only();
         let size = dev.size();
+        check_superblock(dev.as_ref(), read_only)?;
         // libext2fs reads the superblock in 1 KiB blocks, then sets its own block size.
         let cached = CachedDevice::new(dev, 1024);
         let ctx = Box::into_raw(Box::new(cached)) as *mut c_void;
@@ -735,6 +737,67 @@ impl ExtFs {
         check(unsafe { vx_xattrs(h.fs, ino, collect_xattr, &mut out as *mut _ as *mut c_void) })?;
         Ok(out)
     }
+}
+
+/// Checks the raw superblock on `dev` (`geometry::check`) before libext2fs acts on it:
+/// a refusal names what is wrong, with the errno a front end reports (EUCLEAN for a corrupt
+/// geometry, EOPNOTSUPP for unknown incompatible features, EROFS for a read-write mount of
+/// unknown read-only-compatible ones).
+fn check_superblock(dev: &dyn BlockDevice, read_only: bool) -> std::result::Result<(), MountError> {
+    let end = geometry::SUPERBLOCK_OFFSET + geometry::SUPERBLOCK_SIZE as u64;
+    if dev.size() < end {
+        return Err(MountError::volume(
+            Errno::EUCLEAN,
+            format!(
+                "not an ext2/3/4 filesystem ({} bytes hold no superblock)",
+                dev.size()
+            ),
+        ));
+    }
+    let mut sb = vec![0u8; geometry::SUPERBLOCK_SIZE];
+    dev.read_exact_at(&mut sb, geometry::SUPERBLOCK_OFFSET)
+        .map_err(|e| MountError::volume(e, format!("cannot read the superblock: {e}")))?;
+    let (mut incompat, mut ro_compat) = (0u32, 0u32);
+    // SAFETY: both out-pointers are valid u32s.
+    unsafe { vx_lib_features(&mut incompat, &mut ro_compat) };
+    let lib = geometry::LibFeatures {
+        incompat,
+        ro_compat,
+    };
+    let names = |ro: bool, bits: u32| {
+        let mut buf = [0 as c_char; 256];
+        // SAFETY: buf is writable for its length; vx_feature_names NUL-terminates within it.
+        unsafe { vx_feature_names(c_int::from(ro), bits, buf.as_mut_ptr(), buf.len()) };
+        // SAFETY: NUL-terminated above.
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    geometry::check(&sb, dev.size(), read_only, lib).map_err(|p| match p {
+        geometry::Problem::NotExt => MountError::volume(
+            Errno::EUCLEAN,
+            "not an ext2/3/4 filesystem (bad superblock magic)",
+        ),
+        geometry::Problem::Incompat(bits) => MountError::volume(
+            Errno::EOPNOTSUPP,
+            format!(
+                "the filesystem uses features this driver does not support ({})",
+                names(false, bits)
+            ),
+        ),
+        geometry::Problem::RoCompat(bits) => MountError::volume(
+            Errno::EROFS,
+            format!(
+                "the filesystem uses read-only compatible features this driver cannot write ({}): \
+                 mount it read-only",
+                names(true, bits)
+            ),
+        ),
+        geometry::Problem::Corrupt(what) => MountError::volume(
+            Errno::EUCLEAN,
+            format!("corrupt superblock: {what} (e2fsck -fy IMAGE may repair it)"),
+        ),
+    })
 }
 
 /// Frees the device descriptor and the boxed device behind it.

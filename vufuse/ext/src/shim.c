@@ -344,19 +344,11 @@ static struct struct_io_manager vx_io_manager = {
 
 /* ---- open / close ---- */
 
-/* Names the feature bits of the superblock on dev that libext2fs does not
- * support (incompat ones, or ro_compat ones when ro_compat is set), as
- * e2p/tune2fs spell them ("FEATURE_R30" for a bit nobody knows). */
-static void vx_unsupported_features(struct vx_dev *dev, int ro_compat, char *out, size_t cap)
+/* Names the feature bits `bits` (incompat ones, or ro_compat ones when ro_compat is set)
+ * as e2p/tune2fs spell them ("FEATURE_R30" for a bit nobody knows). */
+void vx_feature_names(int ro_compat, uint32_t bits, char *out, size_t cap)
 {
-	struct ext2_super_block sb;
 	out[0] = 0;
-	if (dev->read(dev->ctx, SUPERBLOCK_OFFSET, &sb, sizeof sb)) {
-		snprintf(out, cap, "unknown");
-		return;
-	}
-	uint32_t bits = ro_compat ? ext2fs_le32_to_cpu(sb.s_feature_ro_compat) & ~EXT2_LIB_FEATURE_RO_COMPAT_SUPP
-				  : ext2fs_le32_to_cpu(sb.s_feature_incompat) & ~EXT2_LIB_FEATURE_INCOMPAT_SUPP;
 	size_t used = 0;
 	for (int bit = 0; bit < 32; bit++) {
 		if (!(bits & (1u << bit)))
@@ -369,6 +361,26 @@ static void vx_unsupported_features(struct vx_dev *dev, int ro_compat, char *out
 	}
 	if (!used)
 		snprintf(out, cap, "unknown");
+}
+
+/* The feature bits the linked libext2fs supports (what it refuses otherwise). */
+void vx_lib_features(uint32_t *incompat, uint32_t *ro_compat)
+{
+	*incompat = EXT2_LIB_FEATURE_INCOMPAT_SUPP;
+	*ro_compat = EXT2_LIB_FEATURE_RO_COMPAT_SUPP;
+}
+
+/* The unsupported feature bits of the superblock on dev, named. */
+static void vx_unsupported_features(struct vx_dev *dev, int ro_compat, char *out, size_t cap)
+{
+	struct ext2_super_block sb;
+	if (dev->read(dev->ctx, SUPERBLOCK_OFFSET, &sb, sizeof sb)) {
+		snprintf(out, cap, "unknown");
+		return;
+	}
+	uint32_t bits = ro_compat ? ext2fs_le32_to_cpu(sb.s_feature_ro_compat) & ~EXT2_LIB_FEATURE_RO_COMPAT_SUPP
+				  : ext2fs_le32_to_cpu(sb.s_feature_incompat) & ~EXT2_LIB_FEATURE_INCOMPAT_SUPP;
+	vx_feature_names(ro_compat, bits, out, cap);
 }
 
 static errcode_t vx_meta_init(ext2_filsys fs);
@@ -431,6 +443,15 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 	}
 	if (rw && (fs->super->s_state & EXT2_ERROR_FS)) {
 		snprintf(msg, msglen, "the filesystem has errors: run e2fsck before mounting read-write");
+		ext2fs_close_free(&fs);
+		return EUCLEAN;
+	}
+	/* As the kernel's ext4_check_descriptors and e2fsck: every group's bitmaps and inode
+	 * table inside the filesystem (its group, without flex_bg) and overlapping nothing,
+	 * before anything is read through them. */
+	err = ext2fs_check_desc(fs);
+	if (err) {
+		snprintf(msg, msglen, "corrupt group descriptors: %s (e2fsck -fy IMAGE may repair it)", error_message(err));
 		ext2fs_close_free(&fs);
 		return EUCLEAN;
 	}
