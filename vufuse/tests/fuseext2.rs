@@ -923,6 +923,19 @@ fn hostile_superblock_geometry_is_refused_before_the_bitmaps_are_read() {
             assert!(!is_mounted(&mnt));
         }
     }
+    // A root that is not a directory (e2fsprogs's f_badroot) is refused at mount, as the
+    // kernel refuses it, not mounted with every access failing.
+    let img = dir.path().join("badroot.img");
+    std::fs::copy(&base, &img).unwrap();
+    sh(&format!(
+        "debugfs -w -R 'sif <2> mode 0100644' '{}' 2>/dev/null",
+        img.display()
+    ));
+    let out = run(&img, &mnt, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("corrupt root inode"), "{stderr}");
+    assert!(!is_mounted(&mnt));
     // The unknown bit alone still mounts read-only, and only read-only.
     let img = dir.path().join("ro_compat24.img");
     std::fs::copy(&base, &img).unwrap();

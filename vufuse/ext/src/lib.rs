@@ -533,6 +533,30 @@ impl ExtFs {
                 message: String::from_utf8_lossy(&msg[..end]).into_owned(),
             });
         }
+        // As the kernel's ext4_fill_super: a root that is not a directory (or is empty) is
+        // refused at mount, not served as a mount whose every access fails.
+        let mut root = VxStat::default();
+        // SAFETY: fs is the handle just opened; root is a valid out-pointer.
+        let code = unsafe { vx_stat(fs, 2, &mut root) };
+        if code != 0 || root.mode & 0o170000 != 0o040000 || root.size == 0 {
+            // SAFETY: fs is open and closed once here; then the device is unused.
+            unsafe {
+                vx_close(fs);
+                free_device(device);
+            }
+            let what = if code != 0 {
+                format!("cannot be read ({})", Errno::from_raw(code))
+            } else {
+                format!(
+                    "is not a directory (mode {:o}, size {})",
+                    root.mode, root.size
+                )
+            };
+            return Err(MountError::volume(
+                Errno::EUCLEAN,
+                format!("corrupt root inode: inode 2 {what} (e2fsck -fy IMAGE may repair it)"),
+            ));
+        }
         if !read_only {
             // SAFETY: fs was just opened read-write.
             let code = unsafe { vx_begin_rw(fs) };

@@ -436,6 +436,13 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 			return EOPNOTSUPP;
 		}
 	}
+	if (rw && ext2fs_has_feature_quota(fs->super)) {
+		/* Nothing here updates the quota files: a write would leave usage e2fsck disagrees
+		 * with (found by tests/corpus/ext_corpus.sh on f_quota_*). */
+		snprintf(msg, msglen, "the filesystem keeps quotas (the 'quota' feature), which this driver does not update: mount it read-only, or tune2fs -O ^quota IMAGE");
+		ext2fs_close_free(&fs);
+		return EROFS;
+	}
 	if (ext2fs_has_feature_journal_needs_recovery(fs->super) && !allow_recovery) {
 		snprintf(msg, msglen, "the journal needs recovery: run e2fsck on the image first");
 		ext2fs_close_free(&fs);
