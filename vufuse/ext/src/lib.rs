@@ -319,6 +319,8 @@ pub struct ExtFs {
     label: String,
     next_fh: AtomicU64,
     view: ExtView,
+    /// Who besides root may use the blocks reserved for root (s_def_resuid, s_def_resgid).
+    reserved_for: (u32, u32),
 }
 
 /// How files are shown and owned, from fuse2fs's mount options. The
@@ -575,6 +577,9 @@ impl ExtFs {
                 });
             }
         }
+        let (mut resuid, mut resgid) = (0u32, 0u32);
+        // SAFETY: fs is open; both out-pointers are valid.
+        unsafe { vx_reserved_ids(fs, &mut resuid, &mut resgid) };
         let mut label = [0 as c_char; 17];
         // SAFETY: fs is the handle just opened; label has the 17 bytes vx_label writes.
         unsafe { vx_label(fs, label.as_mut_ptr()) };
@@ -597,6 +602,7 @@ impl ExtFs {
             label,
             next_fh: AtomicU64::new(1),
             view: ExtView::default(),
+            reserved_for: (resuid, resgid),
         })
     }
 
@@ -620,7 +626,7 @@ impl ExtFs {
     ) -> Result<Entry> {
         self.writable()?;
         let name = c_name(name)?;
-        let mut h = self.lock();
+        let mut h = self.lock_as(ctx);
         let (uid, gid) = self.owner(ctx);
         let (secs, nanos) = split_time(SystemTime::now());
         let new = NewName {
@@ -706,6 +712,28 @@ impl ExtFs {
         self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The lock, for an operation of `ctx` that may allocate blocks: the shim is told
+    /// whether this caller may use the blocks reserved for root.
+    fn lock_as(&self, ctx: &Context) -> MutexGuard<'_, Handles> {
+        let h = self.lock();
+        if !self.read_only {
+            // SAFETY: h.fs is open read-write (its allocation state exists).
+            unsafe { vx_set_caller(h.fs, c_int::from(self.may_use_reserve(ctx))) };
+        }
+        h
+    }
+
+    /// As the kernel's ext4_has_free_clusters: root (CAP_SYS_RESOURCE, approximated by uid
+    /// 0), the user s_def_resuid, or a member of the group s_def_resgid when that is not 0
+    /// (the caller's own group or a supplementary one, read from /proc/PID/status).
+    fn may_use_reserve(&self, ctx: &Context) -> bool {
+        let (resuid, resgid) = self.reserved_for;
+        if ctx.uid == 0 || ctx.uid == resuid {
+            return true;
+        }
+        resgid != 0 && (ctx.gid == resgid || supplementary_groups(ctx.pid).contains(&resgid))
+    }
+
     fn stat(h: &Handles, ino: u32) -> Result<VxStat> {
         let mut st = VxStat::default();
         // SAFETY: h.fs is open while Handles exists; st is a valid out-pointer.
@@ -761,6 +789,26 @@ impl ExtFs {
         check(unsafe { vx_xattrs(h.fs, ino, collect_xattr, &mut out as *mut _ as *mut c_void) })?;
         Ok(out)
     }
+}
+
+/// The supplementary groups of process `pid` (none when it is unknown or gone).
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    if pid == 0 {
+        return Vec::new();
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
+        })
+        .unwrap_or_default()
 }
 
 /// Checks the raw superblock on `dev` (`geometry::check`) before libext2fs acts on it:
@@ -966,9 +1014,9 @@ impl FileSystem for ExtFs {
         Ok(got)
     }
 
-    fn write(&self, _ctx: &Context, ino: Ino, _fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
+    fn write(&self, ctx: &Context, ino: Ino, _fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
         self.writable()?;
-        let h = self.lock();
+        let h = self.lock_as(ctx);
         let (s, ns) = split_time(SystemTime::now());
         let mut done = 0usize;
         // SAFETY: h.fs is open; data is readable for its length; done is a valid out-pointer.
@@ -1157,10 +1205,10 @@ impl FileSystem for ExtFs {
         })
     }
 
-    fn link(&self, _ctx: &Context, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
+    fn link(&self, ctx: &Context, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
         self.writable()?;
         let name = c_name(new_name)?;
-        let mut h = self.lock();
+        let mut h = self.lock_as(ctx);
         let absent = c_int::from(h.known_absent(ext_ino(new_parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         // SAFETY: h.fs is open; name is NUL-terminated.
@@ -1191,7 +1239,7 @@ impl FileSystem for ExtFs {
 
     fn rename(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         parent: Ino,
         name: &OsStr,
         new_parent: Ino,
@@ -1205,7 +1253,7 @@ impl FileSystem for ExtFs {
             return Err(Errno::EINVAL);
         }
         let (from, to) = (c_name(name)?, c_name(new_name)?);
-        let mut h = self.lock();
+        let mut h = self.lock_as(ctx);
         let c_flags = c_int::from(flags & RENAME_NOREPLACE != 0)
             | (c_int::from(flags & RENAME_EXCHANGE != 0) << 1);
         let (s, ns) = split_time(SystemTime::now());
@@ -1238,7 +1286,7 @@ impl FileSystem for ExtFs {
 
     fn setxattr(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         ino: Ino,
         name: &OsStr,
         value: &[u8],
@@ -1246,7 +1294,7 @@ impl FileSystem for ExtFs {
     ) -> Result<()> {
         self.writable()?;
         let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
-        let h = self.lock();
+        let h = self.lock_as(ctx);
         let c_flags = c_int::from(flags & libc::XATTR_CREATE != 0)
             | (c_int::from(flags & libc::XATTR_REPLACE != 0) << 1);
         // An empty value is still a value: pass a non-null pointer.

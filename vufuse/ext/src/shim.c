@@ -1912,11 +1912,47 @@ struct vx_meta {
 	unsigned char *desc_dirty; /* per descriptor block, scratch */
 	char super_snapshot[SUPERBLOCK_SIZE];
 	char *buf;               /* one block */
+	blk64_t reserve;         /* blocks the current caller may not take (vx_set_caller) */
 };
 
 static struct vx_meta *vx_meta_of(ext2_filsys fs)
 {
 	return fs->priv_data;
+}
+
+/* Before each operation: whether its caller may use the blocks reserved for root
+ * (s_r_blocks_count), as the kernel's ext4_has_free_clusters decides it (the Rust side
+ * knows the caller). Everyone else gets ENOSPC once only the reserve is left. */
+void vx_set_caller(ext2_filsys fs, int privileged)
+{
+	struct vx_meta *m = vx_meta_of(fs);
+	if (m)
+		m->reserve = privileged ? 0 : ext2fs_r_blocks_count(fs->super);
+}
+
+/* s_def_resuid and s_def_resgid: who else may use the reserve. */
+void vx_reserved_ids(ext2_filsys fs, uint32_t *uid, uint32_t *gid)
+{
+	*uid = fs->super->s_def_resuid;
+	*gid = fs->super->s_def_resgid;
+}
+
+/* Free blocks past the current caller's reserve. */
+static blk64_t vx_allowed_blocks(ext2_filsys fs)
+{
+	struct vx_meta *m = vx_meta_of(fs);
+	blk64_t free = ext2fs_free_blocks_count(fs->super);
+	blk64_t reserve = m ? m->reserve : 0;
+	return free > reserve ? free - reserve : 0;
+}
+
+/* Every single-block allocation of libext2fs (extent tree nodes, directory blocks, xattr
+ * blocks, the file API's data blocks) comes here: the default allocator, after the reserve. */
+static errcode_t vx_get_alloc_block(ext2_filsys fs, blk64_t goal, blk64_t *ret)
+{
+	if (vx_allowed_blocks(fs) == 0)
+		return EXT2_ET_BLOCK_ALLOC_FAIL;
+	return ext2fs_new_block2(fs, goal, fs->block_map, ret);
 }
 
 static void vx_mark_blocks(ext2_filsys fs, blk64_t blk, blk64_t num)
@@ -1991,6 +2027,7 @@ static errcode_t vx_meta_init(ext2_filsys fs)
 	}
 	memcpy(m->super_snapshot, fs->super, SUPERBLOCK_SIZE);
 	fs->priv_data = m;
+	ext2fs_set_alloc_block_callback(fs, vx_get_alloc_block, NULL);
 	ext2fs_set_block_alloc_stats_callback(fs, vx_block_stats_cb, NULL);
 	ext2fs_set_block_alloc_stats_range_callback(fs, vx_block_range_cb, NULL);
 	return 0;
@@ -2135,6 +2172,11 @@ static int vx_write_run(ext2_filsys fs, uint64_t pblk, const void *data, size_t 
 static errcode_t vx_new_range(ext2_filsys fs, blk64_t goal, blk64_t want, blk64_t *pblk, blk64_t *plen)
 {
 	blk64_t last = ext2fs_blocks_count(fs->super) - 1;
+	blk64_t allowed = vx_allowed_blocks(fs);
+	if (allowed == 0)
+		return EXT2_ET_BLOCK_ALLOC_FAIL;
+	if (want > allowed)
+		want = allowed;
 	errcode_t err = ext2fs_new_range(fs, 0, goal, want, NULL, pblk, plen);
 	if (err)
 		return err;
