@@ -462,6 +462,18 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 		ext2fs_close_free(&fs);
 		return EUCLEAN;
 	}
+	if (rw && !ext2fs_has_group_desc_csum(fs)) {
+		/* Uninitialized-group marks without uninit_bg/metadata_csum: libext2fs keeps them
+		 * as they are, so new inodes would land in what e2fsck takes for the unused area
+		 * (found by tests/corpus/ext_corpus.sh on f_uninit_disable). */
+		for (dgrp_t g = 0; g < fs->group_desc_count; g++) {
+			if (ext2fs_bg_flags_test(fs, g, EXT2_BG_INODE_UNINIT | EXT2_BG_BLOCK_UNINIT) || ext2fs_bg_itable_unused(fs, g)) {
+				snprintf(msg, msglen, "group descriptor %u is marked uninitialized without the feature for it: run e2fsck before mounting read-write", g);
+				ext2fs_close_free(&fs);
+				return EUCLEAN;
+			}
+		}
+	}
 	err = ext2fs_read_bitmaps(fs);
 	if (!rw && (err == EXT2_ET_BLOCK_BITMAP_CSUM_INVALID || err == EXT2_ET_INODE_BITMAP_CSUM_INVALID)) {
 		/* As fuse2fs: a read-only mount reads bitmaps whose checksums are wrong. */
