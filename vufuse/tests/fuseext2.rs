@@ -875,6 +875,96 @@ fn set_super_bits(img: &Path, field: u64, bits: u32) {
         .unwrap();
 }
 
+/// Writes the 32-bit superblock field at byte `field` of the superblock.
+fn put_super_u32(img: &Path, field: u64, value: u32) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    file.write_all_at(&value.to_le_bytes(), 1024 + field)
+        .unwrap();
+}
+
+/// Hostile superblock geometry is refused by name before libext2fs acts on it. The first
+/// case is what the `ext_open` fuzz target found: on the small image it is seeded with, an
+/// unknown read-only-compatible bit (24) let the read-only open go on, and a first data
+/// block of 100 made libext2fs's bitmap reader copy past its heap buffer.
+#[test]
+fn hostile_superblock_geometry_is_refused_before_the_bitmaps_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let base = dir.path().join("base.img");
+    sh(&format!(
+        "truncate -s 256K '{0}' && mke2fs -q -F -t ext2 -b 1024 -N 16 '{0}'",
+        base.display()
+    ));
+    // (what is changed: superblock field and value, ...; what the refusal says)
+    let cases: &[(&[(u64, u32)], &str)] = &[
+        (
+            &[(0x64, 0x3 | 1 << 24), (0x14, 100)],
+            "the first data block is 100",
+        ),
+        (&[(0x14, 0)], "the first data block is 0"),
+        (&[(0x20, 8196), (0x24, 8196)], "8196 clusters per group"),
+        (&[(0x24, 4096)], "blocks per group is not"),
+        (&[(0x28, 12), (0x00, 12)], "12 inodes per group"),
+        (&[(0x00, 32)], "32 inodes are not 1 groups of 16"),
+        (&[(0x04, 100_000)], "the device holds 256"),
+        (&[(0x18, 7), (0x1C, 7)], "block size"),
+        (&[(0x58, 100)], "inode size 100"),
+    ];
+    for (i, (changes, expected)) in cases.iter().enumerate() {
+        let img = dir.path().join(format!("hostile{i}.img"));
+        std::fs::copy(&base, &img).unwrap();
+        for &(field, value) in changes.iter() {
+            put_super_u32(&img, field, value);
+        }
+        for options in [&[][..], &["rw+"][..]] {
+            let out = run(&img, &mnt, options);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "case {i} {options:?}: {stderr}");
+            // A read-write mount of the unknown bit is refused for it first.
+            let feature = !options.is_empty() && changes.iter().any(|&(f, _)| f == 0x64);
+            assert!(
+                if feature {
+                    stderr.contains("FEATURE_R24")
+                } else {
+                    stderr.contains("corrupt superblock") && stderr.contains(expected)
+                },
+                "case {i} {options:?}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            assert!(!is_mounted(&mnt));
+        }
+    }
+    // A root that is not a directory (e2fsprogs's f_badroot) is refused at mount, as the
+    // kernel refuses it, not mounted with every access failing.
+    let img = dir.path().join("badroot.img");
+    std::fs::copy(&base, &img).unwrap();
+    sh(&format!(
+        "debugfs -w -R 'sif <2> mode 0100644' '{}' 2>/dev/null",
+        img.display()
+    ));
+    let out = run(&img, &mnt, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("corrupt root inode"), "{stderr}");
+    assert!(!is_mounted(&mnt));
+    // The unknown bit alone still mounts read-only, and only read-only.
+    let img = dir.path().join("ro_compat24.img");
+    std::fs::copy(&base, &img).unwrap();
+    put_super_u32(&img, 0x64, 0x3 | 1 << 24);
+    let m = mount(&img, &mnt, &[]);
+    assert!(mnt.join("lost+found").is_dir());
+    drop(m);
+    wait_for_daemon_exit("fuseext2", &mnt);
+    let out = run(&img, &mnt, &["rw+"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("FEATURE_R24") && stderr.contains("mount it read-only"),
+        "{stderr}"
+    );
+}
+
 /// Feature bits libext2fs does not know are named in the refusal (as
 /// tune2fs spells them); an unknown read-only-compatible one refuses only a
 /// read-write mount, as the kernel does, and reads still work.

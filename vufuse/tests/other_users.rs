@@ -116,3 +116,70 @@ fn a_closed_dev_fuse_is_named_in_the_error() {
     assert!(err.contains("/dev/fuse: permission denied"), "{err}");
     assert!(!err.contains("os error"), "{err}");
 }
+
+/// The blocks reserved for root (s_r_blocks_count, mke2fs -m) are not handed to other users,
+/// as the kernel's ext4 keeps them: nobody's writes stop with ENOSPC while the reserve is
+/// still free, statfs shows it as free but not available, and root can still write into it.
+#[test]
+fn fuseext2_keeps_the_blocks_reserved_for_root_from_other_users() {
+    if let Some(reason) = other_user_unavailable() {
+        return skip(&reason);
+    }
+    let dir = open_scratch();
+    let img = dir.path().join("r.img");
+    sh(&format!(
+        "truncate -s 16M '{0}' && mke2fs -q -F -t ext4 -m 20 '{0}'",
+        img.display()
+    ));
+    let reserved: u64 = sh(&format!(
+        "dumpe2fs -h '{}' 2>/dev/null | sed -n 's/^Reserved block count: *//p'",
+        img.display()
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    let block: u64 = sh(&format!(
+        "dumpe2fs -h '{}' 2>/dev/null | sed -n 's/^Block size: *//p'",
+        img.display()
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    let mnt = dir.path().join("m");
+    let m = mount(FUSEEXT2, &img, &mnt, "rw+,allow_other");
+    sh(&format!(
+        "mkdir '{0}/pub' && chmod 777 '{0}/pub'",
+        mnt.display()
+    ));
+    let fill = as_nobody(&format!(
+        "dd if=/dev/zero of='{}/pub/fill' bs=64k 2>&1; sync",
+        mnt.display()
+    ));
+    let said = String::from_utf8_lossy(&fill.stdout);
+    assert!(said.contains("No space left on device"), "{said}");
+    // statfs in the fundamental block size: free, available.
+    let stat = String::from_utf8_lossy(
+        &as_nobody(&format!("stat -f -c '%S %f %a' '{}'", mnt.display())).stdout,
+    )
+    .into_owned();
+    let v: Vec<u64> = stat
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let (free, avail) = (v[1] * v[0] / block, v[2] * v[0] / block);
+    assert_eq!(avail, 0, "statfs: {stat}");
+    assert!(
+        free >= reserved && free <= reserved + 64,
+        "free {free} blocks, reserved {reserved}: {stat}"
+    );
+    // Root writes into the reserve.
+    sh(&format!(
+        "head -c 1048576 /dev/zero > '{}/root-file' && sync",
+        mnt.display()
+    ));
+    let nobody_file = std::fs::metadata(mnt.join("pub/fill")).unwrap().len();
+    assert!(nobody_file > 0);
+    m.unmount();
+    testkit::wait_for_daemon_exit("fuseext2", &mnt);
+    testkit::e2fsck_clean(&img);
+}

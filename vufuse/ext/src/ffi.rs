@@ -74,6 +74,10 @@ extern "C" {
         msglen: usize,
     ) -> c_int;
     pub(crate) fn vx_close(fs: *mut ExtFsHandle) -> c_int;
+    pub(crate) fn vx_set_caller(fs: *mut ExtFsHandle, privileged: c_int);
+    pub(crate) fn vx_reserved_ids(fs: *mut ExtFsHandle, uid: *mut u32, gid: *mut u32);
+    pub(crate) fn vx_lib_features(incompat: *mut u32, ro_compat: *mut u32);
+    pub(crate) fn vx_feature_names(ro_compat: c_int, bits: u32, out: *mut c_char, cap: usize);
     pub(crate) fn vx_needs_recovery(fs: *mut ExtFsHandle) -> c_int;
     pub(crate) fn vx_journal_map(
         fs: *mut ExtFsHandle,

@@ -17,6 +17,7 @@
 #![allow(unsafe_code)]
 
 mod ffi;
+mod geometry;
 pub mod journal;
 mod names;
 
@@ -322,6 +323,8 @@ pub struct ExtFs {
     label: String,
     next_fh: AtomicU64,
     view: ExtView,
+    /// Who besides root may use the blocks reserved for root (s_def_resuid, s_def_resgid).
+    reserved_for: (u32, u32),
 }
 
 /// How files are shown and owned, from fuse2fs's mount options. The
@@ -498,6 +501,7 @@ impl ExtFs {
     ) -> std::result::Result<ExtFs, MountError> {
         let read_only = read_only || dev.read_only();
         let size = dev.size();
+        check_superblock(dev.as_ref(), read_only)?;
         // libext2fs reads the superblock in 1 KiB blocks, then sets its own block size.
         let cached = CachedDevice::new(dev, 1024);
         let ctx = Box::into_raw(Box::new(cached)) as *mut c_void;
@@ -535,6 +539,30 @@ impl ExtFs {
                 message: String::from_utf8_lossy(&msg[..end]).into_owned(),
             });
         }
+        // As the kernel's ext4_fill_super: a root that is not a directory (or is empty) is
+        // refused at mount, not served as a mount whose every access fails.
+        let mut root = VxStat::default();
+        // SAFETY: fs is the handle just opened; root is a valid out-pointer.
+        let code = unsafe { vx_stat(fs, 2, &mut root) };
+        if code != 0 || root.mode & 0o170000 != 0o040000 || root.size == 0 {
+            // SAFETY: fs is open and closed once here; then the device is unused.
+            unsafe {
+                vx_close(fs);
+                free_device(device);
+            }
+            let what = if code != 0 {
+                format!("cannot be read ({})", Errno::from_raw(code))
+            } else {
+                format!(
+                    "is not a directory (mode {:o}, size {})",
+                    root.mode, root.size
+                )
+            };
+            return Err(MountError::volume(
+                Errno::EUCLEAN,
+                format!("corrupt root inode: inode 2 {what} (e2fsck -fy IMAGE may repair it)"),
+            ));
+        }
         if !read_only {
             // SAFETY: fs was just opened read-write.
             let code = unsafe { vx_begin_rw(fs) };
@@ -553,6 +581,9 @@ impl ExtFs {
                 });
             }
         }
+        let (mut resuid, mut resgid) = (0u32, 0u32);
+        // SAFETY: fs is open; both out-pointers are valid.
+        unsafe { vx_reserved_ids(fs, &mut resuid, &mut resgid) };
         let mut label = [0 as c_char; 17];
         // SAFETY: fs is the handle just opened; label has the 17 bytes vx_label writes.
         unsafe { vx_label(fs, label.as_mut_ptr()) };
@@ -575,6 +606,7 @@ impl ExtFs {
             label,
             next_fh: AtomicU64::new(1),
             view: ExtView::default(),
+            reserved_for: (resuid, resgid),
         })
     }
 
@@ -598,7 +630,7 @@ impl ExtFs {
     ) -> Result<Entry> {
         self.writable()?;
         let name = c_name(name)?;
-        let mut h = self.lock();
+        let mut h = self.lock_as(ctx);
         let (uid, gid) = self.owner(ctx);
         let (secs, nanos) = split_time(SystemTime::now());
         let new = NewName {
@@ -684,6 +716,28 @@ impl ExtFs {
         self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The lock, for an operation of `ctx` that may allocate blocks: the shim is told
+    /// whether this caller may use the blocks reserved for root.
+    fn lock_as(&self, ctx: &Context) -> MutexGuard<'_, Handles> {
+        let h = self.lock();
+        if !self.read_only {
+            // SAFETY: h.fs is open read-write (its allocation state exists).
+            unsafe { vx_set_caller(h.fs, c_int::from(self.may_use_reserve(ctx))) };
+        }
+        h
+    }
+
+    /// As the kernel's ext4_has_free_clusters: root (CAP_SYS_RESOURCE, approximated by uid
+    /// 0), the user s_def_resuid, or a member of the group s_def_resgid when that is not 0
+    /// (the caller's own group or a supplementary one, read from /proc/PID/status).
+    fn may_use_reserve(&self, ctx: &Context) -> bool {
+        let (resuid, resgid) = self.reserved_for;
+        if ctx.uid == 0 || ctx.uid == resuid {
+            return true;
+        }
+        resgid != 0 && (ctx.gid == resgid || supplementary_groups(ctx.pid).contains(&resgid))
+    }
+
     fn stat(h: &Handles, ino: u32) -> Result<VxStat> {
         let mut st = VxStat::default();
         // SAFETY: h.fs is open while Handles exists; st is a valid out-pointer.
@@ -739,6 +793,87 @@ impl ExtFs {
         check(unsafe { vx_xattrs(h.fs, ino, collect_xattr, &mut out as *mut _ as *mut c_void) })?;
         Ok(out)
     }
+}
+
+/// The supplementary groups of process `pid` (none when it is unknown or gone).
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    if pid == 0 {
+        return Vec::new();
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
+        })
+        .unwrap_or_default()
+}
+
+/// Checks the raw superblock on `dev` (`geometry::check`) before libext2fs acts on it:
+/// a refusal names what is wrong, with the errno a front end reports (EUCLEAN for a corrupt
+/// geometry, EOPNOTSUPP for unknown incompatible features, EROFS for a read-write mount of
+/// unknown read-only-compatible ones).
+fn check_superblock(dev: &dyn BlockDevice, read_only: bool) -> std::result::Result<(), MountError> {
+    let end = geometry::SUPERBLOCK_OFFSET + geometry::SUPERBLOCK_SIZE as u64;
+    if dev.size() < end {
+        return Err(MountError::volume(
+            Errno::EUCLEAN,
+            format!(
+                "not an ext2/3/4 filesystem ({} bytes hold no superblock)",
+                dev.size()
+            ),
+        ));
+    }
+    let mut sb = vec![0u8; geometry::SUPERBLOCK_SIZE];
+    dev.read_exact_at(&mut sb, geometry::SUPERBLOCK_OFFSET)
+        .map_err(|e| MountError::volume(e, format!("cannot read the superblock: {e}")))?;
+    let (mut incompat, mut ro_compat) = (0u32, 0u32);
+    // SAFETY: both out-pointers are valid u32s.
+    unsafe { vx_lib_features(&mut incompat, &mut ro_compat) };
+    let lib = geometry::LibFeatures {
+        incompat,
+        ro_compat,
+    };
+    let names = |ro: bool, bits: u32| {
+        let mut buf = [0 as c_char; 256];
+        // SAFETY: buf is writable for its length; vx_feature_names NUL-terminates within it.
+        unsafe { vx_feature_names(c_int::from(ro), bits, buf.as_mut_ptr(), buf.len()) };
+        // SAFETY: NUL-terminated above.
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    geometry::check(&sb, dev.size(), read_only, lib).map_err(|p| match p {
+        geometry::Problem::NotExt => MountError::volume(
+            Errno::EUCLEAN,
+            "not an ext2/3/4 filesystem (bad superblock magic)",
+        ),
+        geometry::Problem::Incompat(bits) => MountError::volume(
+            Errno::EOPNOTSUPP,
+            format!(
+                "the filesystem uses features this driver does not support ({})",
+                names(false, bits)
+            ),
+        ),
+        geometry::Problem::RoCompat(bits) => MountError::volume(
+            Errno::EROFS,
+            format!(
+                "the filesystem uses read-only compatible features this driver cannot write ({}): \
+                 mount it read-only",
+                names(true, bits)
+            ),
+        ),
+        geometry::Problem::Corrupt(what) => MountError::volume(
+            Errno::EUCLEAN,
+            format!("corrupt superblock: {what} (e2fsck -fy IMAGE may repair it)"),
+        ),
+    })
 }
 
 /// Frees the device descriptor and the boxed device behind it.
@@ -890,9 +1025,9 @@ impl FileSystem for ExtFs {
         Ok(got)
     }
 
-    fn write(&self, _ctx: &Context, ino: Ino, _fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
+    fn write(&self, ctx: &Context, ino: Ino, _fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
         self.writable()?;
-        let h = self.lock();
+        let h = self.lock_as(ctx);
         let (s, ns) = split_time(SystemTime::now());
         let mut done = 0usize;
         // SAFETY: h.fs is open; data is readable for its length; done is a valid out-pointer.
@@ -1086,10 +1221,10 @@ impl FileSystem for ExtFs {
         })
     }
 
-    fn link(&self, _ctx: &Context, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
+    fn link(&self, ctx: &Context, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
         self.writable()?;
         let name = c_name(new_name)?;
-        let mut h = self.lock();
+        let mut h = self.lock_as(ctx);
         let absent = c_int::from(h.known_absent(ext_ino(new_parent), name.as_bytes()));
         let (s, ns) = split_time(SystemTime::now());
         // SAFETY: h.fs is open; name is NUL-terminated.
@@ -1120,7 +1255,7 @@ impl FileSystem for ExtFs {
 
     fn rename(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         parent: Ino,
         name: &OsStr,
         new_parent: Ino,
@@ -1134,7 +1269,7 @@ impl FileSystem for ExtFs {
             return Err(Errno::EINVAL);
         }
         let (from, to) = (c_name(name)?, c_name(new_name)?);
-        let mut h = self.lock();
+        let mut h = self.lock_as(ctx);
         let c_flags = c_int::from(flags & RENAME_NOREPLACE != 0)
             | (c_int::from(flags & RENAME_EXCHANGE != 0) << 1);
         let (s, ns) = split_time(SystemTime::now());
@@ -1167,7 +1302,7 @@ impl FileSystem for ExtFs {
 
     fn setxattr(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         ino: Ino,
         name: &OsStr,
         value: &[u8],
@@ -1175,7 +1310,7 @@ impl FileSystem for ExtFs {
     ) -> Result<()> {
         self.writable()?;
         let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
-        let h = self.lock();
+        let h = self.lock_as(ctx);
         let c_flags = c_int::from(flags & libc::XATTR_CREATE != 0)
             | (c_int::from(flags & libc::XATTR_REPLACE != 0) << 1);
         // An empty value is still a value: pass a non-null pointer.

@@ -344,19 +344,11 @@ static struct struct_io_manager vx_io_manager = {
 
 /* ---- open / close ---- */
 
-/* Names the feature bits of the superblock on dev that libext2fs does not
- * support (incompat ones, or ro_compat ones when ro_compat is set), as
- * e2p/tune2fs spell them ("FEATURE_R30" for a bit nobody knows). */
-static void vx_unsupported_features(struct vx_dev *dev, int ro_compat, char *out, size_t cap)
+/* Names the feature bits `bits` (incompat ones, or ro_compat ones when ro_compat is set)
+ * as e2p/tune2fs spell them ("FEATURE_R30" for a bit nobody knows). */
+void vx_feature_names(int ro_compat, uint32_t bits, char *out, size_t cap)
 {
-	struct ext2_super_block sb;
 	out[0] = 0;
-	if (dev->read(dev->ctx, SUPERBLOCK_OFFSET, &sb, sizeof sb)) {
-		snprintf(out, cap, "unknown");
-		return;
-	}
-	uint32_t bits = ro_compat ? ext2fs_le32_to_cpu(sb.s_feature_ro_compat) & ~EXT2_LIB_FEATURE_RO_COMPAT_SUPP
-				  : ext2fs_le32_to_cpu(sb.s_feature_incompat) & ~EXT2_LIB_FEATURE_INCOMPAT_SUPP;
 	size_t used = 0;
 	for (int bit = 0; bit < 32; bit++) {
 		if (!(bits & (1u << bit)))
@@ -369,6 +361,26 @@ static void vx_unsupported_features(struct vx_dev *dev, int ro_compat, char *out
 	}
 	if (!used)
 		snprintf(out, cap, "unknown");
+}
+
+/* The feature bits the linked libext2fs supports (what it refuses otherwise). */
+void vx_lib_features(uint32_t *incompat, uint32_t *ro_compat)
+{
+	*incompat = EXT2_LIB_FEATURE_INCOMPAT_SUPP;
+	*ro_compat = EXT2_LIB_FEATURE_RO_COMPAT_SUPP;
+}
+
+/* The unsupported feature bits of the superblock on dev, named. */
+static void vx_unsupported_features(struct vx_dev *dev, int ro_compat, char *out, size_t cap)
+{
+	struct ext2_super_block sb;
+	if (dev->read(dev->ctx, SUPERBLOCK_OFFSET, &sb, sizeof sb)) {
+		snprintf(out, cap, "unknown");
+		return;
+	}
+	uint32_t bits = ro_compat ? ext2fs_le32_to_cpu(sb.s_feature_ro_compat) & ~EXT2_LIB_FEATURE_RO_COMPAT_SUPP
+				  : ext2fs_le32_to_cpu(sb.s_feature_incompat) & ~EXT2_LIB_FEATURE_INCOMPAT_SUPP;
+	vx_feature_names(ro_compat, bits, out, cap);
 }
 
 static errcode_t vx_meta_init(ext2_filsys fs);
@@ -424,6 +436,13 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 			return EOPNOTSUPP;
 		}
 	}
+	if (rw && ext2fs_has_feature_quota(fs->super)) {
+		/* Nothing here updates the quota files: a write would leave usage e2fsck disagrees
+		 * with (found by tests/corpus/ext_corpus.sh on f_quota_*). */
+		snprintf(msg, msglen, "the filesystem keeps quotas (the 'quota' feature), which this driver does not update: mount it read-only, or tune2fs -O ^quota IMAGE");
+		ext2fs_close_free(&fs);
+		return EROFS;
+	}
 	if (ext2fs_has_feature_journal_needs_recovery(fs->super) && !allow_recovery) {
 		snprintf(msg, msglen, "the journal needs recovery: run e2fsck on the image first");
 		ext2fs_close_free(&fs);
@@ -433,6 +452,27 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 		snprintf(msg, msglen, "the filesystem has errors: run e2fsck before mounting read-write");
 		ext2fs_close_free(&fs);
 		return EUCLEAN;
+	}
+	/* As the kernel's ext4_check_descriptors and e2fsck: every group's bitmaps and inode
+	 * table inside the filesystem (its group, without flex_bg) and overlapping nothing,
+	 * before anything is read through them. */
+	err = ext2fs_check_desc(fs);
+	if (err) {
+		snprintf(msg, msglen, "corrupt group descriptors: %s (e2fsck -fy IMAGE may repair it)", error_message(err));
+		ext2fs_close_free(&fs);
+		return EUCLEAN;
+	}
+	if (rw && !ext2fs_has_group_desc_csum(fs)) {
+		/* Uninitialized-group marks without uninit_bg/metadata_csum: libext2fs keeps them
+		 * as they are, so new inodes would land in what e2fsck takes for the unused area
+		 * (found by tests/corpus/ext_corpus.sh on f_uninit_disable). */
+		for (dgrp_t g = 0; g < fs->group_desc_count; g++) {
+			if (ext2fs_bg_flags_test(fs, g, EXT2_BG_INODE_UNINIT | EXT2_BG_BLOCK_UNINIT) || ext2fs_bg_itable_unused(fs, g)) {
+				snprintf(msg, msglen, "group descriptor %u is marked uninitialized without the feature for it: run e2fsck before mounting read-write", g);
+				ext2fs_close_free(&fs);
+				return EUCLEAN;
+			}
+		}
 	}
 	err = ext2fs_read_bitmaps(fs);
 	if (!rw && (err == EXT2_ET_BLOCK_BITMAP_CSUM_INVALID || err == EXT2_ET_INODE_BITMAP_CSUM_INVALID)) {
@@ -1901,11 +1941,47 @@ struct vx_meta {
 	unsigned char *desc_dirty; /* per descriptor block, scratch */
 	char super_snapshot[SUPERBLOCK_SIZE];
 	char *buf;               /* one block */
+	blk64_t reserve;         /* blocks the current caller may not take (vx_set_caller) */
 };
 
 static struct vx_meta *vx_meta_of(ext2_filsys fs)
 {
 	return fs->priv_data;
+}
+
+/* Before each operation: whether its caller may use the blocks reserved for root
+ * (s_r_blocks_count), as the kernel's ext4_has_free_clusters decides it (the Rust side
+ * knows the caller). Everyone else gets ENOSPC once only the reserve is left. */
+void vx_set_caller(ext2_filsys fs, int privileged)
+{
+	struct vx_meta *m = vx_meta_of(fs);
+	if (m)
+		m->reserve = privileged ? 0 : ext2fs_r_blocks_count(fs->super);
+}
+
+/* s_def_resuid and s_def_resgid: who else may use the reserve. */
+void vx_reserved_ids(ext2_filsys fs, uint32_t *uid, uint32_t *gid)
+{
+	*uid = fs->super->s_def_resuid;
+	*gid = fs->super->s_def_resgid;
+}
+
+/* Free blocks past the current caller's reserve. */
+static blk64_t vx_allowed_blocks(ext2_filsys fs)
+{
+	struct vx_meta *m = vx_meta_of(fs);
+	blk64_t free = ext2fs_free_blocks_count(fs->super);
+	blk64_t reserve = m ? m->reserve : 0;
+	return free > reserve ? free - reserve : 0;
+}
+
+/* Every single-block allocation of libext2fs (extent tree nodes, directory blocks, xattr
+ * blocks, the file API's data blocks) comes here: the default allocator, after the reserve. */
+static errcode_t vx_get_alloc_block(ext2_filsys fs, blk64_t goal, blk64_t *ret)
+{
+	if (vx_allowed_blocks(fs) == 0)
+		return EXT2_ET_BLOCK_ALLOC_FAIL;
+	return ext2fs_new_block2(fs, goal, fs->block_map, ret);
 }
 
 static void vx_mark_blocks(ext2_filsys fs, blk64_t blk, blk64_t num)
@@ -1980,6 +2056,7 @@ static errcode_t vx_meta_init(ext2_filsys fs)
 	}
 	memcpy(m->super_snapshot, fs->super, SUPERBLOCK_SIZE);
 	fs->priv_data = m;
+	ext2fs_set_alloc_block_callback(fs, vx_get_alloc_block, NULL);
 	ext2fs_set_block_alloc_stats_callback(fs, vx_block_stats_cb, NULL);
 	ext2fs_set_block_alloc_stats_range_callback(fs, vx_block_range_cb, NULL);
 	return 0;
@@ -2124,6 +2201,11 @@ static int vx_write_run(ext2_filsys fs, uint64_t pblk, const void *data, size_t 
 static errcode_t vx_new_range(ext2_filsys fs, blk64_t goal, blk64_t want, blk64_t *pblk, blk64_t *plen)
 {
 	blk64_t last = ext2fs_blocks_count(fs->super) - 1;
+	blk64_t allowed = vx_allowed_blocks(fs);
+	if (allowed == 0)
+		return EXT2_ET_BLOCK_ALLOC_FAIL;
+	if (want > allowed)
+		want = allowed;
 	errcode_t err = ext2fs_new_range(fs, 0, goal, want, NULL, pblk, plen);
 	if (err)
 		return err;
