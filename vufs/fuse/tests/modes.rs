@@ -724,7 +724,10 @@ fn file_data_passes_through_to_host_files() {
     testkit::unmount(&s.lower);
     daemon.wait().unwrap();
     let requests = fs::read_to_string(&log).unwrap();
-    let reads: Vec<&str> = requests.lines().filter(|l| l.starts_with("read(")).collect();
+    let reads: Vec<&str> = requests
+        .lines()
+        .filter(|l| l.starts_with("read("))
+        .collect();
     assert!(
         !reads.is_empty(),
         "the lower file was read through the daemon"
