@@ -86,7 +86,12 @@ impl Caller {
             }
         }
         if let Some(mode) = set.mode {
-            if !self.owns(st) {
+            // Only set-id bits taken away: what the kernel asks after a write by another
+            // user (file_remove_privs); dropping privileges is every writer's right.
+            let current = st.st_mode & 0o7777;
+            let setid = libc::S_ISUID | libc::S_ISGID;
+            let clears_setid_only = mode & 0o7777 == current & !setid && current & setid != 0;
+            if !self.owns(st) && !clears_setid_only {
                 return Err(Errno::EPERM);
             }
             let group = set.gid.unwrap_or(st.st_gid);

@@ -744,3 +744,32 @@ fn file_data_passes_through_to_host_files() {
         "only the lower file b (inode {b_ino}) is read through the daemon: {reads:?}"
     );
 }
+
+/// A write by a user other than the owner takes the set-user-ID bit (and set-group-ID with
+/// group execute) away, as on a local filesystem (pjdfstest chmod/12), in every mode.
+#[test]
+fn another_users_write_clears_set_id_bits() {
+    need_fuse!();
+    if let Some(reason) = testkit::other_user_unavailable() {
+        return testkit::skip(&reason);
+    }
+    for mode in ["bind", "cow", "mincow"] {
+        let s = Scratch::example();
+        fs::set_permissions(s.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let m = mount_vufs(&s.upper, &s.lower, &[&format!("{mode},allow_other")]);
+        for (name, bits) in [("suid", 0o4777), ("sgid", 0o2777)] {
+            let p = s.low(name);
+            fs::write(&p, "x").unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(bits)).unwrap();
+            let out = as_nobody(&format!("echo more >> '{}'", p.display()));
+            assert!(
+                out.status.success(),
+                "{mode}: {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let now = fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(now, 0o777, "{mode}: {name} after another user's write");
+        }
+        m.unmount();
+    }
+}

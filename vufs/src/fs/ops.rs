@@ -81,6 +81,9 @@ impl FileSystem for VuFs {
                 let try_lower = || self.apply_set(ctx, Layer::Lower, &path, set, false);
                 if let Some(layer) = self.writable(ctx, &path, set.size, &try_lower)? {
                     let as_caller = layer == Layer::Lower || self.route(&path) != Route::Union;
+                    // Taking set-id bits away after a write is the kernel's request
+                    // (file_remove_privs) for any writer, owner or not: done as vufs.
+                    let as_caller = as_caller && !self.only_drops_setid(&path, set);
                     self.apply_set(ctx, layer, &path, set, as_caller)?;
                 }
             }

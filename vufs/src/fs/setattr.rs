@@ -3,6 +3,22 @@
 use super::*;
 
 impl VuFs {
+    /// True when `set` changes nothing but to clear the set-user-ID / set-group-ID bits that
+    /// `path` has: what the kernel asks after a write by a user other than the owner.
+    pub(super) fn only_drops_setid(&self, path: &Path, set: &SetAttr) -> bool {
+        let (Some(mode), None, None, None, None, None) =
+            (set.mode, set.size, set.uid, set.gid, set.atime, set.mtime)
+        else {
+            return false;
+        };
+        let Ok((_, st)) = self.find(path) else {
+            return false;
+        };
+        let current = st.st_mode & 0o7777;
+        let setid = libc::S_ISUID | libc::S_ISGID;
+        current & setid != 0 && mode & 0o7777 == current & !setid
+    }
+
     /// Applies `set` to `path` in `layer` directly.
     pub(super) fn apply_set(
         &self,
