@@ -596,10 +596,8 @@ fn write_sparse(out: &File, data: &mut dyn Read, progress: &mut Progress) -> std
         if n == 0 {
             break;
         }
-        for (i, block) in buf[..n].chunks(HOLE_GRAIN).enumerate() {
-            if block.iter().any(|&b| b != 0) {
-                out.write_all_at(block, offset + (i * HOLE_GRAIN) as u64)?;
-            }
+        for run in crate::volume::data_runs(&buf[..n], Some(HOLE_GRAIN)) {
+            out.write_all_at(&buf[run.clone()], offset + run.start as u64)?;
         }
         offset += n as u64;
         progress.advance(n as u64);

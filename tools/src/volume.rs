@@ -644,7 +644,7 @@ impl Volume {
 /// The byte ranges of `buf` (which starts on a block boundary) to write: all of it, or with
 /// a `grain` (the volume's block size) only the blocks that are not all zeros, adjacent ones
 /// merged, so that zero blocks stay holes.
-fn data_runs(buf: &[u8], grain: Option<usize>) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn data_runs(buf: &[u8], grain: Option<usize>) -> Vec<std::ops::Range<usize>> {
     let Some(grain) = grain else {
         return std::iter::once(0..buf.len()).collect();
     };
