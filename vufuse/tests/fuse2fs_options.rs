@@ -30,6 +30,25 @@ fn mount(image: &Path, dir: &Path, options: &[&str]) -> MountGuard {
 }
 
 /// A fresh ext4 image of 16 MiB in `dir`, made by mke2fs from the tree `files` (path, text).
+/// Runs `fuseext2 -d [-o OPTIONS] IMG MNT` in the foreground, its request log in `log`,
+/// until the mount is there.
+fn foreground_logged(img: &Path, mnt: &Path, options: &str, log: &Path) -> std::process::Child {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-d");
+    if !options.is_empty() {
+        cmd.arg("-o").arg(options);
+    }
+    let child = cmd
+        .arg(img)
+        .arg(mnt)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    testkit::wait_until_mounted(mnt, Duration::from_secs(10));
+    child
+}
+
 fn ext_image(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
     let tree = dir.join("tree");
     std::fs::create_dir_all(&tree).unwrap();
@@ -134,19 +153,7 @@ fn lookups_of_a_missing_name(options: &str) -> usize {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let log = dir.path().join("log");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("-d");
-    if !options.is_empty() {
-        cmd.arg("-o").arg(options);
-    }
-    let mut child = cmd
-        .arg(&img)
-        .arg(&mnt)
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    testkit::wait_until_mounted(&mnt, Duration::from_secs(10));
+    let mut child = foreground_logged(&img, &mnt, options, &log);
     let guard = MountGuard::new(&mnt);
     for _ in 0..3 {
         assert!(std::fs::metadata(mnt.join("missing")).is_err());
@@ -386,15 +393,7 @@ fn debug_prints_one_greppable_line_per_request() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let log = dir.path().join("log");
-    let mut child = Command::new(BIN)
-        .args(["-d", "-o", "rw"])
-        .arg(&img)
-        .arg(&mnt)
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    testkit::wait_until_mounted(&mnt, Duration::from_secs(10));
+    let mut child = foreground_logged(&img, &mnt, "rw", &log);
     let guard = MountGuard::new(&mnt);
     sh(&format!(
         "cd '{}' && umask 022 && mkdir d && echo hi > d/f && chmod 640 d/f && \
