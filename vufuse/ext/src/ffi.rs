@@ -19,8 +19,9 @@ pub(crate) struct VxDev {
     pub(crate) write: extern "C" fn(*mut c_void, u64, *const c_void, usize) -> c_int,
     pub(crate) flush: extern "C" fn(*mut c_void) -> c_int,
     pub(crate) prefetch: extern "C" fn(*mut c_void, u64, u64),
-    /// Writes the blocks the cache holds dirty (end of an operation).
-    pub(crate) write_back: extern "C" fn(*mut c_void) -> c_int,
+    /// Writes blocks the cache holds dirty: all of them (`which` 0), or those that overlap
+    /// (1) or miss (2) the `n` byte ranges given as start, end pairs.
+    pub(crate) write_back: extern "C" fn(*mut c_void, *const u64, usize, c_int) -> c_int,
     /// The filesystem's block size, the unit the cache keeps.
     pub(crate) set_block_size: extern "C" fn(*mut c_void, u32) -> c_int,
 }
@@ -193,7 +194,7 @@ extern "C" {
         got: *mut usize,
     ) -> c_int;
     pub(crate) fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
-    pub(crate) fn vx_sync_meta(fs: *mut ExtFsHandle) -> c_int;
+    pub(crate) fn vx_sync_meta(fs: *mut ExtFsHandle, removes: c_int) -> c_int;
     #[cfg(test)]
     pub(crate) fn vx_crc32c_selftest() -> c_int;
     pub(crate) fn vx_check_extents(fs: *mut ExtFsHandle, ino: u32) -> c_int;

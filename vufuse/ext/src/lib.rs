@@ -127,11 +127,26 @@ extern "C" fn dev_flush(ctx: *mut c_void) -> c_int {
     })
 }
 
-extern "C" fn dev_write_back(ctx: *mut c_void) -> c_int {
+extern "C" fn dev_write_back(ctx: *mut c_void, pairs: *const u64, n: usize, which: c_int) -> c_int {
     guarded(|| {
-        // SAFETY: as in dev_read.
-        let dev = unsafe { &*(ctx as *const CachedDevice) };
-        dev.write_back()
+        // SAFETY: as in dev_read; pairs holds 2 * n readable u64 during the call (none when
+        // n is 0, when it may be null).
+        let (dev, pairs) = unsafe {
+            (
+                &*(ctx as *const CachedDevice),
+                if n == 0 {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(pairs, 2 * n)
+                },
+            )
+        };
+        let ranges: Vec<std::ops::Range<u64>> = pairs.chunks(2).map(|p| p[0]..p[1]).collect();
+        match which {
+            1 => dev.write_back_within(&ranges),
+            2 => dev.write_back_outside(&ranges),
+            _ => dev.write_back(),
+        }
     })
 }
 
@@ -297,13 +312,24 @@ impl Handles {
         self.names.forget_dir(dir);
     }
 
-    /// Writes the allocation metadata a change touched (bitmaps and
-    /// descriptors of the changed groups, the superblock), so the image is
-    /// consistent after every operation, not only at unmount. Runs after
-    /// failed operations too: they may have changed something before failing.
+    /// Writes what an operation that adds names or blocks changed (bitmaps and descriptors
+    /// of the changed groups, the superblock, then its own blocks, in the crash-safe order
+    /// of docs/EXT-ENGINE.md), so the image is consistent after every operation, not only
+    /// at unmount. Runs after failed operations too: they may have changed something before
+    /// failing.
     fn commit<T>(&self, result: Result<T>) -> Result<T> {
+        self.sync_meta(0, result)
+    }
+
+    /// As [`Handles::commit`], for an operation that removes names or blocks (unlink, rmdir,
+    /// rename, truncate): the references go to the device before the bitmaps free anything.
+    fn commit_removal<T>(&self, result: Result<T>) -> Result<T> {
+        self.sync_meta(1, result)
+    }
+
+    fn sync_meta<T>(&self, removes: c_int, result: Result<T>) -> Result<T> {
         // SAFETY: self.fs is open; on a read-only mount this does nothing.
-        let synced = check(unsafe { vx_sync_meta(self.fs) });
+        let synced = check(unsafe { vx_sync_meta(self.fs, removes) });
         let value = result?;
         synced.map(|()| value)
     }
@@ -709,7 +735,7 @@ impl ExtFs {
                 Ok(())
             }
         });
-        h.commit(result)
+        h.commit_removal(result)
     }
 
     fn lock(&self) -> MutexGuard<'_, Handles> {
@@ -1054,7 +1080,7 @@ impl FileSystem for ExtFs {
             if h.open_count(ino) == 0 && h.orphans.remove(&ino) {
                 // SAFETY: h.fs is open; the orphan's last link is gone and its last handle closed.
                 let freed = check(unsafe { vx_free_inode(h.fs, ino) });
-                h.commit(freed)?;
+                h.commit_removal(freed)?;
             }
         }
         Ok(())
@@ -1086,7 +1112,7 @@ impl FileSystem for ExtFs {
             check(unsafe { vx_check_extents(h.fs, target) })?;
             // SAFETY: h.fs is open.
             let truncated = check(unsafe { vx_truncate(h.fs, target, size) });
-            h.commit(truncated)?;
+            h.commit_removal(truncated)?;
         }
         let _ = ctx;
         let (now_s, now_ns) = split_time(SystemTime::now());
@@ -1297,7 +1323,7 @@ impl FileSystem for ExtFs {
                 Ok(())
             }
         });
-        h.commit(result)
+        h.commit_removal(result)
     }
 
     fn setxattr(
@@ -1334,7 +1360,7 @@ impl FileSystem for ExtFs {
         let removed = check(unsafe {
             vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), std::ptr::null(), 0, 0)
         });
-        h.commit(removed)
+        h.commit_removal(removed)
     }
 
     fn destroy(&self) {

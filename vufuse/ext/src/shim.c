@@ -31,9 +31,13 @@ struct vx_dev {
 	int (*flush)(void *ctx);
 	void (*prefetch)(void *ctx, uint64_t offset, uint64_t len);
 	/* The block cache lives on the Rust side (vudev::CachedDevice): */
-	int (*write_back)(void *ctx); /* write the dirty blocks, sorted and coalesced */
+	/* Write dirty blocks, sorted and coalesced: all (which == VX_WB_ALL), or those that
+	 * overlap (VX_WB_WITHIN) or miss (VX_WB_OUTSIDE) the n byte ranges, start/end pairs. */
+	int (*write_back)(void *ctx, const uint64_t *ranges, size_t n, int which);
 	int (*set_block_size)(void *ctx, uint32_t block_size); /* the cached unit */
 };
+
+enum { VX_WB_ALL = 0, VX_WB_WITHIN = 1, VX_WB_OUTSIDE = 2 };
 
 /* ---- errno mapping: the one place ---- */
 
@@ -228,7 +232,7 @@ static errcode_t vx_io_close(io_channel io)
 	if (--io->refcount > 0)
 		return 0;
 	struct vx_chan *chan = io->private_data;
-	errcode_t err = chan->dev->write_back(chan->dev->ctx);
+	errcode_t err = chan->dev->write_back(chan->dev->ctx, NULL, 0, VX_WB_ALL);
 	free(chan->scratch);
 	ext2fs_free_mem(&io->private_data);
 	ext2fs_free_mem(&io->name);
@@ -1913,7 +1917,7 @@ unsigned int vx_block_size(ext2_filsys fs)
 	return fs->blocksize;
 }
 
-/* ---- metadata write-back after every change (dirty groups only) ----
+/* ---- metadata write-back after every change, in a crash-safe order ----
  *
  * libext2fs keeps bitmaps, group descriptors and the superblock in memory
  * and writes them at ext2fs_flush/close. A daemon killed (or an image read)
@@ -1921,7 +1925,28 @@ unsigned int vx_block_size(ext2_filsys fs)
  * bitmaps call free. vx_sync_meta() writes, after each modifying operation,
  * the bitmaps and descriptor blocks of the groups that changed since the
  * last call and the primary superblock, the way ext2fs_write_bitmaps and
- * ext2fs_flush lay them out; backups are left to the full flush at close. */
+ * ext2fs_flush lay them out; backups are left to the full flush at close.
+ *
+ * There is no journal, so the order of the writes is what keeps a kill -9
+ * harmless. The device's cache holds every block the operation wrote
+ * (vudev::CachedDevice writes none early) and vx_sync_meta lets them out in
+ * three phases, as soft updates order them: a kill between any two device
+ * writes leaves at worst a leak (marked in use, referenced by nothing),
+ * which e2fsck -p repairs without loss.
+ *   1. Allocations: the bitmaps of the groups where the operation took
+ *      blocks or inodes, written as old | new (what it took is marked, what
+ *      it freed still is), with the descriptors and the superblock.
+ *   2. References: an operation that adds names or blocks (create, mkdir,
+ *      link, write) writes the blocks it newly allocated (a directory's new
+ *      block, extent nodes), then the inode tables, then the rest (the
+ *      directory entry naming the new inode); one that removes them
+ *      (unlink, rmdir, rename, truncate) writes the rest first (the entry
+ *      goes), then the inode tables.
+ *   3. Releases: the final bitmaps of the groups where it freed something,
+ *      the descriptors and the superblock.
+ * Left: a rename between two directory blocks, and an unlink's entry and
+ * inode, are two writes that a kill can split (e2fsck then reports an
+ * unattached inode or a doubled name; no data is lost). */
 
 /* What a group's bitmaps are known by, as last written: a change of these
  * descriptor fields means the bitmap changed. */
@@ -1932,21 +1957,65 @@ struct vx_group_counts {
 	uint16_t flags;
 };
 
+/* Byte ranges (start, end pairs) of blocks, for dev->write_back. */
+struct vx_ranges {
+	uint64_t *pairs;
+	size_t n, cap;
+};
+
+/* Most newly allocated blocks an operation's phase 2 writes first; past it they go with the rest. */
+#define VX_FRESH_MAX 64
+
 struct vx_meta {
 	dgrp_t groups;
 	unsigned char *dirty;    /* groups touched by block (de)allocation */
 	unsigned char *ino_dirty; /* groups touched by inode (de)allocation */
+	unsigned char *freed;    /* per group: bit 0 block bitmap, bit 1 inode bitmap freed something (phase 3) */
+	unsigned char *changed;  /* per group: written this call */
 	struct vx_group_counts *counts; /* per group, as last written */
 	char *desc_snapshot;     /* descriptors as last written */
 	unsigned char *desc_dirty; /* per descriptor block, scratch */
 	char super_snapshot[SUPERBLOCK_SIZE];
 	char *buf;               /* one block */
+	char *old;               /* one block: a bitmap as the device holds it */
+	struct vx_ranges itables; /* every group's inode table */
+	struct vx_ranges wrote;  /* allocation metadata written in the current phase */
+	uint64_t fresh[2 * VX_FRESH_MAX]; /* blocks allocated since the last call */
+	size_t nfresh;
 	blk64_t reserve;         /* blocks the current caller may not take (vx_set_caller) */
 };
 
 static struct vx_meta *vx_meta_of(ext2_filsys fs)
 {
 	return fs->priv_data;
+}
+
+/* Adds the byte range of `count` blocks from `block`, merged with the last range when they touch. */
+static errcode_t vx_ranges_add(struct vx_ranges *r, ext2_filsys fs, blk64_t block, blk64_t count)
+{
+	uint64_t start = (uint64_t)block * fs->blocksize, end = start + (uint64_t)count * fs->blocksize;
+	if (r->n && r->pairs[2 * r->n - 1] == start) {
+		r->pairs[2 * r->n - 1] = end;
+		return 0;
+	}
+	if (r->n == r->cap) {
+		size_t cap = r->cap ? 2 * r->cap : 16;
+		uint64_t *pairs = realloc(r->pairs, cap * 2 * sizeof *pairs);
+		if (!pairs)
+			return EXT2_ET_NO_MEMORY;
+		r->pairs = pairs;
+		r->cap = cap;
+	}
+	r->pairs[2 * r->n] = start;
+	r->pairs[2 * r->n + 1] = end;
+	r->n++;
+	return 0;
+}
+
+static errcode_t vx_write_back(ext2_filsys fs, const uint64_t *pairs, size_t n, int which)
+{
+	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
+	return dev->write_back(dev->ctx, pairs, n, which);
 }
 
 /* Before each operation: whether its caller may use the blocks reserved for root
@@ -1994,10 +2063,16 @@ static void vx_mark_blocks(ext2_filsys fs, blk64_t blk, blk64_t num)
 		m->dirty[g] = 1;
 }
 
+/* Single blocks: metadata the operation may point at (phase 2 writes new ones first). */
 static void vx_block_stats_cb(ext2_filsys fs, blk64_t blk, int inuse)
 {
-	(void)inuse;
+	struct vx_meta *m = vx_meta_of(fs);
 	vx_mark_blocks(fs, blk, 1);
+	if (m && inuse > 0 && m->nfresh < VX_FRESH_MAX) {
+		m->fresh[2 * m->nfresh] = (uint64_t)blk * fs->blocksize;
+		m->fresh[2 * m->nfresh + 1] = (uint64_t)(blk + 1) * fs->blocksize;
+		m->nfresh++;
+	}
 }
 
 static void vx_block_range_cb(ext2_filsys fs, blk64_t blk, blk_t num, int inuse)
@@ -2027,6 +2102,22 @@ static void vx_inode_alloc_stats(ext2_filsys fs, ext2_ino_t ino, int inuse, int 
 		m->ino_dirty[g] = 1;
 }
 
+static void vx_meta_release(struct vx_meta *m)
+{
+	free(m->dirty);
+	free(m->ino_dirty);
+	free(m->freed);
+	free(m->changed);
+	free(m->counts);
+	free(m->desc_snapshot);
+	free(m->desc_dirty);
+	free(m->buf);
+	free(m->old);
+	free(m->itables.pairs);
+	free(m->wrote.pairs);
+	free(m);
+}
+
 static errcode_t vx_meta_init(ext2_filsys fs)
 {
 	struct vx_meta *m = calloc(1, sizeof *m);
@@ -2036,23 +2127,26 @@ static errcode_t vx_meta_init(ext2_filsys fs)
 	m->groups = fs->group_desc_count;
 	m->dirty = calloc(m->groups, 1);
 	m->ino_dirty = calloc(m->groups, 1);
+	m->freed = calloc(m->groups, 1);
+	m->changed = calloc(m->groups, 1);
 	m->counts = calloc(m->groups, sizeof *m->counts);
 	m->desc_snapshot = malloc((size_t)m->groups * dsize);
 	m->desc_dirty = calloc(fs->desc_blocks + 1, 1);
 	m->buf = malloc(fs->blocksize);
-	if (!m->dirty || !m->ino_dirty || !m->counts || !m->desc_snapshot || !m->desc_dirty || !m->buf) {
-		free(m->dirty);
-		free(m->ino_dirty);
-		free(m->counts);
-		free(m->desc_snapshot);
-		free(m->desc_dirty);
-		free(m->buf);
-		free(m);
+	m->old = malloc(fs->blocksize);
+	if (!m->dirty || !m->ino_dirty || !m->freed || !m->changed || !m->counts || !m->desc_snapshot || !m->desc_dirty ||
+	    !m->buf || !m->old) {
+		vx_meta_release(m);
 		return EXT2_ET_NO_MEMORY;
 	}
 	for (dgrp_t g = 0; g < m->groups; g++) {
 		memcpy(m->desc_snapshot + (size_t)g * dsize, ext2fs_group_desc(fs, fs->group_desc, g), dsize);
 		m->counts[g] = vx_group_counts_of(fs, g);
+		blk64_t itable = ext2fs_inode_table_loc(fs, g);
+		if (itable && vx_ranges_add(&m->itables, fs, itable, fs->inode_blocks_per_group)) {
+			vx_meta_release(m);
+			return EXT2_ET_NO_MEMORY;
+		}
 	}
 	memcpy(m->super_snapshot, fs->super, SUPERBLOCK_SIZE);
 	fs->priv_data = m;
@@ -2067,28 +2161,26 @@ static void vx_meta_free(ext2_filsys fs)
 	struct vx_meta *m = vx_meta_of(fs);
 	if (!m)
 		return;
-	free(m->dirty);
-	free(m->ino_dirty);
-	free(m->counts);
-	free(m->desc_snapshot);
-	free(m->desc_dirty);
-	free(m->buf);
-	free(m);
+	vx_meta_release(m);
 	fs->priv_data = NULL;
 }
 
-/* The bitmaps of group g (the block bitmap if `blocks`, the inode bitmap if
- * `inodes`), as ext2fs_write_bitmaps writes them. */
-static errcode_t vx_write_group_bitmaps(ext2_filsys fs, struct vx_meta *m, dgrp_t g, int blocks, int inodes)
+enum { VX_BLOCK_BITMAP = 1, VX_INODE_BITMAP = 2 };
+
+/* Group g's bitmap `kind` as ext2fs_write_bitmaps lays it on disk, into buf; *nbytes gets
+ * its meaningful length, *where its block (0: none, or not written while uninitialised). */
+static errcode_t vx_bitmap_image(ext2_filsys fs, dgrp_t g, int kind, char *buf, size_t *nbytes, blk64_t *where)
 {
 	int csum = ext2fs_has_group_desc_csum(fs);
 	errcode_t err;
-	if (blocks && fs->block_map && !(csum && ext2fs_bg_flags_test(fs, g, EXT2_BG_BLOCK_UNINIT))) {
-		size_t nbytes = EXT2_CLUSTERS_PER_GROUP(fs->super) / 8;
-		blk64_t start = EXT2FS_B2C(fs, fs->super->s_first_data_block) + (blk64_t)g * (nbytes << 3);
-		memset(m->buf, 0xff, fs->blocksize);
-		err = ext2fs_get_block_bitmap_range2(fs->block_map, start, nbytes << 3, m->buf);
-		if (err)
+	*where = 0;
+	memset(buf, 0xff, fs->blocksize);
+	if (kind == VX_BLOCK_BITMAP) {
+		if (!fs->block_map || (csum && ext2fs_bg_flags_test(fs, g, EXT2_BG_BLOCK_UNINIT)))
+			return 0;
+		*nbytes = EXT2_CLUSTERS_PER_GROUP(fs->super) / 8;
+		blk64_t start = EXT2FS_B2C(fs, fs->super->s_first_data_block) + (blk64_t)g * (*nbytes << 3);
+		if ((err = ext2fs_get_block_bitmap_range2(fs->block_map, start, *nbytes << 3, buf)))
 			return err;
 		if (g == fs->group_desc_count - 1) {
 			/* Padding past the end of the filesystem reads as in use. */
@@ -2096,48 +2188,97 @@ static errcode_t vx_write_group_bitmaps(ext2_filsys fs, struct vx_meta *m, dgrp_
 							    (__u64)EXT2_BLOCKS_PER_GROUP(fs->super)));
 			if (nbits)
 				for (blk64_t j = nbits; j < (blk64_t)fs->blocksize * 8; j++)
-					ext2fs_set_bit(j, m->buf);
+					ext2fs_set_bit(j, buf);
 		}
-		err = ext2fs_block_bitmap_csum_set(fs, g, m->buf, nbytes);
-		if (err)
+		*where = ext2fs_block_bitmap_loc(fs, g);
+	} else {
+		if (!fs->inode_map || (csum && ext2fs_bg_flags_test(fs, g, EXT2_BG_INODE_UNINIT)))
+			return 0;
+		*nbytes = EXT2_INODES_PER_GROUP(fs->super) / 8;
+		if ((err = ext2fs_get_inode_bitmap_range2(fs->inode_map, 1 + (__u64)g * (*nbytes << 3), *nbytes << 3, buf)))
 			return err;
-		ext2fs_group_desc_csum_set(fs, g);
-		blk64_t where = ext2fs_block_bitmap_loc(fs, g);
-		if (where && (err = io_channel_write_blk64(fs->io, where, 1, m->buf)))
-			return err;
-	}
-	if (inodes && fs->inode_map && !(csum && ext2fs_bg_flags_test(fs, g, EXT2_BG_INODE_UNINIT))) {
-		size_t nbytes = EXT2_INODES_PER_GROUP(fs->super) / 8;
-		memset(m->buf, 0xff, fs->blocksize);
-		err = ext2fs_get_inode_bitmap_range2(fs->inode_map, 1 + (__u64)g * (nbytes << 3), nbytes << 3, m->buf);
-		if (err)
-			return err;
-		err = ext2fs_inode_bitmap_csum_set(fs, g, m->buf, nbytes);
-		if (err)
-			return err;
-		ext2fs_group_desc_csum_set(fs, g);
-		blk64_t where = ext2fs_inode_bitmap_loc(fs, g);
-		if (where && (err = io_channel_write_blk64(fs->io, where, 1, m->buf)))
-			return err;
+		*where = ext2fs_inode_bitmap_loc(fs, g);
 	}
 	return 0;
 }
 
-/* Writes what changed since the last call: bitmaps and descriptor blocks of
- * changed groups, then the primary superblock. Cheap when nothing changed
- * (a memcmp of the descriptors and the superblock). */
-int vx_sync_meta(ext2_filsys fs)
+/* Writes bitmap `kind` of group g for `phase` (see above). Phase 1 compares with the
+ * device's copy (treated as empty while the group was uninitialised, was_uninit): if the
+ * operation set bits there it writes old | new; if it cleared bits it notes the group for
+ * phase 3, which writes the bitmap as it is in memory. */
+static errcode_t vx_write_bitmap(ext2_filsys fs, struct vx_meta *m, dgrp_t g, int kind, int phase, int was_uninit)
 {
-	struct vx_meta *m = vx_meta_of(fs);
-	if (!m || !(fs->flags & EXT2_FLAG_RW))
-		return 0;
+	size_t nbytes = 0;
+	blk64_t where;
+	errcode_t err = vx_bitmap_image(fs, g, kind, m->buf, &nbytes, &where);
+	if (err || !where)
+		return err;
+	if (phase == 1) {
+		if (was_uninit)
+			memset(m->old, 0, fs->blocksize);
+		else if ((err = io_channel_read_blk64(fs->io, where, 1, m->old)))
+			return err;
+		int set = 0, cleared = 0;
+		for (size_t i = 0; i < nbytes; i++) {
+			unsigned char now = (unsigned char)m->buf[i], was = (unsigned char)m->old[i];
+			set |= (now & ~was) != 0;
+			cleared |= (was & ~now) != 0;
+		}
+		if (cleared) {
+			m->freed[g] |= (unsigned char)kind;
+			for (size_t i = 0; i < nbytes; i++)
+				m->buf[i] |= m->old[i];
+		}
+		if (!set)
+			return 0;
+	}
+	err = kind == VX_BLOCK_BITMAP ? ext2fs_block_bitmap_csum_set(fs, g, m->buf, nbytes)
+				      : ext2fs_inode_bitmap_csum_set(fs, g, m->buf, nbytes);
+	if (err)
+		return err;
+	ext2fs_group_desc_csum_set(fs, g);
+	if ((err = io_channel_write_blk64(fs->io, where, 1, m->buf)))
+		return err;
+	return vx_ranges_add(&m->wrote, fs, where, 1);
+}
+
+/* The descriptor blocks of the groups written this call, and the primary superblock. */
+static errcode_t vx_write_descriptors(ext2_filsys fs, struct vx_meta *m)
+{
+	errcode_t err;
+	for (dgrp_t i = 0; i < fs->desc_blocks; i++) {
+		if (!m->desc_dirty[i])
+			continue;
+		blk64_t where = ext2fs_descriptor_block_loc2(fs, fs->super->s_first_data_block, i);
+		if ((err = io_channel_write_blk64(fs->io, where, 1, (char *)fs->group_desc + (size_t)i * fs->blocksize)))
+			return err;
+		if ((err = vx_ranges_add(&m->wrote, fs, where, 1)))
+			return err;
+	}
+	fs->super->s_wtime = (uint32_t)time(NULL);
+	ext2fs_superblock_csum_set(fs, fs->super);
+	if ((err = io_channel_write_byte(fs->io, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, fs->super)))
+		return err;
+	uint64_t start = SUPERBLOCK_OFFSET, end = SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE;
+	blk64_t first = start / fs->blocksize, last = (end - 1) / fs->blocksize;
+	return vx_ranges_add(&m->wrote, fs, first, last - first + 1);
+}
+
+/* Phase 1: marks what the operation allocated. Returns, in *deferred, whether descriptors
+ * and superblock changed but were left for phase 3 (the operation only freed). */
+static errcode_t vx_sync_allocations(ext2_filsys fs, struct vx_meta *m, int *deferred)
+{
 	size_t dsize = EXT2_DESC_SIZE(fs->super);
 	dgrp_t per_block = EXT2_DESC_PER_BLOCK(fs->super);
-	errcode_t err = 0;
+	int csum = ext2fs_has_group_desc_csum(fs);
 	int any = 0;
+	errcode_t err;
+	m->wrote.n = 0;
 	for (dgrp_t g = 0; g < m->groups; g++) {
 		char *snap = m->desc_snapshot + (size_t)g * dsize;
 		void *desc = ext2fs_group_desc(fs, fs->group_desc, g);
+		m->changed[g] = 0;
+		m->freed[g] = 0;
 		if (!m->dirty[g] && !m->ino_dirty[g] && memcmp(snap, desc, dsize) == 0)
 			continue;
 		/* Only the bitmap that changed: block (de)allocation is reported by
@@ -2149,37 +2290,81 @@ int vx_sync_meta(ext2_filsys fs)
 		int blocks = m->dirty[g] || now.free_blocks != was->free_blocks || flags_changed;
 		int inodes = m->ino_dirty[g] || now.free_inodes != was->free_inodes ||
 			     now.itable_unused != was->itable_unused || flags_changed;
-		if ((err = vx_write_group_bitmaps(fs, m, g, blocks, inodes)))
-			return vx_errno(err);
+		if (blocks && (err = vx_write_bitmap(fs, m, g, VX_BLOCK_BITMAP, 1,
+						     csum && (was->flags & EXT2_BG_BLOCK_UNINIT))))
+			return err;
+		if (inodes && (err = vx_write_bitmap(fs, m, g, VX_INODE_BITMAP, 1,
+						     csum && (was->flags & EXT2_BG_INODE_UNINIT))))
+			return err;
 		m->dirty[g] = 0;
 		m->ino_dirty[g] = 0;
+		m->changed[g] = 1;
 		*was = now;
-		memcpy(snap, desc, dsize);
 		m->desc_dirty[g / per_block] = 1;
 		any = 1;
 	}
-	if (any) {
-		for (dgrp_t i = 0; i < fs->desc_blocks; i++) {
-			if (!m->desc_dirty[i])
-				continue;
-			m->desc_dirty[i] = 0;
-			blk64_t where = ext2fs_descriptor_block_loc2(fs, fs->super->s_first_data_block, i);
-			err = io_channel_write_blk64(fs->io, where, 1, (char *)fs->group_desc + (size_t)i * fs->blocksize);
-			if (err)
-				return vx_errno(err);
-		}
+	int super_changed = memcmp(m->super_snapshot, fs->super, SUPERBLOCK_SIZE) != 0;
+	*deferred = 0;
+	if (!any && !super_changed)
+		return 0;
+	if (m->wrote.n == 0) {
+		*deferred = 1; /* nothing taken: descriptors and counts go with the releases */
+		return 0;
 	}
-	if (any || memcmp(m->super_snapshot, fs->super, SUPERBLOCK_SIZE) != 0) {
-		fs->super->s_wtime = (uint32_t)time(NULL);
-		ext2fs_superblock_csum_set(fs, fs->super);
-		err = io_channel_write_byte(fs->io, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, fs->super);
-		if (err)
-			return vx_errno(err);
-		memcpy(m->super_snapshot, fs->super, SUPERBLOCK_SIZE);
+	if ((err = vx_write_descriptors(fs, m)))
+		return err;
+	return vx_write_back(fs, m->wrote.pairs, m->wrote.n, VX_WB_WITHIN);
+}
+
+/* Phase 3: releases what the operation freed, then lets every remaining block out. */
+static errcode_t vx_sync_releases(ext2_filsys fs, struct vx_meta *m, int deferred)
+{
+	errcode_t err;
+	int any = deferred;
+	m->wrote.n = 0;
+	for (dgrp_t g = 0; g < m->groups; g++) {
+		if (!m->freed[g])
+			continue;
+		if ((m->freed[g] & VX_BLOCK_BITMAP) && (err = vx_write_bitmap(fs, m, g, VX_BLOCK_BITMAP, 3, 0)))
+			return err;
+		if ((m->freed[g] & VX_INODE_BITMAP) && (err = vx_write_bitmap(fs, m, g, VX_INODE_BITMAP, 3, 0)))
+			return err;
+		m->freed[g] = 0;
+		any = 1;
 	}
-	/* The operation's blocks, held by the device's cache until now. */
-	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
-	return vx_errno(dev->write_back(dev->ctx));
+	if (any && (err = vx_write_descriptors(fs, m)))
+		return err;
+	return vx_write_back(fs, NULL, 0, VX_WB_ALL);
+}
+
+/* Writes what an operation changed, in the three phases above; `removes` says which way its
+ * references went (unlink, rmdir, rename, truncate: 1). Cheap when nothing changed (a memcmp
+ * of the descriptors and the superblock). */
+int vx_sync_meta(ext2_filsys fs, int removes)
+{
+	struct vx_meta *m = vx_meta_of(fs);
+	if (!m || !(fs->flags & EXT2_FLAG_RW))
+		return 0;
+	int deferred = 0;
+	errcode_t err = vx_sync_allocations(fs, m, &deferred);
+	if (!err && removes)
+		err = vx_write_back(fs, m->itables.pairs, m->itables.n, VX_WB_OUTSIDE);
+	else if (!err)
+		err = vx_write_back(fs, m->fresh, m->nfresh, VX_WB_WITHIN);
+	if (!err)
+		err = vx_write_back(fs, m->itables.pairs, m->itables.n, VX_WB_WITHIN);
+	if (!err)
+		err = vx_sync_releases(fs, m, deferred);
+	m->nfresh = 0;
+	if (err)
+		return vx_errno(err);
+	size_t dsize = EXT2_DESC_SIZE(fs->super);
+	for (dgrp_t g = 0; g < m->groups; g++)
+		if (m->changed[g])
+			memcpy(m->desc_snapshot + (size_t)g * dsize, ext2fs_group_desc(fs, fs->group_desc, g), dsize);
+	memset(m->desc_dirty, 0, fs->desc_blocks + 1);
+	memcpy(m->super_snapshot, fs->super, SUPERBLOCK_SIZE);
+	return 0;
 }
 
 /* ---- the data path for writes: whole runs per device call ---- */
