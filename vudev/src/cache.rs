@@ -268,7 +268,12 @@ impl BlockDevice for CachedDevice {
             cache.overlay_dirty(&mut buf[..got], offset);
             return Ok(got);
         };
-        if let Some(bytes) = cache.dirty.get(&block).map(|b| &b[..]).or(cache.clean(block)) {
+        if let Some(bytes) = cache
+            .dirty
+            .get(&block)
+            .map(|b| &b[..])
+            .or(cache.clean(block))
+        {
             buf.copy_from_slice(bytes);
             return Ok(buf.len());
         }
@@ -318,7 +323,9 @@ impl BlockDevice for CachedDevice {
             let end = offset.saturating_add(len);
             let blocks = cache.blocks_of(offset, len);
             let whole = |b: u64| b * bs >= offset && (b + 1) * bs <= end;
-            cache.dirty.retain(|&b, _| !(blocks.contains(&b) && whole(b)));
+            cache
+                .dirty
+                .retain(|&b, _| !(blocks.contains(&b) && whole(b)));
             cache.write_back(self.inner.as_ref(), |b| blocks.contains(&b))?;
             cache.forget_clean(blocks);
         }
@@ -420,7 +427,11 @@ mod tests {
         cache.read_at(&mut two, 0).unwrap();
         assert_eq!(&two[..1024], &[2; 1024]);
         assert_eq!(&two[1024..], &[3; 1024]);
-        assert_eq!(dev.writes.load(Ordering::Relaxed), before, "nothing written early");
+        assert_eq!(
+            dev.writes.load(Ordering::Relaxed),
+            before,
+            "nothing written early"
+        );
         assert_eq!(cache.dirty_blocks(), 1);
         // A write covering part of a dirty block patches it: both bytes survive write-back.
         cache.write_at(&[4; 512], 1024 + 256).unwrap();
@@ -468,7 +479,9 @@ mod tests {
             cache.write_at(&[block as u8; 1024], block * 1024).unwrap();
         }
         // Blocks 40 and 5 first (a range ending inside block 5 counts), then the rest in order.
-        cache.write_back_within(&[40 * 1024..41 * 1024, 5 * 1024 + 10..5 * 1024 + 11]).unwrap();
+        cache
+            .write_back_within(&[40 * 1024..41 * 1024, 5 * 1024 + 10..5 * 1024 + 11])
+            .unwrap();
         assert_eq!(*dev.offsets.lock().unwrap(), [5 * 1024, 40 * 1024]);
         cache.write_back_outside(&[2 * 1024..3 * 1024]).unwrap();
         cache.write_back().unwrap();
@@ -509,7 +522,10 @@ mod tests {
         cache.write_at(&[6; 65536], 0).unwrap();
         cache.set_block_size(4096).unwrap();
         dev.read_at(&mut back, 0).unwrap();
-        assert!(back.iter().all(|&b| b == 6), "a block size change writes back");
+        assert!(
+            back.iter().all(|&b| b == 6),
+            "a block size change writes back"
+        );
     }
 
     #[test]

@@ -314,15 +314,15 @@ impl Handles {
 
     /// Writes what an operation that adds names or blocks changed (bitmaps and descriptors
     /// of the changed groups, the superblock, then its own blocks, in the crash-safe order
-    /// of docs/EXT-ENGINE.md), so the image is consistent after every operation, not only
-    /// at unmount. Runs after failed operations too: they may have changed something before
-    /// failing.
+    /// docs/EXT-ENGINE.md gives), so the image is consistent after every operation, not
+    /// only at unmount. Runs after failed operations too: they may have changed something
+    /// before failing.
     fn commit<T>(&self, result: Result<T>) -> Result<T> {
         self.sync_meta(0, result)
     }
 
     /// As [`Handles::commit`], for an operation that removes names or blocks (unlink, rmdir,
-    /// rename, truncate): the references go to the device before the bitmaps free anything.
+    /// rename, truncate): its inodes reach the device before its directory entries.
     fn commit_removal<T>(&self, result: Result<T>) -> Result<T> {
         self.sync_meta(1, result)
     }

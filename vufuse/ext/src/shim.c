@@ -178,9 +178,10 @@ int vx_crc32c_selftest(void)
 /* A pass-through channel: every read and write goes to the Rust device, whose
  * block cache (vudev::CachedDevice) holds single blocks (inode tables, bitmaps,
  * directory blocks) and keeps single-block writes dirty until vx_sync_meta(),
- * run after every modifying operation, calls dev->write_back: sorted and
- * coalesced, so a block written several times in one operation costs one
- * device write. The cache keeps the order of writes for everything else. */
+ * run after every modifying operation, lets them out in the crash-safe order
+ * described there (dev->write_back: sorted and coalesced, so a block written
+ * several times in one operation costs one device write). No dirty block
+ * reaches the device earlier: other requests see or replace them in place. */
 struct vx_chan {
 	struct vx_dev *dev;
 	char *scratch; /* one block, for vx_io_write_byte */
@@ -388,6 +389,7 @@ static void vx_unsupported_features(struct vx_dev *dev, int ro_compat, char *out
 }
 
 static errcode_t vx_meta_init(ext2_filsys fs);
+static blk64_t vx_allowed_blocks(ext2_filsys fs);
 static void vx_inode_alloc_stats(ext2_filsys fs, ext2_ino_t ino, int inuse, int isdir);
 static void vx_meta_free(ext2_filsys fs);
 
@@ -908,9 +910,12 @@ static errcode_t vx_append_linear(ext2_filsys fs, uint32_t dir, const char *name
  * libext2fs inserts into indexed directories but never creates one, so a
  * directory grown through it stays a linear list. Like the kernel
  * (make_indexed_dir), when a one-block directory is full the shim turns it
- * into an htree: block 0 becomes the dx root ("." and ".." kept), its
- * entries are sorted by hash and split over two new leaf blocks, and the
- * index points at them. Later inserts go through ext2fs_link's htree code. */
+ * into an htree: its entries are sorted by hash and split over two leaf
+ * blocks under a dx root ("." and ".." kept). Without a journal this is done
+ * copy-on-write: root and leaves go to three new blocks, and one inode write
+ * (extent map, size, index flag) switches the directory to them, so a kill
+ * leaves either the old linear block or the whole htree (plus a leak). Later
+ * inserts go through ext2fs_link's htree code. */
 
 struct vx_dxent {
 	uint32_t hash;
@@ -967,6 +972,8 @@ static errcode_t vx_make_indexed(ext2_filsys fs, uint32_t dir, int *done)
 		return 0;
 	unsigned int bs = fs->blocksize;
 	unsigned int csum_size = ext2fs_has_feature_metadata_csum(fs->super) ? sizeof(struct ext2_dir_entry_tail) : 0;
+	blk64_t nb[3] = {0, 0, 0};
+	int taken = 0, switched = 0;
 	char *old = malloc(bs), *leaf = malloc(bs);
 	struct vx_dxent *e = calloc(bs / 8 + 1, sizeof *e);
 	if (!old || !leaf || !e) {
@@ -1021,18 +1028,15 @@ static errcode_t vx_make_indexed(ext2_filsys fs, uint32_t dir, int *done)
 		split++;
 	if (split == 0 || split >= n)
 		goto out;
-	/* Two new blocks at logical 1 and 2 (allocated and mapped by the library). */
-	if ((err = ext2fs_expand_dir(fs, dir)) || (err = ext2fs_expand_dir(fs, dir)))
-		goto out;
-	if ((err = ext2fs_read_inode(fs, dir, &in)))
-		goto out;
-	blk64_t b1 = 0, b2 = 0;
-	if ((err = ext2fs_bmap2(fs, dir, &in, NULL, 0, 1, NULL, &b1)) || (err = ext2fs_bmap2(fs, dir, &in, NULL, 0, 2, NULL, &b2)))
-		goto out;
-	if (!b1 || !b2 || EXT2_I_SIZE(&in) != 3 * (uint64_t)bs) {
-		err = EXT2_ET_DIR_CORRUPTED;
-		goto out;
+	/* Three new blocks (root, two leaves), written before the inode switches to them. */
+	if (vx_allowed_blocks(fs) < 3)
+		goto out; /* no room to index: grow linearly (or fail with ENOSPC there) */
+	for (taken = 0; taken < 3; taken++) {
+		if ((err = ext2fs_new_block2(fs, taken ? nb[taken - 1] + 1 : root, NULL, &nb[taken])))
+			goto out;
+		ext2fs_block_alloc_stats2(fs, nb[taken], +1);
 	}
+	blk64_t b1 = nb[1], b2 = nb[2];
 	vx_fill_leaf(fs, leaf, e, split, csum_size);
 	if ((err = ext2fs_write_dir_block4(fs, b1, leaf, 0, dir)))
 		goto out;
@@ -1064,13 +1068,30 @@ static errcode_t vx_make_indexed(ext2_filsys fs, uint32_t dir, int *done)
 	ent[0].block = ext2fs_cpu_to_le32(1);
 	ent[1].hash = ext2fs_cpu_to_le32(e[split].hash);
 	ent[1].block = ext2fs_cpu_to_le32(2);
-	if ((err = ext2fs_write_dir_block4(fs, root, leaf, 0, dir)))
+	if ((err = ext2fs_write_dir_block4(fs, nb[0], leaf, 0, dir)))
+		goto out;
+	/* The switch: one inode write maps logical 0-2 to the new blocks, with the index flag
+	 * and the size; then the old block is freed. */
+	switched = 1;
+	for (blk64_t l = 0; l < 3; l++) {
+		blk64_t phys = nb[l];
+		if ((err = ext2fs_bmap2(fs, dir, &in, NULL, BMAP_SET, l, NULL, &phys)))
+			goto out;
+	}
+	if ((err = ext2fs_read_inode(fs, dir, &in)))
+		goto out;
+	ext2fs_iblk_add_blocks(fs, &in, 2);
+	if ((err = ext2fs_inode_size_set(fs, &in, 3 * (uint64_t)bs)))
 		goto out;
 	in.i_flags |= EXT2_INDEX_FL;
 	if ((err = ext2fs_write_inode(fs, dir, &in)))
 		goto out;
+	ext2fs_block_alloc_stats2(fs, root, -1);
 	*done = 1;
 out:
+	/* A failure before the switch gives the new blocks back. */
+	for (int i = 0; err && !switched && i < taken; i++)
+		ext2fs_block_alloc_stats2(fs, nb[i], -1);
 	free(old);
 	free(leaf);
 	free(e);
@@ -1932,21 +1953,25 @@ unsigned int vx_block_size(ext2_filsys fs)
  * (vudev::CachedDevice writes none early) and vx_sync_meta lets them out in
  * three phases, as soft updates order them: a kill between any two device
  * writes leaves at worst a leak (marked in use, referenced by nothing),
- * which e2fsck -p repairs without loss.
+ * which e2fsck -p repairs without loss, or one of the preen-fixable states
+ * named below.
  *   1. Allocations: the bitmaps of the groups where the operation took
  *      blocks or inodes, written as old | new (what it took is marked, what
  *      it freed still is), with the descriptors and the superblock.
- *   2. References: an operation that adds names or blocks (create, mkdir,
- *      link, write) writes the blocks it newly allocated (a directory's new
- *      block, extent nodes), then the inode tables, then the rest (the
- *      directory entry naming the new inode); one that removes them
- *      (unlink, rmdir, rename, truncate) writes the rest first (the entry
- *      goes), then the inode tables.
+ *   2. References: the blocks the operation newly allocated (a directory's
+ *      new block, extent nodes) first; then, for an operation that adds
+ *      names (create, mkdir, link, symlink, write), the rest (the directory
+ *      blocks whose entries changed) before the inode tables; for one that
+ *      removes them (unlink, rmdir, rename, truncate), the inode tables
+ *      first. Either way an entry and its inode are two writes and the
+ *      state between them is one e2fsck -p repairs on its own: an entry
+ *      naming an unused inode (cleared), or a link count off by one (fixed);
+ *      the other order would leave an unattached inode, which -p does not.
  *   3. Releases: the final bitmaps of the groups where it freed something,
  *      the descriptors and the superblock.
- * Left: a rename between two directory blocks, and an unlink's entry and
- * inode, are two writes that a kill can split (e2fsck then reports an
- * unattached inode or a doubled name; no data is lost). */
+ * Left: a rename between two directory blocks is two writes that a kill can
+ * split, old entry gone first when its block comes first (e2fsck then finds
+ * the inode unattached and offers lost+found; the data is kept). */
 
 /* What a group's bitmaps are known by, as last written: a change of these
  * descriptor fields means the bitmap changed. */
@@ -2338,8 +2363,8 @@ static errcode_t vx_sync_releases(ext2_filsys fs, struct vx_meta *m, int deferre
 }
 
 /* Writes what an operation changed, in the three phases above; `removes` says which way its
- * references went (unlink, rmdir, rename, truncate: 1). Cheap when nothing changed (a memcmp
- * of the descriptors and the superblock). */
+ * names went (unlink, rmdir, rename, truncate: 1). Cheap when nothing changed (a memcmp of the
+ * descriptors and the superblock). */
 int vx_sync_meta(ext2_filsys fs, int removes)
 {
 	struct vx_meta *m = vx_meta_of(fs);
@@ -2347,12 +2372,13 @@ int vx_sync_meta(ext2_filsys fs, int removes)
 		return 0;
 	int deferred = 0;
 	errcode_t err = vx_sync_allocations(fs, m, &deferred);
-	if (!err && removes)
-		err = vx_write_back(fs, m->itables.pairs, m->itables.n, VX_WB_OUTSIDE);
-	else if (!err)
-		err = vx_write_back(fs, m->fresh, m->nfresh, VX_WB_WITHIN);
 	if (!err)
-		err = vx_write_back(fs, m->itables.pairs, m->itables.n, VX_WB_WITHIN);
+		err = vx_write_back(fs, m->fresh, m->nfresh, VX_WB_WITHIN);
+	/* Adds: entries, then inodes; removes: inodes, then entries. */
+	if (!err)
+		err = vx_write_back(fs, m->itables.pairs, m->itables.n, removes ? VX_WB_WITHIN : VX_WB_OUTSIDE);
+	if (!err)
+		err = vx_write_back(fs, m->itables.pairs, m->itables.n, removes ? VX_WB_OUTSIDE : VX_WB_WITHIN);
 	if (!err)
 		err = vx_sync_releases(fs, m, deferred);
 	m->nfresh = 0;
