@@ -483,7 +483,8 @@ mod tests {
             .write_back_within(&[40 * 1024..41 * 1024, 5 * 1024 + 10..5 * 1024 + 11])
             .unwrap();
         assert_eq!(*dev.offsets.lock().unwrap(), [5 * 1024, 40 * 1024]);
-        cache.write_back_outside(&[2 * 1024..3 * 1024]).unwrap();
+        let block_2 = [2 * 1024..3 * 1024, 2 * 1024..2 * 1024 + 1];
+        cache.write_back_outside(&block_2).unwrap();
         cache.write_back().unwrap();
         assert_eq!(
             *dev.offsets.lock().unwrap(),
