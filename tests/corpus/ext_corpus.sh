@@ -28,11 +28,11 @@
 #      still clean; otherwise every problem kind of the new report was already in the old one
 #      (problems of the same kind with other numbers are the same kind). An image e2fsck
 #      could not check before (status 8 and up: it aborts) cannot be judged; it is counted.
-# Known WORSE (2026-12-03, e2fsprogs a9f482e5): f_badtable, f_bitmaps, f_dup_ba and
-# f_ind_inode_collision. Their bitmaps miss blocks or inodes in use (or an inode table sits in
-# bad blocks) and nothing marks the filesystem as having errors, so a read-write mount hands
-# those out again and the new files share them; the kernel allocates the same way. Not fixed;
-# the CI subset (vufuse/tests/ext_corpus.rs) leaves them out.
+# Formerly WORSE (2026-12-03, e2fsprogs a9f482e5): f_badtable, f_bitmaps, f_dup_ba and
+# f_ind_inode_collision, whose bitmaps miss blocks or inodes in use (or whose bad-block list
+# covers an inode table) with nothing marking the filesystem as having errors. A read-write
+# mount now walks the inodes first (docs/EXT-ENGINE.md, "before a read-write mount") and
+# refuses them; the CI subset (vufuse/tests/ext_corpus.rs) includes them.
 # Verdicts: ok, CRASH (signal), PANIC (panicked in the log), HANG (a step timed out or the
 # daemon outlived its unmount), RO-CHANGED, WORSE. The exit status is 1 if any image got a
 # verdict other than ok. A summary table goes to stdout.

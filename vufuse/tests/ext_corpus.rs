@@ -1,6 +1,6 @@
 //! A short run of `tests/corpus/ext_corpus.sh` (e2fsprogs's corrupt test images mounted by
 //! `fuseext2` read-only and read-write: no panic, no signal, no hang, read-only mounts leave
-//! the image's bytes alone, and no image is left worse than e2fsck found it) on ten images of
+//! the image's bytes alone, and no image is left worse than e2fsck found it) on fourteen images of
 //! different kinds. Needs an e2fsprogs checkout or bare git directory: `E2FSPROGS`, or the
 //! fetch tool's mirror at /work/.mirror/tytso+e2fsprogs/repo; without one it is skipped, saying
 //! so. The whole corpus: `FUSEEXT2=... tests/corpus/ext_corpus.sh`.
@@ -11,7 +11,8 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_fuseext2");
 
 /// Clean ones and corrupt ones: bad bitmaps, a disconnected inode, directory block checksums, a bad
-/// root, orphans, a bad htree node, a bad extent node, a zeroed group and a large-block image.
+/// root, orphans, a bad htree node, a bad extent node, a zeroed group, a large-block image, and
+/// four whose bitmaps miss blocks or inodes in use.
 const IMAGES: &[&str] = &[
     "f_16384_block",
     "f_bad_bbitmap",
@@ -23,6 +24,11 @@ const IMAGES: &[&str] = &[
     "f_h_badnode",
     "f_zero_group",
     "f_orphan_extents_inode",
+    // Bitmaps that miss what the inodes use: refused read-write.
+    "f_badtable",
+    "f_bitmaps",
+    "f_dup_ba",
+    "f_ind_inode_collision",
 ];
 
 fn e2fsprogs() -> Option<PathBuf> {
@@ -33,7 +39,7 @@ fn e2fsprogs() -> Option<PathBuf> {
 }
 
 #[test]
-fn ten_corrupt_e2fsprogs_images_neither_crash_hang_nor_get_worse() {
+fn fourteen_corrupt_e2fsprogs_images_neither_crash_hang_nor_get_worse() {
     let Some(source) = e2fsprogs() else {
         testkit::skip(
             "no e2fsprogs tests: set E2FSPROGS to a checkout or git directory of \
