@@ -1,4 +1,5 @@
-//! The inode table: (layer, dev, ino) keys and (parent, name) dentries to stable FUSE inodes.
+//! The inode table: (layer, dev, ino) keys to stable numbers, and (parent, name) dentries to
+//! the nodes the kernel holds.
 
 use super::*;
 
@@ -9,16 +10,108 @@ pub(super) struct Node {
     pub(super) lookups: u64,
     /// Dentries of other nodes naming this one as their parent.
     pub(super) children: u64,
-    pub(super) keys: Vec<Key>,
     /// (mtime, mtime_nsec, size) at the last open, to keep the page cache.
     pub(super) seen: Option<(i64, u64, i64)>,
 }
 
+/// Host inode numbers below this fit the derived layout; the device index goes above.
+const INO_BITS: u32 = 48;
+/// Device indexes that fit below [`ALLOCATED`].
+const MAX_DEVS: usize = 1 << (63 - INO_BITS);
+/// Numbers from here up are handed out one by one, never derived.
+const ALLOCATED: u64 = 1 << 63;
+
+/// The number an object shows, as FUSE node ID and `st_ino` alike (fuser sends a
+/// reply's `attr.ino` as the node ID): derived from the object's host identity, so that
+/// it stays the same however often the kernel forgets the node and looks it up again.
+///
+/// - An object on SOURCE's device shows its host `st_ino`; one on the `n`th other
+///   device met (the lower tree's, a mount inside either tree) shows
+///   `n << 48 | st_ino` (overlayfs's `xino` idea), so numbers of different devices
+///   never meet.
+/// - The upper copy a copy-up makes shows its lower original's number for the rest of
+///   the mount (an alias), so a file keeps its number when it moves to SOURCE.
+/// - The root is 1 (FUSE's root ID); an object whose derived number would be 1 or not
+///   fit (host inode numbers of 2^48 and up, too many devices), or whose derived number
+///   the kernel still holds for an object of another type, gets an allocated number
+///   (2^63 and up) that it keeps for the rest of the mount.
+///
+/// A number thus names one host object (or its copy) while that object lives, and the
+/// generation stays 0: a number is given to another object only after the host itself
+/// has reused the inode number, as the host's own `st_ino` is.
+#[derive(Debug)]
+pub(super) struct Numbers {
+    /// Host devices in the order met; SOURCE's is first.
+    devs: Vec<u64>,
+    /// Keys that do not show their derived number: the root, upper copies, allocated.
+    fixed: HashMap<Key, u64>,
+    /// The next allocated number.
+    next: u64,
+}
+
+impl Numbers {
+    /// The numbering of a view whose root (SOURCE) has `root_key`.
+    pub(super) fn new(root_key: Key) -> Numbers {
+        let mut n = Numbers {
+            devs: vec![root_key.1],
+            fixed: HashMap::new(),
+            next: ALLOCATED,
+        };
+        n.fixed.insert(root_key, Ino::ROOT.0);
+        n
+    }
+
+    /// The number of the object with `key`.
+    pub(super) fn number(&mut self, key: Key) -> u64 {
+        if let Some(&n) = self.fixed.get(&key) {
+            return n;
+        }
+        let (_, dev, ino) = key;
+        let index = match self.devs.iter().position(|&d| d == dev) {
+            Some(i) => i,
+            None if self.devs.len() < MAX_DEVS => {
+                self.devs.push(dev);
+                self.devs.len() - 1
+            }
+            None => return self.allocate(key),
+        };
+        if ino == 0 || ino >= 1 << INO_BITS || (index == 0 && ino == Ino::ROOT.0) {
+            return self.allocate(key);
+        }
+        ((index as u64) << INO_BITS) | ino
+    }
+
+    /// Gives `key` a number of its own, for the rest of the mount.
+    pub(super) fn allocate(&mut self, key: Key) -> u64 {
+        let n = self.next;
+        self.next += 1;
+        self.fixed.insert(key, n);
+        n
+    }
+
+    /// `key` (an upper copy) shows `number` (its original's) from now on.
+    pub(super) fn alias(&mut self, key: Key, number: u64) {
+        if self.fixed.get(&key) != Some(&Ino::ROOT.0) {
+            self.fixed.insert(key, number);
+        }
+    }
+
+    /// The host object of `key` is gone: its host number may come back for another one.
+    pub(super) fn gone(&mut self, key: Key) {
+        if self
+            .fixed
+            .get(&key)
+            .is_some_and(|&n| n < ALLOCATED && n != Ino::ROOT.0)
+        {
+            self.fixed.remove(&key);
+        }
+    }
+}
+
 pub(super) struct Inodes {
     pub(super) nodes: HashMap<u64, Node>,
-    pub(super) by_key: HashMap<Key, u64>,
     pub(super) by_name: HashMap<(u64, OsString), u64>,
-    pub(super) next: u64,
+    pub(super) numbers: Numbers,
 }
 
 impl Inodes {
@@ -53,29 +146,27 @@ impl Inodes {
 
     /// Takes a lookup reference on the inode for `name` in `parent` with `key`.
     pub(super) fn attach(&mut self, parent: u64, name: &OsStr, key: Key, kind: FileKind) -> u64 {
+        let mut ino = self.numbers.number(key);
         let dentry = (parent, name.to_os_string());
-        if let Some(&ino) = self.by_name.get(&dentry) {
-            let same = self.nodes.get(&ino).is_some_and(|n| n.kind == kind);
-            if same {
-                let node = self.nodes.get_mut(&ino).expect("checked");
-                node.lookups += 1;
-                if !node.keys.contains(&key) {
-                    node.keys.push(key);
-                    self.by_key.insert(key, ino);
-                }
+        if let Some(&known) = self.by_name.get(&dentry) {
+            if known == ino && self.nodes.get(&ino).is_some_and(|n| n.kind == kind) {
+                self.nodes.get_mut(&ino).expect("checked").lookups += 1;
                 return ino;
             }
+            // Another object has the name now (changed behind the mount).
             self.drop_dentry(parent, name);
         }
-        if let Some(&ino) = self.by_key.get(&key) {
-            if self.nodes.get(&ino).is_some_and(|n| n.kind == kind) {
-                self.nodes.get_mut(&ino).expect("checked").lookups += 1;
-                self.add_dentry(ino, parent, name);
-                return ino;
-            }
+        if self.nodes.get(&ino).is_some_and(|n| n.kind != kind) {
+            // The kernel may still hold the number for an object of another type whose
+            // host inode number the host has reused: this one gets a number of its own.
+            ino = self.numbers.allocate(key);
         }
-        let ino = self.next;
-        self.next += 1;
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            // Another name of a known object (a hard link).
+            node.lookups += 1;
+            self.add_dentry(ino, parent, name);
+            return ino;
+        }
         self.nodes.insert(
             ino,
             Node {
@@ -83,11 +174,9 @@ impl Inodes {
                 dentries: Vec::new(),
                 lookups: 1,
                 children: 0,
-                keys: vec![key],
                 seen: None,
             },
         );
-        self.by_key.insert(key, ino);
         self.add_dentry(ino, parent, name);
         ino
     }
@@ -119,11 +208,6 @@ impl Inodes {
             return;
         }
         let node = self.nodes.remove(&ino).expect("checked");
-        for key in &node.keys {
-            if self.by_key.get(key) == Some(&ino) {
-                self.by_key.remove(key);
-            }
-        }
         for (parent, name) in node.dentries {
             self.by_name.remove(&(parent, name));
             if let Some(p) = self.nodes.get_mut(&parent) {
