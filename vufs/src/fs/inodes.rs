@@ -50,10 +50,15 @@ pub(super) struct Numbers {
 }
 
 impl Numbers {
-    /// The numbering of a view whose root (SOURCE) has `root_key`.
-    pub(super) fn new(root_key: Key) -> Numbers {
+    /// The numbering of a view whose root (SOURCE) has `root_key`, over a lower tree on
+    /// device `lower_dev`.
+    pub(super) fn new(root_key: Key, lower_dev: u64) -> Numbers {
+        let mut devs = vec![root_key.1];
+        if lower_dev != root_key.1 {
+            devs.push(lower_dev);
+        }
         let mut n = Numbers {
-            devs: vec![root_key.1],
+            devs,
             fixed: HashMap::new(),
             next: ALLOCATED,
         };
@@ -61,24 +66,38 @@ impl Numbers {
         n
     }
 
+    /// The number derived from host inode `ino` on the device of index `index`, if it fits.
+    fn derived(index: usize, ino: u64) -> Option<u64> {
+        if index >= MAX_DEVS || ino == 0 || ino >= 1 << INO_BITS {
+            return None;
+        }
+        let n = ((index as u64) << INO_BITS) | ino;
+        (n != Ino::ROOT.0).then_some(n)
+    }
+
     /// The number of the object with `key`.
     pub(super) fn number(&mut self, key: Key) -> u64 {
-        if let Some(&n) = self.fixed.get(&key) {
+        if let Some(n) = self.shown(key) {
             return n;
         }
         let (_, dev, ino) = key;
-        let index = match self.devs.iter().position(|&d| d == dev) {
-            Some(i) => i,
-            None if self.devs.len() < MAX_DEVS => {
-                self.devs.push(dev);
-                self.devs.len() - 1
+        if !self.devs.contains(&dev) && self.devs.len() < MAX_DEVS {
+            self.devs.push(dev);
+            if let Some(n) = Self::derived(self.devs.len() - 1, ino) {
+                return n;
             }
-            None => return self.allocate(key),
-        };
-        if ino == 0 || ino >= 1 << INO_BITS || (index == 0 && ino == Ino::ROOT.0) {
-            return self.allocate(key);
         }
-        ((index as u64) << INO_BITS) | ino
+        self.allocate(key)
+    }
+
+    /// The number `key` has, if it has one without [`Self::number`] giving it one (a
+    /// directory listing's numbers, which the kernel does not hold).
+    pub(super) fn shown(&self, key: Key) -> Option<u64> {
+        if let Some(&n) = self.fixed.get(&key) {
+            return Some(n);
+        }
+        let index = self.devs.iter().position(|&d| d == key.1)?;
+        Self::derived(index, key.2)
     }
 
     /// Gives `key` a number of its own, for the rest of the mount.

@@ -88,7 +88,8 @@ struct Handle {
     stable: bool,
 }
 
-/// A snapshot of a directory listing, taken at opendir.
+/// A snapshot of a directory listing, taken at opendir: names, types and the numbers
+/// they show.
 struct DirList {
     entries: Vec<(OsString, FileKind, u64)>,
 }
@@ -124,6 +125,9 @@ pub struct VuFs {
     linked_copies: Mutex<HashMap<Key, PathBuf>>,
     /// Parent directories resolved recently.
     dircache: host::DirCache,
+    /// The host devices of SOURCE and of the lower tree (a listing's entries are taken to be
+    /// on their directory's layer's device).
+    layer_devs: [u64; 2],
 }
 
 impl std::fmt::Debug for VuFs {
@@ -177,13 +181,17 @@ fn to_attr(ino: u64, st: &Stat) -> Attr {
 }
 
 fn key(layer: Layer, st: &Stat) -> Key {
+    host_key(layer, st.st_dev, st.st_ino)
+}
+
+fn host_key(layer: Layer, dev: u64, ino: u64) -> Key {
     (
         match layer {
             Layer::Upper => 0,
             Layer::Lower => 1,
         },
-        st.st_dev,
-        st.st_ino,
+        dev,
+        ino,
     )
 }
 
@@ -227,10 +235,11 @@ impl VuFs {
         };
         let root = rustix::fs::fstat(&upper)?;
         let root_key = key(Layer::Upper, &root);
+        let lower_dev = rustix::fs::fstat(&lower)?.st_dev;
         let mut inodes = Inodes {
             nodes: HashMap::new(),
             by_name: HashMap::new(),
-            numbers: Numbers::new(root_key),
+            numbers: Numbers::new(root_key, lower_dev),
         };
         inodes.nodes.insert(
             Ino::ROOT.0,
@@ -256,6 +265,7 @@ impl VuFs {
             big: Mutex::new(()),
             linked_copies: Mutex::new(HashMap::new()),
             dircache: host::DirCache::new(),
+            layer_devs: [root.st_dev, lower_dev],
         })
     }
 
@@ -303,6 +313,15 @@ impl VuFs {
             Layer::Upper => self.upper.as_fd(),
             Layer::Lower => self.lower.as_fd(),
         }
+    }
+
+    /// The key of a listing's entry with host inode `ino` in `layer`.
+    fn entry_key(&self, layer: Layer, ino: u64) -> Key {
+        let dev = match layer {
+            Layer::Upper => self.layer_devs[0],
+            Layer::Lower => self.layer_devs[1],
+        };
+        host_key(layer, dev, ino)
     }
 
     fn mode(&self) -> Mode {
