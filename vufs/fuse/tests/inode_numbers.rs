@@ -166,7 +166,7 @@ fn tar_extracts_a_deep_tree_while_the_kernel_forgets() {
     need_fuse!();
     need_drop_caches!();
     let work = tempfile::tempdir().unwrap();
-    make_deep_tree(work.path(), 300);
+    make_deep_tree(work.path(), 200);
     let tarball = work.path().join("tree.tar");
     sh(&format!(
         "tar -C '{}' -cf '{}' tree",
@@ -194,7 +194,7 @@ fn tar_extracts_a_deep_tree_while_the_kernel_forgets() {
         }
         let m = mount_vufs(&s.upper, &s.lower, &[mode]);
         let out = testkit::sh_output(&format!(
-            "tar -C '{}' --checkpoint=4 --checkpoint-action='exec=echo 2 > {DROP_CACHES}' -xf '{}'",
+            "tar -C '{}' --checkpoint=32 --checkpoint-action='exec=echo 2 > {DROP_CACHES}' -xf '{}'",
             s.lower.display(),
             tarball.display()
         ));
