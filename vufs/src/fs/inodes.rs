@@ -245,3 +245,87 @@ impl Inodes {
         Some(ino)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEV: u64 = 0x801;
+    const OTHER: u64 = 0x802;
+
+    #[test]
+    fn numbers_are_the_hosts_and_fixed_ones_stay() {
+        let root = (0, DEV, 500);
+        let mut n = Numbers::new(root, DEV);
+        assert_eq!(n.number(root), Ino::ROOT.0, "the root is FUSE's root");
+        // SOURCE's device: the host number, from either layer, every time.
+        assert_eq!(n.number((0, DEV, 42)), 42);
+        assert_eq!(n.number((1, DEV, 42)), 42);
+        assert_eq!(n.shown((0, DEV, 42)), Some(42));
+        // Another device: its index above bit 48.
+        assert_eq!(n.number((1, OTHER, 42)), 1 << 48 | 42);
+        assert_eq!(n.number((1, OTHER, 42)), 1 << 48 | 42);
+        // What does not fit (or would be the root) is allocated, once.
+        let big = n.number((0, DEV, 1 << 48));
+        assert!(big >= ALLOCATED);
+        assert_eq!(n.number((0, DEV, 1 << 48)), big);
+        let one = n.number((0, DEV, 1));
+        assert!(one >= ALLOCATED && one != big);
+        // A copy shows its original's number until the copy is gone from the host.
+        n.alias((0, DEV, 77), 1 << 48 | 42);
+        assert_eq!(n.number((0, DEV, 77)), 1 << 48 | 42);
+        n.gone((0, DEV, 77));
+        assert_eq!(n.number((0, DEV, 77)), 77);
+        // Neither the root nor an allocated number is ever dropped.
+        n.gone(root);
+        n.gone((0, DEV, 1));
+        assert_eq!(n.number(root), Ino::ROOT.0);
+        assert_eq!(n.number((0, DEV, 1)), one);
+    }
+
+    #[test]
+    fn the_lower_trees_device_has_index_one_from_the_start() {
+        let n = Numbers::new((0, DEV, 2), OTHER);
+        assert_eq!(n.shown((1, OTHER, 9)), Some(1 << 48 | 9));
+        assert_eq!(
+            n.shown((1, 0x999, 9)),
+            None,
+            "an unknown device has no number yet"
+        );
+    }
+
+    #[test]
+    fn a_held_number_of_another_type_is_not_given_to_a_new_object() {
+        let root = (0, DEV, 2);
+        let mut t = Inodes {
+            nodes: HashMap::new(),
+            by_name: HashMap::new(),
+            numbers: Numbers::new(root, DEV),
+        };
+        t.nodes.insert(
+            Ino::ROOT.0,
+            Node {
+                kind: FileKind::Dir,
+                dentries: Vec::new(),
+                lookups: 1,
+                children: 0,
+                seen: None,
+            },
+        );
+        let file = t.attach(Ino::ROOT.0, OsStr::new("f"), (0, DEV, 30), FileKind::File);
+        assert_eq!(file, 30);
+        // The host reused inode 30 for a directory while the kernel holds the file.
+        t.drop_dentry(Ino::ROOT.0, OsStr::new("f"));
+        let dir = t.attach(Ino::ROOT.0, OsStr::new("d"), (0, DEV, 30), FileKind::Dir);
+        assert!(dir >= ALLOCATED, "{dir}");
+        // Forgotten and found again: the same numbers.
+        for ino in [file, dir] {
+            t.nodes.get_mut(&ino).unwrap().lookups = 0;
+            t.maybe_remove(ino);
+        }
+        assert_eq!(
+            t.attach(Ino::ROOT.0, OsStr::new("d"), (0, DEV, 30), FileKind::Dir),
+            dir
+        );
+    }
+}
