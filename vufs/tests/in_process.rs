@@ -81,3 +81,63 @@ fn forget_drops_inodes_and_numbers_are_not_reused_while_held() {
         .iter()
         .all(|ino| fs_.getattr(&ctx, *ino, None).is_err()));
 }
+
+/// The numbers a listing shows, by name.
+fn listed(fs_: &VuFs, dir: Ino) -> std::collections::BTreeMap<String, Ino> {
+    let ctx = Context::current();
+    let fh = fs_.opendir(&ctx, dir).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    fs_.readdir(&ctx, dir, fh, 0, &mut |e| {
+        out.insert(e.name.to_string_lossy().into_owned(), e.ino);
+        true
+    })
+    .unwrap();
+    fs_.releasedir(&ctx, dir, fh).unwrap();
+    out.remove(".");
+    out.remove("..");
+    out
+}
+
+#[test]
+fn a_name_keeps_its_number_across_forget_and_copy_up_and_listings_agree() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (upper, lower) = (tmp.path().join("u"), tmp.path().join("l"));
+    fs::create_dir(&upper).unwrap();
+    fs::create_dir_all(lower.join("d")).unwrap();
+    fs::write(lower.join("f"), "x").unwrap();
+    let fs_ = cow(&upper, &lower);
+    let ctx = Context::current();
+    let look = |name: &str| {
+        fs_.lookup(&ctx, Ino::ROOT, OsStr::new(name))
+            .unwrap()
+            .attr
+            .ino
+    };
+    let (f, d) = (look("f"), look("d"));
+    // Upper and lower are one device here: the lower tree's own numbers.
+    assert_eq!(f.0, fs::metadata(lower.join("f")).unwrap().ino());
+    assert_eq!(d.0, fs::metadata(lower.join("d")).unwrap().ino());
+    // Forgotten and looked up again: the same numbers (they used to be new ones).
+    fs_.forget(f, 1);
+    fs_.forget(d, 1);
+    assert_eq!((look("f"), look("d")), (f, d));
+    // Copy-up (a write; a new child), then forgotten: still the lower numbers.
+    let w = fs_.open(&ctx, f, libc::O_WRONLY).unwrap();
+    fs_.release(&ctx, f, w.fh).unwrap();
+    fs_.create(&ctx, d, OsStr::new("new"), 0o644, libc::O_WRONLY)
+        .map(|(entry, opened)| {
+            fs_.release(&ctx, entry.attr.ino, opened.fh).unwrap();
+            fs_.forget(entry.attr.ino, 1);
+        })
+        .unwrap();
+    assert!(upper.join("f").exists() && upper.join("d/new").exists());
+    fs_.forget(f, 2);
+    fs_.forget(d, 2);
+    // A listing shows the numbers a lookup gives, copies included (the upper copy's own
+    // host number is another).
+    let names = listed(&fs_, Ino::ROOT);
+    assert_eq!(names.get("f"), Some(&f));
+    assert_eq!(names.get("d"), Some(&d));
+    assert_eq!((look("f"), look("d")), (f, d));
+}

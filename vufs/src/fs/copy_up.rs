@@ -141,20 +141,17 @@ impl VuFs {
                 self.link_other_names(ctx, path, &lst);
             }
         }
-        // The inode keeps its number: add the upper key; move open handles.
+        // The copy shows the original's number (the node's, if the kernel holds one);
+        // open handles move to the copy.
         let ust = at.stat()?;
         let ino = {
             let mut inodes = self.inodes();
             let ino = inodes.find_path(path);
-            if let Some(ino) = ino {
-                let k = key(Layer::Upper, &ust);
-                if let Some(node) = inodes.nodes.get_mut(&ino) {
-                    if !node.keys.contains(&k) {
-                        node.keys.push(k);
-                    }
-                }
-                inodes.by_key.insert(k, ino);
-            }
+            let number = match ino {
+                Some(ino) => ino,
+                None => inodes.numbers.number(key(Layer::Lower, &lst)),
+            };
+            inodes.numbers.alias(key(Layer::Upper, &ust), number);
             ino
         };
         if let Some(ino) = ino {

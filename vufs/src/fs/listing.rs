@@ -13,12 +13,12 @@ impl VuFs {
         Ok(empty)
     }
 
-    /// Calls `f(name, kind, host ino)` for each entry of view directory `path`
-    /// until it returns false.
+    /// Calls `f(name, kind, key)` for each entry of view directory `path` until it returns
+    /// false (the key's device is the layer's: a mount point inside shows its own).
     pub(super) fn list(
         &self,
         path: &Path,
-        f: &mut dyn FnMut(&OsStr, FileKind, u64) -> bool,
+        f: &mut dyn FnMut(&OsStr, FileKind, Key) -> bool,
     ) -> Result<()> {
         let kind_at = |root: BorrowedFd<'_>, e: &host::HostEntry| -> FileKind {
             match e.kind {
@@ -36,7 +36,11 @@ impl VuFs {
                     if self.hidden(&child) {
                         continue;
                     }
-                    if !f(&e.name, kind_at(self.root(layer), &e), e.ino) {
+                    if !f(
+                        &e.name,
+                        kind_at(self.root(layer), &e),
+                        self.entry_key(layer, e.ino),
+                    ) {
                         break;
                     }
                 }
@@ -87,7 +91,7 @@ impl VuFs {
                         continue;
                     }
                     seen.insert(e.name.clone());
-                    if !f(&e.name, upper_kind(&e), e.ino) {
+                    if !f(&e.name, upper_kind(&e), self.entry_key(Layer::Upper, e.ino)) {
                         return Ok(());
                     }
                 }
@@ -103,7 +107,11 @@ impl VuFs {
                     if seen.contains(&e.name) || self.hidden(&path.join(&e.name)) {
                         continue;
                     }
-                    if !f(&e.name, kind_at(self.lower.as_fd(), &e), e.ino) {
+                    if !f(
+                        &e.name,
+                        kind_at(self.lower.as_fd(), &e),
+                        self.entry_key(Layer::Lower, e.ino),
+                    ) {
                         return Ok(());
                     }
                 }

@@ -44,13 +44,12 @@ impl VuFs {
         path: &Path,
         st: Stat,
     ) -> Entry {
+        // The key is the host's dev and ino, before a vstat `dev=` changes the stat.
+        let host_key = key(layer, &st);
         let st = self.merged(path, st);
-        let ino = self.inodes().attach(
-            parent.0,
-            name,
-            key(layer, &st_raw_key(&st)),
-            kind_of(st.st_mode),
-        );
+        let ino = self
+            .inodes()
+            .attach(parent.0, name, host_key, kind_of(st.st_mode));
         Entry {
             attr: to_attr(ino, &st),
             generation: 0,

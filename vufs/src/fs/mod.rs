@@ -4,12 +4,17 @@
 //! name and parent, and every operation resolves the view path in the
 //! layer(s) it needs, below the layer's root fd (see [`crate::host`]).
 //!
-//! Inode numbers: a (layer, host st_dev, st_ino) key maps to one FUSE inode
-//! for the life of the mount, and so does a (parent, name) pair while the
-//! kernel holds it: a copy-up adds the upper key to the same inode, so a
-//! file keeps its number when it moves from the lower tree to SOURCE, and
-//! hard links (one lower inode under two names) share one number. Entries
-//! go when the kernel forgets them.
+//! Inode numbers: the number `stat` shows is also the FUSE node ID (fuser sends a
+//! reply's `attr.ino` as both), and it is derived from the object's host identity, a
+//! (layer, host st_dev, st_ino) key (see [`inodes::Numbers`]): an object on SOURCE's
+//! device shows its host `st_ino`, one on another device that number with the device's
+//! index in the bits above 2^48. So a name keeps its number however often the kernel
+//! forgets its node and looks it up again (GNU tar compares a directory's (st_dev,
+//! st_ino) at creation and when it sets its times at the end). A copy-up makes the upper
+//! copy show its lower original's number for the rest of the mount, so a file keeps its
+//! number when it moves from the lower tree to SOURCE (after a remount the copy shows its
+//! own); hard links (one lower inode under two names) share one number. Nodes go when
+//! the kernel forgets them; the numbers stay what they were.
 //!
 //! Copy-up happens when a lower file is opened for writing (or truncated,
 //! chmod/chown/utimes'd, xattr-changed, linked or renamed). Every open
@@ -35,7 +40,7 @@ use crate::host::{self, At};
 use crate::layer::{self, VStat};
 use crate::options::{Mode, Options};
 use creds::Creds;
-use inodes::{Inodes, Node};
+use inodes::{Inodes, Node, Numbers};
 use rustix::fs::{AtFlags, Mode as HostMode, OFlags, Stat};
 use rustix::io::Errno as HostErrno;
 use std::collections::{HashMap, HashSet};
@@ -83,7 +88,8 @@ struct Handle {
     stable: bool,
 }
 
-/// A snapshot of a directory listing, taken at opendir.
+/// A snapshot of a directory listing, taken at opendir: names, types and the numbers
+/// they show.
 struct DirList {
     entries: Vec<(OsString, FileKind, u64)>,
 }
@@ -119,6 +125,9 @@ pub struct VuFs {
     linked_copies: Mutex<HashMap<Key, PathBuf>>,
     /// Parent directories resolved recently.
     dircache: host::DirCache,
+    /// The host devices of SOURCE and of the lower tree (a listing's entries are taken to be
+    /// on their directory's layer's device).
+    layer_devs: [u64; 2],
 }
 
 impl std::fmt::Debug for VuFs {
@@ -172,13 +181,17 @@ fn to_attr(ino: u64, st: &Stat) -> Attr {
 }
 
 fn key(layer: Layer, st: &Stat) -> Key {
+    host_key(layer, st.st_dev, st.st_ino)
+}
+
+fn host_key(layer: Layer, dev: u64, ino: u64) -> Key {
     (
         match layer {
             Layer::Upper => 0,
             Layer::Lower => 1,
         },
-        st.st_dev,
-        st.st_ino,
+        dev,
+        ino,
     )
 }
 
@@ -221,13 +234,13 @@ impl VuFs {
             None => false,
         };
         let root = rustix::fs::fstat(&upper)?;
+        let root_key = key(Layer::Upper, &root);
+        let lower_dev = rustix::fs::fstat(&lower)?.st_dev;
         let mut inodes = Inodes {
             nodes: HashMap::new(),
-            by_key: HashMap::new(),
             by_name: HashMap::new(),
-            next: 2,
+            numbers: Numbers::new(root_key, lower_dev),
         };
-        let root_key = key(Layer::Upper, &root);
         inodes.nodes.insert(
             Ino::ROOT.0,
             Node {
@@ -235,11 +248,9 @@ impl VuFs {
                 dentries: Vec::new(),
                 lookups: 1,
                 children: 0,
-                keys: vec![root_key],
                 seen: None,
             },
         );
-        inodes.by_key.insert(root_key, Ino::ROOT.0);
         Ok(VuFs {
             options,
             upper,
@@ -254,6 +265,7 @@ impl VuFs {
             big: Mutex::new(()),
             linked_copies: Mutex::new(HashMap::new()),
             dircache: host::DirCache::new(),
+            layer_devs: [root.st_dev, lower_dev],
         })
     }
 
@@ -303,6 +315,15 @@ impl VuFs {
         }
     }
 
+    /// The key of a listing's entry with host inode `ino` in `layer`.
+    fn entry_key(&self, layer: Layer, ino: u64) -> Key {
+        let dev = match layer {
+            Layer::Upper => self.layer_devs[0],
+            Layer::Lower => self.layer_devs[1],
+        };
+        host_key(layer, dev, ino)
+    }
+
     fn mode(&self) -> Mode {
         self.options.mode
     }
@@ -340,11 +361,6 @@ impl VuFs {
         }
         Ok(path)
     }
-}
-
-/// The key of a stat whose vstat may have changed fields other than dev/ino.
-fn st_raw_key(st: &Stat) -> Stat {
-    *st
 }
 
 /// The host open flags for a request's flags: openat2 refuses unknown bits

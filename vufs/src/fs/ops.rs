@@ -495,11 +495,22 @@ impl FileSystem for VuFs {
                 self.may_read(ctx, &path, st)?;
             }
         }
-        let mut entries = Vec::new();
-        self.list(&path, &mut |name, kind, hino| {
-            entries.push((name.to_os_string(), kind, hino));
+        let mut listed = Vec::new();
+        self.list(&path, &mut |name, kind, key| {
+            listed.push((name.to_os_string(), kind, key));
             true
         })?;
+        // The numbers the entries show when looked up (else the host's).
+        let entries = {
+            let inodes = self.inodes();
+            listed
+                .into_iter()
+                .map(|(name, kind, key)| {
+                    let number = inodes.numbers.shown(key).unwrap_or(key.2);
+                    (name, kind, number)
+                })
+                .collect()
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs
             .lock()
@@ -537,9 +548,9 @@ impl FileSystem for VuFs {
                 0 => (OsStr::new("."), FileKind::Dir, ino.0),
                 1 => (OsStr::new(".."), FileKind::Dir, parent_ino),
                 i => {
-                    let (name, kind, hino) = &list.entries[(i - 2) as usize];
+                    let (name, kind, number) = &list.entries[(i - 2) as usize];
                     let known = self.inodes().by_name.get(&(ino.0, name.clone())).copied();
-                    (name.as_os_str(), *kind, known.unwrap_or(*hino))
+                    (name.as_os_str(), *kind, known.unwrap_or(*number))
                 }
             };
             if !sink(DirEntry {

@@ -58,6 +58,10 @@ impl VuFs {
                             }
                         }
                         remove(self.upper.as_fd())?;
+                        if is_dir || st.st_nlink <= 1 {
+                            // Gone from the host: a copy's alias must not outlive it.
+                            self.inodes().numbers.gone(key(Layer::Upper, &st));
+                        }
                         if in_lower {
                             self.whiteout(&path)?;
                         }

@@ -91,6 +91,13 @@ impl VuFs {
         };
         // A lower-only target is simply covered by the new upper entry.
         rename_in(self.upper.as_fd(), upper_flags)?;
+        if let Some((Layer::Upper, tst)) = &target {
+            let dir = tst.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            if !exchange && (dir || tst.st_nlink <= 1) {
+                // The replaced upper file is gone from the host: its alias goes too.
+                self.inodes().numbers.gone(key(Layer::Upper, tst));
+            }
+        }
         // Metadata moves with the name.
         if let Some(meta) = self.meta() {
             if self.meta_used.load(Ordering::Relaxed) && !exchange {
