@@ -53,8 +53,12 @@ pub mod extents;
 pub mod overlay;
 pub mod proto;
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use client::{ClientOptions, ConnectError, NbdDevice};
 pub use extents::{AllData, Allocation, Extent, FileAllocation};
 pub use overlay::Overlay;
 pub use server::{Export, Server, ServerOptions, Transport};
+#[cfg(feature = "tls")]
+pub use tls::{ClientTls, ServerTls, TlsError, TlsMode};
