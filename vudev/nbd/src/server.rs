@@ -590,7 +590,8 @@ impl Server {
             Next::StartTls(tls) => {
                 let Conn { s, no_zeroes, .. } = conn;
                 let early = s.r.buffer().to_vec();
-                let stream = tls.accept(s.r.into_inner(), &early)?;
+                let deadline = started + self.options.handshake_timeout;
+                let stream = tls.accept(s.r.into_inner(), &early, deadline)?;
                 self.log(format_args!("client {peer}: TLS session started"));
                 // What was negotiated in plaintext is forgotten (as nbdkit does).
                 let mut conn = Conn {

@@ -24,7 +24,7 @@ use rustls::{
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Whether a server offers TLS, and whether it insists on it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -171,16 +171,18 @@ impl ServerTls {
         self.mode
     }
 
-    /// Runs the server's half of the TLS handshake over `sock`; `early` are bytes of it
-    /// already read from `sock` (a client that sent its ClientHello without waiting for the
-    /// STARTTLS acknowledgement).
+    /// Runs the server's half of the TLS handshake over `sock`, giving up after
+    /// `deadline` (checked between reads, which have the socket's timeout); `early` are
+    /// bytes of it already read from `sock` (a client that sent its ClientHello without
+    /// waiting for the STARTTLS acknowledgement).
     pub(crate) fn accept<S: Read + Write>(
         &self,
         sock: S,
         early: &[u8],
+        deadline: Instant,
     ) -> io::Result<TlsStream<S>> {
         let conn = ServerConnection::new(self.config.clone()).map_err(tls_io)?;
-        TlsStream::handshake(Connection::Server(conn), sock, early)
+        TlsStream::handshake(Connection::Server(conn), sock, early, Some(deadline))
     }
 }
 
@@ -308,7 +310,7 @@ impl ClientTls {
     /// Runs the client's half of the TLS handshake over `sock`.
     pub(crate) fn connect<S: Read + Write>(&self, sock: S) -> io::Result<TlsStream<S>> {
         let conn = ClientConnection::new(self.config.clone(), self.name.clone()).map_err(tls_io)?;
-        TlsStream::handshake(Connection::Client(conn), sock, &[])
+        TlsStream::handshake(Connection::Client(conn), sock, &[], None)
     }
 }
 
@@ -345,7 +347,12 @@ pub struct TlsStream<S: Read + Write> {
 }
 
 impl<S: Read + Write> TlsStream<S> {
-    fn handshake(mut conn: Connection, sock: S, early: &[u8]) -> io::Result<TlsStream<S>> {
+    fn handshake(
+        mut conn: Connection,
+        sock: S,
+        early: &[u8],
+        deadline: Option<Instant>,
+    ) -> io::Result<TlsStream<S>> {
         conn.set_buffer_limit(Some(BUFFER_LIMIT));
         let mut s = TlsStream {
             conn,
@@ -364,6 +371,12 @@ impl<S: Read + Write> TlsStream<S> {
             s.send_pending()?;
             if !s.conn.is_handshaking() {
                 break;
+            }
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake too slow",
+                ));
             }
             if !s.conn.wants_read() {
                 return Err(io::Error::new(

@@ -323,8 +323,16 @@ fn garbage_instead_of_a_client_hello_drops_the_connection_only() {
         let _ = raw.s.read_to_end(&mut rest);
         assert!(rest.len() < 64, "{} bytes after garbage", rest.len());
     }
-    // A second STARTTLS inside TLS is not possible from nbdinfo; a plain one after the
-    // garbage still works, and so does TLS.
+    // Garbage sent with STARTTLS in one write (read ahead into the server's buffer).
+    let mut raw = Raw::greet(&sock);
+    let mut bytes = option_request(OPT_STARTTLS, &[]);
+    bytes.extend_from_slice(&random_bytes(500, 6));
+    raw.s.write_all(&bytes).unwrap();
+    assert_eq!(raw.option_reply().0, REP_ACK);
+    let mut rest = Vec::new();
+    let _ = raw.s.read_to_end(&mut rest);
+    assert!(rest.len() < 64, "{} bytes after garbage", rest.len());
+    // The server goes on: TLS and plaintext clients are served.
     let json = run_ok("nbdinfo", &["--json", &tls_uri(&sock, "d", pki)]);
     assert_eq!(export_size(&json), 2 << 20);
     let mut raw = Raw::greet(&sock);
