@@ -572,3 +572,46 @@ fn vunbd_tls_options_are_checked_at_start() {
     assert!(err.contains("server-cert.pem"), "{err}");
     let _ = UnixStream::connect(&sock).unwrap_err();
 }
+
+#[test]
+fn a_client_dripping_its_tls_handshake_is_dropped_at_the_handshake_timeout() {
+    let Some((pki, _, _)) = certificates() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s");
+    let tls = vudev_nbd::ServerTls::from_dir(pki, vudev_nbd::TlsMode::Require, false).unwrap();
+    let mut server = vudev_nbd::Server::new(vudev_nbd::ServerOptions {
+        handshake_timeout: Duration::from_secs(1),
+        tls: Some(tls),
+        ..Default::default()
+    });
+    let disk = std::sync::Arc::new(vudev::Ramdisk::new(1 << 20).unwrap());
+    server
+        .add_export("d", vudev_nbd::Export::new(disk))
+        .unwrap();
+    let server = std::sync::Arc::new(server);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let serving = server.clone();
+    std::thread::spawn(move || serving.serve_unix(listener));
+    let mut raw = Raw::greet(&sock);
+    assert_eq!(option(&mut raw, OPT_STARTTLS, &[]), REP_ACK);
+    // A TLS record header announcing a 512-byte ClientHello, then a byte every 200 ms:
+    // each read is within the per-read timeout, the whole is not.
+    raw.s
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    let started = Instant::now();
+    let mut dropped = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(200));
+        if raw.s.write_all(&[0]).is_err() {
+            dropped = true;
+            break;
+        }
+    }
+    let waited = started.elapsed();
+    assert!(dropped, "still connected after {waited:?}");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    server.shutdown();
+}
