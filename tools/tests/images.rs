@@ -572,3 +572,57 @@ fn nbd_uris_work_wherever_an_image_does() {
     // The export was the image itself: the converted copy equals it.
     assert_identical(&img, "raw", &dir.path().join("out.qcow2"), "qcow2");
 }
+
+#[test]
+fn nbds_uris_reach_a_tls_only_export() {
+    if !have("nbds_uris", &["nbdkit", "certtool"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    // A CA and a server certificate for localhost, as nbdkit's docs make them.
+    let script = r#"set -e
+printf 'cn = CA\nca\ncert_signing_key\n' > ca.info
+printf 'cn = localhost\ndns_name = localhost\ntls_www_server\nencryption_key\nsigning_key\n' > s.info
+certtool --generate-privkey --outfile ca-key.pem 2>/dev/null
+certtool --generate-self-signed --load-privkey ca-key.pem --template ca.info --outfile ca-cert.pem >/dev/null 2>&1
+certtool --generate-privkey --outfile server-key.pem 2>/dev/null
+certtool --generate-certificate --load-ca-certificate ca-cert.pem --load-ca-privkey ca-key.pem \
+  --load-privkey server-key.pem --template s.info --outfile server-cert.pem >/dev/null 2>&1"#;
+    let made = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(&pki)
+        .status()
+        .unwrap();
+    assert!(made.success(), "certtool failed");
+    let sock = dir.path().join("tls.sock");
+    let mut kit = std::process::Command::new("nbdkit")
+        .args(["-f", "-U", s(&sock), "--tls=require", "--tls-certificates"])
+        .arg(&pki)
+        .args(["memory", "24M"])
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let uri = format!(
+        "nbds+unix:///?socket={}&tls-certificates={}",
+        s(&sock),
+        s(&pki)
+    );
+    let (info_ok, info) = tool(env!("CARGO_BIN_EXE_vuimg"), &["info", &uri]);
+    let (plain_ok, plain) = tool(
+        env!("CARGO_BIN_EXE_vuimg"),
+        &["info", &format!("nbd+unix:///?socket={}", s(&sock))],
+    );
+    let _ = kit.kill();
+    let _ = kit.wait();
+    assert!(info_ok, "{info}");
+    assert!(info.contains("virtual size: 24 MiB"), "{info}");
+    assert!(!plain_ok, "{plain}");
+    assert!(plain.contains("TLS"), "{plain}");
+}

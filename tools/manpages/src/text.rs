@@ -478,7 +478,19 @@ caller's PATH.";
 
 const SOURCES: &str = "IMAGE is a raw image or block device, a VM image opened by its magic \
 (qcow2 v2/v3 with its backing chain, VDI, VMDK sparse/flat/streamOptimized, User-Mode Linux \
-COW), or an NBD URI: nbd://host[:port]/export or nbd+unix:///export?socket=PATH.";
+COW), or an NBD URI: nbd://host[:port]/export or nbd+unix:///export?socket=PATH, and over \
+TLS nbds://host[:port]/export or nbds+unix:///export?socket=PATH, with libnbd's query keys \
+tls-certificates=DIR (the server is checked against DIR/ca-cert.pem, else the system's \
+roots; DIR/client-cert.pem and client-key.pem are presented when there), \
+tls-verify-peer=false and tls-hostname=NAME.";
+
+const VUNBD_TLS: &str = "--tls=on or --tls=require with --tls-certificates DIR offers TLS \
+with x509 certificates (NBD_OPT_STARTTLS), as nbdkit does and from the same directory \
+layout: server-cert.pem, server-key.pem, and ca-cert.pem when --tls-verify-peer makes \
+clients present a certificate signed by it. With on, plaintext clients are served too; with \
+require, every option before STARTTLS other than ABORT is answered NBD_REP_ERR_TLS_REQD (no \
+export is listed or opened) and NBD_OPT_EXPORT_NAME closes the connection. What was \
+negotiated before STARTTLS is forgotten. TLS-PSK is not offered.";
 
 /// Every binary's page.
 pub static PAGES: &[Page] = &[
@@ -703,7 +715,7 @@ newstyle handshake, structured replies, READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, 
 SIGTERM or SIGINT closes every connection, flushes every export and exits 0. Images are locked \
 (exclusive unless read-only).",
         mount_options: &[],
-        sections: &[],
+        sections: &[("tls", VUNBD_TLS)],
         examples: &[
             (
                 "vunbd --unix /run/nbd.sock disk.img --name disk disk.img@2 --name root",
@@ -711,6 +723,10 @@ SIGTERM or SIGINT closes every connection, flushes every export and exits 0. Ima
             ),
             ("vunbd --bind 127.0.0.1:10809 disk.qcow2", "A VM image's disk over TCP"),
             ("vunbd --unix /tmp/s --snapshot base.img", "Writes kept in memory"),
+            (
+                "vunbd --tls=require --tls-certificates /etc/pki/vunbd disk.img",
+                "TLS only; nbdinfo 'nbds://localhost/disk.img?tls-certificates=/etc/pki/vunbd' reaches it",
+            ),
             (
                 "fusefatfs 'nbd+unix:///disk?socket=/run/nbd.sock' /mnt",
                 "Mount an export's filesystem",

@@ -44,6 +44,17 @@ pub struct Cli {
     /// Log connects, disconnects and errors on stderr.
     #[arg(short, long)]
     pub verbose: bool,
+    /// TLS (NBD_OPT_STARTTLS): off; on (offered, plaintext clients served too); require
+    /// (plaintext clients get NBD_REP_ERR_TLS_REQD to every option but STARTTLS and ABORT).
+    #[arg(long, value_name = "MODE", default_value = "off", value_parser = ["off", "on", "require"])]
+    pub tls: String,
+    /// Directory of server-cert.pem and server-key.pem (and ca-cert.pem for
+    /// --tls-verify-peer), as nbdkit lays it out; needed with --tls=on or require.
+    #[arg(long, value_name = "DIR")]
+    pub tls_certificates: Option<PathBuf>,
+    /// Require clients to present a certificate signed by ca-cert.pem.
+    #[arg(long)]
+    pub tls_verify_peer: bool,
 }
 
 /// The clap command of `vunbd`.

@@ -1,5 +1,6 @@
 //! An NBD export as a [`BlockDevice`]: [`NbdDevice::connect`] takes libnbd's URIs,
-//! `nbd://host[:port]/export` and `nbd+unix:///export?socket=PATH`.
+//! `nbd://host[:port]/export` and `nbd+unix:///export?socket=PATH`, and with the `tls`
+//! feature their TLS forms `nbds://` and `nbds+unix://` (see [`UriTls`]).
 //!
 //! One connection, requests serialised under a mutex. Every socket operation has a
 //! timeout; a request that fails at the transport level (connection dropped, timeout,
@@ -61,13 +62,16 @@ pub enum ConnectError {
     /// The server refused or broke the handshake.
     #[error("{0}")]
     Protocol(String),
+    /// The TLS certificates of the URI cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ConnectError {
     /// The errno closest to this error (for callers that speak errno only).
     pub fn errno(&self) -> Errno {
         match self {
-            ConnectError::BadUri(_) => Errno::EINVAL,
+            ConnectError::BadUri(_) | ConnectError::Tls(_) => Errno::EINVAL,
             ConnectError::Connect { errno, .. } => *errno,
             ConnectError::Protocol(_) => Errno::EIO,
         }
@@ -80,8 +84,43 @@ impl From<ConnectError> for Errno {
     }
 }
 
-/// Parses `nbd://host[:port][/export]` or `nbd+unix:///[export]?socket=PATH`.
-pub fn parse_uri(uri: &str) -> std::result::Result<(Target, String), ConnectError> {
+/// The TLS settings of an `nbds://` or `nbds+unix://` URI, in libnbd's query keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UriTls {
+    /// `tls-certificates=DIR`: the server is checked against `DIR/ca-cert.pem`, and
+    /// `DIR/client-cert.pem` with `DIR/client-key.pem` are presented when there; None:
+    /// the system's trusted roots.
+    pub certificates: Option<PathBuf>,
+    /// `tls-verify-peer=false` accepts any server certificate (default true).
+    pub verify_peer: bool,
+    /// `tls-hostname=NAME`: the name the server's certificate must carry; by default the
+    /// URI's host, and no name is checked over a Unix socket.
+    pub hostname: Option<String>,
+}
+
+/// An NBD URI taken apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uri {
+    /// Where the server is.
+    pub target: Target,
+    /// The export name.
+    pub export: String,
+    /// TLS (`nbds://`, `nbds+unix://`), or None for plaintext.
+    pub tls: Option<UriTls>,
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "on" | "yes" => Some(true),
+        "0" | "false" | "off" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses `nbd[s]://host[:port][/export]` or `nbd[s]+unix:///[export]?socket=PATH`, with
+/// the query keys `socket`, `tls-certificates`, `tls-verify-peer` and `tls-hostname`
+/// (the TLS ones count only for the `nbds` schemes, as in libnbd).
+pub fn parse_uri(uri: &str) -> std::result::Result<Uri, ConnectError> {
     let bad = |why: &str| ConnectError::BadUri(format!("{uri}: {why}"));
     let (scheme, rest) = uri.split_once("://").ok_or_else(|| bad("no scheme"))?;
     let (rest, query) = match rest.split_once('?') {
@@ -94,19 +133,40 @@ pub fn parse_uri(uri: &str) -> std::result::Result<(Target, String), ConnectErro
     };
     let export = percent_decode(path).ok_or_else(|| bad("bad %-escape in the export name"))?;
     let mut socket = None;
+    let mut tls = UriTls {
+        certificates: None,
+        verify_peer: true,
+        hostname: None,
+    };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k == "socket" {
-            socket = Some(percent_decode(v).ok_or_else(|| bad("bad %-escape in socket"))?);
+        let v = percent_decode(v).ok_or_else(|| bad(&format!("bad %-escape in {k}")))?;
+        match k {
+            "socket" => socket = Some(v),
+            "tls-certificates" => tls.certificates = Some(PathBuf::from(v)),
+            "tls-verify-peer" => {
+                tls.verify_peer =
+                    parse_bool(&v).ok_or_else(|| bad("tls-verify-peer takes true or false"))?
+            }
+            "tls-hostname" => tls.hostname = Some(v),
+            "tls-psk-file" | "tls-username" => {
+                return Err(bad("TLS-PSK is not supported (x509 certificates only)"))
+            }
+            _ => {}
         }
     }
-    match scheme {
+    let (scheme, tls) = match scheme {
+        "nbds" => ("nbd", Some(tls)),
+        "nbds+unix" => ("nbd+unix", Some(tls)),
+        other => (other, None),
+    };
+    let (target, export) = match scheme {
         "nbd+unix" => {
             if !authority.is_empty() {
                 return Err(bad("nbd+unix:// takes no host"));
             }
             let socket = socket.ok_or_else(|| bad("nbd+unix:// needs ?socket=PATH"))?;
-            Ok((Target::Unix(PathBuf::from(socket)), export))
+            (Target::Unix(PathBuf::from(socket)), export)
         }
         "nbd" => {
             if socket.is_some() {
@@ -128,16 +188,62 @@ pub fn parse_uri(uri: &str) -> std::result::Result<(Target, String), ConnectErro
                 Some(p) => p.parse().map_err(|_| bad("bad port"))?,
                 None => 10809,
             };
-            Ok((
+            (
                 Target::Tcp {
                     host: host.to_string(),
                     port,
                 },
                 export,
+            )
+        }
+        _ => {
+            return Err(bad(
+                "unknown scheme (use nbd://, nbds://, nbd+unix:// or nbds+unix://)",
             ))
         }
-        "nbds" | "nbds+unix" => Err(bad("TLS is not supported")),
-        _ => Err(bad("unknown scheme (use nbd:// or nbd+unix://)")),
+    };
+    Ok(Uri {
+        target,
+        export,
+        tls,
+    })
+}
+
+/// The TLS settings of a connection: checked once, used by every reconnection.
+#[cfg(feature = "tls")]
+type Tls = Option<crate::tls::ClientTls>;
+/// Without the `tls` feature no connection has TLS.
+#[cfg(not(feature = "tls"))]
+type Tls = Option<std::convert::Infallible>;
+
+/// What the URI's TLS settings need: certificates read, the name to check chosen.
+fn client_tls(uri: &Uri, text: &str) -> std::result::Result<Tls, ConnectError> {
+    let Some(t) = &uri.tls else {
+        return Ok(None);
+    };
+    #[cfg(feature = "tls")]
+    {
+        let _ = text;
+        let (hostname, check_name) = match (&t.hostname, &uri.target) {
+            (Some(h), _) => (h.as_str(), true),
+            (None, Target::Tcp { host, .. }) => (host.as_str(), true),
+            (None, Target::Unix(_)) => ("localhost", false),
+        };
+        crate::tls::ClientTls::new(
+            t.certificates.as_deref(),
+            t.verify_peer,
+            hostname,
+            check_name,
+        )
+        .map(Some)
+        .map_err(|e| ConnectError::Tls(e.to_string()))
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = t;
+        Err(ConnectError::BadUri(format!(
+            "{text}: this build has no TLS (feature \"tls\")"
+        )))
     }
 }
 
@@ -182,6 +288,9 @@ impl Default for ClientOptions {
 enum Sock {
     Unix(UnixStream),
     Tcp(TcpStream),
+    /// A TLS session over one of the above.
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::TlsStream<Sock>>),
 }
 
 impl Read for Sock {
@@ -189,6 +298,8 @@ impl Read for Sock {
         match self {
             Sock::Unix(s) => s.read(buf),
             Sock::Tcp(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Sock::Tls(s) => s.read(buf),
         }
     }
 }
@@ -198,10 +309,16 @@ impl Write for Sock {
         match self {
             Sock::Unix(s) => s.write(buf),
             Sock::Tcp(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Sock::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            #[cfg(feature = "tls")]
+            Sock::Tls(s) => s.flush(),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -347,6 +464,7 @@ pub struct NbdDevice {
     options: ClientOptions,
     size: u64,
     flags: u16,
+    tls: Tls,
     conn: Mutex<Option<Conn>>,
 }
 
@@ -372,14 +490,17 @@ impl NbdDevice {
         uri: &str,
         options: ClientOptions,
     ) -> std::result::Result<NbdDevice, ConnectError> {
-        let (target, export) = parse_uri(uri)?;
-        let (conn, size, flags) = open(&target, &export, &options)?;
+        let parsed = parse_uri(uri)?;
+        let tls = client_tls(&parsed, uri)?;
+        let Uri { target, export, .. } = parsed;
+        let (conn, size, flags) = open(&target, &export, &options, &tls)?;
         Ok(NbdDevice {
             target,
             export,
             options,
             size,
             flags,
+            tls,
             conn: Mutex::new(Some(conn)),
         })
     }
@@ -404,7 +525,7 @@ impl NbdDevice {
                 delay = delay.saturating_mul(2);
             }
             if guard.is_none() {
-                match open(&self.target, &self.export, &self.options) {
+                match open(&self.target, &self.export, &self.options, &self.tls) {
                     // The export must be the same one.
                     Ok((c, size, _)) if size == self.size => *guard = Some(c),
                     Ok(_) => return Err(Errno::EIO),
@@ -491,6 +612,7 @@ fn open(
     target: &Target,
     export: &str,
     options: &ClientOptions,
+    tls: &Tls,
 ) -> std::result::Result<(Conn, u64, u16), ConnectError> {
     let mut sock = connect_socket(target, options.timeout)?;
     let proto = |e: io::Error| {
@@ -499,7 +621,16 @@ fn open(
             crate::server::io_message(&e)
         ))
     };
-    let (structured, size, flags) = handshake(&mut sock, export).map_err(proto)??;
+    let no_zeroes = greet(&mut sock).map_err(proto)??;
+    if let Some(tls) = tls {
+        #[cfg(feature = "tls")]
+        {
+            sock = starttls(sock, tls, target).map_err(proto)??;
+        }
+        #[cfg(not(feature = "tls"))]
+        match *tls {}
+    }
+    let (structured, size, flags) = handshake(&mut sock, export, no_zeroes).map_err(proto)??;
     Ok((
         Conn {
             sock,
@@ -513,7 +644,8 @@ fn open(
 
 type Handshake = std::result::Result<(bool, u64, u16), ConnectError>;
 
-fn handshake(s: &mut Sock, export: &str) -> io::Result<Handshake> {
+/// Reads the server's greeting and answers it; whether the server omits the zeroes.
+fn greet(s: &mut Sock) -> io::Result<std::result::Result<bool, ConnectError>> {
     if read_u64(s)? != NBDMAGIC {
         return Err(proto_err("not an NBD server"));
     }
@@ -531,7 +663,32 @@ fn handshake(s: &mut Sock, export: &str) -> io::Result<Handshake> {
     let no_zeroes = hflags & FLAG_NO_ZEROES != 0;
     let cflags = FLAG_C_FIXED_NEWSTYLE | if no_zeroes { FLAG_C_NO_ZEROES } else { 0 };
     s.write_all(&cflags.to_be_bytes())?;
+    Ok(Ok(no_zeroes))
+}
 
+/// `NBD_OPT_STARTTLS`, then the TLS handshake: the socket as a TLS session.
+#[cfg(feature = "tls")]
+fn starttls(
+    mut s: Sock,
+    tls: &crate::tls::ClientTls,
+    target: &Target,
+) -> io::Result<std::result::Result<Sock, ConnectError>> {
+    s.write_all(&option_request(OPT_STARTTLS, &[]))?;
+    let (kind, data) = read_option_reply(&mut s, OPT_STARTTLS)?;
+    if kind != REP_ACK {
+        let _ = s.write_all(&option_request(OPT_ABORT, &[]));
+        let msg = String::from_utf8_lossy(&data);
+        return Ok(Err(ConnectError::Protocol(format!(
+            "{target} does not offer TLS{}{msg}",
+            if msg.is_empty() { "" } else { ": " }
+        ))));
+    }
+    let stream = tls.connect(s)?;
+    Ok(Ok(Sock::Tls(Box::new(stream))))
+}
+
+/// Option haggling up to transmission: (structured replies, size, flags).
+fn handshake(s: &mut Sock, export: &str, no_zeroes: bool) -> io::Result<Handshake> {
     s.write_all(&option_request(OPT_STRUCTURED_REPLY, &[]))?;
     let (kind, _) = read_option_reply(s, OPT_STRUCTURED_REPLY)?;
     let structured = kind == REP_ACK;
@@ -563,6 +720,7 @@ fn handshake(s: &mut Sock, export: &str) -> io::Result<Handshake> {
                     REP_ERR_UNKNOWN => "no such export",
                     REP_ERR_POLICY => "refused by policy",
                     REP_ERR_SHUTDOWN => "server shutting down",
+                    REP_ERR_TLS_REQD => "the server requires TLS (use nbds://)",
                     _ => "refused",
                 };
                 return Ok(Err(ConnectError::Protocol(format!(
@@ -658,16 +816,17 @@ mod tests {
 
     #[test]
     fn uris_parse_as_libnbd_spells_them() {
+        let parse = |u: &str| parse_uri(u).map(|u| (u.target, u.export));
         assert_eq!(
-            parse_uri("nbd+unix:///disk?socket=/tmp/s").unwrap(),
+            parse("nbd+unix:///disk?socket=/tmp/s").unwrap(),
             (Target::Unix("/tmp/s".into()), "disk".into())
         );
         assert_eq!(
-            parse_uri("nbd+unix:///?socket=/tmp/a%20b").unwrap(),
+            parse("nbd+unix:///?socket=/tmp/a%20b").unwrap(),
             (Target::Unix("/tmp/a b".into()), String::new())
         );
         assert_eq!(
-            parse_uri("nbd://example.org/a%2Fb").unwrap(),
+            parse("nbd://example.org/a%2Fb").unwrap(),
             (
                 Target::Tcp {
                     host: "example.org".into(),
@@ -677,7 +836,7 @@ mod tests {
             )
         );
         assert_eq!(
-            parse_uri("nbd://[::1]:1234").unwrap(),
+            parse("nbd://[::1]:1234").unwrap(),
             (
                 Target::Tcp {
                     host: "::1".into(),
@@ -686,9 +845,15 @@ mod tests {
                 String::new()
             )
         );
+        assert_eq!(
+            parse_uri("nbd://h/x?tls-certificates=/c").unwrap().tls,
+            None
+        );
         for bad in [
             "nbd+unix:///x",
-            "nbds://h/x",
+            "nbds+unix:///x",
+            "nbds://h/x?tls-psk-file=/k",
+            "nbds://h/x?tls-verify-peer=maybe",
             "http://h/x",
             "nbd://:1/x",
             "nbd://h:99999/x",
@@ -697,5 +862,38 @@ mod tests {
         ] {
             assert!(parse_uri(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tls_uris_take_libnbds_query_keys() {
+        let u = parse_uri("nbds://localhost:1234/d?tls-certificates=/etc/c%20d").unwrap();
+        assert_eq!(
+            u.target,
+            Target::Tcp {
+                host: "localhost".into(),
+                port: 1234
+            }
+        );
+        assert_eq!(
+            u.tls,
+            Some(UriTls {
+                certificates: Some("/etc/c d".into()),
+                verify_peer: true,
+                hostname: None
+            })
+        );
+        let u =
+            parse_uri("nbds+unix:///e?socket=/s&tls-verify-peer=false&tls-hostname=srv.example")
+                .unwrap();
+        assert_eq!(u.target, Target::Unix("/s".into()));
+        assert_eq!(u.export, "e");
+        assert_eq!(
+            u.tls,
+            Some(UriTls {
+                certificates: None,
+                verify_peer: false,
+                hostname: Some("srv.example".into())
+            })
+        );
     }
 }

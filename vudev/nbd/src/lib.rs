@@ -10,11 +10,20 @@
 //!
 //! # Protocol subset (doc/proto.md of NetworkBlockDevice/nbd)
 //!
-//! Handshake: fixed newstyle only (no oldstyle, no TLS: `NBD_OPT_STARTTLS` is refused with
-//! `NBD_REP_ERR_POLICY`), with `NBD_FLAG_NO_ZEROES`; options `EXPORT_NAME`, `ABORT`,
-//! `LIST`, `INFO`, `GO` (replying `NBD_INFO_EXPORT`, `NAME`, `DESCRIPTION`, `BLOCK_SIZE`),
-//! `STRUCTURED_REPLY`, `LIST_META_CONTEXT` and `SET_META_CONTEXT` for `base:allocation`;
-//! anything else gets `NBD_REP_ERR_UNSUP`. Extended headers are not implemented.
+//! Handshake: fixed newstyle only (no oldstyle), with `NBD_FLAG_NO_ZEROES`; options
+//! `EXPORT_NAME`, `ABORT`, `LIST`, `INFO`, `GO` (replying `NBD_INFO_EXPORT`, `NAME`,
+//! `DESCRIPTION`, `BLOCK_SIZE`), `STRUCTURED_REPLY`, `LIST_META_CONTEXT` and
+//! `SET_META_CONTEXT` for `base:allocation`, and `STARTTLS`; anything else gets
+//! `NBD_REP_ERR_UNSUP`. Extended headers are not implemented.
+//!
+//! TLS (feature `tls`, module [`tls`]): x509 certificates over rustls. A server without
+//! [`ServerTls`] refuses `NBD_OPT_STARTTLS` with `NBD_REP_ERR_POLICY`; with
+//! [`TlsMode::On`] it acknowledges it and also serves plaintext clients; with
+//! [`TlsMode::Require`] (the spec's FORCEDTLS) every other option before TLS but `ABORT`
+//! gets `NBD_REP_ERR_TLS_REQD` and `EXPORT_NAME` closes the connection. Options
+//! negotiated before STARTTLS are forgotten. A TLS connection is served by one thread,
+//! without `sendfile`; plaintext ones as before. The client speaks TLS for `nbds://` and
+//! `nbds+unix://` URIs, and never falls back to plaintext. No TLS-PSK (rustls has none).
 //!
 //! Transmission: `READ` (simple or structured: `OFFSET_DATA`, or `OFFSET_HOLE` for an
 //! all-zero range), `WRITE`, `FLUSH`, `TRIM`, `CACHE`, `WRITE_ZEROES` (with `NO_HOLE` and
@@ -53,8 +62,12 @@ pub mod extents;
 pub mod overlay;
 pub mod proto;
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use client::{ClientOptions, ConnectError, NbdDevice};
 pub use extents::{AllData, Allocation, Extent, FileAllocation};
 pub use overlay::Overlay;
 pub use server::{Export, Server, ServerOptions, Transport};
+#[cfg(feature = "tls")]
+pub use tls::{ClientTls, ServerTls, TlsError, TlsMode};

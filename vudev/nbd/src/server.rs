@@ -325,6 +325,9 @@ pub struct ServerOptions {
     pub verbose: bool,
     /// Prefix of log lines.
     pub log_prefix: String,
+    /// TLS offered (or required) with `NBD_OPT_STARTTLS`; None: refused.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for ServerOptions {
@@ -335,6 +338,8 @@ impl Default for ServerOptions {
             max_connections: 64,
             verbose: false,
             log_prefix: "vunbd".into(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -565,6 +570,7 @@ impl Server {
     /// `peer` names the client in log lines. Never panics on any input.
     pub fn handle<S: Transport>(&self, stream: S, peer: &str) -> io::Result<()> {
         let _ = stream.set_read_timeout(Some(self.options.handshake_timeout));
+        let started = Instant::now();
         let mut conn = Conn {
             s: Buffered {
                 r: io::BufReader::with_capacity(64 << 10, stream),
@@ -574,13 +580,49 @@ impl Server {
             structured: false,
             meta: None,
             no_zeroes: false,
+            tls: false,
         };
-        let Some(index) = conn.handshake()? else {
-            return Ok(());
-        };
-        let _ = conn.s.set_read_timeout(None);
-        conn.transmission(index)
+        conn.greet()?;
+        match conn.options(started)? {
+            Next::Done => Ok(()),
+            Next::Go(index) => conn.go(index),
+            #[cfg(feature = "tls")]
+            Next::StartTls(tls) => {
+                let Conn { s, no_zeroes, .. } = conn;
+                let early = s.r.buffer().to_vec();
+                let deadline = started + self.options.handshake_timeout;
+                let stream = tls.accept(s.r.into_inner(), &early, deadline)?;
+                self.log(format_args!("client {peer}: TLS session started"));
+                // What was negotiated in plaintext is forgotten (as nbdkit does).
+                let mut conn = Conn {
+                    s: Buffered {
+                        r: io::BufReader::with_capacity(64 << 10, stream),
+                    },
+                    server: self,
+                    peer,
+                    structured: false,
+                    meta: None,
+                    no_zeroes,
+                    tls: true,
+                };
+                match conn.options(started)? {
+                    Next::Go(index) => conn.go(index),
+                    _ => Ok(()),
+                }
+            }
+        }
     }
+}
+
+/// Where option haggling ended.
+enum Next {
+    /// Abort, or an unknown export with `NBD_OPT_EXPORT_NAME`: hang up.
+    Done,
+    /// Transmission of this export.
+    Go(usize),
+    /// STARTTLS acknowledged: the TLS handshake comes next.
+    #[cfg(feature = "tls")]
+    StartTls(crate::tls::ServerTls),
 }
 
 /// What a connection's workers need to serve READ and WRITE.
@@ -693,6 +735,8 @@ struct Conn<'a, S: Transport> {
     /// The export for which `base:allocation` was selected.
     meta: Option<usize>,
     no_zeroes: bool,
+    /// The stream is a TLS session.
+    tls: bool,
 }
 
 /// What an error reply says: an NBD error and a message for the human.
@@ -722,9 +766,8 @@ impl<S: Transport> Conn<'_, S> {
         self.opt_reply(option, kind, truncate_utf8(msg, MAX_STRING).as_bytes())
     }
 
-    /// Runs the handshake; `Some(export index)` on entering transmission, `None` on abort.
-    fn handshake(&mut self) -> io::Result<Option<usize>> {
-        let started = Instant::now();
+    /// Sends the server's greeting and reads the client's flags.
+    fn greet(&mut self) -> io::Result<()> {
         let mut hello = Vec::with_capacity(18);
         hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
         hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -735,6 +778,48 @@ impl<S: Transport> Conn<'_, S> {
             return Err(protocol_error("unknown client flags"));
         }
         self.no_zeroes = cflags & FLAG_C_NO_ZEROES != 0;
+        Ok(())
+    }
+
+    /// Enters transmission of export `index`.
+    fn go(&mut self, index: usize) -> io::Result<()> {
+        let _ = self.s.set_read_timeout(None);
+        self.transmission(index)
+    }
+
+    /// True while TLS is required and not yet running.
+    fn tls_required(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if !self.tls {
+            if let Some(t) = &self.server.options.tls {
+                return t.mode() == crate::tls::TlsMode::Require;
+            }
+        }
+        false
+    }
+
+    /// Answers `NBD_OPT_STARTTLS`; `Some` when the TLS handshake is to start.
+    fn starttls(&mut self, data: &[u8]) -> io::Result<Option<Next>> {
+        if self.tls {
+            self.opt_error(OPT_STARTTLS, REP_ERR_INVALID, "TLS is already running")?;
+            return Ok(None);
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.server.options.tls.clone() {
+            if !data.is_empty() {
+                self.opt_error(OPT_STARTTLS, REP_ERR_INVALID, "option takes no data")?;
+                return Ok(None);
+            }
+            self.opt_reply(OPT_STARTTLS, REP_ACK, &[])?;
+            return Ok(Some(Next::StartTls(tls)));
+        }
+        let _ = data;
+        self.opt_error(OPT_STARTTLS, REP_ERR_POLICY, "TLS is not offered")?;
+        Ok(None)
+    }
+
+    /// Option haggling, up to transmission, STARTTLS or the end.
+    fn options(&mut self, started: Instant) -> io::Result<Next> {
         for _ in 0..MAX_OPTIONS {
             if started.elapsed() > self.server.options.handshake_timeout {
                 return Err(io::Error::new(
@@ -762,7 +847,23 @@ impl<S: Transport> Conn<'_, S> {
             self.s.read_exact(&mut data)?;
             if self.server.is_shutting_down() {
                 self.opt_error(option, REP_ERR_SHUTDOWN, "server shutting down")?;
-                return Ok(None);
+                return Ok(Next::Done);
+            }
+            if self.tls_required() && option != OPT_STARTTLS && option != OPT_ABORT {
+                if option == OPT_EXPORT_NAME {
+                    // It cannot be answered with an error.
+                    self.server.log(format_args!(
+                        "client {}: NBD_OPT_EXPORT_NAME without TLS, which is required",
+                        self.peer
+                    ));
+                    return Ok(Next::Done);
+                }
+                self.opt_error(
+                    option,
+                    REP_ERR_TLS_REQD,
+                    "TLS is required: send NBD_OPT_STARTTLS first",
+                )?;
+                continue;
             }
             match option {
                 OPT_EXPORT_NAME => {
@@ -772,7 +873,7 @@ impl<S: Transport> Conn<'_, S> {
                             "client {} asked for unknown export {name:?}",
                             self.peer
                         ));
-                        return Ok(None);
+                        return Ok(Next::Done);
                     };
                     let export = &self.server.exports[index].1;
                     let mut reply = Vec::with_capacity(134);
@@ -782,11 +883,11 @@ impl<S: Transport> Conn<'_, S> {
                         reply.extend_from_slice(&[0u8; 124]);
                     }
                     self.send(&reply)?;
-                    return Ok(Some(index));
+                    return Ok(Next::Go(index));
                 }
                 OPT_ABORT => {
                     let _ = self.opt_reply(option, REP_ACK, &[]);
-                    return Ok(None);
+                    return Ok(Next::Done);
                 }
                 OPT_LIST => {
                     if !data.is_empty() {
@@ -808,7 +909,7 @@ impl<S: Transport> Conn<'_, S> {
                 OPT_INFO | OPT_GO => {
                     if let Some(index) = self.info_or_go(option, &data)? {
                         if option == OPT_GO {
-                            return Ok(Some(index));
+                            return Ok(Next::Go(index));
                         }
                     }
                 }
@@ -824,7 +925,9 @@ impl<S: Transport> Conn<'_, S> {
                     self.meta_context(option, &data)?;
                 }
                 OPT_STARTTLS => {
-                    self.opt_error(option, REP_ERR_POLICY, "TLS is not supported")?;
+                    if let Some(next) = self.starttls(&data)? {
+                        return Ok(next);
+                    }
                 }
                 _ => {
                     self.opt_error(option, REP_ERR_UNSUP, "unknown option")?;

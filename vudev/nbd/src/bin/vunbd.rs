@@ -22,7 +22,7 @@ use std::sync::Arc;
 use vudev::lock::{LockError, LockMode};
 use vudev::{BlockDevice, Errno, FileDevice, PartitionedDisk, Ramdisk};
 use vudev_nbd::cli::Cli;
-use vudev_nbd::{AllData, Export, FileAllocation, Overlay, Server, ServerOptions};
+use vudev_nbd::{AllData, Export, FileAllocation, Overlay, Server, ServerOptions, TlsMode};
 
 fn usage(msg: impl std::fmt::Display) -> ! {
     eprintln!("vunbd: {msg}");
@@ -186,9 +186,31 @@ fn open_image(path: &Path, cli: &Cli, opened: &mut HashMap<PathBuf, Opened>) -> 
     image
 }
 
+/// The TLS the options ask for (certificates read now: a bad file fails at start-up).
+fn server_tls(cli: &Cli) -> Option<vudev_nbd::ServerTls> {
+    let mode: TlsMode = cli
+        .tls
+        .parse()
+        .unwrap_or_else(|e| usage(format!("--tls: {e}")));
+    if mode == TlsMode::Off {
+        if cli.tls_certificates.is_some() || cli.tls_verify_peer {
+            usage("--tls-certificates and --tls-verify-peer need --tls=on or --tls=require");
+        }
+        return None;
+    }
+    let Some(dir) = &cli.tls_certificates else {
+        usage(format!("--tls={} needs --tls-certificates DIR", cli.tls));
+    };
+    match vudev_nbd::ServerTls::from_dir(dir, mode, cli.tls_verify_peer) {
+        Ok(t) => Some(t),
+        Err(e) => fail(format!("TLS certificates: {e}")),
+    }
+}
+
 fn build(cli: &Cli, planned: Vec<Planned>, verbose: bool) -> Server {
     let mut server = Server::new(ServerOptions {
         verbose,
+        tls: server_tls(cli),
         ..ServerOptions::default()
     });
     let mut opened = HashMap::new();

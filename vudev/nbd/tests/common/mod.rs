@@ -100,7 +100,7 @@ pub fn have(tool: &str) -> bool {
         .unwrap_or(false);
     if !found {
         testkit::skip(&format!(
-            "{tool} is not installed (apt-get install libnbd-bin nbdkit nbd-server qemu-utils)"
+            "{tool} is not installed (apt-get install libnbd-bin nbdkit nbd-server qemu-utils gnutls-bin)"
         ));
     }
     found
