@@ -113,6 +113,10 @@ impl ExFatFs {
     pub(crate) fn find_child(&self, st: &mut State, parent: Ino, name: &OsStr) -> Result<Location> {
         let name = name.to_str().ok_or(Errno::ENOENT)?;
         let units: Vec<u16> = name.encode_utf16().collect();
+        // No name this long can exist: say so, as the kernel's exfat does.
+        if units.len() > crate::entry_set::MAX_NAME {
+            return Err(Errno::ENAMETOOLONG);
+        }
         let key = self.upcase.key(&units);
         let dir = Self::dir_of(st, parent)?;
         let slot = self.load_dir(st, dir)?.find(&key).ok_or(Errno::ENOENT)?;

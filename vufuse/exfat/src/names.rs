@@ -8,6 +8,21 @@ impl ExFatFs {
         self.lookup_at(st, loc)
     }
 
+    /// Directory `dir` gained, lost or renamed an entry: its write time moves to now, as
+    /// the kernel's exfat does (the root has no entry set to keep times in).
+    pub(crate) fn dir_changed(&self, st: &mut State, dir: Ino) -> Result<()> {
+        if dir == Ino::ROOT {
+            return Ok(());
+        }
+        let mut set = self.set_of(st, dir)?;
+        let mut meta = set.meta();
+        let now = self.now();
+        meta.modified = now;
+        meta.accessed = now;
+        set.set_meta(&meta);
+        self.put_set(st, dir, set)
+    }
+
     pub(crate) fn create_locked(&self, st: &mut State, parent: Ino, name: &OsStr) -> Result<Entry> {
         let units = entry_set::check_name(name.to_str().ok_or(Errno::EINVAL)?)?;
         let dir = Self::dir_of(st, parent)?;

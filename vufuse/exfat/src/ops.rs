@@ -124,10 +124,34 @@ impl FileSystem for ExFatFs {
         Ok(entry)
     }
 
+    /// exFAT keeps no symbolic links: `EPERM`, as the kernel answers for a filesystem
+    /// without them (not `ENOSYS`, which the kernel would remember for the whole mount).
+    fn symlink(
+        &self,
+        _ctx: &Context,
+        _parent: Ino,
+        _name: &OsStr,
+        _target: &std::path::Path,
+    ) -> Result<Entry> {
+        Err(Errno::EPERM)
+    }
+
+    /// exFAT keeps one name per file: no hard links (`EPERM`, as the kernel's driver answers).
+    fn link(
+        &self,
+        _ctx: &Context,
+        _ino: Ino,
+        _new_parent: Ino,
+        _new_name: &OsStr,
+    ) -> Result<Entry> {
+        Err(Errno::EPERM)
+    }
+
     fn mkdir(&self, _ctx: &Context, parent: Ino, name: &OsStr, _mode: u32) -> Result<Entry> {
         self.check_writable()?;
         let mut st = self.lock();
         let result = self.mkdir_locked(&mut st, parent, name);
+        let result = result.and_then(|e| self.dir_changed(&mut st, parent).map(|()| e));
         self.committed(&mut st, result)
     }
 
@@ -135,6 +159,7 @@ impl FileSystem for ExFatFs {
         self.check_writable()?;
         let mut st = self.lock();
         let result = self.unlink_locked(&mut st, parent, name, false);
+        let result = result.and_then(|()| self.dir_changed(&mut st, parent));
         self.committed(&mut st, result)
     }
 
@@ -142,6 +167,7 @@ impl FileSystem for ExFatFs {
         self.check_writable()?;
         let mut st = self.lock();
         let result = self.unlink_locked(&mut st, parent, name, true);
+        let result = result.and_then(|()| self.dir_changed(&mut st, parent));
         self.committed(&mut st, result)
     }
 
@@ -162,6 +188,12 @@ impl FileSystem for ExFatFs {
         }
         let mut st = self.lock();
         let result = self.rename_locked(&mut st, parent, name, new_parent, new_name, flags);
+        let result = result.and_then(|()| self.dir_changed(&mut st, parent));
+        let result = if new_parent == parent {
+            result
+        } else {
+            result.and_then(|()| self.dir_changed(&mut st, new_parent))
+        };
         self.committed(&mut st, result)
     }
 
@@ -306,6 +338,7 @@ impl FileSystem for ExFatFs {
         let mut st = self.lock();
         let result = self.create_locked(&mut st, parent, name).and_then(|entry| {
             st.nodes.get_mut(&entry.attr.ino).ok_or(Errno::EIO)?.opens += 1;
+            self.dir_changed(&mut st, parent)?;
             Ok(entry)
         });
         let entry = self.committed(&mut st, result)?;

@@ -762,3 +762,96 @@ fn an_open_unlinked_file_keeps_its_data_until_released() {
     drop(fs);
     fsck_clean(&img);
 }
+
+/// What POSIX (and pjdfstest) asks of names and directories that exFAT can give: a name
+/// past 255 UTF-16 units is `ENAMETOOLONG` even to look up, links of either kind are `EPERM`
+/// (not `ENOSYS`), and a directory's write time moves when an entry is added, removed or
+/// renamed, on disk too.
+#[test]
+fn long_names_links_and_directory_times_behave_as_the_kernel_exfat() {
+    if let Some(why) = exfatprogs_missing() {
+        return skip(&why);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let img = mkfs(tmp.path(), "names.img", 64 * MIB, None);
+    let fs = open(&img, false);
+    assert_eq!(
+        fs.lookup(&ctx(), Ino::ROOT, OsStr::new(&"n".repeat(256)))
+            .err(),
+        Some(Errno::ENAMETOOLONG)
+    );
+    // 128 emoji are 256 UTF-16 units in 512 bytes; 127 of them fit.
+    assert_eq!(
+        fs.lookup(&ctx(), Ino::ROOT, OsStr::new(&"😀".repeat(128)))
+            .err(),
+        Some(Errno::ENAMETOOLONG)
+    );
+    assert_eq!(
+        fs.lookup(&ctx(), Ino::ROOT, OsStr::new(&"😀".repeat(127)))
+            .err(),
+        Some(Errno::ENOENT)
+    );
+    let (file, opened) = fs
+        .create(&ctx(), Ino::ROOT, OsStr::new("file"), 0o644, libc::O_WRONLY)
+        .unwrap();
+    fs.release(&ctx(), file.attr.ino, opened.fh).unwrap();
+    assert_eq!(
+        fs.symlink(&ctx(), Ino::ROOT, OsStr::new("sym"), Path::new("file"))
+            .err(),
+        Some(Errno::EPERM)
+    );
+    assert_eq!(
+        fs.link(&ctx(), file.attr.ino, Ino::ROOT, OsStr::new("hard"))
+            .err(),
+        Some(Errno::EPERM)
+    );
+
+    let past = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let mkdir = |parent, name: &str| {
+        fs.mkdir(&ctx(), parent, OsStr::new(name), 0o755)
+            .unwrap()
+            .attr
+            .ino
+    };
+    let (a, b) = (mkdir(Ino::ROOT, "a"), mkdir(Ino::ROOT, "b"));
+    let set_past = |ino| {
+        let set = SetAttr {
+            mtime: Some(SetTime::At(past)),
+            ..SetAttr::default()
+        };
+        fs.setattr(&ctx(), ino, &set).unwrap();
+        assert_eq!(fs.getattr(&ctx(), ino, None).unwrap().mtime, past);
+    };
+    let moved = |ino, what: &str| {
+        let mtime = fs.getattr(&ctx(), ino, None).unwrap().mtime;
+        assert!(mtime > past, "{what}: directory mtime stayed {mtime:?}");
+    };
+    set_past(a);
+    let (f, opened) = fs
+        .create(&ctx(), a, OsStr::new("f"), 0o644, libc::O_WRONLY)
+        .unwrap();
+    fs.release(&ctx(), f.attr.ino, opened.fh).unwrap();
+    moved(a, "create");
+    set_past(a);
+    mkdir(a, "sub");
+    moved(a, "mkdir");
+    set_past(a);
+    set_past(b);
+    fs.rename(&ctx(), a, OsStr::new("f"), b, OsStr::new("g"), 0)
+        .unwrap();
+    moved(a, "rename out");
+    moved(b, "rename in");
+    set_past(b);
+    fs.unlink(&ctx(), b, OsStr::new("g")).unwrap();
+    moved(b, "unlink");
+    set_past(a);
+    fs.rmdir(&ctx(), a, OsStr::new("sub")).unwrap();
+    moved(a, "rmdir");
+    fs.destroy();
+    drop(fs);
+
+    let fs = open(&img, true);
+    let a = fs.lookup(&ctx(), Ino::ROOT, OsStr::new("a")).unwrap().attr;
+    assert!(a.mtime > past, "the rmdir's time did not reach the disk");
+    fsck_clean(&img);
+}

@@ -10,6 +10,19 @@ impl FatFs {
         entry.attr |= ATTR_ARCHIVE;
     }
 
+    /// Directory `dir` gained, lost or renamed an entry: its write time moves to now, as
+    /// the kernel's vfat does (the root has no entry to keep times in).
+    pub(crate) fn dir_changed(&self, st: &mut State, dir: Ino) -> Result<()> {
+        if dir == Ino::ROOT {
+            return Ok(());
+        }
+        let mut entry = self.entry(st, dir)?;
+        let now = SystemTime::now();
+        entry.modified = now;
+        entry.accessed = now;
+        self.put_entry(st, dir, entry)
+    }
+
     /// Writes a new entry (LFN slots + short slot) into directory `dir_id`.
     pub(crate) fn add_entry(
         &self,
@@ -115,6 +128,10 @@ impl FatFs {
         name: &OsStr,
     ) -> Result<(DirId, u32)> {
         let name = name.to_str().ok_or(Errno::ENOENT)?;
+        // No name this long can exist: say so, as the kernel's vfat does.
+        if name.encode_utf16().count() > crate::dirent::MAX_NAME_UNITS {
+            return Err(Errno::ENAMETOOLONG);
+        }
         let dir_id = Self::dir_of(st, parent)?;
         let slot = self.load_dir(st, dir_id)?.find(name).ok_or(Errno::ENOENT)?;
         Ok((dir_id, slot))

@@ -118,10 +118,34 @@ impl FileSystem for FatFs {
         Ok(entry)
     }
 
+    /// FAT keeps no symbolic links: `EPERM`, as the kernel answers for a filesystem
+    /// without them (not `ENOSYS`, which the kernel would remember for the whole mount).
+    fn symlink(
+        &self,
+        _ctx: &Context,
+        _parent: Ino,
+        _name: &OsStr,
+        _target: &std::path::Path,
+    ) -> Result<Entry> {
+        Err(Errno::EPERM)
+    }
+
+    /// FAT keeps one name per file: no hard links (`EPERM`, as the kernel's driver answers).
+    fn link(
+        &self,
+        _ctx: &Context,
+        _ino: Ino,
+        _new_parent: Ino,
+        _new_name: &OsStr,
+    ) -> Result<Entry> {
+        Err(Errno::EPERM)
+    }
+
     fn mkdir(&self, _ctx: &Context, parent: Ino, name: &OsStr, _mode: u32) -> Result<Entry> {
         self.check_writable()?;
         let mut st = self.lock();
         let result = self.mkdir_locked(&mut st, parent, name);
+        let result = result.and_then(|e| self.dir_changed(&mut st, parent).map(|()| e));
         self.committed(&mut st, result)
     }
 
@@ -129,6 +153,7 @@ impl FileSystem for FatFs {
         self.check_writable()?;
         let mut st = self.lock();
         let result = self.unlink_locked(&mut st, parent, name, false);
+        let result = result.and_then(|()| self.dir_changed(&mut st, parent));
         self.committed(&mut st, result)
     }
 
@@ -136,6 +161,7 @@ impl FileSystem for FatFs {
         self.check_writable()?;
         let mut st = self.lock();
         let result = self.unlink_locked(&mut st, parent, name, true);
+        let result = result.and_then(|()| self.dir_changed(&mut st, parent));
         self.committed(&mut st, result)
     }
 
@@ -156,6 +182,12 @@ impl FileSystem for FatFs {
         }
         let mut st = self.lock();
         let result = self.rename_locked(&mut st, parent, name, new_parent, new_name, flags);
+        let result = result.and_then(|()| self.dir_changed(&mut st, parent));
+        let result = if new_parent == parent {
+            result
+        } else {
+            result.and_then(|()| self.dir_changed(&mut st, new_parent))
+        };
         self.committed(&mut st, result)
     }
 
@@ -359,6 +391,7 @@ impl FileSystem for FatFs {
             let loc = self.add_entry(&mut st, dir_id, name, self.new_entry(ATTR_ARCHIVE, 0))?;
             let entry = self.lookup_at(&mut st, loc)?;
             st.nodes.get_mut(&entry.attr.ino).expect("interned").opens += 1;
+            self.dir_changed(&mut st, parent)?;
             Ok((
                 entry,
                 Opened {

@@ -767,3 +767,83 @@ fn inode_numbers_stay_stable_for_the_life_of_the_mount() {
     drop(fs);
     fsck_fat_clean(&img);
 }
+
+/// What POSIX (and pjdfstest) asks of names and directories that FAT can give: a name past
+/// 255 UTF-16 units is `ENAMETOOLONG` even to look up, links of either kind are `EPERM`
+/// (not `ENOSYS`), and a directory's write time moves when an entry is added, removed or
+/// renamed, on disk too.
+#[test]
+fn long_names_links_and_directory_times_behave_as_the_kernel_vfat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = mkfs(tmp.path(), "names.img", 64, 32);
+    let fs = mount(&img, false);
+    let too_long = "n".repeat(256);
+    assert_eq!(
+        fs.lookup(&ctx(), Ino::ROOT, OsStr::new(&too_long)).err(),
+        Some(Errno::ENAMETOOLONG)
+    );
+    assert_eq!(
+        fs.lookup(&ctx(), Ino::ROOT, OsStr::new(&"n".repeat(255)))
+            .err(),
+        Some(Errno::ENOENT)
+    );
+    let file = create_file(&fs, Ino::ROOT, "file", b"x");
+    assert_eq!(
+        fs.symlink(&ctx(), Ino::ROOT, OsStr::new("sym"), Path::new("file"))
+            .err(),
+        Some(Errno::EPERM)
+    );
+    assert_eq!(
+        fs.link(&ctx(), file, Ino::ROOT, OsStr::new("hard")).err(),
+        Some(Errno::EPERM)
+    );
+
+    let past = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    let a = fs
+        .mkdir(&ctx(), Ino::ROOT, OsStr::new("a"), 0o755)
+        .unwrap()
+        .attr
+        .ino;
+    let b = fs
+        .mkdir(&ctx(), Ino::ROOT, OsStr::new("b"), 0o755)
+        .unwrap()
+        .attr
+        .ino;
+    let set_past = |ino| {
+        let set = SetAttr {
+            mtime: Some(vufuse_api::SetTime::At(past)),
+            ..SetAttr::default()
+        };
+        fs.setattr(&ctx(), ino, &set).unwrap();
+        assert_eq!(fs.getattr(&ctx(), ino, None).unwrap().mtime, past);
+    };
+    let moved = |ino, what: &str| {
+        let mtime = fs.getattr(&ctx(), ino, None).unwrap().mtime;
+        assert!(mtime > past, "{what}: directory mtime stayed {mtime:?}");
+    };
+    set_past(a);
+    create_file(&fs, a, "f", b"data");
+    moved(a, "create");
+    set_past(a);
+    fs.mkdir(&ctx(), a, OsStr::new("sub"), 0o755).unwrap();
+    moved(a, "mkdir");
+    set_past(a);
+    set_past(b);
+    fs.rename(&ctx(), a, OsStr::new("f"), b, OsStr::new("g"), 0)
+        .unwrap();
+    moved(a, "rename out");
+    moved(b, "rename in");
+    set_past(b);
+    fs.unlink(&ctx(), b, OsStr::new("g")).unwrap();
+    moved(b, "unlink");
+    set_past(a);
+    fs.rmdir(&ctx(), a, OsStr::new("sub")).unwrap();
+    moved(a, "rmdir");
+    fs.destroy();
+    drop(fs);
+
+    let fs = mount(&img, true);
+    let a = fs.lookup(&ctx(), Ino::ROOT, OsStr::new("a")).unwrap().attr;
+    assert!(a.mtime > past, "the rmdir's time did not reach the disk");
+    fsck_fat_clean(&img);
+}
