@@ -7,6 +7,9 @@
 //! against the attributes the view shows, and answers with the kernel's errno.
 
 use rustix::fs::Stat;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use vudev::{Errno, Result};
 use vufuse_api::fs::{Context, SetAttr, SetTime};
 
@@ -22,17 +25,10 @@ impl Caller {
     /// The caller of a request; supplementary groups are read from `/proc/PID/status`
     /// (none when the process is gone or the pid is unknown: fewer rights, never more).
     pub(crate) fn of(ctx: &Context) -> Caller {
-        let groups = if ctx.pid == 0 {
-            Vec::new()
-        } else {
-            std::fs::read_to_string(format!("/proc/{}/status", ctx.pid))
-                .map(|status| groups_in_status(&status))
-                .unwrap_or_default()
-        };
         Caller {
             uid: ctx.uid,
             gid: ctx.gid,
-            groups,
+            groups: supplementary_groups(ctx).to_vec(),
         }
     }
 
@@ -115,6 +111,45 @@ impl Caller {
         }
         Ok(allowed)
     }
+}
+
+/// How long a caller's supplementary groups are taken from the cache: a process changes its
+/// groups only with privilege, and then (setgroups, setuid) mostly its uid too, which is part
+/// of the key.
+const GROUPS_TTL: Duration = Duration::from_secs(1);
+/// Callers remembered at most; past it the cache starts afresh.
+const GROUPS_CACHED: usize = 1024;
+
+/// (pid, uid, gid) to when the groups were read, and the groups.
+type GroupsCache = HashMap<(u32, u32, u32), (Instant, Arc<[u32]>)>;
+static GROUPS: Mutex<Option<GroupsCache>> = Mutex::new(None);
+
+/// The supplementary groups of the caller of a request, from `/proc/PID/status` (none when the
+/// process is gone or its pid unknown, as from another pid namespace: fewer rights, never
+/// more), cached for [`GROUPS_TTL`] per (pid, uid, gid) so a busy caller costs one read a
+/// second, not one per request.
+pub(crate) fn supplementary_groups(ctx: &Context) -> Arc<[u32]> {
+    if ctx.pid == 0 {
+        return Arc::from(Vec::new());
+    }
+    let key = (ctx.pid, ctx.uid, ctx.gid);
+    let now = Instant::now();
+    let mut cache = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some((read_at, groups)) = cache.get(&key) {
+        if now.duration_since(*read_at) < GROUPS_TTL {
+            return groups.clone();
+        }
+    }
+    let groups: Arc<[u32]> = std::fs::read_to_string(format!("/proc/{}/status", ctx.pid))
+        .map(|status| groups_in_status(&status))
+        .unwrap_or_default()
+        .into();
+    if cache.len() >= GROUPS_CACHED {
+        cache.clear();
+    }
+    cache.insert(key, (now, groups.clone()));
+    groups
 }
 
 /// The `Groups:` line of a `/proc/PID/status` text.

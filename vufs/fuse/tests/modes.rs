@@ -773,3 +773,61 @@ fn another_users_write_clears_set_id_bits() {
         m.unmount();
     }
 }
+
+/// Group bits and chgrp are judged by the caller's supplementary groups, as the kernel
+/// would judge them, never by the daemon's: a daemon started with a supplementary group
+/// gives it to nobody, and a caller's own group (not its primary one) counts.
+#[test]
+fn group_rights_are_the_callers_supplementary_groups_never_the_daemons() {
+    need_fuse!();
+    if let Some(reason) = testkit::other_user_unavailable() {
+        return testkit::skip(&reason);
+    }
+    let s = Scratch::new();
+    fs::set_permissions(s.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&s.upper, fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, group) in [("daemons", 4242), ("callers", 4343)] {
+        fs::write(s.up(name), format!("{name}\n")).unwrap();
+        std::os::unix::fs::chown(s.up(name), Some(0), Some(group)).unwrap();
+        fs::set_permissions(s.up(name), fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    fs::write(s.up("mine"), "mine\n").unwrap();
+    std::os::unix::fs::chown(s.up("mine"), Some(65534), Some(65534)).unwrap();
+    let started = std::process::Command::new("setpriv")
+        .args(["--groups=4242", BIN, "-o", "bind,allow_other"])
+        .args([&s.upper, &s.lower])
+        .status()
+        .unwrap();
+    assert!(started.success(), "vufs with a supplementary group");
+    let m = MountGuard::served_by("vufs", &s.lower);
+    let as_member = |script: &str| {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--groups=4343",
+                "sh",
+                "-c",
+            ])
+            .arg(format!("cd '{}' && {script}", s.lower.display()))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(
+        as_member("cat callers"),
+        (true, "callers\n".into()),
+        "the caller's supplementary group reads"
+    );
+    assert!(!as_member("cat daemons").0, "the daemon's group leaked");
+    assert!(as_member("chgrp 4343 mine").0, "chgrp to its own group");
+    assert!(
+        !as_member("chgrp 4242 mine").0,
+        "chgrp to the daemon's group"
+    );
+    m.unmount();
+    assert_eq!(fs::metadata(s.up("mine")).unwrap().gid(), 4343);
+}
