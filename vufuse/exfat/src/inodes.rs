@@ -180,7 +180,12 @@ impl ExFatFs {
             return Ok(self.root_attr(st));
         }
         let meta = self.set_of(st, ino)?.meta();
-        Ok(self.attr_of(ino, &meta))
+        let mut attr = self.attr_of(ino, &meta);
+        if st.nodes.get(&ino).is_some_and(|node| node.orphan.is_some()) {
+            // Unlinked while open: no name links to it any more.
+            attr.nlink = 0;
+        }
+        Ok(attr)
     }
 
     // ----- clusters ----------------------------------------------------------------------

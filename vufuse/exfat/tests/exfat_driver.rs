@@ -751,6 +751,11 @@ fn an_open_unlinked_file_keeps_its_data_until_released() {
     fs.write(&c, e.attr.ino, o.fh, 0, &pattern(40_000, 4))
         .unwrap();
     fs.unlink(&c, Ino::ROOT, OsStr::new("orphan")).unwrap();
+    assert_eq!(
+        fs.getattr(&c, e.attr.ino, None).unwrap().nlink,
+        0,
+        "no name left"
+    );
     let mut buf = vec![0u8; 40_000];
     assert_eq!(fs.read(&c, e.attr.ino, o.fh, 0, &mut buf).unwrap(), 40_000);
     assert_eq!(buf, pattern(40_000, 4));

@@ -106,7 +106,12 @@ impl FatFs {
             return Ok(self.root_attr());
         }
         let entry = self.entry(st, ino)?;
-        Ok(self.attr_of(ino, &entry))
+        let mut attr = self.attr_of(ino, &entry);
+        if Self::node(st, ino)?.orphan.is_some() {
+            // Unlinked while open: no name links to it any more.
+            attr.nlink = 0;
+        }
+        Ok(attr)
     }
 
     /// The inode number of the entry at `loc`: derived from the location

@@ -481,6 +481,7 @@ fn open_unlinked_file_lives_until_release() {
             fs.lookup(&c, Ino::ROOT, OsStr::new("tmpfile")).unwrap_err(),
             Errno::ENOENT
         );
+        assert_eq!(fs.getattr(&c, ino, None).unwrap().nlink, 0, "no name left");
         let mut buf = [0u8; 10];
         assert_eq!(fs.read(&c, ino, opened.fh, 19990, &mut buf).unwrap(), 10);
         assert_eq!(buf, [5u8; 10]);
