@@ -7,9 +7,6 @@
 //! against the attributes the view shows, and answers with the kernel's errno.
 
 use rustix::fs::Stat;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use vudev::{Errno, Result};
 use vufuse_api::fs::{Context, SetAttr, SetTime};
 
@@ -28,7 +25,7 @@ impl Caller {
         Caller {
             uid: ctx.uid,
             gid: ctx.gid,
-            groups: supplementary_groups(ctx).to_vec(),
+            groups: ctx.supplementary_groups().to_vec(),
         }
     }
 
@@ -111,58 +108,6 @@ impl Caller {
         }
         Ok(allowed)
     }
-}
-
-/// How long a caller's supplementary groups are taken from the cache: a process changes its
-/// groups only with privilege, and then (setgroups, setuid) mostly its uid too, which is part
-/// of the key.
-const GROUPS_TTL: Duration = Duration::from_secs(1);
-/// Callers remembered at most; past it the cache starts afresh.
-const GROUPS_CACHED: usize = 1024;
-
-/// (pid, uid, gid) to when the groups were read, and the groups.
-type GroupsCache = HashMap<(u32, u32, u32), (Instant, Arc<[u32]>)>;
-static GROUPS: Mutex<Option<GroupsCache>> = Mutex::new(None);
-
-/// The supplementary groups of the caller of a request, from `/proc/PID/status` (none when the
-/// process is gone or its pid unknown, as from another pid namespace: fewer rights, never
-/// more), cached for [`GROUPS_TTL`] per (pid, uid, gid) so a busy caller costs one read a
-/// second, not one per request.
-pub(crate) fn supplementary_groups(ctx: &Context) -> Arc<[u32]> {
-    if ctx.pid == 0 {
-        return Arc::from(Vec::new());
-    }
-    let key = (ctx.pid, ctx.uid, ctx.gid);
-    let now = Instant::now();
-    let mut cache = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
-    let cache = cache.get_or_insert_with(HashMap::new);
-    if let Some((read_at, groups)) = cache.get(&key) {
-        if now.duration_since(*read_at) < GROUPS_TTL {
-            return groups.clone();
-        }
-    }
-    let groups: Arc<[u32]> = std::fs::read_to_string(format!("/proc/{}/status", ctx.pid))
-        .map(|status| groups_in_status(&status))
-        .unwrap_or_default()
-        .into();
-    if cache.len() >= GROUPS_CACHED {
-        cache.clear();
-    }
-    cache.insert(key, (now, groups.clone()));
-    groups
-}
-
-/// The `Groups:` line of a `/proc/PID/status` text.
-fn groups_in_status(status: &str) -> Vec<u32> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Groups:"))
-        .map(|list| {
-            list.split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -273,12 +218,5 @@ mod tests {
         assert!(member.permitted(&st, &trunc).is_ok());
         assert_eq!(stranger.permitted(&st, &now), Err(Errno::EACCES));
         assert_eq!(stranger.permitted(&st, &trunc), Err(Errno::EACCES));
-    }
-
-    #[test]
-    fn groups_come_from_the_status_text() {
-        let status = "Name:\tsh\nUid:\t1\t1\t1\t1\nGroups:\t4 24 27 \nNgid:\t0\n";
-        assert_eq!(groups_in_status(status), vec![4, 24, 27]);
-        assert!(groups_in_status("Name:\tx\n").is_empty());
     }
 }

@@ -25,7 +25,7 @@ impl Creds {
         if !on || ctx.uid == 0 {
             return Creds { active: false };
         }
-        let groups = crate::access::supplementary_groups(ctx);
+        let groups = ctx.supplementary_groups();
         THREAD_GROUPS.with(|current| {
             let mut current = current.borrow_mut();
             if current.as_deref() != Some(&groups[..]) {

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod errors;
 pub mod fs;
+mod groups;
 pub mod options;
 pub mod resolver;
 

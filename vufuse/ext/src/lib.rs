@@ -761,7 +761,7 @@ impl ExtFs {
         if ctx.uid == 0 || ctx.uid == resuid {
             return true;
         }
-        resgid != 0 && (ctx.gid == resgid || supplementary_groups(ctx.pid).contains(&resgid))
+        resgid != 0 && (ctx.gid == resgid || ctx.supplementary_groups().contains(&resgid))
     }
 
     fn stat(h: &Handles, ino: u32) -> Result<VxStat> {
@@ -819,26 +819,6 @@ impl ExtFs {
         check(unsafe { vx_xattrs(h.fs, ino, collect_xattr, &mut out as *mut _ as *mut c_void) })?;
         Ok(out)
     }
-}
-
-/// The supplementary groups of process `pid` (none when it is unknown or gone).
-fn supplementary_groups(pid: u32) -> Vec<u32> {
-    if pid == 0 {
-        return Vec::new();
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| {
-                    g.split_whitespace()
-                        .filter_map(|n| n.parse().ok())
-                        .collect()
-                })
-        })
-        .unwrap_or_default()
 }
 
 /// Checks the raw superblock on `dev` (`geometry::check`) before libext2fs acts on it:
