@@ -297,7 +297,8 @@ pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
 
 /// A filesystem driver. Defaults answer `ENOSYS` (or `EOPNOTSUPP` for
-/// xattrs), so a read-only driver implements only what it supports.
+/// xattrs; `EPERM` for symlink and link, the kernel's answer for a filesystem that has
+/// none), so a read-only driver implements only what it supports.
 #[allow(unused_variables)]
 pub trait FileSystem: Send + Sync {
     /// What the front end may assume about this driver, asked once at mount (see
@@ -360,9 +361,11 @@ pub trait FileSystem: Send + Sync {
         Err(Errno::ENOSYS)
     }
 
-    /// Creates a symbolic link `name` in `parent` pointing at `target`.
+    /// Creates a symbolic link `name` in `parent` pointing at `target`. The default is
+    /// `EPERM`, what the kernel answers for a filesystem without symlinks (FAT, exFAT); not
+    /// `ENOSYS`, which the kernel would remember for the whole mount.
     fn symlink(&self, ctx: &Context, parent: Ino, name: &OsStr, target: &Path) -> Result<Entry> {
-        Err(Errno::ENOSYS)
+        Err(Errno::EPERM)
     }
 
     /// Renames, honouring [`RENAME_NOREPLACE`] and [`RENAME_EXCHANGE`].
@@ -378,9 +381,10 @@ pub trait FileSystem: Send + Sync {
         Err(Errno::ENOSYS)
     }
 
-    /// Adds a hard link to `ino`.
+    /// Adds a hard link to `ino`. The default is `EPERM`, what the kernel answers for a
+    /// filesystem with one name per file (FAT, exFAT).
     fn link(&self, ctx: &Context, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
-        Err(Errno::ENOSYS)
+        Err(Errno::EPERM)
     }
 
     /// Opens a file; `flags` are the open(2) flags.

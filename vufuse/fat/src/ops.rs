@@ -118,29 +118,6 @@ impl FileSystem for FatFs {
         Ok(entry)
     }
 
-    /// FAT keeps no symbolic links: `EPERM`, as the kernel answers for a filesystem
-    /// without them (not `ENOSYS`, which the kernel would remember for the whole mount).
-    fn symlink(
-        &self,
-        _ctx: &Context,
-        _parent: Ino,
-        _name: &OsStr,
-        _target: &std::path::Path,
-    ) -> Result<Entry> {
-        Err(Errno::EPERM)
-    }
-
-    /// FAT keeps one name per file: no hard links (`EPERM`, as the kernel's driver answers).
-    fn link(
-        &self,
-        _ctx: &Context,
-        _ino: Ino,
-        _new_parent: Ino,
-        _new_name: &OsStr,
-    ) -> Result<Entry> {
-        Err(Errno::EPERM)
-    }
-
     fn mkdir(&self, _ctx: &Context, parent: Ino, name: &OsStr, _mode: u32) -> Result<Entry> {
         self.check_writable()?;
         let mut st = self.lock();
