@@ -573,6 +573,70 @@ fn nbd_uris_work_wherever_an_image_does() {
     assert_identical(&img, "raw", &dir.path().join("out.qcow2"), "qcow2");
 }
 
+/// `vuimg convert` of an NBD export reads only what the server's block status says holds
+/// data (nbdkit's stats filter counts the bytes read), and the copy equals the source.
+#[test]
+fn convert_out_of_an_nbd_export_reads_only_its_data() {
+    if !have("nbd_block_status", &["nbdkit"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("sparse.img");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(256 << 20).unwrap();
+        let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + 3) as u8).collect();
+        f.write_all_at(&data, 100 << 20).unwrap();
+        f.write_all_at(b"the end", (256 << 20) - 7).unwrap();
+    }
+    let sock = dir.path().join("nbd.sock");
+    let stats = dir.path().join("stats.txt");
+    let mut kit = std::process::Command::new("nbdkit")
+        .args(["-f", "--unix", s(&sock), "--filter=stats", "file", s(&img)])
+        .arg(format!("statsfile={}", s(&stats)))
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let out = dir.path().join("out.raw");
+    let converted = std::panic::catch_unwind(|| {
+        ok(&[
+            "convert",
+            "-q",
+            &format!("nbd+unix:///?socket={}", s(&sock)),
+            s(&out),
+        ])
+    });
+    // nbdkit writes its statistics when it exits.
+    terminate(&mut kit);
+    converted.unwrap();
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&img).unwrap());
+    let stats = std::fs::read_to_string(&stats).unwrap();
+    let read_line = stats
+        .lines()
+        .find(|l| l.starts_with("read:"))
+        .unwrap_or_else(|| panic!("no reads counted: {stats}"));
+    // "read: N ops, T s, X MiB, ...": about 1 MiB of data and the last block, not 256 MiB.
+    let mib: f64 = read_line
+        .split(", ")
+        .find_map(|f| f.strip_suffix(" MiB").and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("unexpected stats line: {read_line}"));
+    assert!(mib <= 4.0, "read {mib} MiB of a 1 MiB export: {read_line}");
+}
+
+/// Stops `child` with SIGTERM (so it exits cleanly) and waits for it.
+fn terminate(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
 #[test]
 fn nbds_uris_reach_a_tls_only_export() {
     if !have("nbds_uris", &["nbdkit", "certtool"]) {

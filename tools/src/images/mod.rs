@@ -311,6 +311,14 @@ pub fn open_source(image: &Path) -> Outcome<Arc<dyn BlockDevice>> {
     crate::image_lock::open_disk(image, true)
 }
 
+/// Where an NBD export holds data, from the server's block status (`base:allocation`,
+/// asked on a connection of its own); `None`, so all of it is read, when the server
+/// offers none or cannot answer (zeros are still not written).
+fn export_data_ranges(uri: &Path) -> Option<Vec<(u64, u64)>> {
+    let export = vudev_nbd::NbdDevice::connect(uri.to_str()?).ok()?;
+    export.data_ranges().ok().flatten()
+}
+
 /// Writes the whole of `src` to a new image at `dst` of `format`, atomically: the
 /// conversion of `convert` and of `commit OVERLAY DST`.
 pub fn write_image(
@@ -329,8 +337,7 @@ pub fn write_image(
     // Only what may hold data is read; the rest of a new image is zeros already. (This
     // also reads the allocation tables, refusing a truncated source before writing.)
     let ranges = if crate::image_lock::is_uri(src_name) {
-        // An NBD export: read it all (zeros are still not written).
-        Ok(None)
+        Ok(export_data_ranges(src_name))
     } else {
         headers::data_ranges(src_name)
     };

@@ -325,7 +325,19 @@ impl Write for Sock {
 struct Conn {
     sock: Sock,
     structured: bool,
+    /// The id of the `base:allocation` context, when the server agreed to it.
+    base_allocation: Option<u32>,
     cookie: u64,
+}
+
+/// Where the payload of a reply goes.
+enum Sink<'a> {
+    /// The request returns no data (write, flush, trim).
+    Nothing,
+    /// The bytes a read returns.
+    Data(&'a mut [u8]),
+    /// The extents (length, flags) a block status request returns.
+    Extents(&'a mut Vec<(u32, u32)>),
 }
 
 impl Drop for Conn {
@@ -356,7 +368,7 @@ impl Conn {
         offset: u64,
         len: u32,
         payload: Option<&[u8]>,
-        mut read_into: Option<&mut [u8]>,
+        mut sink: Sink<'_>,
     ) -> io::Result<Answer> {
         self.cookie = self.cookie.wrapping_add(1);
         let cookie = self.cookie;
@@ -380,10 +392,12 @@ impl Conn {
             if error != 0 {
                 return Ok(Err(nbd_to_errno(error)));
             }
-            if let Some(buf) = read_into {
-                self.sock.read_exact(buf)?;
-            }
-            return Ok(Ok(()));
+            return match sink {
+                Sink::Data(buf) => self.sock.read_exact(buf).map(Ok),
+                Sink::Nothing => Ok(Ok(())),
+                // Block status succeeds with structured replies only.
+                Sink::Extents(_) => Err(proto_err("block status answered by a simple reply")),
+            };
         }
         let mut magic = magic;
         let mut error = None;
@@ -401,7 +415,7 @@ impl Conn {
             match chunk {
                 REPLY_TYPE_NONE if clen == 0 => {}
                 REPLY_TYPE_OFFSET_DATA | REPLY_TYPE_OFFSET_HOLE => {
-                    let Some(buf) = read_into.as_deref_mut() else {
+                    let Sink::Data(buf) = &mut sink else {
                         return Err(proto_err("content chunk for a non-read"));
                     };
                     if clen < 9 || (chunk == REPLY_TYPE_OFFSET_HOLE && clen != 12) {
@@ -438,7 +452,16 @@ impl Conn {
                     if clen > MAX_OPTION_LEN * 128 {
                         return Err(proto_err("block status too big"));
                     }
-                    discard_bytes(&mut self.sock, clen.into())?;
+                    match (&mut sink, self.base_allocation) {
+                        (Sink::Extents(out), Some(id)) => {
+                            let mut data = vec![0u8; clen as usize];
+                            self.sock.read_exact(&mut data)?;
+                            let extents = crate::allocation::parse_block_status(&data, id)
+                                .ok_or_else(|| proto_err("bad block status chunk"))?;
+                            out.extend(extents);
+                        }
+                        _ => discard_bytes(&mut self.sock, clen.into())?,
+                    }
                 }
                 _ => return Err(proto_err("unexpected reply chunk")),
             }
@@ -450,10 +473,13 @@ impl Conn {
         if let Some(e) = error {
             return Ok(Err(e));
         }
-        if read_into.is_some() && covered != u64::from(len) {
-            return Err(proto_err("read reply does not cover the request"));
+        match sink {
+            Sink::Data(_) if covered != u64::from(len) => {
+                Err(proto_err("read reply does not cover the request"))
+            }
+            Sink::Extents(out) if out.is_empty() => Err(proto_err("block status without extents")),
+            _ => Ok(Ok(())),
         }
-        Ok(Ok(()))
     }
 }
 
@@ -513,6 +539,41 @@ impl NbdDevice {
     /// The export name.
     pub fn export_name(&self) -> &str {
         &self.export
+    }
+
+    /// The export's data ranges (offset, length) from the server's `base:allocation`
+    /// context: what a copy must read (ranges that read as zeros are left out). `None` when
+    /// the server has no block status, or the export is too fragmented to map.
+    pub fn data_ranges(&self) -> Result<Option<Vec<(u64, u64)>>> {
+        let mut map = crate::allocation::DataMap::default();
+        let mut pos = 0;
+        while pos < self.size {
+            let len = (self.size - pos).min(1 << 30) as u32;
+            let mut extents = Vec::new();
+            let mut offered = true;
+            self.with_conn(|c| {
+                extents.clear();
+                if c.base_allocation.is_none() {
+                    offered = false;
+                    return Ok(Ok(()));
+                }
+                c.request(
+                    CMD_BLOCK_STATUS,
+                    pos,
+                    len,
+                    None,
+                    Sink::Extents(&mut extents),
+                )
+            })?;
+            if !offered {
+                return Ok(None);
+            }
+            match map.add(pos, &extents, self.size) {
+                0 => return Err(Errno::EIO),
+                n => pos += n,
+            }
+        }
+        Ok(map.into_ranges())
     }
 
     /// Runs `op` on a live connection, reconnecting and retrying on transport failures.
@@ -630,19 +691,28 @@ fn open(
         #[cfg(not(feature = "tls"))]
         match *tls {}
     }
-    let (structured, size, flags) = handshake(&mut sock, export, no_zeroes).map_err(proto)??;
+    let agreed = handshake(&mut sock, export, no_zeroes).map_err(proto)??;
     Ok((
         Conn {
             sock,
-            structured,
+            structured: agreed.structured,
+            base_allocation: agreed.base_allocation,
             cookie: 0,
         },
-        size,
-        flags,
+        agreed.size,
+        agreed.flags,
     ))
 }
 
-type Handshake = std::result::Result<(bool, u64, u16), ConnectError>;
+/// What the handshake settled.
+struct Agreed {
+    structured: bool,
+    base_allocation: Option<u32>,
+    size: u64,
+    flags: u16,
+}
+
+type Handshake = std::result::Result<Agreed, ConnectError>;
 
 /// Reads the server's greeting and answers it; whether the server omits the zeroes.
 fn greet(s: &mut Sock) -> io::Result<std::result::Result<bool, ConnectError>> {
@@ -687,11 +757,32 @@ fn starttls(
     Ok(Ok(Sock::Tls(Box::new(stream))))
 }
 
-/// Option haggling up to transmission: (structured replies, size, flags).
+/// Asks for the `base:allocation` context on `export`: its id, if the server agrees.
+fn ask_base_allocation(s: &mut Sock, export: &str) -> io::Result<Option<u32>> {
+    let payload = crate::allocation::set_meta_context_payload(export);
+    s.write_all(&option_request(OPT_SET_META_CONTEXT, &payload))?;
+    let mut id = None;
+    loop {
+        let (kind, data) = read_option_reply(s, OPT_SET_META_CONTEXT)?;
+        match kind {
+            REP_META_CONTEXT => id = id.or(crate::allocation::base_allocation_id(&data)),
+            REP_ACK => return Ok(id),
+            // Refused or unknown (an error reply ends the option): copy everything.
+            _ => return Ok(None),
+        }
+    }
+}
+
+/// Option haggling up to transmission.
 fn handshake(s: &mut Sock, export: &str, no_zeroes: bool) -> io::Result<Handshake> {
     s.write_all(&option_request(OPT_STRUCTURED_REPLY, &[]))?;
     let (kind, _) = read_option_reply(s, OPT_STRUCTURED_REPLY)?;
     let structured = kind == REP_ACK;
+    let base_allocation = if structured {
+        ask_base_allocation(s, export)?
+    } else {
+        None
+    };
 
     let mut go = Vec::new();
     go.extend_from_slice(&(export.len() as u32).to_be_bytes());
@@ -711,7 +802,12 @@ fn handshake(s: &mut Sock, export: &str, no_zeroes: bool) -> io::Result<Handshak
                 let Some((size, flags)) = info else {
                     return Err(proto_err("NBD_OPT_GO succeeded without export info"));
                 };
-                return Ok(Ok((structured, size, flags)));
+                return Ok(Ok(Agreed {
+                    structured,
+                    base_allocation,
+                    size,
+                    flags,
+                }));
             }
             REP_ERR_UNSUP => break,
             _ => {
@@ -737,7 +833,12 @@ fn handshake(s: &mut Sock, export: &str, no_zeroes: bool) -> io::Result<Handshak
     if !no_zeroes {
         discard_bytes(s, 124)?;
     }
-    Ok(Ok((structured, size, flags)))
+    Ok(Ok(Agreed {
+        structured,
+        base_allocation,
+        size,
+        flags,
+    }))
 }
 
 impl BlockDevice for NbdDevice {
@@ -756,7 +857,7 @@ impl BlockDevice for NbdDevice {
             let n = (len - done).min(MAX_PAYLOAD as usize);
             let at = offset + done as u64;
             let piece = &mut buf[done..done + n];
-            self.with_conn(|c| c.request(CMD_READ, at, n as u32, None, Some(&mut *piece)))?;
+            self.with_conn(|c| c.request(CMD_READ, at, n as u32, None, Sink::Data(&mut *piece)))?;
             done += n;
         }
         Ok(len)
@@ -778,7 +879,7 @@ impl BlockDevice for NbdDevice {
             let n = (len - done).min(MAX_PAYLOAD as usize);
             let at = offset + done as u64;
             let piece = &buf[done..done + n];
-            self.with_conn(|c| c.request(CMD_WRITE, at, n as u32, Some(piece), None))?;
+            self.with_conn(|c| c.request(CMD_WRITE, at, n as u32, Some(piece), Sink::Nothing))?;
             done += n;
         }
         Ok(len)
@@ -788,7 +889,7 @@ impl BlockDevice for NbdDevice {
         if self.read_only() || self.flags & FLAG_SEND_FLUSH == 0 {
             return Ok(());
         }
-        self.with_conn(|c| c.request(CMD_FLUSH, 0, 0, None, None))
+        self.with_conn(|c| c.request(CMD_FLUSH, 0, 0, None, Sink::Nothing))
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
@@ -803,7 +904,7 @@ impl BlockDevice for NbdDevice {
         while done < len {
             let n = (len - done).min(1 << 30);
             let at = offset + done;
-            self.with_conn(|c| c.request(CMD_TRIM, at, n as u32, None, None))?;
+            self.with_conn(|c| c.request(CMD_TRIM, at, n as u32, None, Sink::Nothing))?;
             done += n;
         }
         Ok(())

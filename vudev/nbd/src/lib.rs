@@ -55,6 +55,7 @@
 
 #![warn(missing_docs)]
 
+pub mod allocation;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::s;
 use vudev::{BlockDevice, Errno, Ramdisk};
-use vudev_nbd::{ClientOptions, Export, NbdDevice, Server, ServerOptions};
+use vudev_nbd::{ClientOptions, Export, FileAllocation, NbdDevice, Server, ServerOptions};
 
 struct Peer(Child);
 
@@ -301,4 +301,70 @@ fn our_client_against_vunbd_over_tcp() {
     assert!(std::fs::read(&img).unwrap() == model);
     let err = NbdDevice::connect(&format!("nbd://127.0.0.1:{port}/missing")).unwrap_err();
     assert!(err.to_string().contains("no such export"), "{err}");
+}
+
+/// A sparse file with data at `runs` (offset, length), the rest holes.
+fn sparse_file(path: &Path, size: u64, runs: &[(u64, usize)]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    for (i, &(off, len)) in runs.iter().enumerate() {
+        f.write_all_at(&random_bytes(len, 40 + i as u64), off)
+            .unwrap();
+    }
+}
+
+#[test]
+fn data_ranges_come_from_base_allocation_of_nbdkit_and_of_our_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = [(1u64 << 20, 64usize << 10), (40 << 20, 1 << 20)];
+    let covers = |ranges: &[(u64, u64)], off: u64, len: u64| {
+        ranges.iter().any(|&(a, n)| a <= off && off + len <= a + n)
+    };
+    // Our server over the sparse file: its holes (SEEK_HOLE) are left out.
+    let img = dir.path().join("sparse.img");
+    sparse_file(&img, 64 << 20, &runs);
+    let file = Arc::new(vudev::FileDevice::open(&img, true).unwrap());
+    let mut server = Server::new(ServerOptions::default());
+    let export = Export::new(file.clone()).allocation(FileAllocation::for_device(file, 0));
+    server.add_export("d", export).unwrap();
+    let server = Arc::new(server);
+    let sock = dir.path().join("ours");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let serving = server.clone();
+    std::thread::spawn(move || serving.serve_unix(listener));
+    let dev = NbdDevice::connect(&uri(&sock, "d")).unwrap();
+    let ranges = dev
+        .data_ranges()
+        .unwrap()
+        .expect("our server offers base:allocation");
+    let mapped: u64 = ranges.iter().map(|r| r.1).sum();
+    assert!(mapped < 8 << 20, "{ranges:?}");
+    for &(off, len) in &runs {
+        assert!(covers(&ranges, off, len as u64), "{off}: {ranges:?}");
+    }
+    if !have("nbdkit") {
+        return;
+    }
+    // nbdkit's file plugin over the same file.
+    let sock = dir.path().join("kit");
+    let _kit = nbdkit(&sock, &["file", s(&img)]);
+    let dev = NbdDevice::connect(&uri(&sock, "")).unwrap();
+    let ranges = dev
+        .data_ranges()
+        .unwrap()
+        .expect("nbdkit offers base:allocation");
+    let mapped: u64 = ranges.iter().map(|r| r.1).sum();
+    assert!(mapped < 8 << 20, "{ranges:?}");
+    for &(off, len) in &runs {
+        assert!(covers(&ranges, off, len as u64), "{off}: {ranges:?}");
+    }
+    // Without block status (nbdkit's noextents filter) there is no map: copy it all.
+    let sock = dir.path().join("flat");
+    let _flat = nbdkit(&sock, &["--filter=noextents", "file", s(&img)]);
+    let dev = NbdDevice::connect(&uri(&sock, "")).unwrap();
+    match dev.data_ranges().unwrap() {
+        None => {}
+        Some(r) => assert_eq!(r, vec![(0, 64 << 20)], "noextents reports all data"),
+    }
 }
