@@ -31,12 +31,14 @@ INSTALL ?= install
 
 # The binaries and the packages that build them.
 BINS := fusefatfs fuseext2 vudevpartx vudevramdisk vufs vuimg vunbd
+# The daemons mount(8) can start as `mount -t fuse.NAME`.
+MOUNT_DAEMONS := fusefatfs fuseext2 vudevpartx vudevramdisk vufs
 BIN_PACKAGES := vufuse vudev-fuse vufs-fuse vuimg vudev-nbd vurs-manpages
 # The VUOS modules: file names (lib<name>.so is installed as <name>.so) and packages.
 MODULES := vudevpartx vudevramdisk vudevvdi vufs vufusefatfs vufuseext2
 MODULE_PACKAGES := vudevpartx vudevramdisk vudevvdi vufs-module vufusefatfs vufuseext2
 
-.PHONY: all build docs install install-files uninstall install-user uninstall-user clean-docs
+.PHONY: all build docs install install-files check-mount-path uninstall install-user uninstall-user clean-docs
 
 all: build
 
@@ -65,6 +67,20 @@ install-files:
 	done
 	for m in $(MODULES); do \
 		$(INSTALL) -m 0755 $(OUT)/lib$$m.so $(DESTDIR)$(MODULEDIR)/$$m.so || exit 1; \
+	done
+	@if [ -z "$(DESTDIR)" ]; then $(MAKE) -s check-mount-path; fi
+
+# mount(8) runs `mount.fuse3`, which starts the daemon through /bin/sh with the shell's
+# default PATH: say when that finds no installed daemon, or another program of its name first
+# (a C fusefatfs in /usr/local/bin shadows ours in /usr/bin). Only warns.
+check-mount-path:
+	@for b in $(MOUNT_DAEMONS); do \
+		found=$$(env -i /bin/sh -c "command -v $$b" 2>/dev/null); \
+		if [ -z "$$found" ]; then \
+			echo "warning: mount -t fuse.$$b will not find $(BINDIR)/$$b: mount(8) looks only in /bin/sh's default PATH (docs/INSTALL.md)" >&2; \
+		elif ! [ "$$found" -ef "$(BINDIR)/$$b" ]; then \
+			echo "warning: mount -t fuse.$$b will run $$found, not $(BINDIR)/$$b: it comes first in /bin/sh's default PATH, which mount(8) uses (docs/INSTALL.md)" >&2; \
+		fi; \
 	done
 
 # Removes the files install put; then the module directory (ours) if empty, and, under a

@@ -19,7 +19,8 @@ cargo build --release -p vuimg -p vufuse --bin vuimg --bin fusefatfs 2>&1 |
 built=${PIPESTATUS[0]}
 set -o pipefail
 [ "$built" -eq 0 ] || { echo "demo: the build failed (cargo build --release -p vuimg shows why)" >&2; exit 1; }
-bin=target/release
+# Where cargo put them: CARGO_TARGET_DIR, as cargo reads it (relative to this folder).
+bin=${CARGO_TARGET_DIR:-target}/release
 image=${1:-target/demo/card.img}
 mkdir -p "$(dirname "$image")"
 work=$(mktemp -d)

@@ -209,6 +209,41 @@ fn mount_t_fusefatfs(bin: &Path, scratch: &Path) {
     }
 }
 
+/// `make install-files` without DESTDIR says when mount(8) would not run what it installed:
+/// with another `fusefatfs` first in /bin/sh's default PATH (here a program bind-mounted over
+/// /usr/local/bin, as a C fusefatfs installed there shadows ours in /usr/bin) it names that
+/// program, and a prefix outside that PATH is named too; installed where mount(8) looks
+/// first, it says nothing.
+fn install_warns_of_what_mount_would_run(scratch: &Path) {
+    let shadow = scratch.join("shadow");
+    std::fs::create_dir(&shadow).unwrap();
+    std::fs::copy("/bin/true", shadow.join("fusefatfs")).unwrap();
+    let prefix = scratch.join("prefix");
+    let ws = s(&workspace()).to_string();
+    let text = in_namespace(
+        &shadow,
+        &format!(
+            "make -s -C {ws} PROFILE=test install-files PREFIX={} 2>&1",
+            s(&prefix)
+        ),
+    );
+    let installed = prefix.join("bin/fusefatfs");
+    assert!(installed.is_file(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "mount -t fuse.fusefatfs will run /usr/local/bin/fusefatfs, not {}",
+            s(&installed)
+        )),
+        "{text}"
+    );
+    // The installed daemons themselves over /usr/local/bin: mount(8) finds them, no warning.
+    let text = in_namespace(
+        &prefix.join("bin"),
+        &format!("make -s -C {ws} PROFILE=test check-mount-path BINDIR=/usr/local/bin 2>&1"),
+    );
+    assert!(!text.contains("warning"), "{text}");
+}
+
 #[test]
 fn make_install_then_mount_t_then_uninstall() {
     if !have("make") {
@@ -247,6 +282,7 @@ fn make_install_then_mount_t_then_uninstall() {
         let bin = prefix.join("bin");
         mount_t_fuseext2(&bin, scratch.path());
         mount_t_fusefatfs(&bin, scratch.path());
+        install_warns_of_what_mount_would_run(scratch.path());
     }
 
     make(&["uninstall", &destdir, "PREFIX=/usr"]);
