@@ -11,7 +11,7 @@ seconds=${1:-600}
 jobs=${2:-2}
 shift $(( $# > 2 ? 2 : $# ))
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(probe_table fat_open exfat_open ext_open image_formats vufs_layer nbd_server)
+[ ${#targets[@]} -gt 0 ] || targets=(probe_table fat_open exfat_open ext_open image_formats vufs_layer nbd_server nbd_client)
 seed() { mkdir -p "corpus/$1"; cp "$2" "corpus/$1/seed-$(basename "$2")"; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 truncate -s 160K "$tmp/fat12.bin" && mkfs.fat -F 12 "$tmp/fat12.bin" >/dev/null
@@ -25,6 +25,7 @@ qemu-img create -q -f qcow2 -o cluster_size=512 "$tmp/small.qcow2" 1M
 qemu-io -f qcow2 -c 'write -P 0xab 0 4k' "$tmp/small.qcow2" >/dev/null
 seed image_formats "$tmp/small.qcow2"
 qemu-img create -q -f vdi "$tmp/small.vdi" 1M && seed image_formats "$tmp/small.vdi"
+python3 nbd_client_seed.py "$tmp/nbd-session.bin" && seed nbd_client "$tmp/nbd-session.bin"
 printf 'type=c\nmode=0644\nuid=0\ngid=0\nrdev=1,3\n' > "$tmp/vstat" && seed vufs_layer "$tmp/vstat"
 cargo +nightly fuzz build -O >/dev/null
 running=0
