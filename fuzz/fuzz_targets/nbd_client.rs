@@ -7,46 +7,49 @@
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
 use std::net::Shutdown;
-use std::os::unix::net::UnixListener;
-use std::sync::OnceLock;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use vudev::BlockDevice;
 use vudev_nbd::{ClientOptions, NbdDevice};
 
-/// One listening socket per fuzzing process.
-fn listener() -> &'static (UnixListener, String) {
-    static L: OnceLock<(UnixListener, String)> = OnceLock::new();
-    L.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("nbd-client-fuzz-{}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let l = UnixListener::bind(&path).expect("bind");
-        let uri = format!("nbd+unix:///?socket={}", path.display());
-        (l, uri)
-    })
-}
-
 fuzz_target!(|data: &[u8]| {
-    let (l, uri) = listener();
-    let input = data.to_vec();
+    // A listener of its own per run: a reconnection never lands in a stale backlog.
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let n = RUN.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("nbd-client-fuzz-{}-{n}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).expect("bind");
+    let uri = format!("nbd+unix:///?socket={}", path.display());
+    let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            let Ok((mut s, _)) = l.accept() else { return };
-            let _ = s.write_all(&input);
-            // End of the server's bytes: the client sees EOF, never waits for more.
-            let _ = s.shutdown(Shutdown::Write);
-            let _ = std::io::copy(&mut s, &mut std::io::sink());
+            // Every connection (the first and each reconnection) gets the same bytes.
+            for conn in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut s) = conn else { return };
+                let _ = s.write_all(data);
+                // End of the server's bytes: the client sees EOF, never waits for more.
+                let _ = s.shutdown(Shutdown::Write);
+                let _ = std::io::copy(&mut s, &mut std::io::sink());
+            }
         });
         let options = ClientOptions {
             timeout: Duration::from_secs(2),
-            attempts: 1,
+            attempts: 2,
             retry_delay: Duration::from_millis(1),
         };
-        if let Ok(dev) = NbdDevice::connect_with(uri, options) {
+        if let Ok(dev) = NbdDevice::connect_with(&uri, options) {
             let _ = dev.data_ranges();
             let mut buf = vec![0u8; 4096];
             let _ = dev.read_at(&mut buf, 0);
             let _ = dev.write_at(&buf[..512], 0);
             let _ = dev.flush();
         }
+        stop.store(true, Ordering::Relaxed);
+        let _ = UnixStream::connect(&path);
     });
+    let _ = std::fs::remove_file(&path);
 });
