@@ -693,7 +693,19 @@ seeds are derived from it and every timestamp is clamped to it, so builds are re
             ("1", "Failure; the image is left as it was."),
             ("2", "Usage error."),
         ],
-        files: &[],
+        files: &[
+            (
+                "IMAGE",
+                "Locked while in use (an OFD lock: shared to read, exclusive to write), so a \
+                 mount or another vuimg cannot write it at the same time.",
+            ),
+            (
+                ".NAME.vuimg-PID/",
+                "Beside a new output (build, convert, commit, overlay): the image is written \
+                 there and renamed over NAME once complete; removed on failure.",
+            ),
+            ("SPEC", "The TOML description vuimg build reads (see vuimg build --help)."),
+        ],
         see_also: &[
             "sfdisk(8)",
             "sgdisk(8)",
@@ -737,7 +749,19 @@ SIGTERM or SIGINT closes every connection, flushes every export and exits 0. Ima
             ("1", "Failure (an image cannot be opened or locked, the socket cannot listen)."),
             ("2", "Usage error."),
         ],
-        files: &[],
+        files: &[
+            (
+                "IMAGE",
+                "Locked while exported (an OFD lock: exclusive unless --read-only or \
+                 --snapshot), so no mount writes it behind the clients' backs.",
+            ),
+            ("--unix PATH", "The listening socket; removed at a clean shutdown."),
+            ("--pidfile PATH", "Its pid, written once the exports are open; removed at a clean shutdown."),
+            (
+                "--tls-certificates DIR",
+                "ca-cert.pem, server-cert.pem and server-key.pem, nbdkit's layout.",
+            ),
+        ],
         see_also: &["nbdinfo(1)", "nbdcopy(1)", "nbd-client(8)", "fusefatfs(1)"],
     },
 ];
