@@ -12,6 +12,11 @@ pub const BASE_ALLOCATION: &str = "base:allocation";
 /// read whole (the map's memory stays bounded whatever the server answers).
 pub const MAX_RANGES: usize = 1 << 20;
 
+/// At most this many block status requests map one export: each covers up to 1 GiB, so an
+/// honest server maps 64 TiB within it, and a server that answers in slivers cannot keep
+/// the client asking for ever.
+pub const MAX_STATUS_REQUESTS: usize = 1 << 16;
+
 /// The `NBD_OPT_SET_META_CONTEXT` payload that asks for [`BASE_ALLOCATION`] on `export`.
 pub fn set_meta_context_payload(export: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(12 + export.len() + BASE_ALLOCATION.len());
@@ -88,6 +93,11 @@ impl DataMap {
         self.ranges.push((start, len));
     }
 
+    /// True once more ranges came than are kept: the rest of the map is not worth asking.
+    pub fn is_full(&self) -> bool {
+        self.overflowed
+    }
+
     /// The data ranges (offset, length), or `None` when there were too many to keep.
     pub fn into_ranges(self) -> Option<Vec<(u64, u64)>> {
         (!self.overflowed).then_some(self.ranges)
@@ -155,6 +165,7 @@ mod tests {
             .map(|i| (1, if i % 2 == 0 { 0 } else { STATE_ZERO }))
             .collect();
         map.add(0, &extents, u64::MAX);
+        assert!(map.is_full());
         assert_eq!(map.into_ranges(), None);
     }
 }
