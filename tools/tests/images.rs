@@ -506,6 +506,16 @@ fn create_makes_each_format_and_grow_refuses_non_raw() {
     );
 }
 
+/// Waits (at most 5 s) for a server to create its socket `sock`.
+fn wait_for_socket(sock: &Path) {
+    for _ in 0..200 {
+        if sock.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
 /// An NBD server for `img` on a Unix socket in `dir`: vunbd when it was built beside
 /// vuimg, else nbdkit; None (the test skips) when neither is there.
 fn nbd_server(dir: &Path, img: &Path) -> Option<(std::process::Child, String)> {
@@ -524,12 +534,7 @@ fn nbd_server(dir: &Path, img: &Path) -> Option<(std::process::Child, String)> {
         return None;
     };
     let child = cmd.spawn().unwrap();
-    for _ in 0..200 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
+    wait_for_socket(&sock);
     Some((child, format!("nbd+unix:///disk?socket={}", s(&sock))))
 }
 
@@ -597,12 +602,7 @@ fn convert_out_of_an_nbd_export_reads_only_its_data() {
         .arg(format!("statsfile={}", s(&stats)))
         .spawn()
         .unwrap();
-    for _ in 0..200 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
+    wait_for_socket(&sock);
     let out = dir.path().join("out.raw");
     let converted = std::panic::catch_unwind(|| {
         ok(&[
@@ -667,12 +667,7 @@ certtool --generate-certificate --load-ca-certificate ca-cert.pem --load-ca-priv
         .args(["memory", "24M"])
         .spawn()
         .unwrap();
-    for _ in 0..200 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
+    wait_for_socket(&sock);
     let uri = format!(
         "nbds+unix:///?socket={}&tls-certificates={}",
         s(&sock),
