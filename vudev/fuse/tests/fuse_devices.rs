@@ -591,7 +591,7 @@ fn default_mode_daemonizes_once_the_mount_is_live() {
     assert_eq!(stat_size(&file), 4 << 20, "the daemon serves");
     let daemons = processes_mentioning(s(&file));
     assert_eq!(daemons.len(), 1, "one daemon: {daemons:?}");
-    run_ok("fusermount3", &["-u", s(&file)]);
+    testkit::unmount(&file);
     wait_until("the daemon to exit after fusermount3 -u", || {
         processes_mentioning(s(&file)).is_empty()
     });
@@ -753,7 +753,7 @@ fn mount_helper_argument_order_works() {
         .open(mnt.join("disk1"))
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
-    run_ok("umount", &[s(&mnt)]);
+    testkit::unmount(&mnt);
     wait_until("the daemon to exit after umount", || {
         processes_mentioning(s(&image)).is_empty()
     });
@@ -775,7 +775,7 @@ fn debug_mode_prints_requests_and_results() {
         .unwrap()
         .read_exact_at(&mut buf, 8192)
         .unwrap();
-    run_ok("fusermount3", &["-u", s(&file)]);
+    testkit::unmount(&file);
     let (status, stderr) = m.wait_exit();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("init -> ok pid="), "{stderr}");
