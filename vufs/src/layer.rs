@@ -30,6 +30,12 @@ pub fn vstat_path(path: &Path) -> PathBuf {
     PathBuf::from(OsString::from_vec(bytes))
 }
 
+/// True if a vstat side file can be named for an entry called `name`: the suffix byte must
+/// fit within NAME_MAX (255 bytes).
+pub fn vstat_name_fits(name: &OsStr) -> bool {
+    name.len() < 255
+}
+
 /// True if `name` is a vstat side file name (ends in `\x7f`).
 pub fn is_vstat_name(name: &OsStr) -> bool {
     name.as_bytes().last() == Some(&VSTAT_SUFFIX)

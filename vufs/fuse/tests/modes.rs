@@ -186,6 +186,30 @@ fn cow_mknod_is_faked_through_vstat() {
     assert!(!s.low("cdev").exists());
 }
 
+/// A device name of 255 bytes leaves no room for the vstat suffix: root's mknod then makes a
+/// real node in SOURCE (pjdfstest mknod/02, mknod/03), while a 254-byte name is still faked.
+#[test]
+fn cow_mknod_of_a_name_max_device_makes_a_real_node() {
+    need_fuse!();
+    let s = Scratch::example();
+    let m = mount_vufs(&s.upper, &s.lower, &["cow"]);
+    let longest = "d".repeat(255);
+    let faked = "f".repeat(254);
+    for name in [&longest, &faked] {
+        sh(&format!("mknod '{}' b 7 1", s.low(name).display()));
+        let meta = fs::symlink_metadata(s.low(name)).unwrap();
+        assert!(meta.file_type().is_block_device(), "{name}");
+        assert_eq!(meta.rdev(), libc::makedev(7, 1));
+    }
+    m.unmount();
+    assert!(fs::symlink_metadata(s.up(&longest))
+        .unwrap()
+        .file_type()
+        .is_block_device());
+    assert!(s.up(&faked).is_file(), "a regular file in SOURCE");
+    assert!(s.upper.join(format!(".-/{faked}\u{7f}")).is_file());
+}
+
 #[test]
 fn cow_except_shows_lower_untouched() {
     need_fuse!();

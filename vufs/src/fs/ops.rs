@@ -115,12 +115,19 @@ impl FileSystem for VuFs {
         let make = |root: BorrowedFd<'_>| -> Result<()> {
             let at = self.at(root, &path)?;
             let ft = rustix::fs::FileType::from_raw_mode(mode);
-            // Device nodes in SOURCE are always faked (a regular file and a
-            // vstat entry), as the C vufs does without privileges: a daemon
-            // running as root must not let a user make real device nodes.
-            let fake = union
+            // Device nodes in SOURCE are faked (a regular file and a vstat
+            // entry), as the C vufs does without privileges: a daemon running
+            // as root must not let a user make real device nodes. A name one
+            // byte short of NAME_MAX has no room for the vstat suffix: then
+            // only a root caller gets a node, a real one.
+            let device = union
                 && root.as_fd().as_raw_fd_eq(self.upper.as_fd())
                 && (fmt == libc::S_IFCHR || fmt == libc::S_IFBLK);
+            let recordable = layer::vstat_name_fits(name);
+            if device && !recordable && ctx.uid != 0 {
+                return Err(Errno::ENAMETOOLONG);
+            }
+            let fake = device && recordable;
             let made = if fake {
                 Err(HostErrno::PERM)
             } else {
