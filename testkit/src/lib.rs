@@ -9,6 +9,7 @@
 pub mod fsck;
 pub mod mount;
 pub mod other_user;
+pub mod posix_subset;
 pub mod run;
 pub mod umvu;
 
