@@ -25,8 +25,11 @@ pub enum Needs {
 
 /// One check: the pjdfstest file it stands for, what it needs, and its script.
 pub struct Check {
+    /// The pjdfstest file it stands for, and what it asserts.
     pub name: &'static str,
+    /// What the filesystem must keep for the check to apply.
     pub needs: Needs,
+    /// The shell steps, after [`PRELUDE`]'s helpers.
     pub script: &'static str,
 }
 
