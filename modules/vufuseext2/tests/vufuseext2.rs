@@ -75,6 +75,31 @@ fn exports_main_and_the_reentrant_tag_and_does_not_link_libfuse() {
     assert!(!dynamic.contains("libfuse"), "links libfuse:\n{dynamic}");
 }
 
+/// libext2fs inside a dlopened module checksums with the driver's crc32c (SSE4.2), as in the
+/// fuseext2 executable: the dynamic loader, asked to bind everything at load and report it,
+/// binds libext2fs's `ext2fs_crc32c_le` to the module (before: to libext2fs's own table code).
+#[test]
+fn libext2fs_in_the_module_binds_its_crc32c_to_the_drivers() {
+    let so = module_path("vufuseext2");
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1])", s(&so)])
+        .env("LD_BIND_NOW", "1")
+        .env("LD_DEBUG", "bindings")
+        .output()
+        .expect("python3");
+    // The load itself then fails (fuse_main_real and fuse_get_context come from umvu's
+    // vufuse), after the loader has bound and reported libext2fs's symbols.
+    let log = String::from_utf8_lossy(&out.stderr);
+    let binding = log
+        .lines()
+        .find(|l| l.contains("libext2fs") && l.contains("`ext2fs_crc32c_le'"))
+        .unwrap_or_else(|| panic!("no binding of ext2fs_crc32c_le:\n{log}"));
+    assert!(
+        binding.contains(" to ") && binding.split(" to ").nth(1).unwrap().contains("vufuseext2"),
+        "{binding}"
+    );
+}
+
 #[test]
 fn read_write_links_and_metadata_then_e2fsck_and_debugfs_agree() {
     let dir = tempfile::tempdir().unwrap();

@@ -195,8 +195,6 @@ extern "C" {
     ) -> c_int;
     pub(crate) fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
     pub(crate) fn vx_sync_meta(fs: *mut ExtFsHandle, removes: c_int) -> c_int;
-    #[cfg(test)]
-    pub(crate) fn vx_crc32c_selftest() -> c_int;
     pub(crate) fn vx_check_extents(fs: *mut ExtFsHandle, ino: u32) -> c_int;
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn vx_write_ino(
