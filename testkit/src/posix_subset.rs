@@ -157,6 +157,18 @@ pub const CHECKS: &[Check] = &[
                  expect ENAMETOOLONG touch ${n}x",
     },
     Check {
+        name: "user.* xattrs need read permission to read and write permission to set",
+        needs: Needs::Owners,
+        script:
+            "touch f; setfattr -n user.k -v secret f; chmod 600 f
+                 expect EACCES as_user getfattr -n user.k f
+                 expect EACCES as_user setfattr -n user.k -v x f
+                 chmod 644 f
+                 expect 0 as_user getfattr -n user.k f
+                 expect EACCES as_user setfattr -n user.k -v x f
+                 [ \"$(getfattr --only-values -n user.k f)\" = secret ] || fail 'the value changed'",
+    },
+    Check {
         name: "link/00 a hard link counts",
         needs: Needs::Links,
         script: "touch f; ln f g
