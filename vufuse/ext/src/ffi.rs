@@ -65,7 +65,57 @@ pub(crate) struct VxStatFs {
 pub(crate) type DirentCb = extern "C" fn(*mut c_void, u32, c_int, *const c_char, usize) -> c_int;
 pub(crate) type XattrCb = extern "C" fn(*mut c_void, *const c_char, *const c_void, usize) -> c_int;
 
+/// Mirrors `struct vx_dir_shape`: what the htree builder (htree.rs) needs of a directory
+/// and of the filesystem.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct VxDirShape {
+    /// The one block of an indexable directory; 0 leaves the directory linear.
+    pub(crate) root: u64,
+    pub(crate) block_size: u32,
+    /// Bytes of a leaf block's checksum tail (0 or 12).
+    pub(crate) leaf_tail: u32,
+    /// Bytes of an index block's checksum tail (0 or 8).
+    pub(crate) dx_tail: u32,
+    /// The hash algorithm for `vx_dir_name_hash` (the default, +3 if unsigned).
+    pub(crate) hash_alg: i32,
+    /// The superblock's default hash version, recorded in the dx root.
+    pub(crate) hash_version: u8,
+    /// Entries carry file types.
+    pub(crate) filetype: u8,
+}
+
 extern "C" {
+    pub(crate) fn vx_dir_shape(fs: *mut ExtFsHandle, dir: u32, out: *mut VxDirShape) -> c_int;
+    pub(crate) fn vx_dir_block_read(
+        fs: *mut ExtFsHandle,
+        block: u64,
+        buf: *mut c_void,
+        dir: u32,
+    ) -> c_int;
+    pub(crate) fn vx_dir_block_write(
+        fs: *mut ExtFsHandle,
+        block: u64,
+        buf: *mut c_void,
+        dir: u32,
+    ) -> c_int;
+    pub(crate) fn vx_dir_name_hash(
+        fs: *mut ExtFsHandle,
+        alg: c_int,
+        name: *const c_char,
+        len: usize,
+        hash: *mut u32,
+    ) -> c_int;
+    pub(crate) fn vx_take_blocks(fs: *mut ExtFsHandle, goal: u64, out: *mut u64, n: usize)
+        -> c_int;
+    pub(crate) fn vx_give_back_blocks(fs: *mut ExtFsHandle, blocks: *const u64, n: usize);
+    pub(crate) fn vx_switch_to_htree(
+        fs: *mut ExtFsHandle,
+        dir: u32,
+        blocks: *const u64,
+        n: usize,
+        old: u64,
+    ) -> c_int;
     pub(crate) fn vx_open(
         dev: *mut VxDev,
         rw: c_int,

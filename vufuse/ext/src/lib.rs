@@ -19,6 +19,7 @@
 mod crc32c;
 mod ffi;
 mod geometry;
+mod htree;
 pub mod journal;
 mod names;
 

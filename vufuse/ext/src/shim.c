@@ -314,6 +314,10 @@ static void vx_unsupported_features(struct vx_dev *dev, int ro_compat, char *out
 
 static errcode_t vx_meta_init(ext2_filsys fs);
 static blk64_t vx_allowed_blocks(ext2_filsys fs);
+void vx_give_back_blocks(ext2_filsys fs, const uint64_t *blocks, size_t n);
+/* Defined in Rust (src/htree.rs): indexes the full one-block directory dir (*done 1), or
+ * leaves it (*done 0); an errno. */
+errcode_t vx_make_indexed(ext2_filsys fs, uint32_t dir, int *done);
 static void vx_inode_alloc_stats(ext2_filsys fs, ext2_ino_t ino, int inuse, int isdir);
 static void vx_meta_free(ext2_filsys fs);
 
@@ -998,204 +1002,123 @@ static errcode_t vx_append_linear(ext2_filsys fs, uint32_t dir, const char *name
 	return err;
 }
 
-/* ---- turning a full one-block directory into an htree ----
+/* ---- primitives of the htree builder (src/htree.rs) ----
  *
- * libext2fs inserts into indexed directories but never creates one, so a
- * directory grown through it stays a linear list. Like the kernel
- * (make_indexed_dir), when a one-block directory is full the shim turns it
- * into an htree: its entries are sorted by hash and split over two leaf
- * blocks under a dx root ("." and ".." kept). Without a journal this is done
- * copy-on-write: root and leaves go to three new blocks, and one inode write
- * (extent map, size, index flag) switches the directory to them, so a kill
- * leaves either the old linear block or the whole htree (plus a leak). Later
- * inserts go through ext2fs_link's htree code. */
+ * libext2fs inserts into indexed directories but never creates one; the
+ * driver turns a full one-block directory into an htree as the kernel does
+ * (make_indexed_dir). The block layout is built in Rust; these are the steps
+ * that touch libext2fs's structs: the directory's shape, block reads and
+ * writes (libext2fs sets the checksums), the name hash, block allocation and
+ * the one inode write that switches the directory to its new blocks. Each
+ * returns an errno. */
 
-struct vx_dxent {
-	uint32_t hash;
-	uint32_t ino;
-	int type;
-	int len;
-	const char *name;
+struct vx_dir_shape {
+	uint64_t root;        /* the one block of an indexable directory; 0: leave it linear */
+	uint32_t block_size;
+	uint32_t leaf_tail;   /* bytes of a leaf block's checksum tail (0 or 12) */
+	uint32_t dx_tail;     /* bytes of an index block's checksum tail (0 or 8) */
+	int32_t hash_alg;     /* for ext2fs_dirhash2: the default version, +3 if unsigned */
+	uint8_t hash_version; /* the superblock's default, recorded in the dx root */
+	uint8_t filetype;     /* entries carry file types */
 };
 
-static int vx_dxent_cmp(const void *a, const void *b)
+int vx_dir_shape(ext2_filsys fs, uint32_t dir, struct vx_dir_shape *out)
 {
-	uint32_t x = ((const struct vx_dxent *)a)->hash, y = ((const struct vx_dxent *)b)->hash;
-	return x < y ? -1 : x > y;
-}
-
-/* Packs entries into a leaf block (with the checksum tail when needed). */
-static void vx_fill_leaf(ext2_filsys fs, char *buf, const struct vx_dxent *e, int n, unsigned int csum_size)
-{
-	memset(buf, 0, fs->blocksize);
-	unsigned int end = fs->blocksize - csum_size, offset = 0;
-	struct ext2_dir_entry *last = NULL;
-	for (int i = 0; i < n; i++) {
-		struct ext2_dir_entry *d = (struct ext2_dir_entry *)(buf + offset);
-		unsigned int len = EXT2_DIR_REC_LEN(e[i].len);
-		d->inode = e[i].ino;
-		ext2fs_dirent_set_name_len(d, e[i].len);
-		ext2fs_dirent_set_file_type(d, e[i].type);
-		memcpy(d->name, e[i].name, e[i].len);
-		ext2fs_set_rec_len(fs, len, d);
-		last = d;
-		offset += len;
-	}
-	if (last)
-		ext2fs_set_rec_len(fs, end - ((char *)last - buf), last);
-	else
-		ext2fs_set_rec_len(fs, end, (struct ext2_dir_entry *)buf);
-	if (csum_size)
-		ext2fs_initialize_dirent_tail(fs, EXT2_DIRENT_TAIL(buf, fs->blocksize));
-}
-
-/* Indexes the one-block directory dir; *done says whether it did. */
-static errcode_t vx_make_indexed(ext2_filsys fs, uint32_t dir, int *done)
-{
-	*done = 0;
+	memset(out, 0, sizeof *out);
 	struct ext2_inode in;
 	errcode_t err = ext2fs_read_inode(fs, dir, &in);
 	if (err)
-		return err;
+		return vx_errno(err);
+	out->block_size = fs->blocksize;
+	out->leaf_tail = ext2fs_has_feature_metadata_csum(fs->super) ? sizeof(struct ext2_dir_entry_tail) : 0;
+	out->dx_tail = ext2fs_has_feature_metadata_csum(fs->super) ? sizeof(struct ext2_dx_tail) : 0;
+	out->hash_version = fs->super->s_def_hash_version;
+	out->hash_alg = fs->super->s_def_hash_version;
+	if (out->hash_alg <= EXT2_HASH_TEA && (fs->super->s_flags & EXT2_FLAGS_UNSIGNED_HASH))
+		out->hash_alg += 3;
+	out->filetype = ext2fs_has_feature_filetype(fs->super) ? 1 : 0;
 	if (!ext2fs_has_feature_dir_index(fs->super) || !LINUX_S_ISDIR(in.i_mode) ||
 	    (in.i_flags & (EXT2_INDEX_FL | EXT4_INLINE_DATA_FL)) || EXT2_I_SIZE(&in) != fs->blocksize)
 		return 0;
 	blk64_t root = 0;
-	if (ext2fs_bmap2(fs, dir, &in, NULL, 0, 0, NULL, &root) || !root)
-		return 0;
-	unsigned int bs = fs->blocksize;
-	unsigned int csum_size = ext2fs_has_feature_metadata_csum(fs->super) ? sizeof(struct ext2_dir_entry_tail) : 0;
-	blk64_t nb[3] = {0, 0, 0};
-	int taken = 0, switched = 0;
-	char *old = malloc(bs), *leaf = malloc(bs);
-	struct vx_dxent *e = calloc(bs / 8 + 1, sizeof *e);
-	if (!old || !leaf || !e) {
-		err = EXT2_ET_NO_MEMORY;
-		goto out;
-	}
-	if ((err = ext2fs_read_dir_block4(fs, root, old, 0, dir)))
-		goto out;
-	/* ".", "..", then the entries. */
-	int n = 0, seen = 0;
-	uint32_t parent = 0;
-	int hash_alg = fs->super->s_def_hash_version;
-	if (hash_alg <= EXT2_HASH_TEA && (fs->super->s_flags & EXT2_FLAGS_UNSIGNED_HASH))
-		hash_alg += 3;
-	for (unsigned int offset = 0; offset + 8 <= bs - csum_size;) {
-		struct ext2_dir_entry *d = (struct ext2_dir_entry *)(old + offset);
-		unsigned int rec_len = 0;
-		if (ext2fs_get_rec_len(fs, d, &rec_len) || rec_len < 8 || offset + rec_len > bs - csum_size)
-			goto out; /* odd block: leave it linear */
-		int len = ext2fs_dirent_name_len(d);
-		if (seen == 0 && !(len == 1 && d->name[0] == '.'))
-			goto out;
-		if (seen == 1 && !(len == 2 && d->name[0] == '.' && d->name[1] == '.'))
-			goto out;
-		if (seen == 1)
-			parent = d->inode;
-		if (seen >= 2 && d->inode) {
-			e[n].ino = d->inode;
-			e[n].type = ext2fs_dirent_file_type(d);
-			e[n].len = len;
-			e[n].name = d->name;
-			ext2_dirhash_t hash = 0;
-			if ((err = ext2fs_dirhash2(hash_alg, d->name, len, fs->encoding, 0, fs->super->s_hash_seed, &hash, NULL)))
-				goto out;
-			e[n].hash = hash & ~1u;
-			n++;
+	if (ext2fs_bmap2(fs, dir, &in, NULL, 0, 0, NULL, &root) == 0)
+		out->root = root;
+	return 0;
+}
+
+int vx_dir_block_read(ext2_filsys fs, uint64_t block, void *buf, uint32_t dir)
+{
+	return vx_errno(ext2fs_read_dir_block4(fs, block, buf, 0, dir));
+}
+
+int vx_dir_block_write(ext2_filsys fs, uint64_t block, void *buf, uint32_t dir)
+{
+	return vx_errno(ext2fs_write_dir_block4(fs, block, buf, 0, dir));
+}
+
+int vx_dir_name_hash(ext2_filsys fs, int alg, const char *name, size_t len, uint32_t *hash)
+{
+	ext2_dirhash_t h = 0;
+	errcode_t err = ext2fs_dirhash2(alg, name, (int)len, fs->encoding, 0, fs->super->s_hash_seed, &h, NULL);
+	*hash = h;
+	return vx_errno(err);
+}
+
+/* n new blocks, each after the one before, the first near goal; all or none (ENOSPC when
+ * fewer than n are free beyond root's reserve). */
+int vx_take_blocks(ext2_filsys fs, uint64_t goal, uint64_t *out, size_t n)
+{
+	if (vx_allowed_blocks(fs) < n)
+		return ENOSPC;
+	for (size_t i = 0; i < n; i++) {
+		blk64_t b = 0;
+		errcode_t err = ext2fs_new_block2(fs, i ? out[i - 1] + 1 : goal, NULL, &b);
+		if (err) {
+			vx_give_back_blocks(fs, out, i);
+			return vx_errno(err);
 		}
-		seen++;
-		offset += rec_len;
+		ext2fs_block_alloc_stats2(fs, b, +1);
+		out[i] = b;
 	}
-	if (n < 2)
-		goto out;
-	qsort(e, n, sizeof *e, vx_dxent_cmp);
-	/* Split by size near the middle, never between two equal hashes. */
-	unsigned int total = 0, half = 0;
-	for (int i = 0; i < n; i++)
-		total += EXT2_DIR_REC_LEN(e[i].len);
-	int split = 0;
-	while (split < n && half + EXT2_DIR_REC_LEN(e[split].len) <= total / 2)
-		half += EXT2_DIR_REC_LEN(e[split++].len);
-	while (split < n && split > 0 && e[split].hash == e[split - 1].hash)
-		split++;
-	if (split == 0 || split >= n)
-		goto out;
-	/* Three new blocks (root, two leaves), written before the inode switches to them. */
-	if (vx_allowed_blocks(fs) < 3)
-		goto out; /* no room to index: grow linearly (or fail with ENOSPC there) */
-	for (taken = 0; taken < 3; taken++) {
-		if ((err = ext2fs_new_block2(fs, taken ? nb[taken - 1] + 1 : root, NULL, &nb[taken])))
-			goto out;
-		ext2fs_block_alloc_stats2(fs, nb[taken], +1);
+	return 0;
+}
+
+void vx_give_back_blocks(ext2_filsys fs, const uint64_t *blocks, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		ext2fs_block_alloc_stats2(fs, blocks[i], -1);
+}
+
+/* The switch: one inode write maps logical blocks 0..n-1 to blocks, with the index flag
+ * and the size; then the old block is freed. A kill before it leaves the linear directory
+ * (and a leak), after it the whole htree. */
+int vx_switch_to_htree(ext2_filsys fs, uint32_t dir, const uint64_t *blocks, size_t n, uint64_t old)
+{
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, dir, &in);
+	for (blk64_t l = 0; !err && l < n; l++) {
+		blk64_t phys = blocks[l];
+		err = ext2fs_bmap2(fs, dir, &in, NULL, BMAP_SET, l, NULL, &phys);
 	}
-	blk64_t b1 = nb[1], b2 = nb[2];
-	vx_fill_leaf(fs, leaf, e, split, csum_size);
-	if ((err = ext2fs_write_dir_block4(fs, b1, leaf, 0, dir)))
-		goto out;
-	vx_fill_leaf(fs, leaf, e + split, n - split, csum_size);
-	if ((err = ext2fs_write_dir_block4(fs, b2, leaf, 0, dir)))
-		goto out;
-	/* The root: ".", ".." spanning the block, then the index. */
-	memset(leaf, 0, bs);
-	struct ext2_dir_entry *dot = (struct ext2_dir_entry *)leaf;
-	dot->inode = dir;
-	ext2fs_dirent_set_name_len(dot, 1);
-	ext2fs_dirent_set_file_type(dot, ext2fs_has_feature_filetype(fs->super) ? EXT2_FT_DIR : 0);
-	dot->name[0] = '.';
-	ext2fs_set_rec_len(fs, 12, dot);
-	struct ext2_dir_entry *dotdot = (struct ext2_dir_entry *)(leaf + 12);
-	dotdot->inode = parent;
-	ext2fs_dirent_set_name_len(dotdot, 2);
-	ext2fs_dirent_set_file_type(dotdot, ext2fs_has_feature_filetype(fs->super) ? EXT2_FT_DIR : 0);
-	dotdot->name[0] = dotdot->name[1] = '.';
-	ext2fs_set_rec_len(fs, bs - 12, dotdot);
-	struct ext2_dx_root_info *info = (struct ext2_dx_root_info *)(leaf + 24);
-	info->hash_version = fs->super->s_def_hash_version;
-	info->info_length = 8;
-	struct ext2_dx_countlimit *cl = (struct ext2_dx_countlimit *)(leaf + 32);
-	unsigned int dx_csum = ext2fs_has_feature_metadata_csum(fs->super) ? sizeof(struct ext2_dx_tail) : 0;
-	cl->limit = ext2fs_cpu_to_le16((bs - 32 - dx_csum) / sizeof(struct ext2_dx_entry));
-	cl->count = ext2fs_cpu_to_le16(2);
-	struct ext2_dx_entry *ent = (struct ext2_dx_entry *)(leaf + 32);
-	ent[0].block = ext2fs_cpu_to_le32(1);
-	ent[1].hash = ext2fs_cpu_to_le32(e[split].hash);
-	ent[1].block = ext2fs_cpu_to_le32(2);
-	if ((err = ext2fs_write_dir_block4(fs, nb[0], leaf, 0, dir)))
-		goto out;
-	/* The switch: one inode write maps logical 0-2 to the new blocks, with the index flag
-	 * and the size; then the old block is freed. */
-	switched = 1;
-	for (blk64_t l = 0; l < 3; l++) {
-		blk64_t phys = nb[l];
-		if ((err = ext2fs_bmap2(fs, dir, &in, NULL, BMAP_SET, l, NULL, &phys)))
-			goto out;
-	}
-	if ((err = ext2fs_read_inode(fs, dir, &in)))
-		goto out;
-	ext2fs_iblk_add_blocks(fs, &in, 2);
-	if ((err = ext2fs_inode_size_set(fs, &in, 3 * (uint64_t)bs)))
-		goto out;
+	if (!err)
+		err = ext2fs_read_inode(fs, dir, &in);
+	if (err)
+		return vx_errno(err);
+	ext2fs_iblk_add_blocks(fs, &in, n - 1);
+	if ((err = ext2fs_inode_size_set(fs, &in, n * (uint64_t)fs->blocksize)))
+		return vx_errno(err);
 	in.i_flags |= EXT2_INDEX_FL;
 	if ((err = ext2fs_write_inode(fs, dir, &in)))
-		goto out;
-	ext2fs_block_alloc_stats2(fs, root, -1);
-	*done = 1;
-out:
-	/* A failure before the switch gives the new blocks back. */
-	for (int i = 0; err && !switched && i < taken; i++)
-		ext2fs_block_alloc_stats2(fs, nb[i], -1);
-	free(old);
-	free(leaf);
-	free(e);
-	return err;
+		return vx_errno(err);
+	ext2fs_block_alloc_stats2(fs, old, -1);
+	return 0;
 }
 
 /* Makes room in a full directory: an htree from a one-block one, else one more block. */
 static errcode_t vx_grow_dir(ext2_filsys fs, uint32_t dir)
 {
 	int indexed = 0;
-	errcode_t err = vx_make_indexed(fs, dir, &indexed);
+	errcode_t err = vx_make_indexed(fs, dir, &indexed); /* src/htree.rs */
 	if (!err && !indexed)
 		err = ext2fs_expand_dir(fs, dir);
 	return err;
