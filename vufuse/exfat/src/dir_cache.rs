@@ -8,7 +8,7 @@ impl ExFatFs {
         if !st.dirs.contains_key(&id) {
             let info = *st.known.get(&id).ok_or(Errno::EIO)?;
             let extents = self.extents_of(st, info.first, info.contiguous, info.len)?;
-            let bytes = read_extents(
+            let bytes = read_dir_extents(
                 &*self.dev,
                 &extents,
                 self.geo.cluster_shift,

@@ -62,7 +62,7 @@ use boot::Geometry;
 use dir::{DirId, DirIndex};
 use entry_set::{
     EntrySet, FileMeta, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_READ_ONLY, ENTRY,
-    FLAG_ALLOCATION_POSSIBLE, FLAG_NO_FAT_CHAIN, IN_USE,
+    FLAG_ALLOCATION_POSSIBLE, FLAG_NO_FAT_CHAIN, IN_USE, TYPE_END,
 };
 use extents::Extents;
 use fat::Fat;
@@ -250,8 +250,9 @@ impl ExFatFs {
             return Err(refuse("the root directory is larger than 256 MiB".into()));
         }
         let offset_of = |c: u32| geo.cluster_offset(c);
-        let root_bytes = read_extents(&*dev, &root_extents, geo.cluster_shift, offset_of, root_len)
-            .map_err(io("the root directory is unreadable"))?;
+        let root_bytes =
+            read_dir_extents(&*dev, &root_extents, geo.cluster_shift, offset_of, root_len)
+                .map_err(io("the root directory is unreadable"))?;
         // The up-case table is needed to index names, and its entry is in the root.
         let scan = DirIndex::parse(&root_bytes, Extents::default(), &Upcase::standard());
         let upcase = Self::load_upcase(&*dev, &geo, &mut fat, scan.upcase)?;
@@ -500,6 +501,47 @@ fn read_extents(
             offset_of(disk),
         )?;
         done += n;
+    }
+    if done < len {
+        return Err(Errno::EIO);
+    }
+    Ok(bytes)
+}
+
+/// The first piece of a directory read by [`read_dir_extents`]; later pieces double.
+const DIR_READ_FIRST: u64 = 4096;
+/// The largest piece [`read_dir_extents`] reads at once.
+const DIR_READ_MAX: u64 = 1 << 20;
+
+/// A directory's bytes, read only up to its end-of-directory entry (type 0x00): in pieces
+/// from 4 KiB, doubling, so a small directory in a large cluster (32 KiB and more are the
+/// norm on SDXC cards) costs one small read rather than its whole allocation. The bytes not
+/// read stay zero, which is what the specification says follows an end-of-directory entry
+/// (every later entry is one too), and what the parser stops at anyway.
+fn read_dir_extents(
+    dev: &dyn BlockDevice,
+    extents: &Extents,
+    cluster_shift: u32,
+    offset_of: impl Fn(u32) -> u64,
+    len: u64,
+) -> Result<Vec<u8>> {
+    let mut bytes = vec![0u8; len as usize];
+    let (mut done, mut piece) = (0u64, DIR_READ_FIRST);
+    for (disk, count) in extents.runs() {
+        let run_end = (done + ((count as u64) << cluster_shift)).min(len);
+        let mut at = offset_of(disk);
+        while done < run_end {
+            let n = piece.min(run_end - done);
+            let chunk = &mut bytes[done as usize..(done + n) as usize];
+            dev.read_exact_at(chunk, at)?;
+            if chunk.chunks_exact(ENTRY).any(|e| e[0] == TYPE_END) {
+                return Ok(bytes);
+            }
+            (done, at, piece) = (done + n, at + n, (piece * 2).min(DIR_READ_MAX));
+        }
+        if done >= len {
+            break;
+        }
     }
     if done < len {
         return Err(Errno::EIO);
