@@ -906,7 +906,9 @@ fn small_directories_in_large_clusters_are_read_to_their_end_marker_only() {
                 .mkdir(&c, Ino::ROOT, OsStr::new(&format!("dir {i}")), 0o755)
                 .unwrap();
             for name in ["a", "b"] {
-                let (e, o) = fs.create(&c, d.attr.ino, OsStr::new(name), 0o644, 0).unwrap();
+                let (e, o) = fs
+                    .create(&c, d.attr.ino, OsStr::new(name), 0o644, 0)
+                    .unwrap();
                 fs.release(&c, e.attr.ino, o.fh).unwrap();
             }
         }
