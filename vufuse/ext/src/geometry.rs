@@ -136,16 +136,44 @@ pub(crate) fn check(
     if f.magic != EXT2_MAGIC {
         return Err(Problem::NotExt);
     }
+    check_features(&f, read_only, lib)?;
+    if f.incompat & INCOMPAT_JOURNAL_DEV != 0 {
+        // An external journal has no groups; the shim refuses it by name.
+        return Ok(());
+    }
+    let blocks = check_blocks(&f, device_size)?;
+    let ipg = check_inodes_per_group(&f, &blocks)?;
+    let groups = check_groups(&f, &blocks)?;
+    check_inode_count(&f, ipg, groups.count)?;
+    check_descriptors(&f, &blocks, &groups)
+}
+
+/// What the block checks establish, for the inode and descriptor checks.
+struct Blocks {
+    block_size: u64,
+    blocks_per_group: u64,
+}
+
+/// The block groups and how many of their descriptors a block holds.
+struct Groups {
+    count: u64,
+    desc_per_block: u64,
+}
+
+/// Features this libext2fs cannot handle (ro_compat ones only for a read-write mount).
+fn check_features(f: &Fields, read_only: bool, lib: LibFeatures) -> Result<(), Problem> {
     if f.incompat & !lib.incompat != 0 {
         return Err(Problem::Incompat(f.incompat & !lib.incompat));
     }
     if !read_only && f.ro_compat & !lib.ro_compat != 0 {
         return Err(Problem::RoCompat(f.ro_compat & !lib.ro_compat));
     }
-    if f.incompat & INCOMPAT_JOURNAL_DEV != 0 {
-        // An external journal has no groups; the shim refuses it by name.
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// Revision, block and cluster sizes, groups of clusters, the first data block, and a
+/// block count that the device holds.
+fn check_blocks(f: &Fields, device_size: u64) -> Result<Blocks, Problem> {
     if f.rev_level > 1 {
         return Err(corrupt(format!(
             "revision {} is newer than any ext2/3/4 revision (1)",
@@ -219,7 +247,15 @@ pub(crate) fn check(
             f.r_blocks_count, f.blocks_count
         )));
     }
-    // Inodes.
+    Ok(Blocks {
+        block_size,
+        blocks_per_group: bpg,
+    })
+}
+
+/// Inode size and inodes per group; returns the inodes per group.
+fn check_inodes_per_group(f: &Fields, blocks: &Blocks) -> Result<u64, Problem> {
+    let (block_size, bpg) = (blocks.block_size, blocks.blocks_per_group);
     let inode_size = if f.rev_level == 0 {
         128
     } else {
@@ -241,6 +277,12 @@ pub(crate) fn check(
             inodes_per_block.max(8)
         )));
     }
+    Ok(ipg)
+}
+
+/// The group count and the descriptor size.
+fn check_groups(f: &Fields, blocks: &Blocks) -> Result<Groups, Problem> {
+    let (block_size, bpg) = (blocks.block_size, blocks.blocks_per_group);
     let groups = (f.blocks_count - u64::from(f.first_data_block)).div_ceil(bpg);
     let desc_size = if f.incompat & INCOMPAT_64BIT != 0 {
         u64::from(f.desc_size)
@@ -259,6 +301,19 @@ pub(crate) fn check(
     if groups > (1u64 << 32) - desc_per_block {
         return Err(corrupt(format!("{groups} block groups are too many")));
     }
+    Ok(Groups {
+        count: groups,
+        desc_per_block,
+    })
+}
+
+/// The inode count (groups of `ipg`), the first ordinary inode, the extra inode sizes.
+fn check_inode_count(f: &Fields, ipg: u64, groups: u64) -> Result<(), Problem> {
+    let inode_size = if f.rev_level == 0 {
+        128
+    } else {
+        u64::from(f.inode_size)
+    };
     if groups * ipg != u64::from(f.inodes_count) {
         return Err(corrupt(format!(
             "{} inodes are not {groups} groups of {ipg}",
@@ -284,7 +339,13 @@ pub(crate) fn check(
             }
         }
     }
-    // Descriptors: where group 0 keeps them must be inside the filesystem.
+    Ok(())
+}
+
+/// Where group 0 keeps the descriptors must be inside the filesystem; flexible groups.
+fn check_descriptors(f: &Fields, blocks: &Blocks, groups: &Groups) -> Result<(), Problem> {
+    let (block_size, desc_per_block, groups) =
+        (blocks.block_size, groups.desc_per_block, groups.count);
     if u64::from(f.reserved_gdt_blocks) > block_size / 4 {
         return Err(corrupt(format!(
             "{} reserved descriptor blocks (at most {})",
