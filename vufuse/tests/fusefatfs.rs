@@ -448,3 +448,53 @@ fn polls_by_default_with_one_serving_thread() {
         fsck_fat_clean(&img);
     }
 }
+
+/// FAT and exFAT keep no extended attributes: the first xattr request is answered ENOSYS,
+/// the kernel then asks no more (it looked for security.capability before every write and
+/// chown: three round trips per file of an untar) and tells callers EOPNOTSUPP itself.
+#[test]
+fn xattr_requests_stop_after_the_first_and_callers_see_eopnotsupp() {
+    for (mkfs, name) in [("mkfs.fat -F 32", "fat.img"), ("mkfs.exfat", "exfat.img")] {
+        let tool = mkfs.split(' ').next().unwrap();
+        if Command::new(tool).arg("--help").output().is_err() {
+            testkit::skip(&format!("{tool} is not installed"));
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join(name);
+        sh(&format!(
+            "truncate -s 64M '{0}' && {mkfs} '{0}' >/dev/null",
+            img.display()
+        ));
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let daemon = Command::new(BIN)
+            .args(["-f", "-d", "-o", "rw+"])
+            .arg(&img)
+            .arg(&mnt)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until_mounted(&mnt, Duration::from_secs(10));
+        let errors = sh(&format!(
+            "cd '{}' && for i in $(seq 1 20); do for k in 1 2 3; do echo $k >> f$i; done; done; \
+             getfattr -n user.x f1 2>&1; setfattr -n user.x -v 1 f1 2>&1; getfattr -d f1 2>&1; true",
+            mnt.display()
+        ));
+        assert_eq!(
+            errors.matches("Operation not supported").count(),
+            3,
+            "{name}: {errors}"
+        );
+        testkit::unmount(&mnt);
+        let out = daemon.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        let xattr_requests: Vec<&str> = log.lines().filter(|l| l.contains("xattr(")).collect();
+        assert!(
+            xattr_requests.len() <= 4 && xattr_requests.iter().all(|l| l.contains("ENOSYS")),
+            "{name}: {xattr_requests:#?}"
+        );
+        let writes = log.lines().filter(|l| l.starts_with("write(")).count();
+        assert!(writes >= 60, "{name}: {writes} writes");
+    }
+}

@@ -368,6 +368,7 @@ impl FileSystem for DevFs {
         };
         Capabilities {
             cache,
+            xattrs: false,
             ..Capabilities::default()
         }
     }

@@ -271,6 +271,11 @@ pub struct Capabilities {
     /// driver whose directories change through this mount alone (the kernel drops a cached
     /// listing when it changes the directory itself or sees its mtime change).
     pub cache_dirs: bool,
+    /// The driver keeps extended attributes. When false, the FUSE front end answers every
+    /// xattr request with `ENOSYS`: the kernel then stops sending them for the mount and
+    /// answers `EOPNOTSUPP` itself (the driver's answer), which saves the round trip it makes
+    /// before each write and chown to look for `security.capability`.
+    pub xattrs: bool,
 }
 
 impl Default for Capabilities {
@@ -287,6 +292,7 @@ impl Default for Capabilities {
             passthrough: false,
             writeback_cache: false,
             cache_dirs: false,
+            xattrs: true,
         }
     }
 }

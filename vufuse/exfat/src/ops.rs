@@ -15,6 +15,7 @@ impl FileSystem for ExFatFs {
             },
             flush_is_noop: true,
             one_thread_suffices: true,
+            xattrs: false,
             ..Capabilities::default()
         }
     }

@@ -16,6 +16,7 @@ impl FileSystem for FatFs {
                 entry_ttl: Duration::from_secs(60),
             },
             one_thread_suffices: true,
+            xattrs: false,
             ..Capabilities::default()
         }
     }

@@ -198,6 +198,12 @@ impl FuseAdapter {
         self
     }
 
+    /// `ENOSYS` for an xattr request to a driver that keeps none (`Capabilities::xattrs`):
+    /// the kernel stops sending them and answers `EOPNOTSUPP` itself.
+    fn without_xattrs(&self) -> Option<Errno> {
+        (!self.caps.xattrs).then_some(Errno::ENOSYS)
+    }
+
     /// Reports every request to `poll` (the `busy_poll` mount option).
     pub fn with_busy_poll(mut self, poll: Arc<BusyPoll>) -> FuseAdapter {
         self.busy_poll = Some(poll);
@@ -1034,9 +1040,13 @@ impl fuser::Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let result = self
-            .fs
-            .setxattr(&context(req, None), Ino(ino.0), name, value, flags);
+        let result = self.without_xattrs().map_or_else(
+            || {
+                self.fs
+                    .setxattr(&context(req, None), Ino(ino.0), name, value, flags)
+            },
+            Err,
+        );
         self.answer(
             req,
             || {
@@ -1052,7 +1062,10 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let result = self.fs.getxattr(&context(req, None), Ino(ino.0), name);
+        let result = self.without_xattrs().map_or_else(
+            || self.fs.getxattr(&context(req, None), Ino(ino.0), name),
+            Err,
+        );
         self.trace(
             req,
             || format!("getxattr({}, {name:?}, {size})", ino.0),
@@ -1063,8 +1076,8 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let result = self
-            .fs
-            .listxattr(&context(req, None), Ino(ino.0))
+            .without_xattrs()
+            .map_or_else(|| self.fs.listxattr(&context(req, None), Ino(ino.0)), Err)
             .map(|names| {
                 // The protocol's list: each name followed by a NUL.
                 let mut list = Vec::new();
@@ -1083,7 +1096,10 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.fs.removexattr(&context(req, None), Ino(ino.0), name);
+        let result = self.without_xattrs().map_or_else(
+            || self.fs.removexattr(&context(req, None), Ino(ino.0), name),
+            Err,
+        );
         self.answer(
             req,
             || format!("removexattr({}, {name:?})", ino.0),
