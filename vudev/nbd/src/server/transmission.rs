@@ -16,6 +16,14 @@ use vudev::{BlockDevice, Errno, FileDevice};
 /// Most extents in one block status reply.
 const MAX_EXTENTS: usize = 1 << 16;
 
+/// What the reader does after serving a request.
+enum Step {
+    /// Read the next request.
+    Next,
+    /// `NBD_CMD_DISC`: the client is done.
+    HangUp,
+}
+
 /// What an error reply says: an NBD error and a message for the human.
 pub(super) struct Failure(pub(super) u32, pub(super) String);
 
@@ -88,9 +96,7 @@ impl<S: Transport> Conn<'_, S> {
         index: usize,
         pipe: Option<(&Pipe, std::sync::mpsc::SyncSender<Job>)>,
     ) -> io::Result<()> {
-        let server = self.server;
-        let (name, export) = &server.exports[index];
-        let size = export.device.size();
+        let size = self.server.exports[index].1.device.size();
         let mut buf: Vec<u8> = Vec::new();
         loop {
             if let Some((p, _)) = &pipe {
@@ -98,198 +104,254 @@ impl<S: Transport> Conn<'_, S> {
                     return Err(protocol_error("a reply could not be sent"));
                 }
             }
-            let mut header = [0u8; Request::SIZE];
-            match self.s.read_exact(&mut header) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            let Some(req) = Request::decode(&header) else {
-                return Err(protocol_error("bad request magic"));
+            let Some(req) = self.read_request()? else {
+                return Ok(());
             };
             let end = req.offset.checked_add(req.len.into());
             let in_range = end.is_some_and(|e| e <= size);
             if req.kind == CMD_WRITE {
-                if req.len > MAX_PAYLOAD {
-                    // The payload cannot be skipped cheaply: answer, then hang up.
-                    let f = Failure::inval("write longer than 32 MiB");
-                    if let Some((p, _)) = &pipe {
-                        p.wait_below(0);
-                    }
-                    let _ = self.reply_failure(&req, f, name);
-                    return Err(protocol_error("write payload too big"));
-                }
-                if let Some((p, _)) = &pipe {
-                    buf = p.take_buf();
-                }
-                buf.resize(req.len as usize, 0);
-                self.s.read_exact(&mut buf)?;
+                self.read_payload(index, &req, pipe.as_ref().map(|(p, _)| *p), &mut buf)?;
             }
             if let Some((p, tx)) = &pipe {
-                let ok_flags = req.flags & !CMD_FLAG_FUA == 0
-                    || (req.kind == CMD_READ
-                        && self.structured
-                        && req.flags & !(CMD_FLAG_FUA | CMD_FLAG_DF) == 0);
-                let ready = !server.is_shutting_down()
-                    && ok_flags
-                    && in_range
-                    && req.len <= MAX_PAYLOAD
-                    && (req.kind == CMD_READ || (req.kind == CMD_WRITE && !export.read_only));
-                if ready {
-                    let payload = if req.kind == CMD_WRITE {
-                        std::mem::take(&mut buf)
-                    } else {
-                        Vec::new()
-                    };
-                    p.wait_below(MAX_INFLIGHT_BYTES.saturating_sub(payload.len()));
-                    {
-                        let mut n = p.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                        n.0 += 1;
-                        n.1 += payload.len();
-                    }
-                    if tx.send(Job { req, payload }).is_err() {
-                        return Err(protocol_error("the workers stopped"));
-                    }
+                if self.hand_over(index, p, tx, req, in_range, &mut buf)? {
                     continue;
                 }
                 // Replies from here on are written by this thread: none may interleave.
                 p.wait_below(0);
             }
-            if server.is_shutting_down() {
-                let f = Failure(NBD_ESHUTDOWN, "server shutting down".into());
-                self.reply_failure(&req, f, name)?;
-                continue;
-            }
-            let allowed = match req.kind {
-                CMD_READ if self.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
-                CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
-                CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
-                _ => CMD_FLAG_FUA,
-            };
-            if req.flags & !allowed != 0 {
-                self.reply_failure(&req, Failure::inval("unknown command flags"), name)?;
-                continue;
-            }
-            let fua = req.flags & CMD_FLAG_FUA != 0;
-            let dev = &export.device;
-            let result: Result<(), Failure> = match req.kind {
-                CMD_DISC => return Ok(()),
-                CMD_READ => {
-                    if req.len > MAX_PAYLOAD {
-                        Err(Failure::inval("read longer than 32 MiB"))
-                    } else if !in_range {
-                        Err(Failure::inval("read past the end of the export"))
-                    } else if let Some((file, base)) = &export.direct {
-                        if self.s.socket_fd().is_some() {
-                            self.send_read_direct(&req, file, base + req.offset)?;
-                            continue;
-                        }
-                        buf.resize(req.len as usize, 0);
-                        match dev.read_exact_at(&mut buf, req.offset) {
-                            Ok(()) => {
-                                self.send_read(&req, &buf)?;
-                                continue;
-                            }
-                            Err(e) => Err(Failure::errno(e)),
-                        }
-                    } else {
-                        buf.resize(req.len as usize, 0);
-                        match dev.read_exact_at(&mut buf, req.offset) {
-                            Ok(()) => {
-                                self.send_read(&req, &buf)?;
-                                continue;
-                            }
-                            Err(e) => Err(Failure::errno(e)),
-                        }
-                    }
-                }
-                CMD_WRITE => {
-                    if export.read_only {
-                        Err(Failure(NBD_EPERM, "export is read-only".into()))
-                    } else if !in_range {
-                        Err(Failure(
-                            NBD_ENOSPC,
-                            "write past the end of the export".into(),
-                        ))
-                    } else {
-                        dev.write_all_at(&buf, req.offset)
-                            .and_then(|()| if fua { dev.flush() } else { Ok(()) })
-                            .map_err(Failure::errno)
-                    }
-                }
-                CMD_FLUSH => dev.flush().map_err(Failure::errno),
-                CMD_TRIM => {
-                    if export.read_only {
-                        Err(Failure(NBD_EPERM, "export is read-only".into()))
-                    } else if !in_range {
-                        Err(Failure::inval("trim past the end of the export"))
-                    } else {
-                        dev.discard(req.offset, req.len.into())
-                            .and_then(|()| if fua { dev.flush() } else { Ok(()) })
-                            .map_err(Failure::errno)
-                    }
-                }
-                CMD_CACHE => {
-                    if in_range {
-                        dev.prefetch(req.offset, req.len.into());
-                        Ok(())
-                    } else {
-                        Err(Failure::inval("cache past the end of the export"))
-                    }
-                }
-                CMD_WRITE_ZEROES => {
-                    if export.read_only {
-                        Err(Failure(NBD_EPERM, "export is read-only".into()))
-                    } else if !in_range {
-                        Err(Failure(
-                            NBD_ENOSPC,
-                            "zeroing past the end of the export".into(),
-                        ))
-                    } else {
-                        let can_punch = req.flags & CMD_FLAG_NO_HOLE == 0 && dev.discard_zeroes();
-                        if req.flags & CMD_FLAG_FAST_ZERO != 0 && !can_punch {
-                            Err(Failure(NBD_ENOTSUP, "zeroing would not be fast".into()))
-                        } else {
-                            let r = if can_punch {
-                                dev.discard(req.offset, req.len.into())
-                            } else {
-                                write_zeros(dev.as_ref(), req.offset, req.len.into())
-                            };
-                            r.and_then(|()| if fua { dev.flush() } else { Ok(()) })
-                                .map_err(Failure::errno)
-                        }
-                    }
-                }
-                CMD_BLOCK_STATUS => {
-                    if !self.structured || self.meta != Some(index) {
-                        Err(Failure::inval("no metadata context was selected"))
-                    } else if req.len == 0 || !in_range {
-                        Err(Failure::inval("block status outside the export"))
-                    } else {
-                        let max = if req.flags & CMD_FLAG_REQ_ONE != 0 {
-                            1
-                        } else {
-                            MAX_EXTENTS
-                        };
-                        match export.allocation.extents(req.offset, req.len.into(), max) {
-                            Ok(extents) => {
-                                self.send_block_status(&req, &extents, max)?;
-                                continue;
-                            }
-                            Err(e) => Err(Failure::errno(e)),
-                        }
-                    }
-                }
-                _ => Err(Failure::inval("unknown command")),
-            };
-            match result {
-                Ok(()) => self.reply_ok(req.cookie)?,
-                Err(f) => self.reply_failure(&req, f, name)?,
-            }
-            if buf.capacity() > 4 << 20 {
-                buf = Vec::new();
+            if let Step::HangUp = self.execute(index, req, in_range, &mut buf)? {
+                return Ok(());
             }
         }
+    }
+
+    /// The next request header; None at the end of the stream.
+    fn read_request(&mut self) -> io::Result<Option<Request>> {
+        let mut header = [0u8; Request::SIZE];
+        match self.s.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        match Request::decode(&header) {
+            Some(req) => Ok(Some(req)),
+            None => Err(protocol_error("bad request magic")),
+        }
+    }
+
+    /// Reads a WRITE's payload into `buf` (a reused buffer of `pipe` when there is one).
+    /// One over 32 MiB is answered with `EINVAL` and ends the connection: it cannot be
+    /// skipped cheaply.
+    fn read_payload(
+        &mut self,
+        index: usize,
+        req: &Request,
+        pipe: Option<&Pipe>,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        if req.len > MAX_PAYLOAD {
+            let f = Failure::inval("write longer than 32 MiB");
+            if let Some(p) = pipe {
+                p.wait_below(0);
+            }
+            let _ = self.reply_failure(req, f, &self.server.exports[index].0);
+            return Err(protocol_error("write payload too big"));
+        }
+        if let Some(p) = pipe {
+            *buf = p.take_buf();
+        }
+        buf.resize(req.len as usize, 0);
+        self.s.read_exact(buf)
+    }
+
+    /// Queues a plain, valid READ or WRITE for the workers; false for anything else
+    /// (served by [`execute`](Self::execute)). Waits while too much write payload is in
+    /// flight.
+    fn hand_over(
+        &self,
+        index: usize,
+        p: &Pipe,
+        tx: &std::sync::mpsc::SyncSender<Job>,
+        req: Request,
+        in_range: bool,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<bool> {
+        let export = &self.server.exports[index].1;
+        let ok_flags = req.flags & !CMD_FLAG_FUA == 0
+            || (req.kind == CMD_READ
+                && self.structured
+                && req.flags & !(CMD_FLAG_FUA | CMD_FLAG_DF) == 0);
+        let ready = !self.server.is_shutting_down()
+            && ok_flags
+            && in_range
+            && req.len <= MAX_PAYLOAD
+            && (req.kind == CMD_READ || (req.kind == CMD_WRITE && !export.read_only));
+        if !ready {
+            return Ok(false);
+        }
+        let payload = if req.kind == CMD_WRITE {
+            std::mem::take(buf)
+        } else {
+            Vec::new()
+        };
+        p.wait_below(MAX_INFLIGHT_BYTES.saturating_sub(payload.len()));
+        {
+            let mut n = p.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            n.0 += 1;
+            n.1 += payload.len();
+        }
+        if tx.send(Job { req, payload }).is_err() {
+            return Err(protocol_error("the workers stopped"));
+        }
+        Ok(true)
+    }
+
+    /// Serves one request on this thread and replies to it (`buf` holds a WRITE's
+    /// payload, and is reused for read data).
+    fn execute(
+        &mut self,
+        index: usize,
+        req: Request,
+        in_range: bool,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<Step> {
+        let server = self.server;
+        let (name, export) = &server.exports[index];
+        if server.is_shutting_down() {
+            let f = Failure(NBD_ESHUTDOWN, "server shutting down".into());
+            self.reply_failure(&req, f, name)?;
+            return Ok(Step::Next);
+        }
+        let allowed = match req.kind {
+            CMD_READ if self.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
+            CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+            CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+            _ => CMD_FLAG_FUA,
+        };
+        if req.flags & !allowed != 0 {
+            self.reply_failure(&req, Failure::inval("unknown command flags"), name)?;
+            return Ok(Step::Next);
+        }
+        let fua = req.flags & CMD_FLAG_FUA != 0;
+        let dev = &export.device;
+        let result: Result<(), Failure> = match req.kind {
+            CMD_DISC => return Ok(Step::HangUp),
+            CMD_READ => {
+                if req.len > MAX_PAYLOAD {
+                    Err(Failure::inval("read longer than 32 MiB"))
+                } else if !in_range {
+                    Err(Failure::inval("read past the end of the export"))
+                } else if let Some((file, base)) = &export.direct {
+                    if self.s.socket_fd().is_some() {
+                        self.send_read_direct(&req, file, base + req.offset)?;
+                        return Ok(Step::Next);
+                    }
+                    buf.resize(req.len as usize, 0);
+                    match dev.read_exact_at(buf, req.offset) {
+                        Ok(()) => {
+                            self.send_read(&req, buf)?;
+                            return Ok(Step::Next);
+                        }
+                        Err(e) => Err(Failure::errno(e)),
+                    }
+                } else {
+                    buf.resize(req.len as usize, 0);
+                    match dev.read_exact_at(buf, req.offset) {
+                        Ok(()) => {
+                            self.send_read(&req, buf)?;
+                            return Ok(Step::Next);
+                        }
+                        Err(e) => Err(Failure::errno(e)),
+                    }
+                }
+            }
+            CMD_WRITE => {
+                if export.read_only {
+                    Err(Failure(NBD_EPERM, "export is read-only".into()))
+                } else if !in_range {
+                    Err(Failure(
+                        NBD_ENOSPC,
+                        "write past the end of the export".into(),
+                    ))
+                } else {
+                    dev.write_all_at(buf, req.offset)
+                        .and_then(|()| if fua { dev.flush() } else { Ok(()) })
+                        .map_err(Failure::errno)
+                }
+            }
+            CMD_FLUSH => dev.flush().map_err(Failure::errno),
+            CMD_TRIM => {
+                if export.read_only {
+                    Err(Failure(NBD_EPERM, "export is read-only".into()))
+                } else if !in_range {
+                    Err(Failure::inval("trim past the end of the export"))
+                } else {
+                    dev.discard(req.offset, req.len.into())
+                        .and_then(|()| if fua { dev.flush() } else { Ok(()) })
+                        .map_err(Failure::errno)
+                }
+            }
+            CMD_CACHE => {
+                if in_range {
+                    dev.prefetch(req.offset, req.len.into());
+                    Ok(())
+                } else {
+                    Err(Failure::inval("cache past the end of the export"))
+                }
+            }
+            CMD_WRITE_ZEROES => {
+                if export.read_only {
+                    Err(Failure(NBD_EPERM, "export is read-only".into()))
+                } else if !in_range {
+                    Err(Failure(
+                        NBD_ENOSPC,
+                        "zeroing past the end of the export".into(),
+                    ))
+                } else {
+                    let can_punch = req.flags & CMD_FLAG_NO_HOLE == 0 && dev.discard_zeroes();
+                    if req.flags & CMD_FLAG_FAST_ZERO != 0 && !can_punch {
+                        Err(Failure(NBD_ENOTSUP, "zeroing would not be fast".into()))
+                    } else {
+                        let r = if can_punch {
+                            dev.discard(req.offset, req.len.into())
+                        } else {
+                            write_zeros(dev.as_ref(), req.offset, req.len.into())
+                        };
+                        r.and_then(|()| if fua { dev.flush() } else { Ok(()) })
+                            .map_err(Failure::errno)
+                    }
+                }
+            }
+            CMD_BLOCK_STATUS => {
+                if !self.structured || self.meta != Some(index) {
+                    Err(Failure::inval("no metadata context was selected"))
+                } else if req.len == 0 || !in_range {
+                    Err(Failure::inval("block status outside the export"))
+                } else {
+                    let max = if req.flags & CMD_FLAG_REQ_ONE != 0 {
+                        1
+                    } else {
+                        MAX_EXTENTS
+                    };
+                    match export.allocation.extents(req.offset, req.len.into(), max) {
+                        Ok(extents) => {
+                            self.send_block_status(&req, &extents, max)?;
+                            return Ok(Step::Next);
+                        }
+                        Err(e) => Err(Failure::errno(e)),
+                    }
+                }
+            }
+            _ => Err(Failure::inval("unknown command")),
+        };
+        match result {
+            Ok(()) => self.reply_ok(req.cookie)?,
+            Err(f) => self.reply_failure(&req, f, name)?,
+        }
+        if buf.capacity() > 4 << 20 {
+            *buf = Vec::new();
+        }
+        Ok(Step::Next)
     }
 
     fn send_read(&mut self, req: &Request, data: &[u8]) -> io::Result<()> {
