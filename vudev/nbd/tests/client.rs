@@ -5,21 +5,12 @@ mod common;
 use common::*;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::s;
 use vudev::{BlockDevice, Errno, Ramdisk};
 use vudev_nbd::{ClientOptions, Export, FileAllocation, NbdDevice, Server, ServerOptions};
-
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn nbdkit(sock: &Path, args: &[&str]) -> Peer {
     let child = Command::new("nbdkit")
@@ -271,31 +262,8 @@ fn our_client_against_vunbd_over_tcp() {
     let img = dir.path().join("disk.img");
     let mut model = random_bytes(2 << 20, 14);
     std::fs::write(&img, &model).unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    let child = Command::new(env!("CARGO_BIN_EXE_vunbd"))
-        .args([
-            s(&img),
-            "--name",
-            "x",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _peer = Peer(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let dev = loop {
-        match NbdDevice::connect(&format!("nbd://127.0.0.1:{port}/x")) {
-            Ok(d) => break d,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "{e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    };
+    let (_peer, port) = vunbd_tcp(&[s(&img), "--name", "x"]);
+    let dev = NbdDevice::connect(&format!("nbd://127.0.0.1:{port}/x")).unwrap();
     exercise(&dev, &mut model);
     dev.flush().unwrap();
     assert!(std::fs::read(&img).unwrap() == model);

@@ -8,22 +8,13 @@ use common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use testkit::{run, run_ok, s};
 use vudev::BlockDevice;
 use vudev_nbd::proto::*;
 use vudev_nbd::NbdDevice;
-
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Writes `template` and runs certtool with `args` plus `--template`, output to `out`.
 fn certtool(dir: &Path, template: &str, args: &[&str], out: &str) {
@@ -120,31 +111,6 @@ fn certificates() -> Option<&'static (PathBuf, PathBuf, PathBuf)> {
         Some((good, ca_only, other))
     })
     .as_ref()
-}
-
-/// A free TCP port on 127.0.0.1 (free when asked; taken by the next server started).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// vunbd with `args` on 127.0.0.1:PORT, once it accepts.
-fn vunbd_tcp(args: &[&str]) -> (Peer, u16) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_vunbd"))
-        .args(args)
-        .args(["--bind", &format!("127.0.0.1:{port}")])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut p = Peer(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(p.0.try_wait().unwrap().is_none(), "vunbd exited early");
-        assert!(Instant::now() < deadline, "vunbd never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (p, port)
 }
 
 fn tls_uri(socket: &Path, name: &str, certs: &Path) -> String {

@@ -65,6 +65,41 @@ impl Drop for Vunbd {
     }
 }
 
+/// A server process (nbdkit, qemu-nbd, vunbd), killed when dropped.
+pub struct Peer(pub Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; taken by the next server started).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// vunbd with `args` on 127.0.0.1:PORT, once it accepts.
+pub fn vunbd_tcp(args: &[&str]) -> (Peer, u16) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_vunbd"))
+        .args(args)
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut p = Peer(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(p.0.try_wait().unwrap().is_none(), "vunbd exited early");
+        assert!(Instant::now() < deadline, "vunbd never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (p, port)
+}
+
 pub fn uri(socket: &Path, name: &str) -> String {
     format!("nbd+unix:///{name}?socket={}", socket.display())
 }

@@ -1,0 +1,504 @@
+//! The transmission phase: requests read in order, READ and WRITE handed to the
+//! workers, everything else (FLUSH, TRIM, CACHE, WRITE_ZEROES, BLOCK_STATUS, DISC)
+//! served by the reader once the workers are idle; and the replies.
+
+use super::connection::Conn;
+use super::protocol_error;
+use super::transport::{write_parts, SockOut, Transport};
+use super::workers::{Job, Pipe, Worker, MAX_INFLIGHT_BYTES, QUEUED, WORKERS};
+use crate::extents::Extent;
+use crate::proto::*;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use vudev::{BlockDevice, Errno, FileDevice};
+
+/// Most extents in one block status reply.
+const MAX_EXTENTS: usize = 1 << 16;
+
+/// What the reader does after serving a request.
+enum Step {
+    /// Read the next request.
+    Next,
+    /// `NBD_CMD_DISC`: the client is done.
+    HangUp,
+}
+
+/// What an error reply says: an NBD error and a message for the human.
+pub(super) struct Failure(pub(super) u32, pub(super) String);
+
+impl Failure {
+    pub(super) fn errno(e: Errno) -> Failure {
+        Failure(errno_to_nbd(e), e.to_string())
+    }
+    fn inval(msg: impl Into<String>) -> Failure {
+        Failure(NBD_EINVAL, msg.into())
+    }
+}
+
+impl<S: Transport> Conn<'_, S> {
+    fn reply_ok(&mut self, cookie: u64) -> io::Result<()> {
+        self.send(&simple_reply(0, cookie))
+    }
+
+    fn reply_failure(&mut self, req: &Request, f: Failure, export: &str) -> io::Result<()> {
+        self.server.log(format_args!(
+            "client {} export {export:?}: {} at {} length {}: {}",
+            self.peer,
+            command_name(req.kind),
+            req.offset,
+            req.len,
+            f.1
+        ));
+        if self.structured {
+            let chunk = error_chunk(req.cookie, f.0, &f.1);
+            self.send(&chunk)
+        } else {
+            self.send(&simple_reply(f.0, req.cookie))
+        }
+    }
+
+    pub(super) fn transmission(&mut self, index: usize) -> io::Result<()> {
+        let Some(fd) = self.s.clone_socket() else {
+            return self.serve(index, None);
+        };
+        let pipe = Pipe {
+            out: Mutex::new(SockOut(std::fs::File::from(fd))),
+            inflight: Mutex::new((0, 0)),
+            idle: std::sync::Condvar::new(),
+            broken: AtomicBool::new(false),
+            spare: Mutex::new(Vec::new()),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUED);
+        let rx = Mutex::new(rx);
+        let worker = Worker {
+            server: self.server,
+            export: &self.server.exports[index],
+            peer: self.peer,
+            structured: self.structured,
+        };
+        std::thread::scope(|scope| {
+            for _ in 0..WORKERS {
+                let (pipe, rx, worker) = (&pipe, &rx, &worker);
+                scope.spawn(move || worker.run(pipe, rx));
+            }
+            let res = self.serve(index, Some((&pipe, tx)));
+            pipe.wait_below(0);
+            res
+        })
+    }
+
+    /// The transmission phase: requests read here; READ and WRITE handed to the workers
+    /// of `pipe` when there are some, everything else (and everything without workers)
+    /// served here, once the workers are idle.
+    fn serve(
+        &mut self,
+        index: usize,
+        pipe: Option<(&Pipe, std::sync::mpsc::SyncSender<Job>)>,
+    ) -> io::Result<()> {
+        let size = self.server.exports[index].1.device.size();
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            if let Some((p, _)) = &pipe {
+                if p.broken.load(Ordering::Relaxed) {
+                    return Err(protocol_error("a reply could not be sent"));
+                }
+            }
+            let Some(req) = self.read_request()? else {
+                return Ok(());
+            };
+            let end = req.offset.checked_add(req.len.into());
+            let in_range = end.is_some_and(|e| e <= size);
+            if req.kind == CMD_WRITE {
+                self.read_payload(index, &req, pipe.as_ref().map(|(p, _)| *p), &mut buf)?;
+            }
+            if let Some((p, tx)) = &pipe {
+                if self.hand_over(index, p, tx, req, in_range, &mut buf)? {
+                    continue;
+                }
+                // Replies from here on are written by this thread: none may interleave.
+                p.wait_below(0);
+            }
+            if let Step::HangUp = self.execute(index, req, in_range, &mut buf)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next request header; None at the end of the stream.
+    fn read_request(&mut self) -> io::Result<Option<Request>> {
+        let mut header = [0u8; Request::SIZE];
+        match self.s.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        match Request::decode(&header) {
+            Some(req) => Ok(Some(req)),
+            None => Err(protocol_error("bad request magic")),
+        }
+    }
+
+    /// Reads a WRITE's payload into `buf` (a reused buffer of `pipe` when there is one).
+    /// One over 32 MiB is answered with `EINVAL` and ends the connection: it cannot be
+    /// skipped cheaply.
+    fn read_payload(
+        &mut self,
+        index: usize,
+        req: &Request,
+        pipe: Option<&Pipe>,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        if req.len > MAX_PAYLOAD {
+            let f = Failure::inval("write longer than 32 MiB");
+            if let Some(p) = pipe {
+                p.wait_below(0);
+            }
+            let _ = self.reply_failure(req, f, &self.server.exports[index].0);
+            return Err(protocol_error("write payload too big"));
+        }
+        if let Some(p) = pipe {
+            *buf = p.take_buf();
+        }
+        buf.resize(req.len as usize, 0);
+        self.s.read_exact(buf)
+    }
+
+    /// Queues a plain, valid READ or WRITE for the workers; false for anything else
+    /// (served by [`execute`](Self::execute)). Waits while too much write payload is in
+    /// flight.
+    fn hand_over(
+        &self,
+        index: usize,
+        p: &Pipe,
+        tx: &std::sync::mpsc::SyncSender<Job>,
+        req: Request,
+        in_range: bool,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<bool> {
+        let export = &self.server.exports[index].1;
+        let ok_flags = req.flags & !CMD_FLAG_FUA == 0
+            || (req.kind == CMD_READ
+                && self.structured
+                && req.flags & !(CMD_FLAG_FUA | CMD_FLAG_DF) == 0);
+        let ready = !self.server.is_shutting_down()
+            && ok_flags
+            && in_range
+            && req.len <= MAX_PAYLOAD
+            && (req.kind == CMD_READ || (req.kind == CMD_WRITE && !export.read_only));
+        if !ready {
+            return Ok(false);
+        }
+        let payload = if req.kind == CMD_WRITE {
+            std::mem::take(buf)
+        } else {
+            Vec::new()
+        };
+        p.wait_below(MAX_INFLIGHT_BYTES.saturating_sub(payload.len()));
+        {
+            let mut n = p.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            n.0 += 1;
+            n.1 += payload.len();
+        }
+        if tx.send(Job { req, payload }).is_err() {
+            return Err(protocol_error("the workers stopped"));
+        }
+        Ok(true)
+    }
+
+    /// Serves one request on this thread and replies to it (`buf` holds a WRITE's
+    /// payload, and is reused for read data).
+    fn execute(
+        &mut self,
+        index: usize,
+        req: Request,
+        in_range: bool,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<Step> {
+        let server = self.server;
+        let (name, export) = &server.exports[index];
+        if server.is_shutting_down() {
+            let f = Failure(NBD_ESHUTDOWN, "server shutting down".into());
+            self.reply_failure(&req, f, name)?;
+            return Ok(Step::Next);
+        }
+        let allowed = match req.kind {
+            CMD_READ if self.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
+            CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+            CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+            _ => CMD_FLAG_FUA,
+        };
+        if req.flags & !allowed != 0 {
+            self.reply_failure(&req, Failure::inval("unknown command flags"), name)?;
+            return Ok(Step::Next);
+        }
+        let fua = req.flags & CMD_FLAG_FUA != 0;
+        let dev = &export.device;
+        let result: Result<(), Failure> = match req.kind {
+            CMD_DISC => return Ok(Step::HangUp),
+            CMD_READ => {
+                if req.len > MAX_PAYLOAD {
+                    Err(Failure::inval("read longer than 32 MiB"))
+                } else if !in_range {
+                    Err(Failure::inval("read past the end of the export"))
+                } else if let Some((file, base)) = &export.direct {
+                    if self.s.socket_fd().is_some() {
+                        self.send_read_direct(&req, file, base + req.offset)?;
+                        return Ok(Step::Next);
+                    }
+                    buf.resize(req.len as usize, 0);
+                    match dev.read_exact_at(buf, req.offset) {
+                        Ok(()) => {
+                            self.send_read(&req, buf)?;
+                            return Ok(Step::Next);
+                        }
+                        Err(e) => Err(Failure::errno(e)),
+                    }
+                } else {
+                    buf.resize(req.len as usize, 0);
+                    match dev.read_exact_at(buf, req.offset) {
+                        Ok(()) => {
+                            self.send_read(&req, buf)?;
+                            return Ok(Step::Next);
+                        }
+                        Err(e) => Err(Failure::errno(e)),
+                    }
+                }
+            }
+            CMD_WRITE => {
+                if export.read_only {
+                    Err(Failure(NBD_EPERM, "export is read-only".into()))
+                } else if !in_range {
+                    Err(Failure(
+                        NBD_ENOSPC,
+                        "write past the end of the export".into(),
+                    ))
+                } else {
+                    dev.write_all_at(buf, req.offset)
+                        .and_then(|()| if fua { dev.flush() } else { Ok(()) })
+                        .map_err(Failure::errno)
+                }
+            }
+            CMD_FLUSH => dev.flush().map_err(Failure::errno),
+            CMD_TRIM => {
+                if export.read_only {
+                    Err(Failure(NBD_EPERM, "export is read-only".into()))
+                } else if !in_range {
+                    Err(Failure::inval("trim past the end of the export"))
+                } else {
+                    dev.discard(req.offset, req.len.into())
+                        .and_then(|()| if fua { dev.flush() } else { Ok(()) })
+                        .map_err(Failure::errno)
+                }
+            }
+            CMD_CACHE => {
+                if in_range {
+                    dev.prefetch(req.offset, req.len.into());
+                    Ok(())
+                } else {
+                    Err(Failure::inval("cache past the end of the export"))
+                }
+            }
+            CMD_WRITE_ZEROES => {
+                if export.read_only {
+                    Err(Failure(NBD_EPERM, "export is read-only".into()))
+                } else if !in_range {
+                    Err(Failure(
+                        NBD_ENOSPC,
+                        "zeroing past the end of the export".into(),
+                    ))
+                } else {
+                    let can_punch = req.flags & CMD_FLAG_NO_HOLE == 0 && dev.discard_zeroes();
+                    if req.flags & CMD_FLAG_FAST_ZERO != 0 && !can_punch {
+                        Err(Failure(NBD_ENOTSUP, "zeroing would not be fast".into()))
+                    } else {
+                        let r = if can_punch {
+                            dev.discard(req.offset, req.len.into())
+                        } else {
+                            write_zeros(dev.as_ref(), req.offset, req.len.into())
+                        };
+                        r.and_then(|()| if fua { dev.flush() } else { Ok(()) })
+                            .map_err(Failure::errno)
+                    }
+                }
+            }
+            CMD_BLOCK_STATUS => {
+                if !self.structured || self.meta != Some(index) {
+                    Err(Failure::inval("no metadata context was selected"))
+                } else if req.len == 0 || !in_range {
+                    Err(Failure::inval("block status outside the export"))
+                } else {
+                    let max = if req.flags & CMD_FLAG_REQ_ONE != 0 {
+                        1
+                    } else {
+                        MAX_EXTENTS
+                    };
+                    match export.allocation.extents(req.offset, req.len.into(), max) {
+                        Ok(extents) => {
+                            self.send_block_status(&req, &extents, max)?;
+                            return Ok(Step::Next);
+                        }
+                        Err(e) => Err(Failure::errno(e)),
+                    }
+                }
+            }
+            _ => Err(Failure::inval("unknown command")),
+        };
+        match result {
+            Ok(()) => self.reply_ok(req.cookie)?,
+            Err(f) => self.reply_failure(&req, f, name)?,
+        }
+        if buf.capacity() > 4 << 20 {
+            *buf = Vec::new();
+        }
+        Ok(Step::Next)
+    }
+
+    fn send_read(&mut self, req: &Request, data: &[u8]) -> io::Result<()> {
+        send_read_to(&mut self.s, self.structured, req, data)
+    }
+
+    fn send_read_direct(&mut self, req: &Request, file: &FileDevice, at: u64) -> io::Result<()> {
+        send_read_direct_to(&mut self.s, self.structured, req, file, at)
+    }
+
+    fn send_block_status(
+        &mut self,
+        req: &Request,
+        extents: &[Extent],
+        max: usize,
+    ) -> io::Result<()> {
+        let mut payload = Vec::with_capacity(4 + 8 * extents.len().min(max));
+        payload.extend_from_slice(&1u32.to_be_bytes());
+        let limit = u64::from(req.len);
+        let mut covered = 0u64;
+        for e in extents.iter().take(max) {
+            if e.len == 0 || covered >= limit {
+                continue;
+            }
+            let len = e.len.min(limit - covered);
+            payload.extend_from_slice(&(len as u32).to_be_bytes());
+            payload.extend_from_slice(&e.flags.to_be_bytes());
+            covered += len;
+        }
+        if covered == 0 {
+            payload.extend_from_slice(&req.len.to_be_bytes());
+            payload.extend_from_slice(&0u32.to_be_bytes());
+        }
+        let mut v = chunk_header(
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_BLOCK_STATUS,
+            req.cookie,
+            payload.len() as u32,
+        )
+        .to_vec();
+        v.extend_from_slice(&payload);
+        self.send(&v)
+    }
+}
+
+pub(super) fn send_read_to<W: Transport>(
+    w: &mut W,
+    structured: bool,
+    req: &Request,
+    data: &[u8],
+) -> io::Result<()> {
+    if !structured {
+        let h = simple_reply(0, req.cookie);
+        return write_parts(w, &mut [io::IoSlice::new(&h), io::IoSlice::new(data)]);
+    }
+    if data.is_empty() {
+        let h = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.cookie, 0);
+        w.write_all(&h)?;
+        return w.flush();
+    }
+    if data.iter().all(|&b| b == 0) {
+        let mut v = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_HOLE, req.cookie, 12).to_vec();
+        v.extend_from_slice(&req.offset.to_be_bytes());
+        v.extend_from_slice(&req.len.to_be_bytes());
+        w.write_all(&v)?;
+        return w.flush();
+    }
+    let mut h = chunk_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_DATA,
+        req.cookie,
+        8 + data.len() as u32,
+    )
+    .to_vec();
+    h.extend_from_slice(&req.offset.to_be_bytes());
+    write_parts(w, &mut [io::IoSlice::new(&h), io::IoSlice::new(data)])
+}
+
+/// A read reply whose data goes from `file` at `at` to the socket with `sendfile`:
+/// the header first, then the bytes without a copy through the server. The file
+/// ending early (truncated under us) breaks the connection: the reply cannot be
+/// taken back once its header is out.
+pub(super) fn send_read_direct_to<W: Transport>(
+    w: &mut W,
+    structured: bool,
+    req: &Request,
+    file: &FileDevice,
+    at: u64,
+) -> io::Result<()> {
+    let len = req.len as usize;
+    if structured && len == 0 {
+        let h = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.cookie, 0);
+        w.write_all(&h)?;
+        return w.flush();
+    }
+    if structured {
+        let mut h = chunk_header(
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_OFFSET_DATA,
+            req.cookie,
+            8 + req.len,
+        )
+        .to_vec();
+        h.extend_from_slice(&req.offset.to_be_bytes());
+        w.write_all(&h)?;
+    } else {
+        w.write_all(&simple_reply(0, req.cookie))?;
+    }
+    let Some(sock) = w.socket_fd() else {
+        return Err(protocol_error("no socket to send from"));
+    };
+    let mut offset = at;
+    let mut left = len;
+    while left > 0 {
+        match rustix::fs::sendfile(sock, file.file(), Some(&mut offset), left) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => left -= n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `len` zero bytes at `offset` in 1 MiB pieces.
+fn write_zeros(dev: &dyn BlockDevice, mut offset: u64, mut len: u64) -> vudev::Result<()> {
+    let zeros = vec![0u8; (1 << 20).min(len as usize)];
+    while len > 0 {
+        let n = len.min(zeros.len() as u64) as usize;
+        dev.write_all_at(&zeros[..n], offset)?;
+        offset += n as u64;
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+/// The spec's name of a command, for log lines.
+pub(super) fn command_name(kind: u16) -> &'static str {
+    match kind {
+        CMD_READ => "READ",
+        CMD_WRITE => "WRITE",
+        CMD_DISC => "DISC",
+        CMD_FLUSH => "FLUSH",
+        CMD_TRIM => "TRIM",
+        CMD_CACHE => "CACHE",
+        CMD_WRITE_ZEROES => "WRITE_ZEROES",
+        CMD_BLOCK_STATUS => "BLOCK_STATUS",
+        _ => "unknown command",
+    }
+}
