@@ -1313,3 +1313,42 @@ fn cached_directory_listings_follow_changes() {
     assert!(daemon.wait().unwrap().success());
     e2fsck_clean(&img);
 }
+
+/// A filesystem with the casefold feature mounts read-write: its ordinary directories are
+/// written as on any ext4, a directory flagged casefold (chattr +F) is read by exact case and
+/// its names are never changed (EOPNOTSUPP: the driver does not fold or hash folded names),
+/// and e2fsck finds nothing wrong afterwards.
+#[test]
+fn casefold_images_mount_and_only_casefolded_directories_refuse_name_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("casefold.img");
+    let made = testkit::sh_output(&format!(
+        "truncate -s 32M '{0}' && mke2fs -q -F -t ext4 -O casefold '{0}' && \
+         debugfs -w -R 'mkdir /folded' '{0}' && \
+         debugfs -w -R 'set_inode_field /folded flags 0x40080000' '{0}'",
+        img.display()
+    ));
+    if !made.status.success() {
+        return testkit::skip("this mke2fs cannot make casefold filesystems");
+    }
+    let mnt = dir.path().join("mnt");
+    {
+        let _m = mount(&img, &mnt, &["rw+"]);
+        std::fs::create_dir(mnt.join("plain")).unwrap();
+        std::fs::write(mnt.join("plain/File"), "data\n").unwrap();
+        std::fs::rename(mnt.join("plain/File"), mnt.join("plain/Renamed")).unwrap();
+        let err = std::fs::write(mnt.join("folded/new"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP));
+        let err = std::fs::create_dir(mnt.join("folded/sub")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP));
+        let err = std::fs::rename(mnt.join("plain/Renamed"), mnt.join("folded/in")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP));
+    }
+    wait_for_daemon_exit("fuseext2", &mnt);
+    e2fsck_clean(&img);
+    let cat = sh(&format!(
+        "debugfs -R 'cat /plain/Renamed' '{}' 2>/dev/null",
+        img.display()
+    ));
+    assert_eq!(cat, "data\n");
+}

@@ -325,12 +325,23 @@ static void vx_meta_free(ext2_filsys fs);
 static const struct {
 	uint32_t bit;
 	const char *name;
-	int read_only_ok; /* a read-only mount may go on (names are still found by exact case) */
+	int read_only_ok; /* a read-only mount may go on */
 } vx_refused_incompat[] = {
 	{ EXT4_FEATURE_INCOMPAT_ENCRYPT, "encrypt", 0 },
-	{ EXT4_FEATURE_INCOMPAT_CASEFOLD, "casefold", 1 },
 	{ EXT3_FEATURE_INCOMPAT_JOURNAL_DEV, "journal_dev", 0 },
 };
+
+/* casefold is not refused: only directories flagged casefold (chattr +F) fold names, and
+ * the driver neither folds (their names are found by exact case) nor hashes folded names,
+ * so names in such a directory are never added, removed or renamed (EOPNOTSUPP); every
+ * other directory of the filesystem is an ordinary one. */
+static int vx_names_frozen(ext2_filsys fs, uint32_t dir)
+{
+	struct ext2_inode in;
+	if (!ext2fs_has_feature_casefold(fs->super) || ext2fs_read_inode(fs, dir, &in))
+		return 0;
+	return (in.i_flags & EXT4_CASEFOLD_FL) ? EOPNOTSUPP : 0;
+}
 
 /* libext2fs's messages by code ("Unknown code ext2 60" until the table is registered). */
 static void vx_register_messages(void)
@@ -1166,6 +1177,8 @@ int vx_mknod(ext2_filsys fs, uint32_t dir, const char *name, uint32_t mode, uint
 {
 	if (!vx_name_ok(name))
 		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
+	if (vx_names_frozen(fs, dir))
+		return EOPNOTSUPP;
 	ext2_ino_t existing;
 	if (!known_absent && ext2fs_lookup(fs, dir, name, strlen(name), NULL, &existing) == 0)
 		return EEXIST;
@@ -1245,6 +1258,8 @@ int vx_mkdir(ext2_filsys fs, uint32_t dir, const char *name, uint32_t mode, uint
 {
 	if (!vx_name_ok(name))
 		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
+	if (vx_names_frozen(fs, dir))
+		return EOPNOTSUPP;
 	ext2_ino_t ino;
 	if (!known_absent && ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino) == 0)
 		return EEXIST;
@@ -1271,6 +1286,8 @@ int vx_symlink(ext2_filsys fs, uint32_t dir, const char *name, const char *targe
 {
 	if (!vx_name_ok(name))
 		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
+	if (vx_names_frozen(fs, dir))
+		return EOPNOTSUPP;
 	ext2_ino_t ino;
 	if (!known_absent && ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino) == 0)
 		return EEXIST;
@@ -1315,6 +1332,8 @@ int vx_link(ext2_filsys fs, uint32_t ino, uint32_t dir, const char *name, int64_
 {
 	if (!vx_name_ok(name))
 		return strlen(name) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
+	if (vx_names_frozen(fs, dir))
+		return EOPNOTSUPP;
 	ext2_ino_t existing;
 	if (!known_absent && ext2fs_lookup(fs, dir, name, strlen(name), NULL, &existing) == 0)
 		return EEXIST;
@@ -1475,6 +1494,8 @@ static int vx_empty_dir_cb(ext2_ino_t dir, int entry, struct ext2_dir_entry *dir
 int vx_unlink(ext2_filsys fs, uint32_t dir, const char *name, int want_dir, int64_t s, uint32_t ns,
 	      uint32_t *out_ino, int *out_last)
 {
+	if (vx_names_frozen(fs, dir))
+		return EOPNOTSUPP;
 	ext2_ino_t ino;
 	errcode_t err = ext2fs_lookup(fs, dir, name, strlen(name), NULL, &ino);
 	if (err)
@@ -1572,6 +1593,8 @@ int vx_rename(ext2_filsys fs, uint32_t sdir, const char *sname, uint32_t ddir, c
 	*freed = 0;
 	if (!vx_name_ok(dname))
 		return strlen(dname) > EXT2_NAME_LEN ? ENAMETOOLONG : EINVAL;
+	if (vx_names_frozen(fs, sdir) || vx_names_frozen(fs, ddir))
+		return EOPNOTSUPP;
 	ext2_ino_t src, dst = 0;
 	errcode_t err = ext2fs_lookup(fs, sdir, sname, strlen(sname), NULL, &src);
 	if (err)
