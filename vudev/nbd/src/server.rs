@@ -7,7 +7,6 @@
 //! order; all connections of an export share one device, so a FLUSH on any of them makes
 //! the writes of all of them durable (hence `NBD_FLAG_CAN_MULTI_CONN`).
 
-use crate::extents::{AllData, Allocation, Extent};
 use crate::proto::*;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -252,8 +251,6 @@ pub struct Export {
     pub read_only: bool,
     /// Human-readable description (`NBD_INFO_DESCRIPTION`, `NBD_OPT_LIST`).
     pub description: String,
-    /// Where the data is, for `base:allocation`.
-    pub allocation: Arc<dyn Allocation>,
     /// The raw image file the device reads, and where the export starts in it: read
     /// replies are sent from it with `sendfile` (no copy through the server).
     pub direct: Option<(Arc<FileDevice>, u64)>,
@@ -266,7 +263,6 @@ impl Export {
             read_only: device.read_only(),
             device,
             description: String::new(),
-            allocation: Arc::new(AllData),
             direct: None,
         }
     }
@@ -287,12 +283,6 @@ impl Export {
     /// Sets the description.
     pub fn description(mut self, text: impl Into<String>) -> Export {
         self.description = text.into();
-        self
-    }
-
-    /// Sets the allocation source for block status.
-    pub fn allocation(mut self, allocation: Arc<dyn Allocation>) -> Export {
-        self.allocation = allocation;
         self
     }
 
@@ -1283,7 +1273,7 @@ impl<S: Transport> Conn<'_, S> {
                         } else {
                             MAX_EXTENTS
                         };
-                        match export.allocation.extents(req.offset, req.len.into(), max) {
+                        match export.device.extents(req.offset, req.len.into(), max) {
                             Ok(extents) => {
                                 self.send_block_status(&req, &extents, max)?;
                                 continue;
@@ -1312,10 +1302,12 @@ impl<S: Transport> Conn<'_, S> {
         send_read_direct_to(&mut self.s, self.structured, req, file, at)
     }
 
+    /// Sends the device's extents as one `base:allocation` chunk: extents that read as
+    /// zeros are `NBD_STATE_HOLE | NBD_STATE_ZERO`, the others 0 (data).
     fn send_block_status(
         &mut self,
         req: &Request,
-        extents: &[Extent],
+        extents: &[vudev::Extent],
         max: usize,
     ) -> io::Result<()> {
         let mut payload = Vec::with_capacity(4 + 8 * extents.len().min(max));
@@ -1328,7 +1320,8 @@ impl<S: Transport> Conn<'_, S> {
             }
             let len = e.len.min(limit - covered);
             payload.extend_from_slice(&(len as u32).to_be_bytes());
-            payload.extend_from_slice(&e.flags.to_be_bytes());
+            let flags = if e.zero { STATE_HOLE | STATE_ZERO } else { 0 };
+            payload.extend_from_slice(&flags.to_be_bytes());
             covered += len;
         }
         if covered == 0 {
