@@ -233,8 +233,15 @@ impl BlockDevice for UmlCow {
         while pos < end {
             let mine = bit(&map, pos / self.sector);
             let mut next = (pos / self.sector + 1) * self.sector;
+            let whole = if mine { 0xff } else { 0 };
             while next < end && bit(&map, next / self.sector) == mine {
-                next += self.sector;
+                let s = next / self.sector;
+                // Eight sectors at once where a bitmap byte is all one side.
+                next += if s % 8 == 0 && map[(s / 8) as usize] == whole {
+                    8 * self.sector
+                } else {
+                    self.sector
+                };
             }
             let n = next.min(end) - pos;
             let added = if mine {
