@@ -5,6 +5,8 @@
 //! [`Ramdisk`], and a [`Window`] over another device (a partition). The
 //! [`part`] module reads and writes MBR and GPT tables, and
 //! [`PartitionedDisk`] serves the partitions of a disk and follows re-reads.
+//! Every device also says which of its ranges hold data ([`BlockDevice::extents`]);
+//! [`data_ranges`] turns that into the bounded map a whole-device copy reads.
 
 #![warn(missing_docs)]
 
