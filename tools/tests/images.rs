@@ -852,11 +852,69 @@ fn convert_reads_only_the_data_of_each_format() {
         "256M",
     ]);
     qemu_io(&flat, "vmdk", "write -P 5 7M 1M");
+    // Before the device-layer map, a flat extent's holes were read (256 MiB of preads).
     converts_reading_only_data(&flat, "vmdk", MIB);
+    // A qcow2 over the flat VMDK: the chain's map goes down to the flat file's holes.
+    let over = d.join("over-flat.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "vmdk",
+        "-b",
+        "flat.vmdk",
+        s(&over),
+        "256M",
+    ]);
+    qemu_io(&over, "qcow2", "write -P 6 30M 1M");
+    converts_reading_only_data(&over, "qcow2", 2 * MIB);
 
     let vdi = d.join("disk.vdi");
     qemu_img(&["create", "-q", "-f", "vdi", s(&vdi), "256M"]);
     qemu_io(&vdi, "vdi", "write -P 6 3M 4k");
     qemu_io(&vdi, "vdi", "write -P 6 150M 1M");
     converts_reading_only_data(&vdi, "vdi", 2 * MIB);
+}
+
+#[test]
+fn convert_of_a_32_gib_sparse_vmdk_skips_its_holes() {
+    // A sparse VMDK's holes cost no pread even when read, so what shows a copy that walks
+    // them is CPU time: 32 GiB of zeros filled and checked take seconds (measured: 2.7 s
+    // of CPU for 16 GiB, release build, before the device-layer map), the grain tables
+    // of 1 MiB of data milliseconds.
+    if !have(
+        "convert_of_a_32_gib_sparse_vmdk_skips_its_holes",
+        &["qemu-img", "qemu-io", "/usr/bin/time"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("big.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", s(&img), "32G"]);
+    qemu_io(&img, "vmdk", "write -P 1 20G 1M");
+    let out = dir.path().join("big.raw");
+    let (done, text) = tool(
+        "/usr/bin/time",
+        &[
+            "-f",
+            "cpu %U %S",
+            env!("CARGO_BIN_EXE_vuimg"),
+            "convert",
+            "-q",
+            s(&img),
+            s(&out),
+        ],
+    );
+    assert!(done, "vuimg convert: {text}");
+    let cpu: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .unwrap_or_else(|| panic!("no time line: {text}"))
+        .split_whitespace()
+        .map(|t| t.parse::<f64>().unwrap())
+        .sum();
+    assert!(cpu < 1.5, "{cpu} s of CPU to convert 1 MiB of data");
+    assert_identical(&img, "vmdk", &out, "raw");
 }
