@@ -61,7 +61,12 @@ impl ExtentList {
     /// Adds what `dev` says of `[offset, offset + len)` (an overlay's backing file, a
     /// partition's parent); bytes past `dev`'s end read as zeros. Returns how many bytes
     /// were added (less than `len` once the list is full).
-    pub fn push_from(&mut self, dev: &dyn BlockDevice, offset: u64, len: u64) -> Result<u64> {
+    pub fn push_from<D: BlockDevice + ?Sized>(
+        &mut self,
+        dev: &D,
+        offset: u64,
+        len: u64,
+    ) -> Result<u64> {
         let inside = len.min(dev.size().saturating_sub(offset));
         let mut done = 0;
         while done < inside {
