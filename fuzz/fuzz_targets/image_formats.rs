@@ -1,6 +1,6 @@
 //! Fuzzes the VM image headers and tables (qcow2 header, L1/L2 and refcount tables; VDI
 //! header and block map): the input is the image file (a ramdisk); whatever opens is read
-//! at a spread of offsets and written once. No backing file is reachable from here.
+//! (and mapped with `extents`) at a spread of offsets and written once. No backing file is reachable from here.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,6 +14,7 @@ fn exercise(dev: &dyn BlockDevice) {
     for i in 0..16u64 {
         let off = size / 16 * i;
         let _ = dev.read_at(&mut buf, off);
+        let _ = dev.extents(off, size - off, 64);
     }
     let _ = dev.write_at(&[0x5a; 4096], size / 2);
     let _ = dev.flush();

@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
             retry_delay: Duration::from_millis(1),
         };
         if let Ok(dev) = NbdDevice::connect_with(&uri, options) {
-            let _ = dev.data_ranges();
+            let _ = vudev::data_ranges(&dev);
             let mut buf = vec![0u8; 4096];
             let _ = dev.read_at(&mut buf, 0);
             let _ = dev.write_at(&buf[..512], 0);

@@ -1,6 +1,7 @@
 //! The `BlockDevice` contract that every device implements and every driver uses.
 
 use crate::errno::{Errno, Result};
+use crate::extent::Extent;
 use std::sync::Arc;
 
 /// A random-access store of bytes with a fixed size: an image file, a real
@@ -55,6 +56,16 @@ pub trait BlockDevice: Send + Sync {
     /// Purely advisory: the default does nothing.
     fn prefetch(&self, offset: u64, len: u64) {
         let _ = (offset, len);
+    }
+
+    /// Which of `[offset, offset + len)` may hold data and which reads as zeros: extents
+    /// in order from `offset`, at most `max` of them, never past `len` or the device's end,
+    /// and covering at least one byte when the range is inside the device (they may cover
+    /// less than asked: ask again from where they end). Copies read only the data; the
+    /// default, "all of it is data", is always correct. See [`crate::data_ranges`].
+    fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+        let _ = max;
+        Ok(crate::extent::all_data(self.size(), offset, len))
     }
 
     /// Reads at `offset` until `buf` is full or the device ends, and returns how many bytes
@@ -175,6 +186,9 @@ macro_rules! forward_block_device {
             }
             fn prefetch(&self, offset: u64, len: u64) {
                 (**self).prefetch(offset, len)
+            }
+            fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+                (**self).extents(offset, len, max)
             }
         }
     };

@@ -6,6 +6,7 @@
 
 use crate::device::{clamp_len, writable_len, BlockDevice};
 use crate::errno::{Errno, Result};
+use crate::extent::{all_data, Extent, ExtentList};
 use crate::lock::{lock_file, LockError, LockMode};
 use rustix::fs::FallocateFlags;
 use std::fs::{File, OpenOptions};
@@ -158,6 +159,43 @@ impl BlockDevice for FileDevice {
         !self.is_block_device
     }
 
+    /// Holes as the filesystem reports them (lseek `SEEK_DATA`/`SEEK_HOLE`); a host block
+    /// device, or a filesystem without them, is all data.
+    fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size);
+        if self.is_block_device || offset >= end {
+            return Ok(all_data(self.size, offset, len));
+        }
+        let mut list = ExtentList::new(max);
+        let mut pos = offset;
+        while pos < end {
+            let data = match seek(&self.file, rustix::fs::SeekFrom::Data(pos)) {
+                Ok(Some(d)) => d.min(end),
+                Ok(None) => end,
+                Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) if pos == offset => {
+                    return Ok(all_data(self.size, offset, len))
+                }
+                Err(e) => return Err(e),
+            };
+            if !list.push(data - pos, true) {
+                break;
+            }
+            pos = data;
+            if pos >= end {
+                break;
+            }
+            // Past the file's end (it shrank under us) the rest is called data.
+            let hole = seek(&self.file, rustix::fs::SeekFrom::Hole(pos))?
+                .map_or(end, |h| h.min(end))
+                .max(pos + 1);
+            if !list.push(hole - pos, false) {
+                break;
+            }
+            pos = hole;
+        }
+        Ok(list.into_vec())
+    }
+
     fn prefetch(&self, offset: u64, len: u64) {
         // The host page cache reads the range in the background.
         let len = clamp_len(
@@ -169,6 +207,15 @@ impl BlockDevice for FileDevice {
             let _ =
                 rustix::fs::fadvise(&self.file, offset, Some(len), rustix::fs::Advice::WillNeed);
         }
+    }
+}
+
+/// lseek to `to`: `None` when there is no data (or no hole) at or after the offset.
+fn seek(file: &File, to: rustix::fs::SeekFrom) -> Result<Option<u64>> {
+    match rustix::fs::seek(file, to) {
+        Ok(pos) => Ok(Some(pos)),
+        Err(rustix::io::Errno::NXIO) => Ok(None),
+        Err(e) => Err(Errno::from(e)),
     }
 }
 
@@ -244,6 +291,37 @@ mod tests {
         assert!(buf[..4096].iter().all(|&b| b == 0xAA));
         assert!(buf[4096..69632].iter().all(|&b| b == 0));
         assert!(buf[69632..].iter().all(|&b| b == 0xAA));
+    }
+
+    #[test]
+    fn holes_are_zero_extents_and_windows_shift_them() {
+        let (_dir, path) = image(16 << 20);
+        let dev = std::sync::Arc::new(FileDevice::open(&path, false).unwrap());
+        dev.write_all_at(&vec![1u8; 1 << 20], 4 << 20).unwrap();
+        let ex = dev.extents(0, 16 << 20, 100).unwrap();
+        assert_eq!(ex.iter().map(|e| e.len).sum::<u64>(), 16 << 20);
+        assert_eq!(
+            ex[0],
+            Extent {
+                len: 4 << 20,
+                zero: true
+            }
+        );
+        assert!(!ex[1].zero && ex[1].len >= 1 << 20);
+        assert_eq!(
+            crate::data_ranges(dev.as_ref()).unwrap(),
+            vec![(4 << 20, ex[1].len)]
+        );
+        // A window from 4 MiB on starts with the data; `max` is kept.
+        let w = crate::Window::new(dev.clone(), 4 << 20, 1 << 20).unwrap();
+        assert_eq!(
+            w.extents(0, 1 << 20, 100).unwrap(),
+            vec![Extent {
+                len: 1 << 20,
+                zero: false
+            }]
+        );
+        assert_eq!(dev.extents(0, 16 << 20, 1).unwrap().len(), 1);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use crate::device::{clamp_len, writable_len, BlockDevice};
 use crate::errno::{Errno, Result};
+use crate::extent::{Extent, ExtentList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -140,6 +141,31 @@ impl BlockDevice for Ramdisk {
         Ok(())
     }
 
+    /// Chunks never written (or discarded whole) are holes; at most `SCAN_CHUNKS` chunks
+    /// are looked at per call, so one call stays short on a huge disk.
+    fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+        const SCAN_CHUNKS: u64 = 1 << 16;
+        let end = offset.saturating_add(len).min(self.size);
+        let mut list = ExtentList::new(max);
+        let mut pos = offset;
+        let mut scanned = 0;
+        while pos < end && scanned < SCAN_CHUNKS {
+            let chunk = pos / CHUNK_SIZE as u64;
+            let next = ((chunk + 1) * CHUNK_SIZE as u64).min(end);
+            let held = self
+                .shard(chunk)
+                .read()
+                .map_err(lock_poisoned)?
+                .contains_key(&chunk);
+            if !list.push(next - pos, !held) {
+                break;
+            }
+            pos = next;
+            scanned += 1;
+        }
+        Ok(list.into_vec())
+    }
+
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         if self.read_only {
             return Err(Errno::EROFS);
@@ -209,6 +235,18 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_written_chunks_are_data() {
+        let disk = Ramdisk::new(1 << 20).unwrap();
+        disk.write_all_at(&[7u8; 10], CHUNK_SIZE as u64 * 3 + 5)
+            .unwrap();
+        disk.write_all_at(&[0u8; 10], 0).unwrap();
+        let c = CHUNK_SIZE as u64;
+        assert_eq!(crate::data_ranges(&disk).unwrap(), vec![(3 * c, c)]);
+        disk.discard(3 * c, c).unwrap();
+        assert!(crate::data_ranges(&disk).unwrap().is_empty());
+    }
 
     #[test]
     fn sizes_parse_like_vuos() {

@@ -2,6 +2,7 @@
 
 use crate::device::{clamp_len, writable_len, BlockDevice};
 use crate::errno::{Errno, Result};
+use crate::extent::{Extent, ExtentList};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -147,6 +148,18 @@ impl BlockDevice for Window {
 
     fn discard_zeroes(&self) -> bool {
         self.parent.discard_zeroes()
+    }
+
+    /// The parent's answer for the window's part of it.
+    fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+        self.check()?;
+        let len = len.min(self.len.saturating_sub(offset));
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut list = ExtentList::new(max);
+        list.push_from(self.parent.as_ref(), self.start + offset, len)?;
+        Ok(list.into_vec())
     }
 
     fn prefetch(&self, offset: u64, len: u64) {

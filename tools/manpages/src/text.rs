@@ -723,7 +723,7 @@ seeds are derived from it and every timestamp is clamped to it, so builds are re
         summary: "serve images, their partitions and ramdisks over NBD",
         description: "The NBD protocol as the NetworkBlockDevice project specifies it: fixed \
 newstyle handshake, structured replies, READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, BLOCK_STATUS \
-(base:allocation from the image's holes), FUA, multi-conn. vunbd stays in the foreground; \
+(base:allocation from the image's map: raw holes, qcow2/VDI/VMDK tables), FUA, multi-conn. vunbd stays in the foreground; \
 SIGTERM or SIGINT closes every connection, flushes every export and exits 0. Images are locked \
 (exclusive unless read-only).",
         mount_options: &[],

@@ -2,8 +2,9 @@
 //!
 //! The formats themselves are `vudev-formats`' devices; what is here is the plumbing around
 //! them: choosing a format, writing outputs atomically (a temporary directory beside the
-//! output, renamed at the end), copying only the data that is not zero, and reading the
-//! allocation maps of overlays (qcow2 L1/L2 tables, UML COW bitmaps) for `commit`.
+//! output, renamed at the end), copying only what the source's map
+//! (`vudev::data_ranges`) says may hold data and that is not zero, and reading what an
+//! overlay holds itself (qcow2 L1/L2 tables, UML COW bitmaps) for `commit`.
 
 pub mod commit;
 pub mod convert;
@@ -311,14 +312,6 @@ pub fn open_source(image: &Path) -> Outcome<Arc<dyn BlockDevice>> {
     crate::image_lock::open_disk(image, true)
 }
 
-/// Where an NBD export holds data, from the server's block status (`base:allocation`,
-/// asked on a connection of its own); `None`, so all of it is read, when the server
-/// offers none or cannot answer (zeros are still not written).
-fn export_data_ranges(uri: &Path) -> Option<Vec<(u64, u64)>> {
-    let export = vudev_nbd::NbdDevice::connect(uri.to_str()?).ok()?;
-    export.data_ranges().ok().flatten()
-}
-
 /// Writes the whole of `src` to a new image at `dst` of `format`, atomically: the
 /// conversion of `convert` and of `commit OVERLAY DST`.
 pub fn write_image(
@@ -334,16 +327,18 @@ pub fn write_image(
         }
     }
     let size = src.size();
-    // Only what may hold data is read; the rest of a new image is zeros already. (This
-    // also reads the allocation tables, refusing a truncated source before writing.)
-    let ranges = if crate::image_lock::is_uri(src_name) {
-        Ok(export_data_ranges(src_name))
-    } else {
-        headers::data_ranges(src_name)
-    };
-    let ranges = ranges
-        .map_err(|e| fail!("{}: {}", src_name.display(), e.0))?
-        .unwrap_or_else(|| vec![(0, size)]);
+    // Only what may hold data is read (the device's own map: a raw file's holes, qcow2
+    // L2 tables down the backing chain, VDI/VMDK/UML COW maps, an NBD export's block
+    // status); the rest of a new image is zeros already. This also reads the allocation
+    // tables, refusing a truncated source before anything is written.
+    let ranges = vudev::data_ranges(src).map_err(|e| {
+        let why = if e == vudev::Errno::EIO {
+            " (the image is truncated or corrupt)"
+        } else {
+            ""
+        };
+        fail!("{}: mapping its data: {e}{why}", src_name.display())
+    })?;
     let temp = TempOutput::new(dst, force)?;
     create_empty(&temp.path, format, size)?;
     {

@@ -22,7 +22,7 @@ use crate::storage::{Lru, Storage};
 use crate::{be32, be64, open_backing, Ctx, Format, ImageDevice, ImageInfo};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use vudev::{BlockDevice, Errno, FileDevice, Result};
+use vudev::{BlockDevice, Errno, Extent, ExtentList, FileDevice, Result};
 
 /// "QFI\xfb".
 pub const MAGIC: u32 = 0x5146_49fb;
@@ -838,6 +838,15 @@ impl Qcow2 {
         Ok(out)
     }
 
+    /// Adds what lies below this image at guest `[pos, pos + len)` to `list`: the backing
+    /// file's map, or zeros. Returns the bytes added.
+    fn push_below(&self, list: &mut ExtentList, pos: u64, len: u64) -> Result<u64> {
+        match &self.backing {
+            Some(b) => list.push_from(b.as_ref(), pos, len),
+            None => Ok(if list.push(len, true) { len } else { 0 }),
+        }
+    }
+
     /// Fills `buf` with what guest offset `pos` holds below this image.
     fn read_below(&self, buf: &mut [u8], pos: u64) -> Result<()> {
         buf.fill(0);
@@ -1036,6 +1045,57 @@ impl BlockDevice for Qcow2 {
         }
         drop(guard);
         Ok(len)
+    }
+
+    /// The L1/L2 tables: data and compressed clusters are data, zero clusters are holes,
+    /// unallocated clusters (and absent L2 tables) are what the backing file says of
+    /// them, or zeros without one.
+    fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let mut st = self.lock();
+        let mut list = ExtentList::new(max);
+        // A run of unallocated clusters not yet asked of the backing file: (start, len).
+        let mut below: Option<(u64, u64)> = None;
+        let mut pos = offset;
+        while pos < end {
+            let g = pos / self.cs;
+            let l1i = (g / self.l2_entries) as usize;
+            let next = if st.l1.get(l1i).copied().unwrap_or(0) & OFFSET_MASK == 0 {
+                // No L2 table: its whole span is unallocated.
+                (g / self.l2_entries + 1) * self.l2_entries * self.cs
+            } else {
+                (g + 1) * self.cs
+            };
+            let n = next.min(end) - pos;
+            let e = self.l2_entry(&mut st, g)?;
+            let zero = match self.classify(&st, e)? {
+                Map::Unallocated => {
+                    below = match below {
+                        Some((s, l)) => Some((s, l + n)),
+                        None => Some((pos, n)),
+                    };
+                    pos += n;
+                    continue;
+                }
+                // A truncated file: the data is gone, not zeros.
+                Map::Data(h) if h >= self.file.len() => return Err(Errno::EIO),
+                Map::Data(_) | Map::Compressed(..) => false,
+                Map::Zero(_) => true,
+            };
+            if let Some((s, l)) = below.take() {
+                if self.push_below(&mut list, s, l)? < l {
+                    return Ok(list.into_vec());
+                }
+            }
+            if !list.push(n, zero) {
+                return Ok(list.into_vec());
+            }
+            pos += n;
+        }
+        if let Some((s, l)) = below {
+            self.push_below(&mut list, s, l)?;
+        }
+        Ok(list.into_vec())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize> {

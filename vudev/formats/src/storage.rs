@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use vudev::{BlockDevice, Errno, FileDevice, Result};
+use vudev::{BlockDevice, Errno, ExtentList, FileDevice, Result};
 
 enum Backend {
     File { dev: FileDevice, len: AtomicU64 },
@@ -91,6 +91,15 @@ impl Storage {
                 dev.file().metadata().map(|m| m.blocks() * 512).unwrap_or(0)
             }
             Backend::Dev(d) => d.size(),
+        }
+    }
+
+    /// Adds the container's own map of `[offset, offset + len)` to `list` (a flat VMDK
+    /// extent's holes); bytes past its end read as zeros. Returns the bytes added.
+    pub fn push_extents(&self, list: &mut ExtentList, offset: u64, len: u64) -> Result<u64> {
+        match &self.backend {
+            Backend::File { dev, .. } => list.push_from(dev, offset, len),
+            Backend::Dev(d) => list.push_from(d.as_ref(), offset, len),
         }
     }
 

@@ -14,7 +14,7 @@ use crate::storage::Storage;
 use crate::{be32, be64, open_backing, Ctx, Format, ImageDevice, ImageInfo};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use vudev::{BlockDevice, Errno, Result};
+use vudev::{BlockDevice, Errno, Extent, ExtentList, Result};
 
 /// The magic, read big-endian.
 pub const MAGIC: u32 = 0x4f4f_4f4d;
@@ -221,6 +221,44 @@ impl BlockDevice for UmlCow {
             done += n;
         }
         Ok(len)
+    }
+
+    /// Sectors the bitmap marks are this overlay's data; the others are what the backing
+    /// file says of them.
+    fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let map = self.bitmap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = ExtentList::new(max);
+        let mut pos = offset;
+        while pos < end {
+            let mine = bit(&map, pos / self.sector);
+            let mut next = (pos / self.sector + 1) * self.sector;
+            let whole = if mine { 0xff } else { 0 };
+            while next < end && bit(&map, next / self.sector) == mine {
+                let s = next / self.sector;
+                // Eight sectors at once where a bitmap byte is all one side.
+                next += if s % 8 == 0 && map[(s / 8) as usize] == whole {
+                    8 * self.sector
+                } else {
+                    self.sector
+                };
+            }
+            let n = next.min(end) - pos;
+            let added = if mine {
+                if list.push(n, false) {
+                    n
+                } else {
+                    0
+                }
+            } else {
+                list.push_from(self.backing.as_ref(), pos, n)?
+            };
+            if added < n {
+                break;
+            }
+            pos += n;
+        }
+        Ok(list.into_vec())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize> {

@@ -12,7 +12,7 @@ use crate::storage::Storage;
 use crate::{le32, le64, Format, ImageDevice, ImageInfo};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use vudev::{BlockDevice, Errno, Result};
+use vudev::{BlockDevice, Errno, Extent, ExtentList, Result};
 
 /// The signature at offset 0x40.
 pub const SIGNATURE: u32 = 0xbeda_107f;
@@ -225,6 +225,23 @@ impl BlockDevice for Vdi {
             done += n;
         }
         Ok(len)
+    }
+
+    /// The block map: unallocated and discarded blocks read as zeros.
+    fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let st = self.lock();
+        let mut list = ExtentList::new(max);
+        let mut pos = offset;
+        while pos < end {
+            let next = ((pos / self.block_size + 1) * self.block_size).min(end);
+            let zero = self.host(&st, pos / self.block_size)?.is_none();
+            if !list.push(next - pos, zero) {
+                break;
+            }
+            pos = next;
+        }
+        Ok(list.into_vec())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize> {

@@ -13,7 +13,7 @@ use crate::{le32, le64, Format, ImageDevice, ImageInfo};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use vudev::lock::LockMode;
-use vudev::{BlockDevice, Errno, FileDevice, Result};
+use vudev::{BlockDevice, Errno, Extent as Run, ExtentList, FileDevice, Result};
 
 /// "KDMV" read as a little-endian u32.
 pub const SPARSE_MAGIC: u32 = 0x564d_444b;
@@ -225,6 +225,32 @@ impl Sparse {
             return Ok(0);
         }
         Ok(self.table(cache, gt)?[(grain_no % self.gtes) as usize])
+    }
+
+    /// Adds the grains of `[rel, rel + len)` (extent-relative) to `list`: data where the
+    /// grain table points at a grain, zeros where the entry is 0 or 1 or the table is
+    /// absent. Returns the bytes added.
+    fn push_grains(&self, list: &mut ExtentList, rel: u64, len: u64) -> Result<u64> {
+        let mut cache = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        let span = self.grain * self.gtes;
+        let mut done = 0;
+        while done < len {
+            let pos = rel + done;
+            let grain_no = pos / self.grain;
+            // A whole grain table missing is one hole.
+            let next = if self.gd[(grain_no / self.gtes) as usize] == 0 {
+                (pos / span + 1) * span
+            } else {
+                (grain_no + 1) * self.grain
+            };
+            let n = (next - pos).min(len - done);
+            let zero = self.gte(&mut cache, grain_no)? <= 1;
+            if !list.push(n, zero) {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
     }
 
     fn read_grain(&self, buf: &mut [u8], grain_no: u64, within: u64) -> Result<()> {
@@ -540,6 +566,37 @@ impl BlockDevice for Vmdk {
             done += n;
         }
         Ok(len)
+    }
+
+    /// Per extent: a flat file's own holes, a sparse extent's grain directory and tables
+    /// (grain table entries 0, unallocated, and 1, zeroed, read as zeros), a ZERO extent.
+    fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Run>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let mut list = ExtentList::new(max);
+        let mut pos = offset;
+        while pos < end {
+            let ext = self.extent_at(pos).ok_or(Errno::EIO)?;
+            let rel = pos - ext.start;
+            let n = (ext.len - rel).min(end - pos);
+            let added = match &ext.kind {
+                Kind::Zero => {
+                    if list.push(n, true) {
+                        n
+                    } else {
+                        0
+                    }
+                }
+                Kind::Flat { file, offset } => {
+                    file.push_extents(&mut list, offset.saturating_add(rel), n)?
+                }
+                Kind::Sparse(s) => s.push_grains(&mut list, rel, n)?,
+            };
+            if added < n {
+                break;
+            }
+            pos += n;
+        }
+        Ok(list.into_vec())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize> {

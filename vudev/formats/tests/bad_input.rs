@@ -95,6 +95,7 @@ fn qcow2_l1_entries_past_the_file_or_into_metadata_give_eio() {
         let dev = open_image(&bad, false, None).unwrap();
         let mut buf = vec![0u8; 4096];
         assert_eq!(dev.read_at(&mut buf, 0), Err(Errno::EIO), "{what}: read");
+        assert_eq!(dev.extents(0, 4096, 8), Err(Errno::EIO), "{what}: extents");
         assert_eq!(dev.write_at(&buf, 0), Err(Errno::EIO), "{what}: write");
     }
 }
@@ -205,6 +206,9 @@ fn exercise(path: &Path) {
         off += buf.len() as u64;
     }
     let _ = dev.read_at(&mut buf, size.saturating_sub(4096));
+    // Mapping a damaged image ends (no panic, no endless walk), an error or a map.
+    let _ = dev.extents(0, size, 1 << 10);
+    let _ = dev.extents(size / 2, size, 3);
     let _ = dev.write_at(&buf[..4096], 0);
     let _ = dev.write_at(&buf[..4096], size / 2);
     let _ = dev.discard(0, 1 << 20);

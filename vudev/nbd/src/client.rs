@@ -541,49 +541,6 @@ impl NbdDevice {
         &self.export
     }
 
-    /// The export's data ranges (offset, length) from the server's `base:allocation`
-    /// context: what a copy must read (ranges that read as zeros are left out). `None` when
-    /// the server has no block status, or the export is too fragmented to map.
-    pub fn data_ranges(&self) -> Result<Option<Vec<(u64, u64)>>> {
-        let mut map = crate::allocation::DataMap::default();
-        let mut pos = 0;
-        for _ in 0..crate::allocation::MAX_STATUS_REQUESTS {
-            if pos >= self.size {
-                return Ok(map.into_ranges());
-            }
-            if map.is_full() {
-                return Ok(None);
-            }
-            let len = (self.size - pos).min(1 << 30) as u32;
-            let mut extents = Vec::new();
-            let mut offered = true;
-            self.with_conn(|c| {
-                extents.clear();
-                if c.base_allocation.is_none() {
-                    offered = false;
-                    return Ok(Ok(()));
-                }
-                c.request(
-                    CMD_BLOCK_STATUS,
-                    pos,
-                    len,
-                    None,
-                    Sink::Extents(&mut extents),
-                )
-            })?;
-            if !offered {
-                return Ok(None);
-            }
-            match map.add(pos, &extents, self.size) {
-                0 => return Err(Errno::EIO),
-                n => pos += n,
-            }
-        }
-        // A server answering in slivers (a hostile one, or a map too fine to be worth it):
-        // read the export whole rather than ask forever.
-        Ok(None)
-    }
-
     /// Runs `op` on a live connection, reconnecting and retrying on transport failures.
     fn with_conn(&self, mut op: impl FnMut(&mut Conn) -> io::Result<Answer>) -> Result<()> {
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -891,6 +848,46 @@ impl BlockDevice for NbdDevice {
             done += n;
         }
         Ok(len)
+    }
+
+    /// One `NBD_CMD_BLOCK_STATUS` request (at most 1 GiB) in the server's `base:allocation`
+    /// context: extents flagged `NBD_STATE_ZERO` read as zeros. All data when the server
+    /// offers no block status.
+    fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<vudev::Extent>> {
+        let len = len.min(self.size.saturating_sub(offset)).min(1 << 30);
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut got = Vec::new();
+        let mut offered = true;
+        self.with_conn(|c| {
+            got.clear();
+            if c.base_allocation.is_none() {
+                offered = false;
+                return Ok(Ok(()));
+            }
+            c.request(
+                CMD_BLOCK_STATUS,
+                offset,
+                len as u32,
+                None,
+                Sink::Extents(&mut got),
+            )
+        })?;
+        if !offered {
+            return Ok(vudev::all_data(self.size, offset, len));
+        }
+        let mut list = vudev::ExtentList::new(max);
+        let mut pos = 0;
+        // The last extent may run past the request: it is cut there.
+        for (n, flags) in got {
+            let n = u64::from(n).min(len - pos);
+            if n == 0 || !list.push(n, flags & STATE_ZERO != 0) {
+                break;
+            }
+            pos += n;
+        }
+        Ok(list.into_vec())
     }
 
     fn flush(&self) -> Result<()> {

@@ -44,9 +44,10 @@
 //! At most 64 connections at once; writes to a client time out after 60 s. A garbled
 //! request magic closes the connection (the stream cannot be resynchronised).
 //!
-//! Block status knows holes of image files ([`FileAllocation`], lseek
-//! `SEEK_DATA`/`SEEK_HOLE`), also through a partition window; other devices report all
-//! data, which is always correct.
+//! Block status answers what the exported device says of itself
+//! ([`vudev::BlockDevice::extents`]): holes of image files (lseek `SEEK_DATA`/`SEEK_HOLE`,
+//! also through a partition window), a qcow2's or VMDK's own tables, a ramdisk's chunks;
+//! devices that do not know report all data, which is always correct.
 //!
 //! The client serialises requests over one connection, splits them at 32 MiB, does not
 //! request `NBD_INFO_BLOCK_SIZE` (so it sends requests as the caller gives them, which
@@ -59,7 +60,6 @@ pub mod allocation;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
-pub mod extents;
 pub mod overlay;
 pub mod proto;
 pub mod server;
@@ -67,7 +67,6 @@ pub mod server;
 pub mod tls;
 
 pub use client::{ClientOptions, ConnectError, NbdDevice};
-pub use extents::{AllData, Allocation, Extent, FileAllocation};
 pub use overlay::Overlay;
 pub use server::{Export, Server, ServerOptions, Transport};
 #[cfg(feature = "tls")]

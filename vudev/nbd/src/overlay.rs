@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use vudev::{BlockDevice, Errno, Result};
+use vudev::{BlockDevice, Errno, Extent, ExtentList, Result};
 
 /// Granularity of the overlay.
 pub const BLOCK: u64 = 4096;
@@ -93,6 +93,42 @@ impl BlockDevice for Overlay {
         Ok(len)
     }
 
+    /// Written blocks are data, discarded ones zeros; the rest is what the base says.
+    fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size());
+        let blocks = self.blocks.read().unwrap_or_else(|e| e.into_inner());
+        let mut list = ExtentList::new(max);
+        // A run of blocks not in the overlay, not yet asked of the base: (start, len).
+        let mut below: Option<(u64, u64)> = None;
+        let mut pos = offset;
+        while pos < end {
+            let n = ((pos / BLOCK + 1) * BLOCK).min(end) - pos;
+            let zero = match blocks.get(&(pos / BLOCK)) {
+                None => {
+                    let (s, l) = below.unwrap_or((pos, 0));
+                    below = Some((s, l + n));
+                    pos += n;
+                    continue;
+                }
+                Some(Block::Zero) => true,
+                Some(Block::Data(_)) => false,
+            };
+            if let Some((s, l)) = below.take() {
+                if list.push_from(self.base.as_ref(), s, l)? < l {
+                    return Ok(list.into_vec());
+                }
+            }
+            if !list.push(n, zero) {
+                return Ok(list.into_vec());
+            }
+            pos += n;
+        }
+        if let Some((s, l)) = below {
+            list.push_from(self.base.as_ref(), s, l)?;
+        }
+        Ok(list.into_vec())
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -157,6 +193,19 @@ impl BlockDevice for Overlay {
 mod tests {
     use super::*;
     use vudev::Ramdisk;
+
+    #[test]
+    fn the_map_is_the_overlays_blocks_over_the_bases() {
+        let base = Arc::new(Ramdisk::new(1 << 20).unwrap());
+        base.write_all_at(&[7u8; 100], 0).unwrap();
+        let o = Overlay::new(base);
+        o.write_all_at(&[1u8; 10], 512 << 10).unwrap();
+        o.discard(8 << 10, 4096).unwrap();
+        assert_eq!(
+            vudev::data_ranges(&o).unwrap(),
+            vec![(0, 8 << 10), (12 << 10, 52 << 10), (512 << 10, 4096)]
+        );
+    }
 
     #[test]
     fn writes_stay_in_the_overlay_and_reads_merge() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::s;
 use vudev::{BlockDevice, Errno, Ramdisk};
-use vudev_nbd::{ClientOptions, Export, FileAllocation, NbdDevice, Server, ServerOptions};
+use vudev_nbd::{ClientOptions, Export, NbdDevice, Server, ServerOptions};
 
 fn nbdkit(sock: &Path, args: &[&str]) -> Peer {
     let child = Command::new("nbdkit")
@@ -301,18 +301,30 @@ fn data_ranges_come_from_base_allocation_of_nbdkit_and_of_our_server() {
     sparse_file(&img, 64 << 20, &runs);
     let file = Arc::new(vudev::FileDevice::open(&img, true).unwrap());
     let mut server = Server::new(ServerOptions::default());
-    let export = Export::new(file.clone()).allocation(FileAllocation::for_device(file, 0));
-    server.add_export("d", export).unwrap();
+    server.add_export("d", Export::new(file)).unwrap();
+    // A qcow2 export answers from its L2 tables: the same map as the image's own.
+    let qcow2 = dir.path().join("disk.qcow2");
+    vudev_formats::create_qcow2(&qcow2, 64 << 20, None).unwrap();
+    {
+        let q = vudev_formats::open_image(&qcow2, false, None).unwrap();
+        for &(off, len) in &runs {
+            q.write_all_at(&random_bytes(len, off), off).unwrap();
+        }
+        q.flush().unwrap();
+    }
+    let q = vudev_formats::open_image(&qcow2, true, None).unwrap();
+    let own = vudev::data_ranges(q.as_ref()).unwrap();
+    server.add_export("q", Export::new(q)).unwrap();
     let server = Arc::new(server);
     let sock = dir.path().join("ours");
     let listener = UnixListener::bind(&sock).unwrap();
     let serving = server.clone();
     std::thread::spawn(move || serving.serve_unix(listener));
     let dev = NbdDevice::connect(&uri(&sock, "d")).unwrap();
-    let ranges = dev
-        .data_ranges()
-        .unwrap()
-        .expect("our server offers base:allocation");
+    maps_the_runs(&vudev::data_ranges(&dev).unwrap());
+    let dev = NbdDevice::connect(&uri(&sock, "q")).unwrap();
+    let ranges = vudev::data_ranges(&dev).unwrap();
+    assert_eq!(ranges, own, "the qcow2 export's map is the image's");
     maps_the_runs(&ranges);
     if !have("nbdkit") {
         return;
@@ -321,17 +333,14 @@ fn data_ranges_come_from_base_allocation_of_nbdkit_and_of_our_server() {
     let sock = dir.path().join("kit");
     let _kit = nbdkit(&sock, &["file", s(&img)]);
     let dev = NbdDevice::connect(&uri(&sock, "")).unwrap();
-    let ranges = dev
-        .data_ranges()
-        .unwrap()
-        .expect("nbdkit offers base:allocation");
-    maps_the_runs(&ranges);
+    maps_the_runs(&vudev::data_ranges(&dev).unwrap());
     // Without block status (nbdkit's noextents filter) there is no map: copy it all.
     let sock = dir.path().join("flat");
     let _flat = nbdkit(&sock, &["--filter=noextents", "file", s(&img)]);
     let dev = NbdDevice::connect(&uri(&sock, "")).unwrap();
-    match dev.data_ranges().unwrap() {
-        None => {}
-        Some(r) => assert_eq!(r, vec![(0, 64 << 20)], "noextents reports all data"),
-    }
+    assert_eq!(
+        vudev::data_ranges(&dev).unwrap(),
+        vec![(0, 64 << 20)],
+        "noextents: all data"
+    );
 }

@@ -381,3 +381,69 @@ fn a_qcow2_image_is_exported_as_its_disk() {
     );
     assert!(r.contains("read 65536/65536"), "{r}");
 }
+
+/// The ranges `qemu-img map --output=json` of `target` (as `format`) says do not read as
+/// zeros, merged.
+fn qemu_nonzero(target: &str, format: &str) -> Vec<(u64, u64)> {
+    let out = run_ok("qemu-img", &["map", "--output=json", "-f", format, target]);
+    let map: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for e in map.as_array().unwrap() {
+        if e["zero"].as_bool().unwrap() {
+            continue;
+        }
+        let (start, len) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+        match ranges.last_mut() {
+            Some((s, l)) if *s + *l == start => *l += len,
+            _ => ranges.push((start, len)),
+        }
+    }
+    ranges
+}
+
+/// Block status of a qcow2 export (over a raw backing file with holes) is the image's own
+/// map: qemu-img map through the server agrees with qemu-img map of the image.
+#[test]
+fn a_qcow2_exports_block_status_is_its_own_map() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    image(&base, 32 << 20);
+    run_ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 1 4M 1M", s(&base)],
+    );
+    let qcow = dir.path().join("top.qcow2");
+    run_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            "base.raw",
+            s(&qcow),
+            "32M",
+        ],
+    );
+    for cmd in ["write -P 2 10M 256k", "write -z 4M 64k"] {
+        run_ok("qemu-io", &["-f", "qcow2", "-c", cmd, s(&qcow)]);
+    }
+    let want = qemu_nonzero(s(&qcow), "qcow2");
+    assert_eq!(
+        want,
+        vec![
+            (4 * (1 << 20) + 65536, (1 << 20) - 65536),
+            (10 << 20, 256 << 10)
+        ]
+    );
+    let sock = dir.path().join("s");
+    let v = Vunbd::start(&sock, &[s(&qcow), "--read-only", "--name", "q"]);
+    assert_eq!(qemu_nonzero(&v.uri("q"), "raw"), want);
+    assert!(v.terminate().success());
+}

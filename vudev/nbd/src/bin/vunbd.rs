@@ -22,7 +22,7 @@ use std::sync::Arc;
 use vudev::lock::{LockError, LockMode};
 use vudev::{BlockDevice, Errno, FileDevice, PartitionedDisk, Ramdisk};
 use vudev_nbd::cli::Cli;
-use vudev_nbd::{AllData, Export, FileAllocation, Overlay, Server, ServerOptions, TlsMode};
+use vudev_nbd::{Export, Overlay, Server, ServerOptions, TlsMode};
 
 fn usage(msg: impl std::fmt::Display) -> ! {
     eprintln!("vunbd: {msg}");
@@ -242,17 +242,14 @@ fn build(cli: &Cli, planned: Vec<Planned>, verbose: bool) -> Server {
                     }
                 };
                 if cli.snapshot {
-                    // Holes of the image say nothing about the overlay's writes.
                     Export::new(Arc::new(Overlay::new(device)))
-                        .allocation(Arc::new(AllData))
                         .description(format!("{what} (snapshot)"))
                 } else {
                     let export = Export::new(device).description(what);
+                    // Block status is the device's own map (raw holes, qcow2 tables...).
                     match image.raw_file {
-                        Some(file) => export
-                            .allocation(FileAllocation::for_device(file.clone(), start))
-                            .direct_file(file, start),
-                        None => export.allocation(Arc::new(AllData)),
+                        Some(file) => export.direct_file(file, start),
+                        None => export,
                     }
                 }
             }

@@ -2,7 +2,6 @@
 //! (the empty name is the first export).
 
 use super::Server;
-use crate::extents::{AllData, Allocation};
 use crate::proto::*;
 use std::sync::Arc;
 use vudev::{BlockDevice, FileDevice};
@@ -16,8 +15,6 @@ pub struct Export {
     pub read_only: bool,
     /// Human-readable description (`NBD_INFO_DESCRIPTION`, `NBD_OPT_LIST`).
     pub description: String,
-    /// Where the data is, for `base:allocation`.
-    pub allocation: Arc<dyn Allocation>,
     /// The raw image file the device reads, and where the export starts in it: read
     /// replies are sent from it with `sendfile` (no copy through the server).
     pub direct: Option<(Arc<FileDevice>, u64)>,
@@ -30,7 +27,6 @@ impl Export {
             read_only: device.read_only(),
             device,
             description: String::new(),
-            allocation: Arc::new(AllData),
             direct: None,
         }
     }
@@ -51,12 +47,6 @@ impl Export {
     /// Sets the description.
     pub fn description(mut self, text: impl Into<String>) -> Export {
         self.description = text.into();
-        self
-    }
-
-    /// Sets the allocation source for block status.
-    pub fn allocation(mut self, allocation: Arc<dyn Allocation>) -> Export {
-        self.allocation = allocation;
         self
     }
 

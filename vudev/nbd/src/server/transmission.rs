@@ -6,7 +6,6 @@ use super::connection::Conn;
 use super::protocol_error;
 use super::transport::{write_parts, SockOut, Transport};
 use super::workers::{Job, Pipe, Worker, MAX_INFLIGHT_BYTES, QUEUED, WORKERS};
-use crate::extents::Extent;
 use crate::proto::*;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -333,7 +332,7 @@ impl<S: Transport> Conn<'_, S> {
                     } else {
                         MAX_EXTENTS
                     };
-                    match export.allocation.extents(req.offset, req.len.into(), max) {
+                    match export.device.extents(req.offset, req.len.into(), max) {
                         Ok(extents) => {
                             self.send_block_status(&req, &extents, max)?;
                             return Ok(Step::Next);
@@ -362,10 +361,12 @@ impl<S: Transport> Conn<'_, S> {
         send_read_direct_to(&mut self.s, self.structured, req, file, at)
     }
 
+    /// Sends the device's extents as one `base:allocation` chunk: extents that read as
+    /// zeros are `NBD_STATE_HOLE | NBD_STATE_ZERO`, the others 0 (data).
     fn send_block_status(
         &mut self,
         req: &Request,
-        extents: &[Extent],
+        extents: &[vudev::Extent],
         max: usize,
     ) -> io::Result<()> {
         let mut payload = Vec::with_capacity(4 + 8 * extents.len().min(max));
@@ -378,7 +379,8 @@ impl<S: Transport> Conn<'_, S> {
             }
             let len = e.len.min(limit - covered);
             payload.extend_from_slice(&(len as u32).to_be_bytes());
-            payload.extend_from_slice(&e.flags.to_be_bytes());
+            let flags = if e.zero { STATE_HOLE | STATE_ZERO } else { 0 };
+            payload.extend_from_slice(&flags.to_be_bytes());
             covered += len;
         }
         if covered == 0 {
