@@ -44,6 +44,7 @@ mod dir_cache;
 mod inodes;
 mod names;
 mod ops;
+mod prefetch;
 mod sets;
 
 pub mod bitmap;
@@ -186,6 +187,7 @@ struct State {
     owners: HashMap<Ino, Location>,
     next_spare_ino: u64,
     known: HashMap<DirId, DirInfo>,
+    announced: prefetch::Announced,
 }
 
 /// A mounted exFAT volume.
@@ -296,6 +298,7 @@ impl ExFatFs {
             owners: HashMap::new(),
             next_spare_ino: SPARE_INO_BASE,
             known: HashMap::new(),
+            announced: prefetch::Announced::default(),
         };
         st.known.insert(
             root,

@@ -183,7 +183,11 @@ impl FileSystem for ExFatFs {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.check_writable()?;
         }
-        st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?.opens += 1;
+        let node = st.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        node.opens += 1;
+        if let Some(loc) = node.loc {
+            self.prefetch_siblings(&mut st, loc);
+        }
         Ok(Opened {
             fh: Fh(0),
             keep_cache: true,

@@ -865,6 +865,7 @@ fn long_names_links_and_directory_times_behave_as_the_kernel_exfat() {
 struct CountingReads {
     inner: vudev::FileDevice,
     read: std::sync::atomic::AtomicU64,
+    prefetched: std::sync::Mutex<Vec<(u64, u64)>>,
 }
 
 impl vudev::BlockDevice for CountingReads {
@@ -885,6 +886,9 @@ impl vudev::BlockDevice for CountingReads {
     }
     fn flush(&self) -> vudev::Result<()> {
         Ok(())
+    }
+    fn prefetch(&self, offset: u64, len: u64) {
+        self.prefetched.lock().unwrap().push((offset, len));
     }
 }
 
@@ -918,6 +922,7 @@ fn small_directories_in_large_clusters_are_read_to_their_end_marker_only() {
     let dev = std::sync::Arc::new(CountingReads {
         inner: vudev::FileDevice::open(&img, true).unwrap(),
         read: Default::default(),
+        prefetched: Default::default(),
     });
     let fs = ExFatFs::open(
         dev.clone(),
@@ -936,4 +941,54 @@ fn small_directories_in_large_clusters_are_read_to_their_end_marker_only() {
         walked <= 100 * 8192,
         "walking 100 small directories read {walked} bytes"
     );
+}
+
+/// Opening a file announces the data of the files after it in its directory to the device
+/// (a reader such as tar opens them in that order): one range per following file, each
+/// inside the volume, and not again for the next open, which the window already covers.
+#[test]
+fn opening_a_file_prefetches_the_files_after_it() {
+    if let Some(reason) = exfatprogs_missing() {
+        return skip(&reason);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), "prefetch.img", 64 * MIB, Some(32 << 10));
+    let c = ctx();
+    {
+        let fs = open(&img, false);
+        for i in 0..20 {
+            let (e, o) = fs
+                .create(&c, Ino::ROOT, OsStr::new(&format!("f{i:02}")), 0o644, 0)
+                .unwrap();
+            fs.write(&c, e.attr.ino, o.fh, 0, &pattern(3000, i))
+                .unwrap();
+            fs.release(&c, e.attr.ino, o.fh).unwrap();
+        }
+        fs.destroy();
+    }
+    let dev = std::sync::Arc::new(CountingReads {
+        inner: vudev::FileDevice::open(&img, true).unwrap(),
+        read: Default::default(),
+        prefetched: Default::default(),
+    });
+    let fs = ExFatFs::open(
+        dev.clone(),
+        vufuse_exfat::ExFatOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let first = fs.lookup(&c, Ino::ROOT, OsStr::new("f00")).unwrap();
+    let o = fs.open(&c, first.attr.ino, libc::O_RDONLY).unwrap();
+    let announced = dev.prefetched.lock().unwrap().clone();
+    assert_eq!(announced.len(), 19, "{announced:?}");
+    assert!(announced
+        .iter()
+        .all(|&(at, len)| len == 3000 && at + len <= 64 * MIB));
+    fs.release(&c, first.attr.ino, o.fh).unwrap();
+    let second = fs.lookup(&c, Ino::ROOT, OsStr::new("f01")).unwrap();
+    let o = fs.open(&c, second.attr.ino, libc::O_RDONLY).unwrap();
+    assert_eq!(dev.prefetched.lock().unwrap().len(), 19, "announced again");
+    fs.release(&c, second.attr.ino, o.fh).unwrap();
 }
