@@ -1,7 +1,7 @@
 //! The C shim's flat API (`shim.c`): the structs it fills and the functions it exports, as
 //! Rust sees them. Declarations only; every call site in the driver carries its SAFETY note.
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_long, c_void};
 
 /// Opaque libext2fs handles.
 #[repr(C)]
@@ -24,6 +24,9 @@ pub(crate) struct VxDev {
     pub(crate) write_back: extern "C" fn(*mut c_void, *const u64, usize, c_int) -> c_int,
     /// The filesystem's block size, the unit the cache keeps.
     pub(crate) set_block_size: extern "C" fn(*mut c_void, u32) -> c_int,
+    /// The htree builder (`htree::vx_make_indexed`), called by the shim when a one-block
+    /// directory is full.
+    pub(crate) make_indexed: unsafe extern "C" fn(*mut ExtFsHandle, u32, *mut c_int) -> c_long,
 }
 
 /// Mirrors `struct vx_stat`.

@@ -35,13 +35,13 @@ struct Entry {
     name: Vec<u8>,
 }
 
-/// Indexes the one-block directory `dir` when it is full, for the shim's `vx_grow_dir`:
-/// `*done` says whether it did (if not, the directory grows linearly); returns 0 or an errno.
+/// Indexes the one-block directory `dir` when it is full, for the shim's `vx_grow_dir`
+/// (through `VxDev::make_indexed`): `*done` says whether it did (if not, the directory
+/// grows linearly); returns 0 or an errno.
 ///
 /// # Safety
 /// `fs` must be the shim's open filesystem and `done` point to a writable int.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn vx_make_indexed(
+pub(crate) unsafe extern "C" fn vx_make_indexed(
     fs: *mut ExtFsHandle,
     dir: u32,
     done: *mut c_int,

@@ -543,6 +543,7 @@ impl ExtFs {
             prefetch: dev_prefetch,
             write_back: dev_write_back,
             set_block_size: dev_set_block_size,
+            make_indexed: htree::vx_make_indexed,
         }));
         let mut fs: *mut ExtFsHandle = std::ptr::null_mut();
         let mut msg = vec![0u8; 512];

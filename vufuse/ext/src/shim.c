@@ -35,6 +35,10 @@ struct vx_dev {
 	 * overlap (VX_WB_WITHIN) or miss (VX_WB_OUTSIDE) the n byte ranges, start/end pairs. */
 	int (*write_back)(void *ctx, const uint64_t *ranges, size_t n, int which);
 	int (*set_block_size)(void *ctx, uint32_t block_size); /* the cached unit */
+	/* The htree builder (src/htree.rs): indexes the full one-block directory dir (*done 1)
+	 * or leaves it (*done 0); an errno. A callback, not an exported symbol, so that a
+	 * module linking the crate without using ext drops the shim altogether. */
+	long (*make_indexed)(ext2_filsys fs, uint32_t dir, int *done);
 };
 
 enum { VX_WB_ALL = 0, VX_WB_WITHIN = 1, VX_WB_OUTSIDE = 2 };
@@ -315,9 +319,6 @@ static void vx_unsupported_features(struct vx_dev *dev, int ro_compat, char *out
 static errcode_t vx_meta_init(ext2_filsys fs);
 static blk64_t vx_allowed_blocks(ext2_filsys fs);
 void vx_give_back_blocks(ext2_filsys fs, const uint64_t *blocks, size_t n);
-/* Defined in Rust (src/htree.rs): indexes the full one-block directory dir (*done 1), or
- * leaves it (*done 0); an errno. */
-errcode_t vx_make_indexed(ext2_filsys fs, uint32_t dir, int *done);
 static void vx_inode_alloc_stats(ext2_filsys fs, ext2_ino_t ino, int inuse, int isdir);
 static void vx_meta_free(ext2_filsys fs);
 
@@ -1129,7 +1130,8 @@ int vx_switch_to_htree(ext2_filsys fs, uint32_t dir, const uint64_t *blocks, siz
 static errcode_t vx_grow_dir(ext2_filsys fs, uint32_t dir)
 {
 	int indexed = 0;
-	errcode_t err = vx_make_indexed(fs, dir, &indexed); /* src/htree.rs */
+	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
+	errcode_t err = dev->make_indexed(fs, dir, &indexed);
 	if (!err && !indexed)
 		err = ext2fs_expand_dir(fs, dir);
 	return err;
