@@ -15,8 +15,8 @@ pub mod umvu;
 
 pub use fsck::{e2fsck_clean, fsck_fat_clean};
 pub use mount::{
-    daemon_gone, is_mounted, lazy_unmount, mount_daemon, unmount, wait_for_daemon_exit, wait_until,
-    wait_until_mounted, MountGuard,
+    daemon_gone, is_mounted, lazy_unmount, mount_daemon, spawn_logged, unmount,
+    wait_for_daemon_exit, wait_until, wait_until_mounted, MountGuard,
 };
 pub use other_user::{as_nobody, assert_denied, nobody, open_scratch, other_user_unavailable};
 pub use run::{

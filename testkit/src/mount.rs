@@ -141,6 +141,27 @@ pub fn mount_daemon(program: &str, options: &[&str], source: &Path, dir: &Path) 
     MountGuard::served_by(&name, dir)
 }
 
+/// Runs `program -f -d -o OPTIONS SOURCE DIR` in the foreground (making DIR first) with its
+/// request log (`-d`, on stderr) piped, and returns once the mount is live: unmount DIR, then
+/// `wait_with_output` gives the log of every request.
+pub fn spawn_logged(
+    program: &str,
+    options: &str,
+    source: &Path,
+    dir: &Path,
+) -> std::process::Child {
+    std::fs::create_dir_all(dir).expect("mount point");
+    let child = std::process::Command::new(program)
+        .args(["-f", "-d", "-o", options])
+        .arg(source)
+        .arg(dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    wait_until_mounted(dir, Duration::from_secs(10));
+    child
+}
+
 /// A live mount that is taken down (lazily) when dropped, so a failing test leaves no mount
 /// behind; [`MountGuard::unmount`] is the checked way down.
 pub struct MountGuard {

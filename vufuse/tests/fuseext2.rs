@@ -1015,15 +1015,7 @@ fn every_operation_reaches_the_image_and_only_the_first_close_sends_flush() {
         img.display()
     ));
     let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let daemon = Command::new(BIN)
-        .args(["-f", "-d", "-o", "rw+"])
-        .arg(&img)
-        .arg(&mnt)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until_mounted(&mnt, Duration::from_secs(10));
+    let daemon = testkit::spawn_logged(BIN, "rw+", &img, &mnt);
     sh(&format!(
         "cd '{}' && mkdir d && for i in $(seq 1 40); do echo file $i > d/f$i; done && \
          head -c 300000 /dev/urandom > d/big && rm d/f3 && mv d/f4 d/g4 && chmod 600 d/f5",

@@ -467,15 +467,7 @@ fn xattr_requests_stop_after_the_first_and_callers_see_eopnotsupp() {
             img.display()
         ));
         let mnt = dir.path().join("mnt");
-        std::fs::create_dir_all(&mnt).unwrap();
-        let daemon = Command::new(BIN)
-            .args(["-f", "-d", "-o", "rw+"])
-            .arg(&img)
-            .arg(&mnt)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_until_mounted(&mnt, Duration::from_secs(10));
+        let daemon = testkit::spawn_logged(BIN, "rw+", &img, &mnt);
         let errors = sh(&format!(
             "cd '{}' && for i in $(seq 1 20); do for k in 1 2 3; do echo $k >> f$i; done; done; \
              getfattr -n user.x f1 2>&1; setfattr -n user.x -v 1 f1 2>&1; getfattr -d f1 2>&1; true",
