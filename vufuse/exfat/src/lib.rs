@@ -484,7 +484,8 @@ impl ExFatFs {
     }
 }
 
-/// Reads the first `len` bytes of the clusters of `extents`.
+/// The first `len` bytes stored in `extents`, read run by run (the up-case table, whose
+/// every byte counts).
 fn read_extents(
     dev: &dyn BlockDevice,
     extents: &Extents,
@@ -492,23 +493,7 @@ fn read_extents(
     offset_of: impl Fn(u32) -> u64,
     len: u64,
 ) -> Result<Vec<u8>> {
-    let mut bytes = vec![0u8; len as usize];
-    let mut done = 0u64;
-    for (disk, count) in extents.runs() {
-        if done >= len {
-            break;
-        }
-        let n = ((count as u64) << cluster_shift).min(len - done);
-        dev.read_exact_at(
-            &mut bytes[done as usize..(done + n) as usize],
-            offset_of(disk),
-        )?;
-        done += n;
-    }
-    if done < len {
-        return Err(Errno::EIO);
-    }
-    Ok(bytes)
+    read_runs(dev, extents, cluster_shift, offset_of, len, Until::Length)
 }
 
 /// The first piece of a directory read by [`read_dir_extents`]; later pieces double.
@@ -528,8 +513,41 @@ fn read_dir_extents(
     offset_of: impl Fn(u32) -> u64,
     len: u64,
 ) -> Result<Vec<u8>> {
+    read_runs(
+        dev,
+        extents,
+        cluster_shift,
+        offset_of,
+        len,
+        Until::EndOfDirectory,
+    )
+}
+
+/// Where [`read_runs`] may stop.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// All `len` bytes, each run in one read.
+    Length,
+    /// The first piece holding an end-of-directory entry (pieces from 4 KiB, doubling).
+    EndOfDirectory,
+}
+
+/// Reads up to `len` bytes of `extents` into a zeroed buffer of `len`; EIO when the runs
+/// hold fewer bytes (and `until` did not stop the read first).
+fn read_runs(
+    dev: &dyn BlockDevice,
+    extents: &Extents,
+    cluster_shift: u32,
+    offset_of: impl Fn(u32) -> u64,
+    len: u64,
+    until: Until,
+) -> Result<Vec<u8>> {
     let mut bytes = vec![0u8; len as usize];
-    let (mut done, mut piece) = (0u64, DIR_READ_FIRST);
+    let mut done = 0u64;
+    let mut piece = match until {
+        Until::Length => u64::MAX,
+        Until::EndOfDirectory => DIR_READ_FIRST,
+    };
     for (disk, count) in extents.runs() {
         let run_end = (done + ((count as u64) << cluster_shift)).min(len);
         let mut at = offset_of(disk);
@@ -537,10 +555,13 @@ fn read_dir_extents(
             let n = piece.min(run_end - done);
             let chunk = &mut bytes[done as usize..(done + n) as usize];
             dev.read_exact_at(chunk, at)?;
-            if chunk.chunks_exact(ENTRY).any(|e| e[0] == TYPE_END) {
-                return Ok(bytes);
+            if until == Until::EndOfDirectory {
+                if chunk.chunks_exact(ENTRY).any(|e| e[0] == TYPE_END) {
+                    return Ok(bytes);
+                }
+                piece = (piece * 2).min(DIR_READ_MAX);
             }
-            (done, at, piece) = (done + n, at + n, (piece * 2).min(DIR_READ_MAX));
+            (done, at) = (done + n, at + n);
         }
         if done >= len {
             break;

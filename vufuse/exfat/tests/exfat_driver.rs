@@ -892,6 +892,21 @@ impl vudev::BlockDevice for CountingReads {
     }
 }
 
+/// The image opened read-only by the driver over a [`CountingReads`] device.
+fn open_counting(img: &Path) -> (std::sync::Arc<CountingReads>, ExFatFs) {
+    let dev = std::sync::Arc::new(CountingReads {
+        inner: vudev::FileDevice::open(img, true).unwrap(),
+        read: Default::default(),
+        prefetched: Default::default(),
+    });
+    let options = vufuse_exfat::ExFatOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    let fs = ExFatFs::open(dev.clone(), options).unwrap();
+    (dev, fs)
+}
+
 /// A small directory in a large cluster is read up to its end-of-directory entry, not whole:
 /// walking 100 directories of two names each in 256 KiB clusters reads a few hundred KiB
 /// (it read 25 MiB when every directory was read whole).
@@ -919,19 +934,7 @@ fn small_directories_in_large_clusters_are_read_to_their_end_marker_only() {
         fs.destroy();
     }
     fsck_clean(&img);
-    let dev = std::sync::Arc::new(CountingReads {
-        inner: vudev::FileDevice::open(&img, true).unwrap(),
-        read: Default::default(),
-        prefetched: Default::default(),
-    });
-    let fs = ExFatFs::open(
-        dev.clone(),
-        vufuse_exfat::ExFatOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (dev, fs) = open_counting(&img);
     let before = dev.read.load(std::sync::atomic::Ordering::Relaxed);
     let mut seen = BTreeMap::new();
     driver_tree(&fs, Ino::ROOT, Path::new(""), &mut seen);
@@ -966,19 +969,7 @@ fn opening_a_file_prefetches_the_files_after_it() {
         }
         fs.destroy();
     }
-    let dev = std::sync::Arc::new(CountingReads {
-        inner: vudev::FileDevice::open(&img, true).unwrap(),
-        read: Default::default(),
-        prefetched: Default::default(),
-    });
-    let fs = ExFatFs::open(
-        dev.clone(),
-        vufuse_exfat::ExFatOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (dev, fs) = open_counting(&img);
     let first = fs.lookup(&c, Ino::ROOT, OsStr::new("f00")).unwrap();
     let o = fs.open(&c, first.attr.ino, libc::O_RDONLY).unwrap();
     let announced = dev.prefetched.lock().unwrap().clone();
