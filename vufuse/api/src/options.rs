@@ -217,6 +217,23 @@ struct RawFlags {
     rw_plus: bool,
 }
 
+/// What a switch option (one without a value) sets.
+enum Switch<'a> {
+    /// A flag the option turns on.
+    On(&'a mut bool),
+    /// One of a pair (`atime` / `noatime`): the option says which.
+    Either(&'a mut Option<bool>, bool),
+}
+
+impl Switch<'_> {
+    fn turn(self) {
+        match self {
+            Switch::On(flag) => *flag = true,
+            Switch::Either(setting, on) => *setting = Some(on),
+        }
+    }
+}
+
 impl MountOptions {
     /// The options of a mount given no `-o` at all.
     pub fn defaults(policy: WritePolicy) -> MountOptions {
@@ -297,177 +314,117 @@ impl MountOptions {
         Ok(opts)
     }
 
+    /// One `key` or `key=value` item: a switch (no value), an ignored libfuse habit, or a
+    /// setting with a value.
     fn apply(&mut self, item: &str, raw: &mut RawFlags) -> Result<(), OptionError> {
         let (key, value) = match item.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (item, None),
         };
-        let bad = |reason: &str| OptionError {
+        let bad = |reason: String| OptionError {
             option: item.to_string(),
-            reason: reason.to_string(),
+            reason,
         };
-        let flag = |value: Option<&str>| -> Result<(), OptionError> {
-            match value {
-                None => Ok(()),
-                Some(_) => Err(bad("takes no value")),
-            }
-        };
-        let needs = |value: Option<&str>| -> Result<String, OptionError> {
-            match value {
-                Some(v) if !v.is_empty() => Ok(v.to_string()),
-                _ => Err(bad("needs a value")),
-            }
-        };
-        match key {
-            "ro" => {
-                flag(value)?;
-                raw.ro = true;
-            }
-            "rw" => {
-                flag(value)?;
-                raw.rw = true;
-            }
-            "rw+" => {
-                flag(value)?;
-                raw.rw_plus = true;
-            }
-            "force" => {
-                flag(value)?;
-                self.force = true;
-            }
-            "uid" => self.uid = Some(parse_decimal(&needs(value)?).map_err(|r| bad(&r))?),
-            "gid" => self.gid = Some(parse_decimal(&needs(value)?).map_err(|r| bad(&r))?),
-            "umask" => self.umask = Some(parse_mask(&needs(value)?).map_err(|r| bad(&r))?),
-            "dmask" => self.dmask = Some(parse_mask(&needs(value)?).map_err(|r| bad(&r))?),
-            "fmask" => self.fmask = Some(parse_mask(&needs(value)?).map_err(|r| bad(&r))?),
-            "part" => self.partition = Some(parse_decimal(&needs(value)?).map_err(|r| bad(&r))?),
-            "allow_other" => {
-                flag(value)?;
-                self.allow_other = true;
-            }
-            "allow_root" => {
-                flag(value)?;
-                self.allow_root = true;
-            }
-            "default_permissions" => {
-                flag(value)?;
-                self.default_permissions = true;
-            }
-            "attr_timeout" => {
-                self.fuse.attr_timeout = Some(parse_seconds(&needs(value)?).map_err(|r| bad(&r))?)
-            }
-            "entry_timeout" => {
-                self.fuse.entry_timeout = Some(parse_seconds(&needs(value)?).map_err(|r| bad(&r))?)
-            }
-            "max_threads" => {
-                let n = parse_decimal(&needs(value)?).map_err(|r| bad(&r))?;
-                if !(1..=64).contains(&n) {
-                    return Err(bad("max_threads must be 1 to 64"));
+        if let Some(switch) = self.switch(key, raw) {
+            return match value {
+                None => {
+                    switch.turn();
+                    Ok(())
                 }
-                self.fuse.max_threads = Some(n as usize);
-            }
-            "max_read" => {
-                let n = parse_decimal(&needs(value)?).map_err(|r| bad(&r))?;
-                if n < 4096 {
-                    return Err(bad("max_read must be at least 4096"));
-                }
-                self.fuse.max_read = Some(n);
-            }
-            "kernel_cache" => {
-                flag(value)?;
-                self.fuse.kernel_cache = true;
-            }
-            "clone_fd" => {
-                flag(value)?;
-                self.fuse.clone_fd = true;
-            }
+                Some(_) => Err(bad("takes no value".into())),
+            };
+        }
+        if value.is_none() && IGNORED.contains(&key) {
+            return Ok(());
+        }
+        match self.set(key, value) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(bad("unknown option".into())),
+            Err(reason) => Err(bad(reason)),
+        }
+    }
+
+    /// What the switch option `key` (one without a value) turns, if it is one.
+    fn switch<'a>(&'a mut self, key: &str, raw: &'a mut RawFlags) -> Option<Switch<'a>> {
+        use Switch::{Either, On};
+        Some(match key {
+            "ro" => On(&mut raw.ro),
+            "rw" => On(&mut raw.rw),
+            "rw+" => On(&mut raw.rw_plus),
+            "force" => On(&mut self.force),
+            "allow_other" => On(&mut self.allow_other),
+            "allow_root" => On(&mut self.allow_root),
+            "default_permissions" => On(&mut self.default_permissions),
+            "kernel_cache" => On(&mut self.fuse.kernel_cache),
+            "clone_fd" => On(&mut self.fuse.clone_fd),
+            "fakeroot" => On(&mut self.fakeroot),
+            "nolock" => On(&mut self.nolock),
+            "debug" => On(&mut self.debug),
+            "dirsync" => On(&mut self.kernel.dirsync),
+            "auto_unmount" => On(&mut self.fuse.auto_unmount),
+            "noforget" => On(&mut self.fuse.noforget),
+            "norecovery" | "noload" => On(&mut self.norecovery),
             // The kernel's writeback cache (issue #18).
             "writeback_cache" | "no_writeback_cache" => {
-                flag(value)?;
-                self.fuse.writeback_cache = Some(key == "writeback_cache");
+                Either(&mut self.fuse.writeback_cache, key == "writeback_cache")
             }
-            "fsname" => self.fsname = Some(needs(value)?),
-            "subtype" => self.subtype = Some(needs(value)?),
-            "size" => self.size = Some(vudev::parse_size(&needs(value)?).map_err(|r| bad(&r))?),
-            "codepage" => self.codepage = Some(parse_decimal(&needs(value)?).map_err(|r| bad(&r))?),
-            "fakeroot" => {
-                flag(value)?;
-                self.fakeroot = true;
-            }
-            "nolock" => {
-                flag(value)?;
-                self.nolock = true;
-            }
-            "format" => self.format = Some(needs(value)?),
-            "debug" => {
-                flag(value)?;
-                self.debug = true;
-            }
-            "busy_poll" | "no_busy_poll" => {
-                flag(value)?;
-                self.busy_poll = Some(key == "busy_poll");
-            }
-            "nosuid" | "suid" => {
-                flag(value)?;
-                self.kernel.nosuid = Some(key == "nosuid");
-            }
-            "nodev" | "dev" => {
-                flag(value)?;
-                self.kernel.nodev = Some(key == "nodev");
-            }
-            "noexec" | "exec" => {
-                flag(value)?;
-                self.kernel.noexec = Some(key == "noexec");
-            }
-            "noatime" | "atime" => {
-                flag(value)?;
-                self.kernel.noatime = Some(key == "noatime");
-            }
-            "sync" | "async" => {
-                flag(value)?;
-                self.kernel.sync = Some(key == "sync");
-            }
-            "dirsync" => {
-                flag(value)?;
-                self.kernel.dirsync = true;
-            }
-            // ---- libfuse and fuse2fs habits, second batch (issue 15) ----
-            "auto_unmount" => {
-                flag(value)?;
-                self.fuse.auto_unmount = true;
-            }
-            "noforget" => {
-                flag(value)?;
-                self.fuse.noforget = true;
-            }
-            "negative_timeout" => {
-                self.fuse.negative_timeout =
-                    Some(parse_seconds(&needs(value)?).map_err(|r| bad(&r))?)
-            }
+            "busy_poll" | "no_busy_poll" => Either(&mut self.busy_poll, key == "busy_poll"),
+            "nosuid" | "suid" => Either(&mut self.kernel.nosuid, key == "nosuid"),
+            "nodev" | "dev" => Either(&mut self.kernel.nodev, key == "nodev"),
+            "noexec" | "exec" => Either(&mut self.kernel.noexec, key == "noexec"),
+            "noatime" | "atime" => Either(&mut self.kernel.noatime, key == "noatime"),
+            "sync" | "async" => Either(&mut self.kernel.sync, key == "sync"),
+            _ => return None,
+        })
+    }
+
+    /// Sets the option `key` from its value: `Ok(false)` when no option has that name.
+    fn set(&mut self, key: &str, value: Option<&str>) -> Result<bool, String> {
+        let needs = || match value {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err("needs a value".to_string()),
+        };
+        match key {
+            "uid" => self.uid = Some(parse_decimal(needs()?)?),
+            "gid" => self.gid = Some(parse_decimal(needs()?)?),
+            "umask" => self.umask = Some(parse_mask(needs()?)?),
+            "dmask" => self.dmask = Some(parse_mask(needs()?)?),
+            "fmask" => self.fmask = Some(parse_mask(needs()?)?),
+            "part" => self.partition = Some(parse_decimal(needs()?)?),
+            "attr_timeout" => self.fuse.attr_timeout = Some(parse_seconds(needs()?)?),
+            "entry_timeout" => self.fuse.entry_timeout = Some(parse_seconds(needs()?)?),
+            "negative_timeout" => self.fuse.negative_timeout = Some(parse_seconds(needs()?)?),
+            "max_threads" => match parse_decimal(needs()?)? {
+                n @ 1..=64 => self.fuse.max_threads = Some(n as usize),
+                _ => return Err("max_threads must be 1 to 64".into()),
+            },
+            "max_read" => match parse_decimal(needs()?)? {
+                n @ 4096.. => self.fuse.max_read = Some(n),
+                _ => return Err("max_read must be at least 4096".into()),
+            },
+            "fsname" => self.fsname = Some(needs()?.to_string()),
+            "subtype" => self.subtype = Some(needs()?.to_string()),
+            "format" => self.format = Some(needs()?.to_string()),
+            "size" => self.size = Some(vudev::parse_size(needs()?)?),
+            "codepage" => self.codepage = Some(parse_decimal(needs()?)?),
             "offset" => {
-                let text = needs(value)?;
-                if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(bad("needs a number of bytes"));
+                let text = needs()?;
+                if !text.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err("needs a number of bytes".into());
                 }
-                self.offset = Some(text.parse().map_err(|_| bad("too large"))?);
-            }
-            "norecovery" | "noload" => {
-                flag(value)?;
-                self.norecovery = true;
+                self.offset = Some(text.parse().map_err(|_| "too large".to_string())?);
             }
             "errors" => {
-                self.errors = Some(match needs(value)?.as_str() {
+                self.errors = Some(match needs()? {
                     "continue" => ErrorBehavior::Continue,
                     "remount-ro" => ErrorBehavior::RemountRo,
                     "panic" => ErrorBehavior::Panic,
-                    _ => return Err(bad("must be continue, remount-ro or panic")),
+                    _ => return Err("must be continue, remount-ro or panic".into()),
                 })
             }
-            // ---- end of the second batch ----
-            _ if IGNORED.contains(&key) && value.is_none() => {}
-            _ => return Err(bad("unknown option")),
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Permission bits removed from directories (`dmask`, else `umask`, else none).
