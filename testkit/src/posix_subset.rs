@@ -29,7 +29,7 @@ pub struct Check {
     pub name: &'static str,
     /// What the filesystem must keep for the check to apply.
     pub needs: Needs,
-    /// The shell steps, after [`PRELUDE`]'s helpers.
+    /// The shell steps, after the helpers of the script prelude (`PRELUDE`).
     pub script: &'static str,
 }
 

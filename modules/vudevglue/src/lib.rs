@@ -134,7 +134,7 @@ pub mod req {
     pub const BLKSSZGET: c_ulong = 0x1268;
     /// `_IOR(0x12,114,size_t)` size in bytes (u64 out)
     pub const BLKGETSIZE64: c_ulong = 0x8008_1272;
-    /// `_IO(0x12,119)` discard a range (u64[2] in)
+    /// `_IO(0x12,119)` discard a range (two u64 in: offset, length)
     pub const BLKDISCARD: c_ulong = 0x1277;
     /// `_IO(0x12,120)` minimum I/O size (unsigned int out)
     pub const BLKIOMIN: c_ulong = 0x1278;
@@ -146,7 +146,7 @@ pub mod req {
     pub const BLKPBSZGET: c_ulong = 0x127b;
     /// `_IO(0x12,124)` discarded ranges read as zeros (unsigned int out)
     pub const BLKDISCARDZEROES: c_ulong = 0x127c;
-    /// `_IO(0x12,127)` zero a range (u64[2] in)
+    /// `_IO(0x12,127)` zero a range (two u64 in: offset, length)
     pub const BLKZEROOUT: c_ulong = 0x127f;
     /// `_IOR(0x12,132,u32)` zone size (u32 out; 0 = not zoned)
     pub const BLKGETZONESZ: c_ulong = 0x8004_1284;

@@ -32,7 +32,7 @@ pub struct Cli {
     /// Listen on this Unix socket.
     #[arg(long, value_name = "PATH", conflicts_with = "bind")]
     pub unix: Option<PathBuf>,
-    /// Listen on ADDR[:PORT] (default 127.0.0.1:10809; other addresses only when given).
+    /// Listen on ADDR or ADDR:PORT (default 127.0.0.1:10809; other addresses only when given).
     #[arg(long, value_name = "ADDR[:PORT]")]
     pub bind: Option<String>,
     /// Stay in the foreground (always the case; accepted for compatibility).

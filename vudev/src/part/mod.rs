@@ -77,7 +77,7 @@ impl Partition {
     }
 }
 
-/// An in-memory partition table: what [`probe`] finds and [`write`] stores.
+/// An in-memory partition table: what [`probe()`] finds and [`write()`] stores.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionTable {
     /// MBR or GPT.

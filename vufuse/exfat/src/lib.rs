@@ -13,7 +13,7 @@
 //!   case);
 //! - [`entry_set`]: File + Stream Extension + File Name entries, SetChecksum and NameHash;
 //! - [`dir`]: a parsed directory; [`extents`]: a file's cluster runs; [`time`]: timestamps;
-//! - [`format`]: the formatter.
+//! - [`mod@format`]: the formatter.
 //!
 //! Allocation: a new file gets one contiguous run (NoFatChain, no FAT writes); it stays
 //! contiguous while the clusters after it are free and becomes a FAT chain when they are

@@ -262,7 +262,7 @@ fn label_field(label: Option<&str>) -> Result<Option<[u8; 11]>, FormatError> {
     Ok(Some(field))
 }
 
-/// The layout [`format`] would write on a volume of `bytes`, or why it cannot.
+/// The layout [`format()`] would write on a volume of `bytes`, or why it cannot.
 pub fn layout_for(bytes: u64, opts: &FormatOptions) -> Result<Layout, FormatError> {
     label_field(opts.label.as_deref())?;
     let (fat_type, spc, reserved, fat_sectors, clusters) = choose(bytes / SECTOR, opts)?;

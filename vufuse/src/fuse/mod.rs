@@ -2,7 +2,7 @@
 //! through the `fuser` crate (pure-Rust mount, no libfuse).
 //!
 //! [`FuseAdapter`] maps each request to one trait call and each
-//! [`Errno`](crate::Errno) to the reply; [`session_config`] turns the shared
+//! [`Errno`](vufuse_api::Errno) to the reply; [`session_config`] turns the shared
 //! [`MountOptions`] into what fuser passes to the kernel; [`KernelCache`]
 //! lets a driver drop what the kernel cached when the data changed behind it.
 
