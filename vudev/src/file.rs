@@ -14,6 +14,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// An image file or a host block device seen as a [`BlockDevice`].
 #[derive(Debug)]
@@ -24,6 +25,9 @@ pub struct FileDevice {
     sector_size: u32,
     read_only: bool,
     is_block_device: bool,
+    /// The last run `[start, end)` that `SEEK_DATA`/`SEEK_HOLE` called data (see
+    /// [`FileDevice::extents`]).
+    known_data: Mutex<Option<(u64, u64)>>,
 }
 
 impl FileDevice {
@@ -57,6 +61,7 @@ impl FileDevice {
             sector_size,
             read_only,
             is_block_device,
+            known_data: Mutex::new(None),
         })
     }
 
@@ -68,6 +73,12 @@ impl FileDevice {
             }
             other => other,
         }
+    }
+
+    /// Forgets the data run [`BlockDevice::extents`] remembers: for a caller that punched
+    /// holes or changed the length through [`FileDevice::file`].
+    pub fn forget_data_runs(&self) {
+        *self.known_data.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// The path the device was opened from.
@@ -146,6 +157,8 @@ impl BlockDevice for FileDevice {
         if len == 0 || self.is_block_device {
             return Ok(());
         }
+        // A punched range is no longer data: forget the run extents() remembers.
+        self.forget_data_runs();
         let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
         match rustix::fs::fallocate(&self.file, flags, offset, len) {
             Ok(()) => Ok(()),
@@ -161,6 +174,13 @@ impl BlockDevice for FileDevice {
 
     /// Holes as the filesystem reports them (lseek `SEEK_DATA`/`SEEK_HOLE`); a host block
     /// device, or a filesystem without them, is all data.
+    ///
+    /// The last data run found is remembered, so that a client asking about a large
+    /// allocated file piece by piece (NBD block status) costs two lseeks per run, not per
+    /// query: on tmpfs each `SEEK_HOLE` walks the page cache up to the next hole, the end of
+    /// a full file. Writes only add data, so the run stays true until a hole is punched
+    /// here ([`BlockDevice::discard`] forgets it); a hole punched by another program would
+    /// be reported as data, which is what a filesystem without holes says anyway.
     fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
         let end = offset.saturating_add(len).min(self.size);
         if self.is_block_device || offset >= end {
@@ -168,6 +188,14 @@ impl BlockDevice for FileDevice {
         }
         let mut list = ExtentList::new(max);
         let mut pos = offset;
+        let known = *self.known_data.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, stop)) = known.filter(|&(start, stop)| start <= pos && pos < stop) {
+            let run_end = stop.min(end);
+            if !list.push(run_end - pos, false) || run_end >= end {
+                return Ok(list.into_vec());
+            }
+            pos = run_end;
+        }
         while pos < end {
             let data = match seek(&self.file, rustix::fs::SeekFrom::Data(pos)) {
                 Ok(Some(d)) => d.min(end),
@@ -185,9 +213,11 @@ impl BlockDevice for FileDevice {
                 break;
             }
             // Past the file's end (it shrank under us) the rest is called data.
-            let hole = seek(&self.file, rustix::fs::SeekFrom::Hole(pos))?
-                .map_or(end, |h| h.min(end))
-                .max(pos + 1);
+            let found = seek(&self.file, rustix::fs::SeekFrom::Hole(pos))?;
+            if let Some(h) = found.filter(|&h| h > pos) {
+                *self.known_data.lock().unwrap_or_else(|e| e.into_inner()) = Some((pos, h));
+            }
+            let hole = found.map_or(end, |h| h.min(end)).max(pos + 1);
             if !list.push(hole - pos, false) {
                 break;
             }
@@ -322,6 +352,31 @@ mod tests {
             }]
         );
         assert_eq!(dev.extents(0, 16 << 20, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_data_run_found_once_answers_later_queries_until_a_hole_is_punched() {
+        let (_dir, path) = image(8 << 20);
+        let dev = FileDevice::open(&path, false).unwrap();
+        dev.write_all_at(&vec![1u8; 4 << 20], 2 << 20).unwrap();
+        let data = |dev: &FileDevice, off, len| {
+            let ex = dev.extents(off, len, 100).unwrap();
+            ex.iter().filter(|e| !e.zero).map(|e| e.len).sum::<u64>()
+        };
+        assert_eq!(data(&dev, 0, 8 << 20), 4 << 20);
+        // A hole punched behind the device's back is not seen: the run is remembered...
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        rustix::fs::fallocate(dev.file(), flags, 3 << 20, 1 << 20).unwrap();
+        assert_eq!(data(&dev, 3 << 20, 1 << 20), 1 << 20);
+        // ...until forgotten, and a discard through the device forgets it itself.
+        dev.forget_data_runs();
+        assert_eq!(data(&dev, 0, 8 << 20), 3 << 20);
+        assert_eq!(data(&dev, 2 << 20, 1 << 20), 1 << 20);
+        dev.discard(2 << 20, 1 << 20).unwrap();
+        assert_eq!(data(&dev, 0, 8 << 20), 2 << 20);
+        // Writes only add data: a remembered run stays true across them.
+        dev.write_all_at(&[1u8; 4096], 7 << 20).unwrap();
+        assert_eq!(data(&dev, 0, 8 << 20), (2 << 20) + 4096);
     }
 
     #[test]

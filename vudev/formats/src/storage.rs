@@ -181,6 +181,7 @@ impl Storage {
                 let flags =
                     rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
                 let _ = rustix::fs::fallocate(dev.file(), flags, offset, len);
+                dev.forget_data_runs();
                 Ok(())
             }
             Backend::Dev(d) => {
@@ -195,6 +196,7 @@ impl Storage {
         match &self.backend {
             Backend::File { dev, len } => {
                 dev.file().set_len(new_len)?;
+                dev.forget_data_runs();
                 len.store(new_len, Ordering::Release);
                 Ok(())
             }
