@@ -317,6 +317,45 @@ fn commit_refuses_a_backing_file_in_use() {
 }
 
 #[test]
+fn commit_writes_the_overlays_own_data_and_zero_clusters_only() {
+    if !have(
+        "commit_writes_the_overlays_own_data_and_zero_clusters_only",
+        &["qemu-img", "qemu-io"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    std::fs::write(&base, vec![0x11u8; 4 << 20]).unwrap();
+    let top = dir.path().join("top.qcow2");
+    ok(&["overlay", "-q", s(&base), s(&top)]);
+    for cmd in ["write -z 1M 128k", "write -P 0x5a 2M 64k"] {
+        let (w, text) = tool("qemu-io", &["-f", "qcow2", "-c", cmd, s(&top)]);
+        assert!(w, "{text}");
+    }
+    let map = qemu_img(&["map", "--output=json", s(&top)]);
+    assert!(
+        map.contains("\"zero\": true, \"data\": false"),
+        "no zero cluster: {map}"
+    );
+    let shown = dir.path().join("shown.raw");
+    qemu_img(&["convert", "-O", "raw", s(&top), s(&shown)]);
+    ok(&["commit", "-q", s(&top)]);
+    // The zero cluster hid the base's bytes: they are zeros now; what the overlay does
+    // not hold (read alone, zeros) was not written over the base.
+    let data = std::fs::read(&base).unwrap();
+    assert!(data[1 << 20..(1 << 20) + (128 << 10)]
+        .iter()
+        .all(|&b| b == 0));
+    assert!(data[2 << 20..(2 << 20) + (64 << 10)]
+        .iter()
+        .all(|&b| b == 0x5a));
+    assert!(data[..1 << 20].iter().all(|&b| b == 0x11));
+    assert!(data[(2 << 20) + (64 << 10)..].iter().all(|&b| b == 0x11));
+    assert_identical(&base, "raw", &shown, "raw");
+}
+
+#[test]
 fn uml_overlay_is_what_uml_mkcow_makes_and_commit_matches_uml_moo() {
     if !have(
         "uml_overlay_is_what_uml_mkcow_makes_and_commit_matches_uml_moo",

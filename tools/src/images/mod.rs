@@ -4,7 +4,7 @@
 //! them: choosing a format, writing outputs atomically (a temporary directory beside the
 //! output, renamed at the end), copying only what the source's map
 //! (`vudev::data_ranges`) says may hold data and that is not zero, and reading what an
-//! overlay holds itself (qcow2 L1/L2 tables, UML COW bitmaps) for `commit`.
+//! overlay holds itself (`vudev_formats::own_ranges`) for `commit`.
 
 pub mod commit;
 pub mod convert;
