@@ -70,8 +70,14 @@ fn into_backing(overlay: &Path) -> Outcome {
     open_locked(overlay, false)?;
     let file = open_locked(overlay, true)?;
     let layer = vudev_formats::open_layer(file).map_err(|e| fail!("{e}"))?;
-    let ranges = vudev_formats::own_ranges(layer.as_ref())
-        .map_err(|e| fail!("{}: mapping what it holds: {e}", overlay.display()))?;
+    let ranges = vudev_formats::own_ranges(layer.as_ref()).map_err(|e| {
+        let at = super::map_failure_at(layer.size(), |o, l, m| layer.own_extents(o, l, m));
+        fail!(
+            "{}: mapping what it holds: {}",
+            overlay.display(),
+            super::map_error(e, at)
+        )
+    })?;
     let size = layer.size();
     let view = layer.into_block_device();
     let base_file = open_locked(&backing, false).map_err(|e| {
