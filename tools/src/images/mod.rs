@@ -401,10 +401,9 @@ pub fn write_image(
     create_empty(&temp.path, format, size)?;
     {
         let out: Arc<dyn BlockDevice> = if format == ImageFormat::Raw {
-            Arc::new(
-                vudev::FileDevice::open(&temp.path, false)
-                    .map_err(|e| fail!("{}: {e}", temp.path.display()))?,
-            )
+            let file = vudev::FileDevice::open(&temp.path, false)
+                .map_err(|e| fail!("{}: {e}", temp.path.display()))?;
+            Arc::new(WritebackAhead::new(file))
         } else {
             let options = vudev_formats::OpenOptions {
                 format: Some(format.format()),
@@ -422,4 +421,70 @@ pub fn write_image(
         out.flush().map_err(|e| fail!("{}: {e}", dst.display()))?;
     }
     temp.commit()
+}
+
+/// Bytes written to a raw output between two starts of their writeback.
+const WRITEBACK_STEP: u64 = 16 << 20;
+
+/// A raw output file that starts the writeback of what was written to it every
+/// `WRITEBACK_STEP` bytes (`posix_fadvise(POSIX_FADV_DONTNEED)`, which on Linux starts the
+/// writeback of dirty pages without waiting for it, then drops the clean ones), so that the
+/// disk writes while the copy reads, rather than all of it at the final flush.
+struct WritebackAhead {
+    file: vudev::FileDevice,
+    /// Writeback was started below this offset.
+    started: std::sync::atomic::AtomicU64,
+}
+
+impl WritebackAhead {
+    /// `file`, which will be written in order of offsets (as `copy_ranges` writes).
+    fn new(file: vudev::FileDevice) -> WritebackAhead {
+        WritebackAhead {
+            file,
+            started: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl BlockDevice for WritebackAhead {
+    fn size(&self) -> u64 {
+        self.file.size()
+    }
+    fn read_only(&self) -> bool {
+        self.file.read_only()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vudev::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> vudev::Result<usize> {
+        use std::sync::atomic::Ordering;
+        let n = self.file.write_at(buf, offset)?;
+        let end = offset + n as u64;
+        let from = self.started.load(Ordering::Relaxed);
+        if end >= from + WRITEBACK_STEP {
+            if let Some(len) = std::num::NonZeroU64::new(end - from) {
+                // Advisory: a failure only leaves the writeback to the flush.
+                let _ = rustix::fs::fadvise(
+                    self.file.file(),
+                    from,
+                    Some(len),
+                    rustix::fs::Advice::DontNeed,
+                );
+                self.started.store(end, Ordering::Relaxed);
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&self) -> vudev::Result<()> {
+        self.file.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> vudev::Result<()> {
+        self.file.discard(offset, len)
+    }
+    fn discard_zeroes(&self) -> bool {
+        self.file.discard_zeroes()
+    }
+    fn extents(&self, offset: u64, len: u64, max: usize) -> vudev::Result<Vec<vudev::Extent>> {
+        self.file.extents(offset, len, max)
+    }
 }
