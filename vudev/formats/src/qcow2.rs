@@ -979,7 +979,6 @@ impl Qcow2 {
     /// not this image's (`zero`), zero clusters are (they hide the backing file's data).
     fn map_extents(&self, offset: u64, len: u64, max: usize, own: bool) -> Result<Vec<Extent>> {
         let end = offset.saturating_add(len).min(self.size);
-
         let mut st = self.lock();
         let mut list = ExtentList::new(max);
         // A run of unallocated clusters not yet asked of the backing file: (start, len).
