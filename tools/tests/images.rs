@@ -169,6 +169,69 @@ fn convert_keeps_dense_data_and_zero_clusters_exact() {
     );
 }
 
+/// The guest offset of the first 64 KiB cluster of the qcow2 `img` whose data starts at or
+/// past host offset `cut`, from `qemu-img map` (taken before the file is cut there).
+fn first_cluster_past(img: &Path, cut: u64) -> u64 {
+    let map: Value = serde_json::from_str(&qemu_img(&["map", "--output=json", s(img)])).unwrap();
+    let mut first = u64::MAX;
+    for e in map.as_array().unwrap() {
+        let (Some(start), Some(host)) = (e["start"].as_u64(), e["offset"].as_u64()) else {
+            continue;
+        };
+        let len = e["length"].as_u64().unwrap();
+        let mut g = start;
+        while g < start + len {
+            if host + (g - start) >= cut {
+                first = first.min(g);
+                break;
+            }
+            g += 64 << 10;
+        }
+    }
+    assert_ne!(
+        first,
+        u64::MAX,
+        "{} holds no data past {cut}",
+        img.display()
+    );
+    first
+}
+
+#[test]
+fn commit_of_a_truncated_overlay_names_it_and_the_guest_offset() {
+    if !have(
+        "commit_of_a_truncated_overlay_names_it_and_the_guest_offset",
+        &["qemu-img", "qemu-io"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    std::fs::write(&base, vec![0x11u8; 8 << 20]).unwrap();
+    let top = dir.path().join("top.qcow2");
+    ok(&["overlay", "-q", s(&base), s(&top)]);
+    let (w, text) = tool(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x5a 1M 4M", s(&top)],
+    );
+    assert!(w, "{text}");
+    let len = std::fs::metadata(&top).unwrap().len();
+    let lost = first_cluster_past(&top, len - (1 << 20));
+    let f = std::fs::OpenOptions::new().write(true).open(&top).unwrap();
+    f.set_len(len - (1 << 20)).unwrap();
+    drop(f);
+    let before = sha256(&base);
+    fails(
+        &["commit", s(&top)],
+        1,
+        &format!(
+            "top.qcow2: mapping what it holds: Input/output error at guest offset {lost} \
+             (the image is truncated or corrupt)"
+        ),
+    );
+    assert_eq!(sha256(&base), before, "a failed commit wrote the base");
+}
+
 #[test]
 fn convert_of_a_truncated_qcow2_fails_and_leaves_dst_alone() {
     if !have(
@@ -183,13 +246,19 @@ fn convert_of_a_truncated_qcow2_fails_and_leaves_dst_alone() {
     let qcow = dir.path().join("cut.qcow2");
     qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow)]);
     let len = std::fs::metadata(&qcow).unwrap().len();
+    let lost = first_cluster_past(&qcow, len / 2);
     // Data clusters cut off: the L2 tables point past the end.
     let f = std::fs::OpenOptions::new().write(true).open(&qcow).unwrap();
     f.set_len(len / 2).unwrap();
     drop(f);
     let out = dir.path().join("out.img");
     fails(&["convert", s(&qcow), s(&out)], 1, "truncated");
-    fails(&["convert", s(&qcow), s(&out)], 1, "cut.qcow2");
+    // The message names the image and the first guest offset whose data is gone.
+    fails(
+        &["convert", s(&qcow), s(&out)],
+        1,
+        &format!("cut.qcow2: mapping its data: Input/output error at guest offset {lost} "),
+    );
     assert!(!out.exists(), "a failed convert left {}", out.display());
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -314,6 +383,45 @@ fn commit_refuses_a_backing_file_in_use() {
     assert!(data[65536..196608].iter().all(|&b| b == 0x5a));
     assert!(data[..65536].iter().all(|&b| b == 0));
     assert!(data[196608..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn commit_writes_the_overlays_own_data_and_zero_clusters_only() {
+    if !have(
+        "commit_writes_the_overlays_own_data_and_zero_clusters_only",
+        &["qemu-img", "qemu-io"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    std::fs::write(&base, vec![0x11u8; 4 << 20]).unwrap();
+    let top = dir.path().join("top.qcow2");
+    ok(&["overlay", "-q", s(&base), s(&top)]);
+    for cmd in ["write -z 1M 128k", "write -P 0x5a 2M 64k"] {
+        let (w, text) = tool("qemu-io", &["-f", "qcow2", "-c", cmd, s(&top)]);
+        assert!(w, "{text}");
+    }
+    let map = qemu_img(&["map", "--output=json", s(&top)]);
+    assert!(
+        map.contains("\"zero\": true, \"data\": false"),
+        "no zero cluster: {map}"
+    );
+    let shown = dir.path().join("shown.raw");
+    qemu_img(&["convert", "-O", "raw", s(&top), s(&shown)]);
+    ok(&["commit", "-q", s(&top)]);
+    // The zero cluster hid the base's bytes: they are zeros now; what the overlay does
+    // not hold (read alone, zeros) was not written over the base.
+    let data = std::fs::read(&base).unwrap();
+    assert!(data[1 << 20..(1 << 20) + (128 << 10)]
+        .iter()
+        .all(|&b| b == 0));
+    assert!(data[2 << 20..(2 << 20) + (64 << 10)]
+        .iter()
+        .all(|&b| b == 0x5a));
+    assert!(data[..1 << 20].iter().all(|&b| b == 0x11));
+    assert!(data[(2 << 20) + (64 << 10)..].iter().all(|&b| b == 0x11));
+    assert_identical(&base, "raw", &shown, "raw");
 }
 
 #[test]
@@ -722,6 +830,50 @@ fn convert_counting_reads(src: &Path, dst: &Path) -> u64 {
                 .ok()
         })
         .sum()
+}
+
+#[test]
+fn convert_to_raw_starts_the_writeback_while_it_copies() {
+    if !have(
+        "convert_to_raw_starts_the_writeback_while_it_copies",
+        &["strace", "qemu-img"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.img");
+    std::fs::write(&raw, noise(64 << 20, 5)).unwrap();
+    let qcow = dir.path().join("src.qcow2");
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow)]);
+    let out = dir.path().join("out.raw");
+    let log = dir.path().join("trace");
+    let (done, text) = tool(
+        "strace",
+        &[
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fadvise64,fdatasync",
+            "-o",
+            s(&log),
+            env!("CARGO_BIN_EXE_vuimg"),
+            "convert",
+            "-q",
+            s(&qcow),
+            s(&out),
+        ],
+    );
+    assert!(done, "{text}");
+    let trace = std::fs::read_to_string(&log).unwrap();
+    // Every 16 MiB written, the writeback of what was written is started; the final
+    // flush then has little left to wait for.
+    let starts = trace.matches("POSIX_FADV_DONTNEED").count();
+    assert!(
+        starts >= 3,
+        "{starts} writeback starts for 64 MiB:\n{trace}"
+    );
+    assert!(trace.contains("fdatasync("), "no flush:\n{trace}");
+    assert_identical(&qcow, "qcow2", &out, "raw");
 }
 
 fn qemu_io(img: &Path, fmt: &str, cmd: &str) {

@@ -1,7 +1,7 @@
 //! `vuimg commit OVERLAY [DST]`: fold an overlay into its backing file (as `qemu-img
 //! commit`), or write the merged disk to a new image (as `uml_moo`).
 
-use super::headers::{overlay_data, probe_link};
+use super::headers::probe_link;
 use crate::cli::ImageFormat;
 use crate::fail;
 use crate::image_lock::{open_locked, through_format};
@@ -38,9 +38,10 @@ pub fn commit(
     into_backing(overlay)
 }
 
-/// Writes the overlay's own clusters (qcow2) or sectors (UML COW) into its backing file,
-/// opened read-write and locked exclusive; the overlay is left as it was (it now reads the
-/// same as its backing file).
+/// Writes what the overlay defines itself (its own map, `vudev_formats::own_ranges`: qcow2
+/// data and zero clusters, UML COW written sectors) into its backing file, opened
+/// read-write and locked exclusive; the overlay is left as it was (it now reads the same
+/// as its backing file).
 fn into_backing(overlay: &Path) -> Outcome {
     let (format, link) = probe_link(overlay)?;
     let link = link.ok_or_else(|| match format {
@@ -64,11 +65,21 @@ fn into_backing(overlay: &Path) -> Outcome {
     if same {
         return Err(fail!("{}: is its own backing file", overlay.display()));
     }
-    // The overlay is held (exclusive: nobody writes it meanwhile) but read without its
-    // chain, which would lock the backing file shared.
+    // The overlay is held (exclusive: nobody writes it meanwhile) but read alone, without
+    // its chain, which would lock the backing file shared.
     open_locked(overlay, false)?;
     let file = open_locked(overlay, true)?;
-    let data = overlay_data(file, format)?;
+    let layer = vudev_formats::open_layer(file).map_err(|e| fail!("{e}"))?;
+    let ranges = vudev_formats::own_ranges(layer.as_ref()).map_err(|e| {
+        let at = super::map_failure_at(layer.size(), |o, l, m| layer.own_extents(o, l, m));
+        fail!(
+            "{}: mapping what it holds: {}",
+            overlay.display(),
+            super::map_error(e, at)
+        )
+    })?;
+    let size = layer.size();
+    let view = layer.into_block_device();
     let base_file = open_locked(&backing, false).map_err(|e| {
         fail!(
             "{}: backing file {}: {}",
@@ -93,25 +104,19 @@ fn into_backing(overlay: &Path) -> Outcome {
         }
         through_format(base_file, &backing, false)?
     };
-    if base.size() < data.size {
+    if base.size() < size {
         return Err(fail!(
             "{}: the overlay is {} but its backing file {} only {}: grow the backing file first",
             overlay.display(),
-            human(data.size),
+            human(size),
             backing.display(),
             human(base.size())
         ));
     }
-    let total: u64 = data.ranges.iter().map(|r| r.1).sum();
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
     let mut progress = Progress::new("committing", total);
-    super::copy_ranges(
-        data.view.as_ref(),
-        base.as_ref(),
-        &data.ranges,
-        false,
-        &mut progress,
-    )
-    .map_err(|e| fail!("{} -> {}: {}", overlay.display(), backing.display(), e.0))?;
+    super::copy_ranges(view.as_ref(), base.as_ref(), &ranges, false, &mut progress)
+        .map_err(|e| fail!("{} -> {}: {}", overlay.display(), backing.display(), e.0))?;
     progress.finish();
     base.flush()
         .map_err(|e| fail!("{}: {e}", backing.display()))?;

@@ -4,7 +4,7 @@
 //! them: choosing a format, writing outputs atomically (a temporary directory beside the
 //! output, renamed at the end), copying only what the source's map
 //! (`vudev::data_ranges`) says may hold data and that is not zero, and reading what an
-//! overlay holds itself (qcow2 L1/L2 tables, UML COW bitmaps) for `commit`.
+//! overlay holds itself (`vudev_formats::own_ranges`) for `commit`.
 
 pub mod commit;
 pub mod convert;
@@ -307,6 +307,64 @@ fn write_nonzero(dst: &dyn BlockDevice, data: &[u8], pos: u64, skip_zeros: bool)
     Ok(())
 }
 
+/// Extents asked per call while locating a map's failure.
+const LOCATE_PER_QUERY: usize = 1 << 16;
+
+/// The first guest offset whose map a device cannot read (with `extents`, a device's
+/// [`BlockDevice::extents`] or an image's own map): the cluster of a truncated qcow2 whose
+/// data is past the end of its file, say. The devices answer with an errno only, so this
+/// finds the first failing query of a walk from 0, then halves it: a walk of
+/// `[pos, pos + len)` fails exactly when it reaches a bad entry. None when the failure does
+/// not come back.
+pub fn map_failure_at(
+    size: u64,
+    extents: impl Fn(u64, u64, usize) -> vudev::Result<Vec<vudev::Extent>>,
+) -> Option<u64> {
+    // Walks [from, to): Ok(true) when the whole range maps, Ok(false) when the device
+    // stops answering, Err(at) with the start of the failing query.
+    let walk = |from: u64, to: u64| -> Result<bool, u64> {
+        let mut pos = from;
+        while pos < to {
+            let got = extents(pos, to - pos, LOCATE_PER_QUERY).map_err(|_| pos)?;
+            let before = pos;
+            for e in got {
+                pos = pos.saturating_add(e.len).min(to);
+            }
+            if pos == before {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    let pos = match walk(0, size) {
+        Err(at) => at,
+        Ok(_) => return None,
+    };
+    // The shortest failing walk from pos: [pos, pos + good) maps, [pos, pos + bad) fails.
+    let (mut good, mut bad) = (0u64, size - pos);
+    while bad - good > 1 {
+        let mid = good + (bad - good) / 2;
+        match walk(pos, pos + mid) {
+            Ok(_) => good = mid,
+            Err(_) => bad = mid,
+        }
+    }
+    Some(pos + bad - 1)
+}
+
+/// A map's failure `e` for a message: where it is (see [`map_failure_at`]) and, for
+/// `EIO`, what it usually means.
+pub fn map_error(e: vudev::Errno, at: Option<u64>) -> String {
+    let mut text = e.to_string();
+    if let Some(at) = at {
+        text += &format!(" at guest offset {at}");
+    }
+    if e == vudev::Errno::EIO {
+        text += " (the image is truncated or corrupt)";
+    }
+    text
+}
+
 /// Opens `image` read-only, locked shared, through its format.
 pub fn open_source(image: &Path) -> Outcome<Arc<dyn BlockDevice>> {
     crate::image_lock::open_disk(image, true)
@@ -332,21 +390,20 @@ pub fn write_image(
     // status); the rest of a new image is zeros already. This also reads the allocation
     // tables, refusing a truncated source before anything is written.
     let ranges = vudev::data_ranges(src).map_err(|e| {
-        let why = if e == vudev::Errno::EIO {
-            " (the image is truncated or corrupt)"
-        } else {
-            ""
-        };
-        fail!("{}: mapping its data: {e}{why}", src_name.display())
+        let at = map_failure_at(src.size(), |o, l, m| src.extents(o, l, m));
+        fail!(
+            "{}: mapping its data: {}",
+            src_name.display(),
+            map_error(e, at)
+        )
     })?;
     let temp = TempOutput::new(dst, force)?;
     create_empty(&temp.path, format, size)?;
     {
         let out: Arc<dyn BlockDevice> = if format == ImageFormat::Raw {
-            Arc::new(
-                vudev::FileDevice::open(&temp.path, false)
-                    .map_err(|e| fail!("{}: {e}", temp.path.display()))?,
-            )
+            let file = vudev::FileDevice::open(&temp.path, false)
+                .map_err(|e| fail!("{}: {e}", temp.path.display()))?;
+            Arc::new(WritebackAhead::new(file))
         } else {
             let options = vudev_formats::OpenOptions {
                 format: Some(format.format()),
@@ -364,4 +421,70 @@ pub fn write_image(
         out.flush().map_err(|e| fail!("{}: {e}", dst.display()))?;
     }
     temp.commit()
+}
+
+/// Bytes written to a raw output between two starts of their writeback.
+const WRITEBACK_STEP: u64 = 16 << 20;
+
+/// A raw output file that starts the writeback of what was written to it every
+/// `WRITEBACK_STEP` bytes (`posix_fadvise(POSIX_FADV_DONTNEED)`, which on Linux starts the
+/// writeback of dirty pages without waiting for it, then drops the clean ones), so that the
+/// disk writes while the copy reads, rather than all of it at the final flush.
+struct WritebackAhead {
+    file: vudev::FileDevice,
+    /// Writeback was started below this offset.
+    started: std::sync::atomic::AtomicU64,
+}
+
+impl WritebackAhead {
+    /// `file`, which will be written in order of offsets (as `copy_ranges` writes).
+    fn new(file: vudev::FileDevice) -> WritebackAhead {
+        WritebackAhead {
+            file,
+            started: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl BlockDevice for WritebackAhead {
+    fn size(&self) -> u64 {
+        self.file.size()
+    }
+    fn read_only(&self) -> bool {
+        self.file.read_only()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vudev::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> vudev::Result<usize> {
+        use std::sync::atomic::Ordering;
+        let n = self.file.write_at(buf, offset)?;
+        let end = offset + n as u64;
+        let from = self.started.load(Ordering::Relaxed);
+        if end >= from + WRITEBACK_STEP {
+            if let Some(len) = std::num::NonZeroU64::new(end - from) {
+                // Advisory: a failure only leaves the writeback to the flush.
+                let _ = rustix::fs::fadvise(
+                    self.file.file(),
+                    from,
+                    Some(len),
+                    rustix::fs::Advice::DontNeed,
+                );
+                self.started.store(end, Ordering::Relaxed);
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&self) -> vudev::Result<()> {
+        self.file.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> vudev::Result<()> {
+        self.file.discard(offset, len)
+    }
+    fn discard_zeroes(&self) -> bool {
+        self.file.discard_zeroes()
+    }
+    fn extents(&self, offset: u64, len: u64, max: usize) -> vudev::Result<Vec<vudev::Extent>> {
+        self.file.extents(offset, len, max)
+    }
 }

@@ -73,7 +73,7 @@ pub use vmdk::{create_vmdk, Vmdk};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vudev::lock::LockMode;
-use vudev::{BlockDevice, FileDevice};
+use vudev::{BlockDevice, Extent, FileDevice};
 
 /// The image formats this crate knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -187,6 +187,51 @@ pub trait ImageDevice: BlockDevice {
     fn image_info(&self) -> ImageInfo;
     /// The same device as a plain block device.
     fn into_block_device(self: Arc<Self>) -> Arc<dyn BlockDevice>;
+    /// This image's own map of `[offset, offset + len)`, without what lies below it (which
+    /// [`BlockDevice::extents`] merges in): `zero: false` where the image itself defines
+    /// the content (data, or zeros it records, such as a qcow2 zero cluster, which hide the
+    /// backing file's data), `zero: true` where it defines nothing and reads fall through
+    /// to its backing file. Otherwise the contract of [`BlockDevice::extents`]. The default,
+    /// for images without a backing file: they define all of their disk.
+    fn own_extents(&self, offset: u64, len: u64, max: usize) -> vudev::Result<Vec<Extent>> {
+        let _ = max;
+        Ok(vudev::all_data(self.size(), offset, len))
+    }
+}
+
+/// Extents asked of an image per [`ImageDevice::own_extents`] call by [`own_ranges`].
+const OWN_PER_QUERY: usize = 1 << 16;
+
+/// The ranges (offset, length) that `dev` defines itself ([`ImageDevice::own_extents`]),
+/// in order and merged: what a commit writes into the backing file. Bounded as
+/// [`vudev::data_ranges`] is, but past [`vudev::MAX_RANGES`] ranges this fails with
+/// `EFBIG` instead of calling the rest of the disk the image's own: read from the image
+/// alone ([`open_layer`]), that rest would be zeros written over the backing file's data.
+pub fn own_ranges(dev: &dyn ImageDevice) -> vudev::Result<Vec<(u64, u64)>> {
+    let size = dev.size();
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let got = dev.own_extents(pos, size - pos, OWN_PER_QUERY)?;
+        let before = pos;
+        for e in got {
+            let n = e.len.min(size - pos);
+            if !e.zero {
+                let count = ranges.len();
+                match ranges.last_mut() {
+                    Some((s, l)) if *s + *l == pos => *l += n,
+                    _ if count >= vudev::MAX_RANGES => return Err(vudev::Errno::EFBIG),
+                    _ => ranges.push((pos, n)),
+                }
+            }
+            pos += n;
+        }
+        if pos == before {
+            // A map that answers nothing cannot tell what is the image's own.
+            return Err(vudev::Errno::EIO);
+        }
+    }
+    Ok(ranges)
 }
 
 impl ImageDevice for FileDevice {
@@ -238,6 +283,8 @@ pub const MAX_CHAIN_DEPTH: usize = 64;
 pub(crate) struct Ctx {
     pub(crate) options: OpenOptions,
     seen: Vec<PathBuf>,
+    /// The image is opened without its backing file ([`open_layer`]).
+    pub(crate) alone: bool,
 }
 
 impl Ctx {
@@ -245,6 +292,7 @@ impl Ctx {
         Ctx {
             options,
             seen: Vec::new(),
+            alone: false,
         }
     }
 }
@@ -272,6 +320,18 @@ pub fn open_image_with(
 ) -> Result<Arc<dyn ImageDevice>, FormatError> {
     let ctx = Ctx::new(options.clone());
     open_path(path, options.read_only, options.format, None, &ctx)
+}
+
+/// Opens the image whose file `dev` (locked by the caller) is, alone and read-only: its backing file is neither opened nor locked, and what the image does
+/// not define itself reads as zeros. Its [`own_ranges`] are what a commit writes into the
+/// backing file (which the caller opens for writing itself).
+pub fn open_layer(dev: FileDevice) -> Result<Arc<dyn ImageDevice>, FormatError> {
+    let mut ctx = Ctx::new(OpenOptions {
+        read_only: true,
+        ..OpenOptions::default()
+    });
+    ctx.alone = true;
+    open_opened(dev, true, None, &ctx)
 }
 
 /// Opens the image whose file `dev` (opened from `path`, already locked by the caller) is,

@@ -365,6 +365,8 @@ impl Qcow2 {
             None
         };
         let backing = match &backing_name {
+            // Opened alone (`open_layer`): the backing file is not opened.
+            _ if ctx.alone => None,
             None => None,
             Some(name) => {
                 let format = match &backing_format {
@@ -971,6 +973,58 @@ impl Qcow2 {
         }
         clusters * self.cs
     }
+
+    /// The map of `[offset, offset + len)` as [`BlockDevice::extents`] gives it, or with
+    /// `own` this image's own map ([`ImageDevice::own_extents`]): unallocated clusters are
+    /// not this image's (`zero`), zero clusters are (they hide the backing file's data).
+    fn map_extents(&self, offset: u64, len: u64, max: usize, own: bool) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let mut st = self.lock();
+        let mut list = ExtentList::new(max);
+        // A run of unallocated clusters not yet asked of the backing file: (start, len).
+        let mut below: Option<(u64, u64)> = None;
+        let mut pos = offset;
+        while pos < end {
+            let g = pos / self.cs;
+            let l1i = (g / self.l2_entries) as usize;
+            let next = if st.l1.get(l1i).copied().unwrap_or(0) & OFFSET_MASK == 0 {
+                // No L2 table: its whole span is unallocated.
+                (g / self.l2_entries + 1) * self.l2_entries * self.cs
+            } else {
+                (g + 1) * self.cs
+            };
+            let n = next.min(end) - pos;
+            let e = self.l2_entry(&mut st, g)?;
+            let zero = match self.classify(&st, e)? {
+                Map::Unallocated if own => true,
+                Map::Unallocated => {
+                    below = match below {
+                        Some((s, l)) => Some((s, l + n)),
+                        None => Some((pos, n)),
+                    };
+                    pos += n;
+                    continue;
+                }
+                // A truncated file: the data is gone, not zeros.
+                Map::Data(h) if h >= self.file.len() => return Err(Errno::EIO),
+                Map::Data(_) | Map::Compressed(..) => false,
+                Map::Zero(_) => !own,
+            };
+            if let Some((s, l)) = below.take() {
+                if self.push_below(&mut list, s, l)? < l {
+                    return Ok(list.into_vec());
+                }
+            }
+            if !list.push(n, zero) {
+                return Ok(list.into_vec());
+            }
+            pos += n;
+        }
+        if let Some((s, l)) = below {
+            self.push_below(&mut list, s, l)?;
+        }
+        Ok(list.into_vec())
+    }
 }
 
 impl BlockDevice for Qcow2 {
@@ -1051,53 +1105,8 @@ impl BlockDevice for Qcow2 {
     /// unallocated clusters (and absent L2 tables) are what the backing file says of
     /// them, or zeros without one.
     fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
-        let end = offset.saturating_add(len).min(self.size);
-        let mut st = self.lock();
-        let mut list = ExtentList::new(max);
-        // A run of unallocated clusters not yet asked of the backing file: (start, len).
-        let mut below: Option<(u64, u64)> = None;
-        let mut pos = offset;
-        while pos < end {
-            let g = pos / self.cs;
-            let l1i = (g / self.l2_entries) as usize;
-            let next = if st.l1.get(l1i).copied().unwrap_or(0) & OFFSET_MASK == 0 {
-                // No L2 table: its whole span is unallocated.
-                (g / self.l2_entries + 1) * self.l2_entries * self.cs
-            } else {
-                (g + 1) * self.cs
-            };
-            let n = next.min(end) - pos;
-            let e = self.l2_entry(&mut st, g)?;
-            let zero = match self.classify(&st, e)? {
-                Map::Unallocated => {
-                    below = match below {
-                        Some((s, l)) => Some((s, l + n)),
-                        None => Some((pos, n)),
-                    };
-                    pos += n;
-                    continue;
-                }
-                // A truncated file: the data is gone, not zeros.
-                Map::Data(h) if h >= self.file.len() => return Err(Errno::EIO),
-                Map::Data(_) | Map::Compressed(..) => false,
-                Map::Zero(_) => true,
-            };
-            if let Some((s, l)) = below.take() {
-                if self.push_below(&mut list, s, l)? < l {
-                    return Ok(list.into_vec());
-                }
-            }
-            if !list.push(n, zero) {
-                return Ok(list.into_vec());
-            }
-            pos += n;
-        }
-        if let Some((s, l)) = below {
-            self.push_below(&mut list, s, l)?;
-        }
-        Ok(list.into_vec())
+        self.map_extents(offset, len, max, false)
     }
-
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize> {
         if self.read_only {
             return Err(Errno::EROFS);
@@ -1292,6 +1301,11 @@ impl ImageDevice for Qcow2 {
     }
     fn into_block_device(self: Arc<Self>) -> Arc<dyn BlockDevice> {
         self
+    }
+    /// Data, compressed and zero clusters; unallocated clusters (and absent L2 tables) are
+    /// not this image's.
+    fn own_extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+        self.map_extents(offset, len, max, true)
     }
 }
 

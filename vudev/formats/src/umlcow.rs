@@ -27,7 +27,9 @@ const MAX_BITMAP: u64 = 256 << 20;
 /// A UML COW overlay as a block device.
 pub struct UmlCow {
     file: Storage,
-    backing: Arc<dyn ImageDevice>,
+    /// None when opened alone ([`crate::open_layer`]): what the bitmap does not mark reads
+    /// as zeros.
+    backing: Option<Arc<dyn ImageDevice>>,
     backing_path: String,
     size: u64,
     sector: u64,
@@ -136,7 +138,7 @@ impl UmlCow {
         }
         let (bitmap_offset, bitmap_len, data_offset) = layout(size, sector, align);
         let resolved = crate::resolve_backing(&path, &backing_path);
-        if !ctx.options.force {
+        if !ctx.options.force && !ctx.alone {
             let meta = std::fs::metadata(&resolved).map_err(|e| FormatError::Backing {
                 path: path.clone(),
                 backing: resolved.clone(),
@@ -161,7 +163,11 @@ impl UmlCow {
                 )));
             }
         }
-        let backing = open_backing(&path, &backing_path, Some(Format::Raw), ctx)?;
+        let backing = if ctx.alone {
+            None
+        } else {
+            Some(open_backing(&path, &backing_path, Some(Format::Raw), ctx)?)
+        };
         let mut bitmap = vec![0u8; bitmap_len as usize];
         file.read_at(&mut bitmap, bitmap_offset)
             .map_err(|e| FormatError::io(&path, e))?;
@@ -182,6 +188,47 @@ impl UmlCow {
     /// The backing file's path as recorded.
     pub fn backing_path(&self) -> &str {
         &self.backing_path
+    }
+
+    /// The map as [`BlockDevice::extents`] gives it, or with `own` this overlay's own map
+    /// ([`ImageDevice::own_extents`]): the sectors the bitmap marks.
+    fn map_extents(&self, offset: u64, len: u64, max: usize, own: bool) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let map = self.bitmap.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = ExtentList::new(max);
+        let mut pos = offset;
+        while pos < end {
+            let mine = bit(&map, pos / self.sector);
+            let mut next = (pos / self.sector + 1) * self.sector;
+            let whole = if mine { 0xff } else { 0 };
+            while next < end && bit(&map, next / self.sector) == mine {
+                let s = next / self.sector;
+                // Eight sectors at once where a bitmap byte is all one side.
+                next += if s % 8 == 0 && map[(s / 8) as usize] == whole {
+                    8 * self.sector
+                } else {
+                    self.sector
+                };
+            }
+            let n = next.min(end) - pos;
+            let added = match &self.backing {
+                Some(b) if !mine && !own => list.push_from(b.as_ref(), pos, n)?,
+                // Without a backing file (or for this overlay's own map), the sectors it
+                // does not hold read as zeros (are not its own).
+                _ => {
+                    if list.push(n, !mine) {
+                        n
+                    } else {
+                        0
+                    }
+                }
+            };
+            if added < n {
+                break;
+            }
+            pos += n;
+        }
+        Ok(list.into_vec())
     }
 }
 
@@ -216,7 +263,9 @@ impl BlockDevice for UmlCow {
                 self.file.read_at(out, self.data_offset + pos)?;
             } else {
                 out.fill(0);
-                self.backing.read_until_end(out, pos)?;
+                if let Some(b) = &self.backing {
+                    b.read_until_end(out, pos)?;
+                }
             }
             done += n;
         }
@@ -226,39 +275,7 @@ impl BlockDevice for UmlCow {
     /// Sectors the bitmap marks are this overlay's data; the others are what the backing
     /// file says of them.
     fn extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
-        let end = offset.saturating_add(len).min(self.size);
-        let map = self.bitmap.lock().unwrap_or_else(|p| p.into_inner());
-        let mut list = ExtentList::new(max);
-        let mut pos = offset;
-        while pos < end {
-            let mine = bit(&map, pos / self.sector);
-            let mut next = (pos / self.sector + 1) * self.sector;
-            let whole = if mine { 0xff } else { 0 };
-            while next < end && bit(&map, next / self.sector) == mine {
-                let s = next / self.sector;
-                // Eight sectors at once where a bitmap byte is all one side.
-                next += if s % 8 == 0 && map[(s / 8) as usize] == whole {
-                    8 * self.sector
-                } else {
-                    self.sector
-                };
-            }
-            let n = next.min(end) - pos;
-            let added = if mine {
-                if list.push(n, false) {
-                    n
-                } else {
-                    0
-                }
-            } else {
-                list.push_from(self.backing.as_ref(), pos, n)?
-            };
-            if added < n {
-                break;
-            }
-            pos += n;
-        }
-        Ok(list.into_vec())
+        self.map_extents(offset, len, max, false)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize> {
@@ -284,8 +301,8 @@ impl BlockDevice for UmlCow {
             if bit(&map, s) {
                 self.file
                     .read_at(chunk, self.data_offset + s * self.sector)?;
-            } else {
-                self.backing.read_until_end(chunk, s * self.sector)?;
+            } else if let Some(b) = &self.backing {
+                b.read_until_end(chunk, s * self.sector)?;
             }
         }
         let within = (offset - start) as usize;
@@ -318,11 +335,15 @@ impl ImageDevice for UmlCow {
             virtual_size: self.size,
             allocated_bytes: set * self.sector,
             host_bytes: self.file.host_bytes(),
-            backing: Some(Box::new(self.backing.image_info())),
+            backing: self.backing.as_ref().map(|b| Box::new(b.image_info())),
         }
     }
     fn into_block_device(self: Arc<Self>) -> Arc<dyn BlockDevice> {
         self
+    }
+    /// The sectors the bitmap marks.
+    fn own_extents(&self, offset: u64, len: u64, max: usize) -> Result<Vec<Extent>> {
+        self.map_extents(offset, len, max, true)
     }
 }
 

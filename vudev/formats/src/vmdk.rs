@@ -253,6 +253,58 @@ impl Sparse {
         Ok(done)
     }
 
+    /// Reads `buf` at extent-relative `rel`. The grain table entries of the whole span are
+    /// looked up under the lock first; then each run of grains that are neighbours both in
+    /// the request and in the file is read with one call (as qcow2 reads its clusters).
+    /// Unallocated and zeroed grains read as zeros; compressed grains one at a time.
+    fn read_span(&self, buf: &mut [u8], rel: u64) -> Result<()> {
+        if self.stream {
+            let mut done = 0;
+            while done < buf.len() {
+                let pos = rel + done as u64;
+                let within = pos % self.grain;
+                let n = ((self.grain - within) as usize).min(buf.len() - done);
+                self.read_grain(&mut buf[done..done + n], pos / self.grain, within)?;
+                done += n;
+            }
+            return Ok(());
+        }
+        // (host offset, offset in buf, length)
+        let mut runs: Vec<(u64, usize, usize)> = Vec::new();
+        let mut cache = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = rel + done as u64;
+            let within = pos % self.grain;
+            let n = ((self.grain - within) as usize).min(buf.len() - done);
+            let e = self.gte(&mut cache, pos / self.grain)?;
+            if e <= 1 {
+                buf[done..done + n].fill(0);
+            } else {
+                let off = u64::from(e) * 512;
+                if off >= self.file.len() {
+                    // A truncated file: the data is gone, not zeros.
+                    return Err(Errno::EIO);
+                }
+                let host = off + within;
+                match runs.last_mut() {
+                    Some((start, at, len))
+                        if *start + *len as u64 == host && *at + *len == done =>
+                    {
+                        *len += n
+                    }
+                    _ => runs.push((host, done, n)),
+                }
+            }
+            done += n;
+        }
+        drop(cache);
+        for (host, at, len) in runs {
+            self.file.read_at(&mut buf[at..at + len], host)?;
+        }
+        Ok(())
+    }
+
     fn read_grain(&self, buf: &mut [u8], grain_no: u64, within: u64) -> Result<()> {
         let mut cache = self.st.lock().unwrap_or_else(|p| p.into_inner());
         let e = self.gte(&mut cache, grain_no)?;
@@ -352,6 +404,16 @@ impl Vmdk {
     pub fn open(path: &Path, read_only: bool) -> std::result::Result<Vmdk, FormatError> {
         let dev = FileDevice::open(path, read_only).map_err(|e| FormatError::io(path, e))?;
         Vmdk::open_storage(Storage::file(dev), read_only)
+    }
+
+    /// Opens a VMDK image stored on any device; the files a descriptor names are resolved
+    /// against `name`'s directory.
+    pub fn open_on(
+        dev: Arc<dyn BlockDevice>,
+        name: &Path,
+        read_only: bool,
+    ) -> std::result::Result<Vmdk, FormatError> {
+        Vmdk::open_storage(Storage::device(dev, name), read_only)
     }
 
     pub(crate) fn open_storage(
@@ -551,17 +613,13 @@ impl BlockDevice for Vmdk {
             let pos = offset + done as u64;
             let ext = self.extent_at(pos).ok_or(Errno::EIO)?;
             let rel = pos - ext.start;
-            let mut n = ((ext.len - rel) as usize).min(len - done);
+            let n = ((ext.len - rel) as usize).min(len - done);
             match &ext.kind {
                 Kind::Zero => buf[done..done + n].fill(0),
                 Kind::Flat { file, offset } => {
                     file.read_at(&mut buf[done..done + n], offset.saturating_add(rel))?
                 }
-                Kind::Sparse(s) => {
-                    let within = rel % s.grain;
-                    n = n.min((s.grain - within) as usize);
-                    s.read_grain(&mut buf[done..done + n], rel / s.grain, within)?;
-                }
+                Kind::Sparse(s) => s.read_span(&mut buf[done..done + n], rel)?,
             }
             done += n;
         }

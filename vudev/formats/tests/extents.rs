@@ -296,3 +296,152 @@ fn uml_cow_map_is_its_bitmap_over_the_backing_files_holes() {
         vec![(51200, 512), (2 * MIB, MIB), (5 * MIB, 65536)]
     );
 }
+
+/// The ranges qemu-img map says the top image itself holds (depth 0: data or zeros).
+fn qemu_own(img: &Path, format: &str) -> Vec<(u64, u64)> {
+    let out = qemu_img(&["map", "--output=json", "-f", format, s(img)]);
+    let map: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut ranges = Vec::new();
+    for e in map.as_array().unwrap() {
+        if e["depth"].as_u64().unwrap() == 0 {
+            push(
+                &mut ranges,
+                e["start"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+            );
+        }
+    }
+    ranges
+}
+
+/// `img` opened alone (`open_layer`), and its own ranges, asked whole and two extents at a
+/// time (the answers must chain up to the same map).
+fn our_own(
+    img: &Path,
+) -> (
+    std::sync::Arc<dyn vudev_formats::ImageDevice>,
+    Vec<(u64, u64)>,
+) {
+    let layer = vudev_formats::open_layer(vudev::FileDevice::open(img, true).unwrap()).unwrap();
+    let whole = vudev_formats::own_ranges(layer.as_ref()).unwrap();
+    let mut piecewise = Vec::new();
+    let mut pos = 0;
+    while pos < layer.size() {
+        for e in layer.own_extents(pos, layer.size() - pos, 2).unwrap() {
+            if !e.zero {
+                push(&mut piecewise, pos, e.len);
+            }
+            pos += e.len;
+        }
+    }
+    assert_eq!(
+        whole,
+        piecewise,
+        "{}: piecewise own map differs",
+        img.display()
+    );
+    (layer, whole)
+}
+
+#[test]
+fn a_qcow2_overlays_own_map_is_qemus_depth_0_and_needs_no_backing_file() {
+    if !have(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    std::fs::File::create(&base)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
+    io(&base, "raw", &["write -P 1 0 4M", "write -P 2 8M 4M"]);
+    let top = dir.path().join("top.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        "-b",
+        "base.raw",
+        s(&top),
+        "16M",
+    ]);
+    io(
+        &top,
+        "qcow2",
+        &[
+            "write -P 3 1M 512k",
+            "write -c -P 4 6M 64k",
+            // A zero cluster hides the base's data: it is the overlay's, though it reads
+            // as zeros (its extents call it a hole).
+            "write -z 9M 256k",
+            "write -P 5 15M 64k",
+        ],
+    );
+    let want = qemu_own(&top, "qcow2");
+    assert!(want.contains(&(9 * MIB, 256 * 1024)), "{want:?}");
+    let (layer, ours) = our_own(&top);
+    assert_eq!(ours, want);
+    assert_eq!(
+        ours,
+        vec![
+            (MIB, 512 * 1024),
+            (6 * MIB, 64 * 1024),
+            (9 * MIB, 256 * 1024),
+            (15 * MIB, 64 * 1024)
+        ]
+    );
+    assert!(layer.image_info().backing.is_none());
+    // The chain's map is another thing: the base's data shows through.
+    let chain = our_data(&top);
+    assert!(chain.contains(&(0, 4 * MIB)), "{chain:?}");
+    // Alone, the layer reads its own ranges as the chain does, and zeros elsewhere;
+    // it does not open the backing file (here gone).
+    let shown = qemu_raw(&top, "qcow2");
+    std::fs::rename(&base, dir.path().join("gone.raw")).unwrap();
+    assert!(open_image(&top, true, None).is_err(), "the chain opened");
+    let (layer, again) = our_own(&top);
+    assert_eq!(again, ours);
+    let alone = read_all(layer.as_ref());
+    for &(start, len) in &ours {
+        let r = start as usize..(start + len) as usize;
+        assert_same(&alone[r.clone()], &shown[r], "an own range read alone");
+    }
+    assert!(
+        alone[..MIB as usize].iter().all(|&b| b == 0),
+        "backing data read alone"
+    );
+}
+
+#[test]
+fn a_uml_cow_overlays_own_map_is_its_bitmap_and_needs_no_backing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    std::fs::write(&base, vec![1u8; 4 * MIB as usize]).unwrap();
+    let cow = dir.path().join("disk.cow");
+    vudev_formats::create_uml_cow(&cow, &base).unwrap();
+    {
+        let dev = open_image(&cow, false, None).unwrap();
+        // Sectors 1..=2, whole: the edges are filled from the backing file.
+        dev.write_all_at(&[2u8; 600], 700).unwrap();
+        dev.write_all_at(&[0u8; 65536], 3 * MIB).unwrap();
+        dev.flush().unwrap();
+    }
+    // The backing file is all data: the chain's map cannot tell the overlay's part.
+    assert_eq!(our_data(&cow), vec![(0, 4 * MIB)]);
+    let (_, ours) = our_own(&cow);
+    assert_eq!(ours, vec![(512, 1024), (3 * MIB, 65536)]);
+    std::fs::remove_file(&base).unwrap();
+    let (layer, _) = our_own(&cow);
+    let alone = read_all(layer.as_ref());
+    assert_eq!(alone[511], 0, "a backing byte read alone");
+    assert_eq!(
+        &alone[512..700],
+        &[1u8; 188][..],
+        "edge of a written sector"
+    );
+    assert_eq!(&alone[700..1300], &[2u8; 600][..]);
+    assert!(alone[3 * MIB as usize..][..65536].iter().all(|&b| b == 0));
+}

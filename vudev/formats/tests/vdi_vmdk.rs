@@ -246,3 +246,87 @@ fn vmdk_two_gb_sparse_descriptor_with_sparse_extents() {
     let dev = open_image(&img, true, None).unwrap();
     assert_same(&read_all(&*dev), &want, "twoGbMaxExtentSparse read");
 }
+
+/// A device that records the reads that reach it: (offset, length).
+struct Counting {
+    inner: vudev::FileDevice,
+    reads: std::sync::Mutex<Vec<(u64, usize)>>,
+}
+
+impl BlockDevice for Counting {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vudev::Result<usize> {
+        self.reads.lock().unwrap().push((offset, buf.len()));
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, _buf: &[u8], _offset: u64) -> vudev::Result<usize> {
+        Err(Errno::EROFS)
+    }
+    fn flush(&self) -> vudev::Result<()> {
+        Ok(())
+    }
+}
+
+/// `img` opened read-only as a VMDK over a [`Counting`] device.
+fn open_counting(img: &std::path::Path) -> (std::sync::Arc<Counting>, vudev_formats::Vmdk) {
+    let dev = std::sync::Arc::new(Counting {
+        inner: vudev::FileDevice::open(img, true).unwrap(),
+        reads: std::sync::Mutex::new(Vec::new()),
+    });
+    let vmdk = vudev_formats::Vmdk::open_on(dev.clone(), img, true).unwrap();
+    (dev, vmdk)
+}
+
+#[test]
+fn vmdk_reads_neighbouring_grains_with_one_device_read() {
+    if !have(&["qemu-img"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.raw");
+    // 256 KiB runs of data (4 grains each) with every third run a hole.
+    let want = random_raw(&raw, 8 * MIB, 11);
+    let img = dir.path().join("s.vmdk");
+    convert(&raw, &img, "vmdk", &[]);
+    assert_same(&qemu_raw(&img, "vmdk"), &want, "qemu's view of the source");
+    let (dev, vmdk) = open_counting(&img);
+    // Load the grain table, then count the reads of 4 grains of data.
+    let mut buf = vec![0u8; 256 * 1024];
+    vmdk.read_exact_at(&mut buf[..1], 0).unwrap();
+    dev.reads.lock().unwrap().clear();
+    vmdk.read_exact_at(&mut buf, 0).unwrap();
+    assert_same(&buf, &want[..buf.len()], "4 grains");
+    let reads: Vec<usize> = dev.reads.lock().unwrap().iter().map(|r| r.1).collect();
+    assert_eq!(
+        reads,
+        [256 * 1024],
+        "4 neighbouring grains, one device read"
+    );
+    // The whole disk in 1 MiB requests: qemu-img convert writes the grains in guest order,
+    // so each run of data within a request is one read; the content is qemu's.
+    dev.reads.lock().unwrap().clear();
+    let got = read_all(&vmdk);
+    assert_same(&got, &want, "whole disk");
+    let runs: usize = want
+        .chunks(MIB)
+        .map(|req| {
+            let data: Vec<bool> = req
+                .chunks(64 * 1024)
+                .map(|g| g.iter().any(|&b| b != 0))
+                .collect();
+            (0..data.len())
+                .filter(|&i| data[i] && (i == 0 || !data[i - 1]))
+                .count()
+        })
+        .sum();
+    let reads = dev.reads.lock().unwrap().len();
+    assert_eq!(
+        reads, runs,
+        "device reads for 8 MiB in 1 MiB requests (one per grain: 86)"
+    );
+}
