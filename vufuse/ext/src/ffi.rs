@@ -88,6 +88,33 @@ pub(crate) struct VxDirShape {
     pub(crate) filetype: u8,
 }
 
+/// Mirrors `struct vx_meta_shape`: what the write order (write_order.rs) sizes its tables by.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct VxMetaShape {
+    pub(crate) groups: u32,
+    /// Bytes of one group descriptor.
+    pub(crate) desc_size: u32,
+    pub(crate) desc_per_block: u32,
+    pub(crate) desc_blocks: u32,
+    pub(crate) block_size: u32,
+    pub(crate) inode_blocks_per_group: u32,
+    /// Most blocks `vx_take_marks` reports as newly allocated.
+    pub(crate) fresh_max: u32,
+    /// Group descriptor checksums (uninit_bg or metadata_csum): the uninit flags count.
+    pub(crate) group_desc_csum: i32,
+}
+
+/// Mirrors `struct vx_group_counts`: the descriptor fields a group's bitmaps are known by.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct VxGroupCounts {
+    pub(crate) free_blocks: u64,
+    pub(crate) free_inodes: u32,
+    pub(crate) itable_unused: u32,
+    pub(crate) flags: u16,
+}
+
 extern "C" {
     pub(crate) fn vx_dir_shape(fs: *mut ExtFsHandle, dir: u32, out: *mut VxDirShape) -> c_int;
     pub(crate) fn vx_dir_block_read(
@@ -247,7 +274,42 @@ extern "C" {
         got: *mut usize,
     ) -> c_int;
     pub(crate) fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
-    pub(crate) fn vx_sync_meta(fs: *mut ExtFsHandle, removes: c_int) -> c_int;
+    pub(crate) fn vx_meta_shape(fs: *mut ExtFsHandle, out: *mut VxMetaShape) -> c_int;
+    pub(crate) fn vx_take_marks(
+        fs: *mut ExtFsHandle,
+        dirty: *mut u8,
+        ino_dirty: *mut u8,
+        fresh: *mut u64,
+    ) -> usize;
+    pub(crate) fn vx_group_counts(fs: *mut ExtFsHandle, g: u32, out: *mut VxGroupCounts);
+    pub(crate) fn vx_inode_table(fs: *mut ExtFsHandle, g: u32) -> u64;
+    pub(crate) fn vx_group_desc(fs: *mut ExtFsHandle, g: u32, out: *mut c_void);
+    pub(crate) fn vx_super_bytes(fs: *mut ExtFsHandle, out: *mut c_void);
+    pub(crate) fn vx_bitmap_image(
+        fs: *mut ExtFsHandle,
+        g: u32,
+        kind: c_int,
+        buf: *mut c_void,
+        nbytes: *mut usize,
+        at: *mut u64,
+    ) -> c_int;
+    pub(crate) fn vx_read_block(fs: *mut ExtFsHandle, block: u64, buf: *mut c_void) -> c_int;
+    pub(crate) fn vx_write_bitmap(
+        fs: *mut ExtFsHandle,
+        g: u32,
+        kind: c_int,
+        buf: *mut c_void,
+        nbytes: usize,
+        at: u64,
+    ) -> c_int;
+    pub(crate) fn vx_write_desc_block(fs: *mut ExtFsHandle, i: u32, at: *mut u64) -> c_int;
+    pub(crate) fn vx_write_super(fs: *mut ExtFsHandle) -> c_int;
+    pub(crate) fn vx_write_back(
+        fs: *mut ExtFsHandle,
+        pairs: *const u64,
+        n: usize,
+        which: c_int,
+    ) -> c_int;
     pub(crate) fn vx_check_extents(fs: *mut ExtFsHandle, ino: u32) -> c_int;
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn vx_write_ino(
