@@ -115,6 +115,32 @@ pub(crate) struct VxGroupCounts {
     pub(crate) flags: u16,
 }
 
+/// The shim's write session (`struct vx_wr`): an inode and its extent handle.
+#[repr(C)]
+pub(crate) struct VxWr {
+    pub(crate) _private: [u8; 0],
+}
+
+/// Mirrors `struct vx_wr_inode`: what the write path (extent_write.rs) needs of the inode.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct VxWrInode {
+    pub(crate) size: u64,
+    pub(crate) block_size: u32,
+    /// Extent-mapped, not inline, no bigalloc: the run path applies.
+    pub(crate) extents: i32,
+}
+
+/// Mirrors `struct vx_extent`: one extent as the write path reads it.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct VxExtent {
+    pub(crate) pblk: u64,
+    pub(crate) lblk: u64,
+    pub(crate) len: u32,
+    pub(crate) unwritten: i32,
+}
+
 extern "C" {
     pub(crate) fn vx_dir_shape(fs: *mut ExtFsHandle, dir: u32, out: *mut VxDirShape) -> c_int;
     pub(crate) fn vx_dir_block_read(
@@ -311,15 +337,42 @@ extern "C" {
         which: c_int,
     ) -> c_int;
     pub(crate) fn vx_check_extents(fs: *mut ExtFsHandle, ino: u32) -> c_int;
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn vx_write_ino(
+    pub(crate) fn vx_wr_begin(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        out: *mut *mut VxWr,
+        inode: *mut VxWrInode,
+    ) -> c_int;
+    pub(crate) fn vx_wr_open_extents(wr: *mut VxWr) -> c_int;
+    pub(crate) fn vx_wr_extent(
+        wr: *mut VxWr,
+        lblk: u64,
+        out: *mut VxExtent,
+        found: *mut c_int,
+    ) -> c_int;
+    pub(crate) fn vx_wr_hole_end(wr: *mut VxWr, l: u64, missed: c_int, limit: u64) -> u64;
+    pub(crate) fn vx_wr_map_hole(wr: *mut VxWr, l: u64, len: u64, got: *mut u64) -> c_int;
+    pub(crate) fn vx_wr_bmap(wr: *mut VxWr, lblk: u64) -> u64;
+    pub(crate) fn vx_wr_end(
+        wr: *mut VxWr,
+        update: c_int,
+        grow: c_int,
+        size: u64,
+        s: i64,
+        ns: u32,
+    ) -> c_int;
+    pub(crate) fn vx_write_run(
+        fs: *mut ExtFsHandle,
+        pblk: u64,
+        data: *const c_void,
+        bytes: usize,
+    ) -> c_int;
+    pub(crate) fn vx_write_file_api(
         fs: *mut ExtFsHandle,
         ino: u32,
         offset: u64,
         buf: *const c_void,
         len: usize,
-        s: i64,
-        ns: u32,
         done: *mut usize,
     ) -> c_int;
     #[allow(clippy::too_many_arguments)]

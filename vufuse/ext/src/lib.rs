@@ -17,6 +17,7 @@
 #![allow(unsafe_code)]
 
 mod crc32c;
+mod extent_write;
 mod ffi;
 mod geometry;
 mod htree;
@@ -1064,21 +1065,8 @@ impl FileSystem for ExtFs {
         self.writable()?;
         let mut h = self.lock_as(ctx);
         let (s, ns) = split_time(SystemTime::now());
-        let mut done = 0usize;
-        // SAFETY: h.fs is open; data is readable for its length; done is a valid out-pointer.
-        let result = check(unsafe {
-            vx_write_ino(
-                h.fs,
-                ext_ino(ino),
-                offset,
-                data.as_ptr() as *const c_void,
-                data.len(),
-                s,
-                ns,
-                &mut done,
-            )
-        });
-        h.commit(result.map(|()| done))
+        let result = extent_write::write(h.fs, ext_ino(ino), offset, data, s, ns);
+        h.commit(result)
     }
 
     fn release(&self, _ctx: &Context, _ino: Ino, fh: Fh) -> Result<()> {

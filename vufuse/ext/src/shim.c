@@ -2278,19 +2278,8 @@ int vx_write_super(ext2_filsys fs)
 	return vx_errno(io_channel_write_byte(fs->io, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, fs->super));
 }
 
-/* ---- the data path for writes: whole runs per device call ---- */
+/* ---- the data path for writes: holes allocated as whole runs ---- */
 
-/* Writes nblocks whole blocks at physical block pblk straight to the device. */
-static int vx_write_run(ext2_filsys fs, uint64_t pblk, const void *data, size_t bytes)
-{
-	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
-	return dev->write(dev->ctx, pblk * fs->blocksize, data, bytes); /* the cache forgets what it overlaps */
-}
-
-/* Maps the hole [lblk, lblk + len) of an extent file to newly allocated
- * blocks, appending to the extent on the left when physically contiguous
- * (so a file written front to back stays one extent per 128 MiB).
- * *mapped gets how many blocks from lblk on were mapped before any error. */
 /* ext2fs_new_range short of the filesystem's last block: libext2fs 1.47's
  * punch refuses a freed run that ends there (see vx_free_inode), so files this
  * driver writes never hold it and stay truncatable. */
@@ -2323,6 +2312,10 @@ static errcode_t vx_new_range(ext2_filsys fs, blk64_t goal, blk64_t want, blk64_
 	return EXT2_ET_BLOCK_ALLOC_FAIL;
 }
 
+/* Maps the hole [lblk, lblk + len) of an extent file to newly allocated
+ * blocks, appending to the extent on the left when physically contiguous
+ * (so a file written front to back stays one extent per 128 MiB).
+ * *mapped gets how many blocks from lblk on were mapped before any error. */
 static errcode_t vx_map_hole(ext2_filsys fs, uint32_t ino, struct ext2_inode *in, ext2_extent_handle_t h,
 			     blk64_t lblk, blk64_t len, blk64_t *mapped)
 {
@@ -2377,189 +2370,162 @@ static errcode_t vx_map_hole(ext2_filsys fs, uint32_t ino, struct ext2_inode *in
 	return 0;
 }
 
-/* pwrite(2) for an extent-mapped file: holes in the range are allocated
- * first (whole runs), then the data goes to the device one physical run per
- * call, and the inode (size, mtime, ctime) is written once. Files that are
- * block-mapped, inline or have unwritten extents in the range take the
- * libext2fs file API. *done < len is a short write (the disk filled up). */
-int vx_write_ino(ext2_filsys fs, uint32_t ino, uint64_t offset, const void *buf, size_t len, int64_t s, uint32_t ns,
-		 size_t *done)
-{
-	*done = 0;
-	if (len == 0)
-		return 0;
+/* ---- primitives of the write path (src/extent_write.rs) ----
+ *
+ * pwrite(2) for an extent-mapped file is driven from src/extent_write.rs: which
+ * files take the libext2fs file API, the holes of the range allocated front to
+ * back, the data one physical run per device call with partial edge blocks
+ * merged, and the inode written once. Here is what touches libext2fs's
+ * structs: a write session holding the inode and its extent handle, extent
+ * lookups, the allocation of a hole (vx_map_hole above), the mapping of one
+ * block, the device write of a run, and the inode's update. */
+
+struct vx_wr {
+	ext2_filsys fs;
+	uint32_t ino;
 	struct ext2_inode_large in;
-	memset(&in, 0, sizeof in);
-	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	ext2_extent_handle_t h;
+	struct ext2fs_extent cur; /* what the last vx_wr_extent got */
+};
+
+/* Mirrors what extent_write.rs needs of the inode. */
+struct vx_wr_inode {
+	uint64_t size;
+	uint32_t block_size;
+	int32_t extents; /* extent-mapped, not inline, no bigalloc: the fast path applies */
+};
+
+/* Reads inode ino into a new session *out (ended by vx_wr_end). */
+int vx_wr_begin(ext2_filsys fs, uint32_t ino, struct vx_wr **out, struct vx_wr_inode *info)
+{
+	*out = NULL;
+	struct vx_wr *wr = calloc(1, sizeof *wr);
+	if (!wr)
+		return ENOMEM;
+	wr->fs = fs;
+	wr->ino = ino;
+	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&wr->in, sizeof wr->in);
+	if (err) {
+		free(wr);
+		return vx_errno(err);
+	}
+	info->size = EXT2_I_SIZE(&wr->in);
+	info->block_size = fs->blocksize;
+	info->extents = (wr->in.i_flags & EXT4_EXTENTS_FL) && !(wr->in.i_flags & EXT4_INLINE_DATA_FL) &&
+			EXT2FS_CLUSTER_RATIO(fs) == 1;
+	*out = wr;
+	return 0;
+}
+
+/* Opens the session's extent handle (an extent-mapped inode only). */
+int vx_wr_open_extents(struct vx_wr *wr)
+{
+	return vx_errno(ext2fs_extent_open2(wr->fs, wr->ino, (struct ext2_inode *)&wr->in, &wr->h));
+}
+
+/* Mirrors struct ext2fs_extent's fields the write path reads. */
+struct vx_extent {
+	uint64_t pblk;
+	uint64_t lblk;
+	uint32_t len;
+	int32_t unwritten;
+};
+
+/* The extent that ext2fs_extent_goto2 finds for lblk: *found 0 when it finds none (the
+ * handle then rests at the extent before lblk, or the first one; see vx_wr_hole_end). */
+int vx_wr_extent(struct vx_wr *wr, uint64_t lblk, struct vx_extent *out, int *found)
+{
+	*found = 0;
+	errcode_t err = ext2fs_extent_goto2(wr->h, 0, lblk);
+	if (err == EXT2_ET_EXTENT_NOT_FOUND)
+		return 0;
+	if (!err)
+		err = ext2fs_extent_get(wr->h, EXT2_EXTENT_CURRENT, &wr->cur);
 	if (err)
 		return vx_errno(err);
-	uint64_t bs = fs->blocksize;
-	if (offset + len < offset || (offset + len - 1) / bs > 0xffffffffULL)
-		return EFBIG;
-	int slow = !(in.i_flags & EXT4_EXTENTS_FL) || (in.i_flags & EXT4_INLINE_DATA_FL) || EXT2FS_CLUSTER_RATIO(fs) > 1;
-	ext2_extent_handle_t h = NULL;
-	blk64_t first = offset / bs, last = (offset + len - 1) / bs;
-	if (!slow) {
-		if ((err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)&in, &h)))
-			return vx_errno(err);
-		/* Unwritten extents in the range: leave them to the library. */
-		for (blk64_t l = first; l <= last && !slow;) {
-			struct ext2fs_extent ext;
-			err = ext2fs_extent_goto2(h, 0, l);
-			if (err == EXT2_ET_EXTENT_NOT_FOUND)
-				err = 0, l++;
-			else if (!err && !(err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext))) {
-				if (ext.e_flags & EXT2_EXTENT_FLAGS_UNINIT)
-					slow = 1;
-				l = ext.e_lblk + ext.e_len > l ? ext.e_lblk + ext.e_len : l + 1;
-			}
-			if (err) {
-				ext2fs_extent_free(h);
-				return vx_errno(err);
-			}
-		}
-	}
-	if (slow) {
-		if (h)
-			ext2fs_extent_free(h);
-		ext2_file_t f;
-		if ((err = ext2fs_file_open(fs, ino, EXT2_FILE_WRITE, &f)))
-			return vx_errno(err);
-		int e = vx_file_write(f, offset, buf, len, done);
-		errcode_t closed = ext2fs_file_close(f);
-		return e ? e : vx_errno(closed);
-	}
-	uint64_t old_size = EXT2_I_SIZE(&in);
-	/* Which edge blocks hold data already (the rest of a new one is zeros). */
-	blk64_t first_phys = 0, last_phys = 0;
-	ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in, NULL, 0, first, NULL, &first_phys);
-	ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in, NULL, 0, last, NULL, &last_phys);
-	/* Allocate every hole of the range, front to back. */
-	blk64_t covered = last + 1; /* first lblk left unmapped by an error */
-	errcode_t map_err = 0;
-	for (blk64_t l = first; l <= last;) {
-		struct ext2fs_extent ext;
-		err = ext2fs_extent_goto2(h, 0, l);
-		if (!err && !(err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext)) && l >= ext.e_lblk &&
-		    l < ext.e_lblk + ext.e_len) {
-			l = ext.e_lblk + ext.e_len;
-			continue;
-		}
-		if (err && err != EXT2_ET_EXTENT_NOT_FOUND) {
-			map_err = err;
-			covered = l;
-			break;
-		}
-		/* A hole from l: up to the next extent or the end of the range.
-		 * After a miss the handle is at the extent before l, or at the
-		 * first one when l comes before every extent. */
-		blk64_t end = last + 1;
-		if (err == EXT2_ET_EXTENT_NOT_FOUND)
-			err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext);
-		if (!err && ext.e_lblk > l) {
-			if (ext.e_lblk < end)
-				end = ext.e_lblk;
-		} else if (!err && ext2fs_extent_get(h, EXT2_EXTENT_NEXT_LEAF, &ext) == 0 && ext.e_lblk > l &&
-			   ext.e_lblk < end) {
-			end = ext.e_lblk;
-		}
-		blk64_t got = 0;
-		map_err = vx_map_hole(fs, ino, (struct ext2_inode *)&in, h, l, end - l, &got);
-		if (map_err) {
-			covered = l + got;
-			break;
-		}
-		l = end;
-	}
-	size_t writable = covered > last ? len : (size_t)(covered * bs > offset ? covered * bs - offset : 0);
-	/* Now the data, one physical run per device call. */
-	char *edge = NULL;
-	size_t put = 0;
-	int result = 0;
-	while (put < writable) {
-		uint64_t pos = offset + put, lblk = pos / bs, within = pos % bs;
-		struct ext2fs_extent ext;
-		err = ext2fs_extent_goto2(h, 0, lblk);
-		if (!err)
-			err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext);
-		if (err || lblk < ext.e_lblk || lblk >= ext.e_lblk + ext.e_len) {
-			result = err ? vx_errno(err) : EIO;
-			break;
-		}
-		uint64_t pblk = ext.e_pblk + (lblk - ext.e_lblk);
-		size_t n = (size_t)((ext.e_lblk + ext.e_len - lblk) * bs - within);
-		if (n > writable - put)
-			n = writable - put;
-		const char *src = (const char *)buf + put;
-		/* Whole blocks go straight out; a partial first or last block is merged. */
-		size_t head = within ? (bs - within < n ? bs - within : n) : 0;
-		if (head) {
-			if (!edge && !(edge = malloc(bs))) {
-				result = ENOMEM;
-				break;
-			}
-			int had = lblk == first ? first_phys != 0 : 1;
-			if (had && pos < old_size + bs)
-				err = io_channel_read_blk64(fs->io, pblk, 1, edge);
-			else
-				memset(edge, 0, bs), err = 0;
-			if (!err) {
-				memcpy(edge + within, src, head);
-				err = vx_write_run(fs, pblk, edge, bs);
-			}
-			if (err) {
-				result = vx_errno(err);
-				break;
-			}
-			put += head;
-			continue;
-		}
-		size_t whole = n / bs * bs;
-		if (whole) {
-			if ((err = vx_write_run(fs, pblk, src, whole))) {
-				result = vx_errno(err);
-				break;
-			}
-			put += whole;
-			continue;
-		}
-		/* A partial last block. */
-		if (!edge && !(edge = malloc(bs))) {
-			result = ENOMEM;
-			break;
-		}
-		int had = lblk == last ? last_phys != 0 : 1;
-		if (had && lblk * bs < old_size)
-			err = io_channel_read_blk64(fs->io, pblk, 1, edge);
-		else
-			memset(edge, 0, bs), err = 0;
-		if (!err) {
-			memcpy(edge, src, n);
-			err = vx_write_run(fs, pblk, edge, bs);
-		}
-		if (err) {
-			result = vx_errno(err);
-			break;
-		}
-		put += n;
-	}
-	free(edge);
-	ext2fs_extent_free(h);
-	/* The inode: size if the file grew (also past a short write), times. */
-	if (offset + put > old_size)
-		ext2fs_inode_size_set(fs, (struct ext2_inode *)&in, offset + put);
-	int extra = vx_has_extra(fs, &in);
-	vx_set_time(&in.i_mtime, extra ? &in.i_mtime_extra : NULL, s, ns);
-	vx_set_time(&in.i_ctime, extra ? &in.i_ctime_extra : NULL, s, ns);
-	err = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
-	*done = put;
-	if (result && put == 0)
-		return result;
-	if (err && put == 0)
-		return vx_errno(err);
-	if (put == 0 && map_err)
-		return vx_errno(map_err);
+	out->pblk = wr->cur.e_pblk;
+	out->lblk = wr->cur.e_lblk;
+	out->len = wr->cur.e_len;
+	out->unwritten = (wr->cur.e_flags & EXT2_EXTENT_FLAGS_UNINIT) != 0;
+	*found = 1;
 	return 0;
+}
+
+/* Where the hole at l ends, right after vx_wr_extent(l) found none (missed) or found an
+ * extent not covering l: the start of the next extent, if before `limit`, else limit. */
+uint64_t vx_wr_hole_end(struct vx_wr *wr, uint64_t l, int missed, uint64_t limit)
+{
+	struct ext2fs_extent ext = wr->cur;
+	errcode_t err = 0;
+	uint64_t end = limit;
+	if (missed)
+		err = ext2fs_extent_get(wr->h, EXT2_EXTENT_CURRENT, &ext);
+	if (!err && ext.e_lblk > l) {
+		if (ext.e_lblk < end)
+			end = ext.e_lblk;
+	} else if (!err && ext2fs_extent_get(wr->h, EXT2_EXTENT_NEXT_LEAF, &ext) == 0 && ext.e_lblk > l &&
+		   ext.e_lblk < end) {
+		end = ext.e_lblk;
+	}
+	return end;
+}
+
+/* Allocates the hole [l, l + len) (vx_map_hole); *got: blocks mapped before an error. */
+int vx_wr_map_hole(struct vx_wr *wr, uint64_t l, uint64_t len, uint64_t *got)
+{
+	blk64_t mapped = 0;
+	errcode_t err = vx_map_hole(wr->fs, wr->ino, (struct ext2_inode *)&wr->in, wr->h, l, len, &mapped);
+	*got = mapped;
+	return vx_errno(err);
+}
+
+/* The physical block of lblk (0: a hole, or unknown). */
+uint64_t vx_wr_bmap(struct vx_wr *wr, uint64_t lblk)
+{
+	blk64_t phys = 0;
+	ext2fs_bmap2(wr->fs, wr->ino, (struct ext2_inode *)&wr->in, NULL, 0, lblk, NULL, &phys);
+	return phys;
+}
+
+/* Writes whole blocks at physical block pblk straight to the device. */
+int vx_write_run(ext2_filsys fs, uint64_t pblk, const void *data, size_t bytes)
+{
+	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
+	return dev->write(dev->ctx, pblk * fs->blocksize, data, bytes); /* the cache forgets what it overlaps */
+}
+
+/* Ends the session: frees the extent handle and, if `update`, writes the inode with size
+ * `size` when `grow` and with mtime and ctime s.ns. */
+int vx_wr_end(struct vx_wr *wr, int update, int grow, uint64_t size, int64_t s, uint32_t ns)
+{
+	if (!wr)
+		return 0;
+	if (wr->h)
+		ext2fs_extent_free(wr->h);
+	errcode_t err = 0;
+	if (update) {
+		if (grow)
+			ext2fs_inode_size_set(wr->fs, (struct ext2_inode *)&wr->in, size);
+		int extra = vx_has_extra(wr->fs, &wr->in);
+		vx_set_time(&wr->in.i_mtime, extra ? &wr->in.i_mtime_extra : NULL, s, ns);
+		vx_set_time(&wr->in.i_ctime, extra ? &wr->in.i_ctime_extra : NULL, s, ns);
+		err = ext2fs_write_inode_full(wr->fs, wr->ino, (struct ext2_inode *)&wr->in, sizeof wr->in);
+	}
+	free(wr);
+	return vx_errno(err);
+}
+
+/* pwrite(2) through the libext2fs file API (block-mapped, inline, bigalloc, or unwritten
+ * extents in the range). */
+int vx_write_file_api(ext2_filsys fs, uint32_t ino, uint64_t offset, const void *buf, size_t len, size_t *done)
+{
+	ext2_file_t f;
+	errcode_t err = ext2fs_file_open(fs, ino, EXT2_FILE_WRITE, &f);
+	if (err)
+		return vx_errno(err);
+	int e = vx_file_write(f, offset, buf, len, done);
+	errcode_t closed = ext2fs_file_close(f);
+	return e ? e : vx_errno(closed);
 }
 
 /* Checks the shape of an extent tree before it is used: every index entry
