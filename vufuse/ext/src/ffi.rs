@@ -88,6 +88,59 @@ pub(crate) struct VxDirShape {
     pub(crate) filetype: u8,
 }
 
+/// Mirrors `struct vx_meta_shape`: what the write order (write_order.rs) sizes its tables by.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct VxMetaShape {
+    pub(crate) groups: u32,
+    /// Bytes of one group descriptor.
+    pub(crate) desc_size: u32,
+    pub(crate) desc_per_block: u32,
+    pub(crate) desc_blocks: u32,
+    pub(crate) block_size: u32,
+    pub(crate) inode_blocks_per_group: u32,
+    /// Most blocks `vx_take_marks` reports as newly allocated.
+    pub(crate) fresh_max: u32,
+    /// Group descriptor checksums (uninit_bg or metadata_csum): the uninit flags count.
+    pub(crate) group_desc_csum: i32,
+}
+
+/// Mirrors `struct vx_group_counts`: the descriptor fields a group's bitmaps are known by.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct VxGroupCounts {
+    pub(crate) free_blocks: u64,
+    pub(crate) free_inodes: u32,
+    pub(crate) itable_unused: u32,
+    pub(crate) flags: u16,
+}
+
+/// The shim's write session (`struct vx_wr`): an inode and its extent handle.
+#[repr(C)]
+pub(crate) struct VxWr {
+    pub(crate) _private: [u8; 0],
+}
+
+/// Mirrors `struct vx_wr_inode`: what the write path (extent_write.rs) needs of the inode.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct VxWrInode {
+    pub(crate) size: u64,
+    pub(crate) block_size: u32,
+    /// Extent-mapped, not inline, no bigalloc: the run path applies.
+    pub(crate) extents: i32,
+}
+
+/// Mirrors `struct vx_extent`: one extent as the write path reads it.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct VxExtent {
+    pub(crate) pblk: u64,
+    pub(crate) lblk: u64,
+    pub(crate) len: u32,
+    pub(crate) unwritten: i32,
+}
+
 extern "C" {
     pub(crate) fn vx_dir_shape(fs: *mut ExtFsHandle, dir: u32, out: *mut VxDirShape) -> c_int;
     pub(crate) fn vx_dir_block_read(
@@ -247,17 +300,79 @@ extern "C" {
         got: *mut usize,
     ) -> c_int;
     pub(crate) fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
-    pub(crate) fn vx_sync_meta(fs: *mut ExtFsHandle, removes: c_int) -> c_int;
+    pub(crate) fn vx_meta_shape(fs: *mut ExtFsHandle, out: *mut VxMetaShape) -> c_int;
+    pub(crate) fn vx_take_marks(
+        fs: *mut ExtFsHandle,
+        dirty: *mut u8,
+        ino_dirty: *mut u8,
+        fresh: *mut u64,
+    ) -> usize;
+    pub(crate) fn vx_group_counts(fs: *mut ExtFsHandle, g: u32, out: *mut VxGroupCounts);
+    pub(crate) fn vx_inode_table(fs: *mut ExtFsHandle, g: u32) -> u64;
+    pub(crate) fn vx_group_desc(fs: *mut ExtFsHandle, g: u32, out: *mut c_void);
+    pub(crate) fn vx_super_bytes(fs: *mut ExtFsHandle, out: *mut c_void);
+    pub(crate) fn vx_bitmap_image(
+        fs: *mut ExtFsHandle,
+        g: u32,
+        kind: c_int,
+        buf: *mut c_void,
+        nbytes: *mut usize,
+        at: *mut u64,
+    ) -> c_int;
+    pub(crate) fn vx_read_block(fs: *mut ExtFsHandle, block: u64, buf: *mut c_void) -> c_int;
+    pub(crate) fn vx_write_bitmap(
+        fs: *mut ExtFsHandle,
+        g: u32,
+        kind: c_int,
+        buf: *mut c_void,
+        nbytes: usize,
+        at: u64,
+    ) -> c_int;
+    pub(crate) fn vx_write_desc_block(fs: *mut ExtFsHandle, i: u32, at: *mut u64) -> c_int;
+    pub(crate) fn vx_write_super(fs: *mut ExtFsHandle) -> c_int;
+    pub(crate) fn vx_write_back(
+        fs: *mut ExtFsHandle,
+        pairs: *const u64,
+        n: usize,
+        which: c_int,
+    ) -> c_int;
     pub(crate) fn vx_check_extents(fs: *mut ExtFsHandle, ino: u32) -> c_int;
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn vx_write_ino(
+    pub(crate) fn vx_wr_begin(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        out: *mut *mut VxWr,
+        inode: *mut VxWrInode,
+    ) -> c_int;
+    pub(crate) fn vx_wr_open_extents(wr: *mut VxWr) -> c_int;
+    pub(crate) fn vx_wr_extent(
+        wr: *mut VxWr,
+        lblk: u64,
+        out: *mut VxExtent,
+        found: *mut c_int,
+    ) -> c_int;
+    pub(crate) fn vx_wr_hole_end(wr: *mut VxWr, l: u64, missed: c_int, limit: u64) -> u64;
+    pub(crate) fn vx_wr_map_hole(wr: *mut VxWr, l: u64, len: u64, got: *mut u64) -> c_int;
+    pub(crate) fn vx_wr_bmap(wr: *mut VxWr, lblk: u64) -> u64;
+    pub(crate) fn vx_wr_end(
+        wr: *mut VxWr,
+        update: c_int,
+        grow: c_int,
+        size: u64,
+        s: i64,
+        ns: u32,
+    ) -> c_int;
+    pub(crate) fn vx_write_run(
+        fs: *mut ExtFsHandle,
+        pblk: u64,
+        data: *const c_void,
+        bytes: usize,
+    ) -> c_int;
+    pub(crate) fn vx_write_file_api(
         fs: *mut ExtFsHandle,
         ino: u32,
         offset: u64,
         buf: *const c_void,
         len: usize,
-        s: i64,
-        ns: u32,
         done: *mut usize,
     ) -> c_int;
     #[allow(clippy::too_many_arguments)]

@@ -17,11 +17,13 @@
 #![allow(unsafe_code)]
 
 mod crc32c;
+mod extent_write;
 mod ffi;
 mod geometry;
 mod htree;
 pub mod journal;
 mod names;
+mod write_order;
 
 use ffi::*;
 
@@ -202,6 +204,8 @@ struct Handles {
     /// linear scan. Kept in step by every change made here; "." and ".."
     /// are not cached. Bounded in memory (`names::NAME_CACHE_BYTES`).
     names: NameCache,
+    /// What the metadata write-back last wrote (read-write mounts only).
+    write_order: Option<write_order::WriteOrder>,
 }
 
 /// Adds one directory entry to the `names::Listing` behind `ctx`; non-zero stops the
@@ -319,19 +323,22 @@ impl Handles {
     /// docs/EXT-ENGINE.md gives), so the image is consistent after every operation, not
     /// only at unmount. Runs after failed operations too: they may have changed something
     /// before failing.
-    fn commit<T>(&self, result: Result<T>) -> Result<T> {
-        self.sync_meta(0, result)
+    fn commit<T>(&mut self, result: Result<T>) -> Result<T> {
+        self.sync_meta(false, result)
     }
 
     /// As [`Handles::commit`], for an operation that removes names or blocks (unlink, rmdir,
     /// rename, truncate): its inodes reach the device before its directory entries.
-    fn commit_removal<T>(&self, result: Result<T>) -> Result<T> {
-        self.sync_meta(1, result)
+    fn commit_removal<T>(&mut self, result: Result<T>) -> Result<T> {
+        self.sync_meta(true, result)
     }
 
-    fn sync_meta<T>(&self, removes: c_int, result: Result<T>) -> Result<T> {
-        // SAFETY: self.fs is open; on a read-only mount this does nothing.
-        let synced = check(unsafe { vx_sync_meta(self.fs, removes) });
+    /// The write order's sync (`write_order.rs`); nothing on a read-only mount.
+    fn sync_meta<T>(&mut self, removes: bool, result: Result<T>) -> Result<T> {
+        let synced = match &mut self.write_order {
+            Some(order) => order.sync(self.fs, removes),
+            None => Ok(()),
+        };
         let value = result?;
         synced.map(|()| value)
     }
@@ -568,6 +575,25 @@ impl ExtFs {
                 message: String::from_utf8_lossy(&msg[..end]).into_owned(),
             });
         }
+        // The write order's snapshots: the filesystem as opened, before anything changes.
+        let write_order = if read_only {
+            None
+        } else {
+            match write_order::WriteOrder::new(fs) {
+                Ok(order) => Some(order),
+                Err(e) => {
+                    // SAFETY: fs is open and closed once here; then the device is unused.
+                    unsafe {
+                        vx_close(fs);
+                        free_device(device);
+                    }
+                    return Err(MountError::volume(
+                        e,
+                        format!("cannot set up the write-back: {e}"),
+                    ));
+                }
+            }
+        };
         // As the kernel's ext4_fill_super: a root that is not a directory (or is empty) is
         // refused at mount, not served as a mount whose every access fails.
         let mut root = VxStat::default();
@@ -629,6 +655,7 @@ impl ExtFs {
                 dirs: HashMap::new(),
                 orphans: HashSet::new(),
                 names: NameCache::default(),
+                write_order,
             }),
             device,
             read_only,
@@ -1036,23 +1063,10 @@ impl FileSystem for ExtFs {
 
     fn write(&self, ctx: &Context, ino: Ino, _fh: Fh, offset: u64, data: &[u8]) -> Result<usize> {
         self.writable()?;
-        let h = self.lock_as(ctx);
+        let mut h = self.lock_as(ctx);
         let (s, ns) = split_time(SystemTime::now());
-        let mut done = 0usize;
-        // SAFETY: h.fs is open; data is readable for its length; done is a valid out-pointer.
-        let result = check(unsafe {
-            vx_write_ino(
-                h.fs,
-                ext_ino(ino),
-                offset,
-                data.as_ptr() as *const c_void,
-                data.len(),
-                s,
-                ns,
-                &mut done,
-            )
-        });
-        h.commit(result.map(|()| done))
+        let result = extent_write::write(h.fs, ext_ino(ino), offset, data, s, ns);
+        h.commit(result)
     }
 
     fn release(&self, _ctx: &Context, _ino: Ino, fh: Fh) -> Result<()> {
@@ -1080,7 +1094,7 @@ impl FileSystem for ExtFs {
 
     fn setattr(&self, ctx: &Context, ino: Ino, set: &SetAttr) -> Result<Attr> {
         self.writable()?;
-        let h = self.lock();
+        let mut h = self.lock();
         let target = ext_ino(ino);
         // A size change marks mtime (and ctime) as truncate(2) and O_TRUNC must, unless the
         // caller sets mtime itself.
@@ -1319,7 +1333,7 @@ impl FileSystem for ExtFs {
     ) -> Result<()> {
         self.writable()?;
         let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
-        let h = self.lock_as(ctx);
+        let mut h = self.lock_as(ctx);
         let c_flags = c_int::from(flags & libc::XATTR_CREATE != 0)
             | (c_int::from(flags & libc::XATTR_REPLACE != 0) << 1);
         // An empty value is still a value: pass a non-null pointer.
@@ -1338,7 +1352,7 @@ impl FileSystem for ExtFs {
     fn removexattr(&self, _ctx: &Context, ino: Ino, name: &OsStr) -> Result<()> {
         self.writable()?;
         let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
-        let h = self.lock();
+        let mut h = self.lock();
         // SAFETY: h.fs is open; name is NUL-terminated; a null value means remove.
         let removed = check(unsafe {
             vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), std::ptr::null(), 0, 0)

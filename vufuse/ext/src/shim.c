@@ -105,9 +105,9 @@ int vx_errno(errcode_t err)
 
 /* A pass-through channel: every read and write goes to the Rust device, whose
  * block cache (vudev::CachedDevice) holds single blocks (inode tables, bitmaps,
- * directory blocks) and keeps single-block writes dirty until vx_sync_meta(),
- * run after every modifying operation, lets them out in the crash-safe order
- * described there (dev->write_back: sorted and coalesced, so a block written
+ * directory blocks) and keeps single-block writes dirty until the write order
+ * (src/write_order.rs), run after every modifying operation, lets them out in its
+ * crash-safe order (dev->write_back: sorted and coalesced, so a block written
  * several times in one operation costs one device write). No dirty block
  * reaches the device earlier: other requests see or replace them in place. */
 struct vx_chan {
@@ -1979,76 +1979,29 @@ unsigned int vx_block_size(ext2_filsys fs)
 	return fs->blocksize;
 }
 
-/* ---- metadata write-back after every change, in a crash-safe order ----
+/* ---- primitives of the metadata write order (src/write_order.rs) ----
  *
- * libext2fs keeps bitmaps, group descriptors and the superblock in memory
- * and writes them at ext2fs_flush/close. A daemon killed (or an image read)
- * between the change and the close would see blocks in use that the
- * bitmaps call free. vx_sync_meta() writes, after each modifying operation,
- * the bitmaps and descriptor blocks of the groups that changed since the
- * last call and the primary superblock, the way ext2fs_write_bitmaps and
- * ext2fs_flush lay them out; backups are left to the full flush at close.
- *
- * There is no journal, so the order of the writes is what keeps a kill -9
- * harmless. The device's cache holds every block the operation wrote
- * (vudev::CachedDevice writes none early) and vx_sync_meta lets them out in
- * three phases, as soft updates order them: a kill between any two device
- * writes leaves at worst a leak (marked in use, referenced by nothing),
- * which e2fsck -p repairs without loss, or one of the preen-fixable states
- * named below.
- *   1. Allocations: the bitmaps of the groups where the operation took
- *      blocks or inodes, written as old | new (what it took is marked, what
- *      it freed still is), with the descriptors and the superblock.
- *   2. References: the blocks the operation newly allocated (a directory's
- *      new block, extent nodes) first; then, for an operation that adds
- *      names (create, mkdir, link, symlink, write), the rest (the directory
- *      blocks whose entries changed) before the inode tables; for one that
- *      removes them (unlink, rmdir, rename, truncate), the inode tables
- *      first. Either way an entry and its inode are two writes and the
- *      state between them is one e2fsck -p repairs on its own: an entry
- *      naming an unused inode (cleared), or a link count off by one (fixed);
- *      the other order would leave an unattached inode, which -p does not.
- *   3. Releases: the final bitmaps of the groups where it freed something,
- *      the descriptors and the superblock.
- * Left: a rename between two directory blocks is two writes that a kill can
- * split, old entry gone first when its block comes first (e2fsck then finds
- * the inode unattached and offers lost+found; the data is kept). */
+ * libext2fs keeps bitmaps, group descriptors and the superblock in memory and writes them
+ * at ext2fs_flush/close. The order in which the driver writes them after every modifying
+ * operation, and why a kill -9 between any two of those writes is harmless, is
+ * src/write_order.rs: which groups changed, the three phases, the snapshots. Here is what
+ * it needs of libext2fs's structs: the marks libext2fs's allocation callbacks leave between
+ * two syncs (vx_take_marks), a group's counts, descriptor and bitmap image, and the writes of
+ * a bitmap, of a descriptor block and of the superblock. */
 
-/* What a group's bitmaps are known by, as last written: a change of these
- * descriptor fields means the bitmap changed. */
-struct vx_group_counts {
-	uint64_t free_blocks;
-	uint32_t free_inodes;
-	uint32_t itable_unused;
-	uint16_t flags;
-};
-
-/* Byte ranges (start, end pairs) of blocks, for dev->write_back. */
-struct vx_ranges {
-	uint64_t *pairs;
-	size_t n, cap;
-};
-
-/* Most newly allocated blocks an operation's phase 2 writes first; past it they go with the rest. */
+/* Most newly allocated blocks recorded between two syncs (write_order.rs writes them first
+ * in its phase 2; past it they go with the rest). */
 #define VX_FRESH_MAX 64
 
+/* What the allocation callbacks record between two syncs, and the caller's reserve. Only on
+ * a read-write mount (fs->priv_data). */
 struct vx_meta {
 	dgrp_t groups;
-	unsigned char *dirty;    /* groups touched by block (de)allocation */
+	unsigned char *dirty;     /* groups touched by block (de)allocation */
 	unsigned char *ino_dirty; /* groups touched by inode (de)allocation */
-	unsigned char *freed;    /* per group: bit 0 block bitmap, bit 1 inode bitmap freed something (phase 3) */
-	unsigned char *changed;  /* per group: written this call */
-	struct vx_group_counts *counts; /* per group, as last written */
-	char *desc_snapshot;     /* descriptors as last written */
-	unsigned char *desc_dirty; /* per descriptor block, scratch */
-	char super_snapshot[SUPERBLOCK_SIZE];
-	char *buf;               /* one block */
-	char *old;               /* one block: a bitmap as the device holds it */
-	struct vx_ranges itables; /* every group's inode table */
-	struct vx_ranges wrote;  /* allocation metadata written in the current phase */
-	uint64_t fresh[2 * VX_FRESH_MAX]; /* blocks allocated since the last call */
+	uint64_t fresh[VX_FRESH_MAX]; /* single blocks allocated since the last sync */
 	size_t nfresh;
-	blk64_t reserve;         /* blocks the current caller may not take (vx_set_caller) */
+	blk64_t reserve;          /* blocks the current caller may not take (vx_set_caller) */
 };
 
 static struct vx_meta *vx_meta_of(ext2_filsys fs)
@@ -2056,32 +2009,12 @@ static struct vx_meta *vx_meta_of(ext2_filsys fs)
 	return fs->priv_data;
 }
 
-/* Adds the byte range of `count` blocks from `block`, merged with the last range when they touch. */
-static errcode_t vx_ranges_add(struct vx_ranges *r, ext2_filsys fs, blk64_t block, blk64_t count)
-{
-	uint64_t start = (uint64_t)block * fs->blocksize, end = start + (uint64_t)count * fs->blocksize;
-	if (r->n && r->pairs[2 * r->n - 1] == start) {
-		r->pairs[2 * r->n - 1] = end;
-		return 0;
-	}
-	if (r->n == r->cap) {
-		size_t cap = r->cap ? 2 * r->cap : 16;
-		uint64_t *pairs = realloc(r->pairs, cap * 2 * sizeof *pairs);
-		if (!pairs)
-			return EXT2_ET_NO_MEMORY;
-		r->pairs = pairs;
-		r->cap = cap;
-	}
-	r->pairs[2 * r->n] = start;
-	r->pairs[2 * r->n + 1] = end;
-	r->n++;
-	return 0;
-}
-
-static errcode_t vx_write_back(ext2_filsys fs, const uint64_t *pairs, size_t n, int which)
+/* Lets dirty blocks of the device's cache out: all (VX_WB_ALL), or those that overlap
+ * (VX_WB_WITHIN) or miss (VX_WB_OUTSIDE) the n byte ranges (start, end pairs). */
+int vx_write_back(ext2_filsys fs, const uint64_t *pairs, size_t n, int which)
 {
 	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
-	return dev->write_back(dev->ctx, pairs, n, which);
+	return vx_errno(dev->write_back(dev->ctx, pairs, n, which));
 }
 
 /* Before each operation: whether its caller may use the blocks reserved for root
@@ -2134,28 +2067,14 @@ static void vx_block_stats_cb(ext2_filsys fs, blk64_t blk, int inuse)
 {
 	struct vx_meta *m = vx_meta_of(fs);
 	vx_mark_blocks(fs, blk, 1);
-	if (m && inuse > 0 && m->nfresh < VX_FRESH_MAX) {
-		m->fresh[2 * m->nfresh] = (uint64_t)blk * fs->blocksize;
-		m->fresh[2 * m->nfresh + 1] = (uint64_t)(blk + 1) * fs->blocksize;
-		m->nfresh++;
-	}
+	if (m && inuse > 0 && m->nfresh < VX_FRESH_MAX)
+		m->fresh[m->nfresh++] = blk;
 }
 
 static void vx_block_range_cb(ext2_filsys fs, blk64_t blk, blk_t num, int inuse)
 {
 	(void)inuse;
 	vx_mark_blocks(fs, blk, num);
-}
-
-static struct vx_group_counts vx_group_counts_of(ext2_filsys fs, dgrp_t g)
-{
-	struct vx_group_counts c = {
-		.free_blocks = ext2fs_bg_free_blocks_count(fs, g),
-		.free_inodes = ext2fs_bg_free_inodes_count(fs, g),
-		.itable_unused = ext2fs_bg_itable_unused(fs, g),
-		.flags = ext2fs_bg_flags(fs, g),
-	};
-	return c;
 }
 
 /* ext2fs_inode_alloc_stats2, noting the group whose inode bitmap changed. */
@@ -2172,15 +2091,6 @@ static void vx_meta_release(struct vx_meta *m)
 {
 	free(m->dirty);
 	free(m->ino_dirty);
-	free(m->freed);
-	free(m->changed);
-	free(m->counts);
-	free(m->desc_snapshot);
-	free(m->desc_dirty);
-	free(m->buf);
-	free(m->old);
-	free(m->itables.pairs);
-	free(m->wrote.pairs);
 	free(m);
 }
 
@@ -2189,32 +2099,13 @@ static errcode_t vx_meta_init(ext2_filsys fs)
 	struct vx_meta *m = calloc(1, sizeof *m);
 	if (!m)
 		return EXT2_ET_NO_MEMORY;
-	size_t dsize = EXT2_DESC_SIZE(fs->super);
 	m->groups = fs->group_desc_count;
 	m->dirty = calloc(m->groups, 1);
 	m->ino_dirty = calloc(m->groups, 1);
-	m->freed = calloc(m->groups, 1);
-	m->changed = calloc(m->groups, 1);
-	m->counts = calloc(m->groups, sizeof *m->counts);
-	m->desc_snapshot = malloc((size_t)m->groups * dsize);
-	m->desc_dirty = calloc(fs->desc_blocks + 1, 1);
-	m->buf = malloc(fs->blocksize);
-	m->old = malloc(fs->blocksize);
-	if (!m->dirty || !m->ino_dirty || !m->freed || !m->changed || !m->counts || !m->desc_snapshot || !m->desc_dirty ||
-	    !m->buf || !m->old) {
+	if (!m->dirty || !m->ino_dirty) {
 		vx_meta_release(m);
 		return EXT2_ET_NO_MEMORY;
 	}
-	for (dgrp_t g = 0; g < m->groups; g++) {
-		memcpy(m->desc_snapshot + (size_t)g * dsize, ext2fs_group_desc(fs, fs->group_desc, g), dsize);
-		m->counts[g] = vx_group_counts_of(fs, g);
-		blk64_t itable = ext2fs_inode_table_loc(fs, g);
-		if (itable && vx_ranges_add(&m->itables, fs, itable, fs->inode_blocks_per_group)) {
-			vx_meta_release(m);
-			return EXT2_ET_NO_MEMORY;
-		}
-	}
-	memcpy(m->super_snapshot, fs->super, SUPERBLOCK_SIZE);
 	fs->priv_data = m;
 	ext2fs_set_alloc_block_callback(fs, vx_get_alloc_block, NULL);
 	ext2fs_set_block_alloc_stats_callback(fs, vx_block_stats_cb, NULL);
@@ -2231,13 +2122,98 @@ static void vx_meta_free(ext2_filsys fs)
 	fs->priv_data = NULL;
 }
 
+/* What write_order.rs needs to size its tables. */
+struct vx_meta_shape {
+	uint32_t groups;
+	uint32_t desc_size;      /* bytes of one group descriptor */
+	uint32_t desc_per_block;
+	uint32_t desc_blocks;
+	uint32_t block_size;
+	uint32_t inode_blocks_per_group;
+	uint32_t fresh_max;      /* VX_FRESH_MAX */
+	int32_t group_desc_csum; /* uninit_bg or metadata_csum: the uninitialised-group flags count */
+};
+
+/* EROFS on a read-only mount (no marks are kept). */
+int vx_meta_shape(ext2_filsys fs, struct vx_meta_shape *out)
+{
+	if (!vx_meta_of(fs) || !(fs->flags & EXT2_FLAG_RW))
+		return EROFS;
+	out->groups = fs->group_desc_count;
+	out->desc_size = EXT2_DESC_SIZE(fs->super);
+	out->desc_per_block = EXT2_DESC_PER_BLOCK(fs->super);
+	out->desc_blocks = (uint32_t)fs->desc_blocks;
+	out->block_size = fs->blocksize;
+	out->inode_blocks_per_group = fs->inode_blocks_per_group;
+	out->fresh_max = VX_FRESH_MAX;
+	out->group_desc_csum = ext2fs_has_group_desc_csum(fs);
+	return 0;
+}
+
+/* Adds the groups marked since the last call to dirty and ino_dirty (m->groups bytes each),
+ * copies the fresh blocks to `fresh` (room for VX_FRESH_MAX) and returns their number; the
+ * marks are cleared. */
+size_t vx_take_marks(ext2_filsys fs, unsigned char *dirty, unsigned char *ino_dirty, uint64_t *fresh)
+{
+	struct vx_meta *m = vx_meta_of(fs);
+	if (!m)
+		return 0;
+	for (dgrp_t g = 0; g < m->groups; g++) {
+		dirty[g] |= m->dirty[g];
+		ino_dirty[g] |= m->ino_dirty[g];
+	}
+	memset(m->dirty, 0, m->groups);
+	memset(m->ino_dirty, 0, m->groups);
+	size_t n = m->nfresh;
+	memcpy(fresh, m->fresh, n * sizeof *fresh);
+	m->nfresh = 0;
+	return n;
+}
+
+/* What a group's bitmaps are known by: a change of these descriptor fields means a bitmap
+ * changed. */
+struct vx_group_counts {
+	uint64_t free_blocks;
+	uint32_t free_inodes;
+	uint32_t itable_unused;
+	uint16_t flags;
+};
+
+void vx_group_counts(ext2_filsys fs, uint32_t g, struct vx_group_counts *out)
+{
+	out->free_blocks = ext2fs_bg_free_blocks_count(fs, g);
+	out->free_inodes = ext2fs_bg_free_inodes_count(fs, g);
+	out->itable_unused = ext2fs_bg_itable_unused(fs, g);
+	out->flags = ext2fs_bg_flags(fs, g);
+}
+
+/* The first block of group g's inode table (0: none). */
+uint64_t vx_inode_table(ext2_filsys fs, uint32_t g)
+{
+	return ext2fs_inode_table_loc(fs, g);
+}
+
+/* Group g's descriptor as it is in memory: desc_size bytes. */
+void vx_group_desc(ext2_filsys fs, uint32_t g, void *out)
+{
+	memcpy(out, ext2fs_group_desc(fs, fs->group_desc, g), EXT2_DESC_SIZE(fs->super));
+}
+
+/* The superblock as it is in memory: SUPERBLOCK_SIZE bytes. */
+void vx_super_bytes(ext2_filsys fs, void *out)
+{
+	memcpy(out, fs->super, SUPERBLOCK_SIZE);
+}
+
 enum { VX_BLOCK_BITMAP = 1, VX_INODE_BITMAP = 2 };
 
-/* Group g's bitmap `kind` as ext2fs_write_bitmaps lays it on disk, into buf; *nbytes gets
- * its meaningful length, *where its block (0: none, or not written while uninitialised). */
-static errcode_t vx_bitmap_image(ext2_filsys fs, dgrp_t g, int kind, char *buf, size_t *nbytes, blk64_t *where)
+/* Group g's bitmap `kind` as ext2fs_write_bitmaps lays it on disk, into buf (one block);
+ * *nbytes gets its meaningful length, *where its block (0: none, or not written while
+ * uninitialised). */
+int vx_bitmap_image(ext2_filsys fs, uint32_t g, int kind, void *out, size_t *nbytes, uint64_t *where)
 {
 	int csum = ext2fs_has_group_desc_csum(fs);
+	char *buf = out;
 	errcode_t err;
 	*where = 0;
 	memset(buf, 0xff, fs->blocksize);
@@ -2247,7 +2223,7 @@ static errcode_t vx_bitmap_image(ext2_filsys fs, dgrp_t g, int kind, char *buf, 
 		*nbytes = EXT2_CLUSTERS_PER_GROUP(fs->super) / 8;
 		blk64_t start = EXT2FS_B2C(fs, fs->super->s_first_data_block) + (blk64_t)g * (*nbytes << 3);
 		if ((err = ext2fs_get_block_bitmap_range2(fs->block_map, start, *nbytes << 3, buf)))
-			return err;
+			return vx_errno(err);
 		if (g == fs->group_desc_count - 1) {
 			/* Padding past the end of the filesystem reads as in use. */
 			blk64_t nbits = EXT2FS_NUM_B2C(fs, ((ext2fs_blocks_count(fs->super) - (__u64)fs->super->s_first_data_block) %
@@ -2262,191 +2238,48 @@ static errcode_t vx_bitmap_image(ext2_filsys fs, dgrp_t g, int kind, char *buf, 
 			return 0;
 		*nbytes = EXT2_INODES_PER_GROUP(fs->super) / 8;
 		if ((err = ext2fs_get_inode_bitmap_range2(fs->inode_map, 1 + (__u64)g * (*nbytes << 3), *nbytes << 3, buf)))
-			return err;
+			return vx_errno(err);
 		*where = ext2fs_inode_bitmap_loc(fs, g);
 	}
 	return 0;
 }
 
-/* Writes bitmap `kind` of group g for `phase` (see above). Phase 1 compares with the
- * device's copy (treated as empty while the group was uninitialised, was_uninit): if the
- * operation set bits there it writes old | new; if it cleared bits it notes the group for
- * phase 3, which writes the bitmap as it is in memory. */
-static errcode_t vx_write_bitmap(ext2_filsys fs, struct vx_meta *m, dgrp_t g, int kind, int phase, int was_uninit)
+/* One block as the device (or its cache) holds it. */
+int vx_read_block(ext2_filsys fs, uint64_t block, void *buf)
 {
-	size_t nbytes = 0;
-	blk64_t where;
-	errcode_t err = vx_bitmap_image(fs, g, kind, m->buf, &nbytes, &where);
-	if (err || !where)
-		return err;
-	if (phase == 1) {
-		if (was_uninit)
-			memset(m->old, 0, fs->blocksize);
-		else if ((err = io_channel_read_blk64(fs->io, where, 1, m->old)))
-			return err;
-		int set = 0, cleared = 0;
-		for (size_t i = 0; i < nbytes; i++) {
-			unsigned char now = (unsigned char)m->buf[i], was = (unsigned char)m->old[i];
-			set |= (now & ~was) != 0;
-			cleared |= (was & ~now) != 0;
-		}
-		if (cleared) {
-			m->freed[g] |= (unsigned char)kind;
-			for (size_t i = 0; i < nbytes; i++)
-				m->buf[i] |= m->old[i];
-		}
-		if (!set)
-			return 0;
-	}
-	err = kind == VX_BLOCK_BITMAP ? ext2fs_block_bitmap_csum_set(fs, g, m->buf, nbytes)
-				      : ext2fs_inode_bitmap_csum_set(fs, g, m->buf, nbytes);
-	if (err)
-		return err;
-	ext2fs_group_desc_csum_set(fs, g);
-	if ((err = io_channel_write_blk64(fs->io, where, 1, m->buf)))
-		return err;
-	return vx_ranges_add(&m->wrote, fs, where, 1);
+	return vx_errno(io_channel_read_blk64(fs->io, block, 1, buf));
 }
 
-/* The descriptor blocks of the groups written this call, and the primary superblock. */
-static errcode_t vx_write_descriptors(ext2_filsys fs, struct vx_meta *m)
+/* Writes the bitmap image buf (nbytes meaningful) of group g to its block `where`, after
+ * setting its checksum and the group descriptor's in memory. */
+int vx_write_bitmap(ext2_filsys fs, uint32_t g, int kind, void *buf, size_t nbytes, uint64_t where)
 {
-	errcode_t err;
-	for (dgrp_t i = 0; i < fs->desc_blocks; i++) {
-		if (!m->desc_dirty[i])
-			continue;
-		blk64_t where = ext2fs_descriptor_block_loc2(fs, fs->super->s_first_data_block, i);
-		if ((err = io_channel_write_blk64(fs->io, where, 1, (char *)fs->group_desc + (size_t)i * fs->blocksize)))
-			return err;
-		if ((err = vx_ranges_add(&m->wrote, fs, where, 1)))
-			return err;
-	}
-	fs->super->s_wtime = (uint32_t)time(NULL);
-	ext2fs_superblock_csum_set(fs, fs->super);
-	if ((err = io_channel_write_byte(fs->io, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, fs->super)))
-		return err;
-	uint64_t start = SUPERBLOCK_OFFSET, end = SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE;
-	blk64_t first = start / fs->blocksize, last = (end - 1) / fs->blocksize;
-	return vx_ranges_add(&m->wrote, fs, first, last - first + 1);
-}
-
-/* Phase 1: marks what the operation allocated. Returns, in *deferred, whether descriptors
- * and superblock changed but were left for phase 3 (the operation only freed). */
-static errcode_t vx_sync_allocations(ext2_filsys fs, struct vx_meta *m, int *deferred)
-{
-	size_t dsize = EXT2_DESC_SIZE(fs->super);
-	dgrp_t per_block = EXT2_DESC_PER_BLOCK(fs->super);
-	int csum = ext2fs_has_group_desc_csum(fs);
-	int any = 0;
-	errcode_t err;
-	m->wrote.n = 0;
-	for (dgrp_t g = 0; g < m->groups; g++) {
-		char *snap = m->desc_snapshot + (size_t)g * dsize;
-		void *desc = ext2fs_group_desc(fs, fs->group_desc, g);
-		m->changed[g] = 0;
-		m->freed[g] = 0;
-		if (!m->dirty[g] && !m->ino_dirty[g] && memcmp(snap, desc, dsize) == 0)
-			continue;
-		/* Only the bitmap that changed: block (de)allocation is reported by
-		 * libext2fs's callbacks, inode (de)allocation by vx_inode_alloc_stats;
-		 * a changed free count or flag catches library calls that allocate
-		 * inside (ext2fs_mkdir, ext2fs_symlink). */
-		struct vx_group_counts now = vx_group_counts_of(fs, g), *was = &m->counts[g];
-		int flags_changed = now.flags != was->flags;
-		int blocks = m->dirty[g] || now.free_blocks != was->free_blocks || flags_changed;
-		int inodes = m->ino_dirty[g] || now.free_inodes != was->free_inodes ||
-			     now.itable_unused != was->itable_unused || flags_changed;
-		if (blocks && (err = vx_write_bitmap(fs, m, g, VX_BLOCK_BITMAP, 1,
-						     csum && (was->flags & EXT2_BG_BLOCK_UNINIT))))
-			return err;
-		if (inodes && (err = vx_write_bitmap(fs, m, g, VX_INODE_BITMAP, 1,
-						     csum && (was->flags & EXT2_BG_INODE_UNINIT))))
-			return err;
-		m->dirty[g] = 0;
-		m->ino_dirty[g] = 0;
-		m->changed[g] = 1;
-		*was = now;
-		m->desc_dirty[g / per_block] = 1;
-		any = 1;
-	}
-	int super_changed = memcmp(m->super_snapshot, fs->super, SUPERBLOCK_SIZE) != 0;
-	*deferred = 0;
-	if (!any && !super_changed)
-		return 0;
-	if (m->wrote.n == 0) {
-		*deferred = 1; /* nothing taken: descriptors and counts go with the releases */
-		return 0;
-	}
-	if ((err = vx_write_descriptors(fs, m)))
-		return err;
-	return vx_write_back(fs, m->wrote.pairs, m->wrote.n, VX_WB_WITHIN);
-}
-
-/* Phase 3: releases what the operation freed, then lets every remaining block out. */
-static errcode_t vx_sync_releases(ext2_filsys fs, struct vx_meta *m, int deferred)
-{
-	errcode_t err;
-	int any = deferred;
-	m->wrote.n = 0;
-	for (dgrp_t g = 0; g < m->groups; g++) {
-		if (!m->freed[g])
-			continue;
-		if ((m->freed[g] & VX_BLOCK_BITMAP) && (err = vx_write_bitmap(fs, m, g, VX_BLOCK_BITMAP, 3, 0)))
-			return err;
-		if ((m->freed[g] & VX_INODE_BITMAP) && (err = vx_write_bitmap(fs, m, g, VX_INODE_BITMAP, 3, 0)))
-			return err;
-		m->freed[g] = 0;
-		any = 1;
-	}
-	if (any && (err = vx_write_descriptors(fs, m)))
-		return err;
-	return vx_write_back(fs, NULL, 0, VX_WB_ALL);
-}
-
-/* Writes what an operation changed, in the three phases above; `removes` says which way its
- * names went (unlink, rmdir, rename, truncate: 1). Cheap when nothing changed (a memcmp of the
- * descriptors and the superblock). */
-int vx_sync_meta(ext2_filsys fs, int removes)
-{
-	struct vx_meta *m = vx_meta_of(fs);
-	if (!m || !(fs->flags & EXT2_FLAG_RW))
-		return 0;
-	int deferred = 0;
-	errcode_t err = vx_sync_allocations(fs, m, &deferred);
-	if (!err)
-		err = vx_write_back(fs, m->fresh, m->nfresh, VX_WB_WITHIN);
-	/* Adds: entries, then inodes; removes: inodes, then entries. */
-	if (!err)
-		err = vx_write_back(fs, m->itables.pairs, m->itables.n, removes ? VX_WB_WITHIN : VX_WB_OUTSIDE);
-	if (!err)
-		err = vx_write_back(fs, m->itables.pairs, m->itables.n, removes ? VX_WB_OUTSIDE : VX_WB_WITHIN);
-	if (!err)
-		err = vx_sync_releases(fs, m, deferred);
-	m->nfresh = 0;
+	errcode_t err = kind == VX_BLOCK_BITMAP ? ext2fs_block_bitmap_csum_set(fs, g, buf, nbytes)
+						: ext2fs_inode_bitmap_csum_set(fs, g, buf, nbytes);
 	if (err)
 		return vx_errno(err);
-	size_t dsize = EXT2_DESC_SIZE(fs->super);
-	for (dgrp_t g = 0; g < m->groups; g++)
-		if (m->changed[g])
-			memcpy(m->desc_snapshot + (size_t)g * dsize, ext2fs_group_desc(fs, fs->group_desc, g), dsize);
-	memset(m->desc_dirty, 0, fs->desc_blocks + 1);
-	memcpy(m->super_snapshot, fs->super, SUPERBLOCK_SIZE);
-	return 0;
+	ext2fs_group_desc_csum_set(fs, g);
+	return vx_errno(io_channel_write_blk64(fs->io, where, 1, buf));
 }
 
-/* ---- the data path for writes: whole runs per device call ---- */
-
-/* Writes nblocks whole blocks at physical block pblk straight to the device. */
-static int vx_write_run(ext2_filsys fs, uint64_t pblk, const void *data, size_t bytes)
+/* Writes descriptor block i (of desc_blocks) as it is in memory; *where gets its block. */
+int vx_write_desc_block(ext2_filsys fs, uint32_t i, uint64_t *where)
 {
-	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
-	return dev->write(dev->ctx, pblk * fs->blocksize, data, bytes); /* the cache forgets what it overlaps */
+	*where = ext2fs_descriptor_block_loc2(fs, fs->super->s_first_data_block, i);
+	return vx_errno(io_channel_write_blk64(fs->io, *where, 1, (char *)fs->group_desc + (size_t)i * fs->blocksize));
 }
 
-/* Maps the hole [lblk, lblk + len) of an extent file to newly allocated
- * blocks, appending to the extent on the left when physically contiguous
- * (so a file written front to back stays one extent per 128 MiB).
- * *mapped gets how many blocks from lblk on were mapped before any error. */
+/* Writes the primary superblock (SUPERBLOCK_SIZE bytes at SUPERBLOCK_OFFSET) with a new
+ * write time and its checksum. */
+int vx_write_super(ext2_filsys fs)
+{
+	fs->super->s_wtime = (uint32_t)time(NULL);
+	ext2fs_superblock_csum_set(fs, fs->super);
+	return vx_errno(io_channel_write_byte(fs->io, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, fs->super));
+}
+
+/* ---- the data path for writes: holes allocated as whole runs ---- */
+
 /* ext2fs_new_range short of the filesystem's last block: libext2fs 1.47's
  * punch refuses a freed run that ends there (see vx_free_inode), so files this
  * driver writes never hold it and stay truncatable. */
@@ -2479,6 +2312,10 @@ static errcode_t vx_new_range(ext2_filsys fs, blk64_t goal, blk64_t want, blk64_
 	return EXT2_ET_BLOCK_ALLOC_FAIL;
 }
 
+/* Maps the hole [lblk, lblk + len) of an extent file to newly allocated
+ * blocks, appending to the extent on the left when physically contiguous
+ * (so a file written front to back stays one extent per 128 MiB).
+ * *mapped gets how many blocks from lblk on were mapped before any error. */
 static errcode_t vx_map_hole(ext2_filsys fs, uint32_t ino, struct ext2_inode *in, ext2_extent_handle_t h,
 			     blk64_t lblk, blk64_t len, blk64_t *mapped)
 {
@@ -2533,189 +2370,162 @@ static errcode_t vx_map_hole(ext2_filsys fs, uint32_t ino, struct ext2_inode *in
 	return 0;
 }
 
-/* pwrite(2) for an extent-mapped file: holes in the range are allocated
- * first (whole runs), then the data goes to the device one physical run per
- * call, and the inode (size, mtime, ctime) is written once. Files that are
- * block-mapped, inline or have unwritten extents in the range take the
- * libext2fs file API. *done < len is a short write (the disk filled up). */
-int vx_write_ino(ext2_filsys fs, uint32_t ino, uint64_t offset, const void *buf, size_t len, int64_t s, uint32_t ns,
-		 size_t *done)
-{
-	*done = 0;
-	if (len == 0)
-		return 0;
+/* ---- primitives of the write path (src/extent_write.rs) ----
+ *
+ * pwrite(2) for an extent-mapped file is driven from src/extent_write.rs: which
+ * files take the libext2fs file API, the holes of the range allocated front to
+ * back, the data one physical run per device call with partial edge blocks
+ * merged, and the inode written once. Here is what touches libext2fs's
+ * structs: a write session holding the inode and its extent handle, extent
+ * lookups, the allocation of a hole (vx_map_hole above), the mapping of one
+ * block, the device write of a run, and the inode's update. */
+
+struct vx_wr {
+	ext2_filsys fs;
+	uint32_t ino;
 	struct ext2_inode_large in;
-	memset(&in, 0, sizeof in);
-	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
+	ext2_extent_handle_t h;
+	struct ext2fs_extent cur; /* what the last vx_wr_extent got */
+};
+
+/* Mirrors what extent_write.rs needs of the inode. */
+struct vx_wr_inode {
+	uint64_t size;
+	uint32_t block_size;
+	int32_t extents; /* extent-mapped, not inline, no bigalloc: the fast path applies */
+};
+
+/* Reads inode ino into a new session *out (ended by vx_wr_end). */
+int vx_wr_begin(ext2_filsys fs, uint32_t ino, struct vx_wr **out, struct vx_wr_inode *info)
+{
+	*out = NULL;
+	struct vx_wr *wr = calloc(1, sizeof *wr);
+	if (!wr)
+		return ENOMEM;
+	wr->fs = fs;
+	wr->ino = ino;
+	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&wr->in, sizeof wr->in);
+	if (err) {
+		free(wr);
+		return vx_errno(err);
+	}
+	info->size = EXT2_I_SIZE(&wr->in);
+	info->block_size = fs->blocksize;
+	info->extents = (wr->in.i_flags & EXT4_EXTENTS_FL) && !(wr->in.i_flags & EXT4_INLINE_DATA_FL) &&
+			EXT2FS_CLUSTER_RATIO(fs) == 1;
+	*out = wr;
+	return 0;
+}
+
+/* Opens the session's extent handle (an extent-mapped inode only). */
+int vx_wr_open_extents(struct vx_wr *wr)
+{
+	return vx_errno(ext2fs_extent_open2(wr->fs, wr->ino, (struct ext2_inode *)&wr->in, &wr->h));
+}
+
+/* Mirrors struct ext2fs_extent's fields the write path reads. */
+struct vx_extent {
+	uint64_t pblk;
+	uint64_t lblk;
+	uint32_t len;
+	int32_t unwritten;
+};
+
+/* The extent that ext2fs_extent_goto2 finds for lblk: *found 0 when it finds none (the
+ * handle then rests at the extent before lblk, or the first one; see vx_wr_hole_end). */
+int vx_wr_extent(struct vx_wr *wr, uint64_t lblk, struct vx_extent *out, int *found)
+{
+	*found = 0;
+	errcode_t err = ext2fs_extent_goto2(wr->h, 0, lblk);
+	if (err == EXT2_ET_EXTENT_NOT_FOUND)
+		return 0;
+	if (!err)
+		err = ext2fs_extent_get(wr->h, EXT2_EXTENT_CURRENT, &wr->cur);
 	if (err)
 		return vx_errno(err);
-	uint64_t bs = fs->blocksize;
-	if (offset + len < offset || (offset + len - 1) / bs > 0xffffffffULL)
-		return EFBIG;
-	int slow = !(in.i_flags & EXT4_EXTENTS_FL) || (in.i_flags & EXT4_INLINE_DATA_FL) || EXT2FS_CLUSTER_RATIO(fs) > 1;
-	ext2_extent_handle_t h = NULL;
-	blk64_t first = offset / bs, last = (offset + len - 1) / bs;
-	if (!slow) {
-		if ((err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)&in, &h)))
-			return vx_errno(err);
-		/* Unwritten extents in the range: leave them to the library. */
-		for (blk64_t l = first; l <= last && !slow;) {
-			struct ext2fs_extent ext;
-			err = ext2fs_extent_goto2(h, 0, l);
-			if (err == EXT2_ET_EXTENT_NOT_FOUND)
-				err = 0, l++;
-			else if (!err && !(err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext))) {
-				if (ext.e_flags & EXT2_EXTENT_FLAGS_UNINIT)
-					slow = 1;
-				l = ext.e_lblk + ext.e_len > l ? ext.e_lblk + ext.e_len : l + 1;
-			}
-			if (err) {
-				ext2fs_extent_free(h);
-				return vx_errno(err);
-			}
-		}
-	}
-	if (slow) {
-		if (h)
-			ext2fs_extent_free(h);
-		ext2_file_t f;
-		if ((err = ext2fs_file_open(fs, ino, EXT2_FILE_WRITE, &f)))
-			return vx_errno(err);
-		int e = vx_file_write(f, offset, buf, len, done);
-		errcode_t closed = ext2fs_file_close(f);
-		return e ? e : vx_errno(closed);
-	}
-	uint64_t old_size = EXT2_I_SIZE(&in);
-	/* Which edge blocks hold data already (the rest of a new one is zeros). */
-	blk64_t first_phys = 0, last_phys = 0;
-	ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in, NULL, 0, first, NULL, &first_phys);
-	ext2fs_bmap2(fs, ino, (struct ext2_inode *)&in, NULL, 0, last, NULL, &last_phys);
-	/* Allocate every hole of the range, front to back. */
-	blk64_t covered = last + 1; /* first lblk left unmapped by an error */
-	errcode_t map_err = 0;
-	for (blk64_t l = first; l <= last;) {
-		struct ext2fs_extent ext;
-		err = ext2fs_extent_goto2(h, 0, l);
-		if (!err && !(err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext)) && l >= ext.e_lblk &&
-		    l < ext.e_lblk + ext.e_len) {
-			l = ext.e_lblk + ext.e_len;
-			continue;
-		}
-		if (err && err != EXT2_ET_EXTENT_NOT_FOUND) {
-			map_err = err;
-			covered = l;
-			break;
-		}
-		/* A hole from l: up to the next extent or the end of the range.
-		 * After a miss the handle is at the extent before l, or at the
-		 * first one when l comes before every extent. */
-		blk64_t end = last + 1;
-		if (err == EXT2_ET_EXTENT_NOT_FOUND)
-			err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext);
-		if (!err && ext.e_lblk > l) {
-			if (ext.e_lblk < end)
-				end = ext.e_lblk;
-		} else if (!err && ext2fs_extent_get(h, EXT2_EXTENT_NEXT_LEAF, &ext) == 0 && ext.e_lblk > l &&
-			   ext.e_lblk < end) {
-			end = ext.e_lblk;
-		}
-		blk64_t got = 0;
-		map_err = vx_map_hole(fs, ino, (struct ext2_inode *)&in, h, l, end - l, &got);
-		if (map_err) {
-			covered = l + got;
-			break;
-		}
-		l = end;
-	}
-	size_t writable = covered > last ? len : (size_t)(covered * bs > offset ? covered * bs - offset : 0);
-	/* Now the data, one physical run per device call. */
-	char *edge = NULL;
-	size_t put = 0;
-	int result = 0;
-	while (put < writable) {
-		uint64_t pos = offset + put, lblk = pos / bs, within = pos % bs;
-		struct ext2fs_extent ext;
-		err = ext2fs_extent_goto2(h, 0, lblk);
-		if (!err)
-			err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext);
-		if (err || lblk < ext.e_lblk || lblk >= ext.e_lblk + ext.e_len) {
-			result = err ? vx_errno(err) : EIO;
-			break;
-		}
-		uint64_t pblk = ext.e_pblk + (lblk - ext.e_lblk);
-		size_t n = (size_t)((ext.e_lblk + ext.e_len - lblk) * bs - within);
-		if (n > writable - put)
-			n = writable - put;
-		const char *src = (const char *)buf + put;
-		/* Whole blocks go straight out; a partial first or last block is merged. */
-		size_t head = within ? (bs - within < n ? bs - within : n) : 0;
-		if (head) {
-			if (!edge && !(edge = malloc(bs))) {
-				result = ENOMEM;
-				break;
-			}
-			int had = lblk == first ? first_phys != 0 : 1;
-			if (had && pos < old_size + bs)
-				err = io_channel_read_blk64(fs->io, pblk, 1, edge);
-			else
-				memset(edge, 0, bs), err = 0;
-			if (!err) {
-				memcpy(edge + within, src, head);
-				err = vx_write_run(fs, pblk, edge, bs);
-			}
-			if (err) {
-				result = vx_errno(err);
-				break;
-			}
-			put += head;
-			continue;
-		}
-		size_t whole = n / bs * bs;
-		if (whole) {
-			if ((err = vx_write_run(fs, pblk, src, whole))) {
-				result = vx_errno(err);
-				break;
-			}
-			put += whole;
-			continue;
-		}
-		/* A partial last block. */
-		if (!edge && !(edge = malloc(bs))) {
-			result = ENOMEM;
-			break;
-		}
-		int had = lblk == last ? last_phys != 0 : 1;
-		if (had && lblk * bs < old_size)
-			err = io_channel_read_blk64(fs->io, pblk, 1, edge);
-		else
-			memset(edge, 0, bs), err = 0;
-		if (!err) {
-			memcpy(edge, src, n);
-			err = vx_write_run(fs, pblk, edge, bs);
-		}
-		if (err) {
-			result = vx_errno(err);
-			break;
-		}
-		put += n;
-	}
-	free(edge);
-	ext2fs_extent_free(h);
-	/* The inode: size if the file grew (also past a short write), times. */
-	if (offset + put > old_size)
-		ext2fs_inode_size_set(fs, (struct ext2_inode *)&in, offset + put);
-	int extra = vx_has_extra(fs, &in);
-	vx_set_time(&in.i_mtime, extra ? &in.i_mtime_extra : NULL, s, ns);
-	vx_set_time(&in.i_ctime, extra ? &in.i_ctime_extra : NULL, s, ns);
-	err = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
-	*done = put;
-	if (result && put == 0)
-		return result;
-	if (err && put == 0)
-		return vx_errno(err);
-	if (put == 0 && map_err)
-		return vx_errno(map_err);
+	out->pblk = wr->cur.e_pblk;
+	out->lblk = wr->cur.e_lblk;
+	out->len = wr->cur.e_len;
+	out->unwritten = (wr->cur.e_flags & EXT2_EXTENT_FLAGS_UNINIT) != 0;
+	*found = 1;
 	return 0;
+}
+
+/* Where the hole at l ends, right after vx_wr_extent(l) found none (missed) or found an
+ * extent not covering l: the start of the next extent, if before `limit`, else limit. */
+uint64_t vx_wr_hole_end(struct vx_wr *wr, uint64_t l, int missed, uint64_t limit)
+{
+	struct ext2fs_extent ext = wr->cur;
+	errcode_t err = 0;
+	uint64_t end = limit;
+	if (missed)
+		err = ext2fs_extent_get(wr->h, EXT2_EXTENT_CURRENT, &ext);
+	if (!err && ext.e_lblk > l) {
+		if (ext.e_lblk < end)
+			end = ext.e_lblk;
+	} else if (!err && ext2fs_extent_get(wr->h, EXT2_EXTENT_NEXT_LEAF, &ext) == 0 && ext.e_lblk > l &&
+		   ext.e_lblk < end) {
+		end = ext.e_lblk;
+	}
+	return end;
+}
+
+/* Allocates the hole [l, l + len) (vx_map_hole); *got: blocks mapped before an error. */
+int vx_wr_map_hole(struct vx_wr *wr, uint64_t l, uint64_t len, uint64_t *got)
+{
+	blk64_t mapped = 0;
+	errcode_t err = vx_map_hole(wr->fs, wr->ino, (struct ext2_inode *)&wr->in, wr->h, l, len, &mapped);
+	*got = mapped;
+	return vx_errno(err);
+}
+
+/* The physical block of lblk (0: a hole, or unknown). */
+uint64_t vx_wr_bmap(struct vx_wr *wr, uint64_t lblk)
+{
+	blk64_t phys = 0;
+	ext2fs_bmap2(wr->fs, wr->ino, (struct ext2_inode *)&wr->in, NULL, 0, lblk, NULL, &phys);
+	return phys;
+}
+
+/* Writes whole blocks at physical block pblk straight to the device. */
+int vx_write_run(ext2_filsys fs, uint64_t pblk, const void *data, size_t bytes)
+{
+	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
+	return dev->write(dev->ctx, pblk * fs->blocksize, data, bytes); /* the cache forgets what it overlaps */
+}
+
+/* Ends the session: frees the extent handle and, if `update`, writes the inode with size
+ * `size` when `grow` and with mtime and ctime s.ns. */
+int vx_wr_end(struct vx_wr *wr, int update, int grow, uint64_t size, int64_t s, uint32_t ns)
+{
+	if (!wr)
+		return 0;
+	if (wr->h)
+		ext2fs_extent_free(wr->h);
+	errcode_t err = 0;
+	if (update) {
+		if (grow)
+			ext2fs_inode_size_set(wr->fs, (struct ext2_inode *)&wr->in, size);
+		int extra = vx_has_extra(wr->fs, &wr->in);
+		vx_set_time(&wr->in.i_mtime, extra ? &wr->in.i_mtime_extra : NULL, s, ns);
+		vx_set_time(&wr->in.i_ctime, extra ? &wr->in.i_ctime_extra : NULL, s, ns);
+		err = ext2fs_write_inode_full(wr->fs, wr->ino, (struct ext2_inode *)&wr->in, sizeof wr->in);
+	}
+	free(wr);
+	return vx_errno(err);
+}
+
+/* pwrite(2) through the libext2fs file API (block-mapped, inline, bigalloc, or unwritten
+ * extents in the range). */
+int vx_write_file_api(ext2_filsys fs, uint32_t ino, uint64_t offset, const void *buf, size_t len, size_t *done)
+{
+	ext2_file_t f;
+	errcode_t err = ext2fs_file_open(fs, ino, EXT2_FILE_WRITE, &f);
+	if (err)
+		return vx_errno(err);
+	int e = vx_file_write(f, offset, buf, len, done);
+	errcode_t closed = ext2fs_file_close(f);
+	return e ? e : vx_errno(closed);
 }
 
 /* Checks the shape of an extent tree before it is used: every index entry
