@@ -7,7 +7,7 @@ use crate::fail;
 use crate::format::{self as fmt, FormatRequest, FsType};
 use crate::util::{parse_bytes, Failure, IdSource, Outcome};
 use crate::volume::{FsKind, Meta};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use vudev::part::{NewPartition, PartType, PartitionTable};
 
 /// The whole image, decided.
@@ -188,6 +188,32 @@ fn plan_partition(
         None | Some("none") => None,
         Some(f) => Some(FsType::parse(f)?),
     };
+    let ptype = partition_type(ps, fs, gpt)?;
+    let image = plan_image_fill(ps, base, fs.is_some())?;
+    let sectors = partition_sectors(ps, &image)?;
+    let number = add_table_entry(ps, gpt, ptype, sectors, image_size, table, ids)?;
+    let p = table.get(number).expect("just added").clone();
+    let bytes = p.sectors * 512;
+    let req = format_request(ps, fs, epoch, ids)?;
+    let mut items = Vec::new();
+    for c in &ps.contents {
+        plan_content(c, base, &mut items)?;
+    }
+    check_capacity(fs, bytes, req.unit, &req, &items, &ps.label)?;
+    Ok(PlannedPart {
+        number,
+        what: what.to_string(),
+        start_sector: p.start,
+        bytes,
+        fs,
+        req,
+        items,
+        image: image.map(|(path, _)| path),
+    })
+}
+
+/// The partition's type: as given, else what its filesystem and the table kind call for.
+fn partition_type(ps: &PartSpec, fs: Option<FsType>, gpt: bool) -> Outcome<PartType> {
     let type_name = ps.ptype.clone().unwrap_or_else(|| {
         match (fs, gpt) {
             (Some(FsType::Fat12), false) => "fat12",
@@ -199,16 +225,18 @@ fn plan_partition(
         }
         .to_string()
     });
-    let ptype = PartType::parse(&type_name, gpt).map_err(Failure)?;
-    let image = plan_image_fill(ps, base, fs.is_some())?;
-    let size_spec = opt_text(&ps.size);
-    let sectors = match size_spec.as_deref() {
-        // A partition filled from an image is the image's size unless told.
+    PartType::parse(&type_name, gpt).map_err(Failure)
+}
+
+/// The partition's length in sectors (`None`: the rest of the disk); one filled from an
+/// image is the image's size unless told, and must hold it.
+fn partition_sectors(ps: &PartSpec, image: &Option<(PathBuf, u64)>) -> Outcome<Option<u64>> {
+    let sectors = match opt_text(&ps.size).as_deref() {
         None if image.is_some() => image.as_ref().map(|(_, len)| len.div_ceil(512)),
         None | Some("rest") => None,
         Some(s) => Some(sectors_of_bytes(s, "size")?),
     };
-    if let (Some((path, len)), Some(n)) = (&image, sectors) {
+    if let (Some((path, len)), Some(n)) = (image, sectors) {
         if *len > n * 512 {
             return Err(fail!(
                 "image {} ({}) is larger than the partition",
@@ -217,6 +245,20 @@ fn plan_partition(
             ));
         }
     }
+    Ok(sectors)
+}
+
+/// Adds the partition to `table` (name and GUID on GPT only, its own alignment if given);
+/// returns its number.
+fn add_table_entry(
+    ps: &PartSpec,
+    gpt: bool,
+    ptype: PartType,
+    sectors: Option<u64>,
+    image_size: &str,
+    table: &mut PartitionTable,
+    ids: &mut Ids,
+) -> Outcome<u32> {
     if !gpt && ps.name.is_some() {
         return Err(fail!("MBR partitions have no names (use table = \"gpt\")"));
     }
@@ -247,15 +289,23 @@ fn plan_partition(
         uuid,
     });
     table.align = default_align;
-    let number = added.map_err(|e| {
+    added.map_err(|e| {
         fail!(
             "{} does not fit in the {} image: {e}",
-            size_spec.as_deref().unwrap_or("the rest"),
+            opt_text(&ps.size).as_deref().unwrap_or("the rest"),
             image_size
         )
-    })?;
-    let p = table.get(number).expect("just added").clone();
-    let bytes = p.sectors * 512;
+    })
+}
+
+/// What the filesystem is made with: label, cluster or block size, serial, UUID, features
+/// (each checked against the filesystem it is for).
+fn format_request(
+    ps: &PartSpec,
+    fs: Option<FsType>,
+    epoch: Option<u64>,
+    ids: &mut Ids,
+) -> Outcome<FormatRequest> {
     let unit = match (fs, &opt_text(&ps.cluster_size), &opt_text(&ps.block_size)) {
         (Some(f), Some(c), _) if f.has_clusters() => Some(fmt::parse_unit(c)?),
         (Some(f), _, Some(b)) if !f.has_clusters() => Some(fmt::parse_unit(b)?),
@@ -283,28 +333,13 @@ fn plan_partition(
     if ps.volume_id.is_some() && !fs.is_some_and(|f| f.has_clusters()) {
         return Err(fail!("volume_id is for FAT and exFAT"));
     }
-    let req = FormatRequest {
+    Ok(FormatRequest {
         label: ps.label.clone(),
         unit,
         epoch,
         serial: Some(serial),
         uuid: fs_uuid.or_else(|| epoch.map(|_| ids.uuid())),
         features: ps.features.clone(),
-    };
-    let mut items = Vec::new();
-    for c in &ps.contents {
-        plan_content(c, base, &mut items)?;
-    }
-    check_capacity(fs, bytes, unit, &req, &items, &ps.label)?;
-    Ok(PlannedPart {
-        number,
-        what: what.to_string(),
-        start_sector: p.start,
-        bytes,
-        fs,
-        req,
-        items,
-        image: image.map(|(path, _)| path),
     })
 }
 

@@ -112,6 +112,18 @@ fn label_at(b: &[u8], at: usize) -> String {
 /// Parses and validates a boot sector against a device of `device_bytes`.
 /// The message says exactly what is wrong, for the mount error.
 pub fn parse(sector: &[u8], device_bytes: u64) -> Result<Geometry, String> {
+    check_boot_signature(sector)?;
+    let bpb = Bpb::read(sector)?;
+    let mut geometry = bpb.layout(device_bytes)?;
+    match geometry.fat_type {
+        FatType::Fat32 => bpb.read_fat32_extras(sector, &mut geometry)?,
+        _ => bpb.read_fat16_extras(sector, &mut geometry)?,
+    }
+    Ok(geometry)
+}
+
+/// A boot sector starts with a jump instruction and ends with 0x55AA.
+fn check_boot_signature(sector: &[u8]) -> Result<(), String> {
     if sector.len() < 512 {
         return Err("device is smaller than one sector".into());
     }
@@ -124,139 +136,182 @@ pub fn parse(sector: &[u8], device_bytes: u64) -> Result<Geometry, String> {
     if sector[510..512] != [0x55, 0xAA] {
         return Err("no FAT boot sector (missing 0x55AA signature)".into());
     }
-    let sector_size = le16(sector, 11);
-    if !matches!(sector_size, 512 | 1024 | 2048 | 4096) {
-        return Err(format!(
-            "bytes per sector is {sector_size}; must be 512, 1024, 2048 or 4096"
-        ));
-    }
-    let per_cluster = sector[13] as u32;
-    if per_cluster == 0 || !per_cluster.is_power_of_two() {
-        return Err(format!(
-            "sectors per cluster is {per_cluster}; must be a power of two"
-        ));
-    }
-    let cluster_size = per_cluster * sector_size;
-    if cluster_size > 256 * 1024 {
-        return Err(format!(
-            "cluster size {cluster_size} is larger than 256 KiB"
-        ));
-    }
-    let reserved = le16(sector, 14);
-    if reserved == 0 {
-        return Err("reserved sector count is 0".into());
-    }
-    let fat_count = sector[16] as u32;
-    if fat_count == 0 || fat_count > 4 {
-        return Err(format!("number of FATs is {fat_count}"));
-    }
-    let root_entries = le16(sector, 17);
-    let total16 = le16(sector, 19);
-    let media = sector[21];
-    let fat_size16 = le16(sector, 22);
-    let total32 = le32(sector, 32);
-    let total_sectors = if total16 != 0 {
-        total16 as u64
-    } else {
-        total32 as u64
-    };
-    let fat_sectors = if fat_size16 != 0 {
-        fat_size16 as u64
-    } else {
-        le32(sector, 36) as u64
-    };
-    if total_sectors == 0 || fat_sectors == 0 {
-        return Err("total sector count or FAT size is 0".into());
-    }
-    let root_sectors = (root_entries as u64 * 32).div_ceil(sector_size as u64);
-    let data_start = reserved as u64 + fat_count as u64 * fat_sectors + root_sectors;
-    if data_start >= total_sectors {
-        return Err("the FATs and root directory fill the whole volume".into());
-    }
-    let clusters = (total_sectors - data_start) / per_cluster as u64;
-    // As Linux and mtools decide: a zero 16-bit FAT size means FAT32 (mkfs.fat
-    // -F 32 makes small FAT32 volumes below the spec's 65,525 clusters);
-    // otherwise the cluster count chooses between FAT12 and FAT16.
-    let fat_type = if fat_size16 == 0 {
-        FatType::Fat32
-    } else if clusters < 4085 {
-        FatType::Fat12
-    } else {
-        FatType::Fat16
-    };
-    if clusters > 0x0FFF_FFF5 {
-        return Err(format!(
-            "{clusters} clusters is more than FAT32 can address"
-        ));
-    }
-    let volume_bytes = total_sectors * sector_size as u64;
-    if volume_bytes > device_bytes {
-        return Err(format!(
-            "the boot sector describes {volume_bytes} bytes but the device has only {device_bytes} (truncated image?)"
-        ));
-    }
-    let bits = match fat_type {
-        FatType::Fat12 => 12,
-        FatType::Fat16 => 16,
-        FatType::Fat32 => 32,
-    };
-    let fat_bytes = fat_sectors * sector_size as u64;
-    if fat_bytes * 8 / bits < clusters + 2 {
-        return Err(format!(
-            "a FAT of {fat_bytes} bytes cannot map {clusters} clusters"
-        ));
-    }
-    let ss = sector_size as u64;
-    let mut geometry = Geometry {
-        fat_type,
-        sector_size,
-        cluster_size,
-        fat_offset: reserved as u64 * ss,
-        fat_bytes,
-        fat_count,
-        root_offset: (reserved as u64 + fat_count as u64 * fat_sectors) * ss,
-        root_entries,
-        root_cluster: 0,
-        data_offset: data_start * ss,
-        cluster_count: clusters as u32,
-        fsinfo_offset: None,
-        label: String::new(),
-        volume_id: 0,
-        media,
-        volume_bytes,
-    };
-    match fat_type {
-        FatType::Fat32 => {
-            if fat_size16 != 0 || root_entries != 0 {
-                return Err("FAT32 volume with a FAT12/16 root directory or FAT size".into());
-            }
-            let root = le32(sector, 44);
-            if !geometry.is_valid_cluster(root) {
-                return Err(format!(
-                    "root directory cluster {root} is outside the volume"
-                ));
-            }
-            geometry.root_cluster = root;
-            let fsinfo = le16(sector, 48);
-            if fsinfo != 0 && fsinfo != 0xFFFF && fsinfo < reserved {
-                geometry.fsinfo_offset = Some(fsinfo as u64 * ss);
-            }
-            if sector[66] == 0x29 {
-                geometry.volume_id = le32(sector, 67);
-                geometry.label = label_at(sector, 71);
-            }
+    Ok(())
+}
+
+/// The BIOS parameter block fields the geometry comes from, each checked on its own.
+struct Bpb {
+    sector_size: u32,
+    per_cluster: u32,
+    reserved: u32,
+    fat_count: u32,
+    root_entries: u32,
+    media: u8,
+    fat_size16: u32,
+    total_sectors: u64,
+    fat_sectors: u64,
+}
+
+impl Bpb {
+    fn read(sector: &[u8]) -> Result<Bpb, String> {
+        let sector_size = le16(sector, 11);
+        if !matches!(sector_size, 512 | 1024 | 2048 | 4096) {
+            return Err(format!(
+                "bytes per sector is {sector_size}; must be 512, 1024, 2048 or 4096"
+            ));
         }
-        _ => {
-            if root_entries == 0 {
-                return Err(format!("{fat_type} volume without root directory entries"));
-            }
-            if sector[38] == 0x29 {
-                geometry.volume_id = le32(sector, 39);
-                geometry.label = label_at(sector, 43);
-            }
+        let per_cluster = sector[13] as u32;
+        if per_cluster == 0 || !per_cluster.is_power_of_two() {
+            return Err(format!(
+                "sectors per cluster is {per_cluster}; must be a power of two"
+            ));
+        }
+        let cluster_size = per_cluster * sector_size;
+        if cluster_size > 256 * 1024 {
+            return Err(format!(
+                "cluster size {cluster_size} is larger than 256 KiB"
+            ));
+        }
+        let reserved = le16(sector, 14);
+        if reserved == 0 {
+            return Err("reserved sector count is 0".into());
+        }
+        let fat_count = sector[16] as u32;
+        if fat_count == 0 || fat_count > 4 {
+            return Err(format!("number of FATs is {fat_count}"));
+        }
+        let total16 = le16(sector, 19);
+        let fat_size16 = le16(sector, 22);
+        let total_sectors = if total16 != 0 {
+            total16 as u64
+        } else {
+            le32(sector, 32) as u64
+        };
+        let fat_sectors = if fat_size16 != 0 {
+            fat_size16 as u64
+        } else {
+            le32(sector, 36) as u64
+        };
+        if total_sectors == 0 || fat_sectors == 0 {
+            return Err("total sector count or FAT size is 0".into());
+        }
+        Ok(Bpb {
+            sector_size,
+            per_cluster,
+            reserved,
+            fat_count,
+            root_entries: le16(sector, 17),
+            media: sector[21],
+            fat_size16,
+            total_sectors,
+            fat_sectors,
+        })
+    }
+
+    /// Where the FATs, the root directory and the data lie, the FAT type, and whether the
+    /// device holds the volume and the FATs can map its clusters.
+    fn layout(&self, device_bytes: u64) -> Result<Geometry, String> {
+        let ss = self.sector_size as u64;
+        let root_sectors = (self.root_entries as u64 * 32).div_ceil(ss);
+        let fats_end = self.reserved as u64 + self.fat_count as u64 * self.fat_sectors;
+        let data_start = fats_end + root_sectors;
+        if data_start >= self.total_sectors {
+            return Err("the FATs and root directory fill the whole volume".into());
+        }
+        let clusters = (self.total_sectors - data_start) / self.per_cluster as u64;
+        let fat_type = self.fat_type(clusters);
+        if clusters > 0x0FFF_FFF5 {
+            return Err(format!(
+                "{clusters} clusters is more than FAT32 can address"
+            ));
+        }
+        let volume_bytes = self.total_sectors * ss;
+        if volume_bytes > device_bytes {
+            return Err(format!(
+                "the boot sector describes {volume_bytes} bytes but the device has only {device_bytes} (truncated image?)"
+            ));
+        }
+        let bits = match fat_type {
+            FatType::Fat12 => 12,
+            FatType::Fat16 => 16,
+            FatType::Fat32 => 32,
+        };
+        let fat_bytes = self.fat_sectors * ss;
+        if fat_bytes * 8 / bits < clusters + 2 {
+            return Err(format!(
+                "a FAT of {fat_bytes} bytes cannot map {clusters} clusters"
+            ));
+        }
+        Ok(Geometry {
+            fat_type,
+            sector_size: self.sector_size,
+            cluster_size: self.per_cluster * self.sector_size,
+            fat_offset: self.reserved as u64 * ss,
+            fat_bytes,
+            fat_count: self.fat_count,
+            root_offset: fats_end * ss,
+            root_entries: self.root_entries,
+            root_cluster: 0,
+            data_offset: data_start * ss,
+            cluster_count: clusters as u32,
+            fsinfo_offset: None,
+            label: String::new(),
+            volume_id: 0,
+            media: self.media,
+            volume_bytes,
+        })
+    }
+
+    /// As Linux and mtools decide: a zero 16-bit FAT size means FAT32 (mkfs.fat -F 32 makes
+    /// small FAT32 volumes below the spec's 65,525 clusters); otherwise the cluster count
+    /// chooses between FAT12 and FAT16.
+    fn fat_type(&self, clusters: u64) -> FatType {
+        if self.fat_size16 == 0 {
+            FatType::Fat32
+        } else if clusters < 4085 {
+            FatType::Fat12
+        } else {
+            FatType::Fat16
         }
     }
-    Ok(geometry)
+
+    /// FAT32's extended BPB: the root directory's cluster, FSInfo, volume id and label.
+    fn read_fat32_extras(&self, sector: &[u8], geometry: &mut Geometry) -> Result<(), String> {
+        if self.fat_size16 != 0 || self.root_entries != 0 {
+            return Err("FAT32 volume with a FAT12/16 root directory or FAT size".into());
+        }
+        let root = le32(sector, 44);
+        if !geometry.is_valid_cluster(root) {
+            return Err(format!(
+                "root directory cluster {root} is outside the volume"
+            ));
+        }
+        geometry.root_cluster = root;
+        let fsinfo = le16(sector, 48);
+        if fsinfo != 0 && fsinfo != 0xFFFF && fsinfo < self.reserved {
+            geometry.fsinfo_offset = Some(fsinfo as u64 * self.sector_size as u64);
+        }
+        if sector[66] == 0x29 {
+            geometry.volume_id = le32(sector, 67);
+            geometry.label = label_at(sector, 71);
+        }
+        Ok(())
+    }
+
+    /// FAT12/16's: a fixed root directory must have entries; volume id and label.
+    fn read_fat16_extras(&self, sector: &[u8], geometry: &mut Geometry) -> Result<(), String> {
+        if self.root_entries == 0 {
+            return Err(format!(
+                "{} volume without root directory entries",
+                geometry.fat_type
+            ));
+        }
+        if sector[38] == 0x29 {
+            geometry.volume_id = le32(sector, 39);
+            geometry.label = label_at(sector, 43);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

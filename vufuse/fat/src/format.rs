@@ -290,9 +290,48 @@ pub fn format(dev: &dyn BlockDevice, opts: &FormatOptions) -> Result<Layout, For
     }
     let label = label_field(opts.label.as_deref())?;
     let (fat_type, spc, reserved, fat_sectors, clusters) = choose(total, opts)?;
-    let fat32 = fat_type == FatType::Fat32;
+    let plan = Plan {
+        fat_type,
+        total,
+        spc,
+        reserved,
+        fat_sectors,
+        clusters,
+    };
+    let boot = boot_sector(&plan, opts, label);
+    dev.write_all_at(&reserved_area(&plan, &boot), 0)
+        .map_err(io)?;
+    write_fats(dev, &plan)?;
+    write_root_directory(dev, &plan, opts, label)?;
+    dev.flush().map_err(io)?;
+    Ok(Layout {
+        fat_type,
+        cluster_size: (spc * SECTOR) as u32,
+        clusters: clusters as u32,
+        fat_sectors: fat_sectors as u32,
+        reserved_sectors: reserved as u32,
+    })
+}
 
-    // Boot sector.
+/// What [`choose`] decided, in sectors (`spc`: sectors per cluster).
+struct Plan {
+    fat_type: FatType,
+    total: u64,
+    spc: u64,
+    reserved: u64,
+    fat_sectors: u64,
+    clusters: u64,
+}
+
+impl Plan {
+    fn fat32(&self) -> bool {
+        self.fat_type == FatType::Fat32
+    }
+}
+
+/// The boot sector: the BPB of `plan`, the extended BPB with id and label, halting code.
+fn boot_sector(plan: &Plan, opts: &FormatOptions, label: Option<[u8; 11]>) -> [u8; 512] {
+    let fat32 = plan.fat32();
     let mut boot = [0u8; 512];
     boot[0..3].copy_from_slice(if fat32 {
         &[0xEB, 0x58, 0x90]
@@ -301,25 +340,25 @@ pub fn format(dev: &dyn BlockDevice, opts: &FormatOptions) -> Result<Layout, For
     });
     boot[3..11].copy_from_slice(b"vuimg   ");
     boot[11..13].copy_from_slice(&(SECTOR as u16).to_le_bytes());
-    boot[13] = spc as u8;
-    boot[14..16].copy_from_slice(&(reserved as u16).to_le_bytes());
+    boot[13] = plan.spc as u8;
+    boot[14..16].copy_from_slice(&(plan.reserved as u16).to_le_bytes());
     boot[16] = 2;
     let root_entries = if fat32 { 0 } else { ROOT_ENTRIES as u16 };
     boot[17..19].copy_from_slice(&root_entries.to_le_bytes());
-    if total < 65536 && !fat32 {
-        boot[19..21].copy_from_slice(&(total as u16).to_le_bytes());
+    if plan.total < 65536 && !fat32 {
+        boot[19..21].copy_from_slice(&(plan.total as u16).to_le_bytes());
     } else {
-        boot[32..36].copy_from_slice(&(total as u32).to_le_bytes());
+        boot[32..36].copy_from_slice(&(plan.total as u32).to_le_bytes());
     }
     boot[21] = 0xF8;
     if !fat32 {
-        boot[22..24].copy_from_slice(&(fat_sectors as u16).to_le_bytes());
+        boot[22..24].copy_from_slice(&(plan.fat_sectors as u16).to_le_bytes());
     }
     boot[24..26].copy_from_slice(&63u16.to_le_bytes());
     boot[26..28].copy_from_slice(&255u16.to_le_bytes());
     boot[28..32].copy_from_slice(&opts.hidden_sectors.to_le_bytes());
     let ebpb = if fat32 {
-        boot[36..40].copy_from_slice(&(fat_sectors as u32).to_le_bytes());
+        boot[36..40].copy_from_slice(&(plan.fat_sectors as u32).to_le_bytes());
         boot[44..48].copy_from_slice(&2u32.to_le_bytes()); // root cluster
         boot[48..50].copy_from_slice(&1u16.to_le_bytes()); // FSInfo sector
         boot[50..52].copy_from_slice(&6u16.to_le_bytes()); // backup boot sector
@@ -331,7 +370,7 @@ pub fn format(dev: &dyn BlockDevice, opts: &FormatOptions) -> Result<Layout, For
     boot[ebpb + 2] = 0x29;
     boot[ebpb + 3..ebpb + 7].copy_from_slice(&opts.volume_id.to_le_bytes());
     boot[ebpb + 7..ebpb + 18].copy_from_slice(&label.unwrap_or(*b"NO NAME    "));
-    boot[ebpb + 18..ebpb + 26].copy_from_slice(match fat_type {
+    boot[ebpb + 18..ebpb + 26].copy_from_slice(match plan.fat_type {
         FatType::Fat12 => b"FAT12   ",
         FatType::Fat16 => b"FAT16   ",
         FatType::Fat32 => b"FAT32   ",
@@ -341,27 +380,32 @@ pub fn format(dev: &dyn BlockDevice, opts: &FormatOptions) -> Result<Layout, For
     boot[code..code + 3].copy_from_slice(&[0xF4, 0xEB, 0xFD]);
     boot[510] = 0x55;
     boot[511] = 0xAA;
+    boot
+}
 
-    // Reserved area: boot sector, FAT32's FSInfo and backups; zeros elsewhere.
-    let mut reserved_area = vec![0u8; (reserved * SECTOR) as usize];
-    reserved_area[..512].copy_from_slice(&boot);
-    if fat32 {
+/// The reserved area: the boot sector, FAT32's FSInfo and their backups; zeros elsewhere.
+fn reserved_area(plan: &Plan, boot: &[u8; 512]) -> Vec<u8> {
+    let mut area = vec![0u8; (plan.reserved * SECTOR) as usize];
+    area[..512].copy_from_slice(boot);
+    if plan.fat32() {
         let mut info = [0u8; 512];
         info[0..4].copy_from_slice(&0x4161_5252u32.to_le_bytes());
         info[484..488].copy_from_slice(&0x6141_7272u32.to_le_bytes());
-        info[488..492].copy_from_slice(&(clusters as u32 - 1).to_le_bytes());
+        info[488..492].copy_from_slice(&(plan.clusters as u32 - 1).to_le_bytes());
         info[492..496].copy_from_slice(&3u32.to_le_bytes());
         info[508..512].copy_from_slice(&0xAA55_0000u32.to_le_bytes());
-        reserved_area[512..1024].copy_from_slice(&info);
-        reserved_area[6 * 512..7 * 512].copy_from_slice(&boot);
-        reserved_area[7 * 512..8 * 512].copy_from_slice(&info);
+        area[512..1024].copy_from_slice(&info);
+        area[6 * 512..7 * 512].copy_from_slice(boot);
+        area[7 * 512..8 * 512].copy_from_slice(&info);
     }
-    dev.write_all_at(&reserved_area, 0).map_err(io)?;
+    area
+}
 
-    // The FATs: entries 0 and 1 (media, end-of-chain with clean bits), and the
-    // FAT32 root directory's single cluster.
+/// Both FATs: zeroed, then entries 0 and 1 (media, end-of-chain with clean bits) and the
+/// FAT32 root directory's single cluster.
+fn write_fats(dev: &dyn BlockDevice, plan: &Plan) -> Result<(), FormatError> {
     let mut head = vec![0u8; 12];
-    match fat_type {
+    match plan.fat_type {
         FatType::Fat12 => head[..3].copy_from_slice(&[0xF8, 0xFF, 0xFF]),
         FatType::Fat16 => head[..4].copy_from_slice(&[0xF8, 0xFF, 0xFF, 0xFF]),
         FatType::Fat32 => {
@@ -370,17 +414,25 @@ pub fn format(dev: &dyn BlockDevice, opts: &FormatOptions) -> Result<Layout, For
             head[8..12].copy_from_slice(&0x0FFF_FFFFu32.to_le_bytes());
         }
     }
-    let fat_bytes = fat_sectors * SECTOR;
+    let fat_bytes = plan.fat_sectors * SECTOR;
     for copy in 0..2 {
-        let start = (reserved + copy * fat_sectors) * SECTOR;
+        let start = (plan.reserved + copy * plan.fat_sectors) * SECTOR;
         write_zeros(dev, start, fat_bytes)?;
         dev.write_all_at(&head, start).map_err(io)?;
     }
+    Ok(())
+}
 
-    // Root directory: zeroed, with the label entry first.
-    let root_start = (reserved + 2 * fat_sectors) * SECTOR;
-    let root_bytes = if fat32 {
-        spc * SECTOR
+/// The root directory: zeroed, with the label entry first.
+fn write_root_directory(
+    dev: &dyn BlockDevice,
+    plan: &Plan,
+    opts: &FormatOptions,
+    label: Option<[u8; 11]>,
+) -> Result<(), FormatError> {
+    let root_start = (plan.reserved + 2 * plan.fat_sectors) * SECTOR;
+    let root_bytes = if plan.fat32() {
+        plan.spc * SECTOR
     } else {
         ROOT_ENTRIES * SLOT as u64
     };
@@ -402,14 +454,7 @@ pub fn format(dev: &dyn BlockDevice, opts: &FormatOptions) -> Result<Layout, For
         slot[13..20].fill(0);
         dev.write_all_at(&slot, root_start).map_err(io)?;
     }
-    dev.flush().map_err(io)?;
-    Ok(Layout {
-        fat_type,
-        cluster_size: (spc * SECTOR) as u32,
-        clusters: clusters as u32,
-        fat_sectors: fat_sectors as u32,
-        reserved_sectors: reserved as u32,
-    })
+    Ok(())
 }
 
 fn write_zeros(dev: &dyn BlockDevice, mut offset: u64, mut len: u64) -> Result<(), FormatError> {
