@@ -44,63 +44,12 @@ impl VuFs {
         truncate: Option<u64>,
     ) -> Result<()> {
         let lst = self.stat_at(self.lower.as_fd(), path)?;
-        let upper = self.upper.as_fd();
-        let at = self.at(upper, path)?;
+        let at = self.at(self.upper.as_fd(), path)?;
         let fmt = lst.st_mode & libc::S_IFMT;
         let mut view = VStat::default();
         let mut linked = false;
         match fmt {
-            libc::S_IFREG => {
-                let src = {
-                    let _c = self.creds(ctx);
-                    self.open_in(
-                        self.lower.as_fd(),
-                        path,
-                        OFlags::RDONLY | OFlags::NOFOLLOW,
-                        HostMode::empty(),
-                    )?
-                };
-                let lkey = key(Layer::Lower, &lst);
-                if lst.st_nlink > 1 {
-                    let other = self
-                        .linked_copies
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&lkey)
-                        .cloned();
-                    if let Some(other) = other {
-                        if let Ok(oat) = self.at(upper, &other) {
-                            linked = rustix::fs::linkat(
-                                oat.dir(),
-                                oat.name,
-                                at.dir(),
-                                at.name,
-                                AtFlags::empty(),
-                            )
-                            .is_ok();
-                        }
-                    }
-                }
-                if !linked {
-                    let dst = self.open_in(
-                        upper,
-                        path,
-                        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
-                        HostMode::from_raw_mode(0o600),
-                    )?;
-                    let len = (lst.st_size as u64).min(truncate.unwrap_or(u64::MAX));
-                    if let Err(e) = host::copy_data(src.as_fd(), dst.as_fd(), len) {
-                        let _ = rustix::fs::unlinkat(at.dir(), at.name, AtFlags::empty());
-                        return Err(e);
-                    }
-                    if lst.st_nlink > 1 {
-                        self.linked_copies
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(lkey, path.to_path_buf());
-                    }
-                }
-            }
+            libc::S_IFREG => linked = self.copy_regular(ctx, path, &lst, &at, truncate)?,
             libc::S_IFDIR => {
                 rustix::fs::mkdirat(at.dir(), at.name, HostMode::from_raw_mode(0o700))?;
             }
@@ -112,28 +61,7 @@ impl VuFs {
                 )?;
                 rustix::fs::symlinkat(target.as_c_str(), at.dir(), at.name)?;
             }
-            _ => {
-                let ft = rustix::fs::FileType::from_raw_mode(lst.st_mode);
-                let perm = HostMode::from_raw_mode(lst.st_mode & 0o7777);
-                match rustix::fs::mknodat(at.dir(), at.name, ft, perm, lst.st_rdev) {
-                    Ok(()) => {}
-                    Err(HostErrno::PERM) if fmt == libc::S_IFCHR || fmt == libc::S_IFBLK => {
-                        rustix::fs::mknodat(
-                            at.dir(),
-                            at.name,
-                            rustix::fs::FileType::RegularFile,
-                            perm,
-                            0,
-                        )?;
-                        view.kind = Some(fmt);
-                        view.rdev = Some((
-                            libc::major(lst.st_rdev) as u32,
-                            libc::minor(lst.st_rdev) as u32,
-                        ));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            _ => view = make_node_copy(&at, &lst)?,
         }
         if !linked {
             self.copy_meta(path, &lst, view)?;
@@ -141,15 +69,79 @@ impl VuFs {
                 self.link_other_names(ctx, path, &lst);
             }
         }
-        // The copy shows the original's number (the node's, if the kernel holds one);
-        // open handles move to the copy.
+        self.carry_identity(path, &lst, &at)
+    }
+
+    /// A regular file's copy: a hard link to the copy of another of its names when there
+    /// is one (returns true), else its data (up to `truncate`) in a new file.
+    fn copy_regular(
+        &self,
+        ctx: &Context,
+        path: &Path,
+        lst: &Stat,
+        at: &At<'_>,
+        truncate: Option<u64>,
+    ) -> Result<bool> {
+        let src = {
+            let _c = self.creds(ctx);
+            self.open_in(
+                self.lower.as_fd(),
+                path,
+                OFlags::RDONLY | OFlags::NOFOLLOW,
+                HostMode::empty(),
+            )?
+        };
+        let lkey = key(Layer::Lower, lst);
+        if lst.st_nlink > 1 && self.link_to_earlier_copy(&lkey, at) {
+            return Ok(true);
+        }
+        let dst = self.open_in(
+            self.upper.as_fd(),
+            path,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
+            HostMode::from_raw_mode(0o600),
+        )?;
+        let len = (lst.st_size as u64).min(truncate.unwrap_or(u64::MAX));
+        if let Err(e) = host::copy_data(src.as_fd(), dst.as_fd(), len) {
+            let _ = rustix::fs::unlinkat(at.dir(), at.name, AtFlags::empty());
+            return Err(e);
+        }
+        if lst.st_nlink > 1 {
+            self.linked_copies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(lkey, path.to_path_buf());
+        }
+        Ok(false)
+    }
+
+    /// Links `at` to the copy already made of another name of the same lower file.
+    fn link_to_earlier_copy(&self, lkey: &Key, at: &At<'_>) -> bool {
+        let other = self
+            .linked_copies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(lkey)
+            .cloned();
+        let Some(other) = other else {
+            return false;
+        };
+        let Ok(oat) = self.at(self.upper.as_fd(), &other) else {
+            return false;
+        };
+        rustix::fs::linkat(oat.dir(), oat.name, at.dir(), at.name, AtFlags::empty()).is_ok()
+    }
+
+    /// The copy shows the original's number (the node's, if the kernel holds one); open
+    /// handles move to the copy.
+    fn carry_identity(&self, path: &Path, lst: &Stat, at: &At<'_>) -> Result<()> {
         let ust = at.stat()?;
         let ino = {
             let mut inodes = self.inodes();
             let ino = inodes.find_path(path);
             let number = match ino {
                 Some(ino) => ino,
-                None => inodes.numbers.number(key(Layer::Lower, &lst)),
+                None => inodes.numbers.number(key(Layer::Lower, lst)),
             };
             inodes.numbers.alias(key(Layer::Upper, &ust), number);
             ino
@@ -383,4 +375,33 @@ impl VuFs {
         }
         Ok(changed)
     }
+}
+
+/// A device node, fifo or socket's copy: the node itself, or, for a device node that the
+/// host will not let this process make, a regular file with the device recorded in the
+/// returned view.
+fn make_node_copy(at: &At<'_>, lst: &Stat) -> Result<VStat> {
+    let fmt = lst.st_mode & libc::S_IFMT;
+    let ft = rustix::fs::FileType::from_raw_mode(lst.st_mode);
+    let perm = HostMode::from_raw_mode(lst.st_mode & 0o7777);
+    let mut view = VStat::default();
+    match rustix::fs::mknodat(at.dir(), at.name, ft, perm, lst.st_rdev) {
+        Ok(()) => {}
+        Err(HostErrno::PERM) if fmt == libc::S_IFCHR || fmt == libc::S_IFBLK => {
+            rustix::fs::mknodat(
+                at.dir(),
+                at.name,
+                rustix::fs::FileType::RegularFile,
+                perm,
+                0,
+            )?;
+            view.kind = Some(fmt);
+            view.rdev = Some((
+                libc::major(lst.st_rdev) as u32,
+                libc::minor(lst.st_rdev) as u32,
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(view)
 }
