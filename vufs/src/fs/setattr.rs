@@ -36,104 +36,103 @@ impl VuFs {
         let root = self.root(layer);
         let union_upper = layer == Layer::Upper && self.route(path) == Route::Union;
         if let Some(size) = set.size {
-            match set.fh {
-                Some(fh) => rustix::fs::ftruncate(&*self.handle(fh)?, size)?,
-                None => {
-                    let fd = self.open_in(
-                        root,
-                        path,
-                        OFlags::WRONLY | OFlags::NOFOLLOW,
-                        HostMode::empty(),
-                    )?;
-                    rustix::fs::ftruncate(&fd, size)?;
-                }
-            }
+            self.set_size(root, path, set.fh, size)?;
         }
         if let Some(mode) = set.mode {
-            match self.chmod_at(root, path, mode) {
-                Ok(()) => {
-                    if union_upper && self.read_vstat(path).is_some_and(|v| v.mode.is_some()) {
-                        self.update_vstat(
-                            path,
-                            &VStat {
-                                mode: Some(mode & 0o7777),
-                                ..VStat::default()
-                            },
-                        )?;
-                    }
-                }
-                Err(Errno::EPERM) if union_upper => self.update_vstat(
-                    path,
-                    &VStat {
-                        mode: Some(mode & 0o7777),
-                        ..VStat::default()
-                    },
-                )?,
-                Err(e) => return Err(e),
-            }
+            self.set_mode(root, path, mode, union_upper)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            let at = self.at(root, path)?;
-            match rustix::fs::chownat(
-                at.dir(),
-                at.name,
-                set.uid.map(rustix::fs::Uid::from_raw),
-                set.gid.map(rustix::fs::Gid::from_raw),
-                AtFlags::SYMLINK_NOFOLLOW,
-            ) {
-                Ok(()) => {
-                    if union_upper
-                        && self
-                            .read_vstat(path)
-                            .is_some_and(|v| v.uid.is_some() || v.gid.is_some())
-                    {
-                        self.update_vstat(
-                            path,
-                            &VStat {
-                                uid: set.uid,
-                                gid: set.gid,
-                                ..VStat::default()
-                            },
-                        )?;
-                    }
-                }
-                Err(HostErrno::PERM) if union_upper => self.update_vstat(
-                    path,
-                    &VStat {
-                        uid: set.uid,
-                        gid: set.gid,
-                        ..VStat::default()
-                    },
-                )?,
-                Err(e) => return Err(e.into()),
-            }
+            self.set_owner(root, path, set.uid, set.gid, union_upper)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            let ts = |t: Option<SetTime>| match t {
-                None => rustix::fs::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: libc::UTIME_OMIT as _,
-                },
-                Some(SetTime::Now) => rustix::fs::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: libc::UTIME_NOW as _,
-                },
-                Some(SetTime::At(t)) => {
-                    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-                    rustix::fs::Timespec {
-                        tv_sec: d.as_secs() as i64,
-                        tv_nsec: d.subsec_nanos() as _,
-                    }
-                }
-            };
             let times = rustix::fs::Timestamps {
-                last_access: ts(set.atime),
-                last_modification: ts(set.mtime),
+                last_access: timespec(set.atime),
+                last_modification: timespec(set.mtime),
             };
             let at = self.at(root, path)?;
             rustix::fs::utimensat(at.dir(), at.name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
         }
         Ok(())
+    }
+
+    /// truncate through the open handle if there is one, else through a new descriptor.
+    fn set_size(&self, root: BorrowedFd<'_>, path: &Path, fh: Option<Fh>, size: u64) -> Result<()> {
+        match fh {
+            Some(fh) => rustix::fs::ftruncate(&*self.handle(fh)?, size)?,
+            None => {
+                let fd = self.open_in(
+                    root,
+                    path,
+                    OFlags::WRONLY | OFlags::NOFOLLOW,
+                    HostMode::empty(),
+                )?;
+                rustix::fs::ftruncate(&fd, size)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// chmod on the host; in SOURCE of a union, a mode the host refuses (or one already
+    /// recorded) goes to the file's vstat record instead.
+    fn set_mode(
+        &self,
+        root: BorrowedFd<'_>,
+        path: &Path,
+        mode: u32,
+        union_upper: bool,
+    ) -> Result<()> {
+        let record = VStat {
+            mode: Some(mode & 0o7777),
+            ..VStat::default()
+        };
+        match self.chmod_at(root, path, mode) {
+            Ok(()) => {
+                if union_upper && self.read_vstat(path).is_some_and(|v| v.mode.is_some()) {
+                    self.update_vstat(path, &record)?;
+                }
+                Ok(())
+            }
+            Err(Errno::EPERM) if union_upper => self.update_vstat(path, &record),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// chown on the host; in SOURCE of a union, an owner the host refuses (or one already
+    /// recorded) goes to the file's vstat record instead.
+    fn set_owner(
+        &self,
+        root: BorrowedFd<'_>,
+        path: &Path,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        union_upper: bool,
+    ) -> Result<()> {
+        let record = VStat {
+            uid,
+            gid,
+            ..VStat::default()
+        };
+        let at = self.at(root, path)?;
+        match rustix::fs::chownat(
+            at.dir(),
+            at.name,
+            uid.map(rustix::fs::Uid::from_raw),
+            gid.map(rustix::fs::Gid::from_raw),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(()) => {
+                if union_upper
+                    && self
+                        .read_vstat(path)
+                        .is_some_and(|v| v.uid.is_some() || v.gid.is_some())
+                {
+                    self.update_vstat(path, &record)?;
+                }
+                Ok(())
+            }
+            Err(HostErrno::PERM) if union_upper => self.update_vstat(path, &record),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Readies `path` for a change in union mode: returns the layer to change
@@ -191,5 +190,26 @@ impl VuFs {
         }
         let (_, st) = self.find(path)?;
         Caller::of(ctx).permitted(&self.merged(path, st), set)
+    }
+}
+
+/// A time for utimensat: unchanged (UTIME_OMIT), now (UTIME_NOW), or the one given.
+fn timespec(t: Option<SetTime>) -> rustix::fs::Timespec {
+    match t {
+        None => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT as _,
+        },
+        Some(SetTime::Now) => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW as _,
+        },
+        Some(SetTime::At(t)) => {
+            let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            rustix::fs::Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as _,
+            }
+        }
     }
 }
