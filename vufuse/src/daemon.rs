@@ -659,25 +659,12 @@ where
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     // Catch the signals before mounting, so one that arrives during the
     // mount is handled (by unmounting) once the session runs.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+    let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| DaemonError::Failed(format!("installing signal handlers: {e}")))?;
     let served = serve(invocation).map_err(DaemonError::Failed)?;
-    let fsname = served.fsname.clone().unwrap_or_else(|| {
-        invocation
-            .source
-            .as_ref()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| spec.name.to_string())
-    });
-    // Polling needs one serving thread: by default only for drivers that lose nothing with
-    // one, and where the poller can see contention for the CPU (to step aside).
+    let fsname = fsname_of(spec, invocation, &served);
     let caps = served.fs.capabilities();
-    // More than one serving thread asked for (max_threads=N): no polling, which needs one.
-    let many_threads = invocation.options.fuse.max_threads.is_some_and(|n| n > 1);
-    let polls = !many_threads
-        && invocation.options.busy_poll.unwrap_or_else(|| {
-            caps.one_thread_suffices && crate::fuse::BusyPoll::can_see_contention()
-        });
+    let polls = polls_for(invocation, &caps);
     let config = session_config(&invocation.options, &caps, polls, &fsname, spec.name);
     // Resolved before mounting: once mounted, resolving it would wait for this very daemon.
     let mountpoint_abs = std::fs::canonicalize(&invocation.mountpoint).ok();
@@ -701,42 +688,12 @@ where
         mount_identity(mountpoint)
     });
     if let Some(poll) = &busy_poll {
-        use std::os::fd::AsFd;
-        let device = session
-            .as_fd()
-            .try_clone_to_owned()
-            .and_then(|fd| poll.attach(fd));
-        if let Err(e) = device {
-            // Serving works without it, only with a sleep per request.
-            eprintln!("{}: busy_poll: {e}; serving without it", spec.name);
-        }
+        attach_busy_poll(&session, poll, spec.name);
     }
     if let Some(on_mounted) = served.on_mounted {
         on_mounted(KernelCache::new(session.notifier())).map_err(DaemonError::Failed)?;
     }
-    let mountpoint = invocation.mountpoint.clone();
-    let verbose = invocation.foreground;
-    let name = spec.name;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                if verbose {
-                    eprintln!(
-                        "{name}: signal {signal}: unmounting {}",
-                        mountpoint.display()
-                    );
-                }
-                match unmount(&mountpoint) {
-                    Ok(Unmounted::Detached) if verbose => eprintln!(
-                        "{name}: files are still open: detached; serving them until they are closed"
-                    ),
-                    Err(e) if verbose => eprintln!("{name}: {e}"),
-                    _ => {}
-                }
-            }
-        })
-        .map_err(|e| DaemonError::Failed(format!("starting the signal thread: {e}")))?;
+    spawn_signal_thread(signals, invocation, spec.name)?;
     if let Some(ready) = ready {
         ready.signal()?;
     }
@@ -760,6 +717,77 @@ where
             "serving the mount failed; unmounted".to_string(),
         ));
     }
+    Ok(())
+}
+
+/// The name the mount shows in /proc/mounts: the driver's, else the source, else the daemon's.
+fn fsname_of(spec: &DaemonSpec, invocation: &Invocation, served: &Served) -> String {
+    served.fsname.clone().unwrap_or_else(|| {
+        invocation
+            .source
+            .as_ref()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.name.to_string())
+    })
+}
+
+/// Whether the serving thread polls: as asked, else for drivers that lose nothing with one
+/// thread and where the poller can see contention for the CPU (to step aside); never with
+/// more than one serving thread (max_threads=N), since polling needs exactly one.
+fn polls_for(invocation: &Invocation, caps: &vufuse_api::Capabilities) -> bool {
+    let many_threads = invocation.options.fuse.max_threads.is_some_and(|n| n > 1);
+    !many_threads
+        && invocation.options.busy_poll.unwrap_or_else(|| {
+            caps.one_thread_suffices && crate::fuse::BusyPoll::can_see_contention()
+        })
+}
+
+/// Gives the poller its own descriptor of the session's /dev/fuse; serving works without
+/// it, only with a sleep per request.
+fn attach_busy_poll<FS: fuser::Filesystem>(
+    session: &fuser::Session<FS>,
+    poll: &Arc<crate::fuse::BusyPoll>,
+    name: &str,
+) {
+    use std::os::fd::AsFd;
+    let device = session
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| poll.attach(fd));
+    if let Err(e) = device {
+        eprintln!("{name}: busy_poll: {e}; serving without it");
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP unmount (lazily when files are still open), from a thread of
+/// their own.
+fn spawn_signal_thread(
+    mut signals: signal_hook::iterator::Signals,
+    invocation: &Invocation,
+    name: &'static str,
+) -> Result<(), DaemonError> {
+    let mountpoint = invocation.mountpoint.clone();
+    let verbose = invocation.foreground;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if verbose {
+                    eprintln!(
+                        "{name}: signal {signal}: unmounting {}",
+                        mountpoint.display()
+                    );
+                }
+                match unmount(&mountpoint) {
+                    Ok(Unmounted::Detached) if verbose => eprintln!(
+                        "{name}: files are still open: detached; serving them until they are closed"
+                    ),
+                    Err(e) if verbose => eprintln!("{name}: {e}"),
+                    _ => {}
+                }
+            }
+        })
+        .map_err(|e| DaemonError::Failed(format!("starting the signal thread: {e}")))?;
     Ok(())
 }
 
