@@ -505,7 +505,8 @@ impl Qcow2 {
         let dev =
             FileDevice::open(path, options.read_only).map_err(|e| FormatError::io(path, e))?;
         let ctx = Ctx::new(options.clone());
-        Qcow2::open_storage(Storage::file(dev), options.read_only, &ctx)
+        let file = Storage::file(dev).writeback_every(options.writeback_step);
+        Qcow2::open_storage(file, options.read_only, &ctx)
     }
 
     /// Opens a qcow2 image stored on any device; a backing file name is resolved against
