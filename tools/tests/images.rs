@@ -876,6 +876,51 @@ fn convert_to_raw_starts_the_writeback_while_it_copies() {
     assert_identical(&qcow, "qcow2", &out, "raw");
 }
 
+#[test]
+fn convert_to_qcow2_vdi_and_vmdk_starts_the_writeback_while_it_copies() {
+    if !have(
+        "convert_to_qcow2_vdi_and_vmdk_starts_the_writeback_while_it_copies",
+        &["strace", "qemu-img"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("src.img");
+    std::fs::write(&raw, noise(64 << 20, 7)).unwrap();
+    for fmt in ["qcow2", "vdi", "vmdk"] {
+        let out = dir.path().join(format!("out.{fmt}"));
+        let log = dir.path().join(format!("trace.{fmt}"));
+        let (done, text) = tool(
+            "strace",
+            &[
+                "-f",
+                "-qq",
+                "-e",
+                "trace=fadvise64,fdatasync",
+                "-o",
+                s(&log),
+                env!("CARGO_BIN_EXE_vuimg"),
+                "convert",
+                "-q",
+                s(&raw),
+                s(&out),
+            ],
+        );
+        assert!(done, "{fmt}: {text}");
+        let trace = std::fs::read_to_string(&log).unwrap();
+        // The image file is written front to back (data appended, metadata in place):
+        // every 16 MiB appended, the writeback of what was written is started.
+        let starts = trace.matches("POSIX_FADV_DONTNEED").count();
+        assert!(
+            starts >= 3,
+            "{fmt}: {starts} writeback starts for 64 MiB:\n{trace}"
+        );
+        assert!(trace.contains("fdatasync("), "{fmt}: no flush:\n{trace}");
+        assert_identical(&raw, "raw", &out, fmt);
+        assert_clean(&out, fmt);
+    }
+}
+
 fn qemu_io(img: &Path, fmt: &str, cmd: &str) {
     let (done, text) = tool("qemu-io", &["-f", fmt, "-c", cmd, s(img)]);
     assert!(done, "qemu-io {cmd}: {text}");

@@ -403,10 +403,13 @@ pub fn write_image(
         let out: Arc<dyn BlockDevice> = if format == ImageFormat::Raw {
             let file = vudev::FileDevice::open(&temp.path, false)
                 .map_err(|e| fail!("{}: {e}", temp.path.display()))?;
-            Arc::new(WritebackAhead::new(file))
+            Arc::new(RawOutput::new(file))
         } else {
+            // The image file is written front to back too: data appended, metadata
+            // updated in place.
             let options = vudev_formats::OpenOptions {
                 format: Some(format.format()),
+                writeback_step: WRITEBACK_STEP,
                 ..Default::default()
             };
             vudev_formats::open_image_with(&temp.path, &options)
@@ -423,30 +426,29 @@ pub fn write_image(
     temp.commit()
 }
 
-/// Bytes written to a raw output between two starts of their writeback.
+/// Bytes written to an output between two starts of their writeback.
 const WRITEBACK_STEP: u64 = 16 << 20;
 
 /// A raw output file that starts the writeback of what was written to it every
-/// `WRITEBACK_STEP` bytes (`posix_fadvise(POSIX_FADV_DONTNEED)`, which on Linux starts the
-/// writeback of dirty pages without waiting for it, then drops the clean ones), so that the
-/// disk writes while the copy reads, rather than all of it at the final flush.
-struct WritebackAhead {
+/// `WRITEBACK_STEP` bytes ([`vudev_formats::WritebackAhead`], as the image formats'
+/// outputs do), so that the disk writes while the copy reads, rather than all of it at the
+/// final flush.
+struct RawOutput {
     file: vudev::FileDevice,
-    /// Writeback was started below this offset.
-    started: std::sync::atomic::AtomicU64,
+    ahead: vudev_formats::WritebackAhead,
 }
 
-impl WritebackAhead {
+impl RawOutput {
     /// `file`, which will be written in order of offsets (as `copy_ranges` writes).
-    fn new(file: vudev::FileDevice) -> WritebackAhead {
-        WritebackAhead {
+    fn new(file: vudev::FileDevice) -> RawOutput {
+        RawOutput {
             file,
-            started: std::sync::atomic::AtomicU64::new(0),
+            ahead: vudev_formats::WritebackAhead::new(WRITEBACK_STEP),
         }
     }
 }
 
-impl BlockDevice for WritebackAhead {
+impl BlockDevice for RawOutput {
     fn size(&self) -> u64 {
         self.file.size()
     }
@@ -457,22 +459,8 @@ impl BlockDevice for WritebackAhead {
         self.file.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> vudev::Result<usize> {
-        use std::sync::atomic::Ordering;
         let n = self.file.write_at(buf, offset)?;
-        let end = offset + n as u64;
-        let from = self.started.load(Ordering::Relaxed);
-        if end >= from + WRITEBACK_STEP {
-            if let Some(len) = std::num::NonZeroU64::new(end - from) {
-                // Advisory: a failure only leaves the writeback to the flush.
-                let _ = rustix::fs::fadvise(
-                    self.file.file(),
-                    from,
-                    Some(len),
-                    rustix::fs::Advice::DontNeed,
-                );
-                self.started.store(end, Ordering::Relaxed);
-            }
-        }
+        self.ahead.wrote(self.file.file(), offset + n as u64);
         Ok(n)
     }
     fn flush(&self) -> vudev::Result<()> {

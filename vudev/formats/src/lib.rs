@@ -65,7 +65,7 @@ pub mod vmdk;
 
 pub use error::FormatError;
 pub use qcow2::{create_qcow2, Qcow2};
-pub use storage::{Lru, Storage};
+pub use storage::{Lru, Storage, WritebackAhead};
 pub use umlcow::{create_uml_cow, UmlCow};
 pub use vdi::{create_vdi, Vdi};
 pub use vmdk::{create_vmdk, Vmdk};
@@ -273,6 +273,11 @@ pub struct OpenOptions {
     pub l2_cache_bytes: usize,
     /// Bytes of refcount blocks a qcow2 image may cache; 0 for the default.
     pub refcount_cache_bytes: usize,
+    /// Start the host's writeback of a qcow2, VDI or VMDK file every this many bytes
+    /// written past the last start (0: never, the default): for an output written front
+    /// to back, as a conversion writes, so that its final flush has little left to wait
+    /// for (see [`WritebackAhead`]).
+    pub writeback_step: u64,
 }
 
 /// Deepest backing chain followed (qemu has no hard limit; a loop must end somewhere).
@@ -381,12 +386,13 @@ fn open_opened(
     ctx: &Ctx,
 ) -> Result<Arc<dyn ImageDevice>, FormatError> {
     let format = format.unwrap_or_else(|| probe(&dev));
+    let storage = |dev| Storage::file(dev).writeback_every(ctx.options.writeback_step);
     Ok(match format {
         Format::Raw => Arc::new(dev),
-        Format::Qcow2 => Arc::new(Qcow2::open_storage(Storage::file(dev), read_only, ctx)?),
-        Format::Vdi => Arc::new(Vdi::open_storage(Storage::file(dev), read_only)?),
-        Format::Vmdk => Arc::new(Vmdk::open_storage(Storage::file(dev), read_only)?),
-        Format::UmlCow => Arc::new(UmlCow::open_storage(Storage::file(dev), read_only, ctx)?),
+        Format::Qcow2 => Arc::new(Qcow2::open_storage(storage(dev), read_only, ctx)?),
+        Format::Vdi => Arc::new(Vdi::open_storage(storage(dev), read_only)?),
+        Format::Vmdk => Arc::new(Vmdk::open_storage(storage(dev), read_only)?),
+        Format::UmlCow => Arc::new(UmlCow::open_storage(storage(dev), read_only, ctx)?),
     })
 }
 

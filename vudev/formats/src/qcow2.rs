@@ -84,6 +84,20 @@ struct Fresh {
     map: Map,
 }
 
+/// Where a grown refcount table goes (see `Qcow2::plan_reftable`).
+struct NewReftable {
+    /// Entries of the grown table.
+    entries: u64,
+    /// Its first cluster.
+    start: u64,
+    /// Its clusters.
+    clusters: u64,
+    /// The cluster past the table and the new refcount blocks that follow it.
+    end: u64,
+    /// The refcount table entries that get a new block, in the order of the blocks.
+    missing: Vec<u64>,
+}
+
 /// Pieces of one write that go to host-contiguous places: written with one call.
 struct Run {
     host: u64,
@@ -174,6 +188,304 @@ fn from_be_bytes(bytes: &[u8]) -> Vec<u64> {
     bytes.chunks_exact(8).map(|c| be64(c, 0)).collect()
 }
 
+/// The fields of the qcow2 header that opening an image uses.
+struct Header {
+    version: u32,
+    cluster_bits: u32,
+    /// The cluster size, `1 << cluster_bits`.
+    cs: u64,
+    incompat: u64,
+    autoclear: u64,
+    refcount_order: u32,
+    header_len: u32,
+    /// Byte 104 (v3 with a long enough header): the compression type.
+    compression_type: u8,
+    crypt_method: u32,
+    size: u64,
+    l1_size: u64,
+    l1_offset: u64,
+    rct_offset: u64,
+    rct_clusters: u64,
+    nb_snapshots: u32,
+    bf_offset: u64,
+    bf_size: u64,
+}
+
+fn corrupt(path: &Path, why: impl Into<String>) -> FormatError {
+    FormatError::corrupt(path, NAME, why)
+}
+
+fn unsupported(path: &Path, what: &str) -> FormatError {
+    FormatError::unsupported(path, NAME, what)
+}
+
+impl Header {
+    /// Reads the header at the start of `file`, refusing a wrong magic, version, cluster
+    /// size, header length or refcount width.
+    fn read(file: &Storage, path: &Path) -> std::result::Result<Header, FormatError> {
+        let flen = file.len();
+        if flen < 72 {
+            return Err(corrupt(path, format!("truncated header ({flen} bytes)")));
+        }
+        let mut h = vec![0u8; 112];
+        file.read_at(&mut h, 0)
+            .map_err(|e| FormatError::io(path, e))?;
+        if be32(&h, 0) != MAGIC {
+            return Err(corrupt(path, "no QFI\\xfb magic"));
+        }
+        let version = be32(&h, 4);
+        if version != 2 && version != 3 {
+            return Err(unsupported(path, &format!("version {version}")));
+        }
+        let cluster_bits = be32(&h, 20);
+        if !(9..=21).contains(&cluster_bits) {
+            return Err(corrupt(
+                path,
+                format!("cluster_bits {cluster_bits} outside 9..=21"),
+            ));
+        }
+        let cs = 1u64 << cluster_bits;
+        let (incompat, autoclear, refcount_order, header_len) = if version == 3 {
+            if flen < 104 {
+                return Err(corrupt(path, format!("truncated v3 header ({flen} bytes)")));
+            }
+            (be64(&h, 72), be64(&h, 88), be32(&h, 96), be32(&h, 100))
+        } else {
+            (0, 0, 4, 72)
+        };
+        if header_len < 72 || u64::from(header_len) > cs || (version == 3 && header_len < 104) {
+            return Err(corrupt(path, format!("header length {header_len}")));
+        }
+        if refcount_order > 6 {
+            return Err(corrupt(path, format!("refcount_order {refcount_order}")));
+        }
+        Ok(Header {
+            version,
+            cluster_bits,
+            cs,
+            incompat,
+            autoclear,
+            refcount_order,
+            header_len,
+            compression_type: h[104],
+            crypt_method: be32(&h, 32),
+            size: be64(&h, 24),
+            l1_size: u64::from(be32(&h, 36)),
+            l1_offset: be64(&h, 40),
+            rct_offset: be64(&h, 48),
+            rct_clusters: u64::from(be32(&h, 56)),
+            nb_snapshots: be32(&h, 60),
+            bf_offset: be64(&h, 8),
+            bf_size: u64::from(be32(&h, 16)),
+        })
+    }
+
+    /// Refuses the features this crate does not implement: external data files,
+    /// subclusters, zstd, unknown incompatible bits, encryption.
+    fn refuse_unsupported(&self, path: &Path) -> std::result::Result<(), FormatError> {
+        let incompat = self.incompat;
+        if incompat & INCOMPAT_DATA_FILE != 0 {
+            return Err(unsupported(path, "external data file"));
+        }
+        if incompat & INCOMPAT_EXTL2 != 0 {
+            return Err(unsupported(path, "extended L2 entries (subclusters)"));
+        }
+        if incompat & INCOMPAT_COMPRESSION != 0
+            && self.header_len > 104
+            && self.compression_type != 0
+        {
+            return Err(unsupported(path, "zstd compression"));
+        }
+        let unknown = incompat & !0x1f;
+        if unknown != 0 {
+            return Err(unsupported(
+                path,
+                &format!("incompatible feature bits {unknown:#x}"),
+            ));
+        }
+        if self.crypt_method != 0 {
+            return Err(unsupported(path, "encryption"));
+        }
+        Ok(())
+    }
+
+    /// Checks that the L1 and refcount tables fit the disk, the size limits and the file
+    /// (`flen` bytes) without overlapping, before anything reads them.
+    fn check_tables(&self, flen: u64, path: &Path) -> std::result::Result<(), FormatError> {
+        let Header {
+            cs,
+            size,
+            l1_size,
+            l1_offset,
+            rct_offset,
+            rct_clusters,
+            ..
+        } = *self;
+        let needed_l1 = size.div_ceil(cs * (cs / 8));
+        if l1_size * 8 > MAX_L1_BYTES {
+            return Err(corrupt(
+                path,
+                format!("L1 table of {l1_size} entries is too large"),
+            ));
+        }
+        if l1_size < needed_l1 {
+            return Err(corrupt(
+                path,
+                format!("L1 table of {l1_size} entries is too small for a {size}-byte disk"),
+            ));
+        }
+        if l1_size > 0
+            && (l1_offset % cs != 0
+                || l1_offset < cs
+                || l1_offset.saturating_add(l1_size * 8) > flen)
+        {
+            return Err(corrupt(
+                path,
+                format!("L1 table at {l1_offset:#x} misplaced (file is {flen} bytes)"),
+            ));
+        }
+        if rct_offset % cs != 0
+            || rct_offset < cs
+            || rct_clusters == 0
+            || rct_clusters * cs > MAX_REFTABLE_BYTES.max(cs)
+            || rct_offset.saturating_add(rct_clusters * cs) > flen
+        {
+            return Err(corrupt(
+                path,
+                format!("refcount table at {rct_offset:#x} ({rct_clusters} clusters) misplaced"),
+            ));
+        }
+        if rct_offset < l1_offset + l1_size * 8 && l1_offset < rct_offset + rct_clusters * cs {
+            return Err(corrupt(path, "L1 table and refcount table overlap"));
+        }
+        Ok(())
+    }
+
+    /// Why the image may only be read, if it may: read-write needs exact refcounts and no
+    /// shared clusters (the last reason found wins).
+    fn why_read_only(&self) -> Option<&'static str> {
+        let mut why_ro = None;
+        if self.incompat & INCOMPAT_DIRTY != 0 {
+            why_ro = Some("refcounts are dirty (repair with qemu-img check -r all)");
+        }
+        if self.incompat & INCOMPAT_CORRUPT != 0 {
+            why_ro = Some("image is marked corrupt");
+        }
+        if self.nb_snapshots != 0 {
+            why_ro = Some("image has internal snapshots");
+        }
+        if self.autoclear & AUTOCLEAR_BITMAPS != 0 {
+            why_ro = Some("image has persistent dirty bitmaps");
+        }
+        why_ro
+    }
+
+    /// Walks the header extensions in cluster 0 (`c0`): returns the backing format named
+    /// there, refuses encryption and external data files.
+    fn backing_format(
+        &self,
+        c0: &[u8],
+        path: &Path,
+    ) -> std::result::Result<Option<String>, FormatError> {
+        let mut backing_format = None;
+        let mut pos = self.header_len as usize;
+        while pos + 8 <= c0.len() {
+            let (ty, len) = (be32(c0, pos), be32(c0, pos + 4) as usize);
+            if ty == 0 {
+                break;
+            }
+            let data = c0.get(pos + 8..pos + 8 + len).ok_or_else(|| {
+                corrupt(
+                    path,
+                    format!("header extension {ty:#x} runs past cluster 0"),
+                )
+            })?;
+            match ty {
+                EXT_BACKING_FORMAT => {
+                    backing_format = Some(String::from_utf8_lossy(data).into_owned());
+                }
+                EXT_CRYPTO => return Err(unsupported(path, "encryption")),
+                EXT_DATA_FILE => return Err(unsupported(path, "external data file")),
+                EXT_FEATURE_TABLE => {}
+                _ => {}
+            }
+            pos += 8 + len.div_ceil(8) * 8;
+        }
+        Ok(backing_format)
+    }
+
+    /// The backing file name stored in cluster 0 (`c0`), if the image has one.
+    fn backing_name(
+        &self,
+        c0: &[u8],
+        path: &Path,
+    ) -> std::result::Result<Option<String>, FormatError> {
+        let (bf_offset, bf_size) = (self.bf_offset, self.bf_size);
+        if bf_offset == 0 || bf_size == 0 {
+            return Ok(None);
+        }
+        if bf_size > 1023 || bf_offset.saturating_add(bf_size) > self.cs {
+            return Err(corrupt(path, "backing file name outside cluster 0"));
+        }
+        let raw = &c0[bf_offset as usize..(bf_offset + bf_size) as usize];
+        String::from_utf8(raw.to_vec())
+            .map(Some)
+            .map_err(|_| corrupt(path, "backing file name is not UTF-8"))
+    }
+
+    /// Reads the L1 and refcount tables whole and sets up the metadata caches, sized by
+    /// the open options.
+    fn read_tables(
+        &self,
+        file: &Storage,
+        path: &Path,
+        ctx: &Ctx,
+    ) -> std::result::Result<State, FormatError> {
+        let io = |e: Errno| FormatError::io(path, e);
+        let mut l1_bytes = vec![0u8; (self.l1_size * 8) as usize];
+        file.read_at(&mut l1_bytes, self.l1_offset).map_err(io)?;
+        let mut rct_bytes = vec![0u8; (self.rct_clusters * self.cs) as usize];
+        file.read_at(&mut rct_bytes, self.rct_offset).map_err(io)?;
+        // A cache's size in tables (clusters), 0 bytes standing for the default.
+        let tables = |bytes: usize, default: usize| {
+            let bytes = if bytes == 0 { default } else { bytes };
+            (bytes / self.cs as usize).max(2)
+        };
+        Ok(State {
+            l1: from_be_bytes(&l1_bytes),
+            l1_offset: self.l1_offset,
+            rct: from_be_bytes(&rct_bytes),
+            rct_offset: self.rct_offset,
+            rct_clusters: self.rct_clusters,
+            l2: Lru::new(tables(ctx.options.l2_cache_bytes, DEFAULT_L2_CACHE_BYTES)),
+            rb: Lru::new(tables(
+                ctx.options.refcount_cache_bytes,
+                DEFAULT_REFCOUNT_CACHE_BYTES,
+            )),
+            free_hint: 0,
+            inflated: None,
+        })
+    }
+}
+
+/// Opens the backing file `name` of the image at `path`, in the format the header
+/// extension names (probed when it names none).
+fn open_backing_as(
+    path: &Path,
+    name: &str,
+    backing_format: Option<String>,
+    ctx: &Ctx,
+) -> std::result::Result<Arc<dyn ImageDevice>, FormatError> {
+    let format = match &backing_format {
+        None => None,
+        Some(f) => Some(
+            Format::from_name(f)
+                .ok_or_else(|| unsupported(path, &format!("backing format {f:?}")))?,
+        ),
+    };
+    open_backing(path, name, format, ctx)
+}
+
 impl Qcow2 {
     /// Opens the qcow2 image at `path` (its backing chain through the probe).
     pub fn open(path: &Path, read_only: bool) -> std::result::Result<Qcow2, FormatError> {
@@ -193,7 +505,8 @@ impl Qcow2 {
         let dev =
             FileDevice::open(path, options.read_only).map_err(|e| FormatError::io(path, e))?;
         let ctx = Ctx::new(options.clone());
-        Qcow2::open_storage(Storage::file(dev), options.read_only, &ctx)
+        let file = Storage::file(dev).writeback_every(options.writeback_step);
+        Qcow2::open_storage(file, options.read_only, &ctx)
     }
 
     /// Opens a qcow2 image stored on any device; a backing file name is resolved against
@@ -214,210 +527,46 @@ impl Qcow2 {
         ctx: &Ctx,
     ) -> std::result::Result<Qcow2, FormatError> {
         let path = file.name().to_path_buf();
-        let bad = |why: String| FormatError::corrupt(&path, NAME, why);
-        let unsupported = |what: &str| FormatError::unsupported(&path, NAME, what);
-        let io = |e: Errno| FormatError::io(&path, e);
-        let flen = file.len();
-        if flen < 72 {
-            return Err(bad(format!("truncated header ({flen} bytes)")));
-        }
-        let mut h = vec![0u8; 112];
-        file.read_at(&mut h, 0).map_err(io)?;
-        if be32(&h, 0) != MAGIC {
-            return Err(bad("no QFI\\xfb magic".into()));
-        }
-        let version = be32(&h, 4);
-        if version != 2 && version != 3 {
-            return Err(unsupported(&format!("version {version}")));
-        }
-        let cluster_bits = be32(&h, 20);
-        if !(9..=21).contains(&cluster_bits) {
-            return Err(bad(format!("cluster_bits {cluster_bits} outside 9..=21")));
-        }
-        let cs = 1u64 << cluster_bits;
-        let (incompat, autoclear, refcount_order, header_len) = if version == 3 {
-            if flen < 104 {
-                return Err(bad(format!("truncated v3 header ({flen} bytes)")));
-            }
-            (be64(&h, 72), be64(&h, 88), be32(&h, 96), be32(&h, 100))
-        } else {
-            (0, 0, 4, 72)
-        };
-        if header_len < 72 || u64::from(header_len) > cs || (version == 3 && header_len < 104) {
-            return Err(bad(format!("header length {header_len}")));
-        }
-        if refcount_order > 6 {
-            return Err(bad(format!("refcount_order {refcount_order}")));
-        }
-        if incompat & INCOMPAT_DATA_FILE != 0 {
-            return Err(unsupported("external data file"));
-        }
-        if incompat & INCOMPAT_EXTL2 != 0 {
-            return Err(unsupported("extended L2 entries (subclusters)"));
-        }
-        if incompat & INCOMPAT_COMPRESSION != 0 && header_len > 104 && h[104] != 0 {
-            return Err(unsupported("zstd compression"));
-        }
-        let unknown = incompat & !0x1f;
-        if unknown != 0 {
-            return Err(unsupported(&format!(
-                "incompatible feature bits {unknown:#x}"
-            )));
-        }
-        if be32(&h, 32) != 0 {
-            return Err(unsupported("encryption"));
-        }
-        let size = be64(&h, 24);
-        let l2_entries = cs / 8;
-        let l1_size = u64::from(be32(&h, 36));
-        let l1_offset = be64(&h, 40);
-        let rct_offset = be64(&h, 48);
-        let rct_clusters = u64::from(be32(&h, 56));
-        let nb_snapshots = be32(&h, 60);
-        let needed_l1 = size.div_ceil(cs * l2_entries);
-        if l1_size * 8 > MAX_L1_BYTES {
-            return Err(bad(format!("L1 table of {l1_size} entries is too large")));
-        }
-        if l1_size < needed_l1 {
-            return Err(bad(format!(
-                "L1 table of {l1_size} entries is too small for a {size}-byte disk"
-            )));
-        }
-        if l1_size > 0
-            && (l1_offset % cs != 0
-                || l1_offset < cs
-                || l1_offset.saturating_add(l1_size * 8) > flen)
-        {
-            return Err(bad(format!(
-                "L1 table at {l1_offset:#x} misplaced (file is {flen} bytes)"
-            )));
-        }
-        if rct_offset % cs != 0
-            || rct_offset < cs
-            || rct_clusters == 0
-            || rct_clusters * cs > MAX_REFTABLE_BYTES.max(cs)
-            || rct_offset.saturating_add(rct_clusters * cs) > flen
-        {
-            return Err(bad(format!(
-                "refcount table at {rct_offset:#x} ({rct_clusters} clusters) misplaced"
-            )));
-        }
-        if rct_offset < l1_offset + l1_size * 8 && l1_offset < rct_offset + rct_clusters * cs {
-            return Err(bad("L1 table and refcount table overlap".into()));
-        }
-        // Read-write needs exact refcounts and no shared clusters.
-        let mut why_ro = None;
-        if incompat & INCOMPAT_DIRTY != 0 {
-            why_ro = Some("refcounts are dirty (repair with qemu-img check -r all)");
-        }
-        if incompat & INCOMPAT_CORRUPT != 0 {
-            why_ro = Some("image is marked corrupt");
-        }
-        if nb_snapshots != 0 {
-            why_ro = Some("image has internal snapshots");
-        }
-        if autoclear & AUTOCLEAR_BITMAPS != 0 {
-            why_ro = Some("image has persistent dirty bitmaps");
-        }
+        let hd = Header::read(&file, &path)?;
+        hd.refuse_unsupported(&path)?;
+        hd.check_tables(file.len(), &path)?;
         let read_only = read_only || file.read_only();
-        if let (Some(reason), false) = (why_ro, read_only) {
+        if let (Some(reason), false) = (hd.why_read_only(), read_only) {
             return Err(FormatError::ReadOnly {
                 path,
                 reason: reason.into(),
             });
         }
-        // Cluster 0: header extensions and the backing file name.
-        let mut c0 = vec![0u8; cs as usize];
-        file.read_at(&mut c0, 0).map_err(io)?;
-        let mut backing_format = None;
-        let mut pos = header_len as usize;
-        while pos + 8 <= c0.len() {
-            let (ty, len) = (be32(&c0, pos), be32(&c0, pos + 4) as usize);
-            if ty == 0 {
-                break;
-            }
-            let data = c0
-                .get(pos + 8..pos + 8 + len)
-                .ok_or_else(|| bad(format!("header extension {ty:#x} runs past cluster 0")))?;
-            match ty {
-                EXT_BACKING_FORMAT => {
-                    backing_format = Some(String::from_utf8_lossy(data).into_owned());
-                }
-                EXT_CRYPTO => return Err(unsupported("encryption")),
-                EXT_DATA_FILE => return Err(unsupported("external data file")),
-                EXT_FEATURE_TABLE => {}
-                _ => {}
-            }
-            pos += 8 + len.div_ceil(8) * 8;
-        }
-        let bf_offset = be64(&h, 8);
-        let bf_size = u64::from(be32(&h, 16));
-        let backing_name = if bf_offset != 0 && bf_size != 0 {
-            if bf_size > 1023 || bf_offset.saturating_add(bf_size) > cs {
-                return Err(bad("backing file name outside cluster 0".into()));
-            }
-            let raw = &c0[bf_offset as usize..(bf_offset + bf_size) as usize];
-            Some(
-                String::from_utf8(raw.to_vec())
-                    .map_err(|_| bad("backing file name is not UTF-8".into()))?,
-            )
-        } else {
-            None
-        };
+        let mut c0 = vec![0u8; hd.cs as usize];
+        file.read_at(&mut c0, 0)
+            .map_err(|e| FormatError::io(&path, e))?;
+        let backing_format = hd.backing_format(&c0, &path)?;
+        let backing_name = hd.backing_name(&c0, &path)?;
         let backing = match &backing_name {
             // Opened alone (`open_layer`): the backing file is not opened.
             _ if ctx.alone => None,
             None => None,
-            Some(name) => {
-                let format = match &backing_format {
-                    None => None,
-                    Some(f) => Some(
-                        Format::from_name(f)
-                            .ok_or_else(|| unsupported(&format!("backing format {f:?}")))?,
-                    ),
-                };
-                Some(open_backing(&path, name, format, ctx)?)
-            }
+            Some(name) => Some(open_backing_as(&path, name, backing_format, ctx)?),
         };
-        let mut l1_bytes = vec![0u8; (l1_size * 8) as usize];
-        file.read_at(&mut l1_bytes, l1_offset).map_err(io)?;
-        let mut rct_bytes = vec![0u8; (rct_clusters * cs) as usize];
-        file.read_at(&mut rct_bytes, rct_offset).map_err(io)?;
-        let l2_cap = match ctx.options.l2_cache_bytes {
-            0 => DEFAULT_L2_CACHE_BYTES,
-            n => n,
-        } / cs as usize;
-        let rb_cap = match ctx.options.refcount_cache_bytes {
-            0 => DEFAULT_REFCOUNT_CACHE_BYTES,
-            n => n,
-        } / cs as usize;
         let q = Qcow2 {
             backing,
             backing_name,
-            version,
-            cluster_bits,
-            cs,
-            l2_entries,
-            size,
-            refcount_order,
-            rb_entries: (cs * 8) >> refcount_order,
+            version: hd.version,
+            cluster_bits: hd.cluster_bits,
+            cs: hd.cs,
+            l2_entries: hd.cs / 8,
+            size: hd.size,
+            refcount_order: hd.refcount_order,
+            rb_entries: (hd.cs * 8) >> hd.refcount_order,
             read_only,
-            st: Mutex::new(State {
-                l1: from_be_bytes(&l1_bytes),
-                l1_offset,
-                rct: from_be_bytes(&rct_bytes),
-                rct_offset,
-                rct_clusters,
-                l2: Lru::new(l2_cap.max(2)),
-                rb: Lru::new(rb_cap.max(2)),
-                free_hint: 0,
-                inflated: None,
-            }),
+            st: Mutex::new(hd.read_tables(&file, &path, ctx)?),
             file,
         };
         // Autoclear bits we do not maintain must be cleared by a writer.
-        if !read_only && autoclear != 0 {
-            q.file.write_at(&0u64.to_be_bytes(), 88).map_err(io)?;
+        if !read_only && hd.autoclear != 0 {
+            q.file
+                .write_at(&0u64.to_be_bytes(), 88)
+                .map_err(|e| FormatError::io(&path, e))?;
         }
         Ok(q)
     }
@@ -636,6 +785,30 @@ impl Qcow2 {
     /// Grows the refcount table so that it has entry `need`, moving it to the end of the
     /// file with the refcount blocks that describe its new clusters.
     fn grow_reftable(&self, st: &mut State, need: u64) -> Result<()> {
+        let plan = self.plan_reftable(st, need)?;
+        let table = self.write_reftable(st, &plan)?;
+        let (cs, e) = (self.cs, self.rb_entries);
+        let (old_off, old_clusters) = (st.rct_offset, st.rct_clusters);
+        st.rct = table;
+        st.rct_offset = plan.start * cs;
+        st.rct_clusters = plan.clusters;
+        for c in plan.start..plan.end {
+            if !plan.missing.contains(&(c / e)) {
+                self.rc_update(st, c, 1)?;
+            }
+        }
+        for i in 0..old_clusters {
+            if self.rc_update(st, old_off / cs + i, -1)? == 0 {
+                self.file.punch(old_off + i * cs, cs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a refcount table grown to have entry `need` goes: its entries and clusters,
+    /// from the first cluster past the file, followed by the new refcount blocks that
+    /// the clusters of the range need (which the table must also have entries for).
+    fn plan_reftable(&self, st: &State, need: u64) -> Result<NewReftable> {
         let (cs, e) = (self.cs, self.rb_entries);
         let per_cluster = cs / 8;
         let old_len = st.rct.len() as u64;
@@ -650,7 +823,7 @@ impl Qcow2 {
                 })
                 .collect()
         };
-        let (t, end, missing) = loop {
+        loop {
             if new_len * 8 > MAX_REFTABLE_BYTES {
                 return Err(Errno::EFBIG);
             }
@@ -668,13 +841,26 @@ impl Qcow2 {
                 new_len += per_cluster;
                 continue;
             }
-            break (t, end, missing);
-        };
+            return Ok(NewReftable {
+                entries: new_len,
+                start,
+                clusters: t,
+                end,
+                missing,
+            });
+        }
+    }
+
+    /// Writes the new refcount blocks and the grown table of `plan`, flushes, then points
+    /// the header at the table; returns the table.
+    fn write_reftable(&self, st: &mut State, plan: &NewReftable) -> Result<Vec<u64>> {
+        let (cs, e) = (self.cs, self.rb_entries);
+        let (start, t, end) = (plan.start, plan.clusters, plan.end);
         // Make sure cached blocks that count clusters of the new range are on disk first.
         self.write_back_rb(st)?;
         let mut table = st.rct.clone();
-        table.resize(new_len as usize, 0);
-        for (j, &idx) in missing.iter().enumerate() {
+        table.resize(plan.entries as usize, 0);
+        for (j, &idx) in plan.missing.iter().enumerate() {
             let boff = (start + t + j as u64) * cs;
             let mut block = vec![0u8; cs as usize];
             for c in start.max(idx * e)..end.min((idx + 1) * e) {
@@ -689,21 +875,7 @@ impl Qcow2 {
         hdr[..8].copy_from_slice(&(start * cs).to_be_bytes());
         hdr[8..].copy_from_slice(&(t as u32).to_be_bytes());
         self.file.write_at(&hdr, 48)?;
-        let (old_off, old_clusters) = (st.rct_offset, st.rct_clusters);
-        st.rct = table;
-        st.rct_offset = start * cs;
-        st.rct_clusters = t;
-        for c in start..end {
-            if !missing.contains(&(c / e)) {
-                self.rc_update(st, c, 1)?;
-            }
-        }
-        for i in 0..old_clusters {
-            if self.rc_update(st, old_off / cs + i, -1)? == 0 {
-                self.file.punch(old_off + i * cs, cs)?;
-            }
-        }
-        Ok(())
+        Ok(table)
     }
 
     /// Allocates one host cluster (refcount 1) and returns its offset. The caller writes it.
@@ -1318,33 +1490,16 @@ pub fn create_qcow2(
     size: u64,
     backing: Option<&Path>,
 ) -> std::result::Result<(), FormatError> {
-    let io = |e: std::io::Error| FormatError::io(path, e.into());
     let cluster_bits = 16u32;
     let cs = 1u64 << cluster_bits;
     let mut size = size;
     let mut backing_format = None;
     if let Some(b) = backing {
-        let name = b.to_str().ok_or_else(|| {
-            FormatError::unsupported(path, NAME, "backing file names that are not UTF-8")
-        })?;
-        let resolved = crate::resolve_backing(path, name);
-        let dev = crate::open_image_with(
-            &resolved,
-            &crate::OpenOptions {
-                read_only: true,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| FormatError::Backing {
-            path: path.to_path_buf(),
-            backing: resolved.clone(),
-            source: Box::new(e),
-        })?;
-        let info = dev.image_info();
+        let (virtual_size, format) = probe_backing(path, b)?;
         if size == 0 {
-            size = info.virtual_size;
+            size = virtual_size;
         }
-        backing_format = Some(info.format.name());
+        backing_format = Some(format);
     }
     let l2_entries = cs / 8;
     let l1_entries = size.div_ceil(cs * l2_entries).max(1);
@@ -1369,24 +1524,8 @@ pub fn create_qcow2(
     h[56..60].copy_from_slice(&1u32.to_be_bytes());
     h[96..100].copy_from_slice(&4u32.to_be_bytes());
     h[100..104].copy_from_slice(&112u32.to_be_bytes());
-    let mut pos = 112usize;
     if let (Some(b), Some(fmt)) = (backing, backing_format) {
-        h[pos..pos + 4].copy_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
-        h[pos + 4..pos + 8].copy_from_slice(&(fmt.len() as u32).to_be_bytes());
-        h[pos + 8..pos + 8 + fmt.len()].copy_from_slice(fmt.as_bytes());
-        pos += 8 + fmt.len().div_ceil(8) * 8;
-        pos += 8; // end-of-extensions marker (zeros)
-        let name = b.to_str().unwrap_or_default().as_bytes();
-        if name.len() > 1023 {
-            return Err(FormatError::unsupported(
-                path,
-                NAME,
-                "backing file names over 1023 bytes",
-            ));
-        }
-        h[8..16].copy_from_slice(&(pos as u64).to_be_bytes());
-        h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
-        h[pos..pos + name.len()].copy_from_slice(name);
+        put_backing(&mut h, path, b, fmt)?;
     }
     let mut rct = vec![0u8; cs as usize];
     rct[0..8].copy_from_slice(&rb_off.to_be_bytes());
@@ -1394,7 +1533,74 @@ pub fn create_qcow2(
     for c in 0..total as usize {
         rc_set(&mut rb, c, 4, 1);
     }
+    let pieces = [
+        (h.as_slice(), 0),
+        (rct.as_slice(), rct_off),
+        (rb.as_slice(), rb_off),
+    ];
+    write_new_image(path, &pieces, total * cs)
+}
+
+/// Opens the backing file `b` of the image to create at `path`: its virtual size and
+/// format.
+fn probe_backing(path: &Path, b: &Path) -> std::result::Result<(u64, &'static str), FormatError> {
+    let name = b.to_str().ok_or_else(|| {
+        FormatError::unsupported(path, NAME, "backing file names that are not UTF-8")
+    })?;
+    let resolved = crate::resolve_backing(path, name);
+    let dev = crate::open_image_with(
+        &resolved,
+        &crate::OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| FormatError::Backing {
+        path: path.to_path_buf(),
+        backing: resolved.clone(),
+        source: Box::new(e),
+    })?;
+    let info = dev.image_info();
+    Ok((info.virtual_size, info.format.name()))
+}
+
+/// Writes into the new header cluster `h` the backing format extension (`fmt`), the
+/// end of the extensions and the backing file name `b`, with the name's place.
+fn put_backing(
+    h: &mut [u8],
+    path: &Path,
+    b: &Path,
+    fmt: &str,
+) -> std::result::Result<(), FormatError> {
+    let mut pos = 112usize;
+    h[pos..pos + 4].copy_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
+    h[pos + 4..pos + 8].copy_from_slice(&(fmt.len() as u32).to_be_bytes());
+    h[pos + 8..pos + 8 + fmt.len()].copy_from_slice(fmt.as_bytes());
+    pos += 8 + fmt.len().div_ceil(8) * 8;
+    pos += 8; // end-of-extensions marker (zeros)
+    let name = b.to_str().unwrap_or_default().as_bytes();
+    if name.len() > 1023 {
+        return Err(FormatError::unsupported(
+            path,
+            NAME,
+            "backing file names over 1023 bytes",
+        ));
+    }
+    h[8..16].copy_from_slice(&(pos as u64).to_be_bytes());
+    h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+    h[pos..pos + name.len()].copy_from_slice(name);
+    Ok(())
+}
+
+/// Creates (or truncates) the file at `path`, writes each `(bytes, offset)` piece, sets
+/// its length to `len` and syncs it.
+fn write_new_image(
+    path: &Path,
+    pieces: &[(&[u8], u64)],
+    len: u64,
+) -> std::result::Result<(), FormatError> {
     use std::os::unix::fs::FileExt;
+    let io = |e: std::io::Error| FormatError::io(path, e.into());
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -1402,10 +1608,10 @@ pub fn create_qcow2(
         .truncate(true)
         .open(path)
         .map_err(io)?;
-    f.write_all_at(&h, 0).map_err(io)?;
-    f.write_all_at(&rct, rct_off).map_err(io)?;
-    f.write_all_at(&rb, rb_off).map_err(io)?;
-    f.set_len(total * cs).map_err(io)?;
+    for (bytes, at) in pieces {
+        f.write_all_at(bytes, *at).map_err(io)?;
+    }
+    f.set_len(len).map_err(io)?;
     f.sync_all().map_err(io)?;
     Ok(())
 }

@@ -4,6 +4,9 @@
 //! [`FileDevice`] has a size fixed at open, so growth goes through its `File`), or any
 //! [`BlockDevice`] (an LV, a partition window, another layer), whose size is fixed: an
 //! allocation past its end fails with `ENOSPC`, as it would on a full disk.
+//!
+//! An image file written front to back (a conversion's output) may start the host's
+//! writeback as it goes ([`Storage::writeback_every`], [`WritebackAhead`]).
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -13,7 +16,11 @@ use std::sync::Arc;
 use vudev::{BlockDevice, Errno, ExtentList, FileDevice, Result};
 
 enum Backend {
-    File { dev: FileDevice, len: AtomicU64 },
+    File {
+        dev: FileDevice,
+        len: AtomicU64,
+        ahead: Option<WritebackAhead>,
+    },
     Dev(Arc<dyn BlockDevice>),
 }
 
@@ -35,9 +42,23 @@ impl Storage {
         let name = dev.path().to_path_buf();
         let len = AtomicU64::new(dev.size());
         Storage {
-            backend: Backend::File { dev, len },
+            backend: Backend::File {
+                dev,
+                len,
+                ahead: None,
+            },
             name,
         }
+    }
+
+    /// This storage, starting the host's writeback of what was written every `step` bytes
+    /// written past the last start, when it is a file and `step` is not 0 (see
+    /// [`WritebackAhead`]); devices are left alone.
+    pub fn writeback_every(mut self, step: u64) -> Storage {
+        if let Backend::File { ahead, .. } = &mut self.backend {
+            *ahead = (step != 0).then(|| WritebackAhead::new(step));
+        }
+        self
     }
 
     /// Any device, of fixed size; `name` is used in messages and to resolve relative paths.
@@ -140,9 +161,12 @@ impl Storage {
         }
         let end = offset.checked_add(buf.len() as u64).ok_or(Errno::EFBIG)?;
         match &self.backend {
-            Backend::File { dev, len } => {
+            Backend::File { dev, len, ahead } => {
                 dev.file().write_all_at(buf, offset)?;
                 len.fetch_max(end, Ordering::AcqRel);
+                if let Some(ahead) = ahead {
+                    ahead.wrote(dev.file(), end);
+                }
                 Ok(())
             }
             Backend::Dev(d) => {
@@ -194,13 +218,56 @@ impl Storage {
     /// Sets the length of a file (used by `create_*`); devices keep theirs.
     pub fn set_len(&self, new_len: u64) -> Result<()> {
         match &self.backend {
-            Backend::File { dev, len } => {
+            Backend::File { dev, len, .. } => {
                 dev.file().set_len(new_len)?;
                 dev.forget_data_runs();
                 len.store(new_len, Ordering::Release);
                 Ok(())
             }
             Backend::Dev(_) => Ok(()),
+        }
+    }
+}
+
+/// Starts the writeback of a file written front to back every `step` bytes written past
+/// the last start (`posix_fadvise(POSIX_FADV_DONTNEED)`, which on Linux starts the
+/// writeback of the dirty pages without waiting for it, then drops the clean ones), so that
+/// the disk writes while the writer goes on, rather than all of it at the final flush.
+/// Writes below the last start (metadata updated in place) are left to the flush.
+#[derive(Debug)]
+pub struct WritebackAhead {
+    step: u64,
+    /// Writeback was started below this offset.
+    started: AtomicU64,
+}
+
+impl WritebackAhead {
+    /// Starts the writeback every `step` bytes (at least 1).
+    pub fn new(step: u64) -> WritebackAhead {
+        WritebackAhead {
+            step: step.max(1),
+            started: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes a write to `file` that ended at byte `end`: starts the writeback from the
+    /// last start up to `end` when that is `step` bytes or more.
+    pub fn wrote(&self, file: &std::fs::File, end: u64) {
+        let from = self.started.load(Ordering::Relaxed);
+        if end < from.saturating_add(self.step) {
+            return;
+        }
+        let Some(len) = std::num::NonZeroU64::new(end - from) else {
+            return;
+        };
+        // One start per range when writers race.
+        if self
+            .started
+            .compare_exchange(from, end, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            // Advisory: a failure only leaves the writeback to the flush.
+            let _ = rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::DontNeed);
         }
     }
 }

@@ -76,11 +76,55 @@ impl std::fmt::Debug for Vmdk {
     }
 }
 
+/// What a sparse extent header says about the extent's layout, checked.
+struct Layout {
+    flags: u32,
+    stream: bool,
+    /// Bytes per grain.
+    grain: u64,
+    /// Entries per grain table.
+    gtes: u64,
+    /// The extent's size in bytes.
+    size: u64,
+    gd_entries: u64,
+}
+
 impl Sparse {
     fn open(file: Storage, read_only: bool) -> std::result::Result<Sparse, FormatError> {
         let path = file.name().to_path_buf();
-        let bad = |why: String| FormatError::corrupt(&path, NAME, why);
-        let io = |e: Errno| FormatError::io(&path, e);
+        let h = Sparse::read_header(&file, &path)?;
+        let layout = Sparse::layout(&h, &path)?;
+        let gd = Sparse::read_gd(&file, &path, le64(&h, 0x38), layout.gd_entries)?;
+        let rgd = if layout.flags & FLAG_RGD != 0 && !layout.stream {
+            Some(Sparse::read_gd(
+                &file,
+                &path,
+                le64(&h, 0x30),
+                layout.gd_entries,
+            )?)
+        } else {
+            None
+        };
+        let overhead = le64(&h, 0x40).saturating_mul(512);
+        Sparse::refuse_truncated(&file, &path, &layout, overhead, &gd, rgd.as_deref())?;
+        let _ = read_only;
+        Ok(Sparse {
+            file,
+            grain: layout.grain,
+            gtes: layout.gtes,
+            capacity: layout.size,
+            gd,
+            rgd,
+            stream: layout.stream,
+            st: Mutex::new(Lru::new(GT_CACHE_TABLES)),
+        })
+    }
+
+    /// The 512-byte header in force: the first sector, or for streamOptimized (grain
+    /// directory "at the end") the footer copy 1024 bytes from the end.
+    fn read_header(file: &Storage, path: &Path) -> std::result::Result<Vec<u8>, FormatError> {
+        let bad = |why: String| FormatError::corrupt(path, NAME, why);
+        let io = |e: Errno| FormatError::io(path, e);
         if file.len() < 512 {
             return Err(bad(format!("truncated header ({} bytes)", file.len())));
         }
@@ -92,14 +136,12 @@ impl Sparse {
         let version = le32(&h, 4);
         if !(1..=3).contains(&version) {
             return Err(FormatError::unsupported(
-                &path,
+                path,
                 NAME,
                 format!("sparse extent version {version}"),
             ));
         }
-        let mut flags = le32(&h, 8);
-        let mut gd_offset = le64(&h, 0x38);
-        if gd_offset == GD_AT_END {
+        if le64(&h, 0x38) == GD_AT_END {
             // streamOptimized: the footer (a copy of the header) is 1024 bytes from the end.
             let flen = file.len();
             if flen < 1536 {
@@ -109,25 +151,30 @@ impl Sparse {
             if le32(&h, 0) != SPARSE_MAGIC {
                 return Err(bad("no footer before the end-of-stream marker".into()));
             }
-            flags = le32(&h, 8);
-            gd_offset = le64(&h, 0x38);
         }
-        let capacity = le64(&h, 0x0c);
-        let grain_sectors = le64(&h, 0x14);
-        let gtes = u64::from(le32(&h, 0x2c));
-        let rgd_offset = le64(&h, 0x30);
+        Ok(h)
+    }
+
+    /// The layout header `h` describes; refuses compression other than deflate with
+    /// markers, odd grain and table sizes, and grain directories too large to hold.
+    fn layout(h: &[u8], path: &Path) -> std::result::Result<Layout, FormatError> {
+        let bad = |why: String| FormatError::corrupt(path, NAME, why);
+        let flags = le32(h, 8);
+        let capacity = le64(h, 0x0c);
+        let grain_sectors = le64(h, 0x14);
+        let gtes = u64::from(le32(h, 0x2c));
         let compress_algorithm = u16::from_le_bytes([h[0x4d], h[0x4e]]);
         let stream = flags & FLAG_COMPRESSED != 0;
         if stream && compress_algorithm != 1 {
             return Err(FormatError::unsupported(
-                &path,
+                path,
                 NAME,
                 format!("compression algorithm {compress_algorithm}"),
             ));
         }
         if stream && flags & FLAG_MARKERS == 0 {
             return Err(FormatError::unsupported(
-                &path,
+                path,
                 NAME,
                 "compressed grains without markers",
             ));
@@ -146,38 +193,65 @@ impl Sparse {
         let gd_entries = size.div_ceil(grain * gtes);
         if gd_entries > MAX_GD_ENTRIES {
             return Err(FormatError::unsupported(
-                &path,
+                path,
                 NAME,
                 format!("a grain directory of {gd_entries} entries"),
             ));
         }
-        let read_gd = |at: u64| -> std::result::Result<Vec<u32>, FormatError> {
-            let bytes = at
-                .checked_mul(512)
-                .filter(|b| *b >= 512 && b + gd_entries * 4 <= file.len())
-                .ok_or_else(|| bad(format!("grain directory at sector {at} misplaced")))?;
-            let mut raw = vec![0u8; (gd_entries * 4) as usize];
-            file.read_at(&mut raw, bytes).map_err(io)?;
-            Ok(raw.chunks_exact(4).map(|c| le32(c, 0)).collect())
-        };
-        let gd = read_gd(gd_offset)?;
-        let rgd = if flags & FLAG_RGD != 0 && !stream {
-            Some(read_gd(rgd_offset)?)
-        } else {
-            None
-        };
-        // Grain tables past the end: a truncated file, refused as qemu does. (A grain
-        // past the end fails its read with EIO.)
+        Ok(Layout {
+            flags,
+            stream,
+            grain,
+            gtes,
+            size,
+            gd_entries,
+        })
+    }
+
+    /// Reads the grain directory (or its redundant copy) of `entries` entries at sector
+    /// `at`.
+    fn read_gd(
+        file: &Storage,
+        path: &Path,
+        at: u64,
+        entries: u64,
+    ) -> std::result::Result<Vec<u32>, FormatError> {
+        let bytes = at
+            .checked_mul(512)
+            .filter(|b| *b >= 512 && b + entries * 4 <= file.len())
+            .ok_or_else(|| {
+                FormatError::corrupt(
+                    path,
+                    NAME,
+                    format!("grain directory at sector {at} misplaced"),
+                )
+            })?;
+        let mut raw = vec![0u8; (entries * 4) as usize];
+        file.read_at(&mut raw, bytes)
+            .map_err(|e| FormatError::io(path, e))?;
+        Ok(raw.chunks_exact(4).map(|c| le32(c, 0)).collect())
+    }
+
+    /// Refuses a truncated file, as qemu does: grains starting (`overhead`) or grain
+    /// tables ending past its end. (A grain past the end fails its read with EIO.)
+    fn refuse_truncated(
+        file: &Storage,
+        path: &Path,
+        layout: &Layout,
+        overhead: u64,
+        gd: &[u32],
+        rgd: Option<&[u32]>,
+    ) -> std::result::Result<(), FormatError> {
+        let bad = |why: String| FormatError::corrupt(path, NAME, why);
         let flen = file.len();
-        let overhead = le64(&h, 0x40).saturating_mul(512);
-        if !stream && overhead > flen {
+        if !layout.stream && overhead > flen {
             return Err(bad(format!(
                 "truncated: the grains start at {overhead}, past the end of the file \
                  ({flen} bytes)"
             )));
         }
-        for (i, &gt) in gd.iter().chain(rgd.iter().flatten()).enumerate() {
-            let end = u64::from(gt) * 512 + gtes * 4;
+        for (i, &gt) in gd.iter().chain(rgd.into_iter().flatten()).enumerate() {
+            let end = u64::from(gt) * 512 + layout.gtes * 4;
             if gt != 0 && end > flen {
                 return Err(bad(format!(
                     "truncated: grain table {} ends at {end}, past the end of the file \
@@ -186,17 +260,7 @@ impl Sparse {
                 )));
             }
         }
-        let _ = read_only;
-        Ok(Sparse {
-            file,
-            grain,
-            gtes,
-            capacity: size,
-            gd,
-            rgd,
-            stream,
-            st: Mutex::new(Lru::new(GT_CACHE_TABLES)),
-        })
+        Ok(())
     }
 
     /// The grain table at sector `gt` (cached).
@@ -426,35 +490,9 @@ impl Vmdk {
         file.read_at(&mut head, 0)
             .map_err(|e| FormatError::io(&path, e))?;
         if u32::from_le_bytes(head) == SPARSE_MAGIC {
-            let sparse = Sparse::open(file, read_only)?;
-            let descriptor = embedded_descriptor(&sparse);
-            refuse_delta(&path, &descriptor)?;
-            let create_type = descriptor_value(&descriptor, "createType")
-                .unwrap_or_else(|| "monolithicSparse".into());
-            let stream = sparse.stream;
-            let size = sparse.capacity;
-            return Ok(Vmdk {
-                name: path,
-                size,
-                extents: vec![Extent {
-                    start: 0,
-                    len: size,
-                    writable: !read_only && !stream,
-                    kind: Kind::Sparse(Box::new(sparse)),
-                }],
-                read_only: read_only || stream,
-                create_type,
-            });
+            return Vmdk::open_sparse_file(file, path, read_only);
         }
-        let len = file.len();
-        if len > 1 << 20 {
-            return Err(FormatError::corrupt(&path, NAME, "descriptor over 1 MiB"));
-        }
-        let mut raw = vec![0u8; len as usize];
-        file.read_at(&mut raw, 0)
-            .map_err(|e| FormatError::io(&path, e))?;
-        let text = String::from_utf8(raw)
-            .map_err(|_| FormatError::corrupt(&path, NAME, "descriptor is not text"))?;
+        let text = Vmdk::read_descriptor(&file, &path)?;
         refuse_delta(&path, &text)?;
         let create_type = descriptor_value(&text, "createType").unwrap_or_default();
         let mut extents = Vec::new();
@@ -466,68 +504,11 @@ impl Vmdk {
             if !matches!(first, "RW" | "RDONLY" | "NOACCESS") {
                 continue;
             }
-            let (access, sectors, kind, name, offset) =
-                parse_extent_line(line).ok_or_else(|| {
-                    FormatError::corrupt(&path, NAME, format!("bad extent line {line:?}"))
-                })?;
-            let len = sectors
-                .checked_mul(512)
-                .filter(|l| *l <= 1 << 62)
-                .ok_or_else(|| {
-                    FormatError::corrupt(&path, NAME, format!("extent of {sectors} sectors"))
-                })?;
-            let writable = !read_only && access == "RW";
-            let ext_path = crate::resolve_backing(&path, &name);
-            let open_file = || -> std::result::Result<Storage, FormatError> {
-                let dev = FileDevice::open(&ext_path, !writable)
-                    .map_err(|e| FormatError::io(&ext_path, e))?;
-                let mode = if writable {
-                    LockMode::Exclusive
-                } else {
-                    LockMode::Shared
-                };
-                dev.lock(mode).map_err(|lock| FormatError::Locked {
-                    path: ext_path.clone(),
-                    lock,
-                })?;
-                Ok(Storage::file(dev))
-            };
-            let kind = match kind.as_str() {
-                "FLAT" | "VMFS" => Kind::Flat {
-                    file: open_file()?,
-                    offset: offset.checked_mul(512).ok_or_else(|| {
-                        FormatError::corrupt(&path, NAME, "extent offset overflows")
-                    })?,
-                },
-                "SPARSE" => {
-                    let s = Sparse::open(open_file()?, !writable)?;
-                    if s.capacity < len {
-                        return Err(FormatError::corrupt(
-                            &ext_path,
-                            NAME,
-                            "sparse extent smaller than its descriptor line",
-                        ));
-                    }
-                    Kind::Sparse(Box::new(s))
-                }
-                "ZERO" => Kind::Zero,
-                other => {
-                    return Err(FormatError::unsupported(
-                        &path,
-                        NAME,
-                        format!("{other} extents"),
-                    ))
-                }
-            };
-            extents.push(Extent {
-                start,
-                len,
-                writable: writable && !matches!(kind, Kind::Zero),
-                kind,
-            });
+            let extent = Vmdk::open_extent(&path, line, start, read_only)?;
             start = start
-                .checked_add(len)
+                .checked_add(extent.len)
                 .ok_or_else(|| FormatError::corrupt(&path, NAME, "extents overflow"))?;
+            extents.push(extent);
         }
         if extents.is_empty() {
             return Err(FormatError::corrupt(
@@ -545,6 +526,100 @@ impl Vmdk {
         })
     }
 
+    /// A sparse extent file opened as a whole image (monolithicSparse, streamOptimized;
+    /// the latter read-only), typed by its embedded descriptor.
+    fn open_sparse_file(
+        file: Storage,
+        path: PathBuf,
+        read_only: bool,
+    ) -> std::result::Result<Vmdk, FormatError> {
+        let sparse = Sparse::open(file, read_only)?;
+        let descriptor = embedded_descriptor(&sparse);
+        refuse_delta(&path, &descriptor)?;
+        let create_type = descriptor_value(&descriptor, "createType")
+            .unwrap_or_else(|| "monolithicSparse".into());
+        let stream = sparse.stream;
+        let size = sparse.capacity;
+        Ok(Vmdk {
+            name: path,
+            size,
+            extents: vec![Extent {
+                start: 0,
+                len: size,
+                writable: !read_only && !stream,
+                kind: Kind::Sparse(Box::new(sparse)),
+            }],
+            read_only: read_only || stream,
+            create_type,
+        })
+    }
+
+    /// The text of a descriptor file (at most 1 MiB).
+    fn read_descriptor(file: &Storage, path: &Path) -> std::result::Result<String, FormatError> {
+        let len = file.len();
+        if len > 1 << 20 {
+            return Err(FormatError::corrupt(path, NAME, "descriptor over 1 MiB"));
+        }
+        let mut raw = vec![0u8; len as usize];
+        file.read_at(&mut raw, 0)
+            .map_err(|e| FormatError::io(path, e))?;
+        String::from_utf8(raw)
+            .map_err(|_| FormatError::corrupt(path, NAME, "descriptor is not text"))
+    }
+
+    /// The extent a descriptor `line` names, placed at guest offset `start`, with its file
+    /// opened and locked.
+    fn open_extent(
+        path: &Path,
+        line: &str,
+        start: u64,
+        read_only: bool,
+    ) -> std::result::Result<Extent, FormatError> {
+        let (access, sectors, kind, name, offset) = parse_extent_line(line)
+            .ok_or_else(|| FormatError::corrupt(path, NAME, format!("bad extent line {line:?}")))?;
+        let len = sectors
+            .checked_mul(512)
+            .filter(|l| *l <= 1 << 62)
+            .ok_or_else(|| {
+                FormatError::corrupt(path, NAME, format!("extent of {sectors} sectors"))
+            })?;
+        let writable = !read_only && access == "RW";
+        let ext_path = crate::resolve_backing(path, &name);
+        let kind = match kind.as_str() {
+            "FLAT" | "VMFS" => Kind::Flat {
+                file: open_extent_file(&ext_path, writable)?,
+                offset: offset
+                    .checked_mul(512)
+                    .ok_or_else(|| FormatError::corrupt(path, NAME, "extent offset overflows"))?,
+            },
+            "SPARSE" => {
+                let s = Sparse::open(open_extent_file(&ext_path, writable)?, !writable)?;
+                if s.capacity < len {
+                    return Err(FormatError::corrupt(
+                        &ext_path,
+                        NAME,
+                        "sparse extent smaller than its descriptor line",
+                    ));
+                }
+                Kind::Sparse(Box::new(s))
+            }
+            "ZERO" => Kind::Zero,
+            other => {
+                return Err(FormatError::unsupported(
+                    path,
+                    NAME,
+                    format!("{other} extents"),
+                ))
+            }
+        };
+        Ok(Extent {
+            start,
+            len,
+            writable: writable && !matches!(kind, Kind::Zero),
+            kind,
+        })
+    }
+
     /// The descriptor's `createType` (monolithicSparse, monolithicFlat, streamOptimized...).
     pub fn create_type(&self) -> &str {
         &self.create_type
@@ -554,6 +629,22 @@ impl Vmdk {
         let i = self.extents.partition_point(|e| e.start + e.len <= pos);
         self.extents.get(i)
     }
+}
+
+/// Opens the file of a descriptor's extent, locked exclusively when it is written and
+/// shared when only read.
+fn open_extent_file(ext_path: &Path, writable: bool) -> std::result::Result<Storage, FormatError> {
+    let dev = FileDevice::open(ext_path, !writable).map_err(|e| FormatError::io(ext_path, e))?;
+    let mode = if writable {
+        LockMode::Exclusive
+    } else {
+        LockMode::Shared
+    };
+    dev.lock(mode).map_err(|lock| FormatError::Locked {
+        path: ext_path.to_path_buf(),
+        lock,
+    })?;
+    Ok(Storage::file(dev))
 }
 
 fn embedded_descriptor(s: &Sparse) -> String {
@@ -743,6 +834,21 @@ impl ImageDevice for Vmdk {
     }
 }
 
+/// Where [`create_vmdk`] puts things, in sectors.
+struct NewLayout {
+    capacity: u64,
+    granularity: u64,
+    gtes: u64,
+    gt_count: u64,
+    gt_sectors: u64,
+    gd_sectors: u64,
+    desc_offset: u64,
+    desc_size: u64,
+    rgd_offset: u64,
+    gd_offset: u64,
+    grain_offset: u64,
+}
+
 /// Creates an empty monolithicSparse VMDK of `size` bytes (rounded up to 512-byte sectors)
 /// at `path`, laid out as `qemu-img create -f vmdk` does: 64 KiB grains, 512 entries per
 /// grain table, a redundant grain directory, every grain table preallocated (zeros) after
@@ -750,80 +856,16 @@ impl ImageDevice for Vmdk {
 pub fn create_vmdk(path: &Path, size: u64) -> std::result::Result<(), FormatError> {
     use std::os::unix::fs::FileExt;
     let io = |e: std::io::Error| FormatError::io(path, e.into());
-    let capacity = size.div_ceil(512);
-    let granularity = 128u64; // sectors: 64 KiB grains
-    let gtes = 512u64;
-    let grains = capacity.div_ceil(granularity);
-    let gt_count = grains.div_ceil(gtes).max(1);
-    if gt_count > MAX_GD_ENTRIES {
-        return Err(FormatError::unsupported(
-            path,
-            NAME,
-            format!("a {size}-byte disk"),
-        ));
-    }
-    let gt_sectors = (gtes * 4).div_ceil(512);
-    let gd_sectors = (gt_count * 4).div_ceil(512);
-    let (desc_offset, desc_size) = (1u64, 20u64);
-    let rgd_offset = desc_offset + desc_size;
-    let gd_offset = rgd_offset + gd_sectors + gt_sectors * gt_count;
-    let grain_offset =
-        (gd_offset + gd_sectors + gt_sectors * gt_count).div_ceil(granularity) * granularity;
-    if grain_offset > u64::from(u32::MAX) {
-        return Err(FormatError::unsupported(
-            path,
-            NAME,
-            format!("a {size}-byte disk"),
-        ));
-    }
-    let mut h = vec![0u8; 512];
-    h[0..4].copy_from_slice(&SPARSE_MAGIC.to_le_bytes());
-    h[4..8].copy_from_slice(&1u32.to_le_bytes());
-    h[8..12].copy_from_slice(&(1 | FLAG_RGD).to_le_bytes()); // newline test + redundant GD
-    h[0x0c..0x14].copy_from_slice(&capacity.to_le_bytes());
-    h[0x14..0x1c].copy_from_slice(&granularity.to_le_bytes());
-    h[0x1c..0x24].copy_from_slice(&desc_offset.to_le_bytes());
-    h[0x24..0x2c].copy_from_slice(&desc_size.to_le_bytes());
-    h[0x2c..0x30].copy_from_slice(&(gtes as u32).to_le_bytes());
-    h[0x30..0x38].copy_from_slice(&rgd_offset.to_le_bytes());
-    h[0x38..0x40].copy_from_slice(&gd_offset.to_le_bytes());
-    h[0x40..0x48].copy_from_slice(&grain_offset.to_le_bytes());
-    h[0x49..0x4d].copy_from_slice(b"\n \r\n");
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cylinders = (capacity / (16 * 63)).min(16383);
-    let cid = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u32)
-        .unwrap_or(0)
-        | 1;
-    let desc = format!(
-        "# Disk DescriptorFile\nversion=1\nCID={cid:08x}\nparentCID=ffffffff\n\
-         createType=\"monolithicSparse\"\n\n# Extent description\n\
-         RW {capacity} SPARSE \"{file_name}\"\n\n# The Disk Data Base\n#DDB\n\n\
-         ddb.virtualHWVersion = \"4\"\nddb.geometry.cylinders = \"{cylinders}\"\n\
-         ddb.geometry.heads = \"16\"\nddb.geometry.sectors = \"63\"\n\
-         ddb.adapterType = \"ide\"\nddb.toolsVersion = \"2147483647\"\n"
-    );
-    if desc.len() as u64 > desc_size * 512 {
+    let l = NewLayout::for_size(path, size)?;
+    let h = l.header();
+    let desc = l.descriptor(path);
+    if desc.len() as u64 > l.desc_size * 512 {
         return Err(FormatError::unsupported(
             path,
             NAME,
             "a file name this long in the descriptor",
         ));
     }
-    // A directory at `dir` whose tables follow it.
-    let directory = |dir: u64| -> Vec<u8> {
-        let first = dir + gd_sectors;
-        let mut gd = vec![0u8; (gd_sectors * 512) as usize];
-        for i in 0..gt_count {
-            let at = (i * 4) as usize;
-            gd[at..at + 4].copy_from_slice(&((first + i * gt_sectors) as u32).to_le_bytes());
-        }
-        gd
-    };
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -832,13 +874,105 @@ pub fn create_vmdk(path: &Path, size: u64) -> std::result::Result<(), FormatErro
         .open(path)
         .map_err(io)?;
     f.write_all_at(&h, 0).map_err(io)?;
-    f.write_all_at(desc.as_bytes(), desc_offset * 512)
+    f.write_all_at(desc.as_bytes(), l.desc_offset * 512)
         .map_err(io)?;
-    f.write_all_at(&directory(rgd_offset), rgd_offset * 512)
+    f.write_all_at(&l.directory(l.rgd_offset), l.rgd_offset * 512)
         .map_err(io)?;
-    f.write_all_at(&directory(gd_offset), gd_offset * 512)
+    f.write_all_at(&l.directory(l.gd_offset), l.gd_offset * 512)
         .map_err(io)?;
-    f.set_len(grain_offset * 512).map_err(io)?;
+    f.set_len(l.grain_offset * 512).map_err(io)?;
     f.sync_all().map_err(io)?;
     Ok(())
+}
+
+impl NewLayout {
+    /// The layout of a new image of `size` bytes; refused when its grain directory or
+    /// first grain would be out of the format's reach.
+    fn for_size(path: &Path, size: u64) -> std::result::Result<NewLayout, FormatError> {
+        let capacity = size.div_ceil(512);
+        let granularity = 128u64; // sectors: 64 KiB grains
+        let gtes = 512u64;
+        let grains = capacity.div_ceil(granularity);
+        let gt_count = grains.div_ceil(gtes).max(1);
+        let too_big = || FormatError::unsupported(path, NAME, format!("a {size}-byte disk"));
+        if gt_count > MAX_GD_ENTRIES {
+            return Err(too_big());
+        }
+        let gt_sectors = (gtes * 4).div_ceil(512);
+        let gd_sectors = (gt_count * 4).div_ceil(512);
+        let (desc_offset, desc_size) = (1u64, 20u64);
+        let rgd_offset = desc_offset + desc_size;
+        let gd_offset = rgd_offset + gd_sectors + gt_sectors * gt_count;
+        let grain_offset =
+            (gd_offset + gd_sectors + gt_sectors * gt_count).div_ceil(granularity) * granularity;
+        if grain_offset > u64::from(u32::MAX) {
+            return Err(too_big());
+        }
+        Ok(NewLayout {
+            capacity,
+            granularity,
+            gtes,
+            gt_count,
+            gt_sectors,
+            gd_sectors,
+            desc_offset,
+            desc_size,
+            rgd_offset,
+            gd_offset,
+            grain_offset,
+        })
+    }
+
+    /// The sparse extent header.
+    fn header(&self) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[0..4].copy_from_slice(&SPARSE_MAGIC.to_le_bytes());
+        h[4..8].copy_from_slice(&1u32.to_le_bytes());
+        h[8..12].copy_from_slice(&(1 | FLAG_RGD).to_le_bytes()); // newline test + redundant GD
+        h[0x0c..0x14].copy_from_slice(&self.capacity.to_le_bytes());
+        h[0x14..0x1c].copy_from_slice(&self.granularity.to_le_bytes());
+        h[0x1c..0x24].copy_from_slice(&self.desc_offset.to_le_bytes());
+        h[0x24..0x2c].copy_from_slice(&self.desc_size.to_le_bytes());
+        h[0x2c..0x30].copy_from_slice(&(self.gtes as u32).to_le_bytes());
+        h[0x30..0x38].copy_from_slice(&self.rgd_offset.to_le_bytes());
+        h[0x38..0x40].copy_from_slice(&self.gd_offset.to_le_bytes());
+        h[0x40..0x48].copy_from_slice(&self.grain_offset.to_le_bytes());
+        h[0x49..0x4d].copy_from_slice(b"\n \r\n");
+        h
+    }
+
+    /// The embedded descriptor: one SPARSE extent, the file at `path` itself, a fresh CID
+    /// and qemu's IDE geometry.
+    fn descriptor(&self, path: &Path) -> String {
+        let capacity = self.capacity;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cylinders = (capacity / (16 * 63)).min(16383);
+        let cid = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u32)
+            .unwrap_or(0)
+            | 1;
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID={cid:08x}\nparentCID=ffffffff\n\
+             createType=\"monolithicSparse\"\n\n# Extent description\n\
+             RW {capacity} SPARSE \"{file_name}\"\n\n# The Disk Data Base\n#DDB\n\n\
+             ddb.virtualHWVersion = \"4\"\nddb.geometry.cylinders = \"{cylinders}\"\n\
+             ddb.geometry.heads = \"16\"\nddb.geometry.sectors = \"63\"\n\
+             ddb.adapterType = \"ide\"\nddb.toolsVersion = \"2147483647\"\n"
+        )
+    }
+
+    /// A grain directory at sector `dir` whose tables follow it.
+    fn directory(&self, dir: u64) -> Vec<u8> {
+        let first = dir + self.gd_sectors;
+        let mut gd = vec![0u8; (self.gd_sectors * 512) as usize];
+        for i in 0..self.gt_count {
+            let at = (i * 4) as usize;
+            gd[at..at + 4].copy_from_slice(&((first + i * self.gt_sectors) as u32).to_le_bytes());
+        }
+        gd
+    }
 }

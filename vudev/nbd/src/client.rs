@@ -121,7 +121,7 @@ fn parse_bool(v: &str) -> Option<bool> {
 /// the query keys `socket`, `tls-certificates`, `tls-verify-peer` and `tls-hostname`
 /// (the TLS ones count only for the `nbds` schemes, as in libnbd).
 pub fn parse_uri(uri: &str) -> std::result::Result<Uri, ConnectError> {
-    let bad = |why: &str| ConnectError::BadUri(format!("{uri}: {why}"));
+    let bad = |why: &str| bad_uri(uri, why);
     let (scheme, rest) = uri.split_once("://").ok_or_else(|| bad("no scheme"))?;
     let (rest, query) = match rest.split_once('?') {
         Some((r, q)) => (r, Some(q)),
@@ -132,13 +132,58 @@ pub fn parse_uri(uri: &str) -> std::result::Result<Uri, ConnectError> {
         None => (rest, ""),
     };
     let export = percent_decode(path).ok_or_else(|| bad("bad %-escape in the export name"))?;
+    let (socket, tls) = parse_query(uri, query.unwrap_or(""))?;
+    let (scheme, tls) = match scheme {
+        "nbds" => ("nbd", Some(tls)),
+        "nbds+unix" => ("nbd+unix", Some(tls)),
+        other => (other, None),
+    };
+    let target = match scheme {
+        "nbd+unix" => {
+            if !authority.is_empty() {
+                return Err(bad("nbd+unix:// takes no host"));
+            }
+            let socket = socket.ok_or_else(|| bad("nbd+unix:// needs ?socket=PATH"))?;
+            Target::Unix(PathBuf::from(socket))
+        }
+        "nbd" => {
+            if socket.is_some() {
+                return Err(bad("socket= belongs to nbd+unix://"));
+            }
+            tcp_target(uri, authority)?
+        }
+        _ => {
+            return Err(bad(
+                "unknown scheme (use nbd://, nbds://, nbd+unix:// or nbds+unix://)",
+            ))
+        }
+    };
+    Ok(Uri {
+        target,
+        export,
+        tls,
+    })
+}
+
+/// A [`ConnectError::BadUri`] for `uri`, saying `why`.
+fn bad_uri(uri: &str, why: &str) -> ConnectError {
+    ConnectError::BadUri(format!("{uri}: {why}"))
+}
+
+/// The `socket=` path and the TLS settings of a URI's `query` (unknown keys ignored,
+/// TLS-PSK refused).
+fn parse_query(
+    uri: &str,
+    query: &str,
+) -> std::result::Result<(Option<String>, UriTls), ConnectError> {
+    let bad = |why: &str| bad_uri(uri, why);
     let mut socket = None;
     let mut tls = UriTls {
         certificates: None,
         verify_peer: true,
         hostname: None,
     };
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(v).ok_or_else(|| bad(&format!("bad %-escape in {k}")))?;
         match k {
@@ -155,57 +200,32 @@ pub fn parse_uri(uri: &str) -> std::result::Result<Uri, ConnectError> {
             _ => {}
         }
     }
-    let (scheme, tls) = match scheme {
-        "nbds" => ("nbd", Some(tls)),
-        "nbds+unix" => ("nbd+unix", Some(tls)),
-        other => (other, None),
-    };
-    let (target, export) = match scheme {
-        "nbd+unix" => {
-            if !authority.is_empty() {
-                return Err(bad("nbd+unix:// takes no host"));
-            }
-            let socket = socket.ok_or_else(|| bad("nbd+unix:// needs ?socket=PATH"))?;
-            (Target::Unix(PathBuf::from(socket)), export)
-        }
-        "nbd" => {
-            if socket.is_some() {
-                return Err(bad("socket= belongs to nbd+unix://"));
-            }
-            let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-                let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-                (h, after.strip_prefix(':'))
-            } else {
-                match authority.rsplit_once(':') {
-                    Some((h, p)) => (h, Some(p)),
-                    None => (authority, None),
-                }
-            };
-            if host.is_empty() {
-                return Err(bad("no host"));
-            }
-            let port = match port {
-                Some(p) => p.parse().map_err(|_| bad("bad port"))?,
-                None => 10809,
-            };
-            (
-                Target::Tcp {
-                    host: host.to_string(),
-                    port,
-                },
-                export,
-            )
-        }
-        _ => {
-            return Err(bad(
-                "unknown scheme (use nbd://, nbds://, nbd+unix:// or nbds+unix://)",
-            ))
+    Ok((socket, tls))
+}
+
+/// The TCP host and port of an `nbd://` URI's `authority` (`host`, `host:port`,
+/// `[v6]:port`; port 10809 by default).
+fn tcp_target(uri: &str, authority: &str) -> std::result::Result<Target, ConnectError> {
+    let bad = |why: &str| bad_uri(uri, why);
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
         }
     };
-    Ok(Uri {
-        target,
-        export,
-        tls,
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let port = match port {
+        Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+        None => 10809,
+    };
+    Ok(Target::Tcp {
+        host: host.to_string(),
+        port,
     })
 }
 
@@ -362,14 +382,33 @@ fn proto_err(msg: &str) -> io::Error {
 }
 
 impl Conn {
+    /// Sends one request and reads its reply: the data into a read's `sink`, the extents
+    /// into a block status's.
     fn request(
         &mut self,
         kind: u16,
         offset: u64,
         len: u32,
         payload: Option<&[u8]>,
-        mut sink: Sink<'_>,
+        sink: Sink<'_>,
     ) -> io::Result<Answer> {
+        let cookie = self.send_request(kind, offset, len, payload)?;
+        let magic = read_u32(&mut self.sock)?;
+        if magic == SIMPLE_REPLY_MAGIC {
+            return self.simple_reply(cookie, sink);
+        }
+        self.structured_reply(magic, cookie, offset, len, sink)
+    }
+
+    /// Writes the request header under a new cookie, then a write's payload; returns the
+    /// cookie.
+    fn send_request(
+        &mut self,
+        kind: u16,
+        offset: u64,
+        len: u32,
+        payload: Option<&[u8]>,
+    ) -> io::Result<u64> {
         self.cookie = self.cookie.wrapping_add(1);
         let cookie = self.cookie;
         let req = Request {
@@ -383,86 +422,54 @@ impl Conn {
         if let Some(p) = payload {
             self.sock.write_all(p)?;
         }
-        let magic = read_u32(&mut self.sock)?;
-        if magic == SIMPLE_REPLY_MAGIC {
-            let error = read_u32(&mut self.sock)?;
-            if read_u64(&mut self.sock)? != cookie {
-                return Err(proto_err("reply to another request"));
-            }
-            if error != 0 {
-                return Ok(Err(nbd_to_errno(error)));
-            }
-            return match sink {
-                Sink::Data(buf) => self.sock.read_exact(buf).map(Ok),
-                Sink::Nothing => Ok(Ok(())),
-                // Block status succeeds with structured replies only.
-                Sink::Extents(_) => Err(proto_err("block status answered by a simple reply")),
-            };
+        Ok(cookie)
+    }
+
+    /// The rest of a simple reply (its magic read): the error, then a read's data.
+    fn simple_reply(&mut self, cookie: u64, sink: Sink<'_>) -> io::Result<Answer> {
+        let error = read_u32(&mut self.sock)?;
+        if read_u64(&mut self.sock)? != cookie {
+            return Err(proto_err("reply to another request"));
         }
-        let mut magic = magic;
+        if error != 0 {
+            return Ok(Err(nbd_to_errno(error)));
+        }
+        match sink {
+            Sink::Data(buf) => self.sock.read_exact(buf).map(Ok),
+            Sink::Nothing => Ok(Ok(())),
+            // Block status succeeds with structured replies only.
+            Sink::Extents(_) => Err(proto_err("block status answered by a simple reply")),
+        }
+    }
+
+    /// The chunks of a structured reply (the first one's magic read), up to the one
+    /// flagged done; the first error chunk is the answer, else a read must be covered
+    /// whole and a block status must have extents.
+    fn structured_reply(
+        &mut self,
+        mut magic: u32,
+        cookie: u64,
+        offset: u64,
+        len: u32,
+        mut sink: Sink<'_>,
+    ) -> io::Result<Answer> {
         let mut error = None;
         let mut covered = 0u64;
         loop {
             if magic != STRUCTURED_REPLY_MAGIC || !self.structured {
                 return Err(proto_err("bad reply magic"));
             }
-            let flags = read_u16(&mut self.sock)?;
-            let chunk = read_u16(&mut self.sock)?;
-            if read_u64(&mut self.sock)? != cookie {
-                return Err(proto_err("reply to another request"));
-            }
-            let clen = read_u32(&mut self.sock)?;
+            let (flags, chunk, clen) = self.chunk_header(cookie)?;
             match chunk {
                 REPLY_TYPE_NONE if clen == 0 => {}
                 REPLY_TYPE_OFFSET_DATA | REPLY_TYPE_OFFSET_HOLE => {
-                    let Sink::Data(buf) = &mut sink else {
-                        return Err(proto_err("content chunk for a non-read"));
-                    };
-                    if clen < 9 || (chunk == REPLY_TYPE_OFFSET_HOLE && clen != 12) {
-                        return Err(proto_err("bad content chunk length"));
-                    }
-                    let at = read_u64(&mut self.sock)?;
-                    let n = if chunk == REPLY_TYPE_OFFSET_DATA {
-                        u64::from(clen - 8)
-                    } else {
-                        u64::from(read_u32(&mut self.sock)?)
-                    };
-                    let start = at
-                        .checked_sub(offset)
-                        .filter(|s| s.checked_add(n).is_some_and(|e| e <= u64::from(len)))
-                        .ok_or_else(|| proto_err("chunk outside the request"))?
-                        as usize;
-                    let dst = &mut buf[start..start + n as usize];
-                    if chunk == REPLY_TYPE_OFFSET_DATA {
-                        self.sock.read_exact(dst)?;
-                    } else {
-                        dst.fill(0);
-                    }
-                    covered += n;
+                    covered += self.content_chunk(chunk, clen, offset, len, &mut sink)?;
                 }
                 c if c & 0x8000 != 0 => {
-                    if !(6..=MAX_OPTION_LEN).contains(&clen) {
-                        return Err(proto_err("bad error chunk"));
-                    }
-                    let mut data = vec![0u8; clen as usize];
-                    self.sock.read_exact(&mut data)?;
-                    error.get_or_insert(nbd_to_errno(be32(&data)));
+                    let e = self.error_chunk(clen)?;
+                    error.get_or_insert(e);
                 }
-                REPLY_TYPE_BLOCK_STATUS => {
-                    if clen > MAX_OPTION_LEN * 128 {
-                        return Err(proto_err("block status too big"));
-                    }
-                    match (&mut sink, self.base_allocation) {
-                        (Sink::Extents(out), Some(id)) => {
-                            let mut data = vec![0u8; clen as usize];
-                            self.sock.read_exact(&mut data)?;
-                            let extents = crate::allocation::parse_block_status(&data, id)
-                                .ok_or_else(|| proto_err("bad block status chunk"))?;
-                            out.extend(extents);
-                        }
-                        _ => discard_bytes(&mut self.sock, clen.into())?,
-                    }
-                }
+                REPLY_TYPE_BLOCK_STATUS => self.block_status_chunk(clen, &mut sink)?,
                 _ => return Err(proto_err("unexpected reply chunk")),
             }
             if flags & REPLY_FLAG_DONE != 0 {
@@ -480,6 +487,82 @@ impl Conn {
             Sink::Extents(out) if out.is_empty() => Err(proto_err("block status without extents")),
             _ => Ok(Ok(())),
         }
+    }
+
+    /// The rest of a chunk header (its magic read): flags, type and length; the cookie
+    /// must be the request's.
+    fn chunk_header(&mut self, cookie: u64) -> io::Result<(u16, u16, u32)> {
+        let flags = read_u16(&mut self.sock)?;
+        let chunk = read_u16(&mut self.sock)?;
+        if read_u64(&mut self.sock)? != cookie {
+            return Err(proto_err("reply to another request"));
+        }
+        let clen = read_u32(&mut self.sock)?;
+        Ok((flags, chunk, clen))
+    }
+
+    /// An `OFFSET_DATA` or `OFFSET_HOLE` chunk of `clen` bytes, into the read's buffer
+    /// (which starts at `offset` and holds `len` bytes); returns the bytes it covers.
+    fn content_chunk(
+        &mut self,
+        chunk: u16,
+        clen: u32,
+        offset: u64,
+        len: u32,
+        sink: &mut Sink<'_>,
+    ) -> io::Result<u64> {
+        let Sink::Data(buf) = sink else {
+            return Err(proto_err("content chunk for a non-read"));
+        };
+        if clen < 9 || (chunk == REPLY_TYPE_OFFSET_HOLE && clen != 12) {
+            return Err(proto_err("bad content chunk length"));
+        }
+        let at = read_u64(&mut self.sock)?;
+        let n = if chunk == REPLY_TYPE_OFFSET_DATA {
+            u64::from(clen - 8)
+        } else {
+            u64::from(read_u32(&mut self.sock)?)
+        };
+        let start = at
+            .checked_sub(offset)
+            .filter(|s| s.checked_add(n).is_some_and(|e| e <= u64::from(len)))
+            .ok_or_else(|| proto_err("chunk outside the request"))? as usize;
+        let dst = &mut buf[start..start + n as usize];
+        if chunk == REPLY_TYPE_OFFSET_DATA {
+            self.sock.read_exact(dst)?;
+        } else {
+            dst.fill(0);
+        }
+        Ok(n)
+    }
+
+    /// An error chunk of `clen` bytes: its NBD error as an errno.
+    fn error_chunk(&mut self, clen: u32) -> io::Result<Errno> {
+        if !(6..=MAX_OPTION_LEN).contains(&clen) {
+            return Err(proto_err("bad error chunk"));
+        }
+        let mut data = vec![0u8; clen as usize];
+        self.sock.read_exact(&mut data)?;
+        Ok(nbd_to_errno(be32(&data)))
+    }
+
+    /// A `BLOCK_STATUS` chunk of `clen` bytes: its `base:allocation` extents added to a
+    /// block status's sink, skipped otherwise.
+    fn block_status_chunk(&mut self, clen: u32, sink: &mut Sink<'_>) -> io::Result<()> {
+        if clen > MAX_OPTION_LEN * 128 {
+            return Err(proto_err("block status too big"));
+        }
+        match (sink, self.base_allocation) {
+            (Sink::Extents(out), Some(id)) => {
+                let mut data = vec![0u8; clen as usize];
+                self.sock.read_exact(&mut data)?;
+                let extents = crate::allocation::parse_block_status(&data, id)
+                    .ok_or_else(|| proto_err("bad block status chunk"))?;
+                out.extend(extents);
+            }
+            _ => discard_bytes(&mut self.sock, clen.into())?,
+        }
+        Ok(())
     }
 }
 
@@ -748,7 +831,27 @@ fn handshake(s: &mut Sock, export: &str, no_zeroes: bool) -> io::Result<Handshak
     } else {
         None
     };
+    let (size, flags) = match go(s, export)? {
+        Some(Ok(export)) => export,
+        Some(Err(e)) => return Ok(Err(e)),
+        // An old server without NBD_OPT_GO.
+        None => export_name_without_go(s, export, no_zeroes)?,
+    };
+    Ok(Ok(Agreed {
+        structured,
+        base_allocation,
+        size,
+        flags,
+    }))
+}
 
+/// The export's size and flags as `NBD_OPT_GO` gives them; None when the server does not
+/// know the option.
+type Go = Option<std::result::Result<(u64, u16), ConnectError>>;
+
+/// `NBD_OPT_GO` for `export`: its size and transmission flags, from the server's
+/// `NBD_INFO_EXPORT`.
+fn go(s: &mut Sock, export: &str) -> io::Result<Go> {
     let mut go = Vec::new();
     go.extend_from_slice(&(export.len() as u32).to_be_bytes());
     go.extend_from_slice(export.as_bytes());
@@ -764,46 +867,42 @@ fn handshake(s: &mut Sock, export: &str, no_zeroes: bool) -> io::Result<Handshak
                 }
             }
             REP_ACK => {
-                let Some((size, flags)) = info else {
+                let Some(info) = info else {
                     return Err(proto_err("NBD_OPT_GO succeeded without export info"));
                 };
-                return Ok(Ok(Agreed {
-                    structured,
-                    base_allocation,
-                    size,
-                    flags,
-                }));
+                return Ok(Some(Ok(info)));
             }
-            REP_ERR_UNSUP => break,
-            _ => {
-                let msg = String::from_utf8_lossy(&data);
-                let what = match kind {
-                    REP_ERR_UNKNOWN => "no such export",
-                    REP_ERR_POLICY => "refused by policy",
-                    REP_ERR_SHUTDOWN => "server shutting down",
-                    REP_ERR_TLS_REQD => "the server requires TLS (use nbds://)",
-                    _ => "refused",
-                };
-                return Ok(Err(ConnectError::Protocol(format!(
-                    "export {export:?}: {what}{}{msg}",
-                    if msg.is_empty() { "" } else { ": " }
-                ))));
-            }
+            REP_ERR_UNSUP => return Ok(None),
+            _ => return Ok(Some(Err(go_refused(export, kind, &data)))),
         }
     }
-    // An old server without NBD_OPT_GO.
+}
+
+/// Why the server refused `NBD_OPT_GO` for `export`, with reply `kind` and message `data`.
+fn go_refused(export: &str, kind: u32, data: &[u8]) -> ConnectError {
+    let msg = String::from_utf8_lossy(data);
+    let what = match kind {
+        REP_ERR_UNKNOWN => "no such export",
+        REP_ERR_POLICY => "refused by policy",
+        REP_ERR_SHUTDOWN => "server shutting down",
+        REP_ERR_TLS_REQD => "the server requires TLS (use nbds://)",
+        _ => "refused",
+    };
+    ConnectError::Protocol(format!(
+        "export {export:?}: {what}{}{msg}",
+        if msg.is_empty() { "" } else { ": " }
+    ))
+}
+
+/// `NBD_OPT_EXPORT_NAME`, for servers without `NBD_OPT_GO`: the export's size and flags.
+fn export_name_without_go(s: &mut Sock, export: &str, no_zeroes: bool) -> io::Result<(u64, u16)> {
     s.write_all(&option_request(OPT_EXPORT_NAME, export.as_bytes()))?;
     let size = read_u64(s)?;
     let flags = read_u16(s)?;
     if !no_zeroes {
         discard_bytes(s, 124)?;
     }
-    Ok(Ok(Agreed {
-        structured,
-        base_allocation,
-        size,
-        flags,
-    }))
+    Ok((size, flags))
 }
 
 impl BlockDevice for NbdDevice {

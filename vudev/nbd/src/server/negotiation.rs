@@ -83,114 +83,139 @@ impl<S: Transport> Conn<'_, S> {
                     "handshake too slow",
                 ));
             }
-            if read_u64(&mut self.s)? != IHAVEOPT {
-                return Err(protocol_error("bad option magic"));
-            }
-            let option = read_u32(&mut self.s)?;
-            let len = read_u32(&mut self.s)?;
-            if len > MAX_OPTION_LEN {
-                if option == OPT_EXPORT_NAME {
-                    return Err(protocol_error("export name too long"));
-                }
-                self.opt_error(option, REP_ERR_TOO_BIG, "option data over 64 KiB")?;
-                if len > MAX_SKIPPABLE_OPTION {
-                    return Err(protocol_error("option data too big"));
-                }
-                discard_bytes(&mut self.s, len.into())?;
+            let Some((option, data)) = self.read_option()? else {
                 continue;
-            }
-            let mut data = vec![0u8; len as usize];
-            self.s.read_exact(&mut data)?;
-            if self.server.is_shutting_down() {
-                self.opt_error(option, REP_ERR_SHUTDOWN, "server shutting down")?;
-                return Ok(Next::Done);
-            }
-            if self.tls_required() && option != OPT_STARTTLS && option != OPT_ABORT {
-                if option == OPT_EXPORT_NAME {
-                    // It cannot be answered with an error.
-                    self.server.log(format_args!(
-                        "client {}: NBD_OPT_EXPORT_NAME without TLS, which is required",
-                        self.peer
-                    ));
-                    return Ok(Next::Done);
-                }
-                self.opt_error(
-                    option,
-                    REP_ERR_TLS_REQD,
-                    "TLS is required: send NBD_OPT_STARTTLS first",
-                )?;
-                continue;
-            }
-            match option {
-                OPT_EXPORT_NAME => {
-                    let name = std::str::from_utf8(&data).unwrap_or("\u{fffd}");
-                    let Some(index) = self.server.find(name) else {
-                        self.server.log(format_args!(
-                            "client {} asked for unknown export {name:?}",
-                            self.peer
-                        ));
-                        return Ok(Next::Done);
-                    };
-                    let export = &self.server.exports[index].1;
-                    let mut reply = Vec::with_capacity(134);
-                    reply.extend_from_slice(&export.device.size().to_be_bytes());
-                    reply.extend_from_slice(&export.flags(self.structured).to_be_bytes());
-                    if !self.no_zeroes {
-                        reply.extend_from_slice(&[0u8; 124]);
-                    }
-                    self.send(&reply)?;
-                    return Ok(Next::Go(index));
-                }
-                OPT_ABORT => {
-                    let _ = self.opt_reply(option, REP_ACK, &[]);
-                    return Ok(Next::Done);
-                }
-                OPT_LIST => {
-                    if !data.is_empty() {
-                        self.opt_error(option, REP_ERR_INVALID, "NBD_OPT_LIST takes no data")?;
-                        continue;
-                    }
-                    for i in 0..self.server.exports.len() {
-                        let (name, export) = &self.server.exports[i];
-                        let mut d = Vec::new();
-                        d.extend_from_slice(&(name.len() as u32).to_be_bytes());
-                        d.extend_from_slice(name.as_bytes());
-                        d.extend_from_slice(
-                            truncate_utf8(&export.description, MAX_STRING).as_bytes(),
-                        );
-                        self.opt_reply(option, REP_SERVER, &d)?;
-                    }
-                    self.opt_reply(option, REP_ACK, &[])?;
-                }
-                OPT_INFO | OPT_GO => {
-                    if let Some(index) = self.info_or_go(option, &data)? {
-                        if option == OPT_GO {
-                            return Ok(Next::Go(index));
-                        }
-                    }
-                }
-                OPT_STRUCTURED_REPLY => {
-                    if !data.is_empty() {
-                        self.opt_error(option, REP_ERR_INVALID, "option takes no data")?;
-                    } else {
-                        self.structured = true;
-                        self.opt_reply(option, REP_ACK, &[])?;
-                    }
-                }
-                OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
-                    self.meta_context(option, &data)?;
-                }
-                OPT_STARTTLS => {
-                    if let Some(next) = self.starttls(&data)? {
-                        return Ok(next);
-                    }
-                }
-                _ => {
-                    self.opt_error(option, REP_ERR_UNSUP, "unknown option")?;
-                }
+            };
+            if let Some(next) = self.answer_option(option, &data)? {
+                return Ok(next);
             }
         }
         Err(protocol_error("too many options"))
+    }
+
+    /// The next option and its data; None for one whose data is over 64 KiB, refused
+    /// with `NBD_REP_ERR_TOO_BIG` and skipped (an export name that long, or data over
+    /// 1 MiB, ends the session).
+    fn read_option(&mut self) -> io::Result<Option<(u32, Vec<u8>)>> {
+        if read_u64(&mut self.s)? != IHAVEOPT {
+            return Err(protocol_error("bad option magic"));
+        }
+        let option = read_u32(&mut self.s)?;
+        let len = read_u32(&mut self.s)?;
+        if len > MAX_OPTION_LEN {
+            if option == OPT_EXPORT_NAME {
+                return Err(protocol_error("export name too long"));
+            }
+            self.opt_error(option, REP_ERR_TOO_BIG, "option data over 64 KiB")?;
+            if len > MAX_SKIPPABLE_OPTION {
+                return Err(protocol_error("option data too big"));
+            }
+            discard_bytes(&mut self.s, len.into())?;
+            return Ok(None);
+        }
+        let mut data = vec![0u8; len as usize];
+        self.s.read_exact(&mut data)?;
+        Ok(Some((option, data)))
+    }
+
+    /// Answers one option; `Some` when haggling ends with it.
+    fn answer_option(&mut self, option: u32, data: &[u8]) -> io::Result<Option<Next>> {
+        if self.server.is_shutting_down() {
+            self.opt_error(option, REP_ERR_SHUTDOWN, "server shutting down")?;
+            return Ok(Some(Next::Done));
+        }
+        if self.tls_required() && option != OPT_STARTTLS && option != OPT_ABORT {
+            return self.refuse_without_tls(option);
+        }
+        match option {
+            OPT_EXPORT_NAME => return self.export_name(data).map(Some),
+            OPT_ABORT => {
+                let _ = self.opt_reply(option, REP_ACK, &[]);
+                return Ok(Some(Next::Done));
+            }
+            OPT_LIST => self.list(data)?,
+            OPT_INFO | OPT_GO => {
+                if let Some(index) = self.info_or_go(option, data)? {
+                    if option == OPT_GO {
+                        return Ok(Some(Next::Go(index)));
+                    }
+                }
+            }
+            OPT_STRUCTURED_REPLY => {
+                if !data.is_empty() {
+                    self.opt_error(option, REP_ERR_INVALID, "option takes no data")?;
+                } else {
+                    self.structured = true;
+                    self.opt_reply(option, REP_ACK, &[])?;
+                }
+            }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                self.meta_context(option, data)?;
+            }
+            OPT_STARTTLS => return self.starttls(data),
+            _ => {
+                self.opt_error(option, REP_ERR_UNSUP, "unknown option")?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Refuses an option sent before the TLS that is required: with
+    /// `NBD_REP_ERR_TLS_REQD`, or for `NBD_OPT_EXPORT_NAME` (which cannot be answered with
+    /// an error) by hanging up.
+    fn refuse_without_tls(&mut self, option: u32) -> io::Result<Option<Next>> {
+        if option == OPT_EXPORT_NAME {
+            // It cannot be answered with an error.
+            self.server.log(format_args!(
+                "client {}: NBD_OPT_EXPORT_NAME without TLS, which is required",
+                self.peer
+            ));
+            return Ok(Some(Next::Done));
+        }
+        self.opt_error(
+            option,
+            REP_ERR_TLS_REQD,
+            "TLS is required: send NBD_OPT_STARTTLS first",
+        )?;
+        Ok(None)
+    }
+
+    /// Answers `NBD_OPT_EXPORT_NAME`: the export's size and flags, then transmission; an
+    /// unknown name ends the session (it cannot be answered with an error).
+    fn export_name(&mut self, data: &[u8]) -> io::Result<Next> {
+        let name = std::str::from_utf8(data).unwrap_or("\u{fffd}");
+        let Some(index) = self.server.find(name) else {
+            self.server.log(format_args!(
+                "client {} asked for unknown export {name:?}",
+                self.peer
+            ));
+            return Ok(Next::Done);
+        };
+        let export = &self.server.exports[index].1;
+        let mut reply = Vec::with_capacity(134);
+        reply.extend_from_slice(&export.device.size().to_be_bytes());
+        reply.extend_from_slice(&export.flags(self.structured).to_be_bytes());
+        if !self.no_zeroes {
+            reply.extend_from_slice(&[0u8; 124]);
+        }
+        self.send(&reply)?;
+        Ok(Next::Go(index))
+    }
+
+    /// Answers `NBD_OPT_LIST`: one `NBD_REP_SERVER` per export, name and description.
+    fn list(&mut self, data: &[u8]) -> io::Result<()> {
+        if !data.is_empty() {
+            return self.opt_error(OPT_LIST, REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
+        }
+        for i in 0..self.server.exports.len() {
+            let (name, export) = &self.server.exports[i];
+            let mut d = Vec::new();
+            d.extend_from_slice(&(name.len() as u32).to_be_bytes());
+            d.extend_from_slice(name.as_bytes());
+            d.extend_from_slice(truncate_utf8(&export.description, MAX_STRING).as_bytes());
+            self.opt_reply(OPT_LIST, REP_SERVER, &d)?;
+        }
+        self.opt_reply(OPT_LIST, REP_ACK, &[])
     }
 
     fn info_or_go(&mut self, option: u32, data: &[u8]) -> io::Result<Option<usize>> {

@@ -6,6 +6,7 @@ use super::connection::Conn;
 use super::protocol_error;
 use super::transport::{write_parts, SockOut, Transport};
 use super::workers::{Job, Pipe, Worker, MAX_INFLIGHT_BYTES, QUEUED, WORKERS};
+use super::Export;
 use crate::proto::*;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -216,132 +217,24 @@ impl<S: Transport> Conn<'_, S> {
     ) -> io::Result<Step> {
         let server = self.server;
         let (name, export) = &server.exports[index];
-        if server.is_shutting_down() {
-            let f = Failure(NBD_ESHUTDOWN, "server shutting down".into());
+        if let Some(f) = self.refusal(&req) {
             self.reply_failure(&req, f, name)?;
             return Ok(Step::Next);
         }
-        let allowed = match req.kind {
-            CMD_READ if self.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
-            CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
-            CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
-            _ => CMD_FLAG_FUA,
-        };
-        if req.flags & !allowed != 0 {
-            self.reply_failure(&req, Failure::inval("unknown command flags"), name)?;
-            return Ok(Step::Next);
-        }
         let fua = req.flags & CMD_FLAG_FUA != 0;
-        let dev = &export.device;
-        let result: Result<(), Failure> = match req.kind {
+        let served = match req.kind {
             CMD_DISC => return Ok(Step::HangUp),
-            CMD_READ => {
-                if req.len > MAX_PAYLOAD {
-                    Err(Failure::inval("read longer than 32 MiB"))
-                } else if !in_range {
-                    Err(Failure::inval("read past the end of the export"))
-                } else if let Some((file, base)) = &export.direct {
-                    if self.s.socket_fd().is_some() {
-                        self.send_read_direct(&req, file, base + req.offset)?;
-                        return Ok(Step::Next);
-                    }
-                    buf.resize(req.len as usize, 0);
-                    match dev.read_exact_at(buf, req.offset) {
-                        Ok(()) => {
-                            self.send_read(&req, buf)?;
-                            return Ok(Step::Next);
-                        }
-                        Err(e) => Err(Failure::errno(e)),
-                    }
-                } else {
-                    buf.resize(req.len as usize, 0);
-                    match dev.read_exact_at(buf, req.offset) {
-                        Ok(()) => {
-                            self.send_read(&req, buf)?;
-                            return Ok(Step::Next);
-                        }
-                        Err(e) => Err(Failure::errno(e)),
-                    }
-                }
-            }
-            CMD_WRITE => {
-                if export.read_only {
-                    Err(Failure(NBD_EPERM, "export is read-only".into()))
-                } else if !in_range {
-                    Err(Failure(
-                        NBD_ENOSPC,
-                        "write past the end of the export".into(),
-                    ))
-                } else {
-                    dev.write_all_at(buf, req.offset)
-                        .and_then(|()| if fua { dev.flush() } else { Ok(()) })
-                        .map_err(Failure::errno)
-                }
-            }
-            CMD_FLUSH => dev.flush().map_err(Failure::errno),
-            CMD_TRIM => {
-                if export.read_only {
-                    Err(Failure(NBD_EPERM, "export is read-only".into()))
-                } else if !in_range {
-                    Err(Failure::inval("trim past the end of the export"))
-                } else {
-                    dev.discard(req.offset, req.len.into())
-                        .and_then(|()| if fua { dev.flush() } else { Ok(()) })
-                        .map_err(Failure::errno)
-                }
-            }
-            CMD_CACHE => {
-                if in_range {
-                    dev.prefetch(req.offset, req.len.into());
-                    Ok(())
-                } else {
-                    Err(Failure::inval("cache past the end of the export"))
-                }
-            }
-            CMD_WRITE_ZEROES => {
-                if export.read_only {
-                    Err(Failure(NBD_EPERM, "export is read-only".into()))
-                } else if !in_range {
-                    Err(Failure(
-                        NBD_ENOSPC,
-                        "zeroing past the end of the export".into(),
-                    ))
-                } else {
-                    let can_punch = req.flags & CMD_FLAG_NO_HOLE == 0 && dev.discard_zeroes();
-                    if req.flags & CMD_FLAG_FAST_ZERO != 0 && !can_punch {
-                        Err(Failure(NBD_ENOTSUP, "zeroing would not be fast".into()))
-                    } else {
-                        let r = if can_punch {
-                            dev.discard(req.offset, req.len.into())
-                        } else {
-                            write_zeros(dev.as_ref(), req.offset, req.len.into())
-                        };
-                        r.and_then(|()| if fua { dev.flush() } else { Ok(()) })
-                            .map_err(Failure::errno)
-                    }
-                }
-            }
-            CMD_BLOCK_STATUS => {
-                if !self.structured || self.meta != Some(index) {
-                    Err(Failure::inval("no metadata context was selected"))
-                } else if req.len == 0 || !in_range {
-                    Err(Failure::inval("block status outside the export"))
-                } else {
-                    let max = if req.flags & CMD_FLAG_REQ_ONE != 0 {
-                        1
-                    } else {
-                        MAX_EXTENTS
-                    };
-                    match export.device.extents(req.offset, req.len.into(), max) {
-                        Ok(extents) => {
-                            self.send_block_status(&req, &extents, max)?;
-                            return Ok(Step::Next);
-                        }
-                        Err(e) => Err(Failure::errno(e)),
-                    }
-                }
-            }
-            _ => Err(Failure::inval("unknown command")),
+            CMD_READ => self.serve_read(export, &req, in_range, buf)?,
+            CMD_WRITE => Served::Answer(write_payload(export, &req, in_range, fua, buf)),
+            CMD_FLUSH => Served::Answer(export.device.flush().map_err(Failure::errno)),
+            CMD_TRIM => Served::Answer(trim(export, &req, in_range, fua)),
+            CMD_CACHE => Served::Answer(cache(export, &req, in_range)),
+            CMD_WRITE_ZEROES => Served::Answer(write_zeroes(export, &req, in_range, fua)),
+            CMD_BLOCK_STATUS => self.serve_block_status(index, &req, in_range)?,
+            _ => Served::Answer(Err(Failure::inval("unknown command"))),
+        };
+        let Served::Answer(result) = served else {
+            return Ok(Step::Next);
         };
         match result {
             Ok(()) => self.reply_ok(req.cookie)?,
@@ -351,6 +244,89 @@ impl<S: Transport> Conn<'_, S> {
             *buf = Vec::new();
         }
         Ok(Step::Next)
+    }
+
+    /// Why `req` is refused before it is looked at, if it is: the server shutting down, or
+    /// flags its command does not take (here).
+    fn refusal(&self, req: &Request) -> Option<Failure> {
+        if self.server.is_shutting_down() {
+            return Some(Failure(NBD_ESHUTDOWN, "server shutting down".into()));
+        }
+        let allowed = match req.kind {
+            CMD_READ if self.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
+            CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+            CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+            _ => CMD_FLAG_FUA,
+        };
+        (req.flags & !allowed != 0).then(|| Failure::inval("unknown command flags"))
+    }
+
+    /// READ: the data sent from the raw file with `sendfile` when the export has one and
+    /// the stream is a plain socket, else read into `buf` and sent from there.
+    fn serve_read(
+        &mut self,
+        export: &Export,
+        req: &Request,
+        in_range: bool,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<Served> {
+        if req.len > MAX_PAYLOAD {
+            return Ok(Served::Answer(Err(Failure::inval(
+                "read longer than 32 MiB",
+            ))));
+        }
+        if !in_range {
+            return Ok(Served::Answer(Err(Failure::inval(
+                "read past the end of the export",
+            ))));
+        }
+        if let Some((file, base)) = &export.direct {
+            if self.s.socket_fd().is_some() {
+                self.send_read_direct(req, file, base + req.offset)?;
+                return Ok(Served::Replied);
+            }
+        }
+        buf.resize(req.len as usize, 0);
+        match export.device.read_exact_at(buf, req.offset) {
+            Ok(()) => {
+                self.send_read(req, buf)?;
+                Ok(Served::Replied)
+            }
+            Err(e) => Ok(Served::Answer(Err(Failure::errno(e)))),
+        }
+    }
+
+    /// BLOCK_STATUS of export `index` (only with `base:allocation` selected for it): at
+    /// most one extent with `NBD_CMD_FLAG_REQ_ONE`.
+    fn serve_block_status(
+        &mut self,
+        index: usize,
+        req: &Request,
+        in_range: bool,
+    ) -> io::Result<Served> {
+        if !self.structured || self.meta != Some(index) {
+            return Ok(Served::Answer(Err(Failure::inval(
+                "no metadata context was selected",
+            ))));
+        }
+        if req.len == 0 || !in_range {
+            return Ok(Served::Answer(Err(Failure::inval(
+                "block status outside the export",
+            ))));
+        }
+        let max = if req.flags & CMD_FLAG_REQ_ONE != 0 {
+            1
+        } else {
+            MAX_EXTENTS
+        };
+        let export = &self.server.exports[index].1;
+        match export.device.extents(req.offset, req.len.into(), max) {
+            Ok(extents) => {
+                self.send_block_status(req, &extents, max)?;
+                Ok(Served::Replied)
+            }
+            Err(e) => Ok(Served::Answer(Err(Failure::errno(e)))),
+        }
     }
 
     fn send_read(&mut self, req: &Request, data: &[u8]) -> io::Result<()> {
@@ -476,6 +452,86 @@ pub(super) fn send_read_direct_to<W: Transport>(
         }
     }
     Ok(())
+}
+
+/// How [`execute`](Conn::execute) ends a command: replied to already (read data, block
+/// status), or to be answered with a plain reply (or an error).
+enum Served {
+    Replied,
+    Answer(Result<(), Failure>),
+}
+
+/// `r`, then a flush when the request asked for FUA.
+fn flushed_if(dev: &dyn BlockDevice, fua: bool, r: vudev::Result<()>) -> Result<(), Failure> {
+    r.and_then(|()| if fua { dev.flush() } else { Ok(()) })
+        .map_err(Failure::errno)
+}
+
+/// WRITE served here (the workers serve the plain ones): `data` at the request's offset.
+fn write_payload(
+    export: &Export,
+    req: &Request,
+    in_range: bool,
+    fua: bool,
+    data: &[u8],
+) -> Result<(), Failure> {
+    if export.read_only {
+        return Err(Failure(NBD_EPERM, "export is read-only".into()));
+    }
+    if !in_range {
+        return Err(Failure(
+            NBD_ENOSPC,
+            "write past the end of the export".into(),
+        ));
+    }
+    let dev = export.device.as_ref();
+    flushed_if(dev, fua, dev.write_all_at(data, req.offset))
+}
+
+/// TRIM: the range discarded.
+fn trim(export: &Export, req: &Request, in_range: bool, fua: bool) -> Result<(), Failure> {
+    if export.read_only {
+        return Err(Failure(NBD_EPERM, "export is read-only".into()));
+    }
+    if !in_range {
+        return Err(Failure::inval("trim past the end of the export"));
+    }
+    let dev = export.device.as_ref();
+    flushed_if(dev, fua, dev.discard(req.offset, req.len.into()))
+}
+
+/// CACHE: the range prefetched.
+fn cache(export: &Export, req: &Request, in_range: bool) -> Result<(), Failure> {
+    if !in_range {
+        return Err(Failure::inval("cache past the end of the export"));
+    }
+    export.device.prefetch(req.offset, req.len.into());
+    Ok(())
+}
+
+/// WRITE_ZEROES: punched when the device's discard zeroes and holes are allowed, else
+/// zeros written; refused with `NBD_CMD_FLAG_FAST_ZERO` when it cannot punch.
+fn write_zeroes(export: &Export, req: &Request, in_range: bool, fua: bool) -> Result<(), Failure> {
+    if export.read_only {
+        return Err(Failure(NBD_EPERM, "export is read-only".into()));
+    }
+    if !in_range {
+        return Err(Failure(
+            NBD_ENOSPC,
+            "zeroing past the end of the export".into(),
+        ));
+    }
+    let dev = export.device.as_ref();
+    let can_punch = req.flags & CMD_FLAG_NO_HOLE == 0 && dev.discard_zeroes();
+    if req.flags & CMD_FLAG_FAST_ZERO != 0 && !can_punch {
+        return Err(Failure(NBD_ENOTSUP, "zeroing would not be fast".into()));
+    }
+    let r = if can_punch {
+        dev.discard(req.offset, req.len.into())
+    } else {
+        write_zeros(dev, req.offset, req.len.into())
+    };
+    flushed_if(dev, fua, r)
 }
 
 /// Writes `len` zero bytes at `offset` in 1 MiB pieces.
