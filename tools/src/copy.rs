@@ -406,94 +406,150 @@ pub fn into_volume(
     let mut xattrs_noted = false;
     for item in items {
         let meta = policy.apply(item.meta);
-        let (parent, name) = split(&item.dest);
-        let name = OsStr::new(&name);
         let second_name = item.link.and_then(|key| written.get(&key));
         if item.kind != ItemKind::Dir {
             progress.file_done();
         }
         if let Some(&first) = second_name.filter(|_| dst.kind.has_hard_links()) {
             // FAT and exFAT have no links: there, each name gets its own copy.
-            let parent = dst.mkdir_p(&parent, None)?;
-            dst.link(first, parent, name, &item.dest)?;
+            link_second_name(dst, item, first)?;
             continue;
         }
-        let made = match &item.kind {
-            ItemKind::Dir => {
-                let ino = dst.mkdir_p(&item.dest, Some(&meta))?;
-                dirs.push((ino, meta, &item.dest));
-                Some(ino)
-            }
-            ItemKind::File(_) => {
-                let parent = dst.mkdir_p(&parent, None)?;
-                let mut data = open_origin(item, src)?;
-                Some(dst.write_file(
-                    parent,
-                    name,
-                    &mut data,
-                    Some(&meta),
-                    &item.dest,
-                    &mut |n| progress.advance(n),
-                )?)
-            }
-            ItemKind::Symlink(target) => {
-                let parent = dst.mkdir_p(&parent, None)?;
-                if !dst.kind.has_symlinks() {
-                    crate::progress::note(&format!(
-                        "skipping symbolic link {}: {} has none",
-                        item.dest,
-                        dst.kind.name()
-                    ));
-                    continue;
-                }
-                let ino = dst.symlink(parent, name, target, &item.dest)?;
-                if dst.kind.keeps_modes() {
-                    // Times and owner; a link's mode bits mean nothing.
-                    let mut m = meta;
-                    m.perm = 0o777;
-                    dst.set_meta(ino, &m, &item.dest)?;
-                }
-                Some(ino)
-            }
-            ItemKind::Node { kind, rdev } => {
-                let parent = dst.mkdir_p(&parent, None)?;
-                if !dst.kind.has_special_files() {
-                    crate::progress::note(&format!(
-                        "skipping {} {}: {} has none",
-                        node_name(*kind),
-                        item.dest,
-                        dst.kind.name()
-                    ));
-                    continue;
-                }
-                let ino = dst.mknod(parent, name, *kind, meta.perm, *rdev, &item.dest)?;
-                dst.set_meta(ino, &meta, &item.dest)?;
-                Some(ino)
-            }
+        let Some(ino) = make_in_volume(item, &meta, src, dst, progress)? else {
+            continue;
         };
-        let Some(ino) = made else { continue };
+        if item.kind == ItemKind::Dir {
+            dirs.push((ino, meta, &item.dest));
+        }
         if let Some(key) = item.link {
             written.insert(key, ino);
         }
-        if item.xattrs.is_empty() {
-            continue;
-        }
-        if dst.kind.keeps_modes() {
-            dst.set_xattrs(ino, &item.xattrs, &item.dest)?;
-        } else if !xattrs_noted {
-            xattrs_noted = true;
-            crate::progress::note(&format!(
-                "extended attributes not kept ({} has none), first on {}",
-                dst.kind.name(),
-                item.dest
-            ));
+        if !item.xattrs.is_empty() {
+            set_or_note_xattrs(dst, item, ino, &mut xattrs_noted)?;
         }
     }
     // Directory times last, deepest first: adding entries changed them.
     for (ino, meta, shown) in dirs.iter().rev() {
         dst.set_meta(*ino, meta, shown)?;
     }
-    // Parents made on the way get the clamped time of reproducible builds.
+    clamp_parents_made(dst, &dirs, policy)
+}
+
+/// Gives `item` its name in `dst` as a hard link to `first`, the file written under its
+/// first name.
+fn link_second_name(dst: &Volume, item: &Item, first: Ino) -> Outcome {
+    let (parent, name) = split(&item.dest);
+    let parent = dst.mkdir_p(&parent, None)?;
+    dst.link(first, parent, OsStr::new(&name), &item.dest)
+}
+
+/// Creates `item` in `dst` with `meta` (its parents as needed): its inode, or None for a
+/// symbolic link or special file that `dst` cannot hold (skipped with a note).
+fn make_in_volume(
+    item: &Item,
+    meta: &Meta,
+    src: Option<&Volume>,
+    dst: &Volume,
+    progress: &mut Progress,
+) -> Outcome<Option<Ino>> {
+    let (parent, name) = split(&item.dest);
+    let name = OsStr::new(&name);
+    match &item.kind {
+        ItemKind::Dir => Ok(Some(dst.mkdir_p(&item.dest, Some(meta))?)),
+        ItemKind::File(_) => {
+            let parent = dst.mkdir_p(&parent, None)?;
+            let mut data = open_origin(item, src)?;
+            Ok(Some(dst.write_file(
+                parent,
+                name,
+                &mut data,
+                Some(meta),
+                &item.dest,
+                &mut |n| progress.advance(n),
+            )?))
+        }
+        ItemKind::Symlink(target) => {
+            let parent = dst.mkdir_p(&parent, None)?;
+            make_symlink(dst, item, parent, name, target, meta)
+        }
+        ItemKind::Node { kind, rdev } => {
+            let parent = dst.mkdir_p(&parent, None)?;
+            make_node(dst, item, parent, name, (*kind, *rdev), meta)
+        }
+    }
+}
+
+/// Creates the symbolic link `item` (to `target`) as `name` in `parent`, with the times
+/// and owner of `meta` where `dst` keeps them; None (with a note) if `dst` has none.
+fn make_symlink(
+    dst: &Volume,
+    item: &Item,
+    parent: Ino,
+    name: &OsStr,
+    target: &[u8],
+    meta: &Meta,
+) -> Outcome<Option<Ino>> {
+    if !dst.kind.has_symlinks() {
+        crate::progress::note(&format!(
+            "skipping symbolic link {}: {} has none",
+            item.dest,
+            dst.kind.name()
+        ));
+        return Ok(None);
+    }
+    let ino = dst.symlink(parent, name, target, &item.dest)?;
+    if dst.kind.keeps_modes() {
+        // Times and owner; a link's mode bits mean nothing.
+        let mut m = *meta;
+        m.perm = 0o777;
+        dst.set_meta(ino, &m, &item.dest)?;
+    }
+    Ok(Some(ino))
+}
+
+/// Creates the fifo, socket or device node `item` (`kind`, `rdev`) as `name` in `parent`
+/// with `meta`; None (with a note) if `dst` has no special files.
+fn make_node(
+    dst: &Volume,
+    item: &Item,
+    parent: Ino,
+    name: &OsStr,
+    (kind, rdev): (FileKind, u32),
+    meta: &Meta,
+) -> Outcome<Option<Ino>> {
+    if !dst.kind.has_special_files() {
+        crate::progress::note(&format!(
+            "skipping {} {}: {} has none",
+            node_name(kind),
+            item.dest,
+            dst.kind.name()
+        ));
+        return Ok(None);
+    }
+    let ino = dst.mknod(parent, name, kind, meta.perm, rdev, &item.dest)?;
+    dst.set_meta(ino, meta, &item.dest)?;
+    Ok(Some(ino))
+}
+
+/// Sets the extended attributes of `item` on `ino` where `dst` keeps them; elsewhere notes
+/// once (`noted`) that they are not kept.
+fn set_or_note_xattrs(dst: &Volume, item: &Item, ino: Ino, noted: &mut bool) -> Outcome {
+    if dst.kind.keeps_modes() {
+        dst.set_xattrs(ino, &item.xattrs, &item.dest)?;
+    } else if !*noted {
+        *noted = true;
+        crate::progress::note(&format!(
+            "extended attributes not kept ({} has none), first on {}",
+            dst.kind.name(),
+            item.dest
+        ));
+    }
+    Ok(())
+}
+
+/// Gives the parents made on the way (not among the planned `dirs`) the clamped time of
+/// reproducible builds, when `policy` clamps; forgets them either way.
+fn clamp_parents_made(dst: &Volume, dirs: &[(Ino, Meta, &str)], policy: MetaPolicy) -> Outcome {
     let made = dst.take_created_dirs();
     if let Some(t) = policy.clamp {
         let planned: std::collections::HashSet<Ino> = dirs.iter().map(|d| d.0).collect();

@@ -122,77 +122,15 @@ pub fn grow(image: &Path, size: &str) -> Outcome {
 /// `vuimg part ...`.
 pub fn part_command(cmd: PartCommand) -> Outcome {
     match cmd {
-        PartCommand::New { image, label, id } => {
-            let dev = open_rw(&image)?;
-            let table = match label {
-                Label::Mbr => {
-                    let id = match id {
-                        Some(text) => u32::from_str_radix(text.trim_start_matches("0x"), 16)
-                            .map_err(|_| {
-                                Failure(format!("MBR id {text:?} is not a 32-bit hex number"))
-                            })?,
-                        None => uuid::Uuid::new_v4().as_u128() as u32,
-                    };
-                    PartitionTable::new_mbr(dev.size(), dev.sector_size(), id)?
-                }
-                Label::Gpt => {
-                    let guid = match id {
-                        Some(text) => uuid::Uuid::parse_str(&text)
-                            .map_err(|_| Failure(format!("GUID {text:?} is invalid")))?,
-                        None => uuid::Uuid::new_v4(),
-                    };
-                    PartitionTable::new_gpt(dev.size(), dev.sector_size(), guid)?
-                }
-            };
-            part::write(&*dev, &table)?;
-        }
-        PartCommand::Add(args) => {
-            let dev = open_rw(&args.image)?;
-            let mut table = read_table(&dev)?;
-            let gpt = table.scheme == Scheme::Gpt;
-            let spec = NewPartition {
-                number: args.number,
-                start: args.start,
-                sectors: args
-                    .size
-                    .as_deref()
-                    .map(|s| sectors_of(&table, s))
-                    .transpose()?,
-                ptype: PartType::parse(&args.ptype, gpt).map_err(Failure)?,
-                name: args.name,
-                bootable: args.bootable,
-                logical: args.logical,
-                uuid: None,
-            };
-            let number = table.add(spec)?;
-            part::write(&*dev, &table)?;
-            crate::outln!("{number}")?;
-        }
-        PartCommand::Del { image, number } => {
-            let dev = open_rw(&image)?;
-            let mut table = read_table(&dev)?;
-            table.delete(number)?;
-            part::write(&*dev, &table)?;
-        }
+        PartCommand::New { image, label, id } => part_new(&image, label, id),
+        PartCommand::Add(args) => part_add(args),
+        PartCommand::Del { image, number } => part_del(&image, number),
         PartCommand::Resize {
             image,
             number,
             size,
             force,
-        } => {
-            let dev = open_rw(&image)?;
-            let mut table = read_table(&dev)?;
-            if size == "max" {
-                table.grow_to_fill(number)?;
-            } else {
-                let sectors = sectors_of(&table, &size)?;
-                if !force {
-                    refuse_cutting_a_filesystem(&dev, &table, number, sectors)?;
-                }
-                table.resize(number, sectors)?;
-            }
-            part::write(&*dev, &table)?;
-        }
+        } => part_resize(&image, number, &size, force),
         PartCommand::Set {
             image,
             number,
@@ -200,33 +138,134 @@ pub fn part_command(cmd: PartCommand) -> Outcome {
             name,
             bootable,
             no_bootable,
-        } => {
-            let dev = open_rw(&image)?;
-            let mut table = read_table(&dev)?;
-            if let Some(t) = ptype {
-                let parsed = PartType::parse(&t, table.scheme == Scheme::Gpt).map_err(Failure)?;
-                table.set_type(number, parsed)?;
-            }
-            if let Some(n) = name {
-                table.set_name(number, &n)?;
-            }
-            if bootable || no_bootable {
-                table.set_bootable(number, bootable)?;
-            }
-            part::write(&*dev, &table)?;
+        } => part_set(
+            &image,
+            number,
+            ptype,
+            name,
+            (bootable || no_bootable).then_some(bootable),
+        ),
+        PartCommand::List { image, json } => part_list(&image, json),
+    }
+}
+
+/// `vuimg part new`: writes an empty table of `label`, its disk id `id` or a random one.
+fn part_new(image: &Path, label: Label, id: Option<String>) -> Outcome {
+    let dev = open_rw(image)?;
+    let table = match label {
+        Label::Mbr => PartitionTable::new_mbr(dev.size(), dev.sector_size(), mbr_id(id)?)?,
+        Label::Gpt => PartitionTable::new_gpt(dev.size(), dev.sector_size(), disk_guid(id)?)?,
+    };
+    part::write(&*dev, &table)?;
+    Ok(())
+}
+
+/// The MBR disk id given in hex (`0x` optional), or a random one.
+fn mbr_id(id: Option<String>) -> Result<u32, Failure> {
+    match id {
+        Some(text) => u32::from_str_radix(text.trim_start_matches("0x"), 16)
+            .map_err(|_| Failure(format!("MBR id {text:?} is not a 32-bit hex number"))),
+        None => Ok(uuid::Uuid::new_v4().as_u128() as u32),
+    }
+}
+
+/// The GPT disk GUID given, or a random one.
+fn disk_guid(id: Option<String>) -> Result<uuid::Uuid, Failure> {
+    match id {
+        Some(text) => {
+            uuid::Uuid::parse_str(&text).map_err(|_| Failure(format!("GUID {text:?} is invalid")))
         }
-        PartCommand::List { image, json } => {
-            let dev = Disk::open(&image, true)?;
-            let table = read_table(&dev)?;
-            if json {
-                crate::outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&sfdisk_json(&table, &image))?
-                )?;
-            } else {
-                print_table(&table, &image)?;
-            }
+        None => Ok(uuid::Uuid::new_v4()),
+    }
+}
+
+/// `vuimg part add`: adds the partition and prints its number.
+fn part_add(args: crate::cli::AddArgs) -> Outcome {
+    let dev = open_rw(&args.image)?;
+    let mut table = read_table(&dev)?;
+    let gpt = table.scheme == Scheme::Gpt;
+    let spec = NewPartition {
+        number: args.number,
+        start: args.start,
+        sectors: args
+            .size
+            .as_deref()
+            .map(|s| sectors_of(&table, s))
+            .transpose()?,
+        ptype: PartType::parse(&args.ptype, gpt).map_err(Failure)?,
+        name: args.name,
+        bootable: args.bootable,
+        logical: args.logical,
+        uuid: None,
+    };
+    let number = table.add(spec)?;
+    part::write(&*dev, &table)?;
+    crate::outln!("{number}")?;
+    Ok(())
+}
+
+/// `vuimg part del`.
+fn part_del(image: &Path, number: u32) -> Outcome {
+    let dev = open_rw(image)?;
+    let mut table = read_table(&dev)?;
+    table.delete(number)?;
+    part::write(&*dev, &table)?;
+    Ok(())
+}
+
+/// `vuimg part resize`: to `size`, or to fill the free space after it (`max`); refuses to
+/// cut off a filesystem unless `force`.
+fn part_resize(image: &Path, number: u32, size: &str, force: bool) -> Outcome {
+    let dev = open_rw(image)?;
+    let mut table = read_table(&dev)?;
+    if size == "max" {
+        table.grow_to_fill(number)?;
+    } else {
+        let sectors = sectors_of(&table, size)?;
+        if !force {
+            refuse_cutting_a_filesystem(&dev, &table, number, sectors)?;
         }
+        table.resize(number, sectors)?;
+    }
+    part::write(&*dev, &table)?;
+    Ok(())
+}
+
+/// `vuimg part set`: the type, name and boot flag given (`bootable` None: unchanged).
+fn part_set(
+    image: &Path,
+    number: u32,
+    ptype: Option<String>,
+    name: Option<String>,
+    bootable: Option<bool>,
+) -> Outcome {
+    let dev = open_rw(image)?;
+    let mut table = read_table(&dev)?;
+    if let Some(t) = ptype {
+        let parsed = PartType::parse(&t, table.scheme == Scheme::Gpt).map_err(Failure)?;
+        table.set_type(number, parsed)?;
+    }
+    if let Some(n) = name {
+        table.set_name(number, &n)?;
+    }
+    if let Some(on) = bootable {
+        table.set_bootable(number, on)?;
+    }
+    part::write(&*dev, &table)?;
+    Ok(())
+}
+
+/// `vuimg part list`: the table as text, or as `sfdisk --json` does.
+fn part_list(image: &Path, json: bool) -> Outcome {
+    let dev = Disk::open(image, true)?;
+    let table = read_table(&dev)?;
+    if json {
+        crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&sfdisk_json(&table, image))?
+        )?;
+    } else {
+        print_table(&table, image)?;
     }
     Ok(())
 }

@@ -59,6 +59,150 @@ fn bit(map: &[u8], i: u64) -> bool {
     map[(i / 8) as usize] & (1 << (i % 8)) != 0
 }
 
+/// The fields of the version 3 header that opening an overlay uses.
+struct Header {
+    /// The backing file's mtime when the overlay was made.
+    mtime: u64,
+    size: u64,
+    sector: u64,
+    align: u64,
+    /// The backing file's path field, NUL-padded.
+    name: Vec<u8>,
+}
+
+fn corrupt(path: &Path, why: impl Into<String>) -> FormatError {
+    FormatError::corrupt(path, NAME, why)
+}
+
+impl Header {
+    /// Reads the header at the start of `file`, refusing a short file, headers of versions
+    /// 1 and 2, another version and another cow format.
+    fn read(file: &Storage, path: &Path) -> std::result::Result<Header, FormatError> {
+        if file.len() < HEADER_LEN {
+            return Err(corrupt(
+                path,
+                format!("truncated header ({} bytes)", file.len()),
+            ));
+        }
+        let mut h = vec![0u8; HEADER_LEN as usize];
+        file.read_at(&mut h, 0)
+            .map_err(|e| FormatError::io(path, e))?;
+        if be32(&h, 0) != MAGIC {
+            return Err(FormatError::unsupported(
+                path,
+                NAME,
+                "headers of versions 1 and 2 (host byte order)",
+            ));
+        }
+        let version = be32(&h, 4);
+        if version != 3 {
+            return Err(FormatError::unsupported(
+                path,
+                NAME,
+                format!("version {version}"),
+            ));
+        }
+        let cow_format = be32(&h, 28);
+        if cow_format != 0 {
+            return Err(FormatError::unsupported(
+                path,
+                NAME,
+                format!("cow format {cow_format}"),
+            ));
+        }
+        Ok(Header {
+            mtime: u64::from(be32(&h, 8)),
+            size: be64(&h, 12),
+            sector: u64::from(be32(&h, 20)),
+            align: u64::from(be32(&h, 24)),
+            name: h[32..32 + PATH_LEN].to_vec(),
+        })
+    }
+
+    /// Checks the sector size and the alignment; refuses a disk whose bitmap would be
+    /// larger than `MAX_BITMAP`.
+    fn check_geometry(&self, path: &Path) -> std::result::Result<(), FormatError> {
+        let Header {
+            size,
+            sector,
+            align,
+            ..
+        } = *self;
+        if !sector.is_power_of_two() || !(512..=65536).contains(&sector) {
+            return Err(corrupt(path, format!("sector size {sector}")));
+        }
+        if !align.is_power_of_two() || align > 1 << 20 {
+            return Err(corrupt(path, format!("alignment {align}")));
+        }
+        if size > 1 << 62 || size.div_ceil(sector).div_ceil(8) > MAX_BITMAP {
+            return Err(FormatError::unsupported(
+                path,
+                NAME,
+                format!("a {size}-byte disk"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The backing file's path as recorded: up to the first NUL, UTF-8, not empty.
+    fn backing_path(&self, path: &Path) -> std::result::Result<String, FormatError> {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(PATH_LEN);
+        let backing_path = String::from_utf8(self.name[..end].to_vec())
+            .map_err(|_| corrupt(path, "backing file name is not UTF-8"))?;
+        if backing_path.is_empty() {
+            return Err(corrupt(path, "no backing file name"));
+        }
+        Ok(backing_path)
+    }
+
+    /// Refuses a backing file (at `resolved`) newer than the recorded mtime or of another
+    /// size than the disk.
+    fn check_backing_unchanged(
+        &self,
+        path: &Path,
+        resolved: &Path,
+    ) -> std::result::Result<(), FormatError> {
+        let meta = std::fs::metadata(resolved).map_err(|e| FormatError::Backing {
+            path: path.to_path_buf(),
+            backing: resolved.to_path_buf(),
+            source: Box::new(FormatError::io(resolved, e.into())),
+        })?;
+        use std::os::unix::fs::MetadataExt;
+        let now = meta.mtime().max(0) as u64;
+        let changed = |detail: String| FormatError::BackingChanged {
+            path: path.to_path_buf(),
+            backing: resolved.to_path_buf(),
+            detail,
+        };
+        let (mtime, size) = (self.mtime, self.size);
+        if now > mtime {
+            return Err(changed(format!(
+                "mtime {now} is newer than the recorded {mtime}"
+            )));
+        }
+        if meta.len() != size {
+            return Err(changed(format!(
+                "size {} differs from the recorded {size}",
+                meta.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the bitmap of written sectors whole.
+fn read_bitmap(
+    file: &Storage,
+    path: &Path,
+    offset: u64,
+    len: u64,
+) -> std::result::Result<Vec<u8>, FormatError> {
+    let mut bitmap = vec![0u8; len as usize];
+    file.read_at(&mut bitmap, offset)
+        .map_err(|e| FormatError::io(path, e))?;
+    Ok(bitmap)
+}
+
 impl UmlCow {
     /// Opens the overlay at `path` (its backing file read-only); `force` accepts a backing
     /// file that changed since the overlay was made.
@@ -82,102 +226,26 @@ impl UmlCow {
         ctx: &Ctx,
     ) -> std::result::Result<UmlCow, FormatError> {
         let path = file.name().to_path_buf();
-        let bad = |why: String| FormatError::corrupt(&path, NAME, why);
-        if file.len() < HEADER_LEN {
-            return Err(bad(format!("truncated header ({} bytes)", file.len())));
-        }
-        let mut h = vec![0u8; HEADER_LEN as usize];
-        file.read_at(&mut h, 0)
-            .map_err(|e| FormatError::io(&path, e))?;
-        if be32(&h, 0) != MAGIC {
-            return Err(FormatError::unsupported(
-                &path,
-                NAME,
-                "headers of versions 1 and 2 (host byte order)",
-            ));
-        }
-        let version = be32(&h, 4);
-        if version != 3 {
-            return Err(FormatError::unsupported(
-                &path,
-                NAME,
-                format!("version {version}"),
-            ));
-        }
-        let mtime = u64::from(be32(&h, 8));
-        let size = be64(&h, 12);
-        let sector = u64::from(be32(&h, 20));
-        let align = u64::from(be32(&h, 24));
-        let cow_format = be32(&h, 28);
-        if cow_format != 0 {
-            return Err(FormatError::unsupported(
-                &path,
-                NAME,
-                format!("cow format {cow_format}"),
-            ));
-        }
-        if !sector.is_power_of_two() || !(512..=65536).contains(&sector) {
-            return Err(bad(format!("sector size {sector}")));
-        }
-        if !align.is_power_of_two() || align > 1 << 20 {
-            return Err(bad(format!("alignment {align}")));
-        }
-        if size > 1 << 62 || size.div_ceil(sector).div_ceil(8) > MAX_BITMAP {
-            return Err(FormatError::unsupported(
-                &path,
-                NAME,
-                format!("a {size}-byte disk"),
-            ));
-        }
-        let name_raw = &h[32..32 + PATH_LEN];
-        let end = name_raw.iter().position(|&b| b == 0).unwrap_or(PATH_LEN);
-        let backing_path = String::from_utf8(name_raw[..end].to_vec())
-            .map_err(|_| bad("backing file name is not UTF-8".into()))?;
-        if backing_path.is_empty() {
-            return Err(bad("no backing file name".into()));
-        }
-        let (bitmap_offset, bitmap_len, data_offset) = layout(size, sector, align);
-        let resolved = crate::resolve_backing(&path, &backing_path);
+        let h = Header::read(&file, &path)?;
+        h.check_geometry(&path)?;
+        let backing_path = h.backing_path(&path)?;
+        let (bitmap_offset, bitmap_len, data_offset) = layout(h.size, h.sector, h.align);
         if !ctx.options.force && !ctx.alone {
-            let meta = std::fs::metadata(&resolved).map_err(|e| FormatError::Backing {
-                path: path.clone(),
-                backing: resolved.clone(),
-                source: Box::new(FormatError::io(&resolved, e.into())),
-            })?;
-            use std::os::unix::fs::MetadataExt;
-            let now = meta.mtime().max(0) as u64;
-            let changed = |detail: String| FormatError::BackingChanged {
-                path: path.clone(),
-                backing: resolved.clone(),
-                detail,
-            };
-            if now > mtime {
-                return Err(changed(format!(
-                    "mtime {now} is newer than the recorded {mtime}"
-                )));
-            }
-            if meta.len() != size {
-                return Err(changed(format!(
-                    "size {} differs from the recorded {size}",
-                    meta.len()
-                )));
-            }
+            h.check_backing_unchanged(&path, &crate::resolve_backing(&path, &backing_path))?;
         }
         let backing = if ctx.alone {
             None
         } else {
             Some(open_backing(&path, &backing_path, Some(Format::Raw), ctx)?)
         };
-        let mut bitmap = vec![0u8; bitmap_len as usize];
-        file.read_at(&mut bitmap, bitmap_offset)
-            .map_err(|e| FormatError::io(&path, e))?;
+        let bitmap = read_bitmap(&file, &path, bitmap_offset, bitmap_len)?;
         let read_only = read_only || file.read_only();
         Ok(UmlCow {
             file,
             backing,
             backing_path,
-            size,
-            sector,
+            size: h.size,
+            sector: h.sector,
             bitmap_offset,
             data_offset,
             read_only,

@@ -51,6 +51,175 @@ impl std::fmt::Debug for Vdi {
     }
 }
 
+/// The fields of the VDI header that opening an image uses.
+struct Header {
+    offset_bmap: u64,
+    offset_data: u64,
+    sector_size: u32,
+    size: u64,
+    block_size: u64,
+    block_extra: u32,
+    blocks: u64,
+    allocated: u32,
+}
+
+fn corrupt(path: &Path, why: impl Into<String>) -> FormatError {
+    FormatError::corrupt(path, NAME, why)
+}
+
+impl Header {
+    /// Reads the header at the start of `file`, refusing a short file, a wrong signature,
+    /// version or image type.
+    fn read(file: &Storage, path: &Path) -> std::result::Result<Header, FormatError> {
+        let flen = file.len();
+        if flen < 0x190 {
+            return Err(corrupt(path, format!("truncated header ({flen} bytes)")));
+        }
+        let mut h = vec![0u8; 0x200];
+        file.read_at(&mut h, 0)
+            .map_err(|e| FormatError::io(path, e))?;
+        if le32(&h, 0x40) != SIGNATURE {
+            return Err(corrupt(path, "no VDI signature"));
+        }
+        let version = le32(&h, 0x44);
+        if version >> 16 != 1 {
+            return Err(FormatError::unsupported(
+                path,
+                NAME,
+                format!("version {version:#x}"),
+            ));
+        }
+        let image_type = le32(&h, 0x4c);
+        if image_type != TYPE_DYNAMIC && image_type != TYPE_FIXED {
+            return Err(FormatError::unsupported(
+                path,
+                NAME,
+                format!("image type {image_type} (undo or differencing images)"),
+            ));
+        }
+        Ok(Header {
+            offset_bmap: u64::from(le32(&h, 0x154)),
+            offset_data: u64::from(le32(&h, 0x158)),
+            sector_size: le32(&h, 0x168),
+            size: le64(&h, 0x170),
+            block_size: u64::from(le32(&h, 0x178)),
+            block_extra: le32(&h, 0x17c),
+            blocks: u64::from(le32(&h, 0x180)),
+            allocated: le32(&h, 0x184),
+        })
+    }
+
+    /// Checks the sector size, block size and count, the disk size and the allocated
+    /// count; refuses block extra data and more than `MAX_BLOCKS` blocks.
+    fn check_geometry(&self, path: &Path) -> std::result::Result<(), FormatError> {
+        let Header {
+            sector_size,
+            size,
+            block_size,
+            block_extra,
+            blocks,
+            allocated,
+            ..
+        } = *self;
+        if sector_size != 512 {
+            return Err(corrupt(path, format!("sector size {sector_size}")));
+        }
+        if block_extra != 0 {
+            return Err(FormatError::unsupported(path, NAME, "block extra data"));
+        }
+        if !block_size.is_power_of_two() || !(512..=1 << 28).contains(&block_size) {
+            return Err(corrupt(path, format!("block size {block_size}")));
+        }
+        if blocks > MAX_BLOCKS {
+            return Err(FormatError::unsupported(
+                path,
+                NAME,
+                format!("{blocks} blocks (at most {MAX_BLOCKS})"),
+            ));
+        }
+        if size > blocks * block_size {
+            return Err(corrupt(
+                path,
+                format!("disk size {size} exceeds {blocks} blocks of {block_size}"),
+            ));
+        }
+        if u64::from(allocated) > blocks {
+            return Err(corrupt(
+                path,
+                format!("{allocated} blocks allocated of {blocks}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that the block map lies between the header and the data, inside the file
+    /// (`flen` bytes).
+    fn check_block_map_place(
+        &self,
+        flen: u64,
+        path: &Path,
+    ) -> std::result::Result<(), FormatError> {
+        let (offset_bmap, map_end) = (self.offset_bmap, self.offset_bmap + self.blocks * 4);
+        if offset_bmap < 0x190 || map_end > self.offset_data || map_end > flen {
+            return Err(corrupt(
+                path,
+                format!(
+                    "block map at {offset_bmap:#x} overlaps the header or data, or runs past the file"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the block map whole.
+    fn read_block_map(
+        &self,
+        file: &Storage,
+        path: &Path,
+    ) -> std::result::Result<Vec<u32>, FormatError> {
+        let mut raw = vec![0u8; (self.blocks * 4) as usize];
+        file.read_at(&mut raw, self.offset_bmap)
+            .map_err(|e| FormatError::io(path, e))?;
+        Ok(raw.chunks_exact(4).map(|c| le32(c, 0)).collect())
+    }
+
+    /// Checks that every allocated block's data is in the file (`flen` bytes): a file cut
+    /// short (a copy interrupted, a full disk) is refused here rather than read as zeros.
+    fn check_data_in_file(
+        &self,
+        bmap: &[u32],
+        flen: u64,
+        path: &Path,
+    ) -> std::result::Result<(), FormatError> {
+        let Some((b, &i)) = bmap
+            .iter()
+            .enumerate()
+            .filter(|(_, &i)| i != UNALLOCATED && i != DISCARDED)
+            .max_by_key(|(_, &i)| i)
+        else {
+            return Ok(());
+        };
+        let blocks = self.blocks;
+        if u64::from(i) >= blocks {
+            return Err(corrupt(
+                path,
+                format!("block {b} maps to data block {i}, beyond the {blocks} blocks of the disk"),
+            ));
+        }
+        let end = self.offset_data + (u64::from(i) + 1) * self.block_size;
+        if end > flen {
+            return Err(corrupt(
+                path,
+                format!(
+                    "truncated: block {b}'s data ends at {end}, past the end of the file \
+                     ({flen} bytes)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Vdi {
     /// Opens the VDI image at `path`.
     pub fn open(path: &Path, read_only: bool) -> std::result::Result<Vdi, FormatError> {
@@ -72,108 +241,25 @@ impl Vdi {
         read_only: bool,
     ) -> std::result::Result<Vdi, FormatError> {
         let path = file.name().to_path_buf();
-        let bad = |why: String| FormatError::corrupt(&path, NAME, why);
         let flen = file.len();
-        if flen < 0x190 {
-            return Err(bad(format!("truncated header ({flen} bytes)")));
-        }
-        let mut h = vec![0u8; 0x200];
-        file.read_at(&mut h, 0)
-            .map_err(|e| FormatError::io(&path, e))?;
-        if le32(&h, 0x40) != SIGNATURE {
-            return Err(bad("no VDI signature".into()));
-        }
-        let version = le32(&h, 0x44);
-        if version >> 16 != 1 {
-            return Err(FormatError::unsupported(
-                &path,
-                NAME,
-                format!("version {version:#x}"),
-            ));
-        }
-        let image_type = le32(&h, 0x4c);
-        if image_type != TYPE_DYNAMIC && image_type != TYPE_FIXED {
-            return Err(FormatError::unsupported(
-                &path,
-                NAME,
-                format!("image type {image_type} (undo or differencing images)"),
-            ));
-        }
-        let offset_bmap = u64::from(le32(&h, 0x154));
-        let offset_data = u64::from(le32(&h, 0x158));
-        let sector_size = le32(&h, 0x168);
-        let size = le64(&h, 0x170);
-        let block_size = u64::from(le32(&h, 0x178));
-        let block_extra = le32(&h, 0x17c);
-        let blocks = u64::from(le32(&h, 0x180));
-        let allocated = le32(&h, 0x184);
-        if sector_size != 512 {
-            return Err(bad(format!("sector size {sector_size}")));
-        }
-        if block_extra != 0 {
-            return Err(FormatError::unsupported(&path, NAME, "block extra data"));
-        }
-        if !block_size.is_power_of_two() || !(512..=1 << 28).contains(&block_size) {
-            return Err(bad(format!("block size {block_size}")));
-        }
-        if blocks > MAX_BLOCKS {
-            return Err(FormatError::unsupported(
-                &path,
-                NAME,
-                format!("{blocks} blocks (at most {MAX_BLOCKS})"),
-            ));
-        }
-        if size > blocks * block_size {
-            return Err(bad(format!(
-                "disk size {size} exceeds {blocks} blocks of {block_size}"
-            )));
-        }
-        if u64::from(allocated) > blocks {
-            return Err(bad(format!("{allocated} blocks allocated of {blocks}")));
-        }
-        if offset_bmap < 0x190
-            || offset_bmap + blocks * 4 > offset_data
-            || offset_bmap + blocks * 4 > flen
-        {
-            return Err(bad(format!(
-                "block map at {offset_bmap:#x} overlaps the header or data, or runs past the file"
-            )));
-        }
-        let mut raw = vec![0u8; (blocks * 4) as usize];
-        file.read_at(&mut raw, offset_bmap)
-            .map_err(|e| FormatError::io(&path, e))?;
-        let bmap: Vec<u32> = raw.chunks_exact(4).map(|c| le32(c, 0)).collect();
-        // Every allocated block's data must be in the file: a file cut short (a copy
-        // interrupted, a full disk) is refused here rather than read as zeros.
-        if let Some((b, &i)) = bmap
-            .iter()
-            .enumerate()
-            .filter(|(_, &i)| i != UNALLOCATED && i != DISCARDED)
-            .max_by_key(|(_, &i)| i)
-        {
-            if u64::from(i) >= blocks {
-                return Err(bad(format!(
-                    "block {b} maps to data block {i}, beyond the {blocks} blocks of the disk"
-                )));
-            }
-            let end = offset_data + (u64::from(i) + 1) * block_size;
-            if end > flen {
-                return Err(bad(format!(
-                    "truncated: block {b}'s data ends at {end}, past the end of the file \
-                     ({flen} bytes)"
-                )));
-            }
-        }
+        let h = Header::read(&file, &path)?;
+        h.check_geometry(&path)?;
+        h.check_block_map_place(flen, &path)?;
+        let bmap = h.read_block_map(&file, &path)?;
+        h.check_data_in_file(&bmap, flen, &path)?;
         let read_only = read_only || file.read_only();
         Ok(Vdi {
             file,
-            size,
-            block_size,
-            offset_bmap,
-            offset_data,
-            blocks,
+            size: h.size,
+            block_size: h.block_size,
+            offset_bmap: h.offset_bmap,
+            offset_data: h.offset_data,
+            blocks: h.blocks,
             read_only,
-            st: Mutex::new(State { bmap, allocated }),
+            st: Mutex::new(State {
+                bmap,
+                allocated: h.allocated,
+            }),
         })
     }
 
