@@ -115,23 +115,26 @@ pub(crate) struct VxGroupCounts {
     pub(crate) flags: u16,
 }
 
-/// The shim's write session (`struct vx_wr`): an inode and its extent handle.
+/// The shim's inode session (`struct vx_wr`): an inode and its extent handle (session.rs).
 #[repr(C)]
 pub(crate) struct VxWr {
     pub(crate) _private: [u8; 0],
 }
 
-/// Mirrors `struct vx_wr_inode`: what the write path (extent_write.rs) needs of the inode.
+/// Mirrors `struct vx_wr_inode`: what the data paths (extent_read.rs, extent_write.rs) need
+/// of the inode.
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct VxWrInode {
     pub(crate) size: u64,
     pub(crate) block_size: u32,
-    /// Extent-mapped, not inline, no bigalloc: the run path applies.
+    /// Extent-mapped and not inline: the extent handle applies.
     pub(crate) extents: i32,
+    /// A bigalloc filesystem (the write path leaves it to the file API).
+    pub(crate) bigalloc: i32,
 }
 
-/// Mirrors `struct vx_extent`: one extent as the write path reads it.
+/// Mirrors `struct vx_extent`: one extent as the data paths read it.
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
 pub(crate) struct VxExtent {
@@ -290,15 +293,6 @@ extern "C" {
         ns: u32,
         freed: *mut u32,
     ) -> c_int;
-    pub(crate) fn vx_read_ino(
-        fs: *mut ExtFsHandle,
-        ino: u32,
-        offset: u64,
-        buf: *mut c_void,
-        len: usize,
-        ahead: u64,
-        got: *mut usize,
-    ) -> c_int;
     pub(crate) fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
     pub(crate) fn vx_meta_shape(fs: *mut ExtFsHandle, out: *mut VxMetaShape) -> c_int;
     pub(crate) fn vx_take_marks(
@@ -366,6 +360,20 @@ extern "C" {
         pblk: u64,
         data: *const c_void,
         bytes: usize,
+    ) -> c_int;
+    pub(crate) fn vx_read_run(
+        fs: *mut ExtFsHandle,
+        pblk: u64,
+        buf: *mut c_void,
+        bytes: usize,
+    ) -> c_int;
+    pub(crate) fn vx_prefetch(fs: *mut ExtFsHandle, offset: u64, len: u64);
+    pub(crate) fn vx_wr_read_file_api(
+        wr: *mut VxWr,
+        offset: u64,
+        buf: *mut c_void,
+        len: usize,
+        got: *mut usize,
     ) -> c_int;
     pub(crate) fn vx_write_file_api(
         fs: *mut ExtFsHandle,

@@ -17,12 +17,14 @@
 #![allow(unsafe_code)]
 
 mod crc32c;
+mod extent_read;
 mod extent_write;
 mod ffi;
 mod geometry;
 mod htree;
 pub mod journal;
 mod names;
+mod session;
 mod write_order;
 
 use ffi::*;
@@ -1044,19 +1046,7 @@ impl FileSystem for ExtFs {
         } else {
             0
         };
-        let mut got = 0usize;
-        // SAFETY: h.fs is open; buf is writable for its length; got is a valid out-pointer.
-        check(unsafe {
-            vx_read_ino(
-                h.fs,
-                ext_ino(ino),
-                offset,
-                buf.as_mut_ptr() as *mut c_void,
-                buf.len(),
-                ahead,
-                &mut got,
-            )
-        })?;
+        let got = extent_read::read(h.fs, ext_ino(ino), offset, buf, ahead)?;
         h.next_read.insert(fh.0, offset + got as u64);
         Ok(got)
     }

@@ -1836,112 +1836,6 @@ int vx_setxattr(ext2_filsys fs, uint32_t ino, const char *name, const void *valu
 	return vx_errno(err ? err : err2);
 }
 
-/* ---- the data path for reads: whole extents per device call ---- */
-
-/* Reads file data by walking its extents and reading each contiguous run
- * with one device call (the file API moves one block per call). When
- * `ahead` > 0 the reader is sequential: the device is asked to prefetch up
- * to `ahead` bytes past what was read. Inline-data and block-mapped files
- * go through the file API. */
-int vx_read_ino(ext2_filsys fs, uint32_t ino, uint64_t offset, void *buf, size_t len, uint64_t ahead, size_t *got)
-{
-	struct ext2_inode_large in;
-	memset(&in, 0, sizeof in);
-	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
-	if (err)
-		return vx_errno(err);
-	uint64_t size = EXT2_I_SIZE(&in);
-	*got = 0;
-	if (offset >= size || len == 0)
-		return 0;
-	if (len > size - offset)
-		len = (size_t)(size - offset);
-	if (!(in.i_flags & EXT4_EXTENTS_FL) || (in.i_flags & EXT4_INLINE_DATA_FL)) {
-		ext2_file_t f;
-		err = ext2fs_file_open2(fs, ino, (struct ext2_inode *)&in, 0, &f);
-		if (err)
-			return vx_errno(err);
-		int e = vx_file_read(f, offset, buf, len, got);
-		ext2fs_file_close(f);
-		return e;
-	}
-	ext2_extent_handle_t h;
-	err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)&in, &h);
-	if (err)
-		return vx_errno(err);
-	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
-	uint64_t bs = fs->blocksize;
-	char *edge = NULL; /* for runs that start or end inside a block */
-	size_t done = 0;
-	int result = 0;
-	uint64_t last_pblk_end = 0;
-	while (done < len) {
-		uint64_t pos = offset + done;
-		uint64_t lblk = pos / bs, within = pos % bs;
-		size_t want = len - done;
-		struct ext2fs_extent ext;
-		memset(&ext, 0, sizeof ext);
-		err = ext2fs_extent_goto2(h, 0, lblk);
-		if (!err)
-			err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext);
-		int mapped = !err && lblk >= ext.e_lblk && lblk < (uint64_t)ext.e_lblk + ext.e_len;
-		if (err && err != EXT2_ET_EXTENT_NOT_FOUND) {
-			result = vx_errno(err);
-			break;
-		}
-		if (!mapped || (ext.e_flags & EXT2_EXTENT_FLAGS_UNINIT)) {
-			/* A hole or an unwritten extent reads as zeros, one block at a time. */
-			size_t n = mapped ? (size_t)(((uint64_t)ext.e_lblk + ext.e_len - lblk) * bs - within) : (size_t)(bs - within);
-			if (n > want)
-				n = want;
-			memset((char *)buf + done, 0, n);
-			done += n;
-			continue;
-		}
-		uint64_t run_blocks = (uint64_t)ext.e_lblk + ext.e_len - lblk;
-		uint64_t pblk = ext.e_pblk + (lblk - ext.e_lblk);
-		size_t n = run_blocks * bs - within;
-		if (n > want)
-			n = want;
-		if (within == 0 && n % bs == 0) {
-			int e = dev->read(dev->ctx, pblk * bs, (char *)buf + done, n);
-			if (e) {
-				result = e;
-				break;
-			}
-		} else {
-			size_t span = (size_t)(((within + n + bs - 1) / bs) * bs);
-			char *tmp = realloc(edge, span);
-			if (!tmp) {
-				result = ENOMEM;
-				break;
-			}
-			edge = tmp;
-			int e = dev->read(dev->ctx, pblk * bs, edge, span);
-			if (e) {
-				result = e;
-				break;
-			}
-			memcpy((char *)buf + done, edge + within, n);
-		}
-		done += n;
-		last_pblk_end = pblk * bs + within + n;
-		if (ahead && done == len && dev->prefetch) {
-			/* Prefetch the rest of this extent, up to `ahead` bytes. */
-			uint64_t extent_end = (ext.e_pblk + ext.e_len) * bs;
-			uint64_t until = last_pblk_end + ahead < extent_end ? last_pblk_end + ahead : extent_end;
-			if (until > last_pblk_end)
-				dev->prefetch(dev->ctx, last_pblk_end, until - last_pblk_end);
-		}
-	}
-	free(edge);
-	ext2fs_extent_free(h);
-	if (result)
-		return result;
-	*got = done;
-	return 0;
-}
-
 /* ---- the journal, for in-memory replay on read-only mounts ---- */
 
 int vx_needs_recovery(ext2_filsys fs)
@@ -2370,15 +2264,20 @@ static errcode_t vx_map_hole(ext2_filsys fs, uint32_t ino, struct ext2_inode *in
 	return 0;
 }
 
-/* ---- primitives of the write path (src/extent_write.rs) ----
+/* ---- primitives of the data paths (src/extent_read.rs, src/extent_write.rs) ----
  *
- * pwrite(2) for an extent-mapped file is driven from src/extent_write.rs: which
- * files take the libext2fs file API, the holes of the range allocated front to
- * back, the data one physical run per device call with partial edge blocks
- * merged, and the inode written once. Here is what touches libext2fs's
- * structs: a write session holding the inode and its extent handle, extent
- * lookups, the allocation of a hole (vx_map_hole above), the mapping of one
- * block, the device write of a run, and the inode's update. */
+ * pread(2) and pwrite(2) are driven from Rust. extent_read.rs: the request
+ * clamped to the size, which files take the libext2fs file API, holes and
+ * unwritten extents as zeros, one device read per physical run (partial
+ * edge blocks through a buffer), the prefetch ahead of a sequential reader.
+ * extent_write.rs: which files take the file API, the holes of the range
+ * allocated front to back, the data one physical run per device call with
+ * partial edge blocks merged, and the inode written once. Here is what
+ * touches libext2fs's structs: a session holding the inode and its extent
+ * handle (src/session.rs), extent lookups, the allocation of a hole
+ * (vx_map_hole above), the mapping of one block, the device read and write
+ * of a run, the prefetch, the file API's read and write, and the inode's
+ * update. */
 
 struct vx_wr {
 	ext2_filsys fs;
@@ -2388,11 +2287,12 @@ struct vx_wr {
 	struct ext2fs_extent cur; /* what the last vx_wr_extent got */
 };
 
-/* Mirrors what extent_write.rs needs of the inode. */
+/* Mirrors what the data paths need of the inode. */
 struct vx_wr_inode {
 	uint64_t size;
 	uint32_t block_size;
-	int32_t extents; /* extent-mapped, not inline, no bigalloc: the fast path applies */
+	int32_t extents;  /* extent-mapped and not inline: the extent handle applies */
+	int32_t bigalloc; /* clusters of several blocks (the write path takes the file API) */
 };
 
 /* Reads inode ino into a new session *out (ended by vx_wr_end). */
@@ -2411,8 +2311,8 @@ int vx_wr_begin(ext2_filsys fs, uint32_t ino, struct vx_wr **out, struct vx_wr_i
 	}
 	info->size = EXT2_I_SIZE(&wr->in);
 	info->block_size = fs->blocksize;
-	info->extents = (wr->in.i_flags & EXT4_EXTENTS_FL) && !(wr->in.i_flags & EXT4_INLINE_DATA_FL) &&
-			EXT2FS_CLUSTER_RATIO(fs) == 1;
+	info->extents = (wr->in.i_flags & EXT4_EXTENTS_FL) && !(wr->in.i_flags & EXT4_INLINE_DATA_FL);
+	info->bigalloc = EXT2FS_CLUSTER_RATIO(fs) != 1;
 	*out = wr;
 	return 0;
 }
@@ -2423,7 +2323,7 @@ int vx_wr_open_extents(struct vx_wr *wr)
 	return vx_errno(ext2fs_extent_open2(wr->fs, wr->ino, (struct ext2_inode *)&wr->in, &wr->h));
 }
 
-/* Mirrors struct ext2fs_extent's fields the write path reads. */
+/* Mirrors struct ext2fs_extent's fields the data paths read. */
 struct vx_extent {
 	uint64_t pblk;
 	uint64_t lblk;
@@ -2492,6 +2392,36 @@ int vx_write_run(ext2_filsys fs, uint64_t pblk, const void *data, size_t bytes)
 {
 	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
 	return dev->write(dev->ctx, pblk * fs->blocksize, data, bytes); /* the cache forgets what it overlaps */
+}
+
+/* Reads whole blocks at physical block pblk from the device, one call (through its cache,
+ * which lays dirty blocks over what it reads). */
+int vx_read_run(ext2_filsys fs, uint64_t pblk, void *buf, size_t bytes)
+{
+	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
+	return dev->read(dev->ctx, pblk * fs->blocksize, buf, bytes);
+}
+
+/* Asks the device to read len bytes at byte offset ahead of a sequential reader. */
+void vx_prefetch(ext2_filsys fs, uint64_t offset, uint64_t len)
+{
+	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
+	if (dev->prefetch)
+		dev->prefetch(dev->ctx, offset, len);
+}
+
+/* pread(2) of the session's inode through the libext2fs file API (block-mapped, inline);
+ * offset and len within the file's size. */
+int vx_wr_read_file_api(struct vx_wr *wr, uint64_t offset, void *buf, size_t len, size_t *got)
+{
+	ext2_file_t f;
+	*got = 0;
+	errcode_t err = ext2fs_file_open2(wr->fs, wr->ino, (struct ext2_inode *)&wr->in, 0, &f);
+	if (err)
+		return vx_errno(err);
+	int e = vx_file_read(f, offset, buf, len, got);
+	ext2fs_file_close(f);
+	return e;
 }
 
 /* Ends the session: frees the extent handle and, if `update`, writes the inode with size
