@@ -931,9 +931,14 @@ impl Drop for ExtFs {
         let read_only = self.read_only;
         let h = self.handles.get_mut().unwrap_or_else(|e| e.into_inner());
         h.files.clear();
-        for ino in std::mem::take(&mut h.orphans) {
+        let orphans = std::mem::take(&mut h.orphans);
+        for &ino in &orphans {
             // SAFETY: h.fs is open; the orphan's last link is gone and no handle remains.
             unsafe { vx_free_inode(h.fs, ino) };
+        }
+        if !orphans.is_empty() {
+            // In the write order, as the last close of each would have.
+            let _ = h.commit_removal(Ok(()));
         }
         if !read_only {
             // SAFETY: h.fs is open read-write; this marks it clean before the close writes it.

@@ -2164,12 +2164,18 @@ int vx_write_desc_block(ext2_filsys fs, uint32_t i, uint64_t *where)
 }
 
 /* Writes the primary superblock (SUPERBLOCK_SIZE bytes at SUPERBLOCK_OFFSET) with a new
- * write time and its checksum. */
+ * write time and its checksum. fs->orig_super then says what the device holds: the flush of
+ * ext2fs_close writes only the fields that differ from it, so a field changed back to its
+ * value at the last ext2fs_flush (s_last_orphan, a free count) would stay on the device as
+ * this wrote it, under a checksum computed without it. */
 int vx_write_super(ext2_filsys fs)
 {
 	fs->super->s_wtime = (uint32_t)time(NULL);
 	ext2fs_superblock_csum_set(fs, fs->super);
-	return vx_errno(io_channel_write_byte(fs->io, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, fs->super));
+	errcode_t err = io_channel_write_byte(fs->io, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, fs->super);
+	if (!err && fs->orig_super)
+		memcpy(fs->orig_super, fs->super, SUPERBLOCK_SIZE); /* the bytes just written */
+	return vx_errno(err);
 }
 
 /* ---- the data path for writes: holes allocated as whole runs ---- */
