@@ -115,6 +115,15 @@ pub(crate) struct VxGroupCounts {
     pub(crate) flags: u16,
 }
 
+/// Mirrors `struct vx_orphan_shape`: the orphan list's head and the inode numbers' bounds.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct VxOrphanShape {
+    pub(crate) head: u32,
+    pub(crate) first_ino: u32,
+    pub(crate) inodes_count: u32,
+}
+
 /// The shim's inode session (`struct vx_wr`): an inode and its extent handle (session.rs).
 #[repr(C)]
 pub(crate) struct VxWr {
@@ -281,7 +290,16 @@ extern "C" {
         out_last: *mut c_int,
     ) -> c_int;
     pub(crate) fn vx_free_inode(fs: *mut ExtFsHandle, ino: u32) -> c_int;
-    pub(crate) fn vx_orphan_add(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    pub(crate) fn vx_orphan_shape(fs: *mut ExtFsHandle, out: *mut VxOrphanShape);
+    pub(crate) fn vx_set_orphan_head(fs: *mut ExtFsHandle, ino: u32);
+    pub(crate) fn vx_orphan_node(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        links: *mut u32,
+        next: *mut u32,
+    ) -> c_int;
+    pub(crate) fn vx_set_orphan_next(fs: *mut ExtFsHandle, ino: u32, next: u32) -> c_int;
+    pub(crate) fn vx_settle_orphan(fs: *mut ExtFsHandle, ino: u32) -> c_int;
     pub(crate) fn vx_rename(
         fs: *mut ExtFsHandle,
         sdir: u32,

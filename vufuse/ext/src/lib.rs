@@ -24,6 +24,7 @@ mod geometry;
 mod htree;
 pub mod journal;
 mod names;
+mod orphans;
 mod session;
 mod write_order;
 
@@ -247,13 +248,11 @@ impl Handles {
         self.forget_dir(ino);
         if self.open_count(ino) > 0 {
             if self.orphans.insert(ino) {
-                // SAFETY: self.fs is open; ino's last link is gone.
-                check(unsafe { vx_orphan_add(self.fs, ino) })?;
+                orphans::add(self.fs, ino)?;
             }
             Ok(())
         } else {
-            // SAFETY: self.fs is open; ino's last link is gone.
-            check(unsafe { vx_free_inode(self.fs, ino) })
+            orphans::free_inode(self.fs, ino)
         }
     }
 
@@ -621,8 +620,12 @@ impl ExtFs {
             ));
         }
         if !read_only {
-            // SAFETY: fs was just opened read-write.
-            let code = unsafe { vx_begin_rw(fs) };
+            // What a crash left on the orphan list first, then the in-use mark.
+            let code = match orphans::release(fs) {
+                // SAFETY: fs was just opened read-write.
+                Ok(()) => unsafe { vx_begin_rw(fs) },
+                Err(e) => e.raw(),
+            };
             if code != 0 {
                 // SAFETY: fs is open and closed once here; then the device is unused.
                 unsafe {
@@ -931,12 +934,12 @@ impl Drop for ExtFs {
         let read_only = self.read_only;
         let h = self.handles.get_mut().unwrap_or_else(|e| e.into_inner());
         h.files.clear();
-        let orphans = std::mem::take(&mut h.orphans);
-        for &ino in &orphans {
-            // SAFETY: h.fs is open; the orphan's last link is gone and no handle remains.
-            unsafe { vx_free_inode(h.fs, ino) };
+        let left = std::mem::take(&mut h.orphans);
+        for &ino in &left {
+            // The orphan's last link is gone and no handle remains.
+            let _ = orphans::free_inode(h.fs, ino);
         }
-        if !orphans.is_empty() {
+        if !left.is_empty() {
             // In the write order, as the last close of each would have.
             let _ = h.commit_removal(Ok(()));
         }
@@ -1070,8 +1073,8 @@ impl FileSystem for ExtFs {
         h.prefetch_at.remove(&fh.0);
         if let Some(ino) = h.files.remove(&fh.0) {
             if h.open_count(ino) == 0 && h.orphans.remove(&ino) {
-                // SAFETY: h.fs is open; the orphan's last link is gone and its last handle closed.
-                let freed = check(unsafe { vx_free_inode(h.fs, ino) });
+                // The orphan's last link is gone and its last handle closed.
+                let freed = orphans::free_inode(h.fs, ino);
                 h.commit_removal(freed)?;
             }
         }

@@ -870,55 +870,12 @@ static int vx_has_extra(ext2_filsys fs, const struct ext2_inode_large *in)
 	return EXT2_INODE_SIZE(fs->super) > EXT2_GOOD_OLD_INODE_SIZE && in->i_extra_isize >= 24;
 }
 
-int vx_free_inode(ext2_filsys fs, uint32_t ino);
 static errcode_t vx_unmap_last_block(ext2_filsys fs, uint32_t ino, blk64_t from);
-static errcode_t vx_orphan_remove(ext2_filsys fs, uint32_t ino);
 
-/* Finishes what a crash interrupted, as the kernel does at mount: frees the
- * inodes on the orphan list that have no name left (files unlinked while
- * open) and unchains the others. A chain pointing outside the inode table
- * is dropped (e2fsck's to sort out). */
-static int vx_release_orphans(ext2_filsys fs)
-{
-	for (uint32_t steps = 0; fs->super->s_last_orphan && steps <= fs->super->s_inodes_count; steps++) {
-		uint32_t ino = fs->super->s_last_orphan;
-		if (ino < EXT2_FIRST_INO(fs->super) || ino > fs->super->s_inodes_count) {
-			fs->super->s_last_orphan = 0;
-			break;
-		}
-		struct ext2_inode in;
-		errcode_t err = ext2fs_read_inode(fs, ino, &in);
-		if (err)
-			return vx_errno(err);
-		if (in.i_links_count == 0) {
-			int e = vx_free_inode(fs, ino);
-			if (e)
-				return e;
-		} else {
-			/* A truncate the crash cut short: drop the blocks past the end. */
-			if ((err = vx_orphan_remove(fs, ino)) || (err = ext2fs_read_inode(fs, ino, &in)))
-				return vx_errno(err);
-			in.i_dtime = 0;
-			blk64_t end_blk = (EXT2_I_SIZE(&in) + fs->blocksize - 1) / fs->blocksize;
-			if (ext2fs_inode_has_valid_blocks2(fs, &in) &&
-			    ((err = ext2fs_write_inode(fs, ino, &in)) || (err = vx_unmap_last_block(fs, ino, end_blk)) ||
-			     (err = ext2fs_read_inode(fs, ino, &in)) || (err = ext2fs_punch(fs, ino, &in, NULL, end_blk, ~0ULL))))
-				return vx_errno(err);
-			if ((err = ext2fs_write_inode(fs, ino, &in)))
-				return vx_errno(err);
-		}
-	}
-	fs->super->s_last_orphan = 0; /* processed, or a cycle: dropped */
-	ext2fs_mark_super_dirty(fs);
-	return 0;
-}
-
-/* Marks the filesystem in use at a read-write mount (cleared by vx_close). */
+/* Marks the filesystem in use at a read-write mount (cleared by vx_close); the orphan list
+ * is released first (src/orphans.rs). */
 int vx_begin_rw(ext2_filsys fs)
 {
-	int e = vx_release_orphans(fs);
-	if (e)
-		return e;
 	fs->super->s_state &= ~EXT2_VALID_FS;
 	fs->super->s_mnt_count++;
 	fs->super->s_mtime = time(NULL);
@@ -1353,56 +1310,71 @@ int vx_link(ext2_filsys fs, uint32_t ino, uint32_t dir, const char *name, int64_
 	return vx_errno(err);
 }
 
-/* Frees an inode whose last link is gone and which nobody has open. */
-/* ---- the orphan list: inodes unlinked while open ----
+/* ---- primitives of the orphan list (src/orphans.rs) ----
  *
- * As the kernel does, an inode whose last name goes while it is open is
- * chained from s_last_orphan through i_dtime until its last close frees
- * it, so a crash in between leaves e2fsck -p an orphan to release rather
- * than an unattached inode to ask about. */
+ * An inode whose last name goes while it is open is chained from s_last_orphan through
+ * i_dtime until its last close frees it; the walks, the additions, the removals and the
+ * release at a read-write mount are src/orphans.rs. Here: the list's head and the inode
+ * numbers' bounds, an inode's link count and next pointer, and the dropping of the blocks
+ * past an inode's size. */
 
-int vx_orphan_add(ext2_filsys fs, uint32_t ino)
+struct vx_orphan_shape {
+	uint32_t head; /* s_last_orphan */
+	uint32_t first_ino;
+	uint32_t inodes_count;
+};
+
+void vx_orphan_shape(ext2_filsys fs, struct vx_orphan_shape *out)
+{
+	out->head = fs->super->s_last_orphan;
+	out->first_ino = EXT2_FIRST_INO(fs->super);
+	out->inodes_count = fs->super->s_inodes_count;
+}
+
+void vx_set_orphan_head(ext2_filsys fs, uint32_t ino)
+{
+	fs->super->s_last_orphan = ino;
+	ext2fs_mark_super_dirty(fs);
+}
+
+/* Inode ino's link count and next orphan (i_dtime). */
+int vx_orphan_node(ext2_filsys fs, uint32_t ino, uint32_t *links, uint32_t *next)
+{
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, ino, &in);
+	if (err)
+		return vx_errno(err);
+	*links = in.i_links_count;
+	*next = in.i_dtime;
+	return 0;
+}
+
+int vx_set_orphan_next(ext2_filsys fs, uint32_t ino, uint32_t next)
 {
 	struct ext2_inode_large in;
 	memset(&in, 0, sizeof in);
 	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
 	if (err)
 		return vx_errno(err);
-	in.i_dtime = fs->super->s_last_orphan;
-	if ((err = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in)))
-		return vx_errno(err);
-	fs->super->s_last_orphan = ino;
-	ext2fs_mark_super_dirty(fs);
-	return 0;
+	in.i_dtime = next;
+	return vx_errno(ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in));
 }
 
-/* Unchains ino from the orphan list if it is there. */
-static errcode_t vx_orphan_remove(ext2_filsys fs, uint32_t ino)
+/* An orphan with links left, already off the list (a truncate a crash cut short): its
+ * orphan link cleared and its blocks past its size dropped. */
+int vx_settle_orphan(ext2_filsys fs, uint32_t ino)
 {
-	uint32_t prev = 0, cur = fs->super->s_last_orphan;
-	for (uint32_t steps = 0; cur && steps <= fs->super->s_inodes_count; steps++) {
-		struct ext2_inode node;
-		if (cur > fs->super->s_inodes_count)
-			return 0; /* a corrupt chain: leave it to e2fsck */
-		errcode_t err = ext2fs_read_inode(fs, cur, &node);
-		if (err)
-			return err;
-		if (cur == ino) {
-			if (prev == 0) {
-				fs->super->s_last_orphan = node.i_dtime;
-				ext2fs_mark_super_dirty(fs);
-				return 0;
-			}
-			struct ext2_inode before;
-			if ((err = ext2fs_read_inode(fs, prev, &before)))
-				return err;
-			before.i_dtime = node.i_dtime;
-			return ext2fs_write_inode(fs, prev, &before);
-		}
-		prev = cur;
-		cur = node.i_dtime;
-	}
-	return 0;
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, ino, &in);
+	if (err)
+		return vx_errno(err);
+	in.i_dtime = 0;
+	blk64_t end_blk = (EXT2_I_SIZE(&in) + fs->blocksize - 1) / fs->blocksize;
+	if (ext2fs_inode_has_valid_blocks2(fs, &in) &&
+	    ((err = ext2fs_write_inode(fs, ino, &in)) || (err = vx_unmap_last_block(fs, ino, end_blk)) ||
+	     (err = ext2fs_read_inode(fs, ino, &in)) || (err = ext2fs_punch(fs, ino, &in, NULL, end_blk, ~0ULL))))
+		return vx_errno(err);
+	return vx_errno(ext2fs_write_inode(fs, ino, &in));
 }
 
 /* A run of blocks being released: freed together, one bitmap range at a time. */
@@ -1433,6 +1405,8 @@ static int vx_release_block_cb(ext2_filsys fs, blk64_t *blocknr, e2_blkcnt_t blo
 	return 0;
 }
 
+/* Frees an inode whose last link is gone and which nobody has open, off the orphan list
+ * (orphans::free_inode unchains it first). */
 int vx_free_inode(ext2_filsys fs, uint32_t ino)
 {
 	struct ext2_inode_large in;
@@ -1442,13 +1416,6 @@ int vx_free_inode(ext2_filsys fs, uint32_t ino)
 		return vx_errno(err);
 	if (in.i_links_count > 0)
 		return 0;
-	if (fs->super->s_last_orphan) {
-		if ((err = vx_orphan_remove(fs, ino)))
-			return vx_errno(err);
-		memset(&in, 0, sizeof in);
-		if ((err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in)))
-			return vx_errno(err);
-	}
 	if (ext2fs_file_acl_block(fs, (struct ext2_inode *)&in)) {
 		/* Drop our reference to a shared extended attribute block. */
 		blk64_t blk = ext2fs_file_acl_block(fs, (struct ext2_inode *)&in);
