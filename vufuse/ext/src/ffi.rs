@@ -115,6 +115,28 @@ pub(crate) struct VxGroupCounts {
     pub(crate) flags: u16,
 }
 
+/// The shim's usage check (`struct vx_usage_scan`): its bitmaps and inode scan (usage.rs).
+#[repr(C)]
+pub(crate) struct VxUsageScan {
+    pub(crate) _private: [u8; 0],
+}
+
+/// Mirrors `struct vx_usage_inode`: what the usage check needs of the inode scanned.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct VxUsageInode {
+    /// 0: the scan is over.
+    pub(crate) ino: u32,
+    pub(crate) links: u32,
+    pub(crate) dtime: u32,
+    pub(crate) reserved: i32,
+    pub(crate) block0: i32,
+    pub(crate) marked: i32,
+    pub(crate) has_blocks: i32,
+    pub(crate) inline_data: i32,
+    pub(crate) acl: u64,
+}
+
 /// Mirrors `struct vx_orphan_shape`: the orphan list's head and the inode numbers' bounds.
 #[repr(C)]
 #[derive(Default)]
@@ -290,6 +312,28 @@ extern "C" {
         out_last: *mut c_int,
     ) -> c_int;
     pub(crate) fn vx_free_inode(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    pub(crate) fn vx_usage_begin(
+        fs: *mut ExtFsHandle,
+        out: *mut *mut VxUsageScan,
+        msg: *mut c_char,
+        msglen: usize,
+    ) -> c_int;
+    pub(crate) fn vx_usage_next(
+        s: *mut VxUsageScan,
+        out: *mut VxUsageInode,
+        msg: *mut c_char,
+        msglen: usize,
+    ) -> c_int;
+    pub(crate) fn vx_usage_walk(
+        s: *mut VxUsageScan,
+        ino: u32,
+        why: *mut c_int,
+        bad: *mut u64,
+        msg: *mut c_char,
+        msglen: usize,
+    ) -> c_int;
+    pub(crate) fn vx_usage_end(s: *mut VxUsageScan);
+    pub(crate) fn vx_block_state(fs: *mut ExtFsHandle, block: u64) -> c_int;
     pub(crate) fn vx_orphan_shape(fs: *mut ExtFsHandle, out: *mut VxOrphanShape);
     pub(crate) fn vx_set_orphan_head(fs: *mut ExtFsHandle, ino: u32);
     pub(crate) fn vx_orphan_node(

@@ -26,6 +26,7 @@ pub mod journal;
 mod names;
 mod orphans;
 mod session;
+mod usage;
 mod write_order;
 
 use ffi::*;
@@ -575,6 +576,17 @@ impl ExtFs {
                 errno: Errno::from_raw(code),
                 message: String::from_utf8_lossy(&msg[..end]).into_owned(),
             });
+        }
+        // A read-write mount first checks the bitmaps against the inodes.
+        if !read_only {
+            if let Err((errno, message)) = usage::check(fs) {
+                // SAFETY: fs is open and closed once here; then the device is unused.
+                unsafe {
+                    vx_close(fs);
+                    free_device(device);
+                }
+                return Err(MountError::Volume { errno, message });
+            }
         }
         // The write order's snapshots: the filesystem as opened, before anything changes.
         let write_order = if read_only {

@@ -363,7 +363,9 @@ static void vx_register_messages(void)
  * but reading only inode tables and extent/indirect blocks: every inode in use must be
  * marked, every block it maps marked, claimed once, and outside every group's bitmaps and
  * inode table. Cost: the inode tables' used part (itable_unused skipped) and the mapping
- * blocks, e.g. a few ms for /usr/include's 8,800 files. */
+ * blocks, e.g. a few ms for /usr/include's 8,800 files. Which inodes, what is checked of
+ * each and the messages are src/usage.rs; here are the scan and the walk of one inode's
+ * blocks against the bitmaps. */
 
 struct vx_usage {
 	ext2fs_block_bitmap claimed; /* blocks (clusters) mapped by the inodes walked before */
@@ -418,96 +420,137 @@ static int vx_usage_block(ext2_filsys fs, blk64_t *blocknr, e2_blkcnt_t blockcnt
 	return 0;
 }
 
-/* 0, or an errno with msg saying what does not add up. */
-static int vx_check_usage(ext2_filsys fs, char *msg, size_t msglen)
+/* The check's state: the bitmaps it fills and the inode scan (src/usage.rs drives it). */
+struct vx_usage_scan {
+	struct vx_usage u;
+	ext2_filsys fs;
+	ext2_inode_scan scan;
+	struct ext2_inode *in;
+	int inode_size;
+};
+
+/* Mirrors what usage.rs needs of the inode the scan is at. */
+struct vx_usage_inode {
+	uint32_t ino; /* 0: the scan is over */
+	uint32_t links;
+	uint32_t dtime;
+	int32_t reserved;   /* below the first non-reserved inode */
+	int32_t block0;     /* i_block[0] != 0 */
+	int32_t marked;     /* set in the inode bitmap */
+	int32_t has_blocks; /* ext2fs_inode_has_valid_blocks2 */
+	int32_t inline_data;
+	uint64_t acl; /* the extended attribute block, 0: none */
+};
+
+static int vx_usage_failed(errcode_t err, char *msg, size_t msglen)
 {
-	struct vx_usage u = {0};
-	ext2_inode_scan scan = NULL;
-	struct ext2_inode *in = NULL;
-	int inode_size = EXT2_INODE_SIZE(fs->super);
-	int result = 0;
-	errcode_t err = ext2fs_allocate_block_bitmap(fs, "claimed", &u.claimed);
+	snprintf(msg, msglen, "cannot check the inodes against the bitmaps: %s (e2fsck -fy IMAGE may repair it)", error_message(err));
+	return vx_errno(err) ? vx_errno(err) : EIO;
+}
+
+void vx_usage_end(struct vx_usage_scan *s)
+{
+	if (!s)
+		return;
+	if (s->scan)
+		ext2fs_close_inode_scan(s->scan);
+	ext2fs_free_mem(&s->in);
+	if (s->u.claimed)
+		ext2fs_free_block_bitmap(s->u.claimed);
+	if (s->u.meta)
+		ext2fs_free_block_bitmap(s->u.meta);
+	free(s->u.mine);
+	free(s);
+}
+
+/* Starts the check (*out, ended by vx_usage_end): every group's bitmaps and inode table
+ * marked as metadata, the inode scan opened; an errno with msg. */
+int vx_usage_begin(ext2_filsys fs, struct vx_usage_scan **out, char *msg, size_t msglen)
+{
+	struct vx_usage_scan *s = calloc(1, sizeof *s);
+	*out = s;
+	if (!s)
+		return vx_usage_failed(EXT2_ET_NO_MEMORY, msg, msglen);
+	s->fs = fs;
+	s->inode_size = EXT2_INODE_SIZE(fs->super);
+	errcode_t err = ext2fs_allocate_block_bitmap(fs, "claimed", &s->u.claimed);
 	if (!err)
-		err = ext2fs_allocate_block_bitmap(fs, "metadata", &u.meta);
+		err = ext2fs_allocate_block_bitmap(fs, "metadata", &s->u.meta);
 	if (!err)
-		err = ext2fs_get_mem(inode_size, &in);
+		err = ext2fs_get_mem(s->inode_size, &s->in);
 	if (err)
-		goto failed;
+		return vx_usage_failed(err, msg, msglen);
 	for (dgrp_t g = 0; g < fs->group_desc_count; g++) {
 		blk64_t b = ext2fs_block_bitmap_loc(fs, g), i = ext2fs_inode_bitmap_loc(fs, g), t = ext2fs_inode_table_loc(fs, g);
 		if (b)
-			ext2fs_mark_block_bitmap2(u.meta, b);
+			ext2fs_mark_block_bitmap2(s->u.meta, b);
 		if (i)
-			ext2fs_mark_block_bitmap2(u.meta, i);
+			ext2fs_mark_block_bitmap2(s->u.meta, i);
 		if (t)
-			ext2fs_mark_block_bitmap_range2(u.meta, t, fs->inode_blocks_per_group);
+			ext2fs_mark_block_bitmap_range2(s->u.meta, t, fs->inode_blocks_per_group);
 	}
-	if ((err = ext2fs_open_inode_scan(fs, 0, &scan)))
-		goto failed;
-	ext2fs_inode_scan_flags(scan, EXT2_SF_SKIP_MISSING_ITABLE, 0);
+	if ((err = ext2fs_open_inode_scan(fs, 0, &s->scan)))
+		return vx_usage_failed(err, msg, msglen);
+	ext2fs_inode_scan_flags(s->scan, EXT2_SF_SKIP_MISSING_ITABLE, 0);
+	return 0;
+}
+
+/* The next inode of the scan (those it cannot read are e2fsck's business, skipped); an errno
+ * with msg. */
+int vx_usage_next(struct vx_usage_scan *s, struct vx_usage_inode *out, char *msg, size_t msglen)
+{
+	ext2_filsys fs = s->fs;
+	memset(out, 0, sizeof *out);
 	for (;;) {
 		ext2_ino_t ino = 0;
-		err = ext2fs_get_next_inode_full(scan, &ino, in, inode_size);
+		errcode_t err = ext2fs_get_next_inode_full(s->scan, &ino, s->in, s->inode_size);
 		if (err == EXT2_ET_BAD_BLOCK_IN_INODE_TABLE || err == EXT2_ET_INODE_CSUM_INVALID || err == EXT2_ET_INODE_IS_GARBAGE)
-			continue; /* e2fsck's business; nothing here allocates from it */
+			continue; /* nothing here allocates from it */
 		if (err)
-			goto failed;
+			return vx_usage_failed(err, msg, msglen);
 		if (!ino)
-			break;
-		int in_use = in->i_links_count && !in->i_dtime;
-		int reserved = ino < EXT2_FIRST_INODE(fs->super);
-		if (!in_use && !(reserved && in->i_block[0]))
-			continue;
-		if (in_use && !reserved && !ext2fs_test_inode_bitmap2(fs->inode_map, ino)) {
-			snprintf(msg, msglen, "inode %u is in use but its bitmap marks it free: mount read-only, or run e2fsck -fy IMAGE", ino);
-			result = EUCLEAN;
-			goto out;
-		}
-		u.ino = ino;
-		/* The bad-block list (inode 1, no file type) maps its blocks like a file. */
-		int mapped = ino == EXT2_BAD_INO ? in->i_block[0] != 0 : ext2fs_inode_has_valid_blocks2(fs, in);
-		if (mapped && !(in->i_flags & EXT4_INLINE_DATA_FL)) {
-			u.nmine = 0;
-			err = ext2fs_block_iterate3(fs, ino, BLOCK_FLAG_READ_ONLY, NULL, vx_usage_block, &u);
-			for (size_t k = 0; k < u.nmine; k++)
-				ext2fs_mark_block_bitmap2(u.claimed, u.mine[k]);
-			if (err && !u.why) {
-				snprintf(msg, msglen, "inode %u has an unreadable block map (%s): mount read-only, or run e2fsck -fy IMAGE", ino, error_message(err));
-				result = EUCLEAN;
-				goto out;
-			}
-		}
-		blk64_t acl = ext2fs_file_acl_block(fs, in);
-		if (!u.why && acl && (acl >= ext2fs_blocks_count(fs->super) || !ext2fs_test_block_bitmap2(fs->block_map, acl))) {
-			u.bad = acl;
-			u.why = acl >= ext2fs_blocks_count(fs->super) ? 4 : 1;
-		}
-		if (u.why) {
-			static const char *const what[] = {"", "is marked free in the block bitmap", "is claimed by another inode too",
-							   "lies in a group's bitmaps or inode table", "lies outside the filesystem",
-							   "could not be checked (out of memory)"};
-			if (ino == EXT2_BAD_INO)
-				snprintf(msg, msglen, "bad block %llu %s: mount read-only, or run e2fsck -fy IMAGE", (unsigned long long)u.bad, what[u.why]);
-			else
-				snprintf(msg, msglen, "block %llu of inode %u %s: mount read-only, or run e2fsck -fy IMAGE", (unsigned long long)u.bad, ino, what[u.why]);
-			result = EUCLEAN;
-			goto out;
-		}
+			return 0;
+		struct ext2_inode *in = s->in;
+		out->ino = ino;
+		out->links = in->i_links_count;
+		out->dtime = in->i_dtime;
+		out->reserved = ino < EXT2_FIRST_INODE(fs->super);
+		out->block0 = in->i_block[0] != 0;
+		out->marked = ext2fs_test_inode_bitmap2(fs->inode_map, ino) != 0;
+		out->has_blocks = ext2fs_inode_has_valid_blocks2(fs, in) != 0;
+		out->inline_data = (in->i_flags & EXT4_INLINE_DATA_FL) != 0;
+		out->acl = ext2fs_file_acl_block(fs, in);
+		return 0;
 	}
-	goto out;
-failed:
-	snprintf(msg, msglen, "cannot check the inodes against the bitmaps: %s (e2fsck -fy IMAGE may repair it)", error_message(err));
-	result = vx_errno(err) ? vx_errno(err) : EIO;
-out:
-	if (scan)
-		ext2fs_close_inode_scan(scan);
-	ext2fs_free_mem(&in);
-	if (u.claimed)
-		ext2fs_free_block_bitmap(u.claimed);
-	if (u.meta)
-		ext2fs_free_block_bitmap(u.meta);
-	free(u.mine);
-	return result;
+}
+
+/* Walks the blocks the scan's current inode maps: *why 0 when they add up, else the first
+ * offending one in *bad (*why: 1 free in the block bitmap, 2 claimed by another inode too,
+ * 3 in a group's bitmaps or inode table, 4 outside the filesystem, 5 out of memory); an
+ * errno with libext2fs's text in msg for a map that cannot be read. */
+int vx_usage_walk(struct vx_usage_scan *s, uint32_t ino, int *why, uint64_t *bad, char *msg, size_t msglen)
+{
+	s->u.ino = ino;
+	s->u.nmine = 0;
+	s->u.why = 0;
+	errcode_t err = ext2fs_block_iterate3(s->fs, ino, BLOCK_FLAG_READ_ONLY, NULL, vx_usage_block, &s->u);
+	for (size_t k = 0; k < s->u.nmine; k++)
+		ext2fs_mark_block_bitmap2(s->u.claimed, s->u.mine[k]);
+	*why = s->u.why;
+	*bad = s->u.bad;
+	if (err && !s->u.why) {
+		snprintf(msg, msglen, "%s", error_message(err));
+		return vx_errno(err) ? vx_errno(err) : EIO;
+	}
+	return 0;
+}
+
+/* Whether block b lies inside the filesystem (1), and is marked in use there (2). */
+int vx_block_state(ext2_filsys fs, uint64_t b)
+{
+	if (b >= ext2fs_blocks_count(fs->super))
+		return 0;
+	return ext2fs_test_block_bitmap2(fs->block_map, b) ? 2 : 1;
 }
 
 int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, char *msg, size_t msglen)
@@ -591,11 +634,7 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 		return vx_errno(err);
 	}
 	if (rw) {
-		int problem = vx_check_usage(fs, msg, msglen);
-		if (problem) {
-			ext2fs_close_free(&fs);
-			return problem;
-		}
+		/* The caller checks the bitmaps against the inodes next (src/usage.rs). */
 		err = vx_meta_init(fs);
 		if (err) {
 			snprintf(msg, msglen, "out of memory: %s", error_message(err));
