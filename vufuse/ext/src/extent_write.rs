@@ -12,12 +12,13 @@
 //! blocks mapped.
 //!
 //! The steps and their order are here; the shim's primitives (`ffi.rs`) do what touches
-//! libext2fs's structs: a write session that holds the inode and its extent handle, extent
-//! lookups, the allocation of a hole, the mapping of one block, the device write of a run,
-//! the inode's update.
+//! libext2fs's structs: the session that holds the inode and its extent handle
+//! (`session.rs`), extent lookups, the allocation of a hole, the mapping of one block, the
+//! device write of a run, the inode's update.
 
 use crate::check;
-use crate::ffi::{self, ExtFsHandle, VxExtent, VxWr, VxWrInode};
+use crate::ffi::{self, ExtFsHandle};
+use crate::session::{covers, Session};
 use std::ffi::c_int;
 use vudev::{Errno, Result};
 
@@ -44,7 +45,7 @@ pub(crate) fn write(
         return Err(Errno::EFBIG);
     }
     let (first, last) = (offset / bs, (end - 1) / bs);
-    if inode.extents == 0 || session.has_unwritten(first, last)? {
+    if inode.extents == 0 || inode.bigalloc != 0 || session.has_unwritten(first, last)? {
         drop(session);
         return write_file_api(fs, ino, offset, data);
     }
@@ -66,7 +67,7 @@ pub(crate) fn write(
         let pos = offset + put as u64;
         let (lblk, within) = (pos / bs, pos % bs);
         let ext = match session.extent(lblk) {
-            Ok(Some(e)) if lblk >= e.lblk && lblk < e.lblk + u64::from(e.len) => e,
+            Ok(Some(e)) if covers(&e, lblk) => e,
             Ok(_) => {
                 result = Err(Errno::EIO);
                 break;
@@ -165,27 +166,13 @@ fn write_file_api(fs: *mut ExtFsHandle, ino: u32, offset: u64, data: &[u8]) -> R
     Ok(done)
 }
 
-/// The shim's write session: the inode as read, and its extent handle; ended (freed) on
-/// drop, or by [`Session::end`], which also writes the inode.
-struct Session {
-    wr: *mut VxWr,
-}
-
+/// The write path's steps of a session: the shim's write session holds the inode as read
+/// and its extent handle.
 impl Session {
-    /// Reads inode `ino`.
-    fn begin(fs: *mut ExtFsHandle, ino: u32) -> Result<(Session, VxWrInode)> {
-        let mut wr = std::ptr::null_mut();
-        let mut inode = VxWrInode::default();
-        // SAFETY: fs is open; both out-pointers are live.
-        check(unsafe { ffi::vx_wr_begin(fs, ino, &mut wr, &mut inode) })?;
-        Ok((Session { wr }, inode))
-    }
-
     /// Whether an extent of logical blocks `first..=last` is unwritten (opening the extent
     /// handle the later steps use).
     fn has_unwritten(&self, first: u64, last: u64) -> Result<bool> {
-        // SAFETY: self.wr is the live session of an extent-mapped inode.
-        check(unsafe { ffi::vx_wr_open_extents(self.wr) })?;
+        self.open_extents()?;
         let mut l = first;
         while l <= last {
             match self.extent(l)? {
@@ -206,16 +193,12 @@ impl Session {
                 Ok(found) => found,
                 Err(e) => return (l, Err(e)),
             };
-            if let Some(ext) = found {
-                if l >= ext.lblk && l < ext.lblk + u64::from(ext.len) {
-                    l = ext.lblk + u64::from(ext.len);
-                    continue;
-                }
+            if let Some(ext) = found.filter(|e| covers(e, l)) {
+                l = ext.lblk + u64::from(ext.len);
+                continue;
             }
             // A hole from l: up to the next extent or the end of the range.
-            // SAFETY: self.wr is live, its handle just positioned by self.extent(l).
-            let end =
-                unsafe { ffi::vx_wr_hole_end(self.wr, l, c_int::from(found.is_none()), last + 1) };
+            let end = self.hole_end(l, found, last + 1);
             let mut got = 0u64;
             // SAFETY: self.wr is live; got is a live out-pointer.
             let mapped = check(unsafe { ffi::vx_wr_map_hole(self.wr, l, end - l, &mut got) });
@@ -225,15 +208,6 @@ impl Session {
             l = end;
         }
         (last + 1, Ok(()))
-    }
-
-    /// The extent that holds, or is nearest before, logical block `lblk`; None when the
-    /// lookup finds none.
-    fn extent(&self, lblk: u64) -> Result<Option<VxExtent>> {
-        let (mut ext, mut found) = (VxExtent::default(), 0 as c_int);
-        // SAFETY: self.wr is live with its extent handle open; both out-pointers are live.
-        check(unsafe { ffi::vx_wr_extent(self.wr, lblk, &mut ext, &mut found) })?;
-        Ok((found != 0).then_some(ext))
     }
 
     /// The physical block of logical block `lblk` (0: none).
@@ -247,14 +221,5 @@ impl Session {
         let wr = std::mem::replace(&mut self.wr, std::ptr::null_mut());
         // SAFETY: wr is the live session, ended once here (Drop then sees null).
         check(unsafe { ffi::vx_wr_end(wr, 1, c_int::from(grow), size, s, ns) })
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        if !self.wr.is_null() {
-            // SAFETY: self.wr is the live session, ended once here without an update.
-            unsafe { ffi::vx_wr_end(self.wr, 0, 0, 0, 0, 0) };
-        }
     }
 }

@@ -115,23 +115,57 @@ pub(crate) struct VxGroupCounts {
     pub(crate) flags: u16,
 }
 
-/// The shim's write session (`struct vx_wr`): an inode and its extent handle.
+/// The shim's usage check (`struct vx_usage_scan`): its bitmaps and inode scan (usage.rs).
+#[repr(C)]
+pub(crate) struct VxUsageScan {
+    pub(crate) _private: [u8; 0],
+}
+
+/// Mirrors `struct vx_usage_inode`: what the usage check needs of the inode scanned.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct VxUsageInode {
+    /// 0: the scan is over.
+    pub(crate) ino: u32,
+    pub(crate) links: u32,
+    pub(crate) dtime: u32,
+    pub(crate) reserved: i32,
+    pub(crate) block0: i32,
+    pub(crate) marked: i32,
+    pub(crate) has_blocks: i32,
+    pub(crate) inline_data: i32,
+    pub(crate) acl: u64,
+}
+
+/// Mirrors `struct vx_orphan_shape`: the orphan list's head and the inode numbers' bounds.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct VxOrphanShape {
+    pub(crate) head: u32,
+    pub(crate) first_ino: u32,
+    pub(crate) inodes_count: u32,
+}
+
+/// The shim's inode session (`struct vx_wr`): an inode and its extent handle (session.rs).
 #[repr(C)]
 pub(crate) struct VxWr {
     pub(crate) _private: [u8; 0],
 }
 
-/// Mirrors `struct vx_wr_inode`: what the write path (extent_write.rs) needs of the inode.
+/// Mirrors `struct vx_wr_inode`: what the data paths (extent_read.rs, extent_write.rs) need
+/// of the inode.
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct VxWrInode {
     pub(crate) size: u64,
     pub(crate) block_size: u32,
-    /// Extent-mapped, not inline, no bigalloc: the run path applies.
+    /// Extent-mapped and not inline: the extent handle applies.
     pub(crate) extents: i32,
+    /// A bigalloc filesystem (the write path leaves it to the file API).
+    pub(crate) bigalloc: i32,
 }
 
-/// Mirrors `struct vx_extent`: one extent as the write path reads it.
+/// Mirrors `struct vx_extent`: one extent as the data paths read it.
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
 pub(crate) struct VxExtent {
@@ -278,7 +312,38 @@ extern "C" {
         out_last: *mut c_int,
     ) -> c_int;
     pub(crate) fn vx_free_inode(fs: *mut ExtFsHandle, ino: u32) -> c_int;
-    pub(crate) fn vx_orphan_add(fs: *mut ExtFsHandle, ino: u32) -> c_int;
+    pub(crate) fn vx_usage_begin(
+        fs: *mut ExtFsHandle,
+        out: *mut *mut VxUsageScan,
+        msg: *mut c_char,
+        msglen: usize,
+    ) -> c_int;
+    pub(crate) fn vx_usage_next(
+        s: *mut VxUsageScan,
+        out: *mut VxUsageInode,
+        msg: *mut c_char,
+        msglen: usize,
+    ) -> c_int;
+    pub(crate) fn vx_usage_walk(
+        s: *mut VxUsageScan,
+        ino: u32,
+        why: *mut c_int,
+        bad: *mut u64,
+        msg: *mut c_char,
+        msglen: usize,
+    ) -> c_int;
+    pub(crate) fn vx_usage_end(s: *mut VxUsageScan);
+    pub(crate) fn vx_block_state(fs: *mut ExtFsHandle, block: u64) -> c_int;
+    pub(crate) fn vx_orphan_shape(fs: *mut ExtFsHandle, out: *mut VxOrphanShape);
+    pub(crate) fn vx_set_orphan_head(fs: *mut ExtFsHandle, ino: u32);
+    pub(crate) fn vx_orphan_node(
+        fs: *mut ExtFsHandle,
+        ino: u32,
+        links: *mut u32,
+        next: *mut u32,
+    ) -> c_int;
+    pub(crate) fn vx_set_orphan_next(fs: *mut ExtFsHandle, ino: u32, next: u32) -> c_int;
+    pub(crate) fn vx_settle_orphan(fs: *mut ExtFsHandle, ino: u32) -> c_int;
     pub(crate) fn vx_rename(
         fs: *mut ExtFsHandle,
         sdir: u32,
@@ -289,15 +354,6 @@ extern "C" {
         s: i64,
         ns: u32,
         freed: *mut u32,
-    ) -> c_int;
-    pub(crate) fn vx_read_ino(
-        fs: *mut ExtFsHandle,
-        ino: u32,
-        offset: u64,
-        buf: *mut c_void,
-        len: usize,
-        ahead: u64,
-        got: *mut usize,
     ) -> c_int;
     pub(crate) fn vx_truncate(fs: *mut ExtFsHandle, ino: u32, size: u64) -> c_int;
     pub(crate) fn vx_meta_shape(fs: *mut ExtFsHandle, out: *mut VxMetaShape) -> c_int;
@@ -366,6 +422,20 @@ extern "C" {
         pblk: u64,
         data: *const c_void,
         bytes: usize,
+    ) -> c_int;
+    pub(crate) fn vx_read_run(
+        fs: *mut ExtFsHandle,
+        pblk: u64,
+        buf: *mut c_void,
+        bytes: usize,
+    ) -> c_int;
+    pub(crate) fn vx_prefetch(fs: *mut ExtFsHandle, offset: u64, len: u64);
+    pub(crate) fn vx_wr_read_file_api(
+        wr: *mut VxWr,
+        offset: u64,
+        buf: *mut c_void,
+        len: usize,
+        got: *mut usize,
     ) -> c_int;
     pub(crate) fn vx_write_file_api(
         fs: *mut ExtFsHandle,

@@ -17,12 +17,16 @@
 #![allow(unsafe_code)]
 
 mod crc32c;
+mod extent_read;
 mod extent_write;
 mod ffi;
 mod geometry;
 mod htree;
 pub mod journal;
 mod names;
+mod orphans;
+mod session;
+mod usage;
 mod write_order;
 
 use ffi::*;
@@ -245,13 +249,11 @@ impl Handles {
         self.forget_dir(ino);
         if self.open_count(ino) > 0 {
             if self.orphans.insert(ino) {
-                // SAFETY: self.fs is open; ino's last link is gone.
-                check(unsafe { vx_orphan_add(self.fs, ino) })?;
+                orphans::add(self.fs, ino)?;
             }
             Ok(())
         } else {
-            // SAFETY: self.fs is open; ino's last link is gone.
-            check(unsafe { vx_free_inode(self.fs, ino) })
+            orphans::free_inode(self.fs, ino)
         }
     }
 
@@ -575,6 +577,17 @@ impl ExtFs {
                 message: String::from_utf8_lossy(&msg[..end]).into_owned(),
             });
         }
+        // A read-write mount first checks the bitmaps against the inodes.
+        if !read_only {
+            if let Err((errno, message)) = usage::check(fs) {
+                // SAFETY: fs is open and closed once here; then the device is unused.
+                unsafe {
+                    vx_close(fs);
+                    free_device(device);
+                }
+                return Err(MountError::Volume { errno, message });
+            }
+        }
         // The write order's snapshots: the filesystem as opened, before anything changes.
         let write_order = if read_only {
             None
@@ -619,8 +632,12 @@ impl ExtFs {
             ));
         }
         if !read_only {
-            // SAFETY: fs was just opened read-write.
-            let code = unsafe { vx_begin_rw(fs) };
+            // What a crash left on the orphan list first, then the in-use mark.
+            let code = match orphans::release(fs) {
+                // SAFETY: fs was just opened read-write.
+                Ok(()) => unsafe { vx_begin_rw(fs) },
+                Err(e) => e.raw(),
+            };
             if code != 0 {
                 // SAFETY: fs is open and closed once here; then the device is unused.
                 unsafe {
@@ -929,9 +946,14 @@ impl Drop for ExtFs {
         let read_only = self.read_only;
         let h = self.handles.get_mut().unwrap_or_else(|e| e.into_inner());
         h.files.clear();
-        for ino in std::mem::take(&mut h.orphans) {
-            // SAFETY: h.fs is open; the orphan's last link is gone and no handle remains.
-            unsafe { vx_free_inode(h.fs, ino) };
+        let left = std::mem::take(&mut h.orphans);
+        for &ino in &left {
+            // The orphan's last link is gone and no handle remains.
+            let _ = orphans::free_inode(h.fs, ino);
+        }
+        if !left.is_empty() {
+            // In the write order, as the last close of each would have.
+            let _ = h.commit_removal(Ok(()));
         }
         if !read_only {
             // SAFETY: h.fs is open read-write; this marks it clean before the close writes it.
@@ -1044,19 +1066,7 @@ impl FileSystem for ExtFs {
         } else {
             0
         };
-        let mut got = 0usize;
-        // SAFETY: h.fs is open; buf is writable for its length; got is a valid out-pointer.
-        check(unsafe {
-            vx_read_ino(
-                h.fs,
-                ext_ino(ino),
-                offset,
-                buf.as_mut_ptr() as *mut c_void,
-                buf.len(),
-                ahead,
-                &mut got,
-            )
-        })?;
+        let got = extent_read::read(h.fs, ext_ino(ino), offset, buf, ahead)?;
         h.next_read.insert(fh.0, offset + got as u64);
         Ok(got)
     }
@@ -1075,8 +1085,8 @@ impl FileSystem for ExtFs {
         h.prefetch_at.remove(&fh.0);
         if let Some(ino) = h.files.remove(&fh.0) {
             if h.open_count(ino) == 0 && h.orphans.remove(&ino) {
-                // SAFETY: h.fs is open; the orphan's last link is gone and its last handle closed.
-                let freed = check(unsafe { vx_free_inode(h.fs, ino) });
+                // The orphan's last link is gone and its last handle closed.
+                let freed = orphans::free_inode(h.fs, ino);
                 h.commit_removal(freed)?;
             }
         }

@@ -363,7 +363,9 @@ static void vx_register_messages(void)
  * but reading only inode tables and extent/indirect blocks: every inode in use must be
  * marked, every block it maps marked, claimed once, and outside every group's bitmaps and
  * inode table. Cost: the inode tables' used part (itable_unused skipped) and the mapping
- * blocks, e.g. a few ms for /usr/include's 8,800 files. */
+ * blocks, e.g. a few ms for /usr/include's 8,800 files. Which inodes, what is checked of
+ * each and the messages are src/usage.rs; here are the scan and the walk of one inode's
+ * blocks against the bitmaps. */
 
 struct vx_usage {
 	ext2fs_block_bitmap claimed; /* blocks (clusters) mapped by the inodes walked before */
@@ -418,96 +420,137 @@ static int vx_usage_block(ext2_filsys fs, blk64_t *blocknr, e2_blkcnt_t blockcnt
 	return 0;
 }
 
-/* 0, or an errno with msg saying what does not add up. */
-static int vx_check_usage(ext2_filsys fs, char *msg, size_t msglen)
+/* The check's state: the bitmaps it fills and the inode scan (src/usage.rs drives it). */
+struct vx_usage_scan {
+	struct vx_usage u;
+	ext2_filsys fs;
+	ext2_inode_scan scan;
+	struct ext2_inode *in;
+	int inode_size;
+};
+
+/* Mirrors what usage.rs needs of the inode the scan is at. */
+struct vx_usage_inode {
+	uint32_t ino; /* 0: the scan is over */
+	uint32_t links;
+	uint32_t dtime;
+	int32_t reserved;   /* below the first non-reserved inode */
+	int32_t block0;     /* i_block[0] != 0 */
+	int32_t marked;     /* set in the inode bitmap */
+	int32_t has_blocks; /* ext2fs_inode_has_valid_blocks2 */
+	int32_t inline_data;
+	uint64_t acl; /* the extended attribute block, 0: none */
+};
+
+static int vx_usage_failed(errcode_t err, char *msg, size_t msglen)
 {
-	struct vx_usage u = {0};
-	ext2_inode_scan scan = NULL;
-	struct ext2_inode *in = NULL;
-	int inode_size = EXT2_INODE_SIZE(fs->super);
-	int result = 0;
-	errcode_t err = ext2fs_allocate_block_bitmap(fs, "claimed", &u.claimed);
+	snprintf(msg, msglen, "cannot check the inodes against the bitmaps: %s (e2fsck -fy IMAGE may repair it)", error_message(err));
+	return vx_errno(err) ? vx_errno(err) : EIO;
+}
+
+void vx_usage_end(struct vx_usage_scan *s)
+{
+	if (!s)
+		return;
+	if (s->scan)
+		ext2fs_close_inode_scan(s->scan);
+	ext2fs_free_mem(&s->in);
+	if (s->u.claimed)
+		ext2fs_free_block_bitmap(s->u.claimed);
+	if (s->u.meta)
+		ext2fs_free_block_bitmap(s->u.meta);
+	free(s->u.mine);
+	free(s);
+}
+
+/* Starts the check (*out, ended by vx_usage_end): every group's bitmaps and inode table
+ * marked as metadata, the inode scan opened; an errno with msg. */
+int vx_usage_begin(ext2_filsys fs, struct vx_usage_scan **out, char *msg, size_t msglen)
+{
+	struct vx_usage_scan *s = calloc(1, sizeof *s);
+	*out = s;
+	if (!s)
+		return vx_usage_failed(EXT2_ET_NO_MEMORY, msg, msglen);
+	s->fs = fs;
+	s->inode_size = EXT2_INODE_SIZE(fs->super);
+	errcode_t err = ext2fs_allocate_block_bitmap(fs, "claimed", &s->u.claimed);
 	if (!err)
-		err = ext2fs_allocate_block_bitmap(fs, "metadata", &u.meta);
+		err = ext2fs_allocate_block_bitmap(fs, "metadata", &s->u.meta);
 	if (!err)
-		err = ext2fs_get_mem(inode_size, &in);
+		err = ext2fs_get_mem(s->inode_size, &s->in);
 	if (err)
-		goto failed;
+		return vx_usage_failed(err, msg, msglen);
 	for (dgrp_t g = 0; g < fs->group_desc_count; g++) {
 		blk64_t b = ext2fs_block_bitmap_loc(fs, g), i = ext2fs_inode_bitmap_loc(fs, g), t = ext2fs_inode_table_loc(fs, g);
 		if (b)
-			ext2fs_mark_block_bitmap2(u.meta, b);
+			ext2fs_mark_block_bitmap2(s->u.meta, b);
 		if (i)
-			ext2fs_mark_block_bitmap2(u.meta, i);
+			ext2fs_mark_block_bitmap2(s->u.meta, i);
 		if (t)
-			ext2fs_mark_block_bitmap_range2(u.meta, t, fs->inode_blocks_per_group);
+			ext2fs_mark_block_bitmap_range2(s->u.meta, t, fs->inode_blocks_per_group);
 	}
-	if ((err = ext2fs_open_inode_scan(fs, 0, &scan)))
-		goto failed;
-	ext2fs_inode_scan_flags(scan, EXT2_SF_SKIP_MISSING_ITABLE, 0);
+	if ((err = ext2fs_open_inode_scan(fs, 0, &s->scan)))
+		return vx_usage_failed(err, msg, msglen);
+	ext2fs_inode_scan_flags(s->scan, EXT2_SF_SKIP_MISSING_ITABLE, 0);
+	return 0;
+}
+
+/* The next inode of the scan (those it cannot read are e2fsck's business, skipped); an errno
+ * with msg. */
+int vx_usage_next(struct vx_usage_scan *s, struct vx_usage_inode *out, char *msg, size_t msglen)
+{
+	ext2_filsys fs = s->fs;
+	memset(out, 0, sizeof *out);
 	for (;;) {
 		ext2_ino_t ino = 0;
-		err = ext2fs_get_next_inode_full(scan, &ino, in, inode_size);
+		errcode_t err = ext2fs_get_next_inode_full(s->scan, &ino, s->in, s->inode_size);
 		if (err == EXT2_ET_BAD_BLOCK_IN_INODE_TABLE || err == EXT2_ET_INODE_CSUM_INVALID || err == EXT2_ET_INODE_IS_GARBAGE)
-			continue; /* e2fsck's business; nothing here allocates from it */
+			continue; /* nothing here allocates from it */
 		if (err)
-			goto failed;
+			return vx_usage_failed(err, msg, msglen);
 		if (!ino)
-			break;
-		int in_use = in->i_links_count && !in->i_dtime;
-		int reserved = ino < EXT2_FIRST_INODE(fs->super);
-		if (!in_use && !(reserved && in->i_block[0]))
-			continue;
-		if (in_use && !reserved && !ext2fs_test_inode_bitmap2(fs->inode_map, ino)) {
-			snprintf(msg, msglen, "inode %u is in use but its bitmap marks it free: mount read-only, or run e2fsck -fy IMAGE", ino);
-			result = EUCLEAN;
-			goto out;
-		}
-		u.ino = ino;
-		/* The bad-block list (inode 1, no file type) maps its blocks like a file. */
-		int mapped = ino == EXT2_BAD_INO ? in->i_block[0] != 0 : ext2fs_inode_has_valid_blocks2(fs, in);
-		if (mapped && !(in->i_flags & EXT4_INLINE_DATA_FL)) {
-			u.nmine = 0;
-			err = ext2fs_block_iterate3(fs, ino, BLOCK_FLAG_READ_ONLY, NULL, vx_usage_block, &u);
-			for (size_t k = 0; k < u.nmine; k++)
-				ext2fs_mark_block_bitmap2(u.claimed, u.mine[k]);
-			if (err && !u.why) {
-				snprintf(msg, msglen, "inode %u has an unreadable block map (%s): mount read-only, or run e2fsck -fy IMAGE", ino, error_message(err));
-				result = EUCLEAN;
-				goto out;
-			}
-		}
-		blk64_t acl = ext2fs_file_acl_block(fs, in);
-		if (!u.why && acl && (acl >= ext2fs_blocks_count(fs->super) || !ext2fs_test_block_bitmap2(fs->block_map, acl))) {
-			u.bad = acl;
-			u.why = acl >= ext2fs_blocks_count(fs->super) ? 4 : 1;
-		}
-		if (u.why) {
-			static const char *const what[] = {"", "is marked free in the block bitmap", "is claimed by another inode too",
-							   "lies in a group's bitmaps or inode table", "lies outside the filesystem",
-							   "could not be checked (out of memory)"};
-			if (ino == EXT2_BAD_INO)
-				snprintf(msg, msglen, "bad block %llu %s: mount read-only, or run e2fsck -fy IMAGE", (unsigned long long)u.bad, what[u.why]);
-			else
-				snprintf(msg, msglen, "block %llu of inode %u %s: mount read-only, or run e2fsck -fy IMAGE", (unsigned long long)u.bad, ino, what[u.why]);
-			result = EUCLEAN;
-			goto out;
-		}
+			return 0;
+		struct ext2_inode *in = s->in;
+		out->ino = ino;
+		out->links = in->i_links_count;
+		out->dtime = in->i_dtime;
+		out->reserved = ino < EXT2_FIRST_INODE(fs->super);
+		out->block0 = in->i_block[0] != 0;
+		out->marked = ext2fs_test_inode_bitmap2(fs->inode_map, ino) != 0;
+		out->has_blocks = ext2fs_inode_has_valid_blocks2(fs, in) != 0;
+		out->inline_data = (in->i_flags & EXT4_INLINE_DATA_FL) != 0;
+		out->acl = ext2fs_file_acl_block(fs, in);
+		return 0;
 	}
-	goto out;
-failed:
-	snprintf(msg, msglen, "cannot check the inodes against the bitmaps: %s (e2fsck -fy IMAGE may repair it)", error_message(err));
-	result = vx_errno(err) ? vx_errno(err) : EIO;
-out:
-	if (scan)
-		ext2fs_close_inode_scan(scan);
-	ext2fs_free_mem(&in);
-	if (u.claimed)
-		ext2fs_free_block_bitmap(u.claimed);
-	if (u.meta)
-		ext2fs_free_block_bitmap(u.meta);
-	free(u.mine);
-	return result;
+}
+
+/* Walks the blocks the scan's current inode maps: *why 0 when they add up, else the first
+ * offending one in *bad (*why: 1 free in the block bitmap, 2 claimed by another inode too,
+ * 3 in a group's bitmaps or inode table, 4 outside the filesystem, 5 out of memory); an
+ * errno with libext2fs's text in msg for a map that cannot be read. */
+int vx_usage_walk(struct vx_usage_scan *s, uint32_t ino, int *why, uint64_t *bad, char *msg, size_t msglen)
+{
+	s->u.ino = ino;
+	s->u.nmine = 0;
+	s->u.why = 0;
+	errcode_t err = ext2fs_block_iterate3(s->fs, ino, BLOCK_FLAG_READ_ONLY, NULL, vx_usage_block, &s->u);
+	for (size_t k = 0; k < s->u.nmine; k++)
+		ext2fs_mark_block_bitmap2(s->u.claimed, s->u.mine[k]);
+	*why = s->u.why;
+	*bad = s->u.bad;
+	if (err && !s->u.why) {
+		snprintf(msg, msglen, "%s", error_message(err));
+		return vx_errno(err) ? vx_errno(err) : EIO;
+	}
+	return 0;
+}
+
+/* Whether block b lies inside the filesystem (1), and is marked in use there (2). */
+int vx_block_state(ext2_filsys fs, uint64_t b)
+{
+	if (b >= ext2fs_blocks_count(fs->super))
+		return 0;
+	return ext2fs_test_block_bitmap2(fs->block_map, b) ? 2 : 1;
 }
 
 int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, char *msg, size_t msglen)
@@ -591,11 +634,7 @@ int vx_open(struct vx_dev *dev, int rw, int allow_recovery, ext2_filsys *out, ch
 		return vx_errno(err);
 	}
 	if (rw) {
-		int problem = vx_check_usage(fs, msg, msglen);
-		if (problem) {
-			ext2fs_close_free(&fs);
-			return problem;
-		}
+		/* The caller checks the bitmaps against the inodes next (src/usage.rs). */
 		err = vx_meta_init(fs);
 		if (err) {
 			snprintf(msg, msglen, "out of memory: %s", error_message(err));
@@ -870,55 +909,12 @@ static int vx_has_extra(ext2_filsys fs, const struct ext2_inode_large *in)
 	return EXT2_INODE_SIZE(fs->super) > EXT2_GOOD_OLD_INODE_SIZE && in->i_extra_isize >= 24;
 }
 
-int vx_free_inode(ext2_filsys fs, uint32_t ino);
 static errcode_t vx_unmap_last_block(ext2_filsys fs, uint32_t ino, blk64_t from);
-static errcode_t vx_orphan_remove(ext2_filsys fs, uint32_t ino);
 
-/* Finishes what a crash interrupted, as the kernel does at mount: frees the
- * inodes on the orphan list that have no name left (files unlinked while
- * open) and unchains the others. A chain pointing outside the inode table
- * is dropped (e2fsck's to sort out). */
-static int vx_release_orphans(ext2_filsys fs)
-{
-	for (uint32_t steps = 0; fs->super->s_last_orphan && steps <= fs->super->s_inodes_count; steps++) {
-		uint32_t ino = fs->super->s_last_orphan;
-		if (ino < EXT2_FIRST_INO(fs->super) || ino > fs->super->s_inodes_count) {
-			fs->super->s_last_orphan = 0;
-			break;
-		}
-		struct ext2_inode in;
-		errcode_t err = ext2fs_read_inode(fs, ino, &in);
-		if (err)
-			return vx_errno(err);
-		if (in.i_links_count == 0) {
-			int e = vx_free_inode(fs, ino);
-			if (e)
-				return e;
-		} else {
-			/* A truncate the crash cut short: drop the blocks past the end. */
-			if ((err = vx_orphan_remove(fs, ino)) || (err = ext2fs_read_inode(fs, ino, &in)))
-				return vx_errno(err);
-			in.i_dtime = 0;
-			blk64_t end_blk = (EXT2_I_SIZE(&in) + fs->blocksize - 1) / fs->blocksize;
-			if (ext2fs_inode_has_valid_blocks2(fs, &in) &&
-			    ((err = ext2fs_write_inode(fs, ino, &in)) || (err = vx_unmap_last_block(fs, ino, end_blk)) ||
-			     (err = ext2fs_read_inode(fs, ino, &in)) || (err = ext2fs_punch(fs, ino, &in, NULL, end_blk, ~0ULL))))
-				return vx_errno(err);
-			if ((err = ext2fs_write_inode(fs, ino, &in)))
-				return vx_errno(err);
-		}
-	}
-	fs->super->s_last_orphan = 0; /* processed, or a cycle: dropped */
-	ext2fs_mark_super_dirty(fs);
-	return 0;
-}
-
-/* Marks the filesystem in use at a read-write mount (cleared by vx_close). */
+/* Marks the filesystem in use at a read-write mount (cleared by vx_close); the orphan list
+ * is released first (src/orphans.rs). */
 int vx_begin_rw(ext2_filsys fs)
 {
-	int e = vx_release_orphans(fs);
-	if (e)
-		return e;
 	fs->super->s_state &= ~EXT2_VALID_FS;
 	fs->super->s_mnt_count++;
 	fs->super->s_mtime = time(NULL);
@@ -1353,56 +1349,71 @@ int vx_link(ext2_filsys fs, uint32_t ino, uint32_t dir, const char *name, int64_
 	return vx_errno(err);
 }
 
-/* Frees an inode whose last link is gone and which nobody has open. */
-/* ---- the orphan list: inodes unlinked while open ----
+/* ---- primitives of the orphan list (src/orphans.rs) ----
  *
- * As the kernel does, an inode whose last name goes while it is open is
- * chained from s_last_orphan through i_dtime until its last close frees
- * it, so a crash in between leaves e2fsck -p an orphan to release rather
- * than an unattached inode to ask about. */
+ * An inode whose last name goes while it is open is chained from s_last_orphan through
+ * i_dtime until its last close frees it; the walks, the additions, the removals and the
+ * release at a read-write mount are src/orphans.rs. Here: the list's head and the inode
+ * numbers' bounds, an inode's link count and next pointer, and the dropping of the blocks
+ * past an inode's size. */
 
-int vx_orphan_add(ext2_filsys fs, uint32_t ino)
+struct vx_orphan_shape {
+	uint32_t head; /* s_last_orphan */
+	uint32_t first_ino;
+	uint32_t inodes_count;
+};
+
+void vx_orphan_shape(ext2_filsys fs, struct vx_orphan_shape *out)
+{
+	out->head = fs->super->s_last_orphan;
+	out->first_ino = EXT2_FIRST_INO(fs->super);
+	out->inodes_count = fs->super->s_inodes_count;
+}
+
+void vx_set_orphan_head(ext2_filsys fs, uint32_t ino)
+{
+	fs->super->s_last_orphan = ino;
+	ext2fs_mark_super_dirty(fs);
+}
+
+/* Inode ino's link count and next orphan (i_dtime). */
+int vx_orphan_node(ext2_filsys fs, uint32_t ino, uint32_t *links, uint32_t *next)
+{
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, ino, &in);
+	if (err)
+		return vx_errno(err);
+	*links = in.i_links_count;
+	*next = in.i_dtime;
+	return 0;
+}
+
+int vx_set_orphan_next(ext2_filsys fs, uint32_t ino, uint32_t next)
 {
 	struct ext2_inode_large in;
 	memset(&in, 0, sizeof in);
 	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
 	if (err)
 		return vx_errno(err);
-	in.i_dtime = fs->super->s_last_orphan;
-	if ((err = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in)))
-		return vx_errno(err);
-	fs->super->s_last_orphan = ino;
-	ext2fs_mark_super_dirty(fs);
-	return 0;
+	in.i_dtime = next;
+	return vx_errno(ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in));
 }
 
-/* Unchains ino from the orphan list if it is there. */
-static errcode_t vx_orphan_remove(ext2_filsys fs, uint32_t ino)
+/* An orphan with links left, already off the list (a truncate a crash cut short): its
+ * orphan link cleared and its blocks past its size dropped. */
+int vx_settle_orphan(ext2_filsys fs, uint32_t ino)
 {
-	uint32_t prev = 0, cur = fs->super->s_last_orphan;
-	for (uint32_t steps = 0; cur && steps <= fs->super->s_inodes_count; steps++) {
-		struct ext2_inode node;
-		if (cur > fs->super->s_inodes_count)
-			return 0; /* a corrupt chain: leave it to e2fsck */
-		errcode_t err = ext2fs_read_inode(fs, cur, &node);
-		if (err)
-			return err;
-		if (cur == ino) {
-			if (prev == 0) {
-				fs->super->s_last_orphan = node.i_dtime;
-				ext2fs_mark_super_dirty(fs);
-				return 0;
-			}
-			struct ext2_inode before;
-			if ((err = ext2fs_read_inode(fs, prev, &before)))
-				return err;
-			before.i_dtime = node.i_dtime;
-			return ext2fs_write_inode(fs, prev, &before);
-		}
-		prev = cur;
-		cur = node.i_dtime;
-	}
-	return 0;
+	struct ext2_inode in;
+	errcode_t err = ext2fs_read_inode(fs, ino, &in);
+	if (err)
+		return vx_errno(err);
+	in.i_dtime = 0;
+	blk64_t end_blk = (EXT2_I_SIZE(&in) + fs->blocksize - 1) / fs->blocksize;
+	if (ext2fs_inode_has_valid_blocks2(fs, &in) &&
+	    ((err = ext2fs_write_inode(fs, ino, &in)) || (err = vx_unmap_last_block(fs, ino, end_blk)) ||
+	     (err = ext2fs_read_inode(fs, ino, &in)) || (err = ext2fs_punch(fs, ino, &in, NULL, end_blk, ~0ULL))))
+		return vx_errno(err);
+	return vx_errno(ext2fs_write_inode(fs, ino, &in));
 }
 
 /* A run of blocks being released: freed together, one bitmap range at a time. */
@@ -1433,6 +1444,8 @@ static int vx_release_block_cb(ext2_filsys fs, blk64_t *blocknr, e2_blkcnt_t blo
 	return 0;
 }
 
+/* Frees an inode whose last link is gone and which nobody has open, off the orphan list
+ * (orphans::free_inode unchains it first). */
 int vx_free_inode(ext2_filsys fs, uint32_t ino)
 {
 	struct ext2_inode_large in;
@@ -1442,13 +1455,6 @@ int vx_free_inode(ext2_filsys fs, uint32_t ino)
 		return vx_errno(err);
 	if (in.i_links_count > 0)
 		return 0;
-	if (fs->super->s_last_orphan) {
-		if ((err = vx_orphan_remove(fs, ino)))
-			return vx_errno(err);
-		memset(&in, 0, sizeof in);
-		if ((err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in)))
-			return vx_errno(err);
-	}
 	if (ext2fs_file_acl_block(fs, (struct ext2_inode *)&in)) {
 		/* Drop our reference to a shared extended attribute block. */
 		blk64_t blk = ext2fs_file_acl_block(fs, (struct ext2_inode *)&in);
@@ -1836,112 +1842,6 @@ int vx_setxattr(ext2_filsys fs, uint32_t ino, const char *name, const void *valu
 	return vx_errno(err ? err : err2);
 }
 
-/* ---- the data path for reads: whole extents per device call ---- */
-
-/* Reads file data by walking its extents and reading each contiguous run
- * with one device call (the file API moves one block per call). When
- * `ahead` > 0 the reader is sequential: the device is asked to prefetch up
- * to `ahead` bytes past what was read. Inline-data and block-mapped files
- * go through the file API. */
-int vx_read_ino(ext2_filsys fs, uint32_t ino, uint64_t offset, void *buf, size_t len, uint64_t ahead, size_t *got)
-{
-	struct ext2_inode_large in;
-	memset(&in, 0, sizeof in);
-	errcode_t err = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof in);
-	if (err)
-		return vx_errno(err);
-	uint64_t size = EXT2_I_SIZE(&in);
-	*got = 0;
-	if (offset >= size || len == 0)
-		return 0;
-	if (len > size - offset)
-		len = (size_t)(size - offset);
-	if (!(in.i_flags & EXT4_EXTENTS_FL) || (in.i_flags & EXT4_INLINE_DATA_FL)) {
-		ext2_file_t f;
-		err = ext2fs_file_open2(fs, ino, (struct ext2_inode *)&in, 0, &f);
-		if (err)
-			return vx_errno(err);
-		int e = vx_file_read(f, offset, buf, len, got);
-		ext2fs_file_close(f);
-		return e;
-	}
-	ext2_extent_handle_t h;
-	err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)&in, &h);
-	if (err)
-		return vx_errno(err);
-	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
-	uint64_t bs = fs->blocksize;
-	char *edge = NULL; /* for runs that start or end inside a block */
-	size_t done = 0;
-	int result = 0;
-	uint64_t last_pblk_end = 0;
-	while (done < len) {
-		uint64_t pos = offset + done;
-		uint64_t lblk = pos / bs, within = pos % bs;
-		size_t want = len - done;
-		struct ext2fs_extent ext;
-		memset(&ext, 0, sizeof ext);
-		err = ext2fs_extent_goto2(h, 0, lblk);
-		if (!err)
-			err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ext);
-		int mapped = !err && lblk >= ext.e_lblk && lblk < (uint64_t)ext.e_lblk + ext.e_len;
-		if (err && err != EXT2_ET_EXTENT_NOT_FOUND) {
-			result = vx_errno(err);
-			break;
-		}
-		if (!mapped || (ext.e_flags & EXT2_EXTENT_FLAGS_UNINIT)) {
-			/* A hole or an unwritten extent reads as zeros, one block at a time. */
-			size_t n = mapped ? (size_t)(((uint64_t)ext.e_lblk + ext.e_len - lblk) * bs - within) : (size_t)(bs - within);
-			if (n > want)
-				n = want;
-			memset((char *)buf + done, 0, n);
-			done += n;
-			continue;
-		}
-		uint64_t run_blocks = (uint64_t)ext.e_lblk + ext.e_len - lblk;
-		uint64_t pblk = ext.e_pblk + (lblk - ext.e_lblk);
-		size_t n = run_blocks * bs - within;
-		if (n > want)
-			n = want;
-		if (within == 0 && n % bs == 0) {
-			int e = dev->read(dev->ctx, pblk * bs, (char *)buf + done, n);
-			if (e) {
-				result = e;
-				break;
-			}
-		} else {
-			size_t span = (size_t)(((within + n + bs - 1) / bs) * bs);
-			char *tmp = realloc(edge, span);
-			if (!tmp) {
-				result = ENOMEM;
-				break;
-			}
-			edge = tmp;
-			int e = dev->read(dev->ctx, pblk * bs, edge, span);
-			if (e) {
-				result = e;
-				break;
-			}
-			memcpy((char *)buf + done, edge + within, n);
-		}
-		done += n;
-		last_pblk_end = pblk * bs + within + n;
-		if (ahead && done == len && dev->prefetch) {
-			/* Prefetch the rest of this extent, up to `ahead` bytes. */
-			uint64_t extent_end = (ext.e_pblk + ext.e_len) * bs;
-			uint64_t until = last_pblk_end + ahead < extent_end ? last_pblk_end + ahead : extent_end;
-			if (until > last_pblk_end)
-				dev->prefetch(dev->ctx, last_pblk_end, until - last_pblk_end);
-		}
-	}
-	free(edge);
-	ext2fs_extent_free(h);
-	if (result)
-		return result;
-	*got = done;
-	return 0;
-}
-
 /* ---- the journal, for in-memory replay on read-only mounts ---- */
 
 int vx_needs_recovery(ext2_filsys fs)
@@ -2270,12 +2170,18 @@ int vx_write_desc_block(ext2_filsys fs, uint32_t i, uint64_t *where)
 }
 
 /* Writes the primary superblock (SUPERBLOCK_SIZE bytes at SUPERBLOCK_OFFSET) with a new
- * write time and its checksum. */
+ * write time and its checksum. fs->orig_super then says what the device holds: the flush of
+ * ext2fs_close writes only the fields that differ from it, so a field changed back to its
+ * value at the last ext2fs_flush (s_last_orphan, a free count) would stay on the device as
+ * this wrote it, under a checksum computed without it. */
 int vx_write_super(ext2_filsys fs)
 {
 	fs->super->s_wtime = (uint32_t)time(NULL);
 	ext2fs_superblock_csum_set(fs, fs->super);
-	return vx_errno(io_channel_write_byte(fs->io, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, fs->super));
+	errcode_t err = io_channel_write_byte(fs->io, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, fs->super);
+	if (!err && fs->orig_super)
+		memcpy(fs->orig_super, fs->super, SUPERBLOCK_SIZE); /* the bytes just written */
+	return vx_errno(err);
 }
 
 /* ---- the data path for writes: holes allocated as whole runs ---- */
@@ -2370,15 +2276,20 @@ static errcode_t vx_map_hole(ext2_filsys fs, uint32_t ino, struct ext2_inode *in
 	return 0;
 }
 
-/* ---- primitives of the write path (src/extent_write.rs) ----
+/* ---- primitives of the data paths (src/extent_read.rs, src/extent_write.rs) ----
  *
- * pwrite(2) for an extent-mapped file is driven from src/extent_write.rs: which
- * files take the libext2fs file API, the holes of the range allocated front to
- * back, the data one physical run per device call with partial edge blocks
- * merged, and the inode written once. Here is what touches libext2fs's
- * structs: a write session holding the inode and its extent handle, extent
- * lookups, the allocation of a hole (vx_map_hole above), the mapping of one
- * block, the device write of a run, and the inode's update. */
+ * pread(2) and pwrite(2) are driven from Rust. extent_read.rs: the request
+ * clamped to the size, which files take the libext2fs file API, holes and
+ * unwritten extents as zeros, one device read per physical run (partial
+ * edge blocks through a buffer), the prefetch ahead of a sequential reader.
+ * extent_write.rs: which files take the file API, the holes of the range
+ * allocated front to back, the data one physical run per device call with
+ * partial edge blocks merged, and the inode written once. Here is what
+ * touches libext2fs's structs: a session holding the inode and its extent
+ * handle (src/session.rs), extent lookups, the allocation of a hole
+ * (vx_map_hole above), the mapping of one block, the device read and write
+ * of a run, the prefetch, the file API's read and write, and the inode's
+ * update. */
 
 struct vx_wr {
 	ext2_filsys fs;
@@ -2388,11 +2299,12 @@ struct vx_wr {
 	struct ext2fs_extent cur; /* what the last vx_wr_extent got */
 };
 
-/* Mirrors what extent_write.rs needs of the inode. */
+/* Mirrors what the data paths need of the inode. */
 struct vx_wr_inode {
 	uint64_t size;
 	uint32_t block_size;
-	int32_t extents; /* extent-mapped, not inline, no bigalloc: the fast path applies */
+	int32_t extents;  /* extent-mapped and not inline: the extent handle applies */
+	int32_t bigalloc; /* clusters of several blocks (the write path takes the file API) */
 };
 
 /* Reads inode ino into a new session *out (ended by vx_wr_end). */
@@ -2411,8 +2323,8 @@ int vx_wr_begin(ext2_filsys fs, uint32_t ino, struct vx_wr **out, struct vx_wr_i
 	}
 	info->size = EXT2_I_SIZE(&wr->in);
 	info->block_size = fs->blocksize;
-	info->extents = (wr->in.i_flags & EXT4_EXTENTS_FL) && !(wr->in.i_flags & EXT4_INLINE_DATA_FL) &&
-			EXT2FS_CLUSTER_RATIO(fs) == 1;
+	info->extents = (wr->in.i_flags & EXT4_EXTENTS_FL) && !(wr->in.i_flags & EXT4_INLINE_DATA_FL);
+	info->bigalloc = EXT2FS_CLUSTER_RATIO(fs) != 1;
 	*out = wr;
 	return 0;
 }
@@ -2423,7 +2335,7 @@ int vx_wr_open_extents(struct vx_wr *wr)
 	return vx_errno(ext2fs_extent_open2(wr->fs, wr->ino, (struct ext2_inode *)&wr->in, &wr->h));
 }
 
-/* Mirrors struct ext2fs_extent's fields the write path reads. */
+/* Mirrors struct ext2fs_extent's fields the data paths read. */
 struct vx_extent {
 	uint64_t pblk;
 	uint64_t lblk;
@@ -2492,6 +2404,36 @@ int vx_write_run(ext2_filsys fs, uint64_t pblk, const void *data, size_t bytes)
 {
 	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
 	return dev->write(dev->ctx, pblk * fs->blocksize, data, bytes); /* the cache forgets what it overlaps */
+}
+
+/* Reads whole blocks at physical block pblk from the device, one call (through its cache,
+ * which lays dirty blocks over what it reads). */
+int vx_read_run(ext2_filsys fs, uint64_t pblk, void *buf, size_t bytes)
+{
+	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
+	return dev->read(dev->ctx, pblk * fs->blocksize, buf, bytes);
+}
+
+/* Asks the device to read len bytes at byte offset ahead of a sequential reader. */
+void vx_prefetch(ext2_filsys fs, uint64_t offset, uint64_t len)
+{
+	struct vx_dev *dev = ((struct vx_chan *)fs->io->private_data)->dev;
+	if (dev->prefetch)
+		dev->prefetch(dev->ctx, offset, len);
+}
+
+/* pread(2) of the session's inode through the libext2fs file API (block-mapped, inline);
+ * offset and len within the file's size. */
+int vx_wr_read_file_api(struct vx_wr *wr, uint64_t offset, void *buf, size_t len, size_t *got)
+{
+	ext2_file_t f;
+	*got = 0;
+	errcode_t err = ext2fs_file_open2(wr->fs, wr->ino, (struct ext2_inode *)&wr->in, 0, &f);
+	if (err)
+		return vx_errno(err);
+	int e = vx_file_read(f, offset, buf, len, got);
+	ext2fs_file_close(f);
+	return e;
 }
 
 /* Ends the session: frees the extent handle and, if `update`, writes the inode with size
