@@ -82,20 +82,45 @@ pub fn lazy_unmount(dir: &Path) {
 }
 
 /// True if some process runs `program` (its argv\[0\] ends with that name) with `dir` as one
-/// of its arguments: the daemon serving that mount.
+/// of its arguments: the daemon serving that mount; or if a `program` process is exiting.
+///
+/// An exiting process loses its command line (its memory goes first) before its files are
+/// closed, and an image's lock goes only with the last of those: such a process counts as
+/// running until it is a zombie, or a test that mounts the same image again right after
+/// would find it still locked.
 fn daemon_running(program: &str, dir: &Path) -> bool {
     let dir = dir.as_os_str().as_encoded_bytes();
     let Ok(processes) = std::fs::read_dir("/proc") else {
         return false;
     };
     processes.flatten().any(|p| {
-        std::fs::read(p.path().join("cmdline")).is_ok_and(|cmdline| {
-            let mut args = cmdline.split(|&b| b == 0);
-            args.next()
-                .is_some_and(|argv0| argv0.ends_with(program.as_bytes()))
-                && args.any(|a| a == dir)
-        })
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            return false;
+        };
+        if cmdline.is_empty() {
+            return exiting(&p.path(), program);
+        }
+        let mut args = cmdline.split(|&b| b == 0);
+        args.next()
+            .is_some_and(|argv0| argv0.ends_with(program.as_bytes()))
+            && args.any(|a| a == dir)
     })
+}
+
+/// True if the process at `proc_dir` is `program` (by its command name, which the kernel
+/// keeps to 15 bytes) and not yet a zombie.
+fn exiting(proc_dir: &Path, program: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) else {
+        return false;
+    };
+    // "PID (COMM) STATE ...": COMM may hold spaces and parentheses, so split at the last ')'.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].trim_start().chars().next();
+    let wanted = &program.as_bytes()[..program.len().min(15)];
+    comm.as_bytes() == wanted && !matches!(state, Some('Z') | Some('X') | None)
 }
 
 /// Waits (at most `patience`) until no `program` process serves `dir`; false if one still
