@@ -112,14 +112,23 @@ impl<S: Transport> Conn<'_, S> {
             if req.kind == CMD_WRITE {
                 self.read_payload(index, &req, pipe.as_ref().map(|(p, _)| *p), &mut buf)?;
             }
+            let mut inline = pipe.is_none();
             if let Some((p, tx)) = &pipe {
-                if self.hand_over(index, p, tx, req, in_range, &mut buf)? {
+                // A request that arrives alone (nothing running, nothing more read ahead: a
+                // client waiting for each reply) is served here; a hand-over to a worker
+                // would only add a thread switch to its wait.
+                inline = p.is_idle() && self.s.r.buffer().is_empty();
+                if !inline && self.hand_over(index, p, tx, req, in_range, &mut buf)? {
                     continue;
                 }
                 // Replies from here on are written by this thread: none may interleave.
                 p.wait_below(0);
             }
-            if let Step::HangUp = self.execute(index, req, in_range, &mut buf)? {
+            let step = self.execute(index, req, in_range, &mut buf)?;
+            if let (Some((p, _)), true) = (&pipe, inline) {
+                p.give_buf(std::mem::take(&mut buf));
+            }
+            if let Step::HangUp = step {
                 return Ok(());
             }
         }

@@ -44,6 +44,11 @@ impl Pipe {
         }
     }
 
+    /// No job queued or running.
+    pub(super) fn is_idle(&self) -> bool {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).0 == 0
+    }
+
     fn done(&self, bytes: usize) {
         let mut n = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         n.0 -= 1;
@@ -59,7 +64,7 @@ impl Pipe {
             .unwrap_or_default()
     }
 
-    fn give_buf(&self, buf: Vec<u8>) {
+    pub(super) fn give_buf(&self, buf: Vec<u8>) {
         if buf.capacity() <= 4 << 20 {
             let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
             if spare.len() < QUEUED + WORKERS {
