@@ -186,9 +186,52 @@ impl ExFatFs {
         }
         let n = (meta.data_len - offset).min(buf.len() as u64) as usize;
         let valid = meta.valid_len.saturating_sub(offset).min(n as u64) as usize;
+        self.readahead(st, ino, &extents, offset, valid as u64, meta.valid_len);
         self.transfer(&extents, offset, Transfer::Read(&mut buf[..valid]))?;
         buf[valid..n].fill(0);
         Ok(n)
+    }
+
+    /// On a sequential read, asks the device to prefetch the next clusters of the file, so
+    /// the disk reads ahead while the FUSE round trips go on (as the FAT driver does; the
+    /// host's own readahead does not see one stream in the daemon's shared image file).
+    fn readahead(
+        &self,
+        st: &mut State,
+        ino: Ino,
+        extents: &Extents,
+        offset: u64,
+        len: u64,
+        size: u64,
+    ) {
+        let Some(node) = st.nodes.get_mut(&ino) else {
+            return;
+        };
+        let end = offset + len;
+        let expected = std::mem::replace(&mut node.next_read, end);
+        if offset != expected && offset != 0 {
+            return;
+        }
+        let done = node.prefetched.max(end);
+        if done >= (end + READAHEAD / 2).min(size) {
+            return;
+        }
+        let until = (end + READAHEAD).min(size);
+        node.prefetched = until;
+        let cs = self.cs();
+        let mut pos = done;
+        while pos < until {
+            let Some((disk, following)) = u32::try_from(pos / cs)
+                .ok()
+                .and_then(|index| extents.locate(index))
+            else {
+                break;
+            };
+            let within = pos % cs;
+            let n = (following as u64 * cs - within).min(until - pos);
+            self.dev.prefetch(self.geo.cluster_offset(disk) + within, n);
+            pos += n;
+        }
     }
 
     pub(crate) fn write_locked(
@@ -298,3 +341,6 @@ impl ExFatFs {
 
     // ----- names -------------------------------------------------------------------------
 }
+
+/// How far ahead of a sequential reader the device is asked to prefetch.
+const READAHEAD: u64 = 8 << 20;

@@ -160,6 +160,10 @@ struct Node {
     /// Unlinked while open: the set lives on here until the last close.
     orphan: Option<Box<EntrySet>>,
     extents: Option<Extents>,
+    /// Where a sequential reader's next read starts, and how far the device was asked to
+    /// prefetch for it (`data.rs`, `readahead`).
+    next_read: u64,
+    prefetched: u64,
 }
 
 impl Node {
@@ -171,6 +175,8 @@ impl Node {
             opens: 0,
             orphan: None,
             extents: None,
+            next_read: 0,
+            prefetched: 0,
         }
     }
 }

@@ -983,3 +983,59 @@ fn opening_a_file_prefetches_the_files_after_it() {
     assert_eq!(dev.prefetched.lock().unwrap().len(), 19, "announced again");
     fs.release(&c, second.attr.ino, o.fh).unwrap();
 }
+
+/// A sequential reader of a large file gets the clusters ahead of it announced to the device
+/// (up to 8 MiB ahead, a new window when half of one is used), each range inside the file's
+/// data; reads that jump about announce nothing.
+#[test]
+fn a_sequential_reader_gets_the_clusters_ahead_prefetched() {
+    if let Some(reason) = exfatprogs_missing() {
+        return skip(&reason);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), "readahead.img", 64 * MIB, Some(32 << 10));
+    let c = ctx();
+    let len = 20 * MIB;
+    {
+        let fs = open(&img, false);
+        let (e, o) = fs
+            .create(&c, Ino::ROOT, OsStr::new("big"), 0o644, 0)
+            .unwrap();
+        for i in 0..20 {
+            fs.write(&c, e.attr.ino, o.fh, i * MIB, &pattern(MIB as usize, i))
+                .unwrap();
+        }
+        fs.release(&c, e.attr.ino, o.fh).unwrap();
+        fs.destroy();
+    }
+    let (dev, fs) = open_counting(&img);
+    let big = fs.lookup(&c, Ino::ROOT, OsStr::new("big")).unwrap();
+    let o = fs.open(&c, big.attr.ino, libc::O_RDONLY).unwrap();
+    let mut buf = vec![0u8; MIB as usize];
+    for i in 0..12 {
+        fs.read(&c, big.attr.ino, o.fh, i * MIB, &mut buf).unwrap();
+        assert_eq!(buf, pattern(MIB as usize, i), "MiB {i}");
+    }
+    let announced = dev.prefetched.lock().unwrap().clone();
+    let total: u64 = announced.iter().map(|&(_, n)| n).sum();
+    assert!(announced.len() >= 2, "{announced:?}");
+    // Reading 12 MiB announced what lies ahead of it: from the first MiB up to 8 MiB past
+    // the reader, never past the file.
+    assert!(
+        total >= 12 * MIB && total <= len,
+        "{total} bytes announced: {announced:?}"
+    );
+    assert!(announced.iter().all(|&(at, n)| at + n <= 64 * MIB));
+    // Jumping about: nothing more.
+    let before = announced.len();
+    for at in [17 * MIB, 3 * MIB, 9 * MIB + 4096] {
+        fs.read(&c, big.attr.ino, o.fh, at, &mut buf[..4096])
+            .unwrap();
+    }
+    assert_eq!(
+        dev.prefetched.lock().unwrap().len(),
+        before,
+        "a random read prefetched"
+    );
+    fs.release(&c, big.attr.ino, o.fh).unwrap();
+}
