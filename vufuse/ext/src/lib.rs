@@ -537,132 +537,26 @@ impl ExtFs {
         allow_recovery: bool,
     ) -> std::result::Result<ExtFs, MountError> {
         let read_only = read_only || dev.read_only();
-        let size = dev.size();
         check_superblock(dev.as_ref(), read_only)?;
-        // libext2fs reads the superblock in 1 KiB blocks, then sets its own block size.
-        let cached = CachedDevice::new(dev, 1024);
-        let ctx = Box::into_raw(Box::new(cached)) as *mut c_void;
-        let device = Box::into_raw(Box::new(VxDev {
-            ctx,
-            size,
-            read_only: c_int::from(read_only),
-            read: dev_read,
-            write: dev_write,
-            flush: dev_flush,
-            prefetch: dev_prefetch,
-            write_back: dev_write_back,
-            set_block_size: dev_set_block_size,
-            make_indexed: htree::vx_make_indexed,
-        }));
-        let mut fs: *mut ExtFsHandle = std::ptr::null_mut();
-        let mut msg = vec![0u8; 512];
-        // SAFETY: device points at a live VxDev that outlives the handle (freed
-        // in Drop after vx_close); msg is a writable buffer of its length.
-        let code = unsafe {
-            vx_open(
-                device,
-                c_int::from(!read_only),
-                c_int::from(allow_recovery),
-                &mut fs,
-                msg.as_mut_ptr() as *mut c_char,
-                msg.len(),
-            )
-        };
-        if code != 0 {
-            // SAFETY: both boxes were created above and nothing else holds them.
-            unsafe { free_device(device) };
-            let end = msg.iter().position(|&b| b == 0).unwrap_or(msg.len());
-            return Err(MountError::Volume {
-                errno: Errno::from_raw(code),
-                message: String::from_utf8_lossy(&msg[..end]).into_owned(),
-            });
-        }
-        // A read-write mount first checks the bitmaps against the inodes.
-        if !read_only {
-            if let Err((errno, message)) = usage::check(fs) {
-                // SAFETY: fs is open and closed once here; then the device is unused.
-                unsafe {
-                    vx_close(fs);
-                    free_device(device);
-                }
-                return Err(MountError::Volume { errno, message });
-            }
-        }
-        // The write order's snapshots: the filesystem as opened, before anything changes.
+        let opening = Opening::open(dev, read_only, allow_recovery)?;
+        let fs = opening.fs;
         let write_order = if read_only {
             None
         } else {
-            match write_order::WriteOrder::new(fs) {
-                Ok(order) => Some(order),
-                Err(e) => {
-                    // SAFETY: fs is open and closed once here; then the device is unused.
-                    unsafe {
-                        vx_close(fs);
-                        free_device(device);
-                    }
-                    return Err(MountError::volume(
-                        e,
-                        format!("cannot set up the write-back: {e}"),
-                    ));
-                }
-            }
+            // A read-write mount first checks the bitmaps against the inodes, then takes the
+            // write order's snapshots: the filesystem as opened, before anything changes.
+            usage::check(fs).map_err(|(errno, message)| MountError::Volume { errno, message })?;
+            let order = write_order::WriteOrder::new(fs)
+                .map_err(|e| MountError::volume(e, format!("cannot set up the write-back: {e}")))?;
+            Some(order)
         };
-        // As the kernel's ext4_fill_super: a root that is not a directory (or is empty) is
-        // refused at mount, not served as a mount whose every access fails.
-        let mut root = VxStat::default();
-        // SAFETY: fs is the handle just opened; root is a valid out-pointer.
-        let code = unsafe { vx_stat(fs, 2, &mut root) };
-        if code != 0 || root.mode & 0o170000 != 0o040000 || root.size == 0 {
-            // SAFETY: fs is open and closed once here; then the device is unused.
-            unsafe {
-                vx_close(fs);
-                free_device(device);
-            }
-            let what = if code != 0 {
-                format!("cannot be read ({})", Errno::from_raw(code))
-            } else {
-                format!(
-                    "is not a directory (mode {:o}, size {})",
-                    root.mode, root.size
-                )
-            };
-            return Err(MountError::volume(
-                Errno::EUCLEAN,
-                format!("corrupt root inode: inode 2 {what} (e2fsck -fy IMAGE may repair it)"),
-            ));
-        }
+        check_root(fs)?;
         if !read_only {
-            // What a crash left on the orphan list first, then the in-use mark.
-            let code = match orphans::release(fs) {
-                // SAFETY: fs was just opened read-write.
-                Ok(()) => unsafe { vx_begin_rw(fs) },
-                Err(e) => e.raw(),
-            };
-            if code != 0 {
-                // SAFETY: fs is open and closed once here; then the device is unused.
-                unsafe {
-                    vx_close(fs);
-                    free_device(device);
-                }
-                return Err(MountError::Volume {
-                    errno: Errno::from_raw(code),
-                    message: format!(
-                        "cannot mark the filesystem in use: {}",
-                        Errno::from_raw(code)
-                    ),
-                });
-            }
+            begin_read_write(fs)?;
         }
-        let (mut resuid, mut resgid) = (0u32, 0u32);
-        // SAFETY: fs is open; both out-pointers are valid.
-        unsafe { vx_reserved_ids(fs, &mut resuid, &mut resgid) };
-        let mut label = [0 as c_char; 17];
-        // SAFETY: fs is the handle just opened; label has the 17 bytes vx_label writes.
-        unsafe { vx_label(fs, label.as_mut_ptr()) };
-        // SAFETY: vx_label NUL-terminates within the buffer.
-        let label = unsafe { std::ffi::CStr::from_ptr(label.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
+        let reserved_for = reserved_ids(fs);
+        let label = label_of(fs);
+        let (fs, device) = opening.into_parts();
         Ok(ExtFs {
             handles: Mutex::new(Handles {
                 fs,
@@ -679,7 +573,7 @@ impl ExtFs {
             label,
             next_fh: AtomicU64::new(1),
             view: ExtView::default(),
-            reserved_for: (resuid, resgid),
+            reserved_for,
         })
     }
 
@@ -931,6 +825,140 @@ fn check_superblock(dev: &dyn BlockDevice, read_only: bool) -> std::result::Resu
 
 /// Frees the device descriptor and the boxed device behind it.
 ///
+/// A volume being opened: the libext2fs handle and the device under it, closed and freed
+/// if a later step of the mount refuses the volume.
+struct Opening {
+    fs: *mut ExtFsHandle,
+    device: *mut VxDev,
+}
+
+impl Opening {
+    /// The shim's device over `dev` (behind a block cache), and libext2fs opened on it.
+    fn open(
+        dev: Arc<dyn BlockDevice>,
+        read_only: bool,
+        allow_recovery: bool,
+    ) -> std::result::Result<Opening, MountError> {
+        let size = dev.size();
+        // libext2fs reads the superblock in 1 KiB blocks, then sets its own block size.
+        let cached = CachedDevice::new(dev, 1024);
+        let ctx = Box::into_raw(Box::new(cached)) as *mut c_void;
+        let device = Box::into_raw(Box::new(VxDev {
+            ctx,
+            size,
+            read_only: c_int::from(read_only),
+            read: dev_read,
+            write: dev_write,
+            flush: dev_flush,
+            prefetch: dev_prefetch,
+            write_back: dev_write_back,
+            set_block_size: dev_set_block_size,
+            make_indexed: htree::vx_make_indexed,
+        }));
+        let mut fs: *mut ExtFsHandle = std::ptr::null_mut();
+        let mut msg = vec![0u8; 512];
+        // SAFETY: device points at a live VxDev that outlives the handle (freed
+        // in Drop after vx_close); msg is a writable buffer of its length.
+        let code = unsafe {
+            vx_open(
+                device,
+                c_int::from(!read_only),
+                c_int::from(allow_recovery),
+                &mut fs,
+                msg.as_mut_ptr() as *mut c_char,
+                msg.len(),
+            )
+        };
+        if code != 0 {
+            // SAFETY: both boxes were created above and nothing else holds them.
+            unsafe { free_device(device) };
+            let end = msg.iter().position(|&b| b == 0).unwrap_or(msg.len());
+            return Err(MountError::Volume {
+                errno: Errno::from_raw(code),
+                message: String::from_utf8_lossy(&msg[..end]).into_owned(),
+            });
+        }
+        Ok(Opening { fs, device })
+    }
+
+    /// The mount goes ahead: the handle and the device pass to the volume.
+    fn into_parts(self) -> (*mut ExtFsHandle, *mut VxDev) {
+        let opening = std::mem::ManuallyDrop::new(self);
+        (opening.fs, opening.device)
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        // SAFETY: fs is open and closed once here; then the device is unused.
+        unsafe {
+            vx_close(self.fs);
+            free_device(self.device);
+        }
+    }
+}
+
+/// As the kernel's ext4_fill_super: a root that is not a directory (or is empty) is refused
+/// at mount, not served as a mount whose every access fails.
+fn check_root(fs: *mut ExtFsHandle) -> std::result::Result<(), MountError> {
+    let mut root = VxStat::default();
+    // SAFETY: fs is an open handle; root is a valid out-pointer.
+    let code = unsafe { vx_stat(fs, 2, &mut root) };
+    if code == 0 && root.mode & 0o170000 == 0o040000 && root.size != 0 {
+        return Ok(());
+    }
+    let what = if code != 0 {
+        format!("cannot be read ({})", Errno::from_raw(code))
+    } else {
+        format!(
+            "is not a directory (mode {:o}, size {})",
+            root.mode, root.size
+        )
+    };
+    Err(MountError::volume(
+        Errno::EUCLEAN,
+        format!("corrupt root inode: inode 2 {what} (e2fsck -fy IMAGE may repair it)"),
+    ))
+}
+
+/// What a crash left on the orphan list goes first, then the in-use mark is set.
+fn begin_read_write(fs: *mut ExtFsHandle) -> std::result::Result<(), MountError> {
+    let code = match orphans::release(fs) {
+        // SAFETY: fs was just opened read-write.
+        Ok(()) => unsafe { vx_begin_rw(fs) },
+        Err(e) => e.raw(),
+    };
+    if code == 0 {
+        return Ok(());
+    }
+    Err(MountError::Volume {
+        errno: Errno::from_raw(code),
+        message: format!(
+            "cannot mark the filesystem in use: {}",
+            Errno::from_raw(code)
+        ),
+    })
+}
+
+/// s_def_resuid and s_def_resgid: who besides root may use the reserved blocks.
+fn reserved_ids(fs: *mut ExtFsHandle) -> (u32, u32) {
+    let (mut resuid, mut resgid) = (0u32, 0u32);
+    // SAFETY: fs is open; both out-pointers are valid.
+    unsafe { vx_reserved_ids(fs, &mut resuid, &mut resgid) };
+    (resuid, resgid)
+}
+
+/// The volume label (up to 16 bytes).
+fn label_of(fs: *mut ExtFsHandle) -> String {
+    let mut label = [0 as c_char; 17];
+    // SAFETY: fs is an open handle; label has the 17 bytes vx_label writes.
+    unsafe { vx_label(fs, label.as_mut_ptr()) };
+    // SAFETY: vx_label NUL-terminates within the buffer.
+    unsafe { std::ffi::CStr::from_ptr(label.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// # Safety
 /// `device` must come from `Box::into_raw` in `ExtFs::open`, and libext2fs
 /// must no longer use it (the filesystem is closed or was never opened).
