@@ -289,7 +289,7 @@ impl<S: Transport> Conn<'_, S> {
                 "read past the end of the export",
             ))));
         }
-        if let Some((file, base)) = &export.direct {
+        if let Some((file, base)) = export.direct.as_ref().filter(|_| sends_from_file(req)) {
             if self.s.socket_fd().is_some() {
                 self.send_read_direct(req, file, base + req.offset)?;
                 return Ok(Served::Replied);
@@ -461,6 +461,17 @@ pub(super) fn send_read_direct_to<W: Transport>(
         }
     }
     Ok(())
+}
+
+/// Read replies of at least this many bytes go from the image file to the socket with
+/// `sendfile`; smaller ones are read into a buffer and sent with their header in one write,
+/// so a 4 KiB reply is one TCP segment, not a header segment and a data segment (the socket
+/// has TCP_NODELAY).
+const SENDFILE_MIN: u32 = 64 << 10;
+
+/// Whether a READ's reply is sent from the image file directly (see [`SENDFILE_MIN`]).
+pub(super) fn sends_from_file(req: &Request) -> bool {
+    req.len >= SENDFILE_MIN
 }
 
 /// How [`execute`](Conn::execute) ends a command: replied to already (read data, block

@@ -1,7 +1,9 @@
 //! The reply workers of a connection: READ and WRITE requests handed over by the
 //! reader and served concurrently, their replies written under one lock.
 
-use super::transmission::{command_name, send_read_direct_to, send_read_to, Failure};
+use super::transmission::{
+    command_name, send_read_direct_to, send_read_to, sends_from_file, Failure,
+};
 use super::transport::SockOut;
 use super::{io_message, Export, Server};
 use crate::proto::*;
@@ -118,7 +120,7 @@ impl Worker<'_> {
         let dev = &export.device;
         let fua = req.flags & CMD_FLAG_FUA != 0;
         let result = if req.kind == CMD_READ {
-            if let Some((file, base)) = &export.direct {
+            if let Some((file, base)) = export.direct.as_ref().filter(|_| sends_from_file(req)) {
                 let mut out = pipe.out.lock().unwrap_or_else(|e| e.into_inner());
                 return send_read_direct_to(
                     &mut *out,
