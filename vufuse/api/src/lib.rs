@@ -9,6 +9,7 @@ pub mod errors;
 pub mod fs;
 mod groups;
 pub mod options;
+pub mod readahead;
 pub mod resolver;
 
 pub use error::MountError;

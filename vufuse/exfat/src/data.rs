@@ -1,6 +1,7 @@
 //! File data: extents (contiguous or FAT-chained), growing, reading and writing, valid data length, resizing.
 
 use crate::*;
+use vufuse_api::readahead;
 
 impl ExFatFs {
     /// The clusters of a stream: its first cluster, whether it is contiguous, its length.
@@ -207,16 +208,11 @@ impl ExFatFs {
         let Some(node) = st.nodes.get_mut(&ino) else {
             return;
         };
-        let end = offset + len;
-        let expected = std::mem::replace(&mut node.next_read, end);
-        if offset != expected && offset != 0 {
+        let expected = std::mem::replace(&mut node.next_read, offset + len);
+        let Some((done, until)) = readahead::window(expected, node.prefetched, offset, len, size)
+        else {
             return;
-        }
-        let done = node.prefetched.max(end);
-        if done >= (end + READAHEAD / 2).min(size) {
-            return;
-        }
-        let until = (end + READAHEAD).min(size);
+        };
         node.prefetched = until;
         let cs = self.cs();
         let mut pos = done;
@@ -341,6 +337,3 @@ impl ExFatFs {
 
     // ----- names -------------------------------------------------------------------------
 }
-
-/// How far ahead of a sequential reader the device is asked to prefetch.
-const READAHEAD: u64 = 8 << 20;

@@ -1,6 +1,7 @@
 //! File data: extent lists, reads through the page cache with readahead, growing and resizing cluster chains.
 
 use crate::*;
+use vufuse_api::readahead;
 
 /// Direction of a data copy.
 pub(crate) enum Transfer<'a> {
@@ -74,16 +75,11 @@ impl FatFs {
         len: u64,
         size: u64,
     ) {
-        let end = offset + len;
-        let expected = node.next_read.swap(end, Ordering::Relaxed);
-        if offset != expected && offset != 0 {
+        let expected = node.next_read.swap(offset + len, Ordering::Relaxed);
+        let prefetched = node.prefetched.load(Ordering::Relaxed);
+        let Some((done, until)) = readahead::window(expected, prefetched, offset, len, size) else {
             return;
-        }
-        let done = node.prefetched.load(Ordering::Relaxed).max(end);
-        if done >= (end + READAHEAD / 2).min(size) {
-            return;
-        }
-        let until = (end + READAHEAD).min(size);
+        };
         let cs = self.geo.cluster_size as u64;
         let mut pos = done;
         while pos < until {

@@ -182,9 +182,6 @@ impl Node {
     }
 }
 
-/// How far ahead of a sequential reader the device is asked to prefetch.
-const READAHEAD: u64 = 8 << 20;
-
 /// Parsed directories are kept within about this many bytes by default; least recently
 /// used ones are dropped first, down to three quarters of it.
 pub const DIR_CACHE_BYTES: usize = 16 << 20;
