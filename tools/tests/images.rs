@@ -846,25 +846,7 @@ fn convert_to_raw_starts_the_writeback_while_it_copies() {
     let qcow = dir.path().join("src.qcow2");
     qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow)]);
     let out = dir.path().join("out.raw");
-    let log = dir.path().join("trace");
-    let (done, text) = tool(
-        "strace",
-        &[
-            "-f",
-            "-qq",
-            "-e",
-            "trace=fadvise64,fdatasync",
-            "-o",
-            s(&log),
-            env!("CARGO_BIN_EXE_vuimg"),
-            "convert",
-            "-q",
-            s(&qcow),
-            s(&out),
-        ],
-    );
-    assert!(done, "{text}");
-    let trace = std::fs::read_to_string(&log).unwrap();
+    let trace = traced_convert(&qcow, &out, &dir.path().join("trace"));
     // Every 16 MiB written, the writeback of what was written is started; the final
     // flush then has little left to wait for.
     let starts = trace.matches("POSIX_FADV_DONTNEED").count();
@@ -874,6 +856,29 @@ fn convert_to_raw_starts_the_writeback_while_it_copies() {
     );
     assert!(trace.contains("fdatasync("), "no flush:\n{trace}");
     assert_identical(&qcow, "qcow2", &out, "raw");
+}
+
+/// `vuimg convert -q SRC OUT` under strace, its fadvise64 and fdatasync calls logged to
+/// `log`: the log's text (the conversion must succeed).
+fn traced_convert(src: &Path, out: &Path, log: &Path) -> String {
+    let (done, text) = tool(
+        "strace",
+        &[
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fadvise64,fdatasync",
+            "-o",
+            s(log),
+            env!("CARGO_BIN_EXE_vuimg"),
+            "convert",
+            "-q",
+            s(src),
+            s(out),
+        ],
+    );
+    assert!(done, "{} -> {}: {text}", src.display(), out.display());
+    std::fs::read_to_string(log).unwrap()
 }
 
 #[test]
@@ -889,25 +894,7 @@ fn convert_to_qcow2_vdi_and_vmdk_starts_the_writeback_while_it_copies() {
     std::fs::write(&raw, noise(64 << 20, 7)).unwrap();
     for fmt in ["qcow2", "vdi", "vmdk"] {
         let out = dir.path().join(format!("out.{fmt}"));
-        let log = dir.path().join(format!("trace.{fmt}"));
-        let (done, text) = tool(
-            "strace",
-            &[
-                "-f",
-                "-qq",
-                "-e",
-                "trace=fadvise64,fdatasync",
-                "-o",
-                s(&log),
-                env!("CARGO_BIN_EXE_vuimg"),
-                "convert",
-                "-q",
-                s(&raw),
-                s(&out),
-            ],
-        );
-        assert!(done, "{fmt}: {text}");
-        let trace = std::fs::read_to_string(&log).unwrap();
+        let trace = traced_convert(&raw, &out, &dir.path().join(format!("trace.{fmt}")));
         // The image file is written front to back (data appended, metadata in place):
         // every 16 MiB appended, the writeback of what was written is started.
         let starts = trace.matches("POSIX_FADV_DONTNEED").count();
