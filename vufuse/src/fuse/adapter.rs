@@ -1,6 +1,7 @@
 //! The adapter: every fuser request mapped to one [`FileSystem`] call.
 
 use super::busy_poll::BusyPoll;
+use super::privileges;
 use super::trace::Summary;
 use fuser::{
     FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -46,6 +47,9 @@ pub struct FuseAdapter {
     lifecycle: Arc<Lifecycle>,
     /// The kernel agreed to passthrough at init (the driver offers it, the kernel has it).
     passthrough: bool,
+    /// The kernel left clearing set-user-ID and set-group-ID bits to this daemon at init
+    /// (FUSE_HANDLE_KILLPRIV_V2, see `privileges`).
+    kills_privileges: bool,
     /// Inodes with open handles, for passthrough: the kernel keeps one I/O mode per inode
     /// (all handles through one backing file, or none), so every open follows the first.
     open_files: std::sync::Mutex<HashMap<u64, OpenInode>>,
@@ -126,6 +130,7 @@ impl FuseAdapter {
             busy_poll: None,
             lifecycle: Arc::new(Lifecycle::default()),
             passthrough: false,
+            kills_privileges: false,
             open_files: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -202,6 +207,41 @@ impl FuseAdapter {
     /// the kernel stops sending them and answers `EOPNOTSUPP` itself.
     fn without_xattrs(&self) -> Option<Errno> {
         (!self.caps.xattrs).then_some(Errno::ENOSYS)
+    }
+
+    /// Clears the set-user-ID and set-group-ID bits of `ino` (on a write by a caller
+    /// without CAP_FSETID), when it has them.
+    fn clear_privileges(&self, ctx: &Context, ino: Ino, fh: Option<Fh>) -> Result<(), Errno> {
+        let attr = self.fs.getattr(ctx, ino, fh)?;
+        if let Some(mode) = privileges::killed_mode(&attr) {
+            let set = SetAttr {
+                mode: Some(mode),
+                fh,
+                ..SetAttr::default()
+            };
+            self.fs.setattr(ctx, ino, &set)?;
+        }
+        Ok(())
+    }
+
+    /// `set` with the mode that clears privileges added, for a chown or a truncate that
+    /// clears them (see `privileges::setattr_kills`) of a file that has them.
+    fn with_privileges_cleared(
+        &self,
+        ctx: &Context,
+        ino: Ino,
+        mut set: SetAttr,
+    ) -> Result<SetAttr, Errno> {
+        if !self.kills_privileges || !privileges::setattr_may_kill(&set) {
+            return Ok(set);
+        }
+        let attr = self.fs.getattr(ctx, ino, set.fh)?;
+        if let Some(mode) = privileges::killed_mode(&attr) {
+            if privileges::setattr_kills(&set, || privileges::caller_has_fsetid(ctx)) {
+                set.mode = Some(mode);
+            }
+        }
+        Ok(set)
     }
 
     /// Reports every request to `poll` (the `busy_poll` mount option).
@@ -468,6 +508,17 @@ impl fuser::Filesystem for FuseAdapter {
         if self.caps.writeback_cache {
             offered |= config.capabilities() & InitFlags::FUSE_WRITEBACK_CACHE;
         }
+        // Clearing privileges on write, truncate and chown here instead of in the kernel,
+        // which then stops asking for security.capability before every write: for drivers
+        // that apply the mode they are given (the kernel checks permissions for them).
+        if !self.caps.checks_access
+            && config
+                .capabilities()
+                .contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+        {
+            offered |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            self.kills_privileges = true;
+        }
         let _ = config.add_capabilities(offered);
         let result = self.fs.init();
         self.trace(req, || "init".to_string(), &result);
@@ -537,7 +588,10 @@ impl fuser::Filesystem for FuseAdapter {
             mtime: set_time(mtime),
             fh: fh.map(|f| Fh(f.0)),
         };
-        let result = self.fs.setattr(&context(req, None), Ino(ino.0), &set);
+        let ctx = context(req, None);
+        let result = self
+            .with_privileges_cleared(&ctx, Ino(ino.0), set)
+            .and_then(|set| self.fs.setattr(&ctx, Ino(ino.0), &set));
         self.answer(
             req,
             || format!("setattr({}, {})", ino.0, super::trace::set_attr(&set)),
@@ -746,14 +800,22 @@ impl fuser::Filesystem for FuseAdapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let result = self
-            .fs
-            .write(&context(req, None), Ino(ino.0), Fh(fh.0), offset, data);
+        let ctx = context(req, None);
+        // The kernel flags a write whose caller lacks CAP_FSETID; the bits go first, as
+        // the VFS clears them before it writes.
+        let kill =
+            self.kills_privileges && write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let result = if kill {
+            self.clear_privileges(&ctx, Ino(ino.0), Some(Fh(fh.0)))
+        } else {
+            Ok(())
+        }
+        .and_then(|()| self.fs.write(&ctx, Ino(ino.0), Fh(fh.0), offset, data));
         self.trace(
             req,
             || format!("write({}, fh {}, {offset}, {})", ino.0, fh.0, data.len()),

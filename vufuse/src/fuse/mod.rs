@@ -8,6 +8,7 @@
 
 mod adapter;
 mod busy_poll;
+mod privileges;
 mod trace;
 
 pub use adapter::{FuseAdapter, Lifecycle, MAX_WRITE};
