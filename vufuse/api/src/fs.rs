@@ -276,6 +276,11 @@ pub struct Capabilities {
     /// answers `EOPNOTSUPP` itself (the driver's answer), which saves the round trip it makes
     /// before each write and chown to look for `security.capability`.
     pub xattrs: bool,
+    /// The driver keeps POSIX ACLs as the `system.posix_acl_access` and `_default` xattrs
+    /// in the kernel's form, and leaves access checks to the kernel: the FUSE front end then
+    /// lets the kernel cache ACLs and check permissions with them (FUSE_POSIX_ACL, which
+    /// turns on `default_permissions`), so `ls -l` asks for no ACL of a file it has seen.
+    pub posix_acls: bool,
 }
 
 impl Default for Capabilities {
@@ -293,6 +298,7 @@ impl Default for Capabilities {
             writeback_cache: false,
             cache_dirs: false,
             xattrs: true,
+            posix_acls: false,
         }
     }
 }

@@ -16,6 +16,7 @@
 
 #![allow(unsafe_code)]
 
+mod acl;
 mod crc32c;
 mod extent_read;
 mod extent_write;
@@ -754,6 +755,76 @@ impl ExtFs {
             .collect()
     }
 
+    /// Sets (`Some`) or removes (`None`) one xattr of `ino`, uncommitted.
+    fn put_xattr(
+        h: &Handles,
+        ino: u32,
+        name: &std::ffi::CStr,
+        value: Option<&[u8]>,
+        c_flags: c_int,
+    ) -> Result<()> {
+        // An empty value is still a value: pass a non-null pointer; null means remove.
+        let (ptr, len): (*const c_void, usize) = match value {
+            None => (std::ptr::null(), 0),
+            Some([]) => (c"".as_ptr() as *const c_void, 0),
+            Some(v) => (v.as_ptr() as *const c_void, v.len()),
+        };
+        // SAFETY: h.fs is open; name is NUL-terminated; ptr is null or readable for len bytes.
+        check(unsafe { vx_setxattr(h.fs, ino, name.as_ptr(), ptr, len, c_flags) })
+    }
+
+    /// Sets the access ACL of `ino` and the mode it implies (owner, mask, other), as ext4
+    /// does; an ACL the mode says in full is not stored (and a stored one goes).
+    fn set_access_acl(
+        h: &Handles,
+        ino: u32,
+        name: &std::ffi::CStr,
+        value: &[u8],
+        c_flags: c_int,
+    ) -> Result<()> {
+        let acl = acl::Acl::parse(value)?;
+        let st = Self::stat(h, ino)?;
+        let mode = (st.mode & 0o7000) | acl.mode_bits();
+        if acl.is_mode_only() {
+            match Self::put_xattr(h, ino, name, None, 0) {
+                Ok(()) | Err(Errno::ENODATA) => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            Self::put_xattr(h, ino, name, Some(value), c_flags)?;
+        }
+        Self::set_mode(h, ino, mode)
+    }
+
+    /// After a chmod to `mode`: the access ACL of `ino`, if it has one, takes the new owner,
+    /// mask and other bits (posix_acl_chmod).
+    fn chmod_access_acl(h: &Handles, ino: u32, mode: u32) -> Result<()> {
+        let Some((_, value)) = Self::xattrs(h, ino)?
+            .into_iter()
+            .find(|(n, _)| n.as_slice() == acl::ACCESS_XATTR)
+        else {
+            return Ok(());
+        };
+        // One the kernel would not have taken stays as it is.
+        let Ok(mut acl) = acl::Acl::parse(&value) else {
+            return Ok(());
+        };
+        acl.chmod(mode);
+        let name = std::ffi::CString::new(acl::ACCESS_XATTR).map_err(|_| Errno::EINVAL)?;
+        Self::put_xattr(h, ino, &name, Some(&acl.to_bytes()), 0)
+    }
+
+    /// Sets the permission bits of `ino` (its ctime now), uncommitted.
+    fn set_mode(h: &Handles, ino: u32, mode: u32) -> Result<()> {
+        let (now_s, now_ns) = split_time(SystemTime::now());
+        // SAFETY: h.fs is open; all arguments are plain values.
+        check(unsafe {
+            vx_setattr(
+                h.fs, ino, 1, mode, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, now_s, now_ns,
+            )
+        })
+    }
+
     fn xattrs(h: &Handles, ino: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         // SAFETY: h.fs is open; the callback only touches `out`, alive for the call.
@@ -1010,7 +1081,9 @@ impl FileSystem for ExtFs {
     /// mode, `write` takes offsets as given) but not the default: measured on the untar of
     /// /usr/include it saves 14% of the requests (one write per file instead of 3.4, but a
     /// SETATTR of the kernel's times before tar's own), and it costs `rm -rf` one synchronous
-    /// SETATTR (ctime) per unlinked file, +33%; `-o writeback_cache` turns it on.
+    /// SETATTR (ctime) per unlinked file, +33%; `-o writeback_cache` turns it on. ACLs are
+    /// kept in the kernel's form (libext2fs converts ext4's short form), so the kernel
+    /// caches and checks them: a warm `ls -lR` of /usr/include asks for 44% fewer xattrs.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             cache: CachePolicy {
@@ -1020,6 +1093,7 @@ impl FileSystem for ExtFs {
             flush_is_noop: true,
             one_thread_suffices: true,
             cache_dirs: true,
+            posix_acls: true,
             ..Capabilities::default()
         }
     }
@@ -1180,6 +1254,10 @@ impl FileSystem for ExtFs {
                 now_ns,
             )
         });
+        let changed = match set.mode {
+            Some(mode) => changed.and_then(|()| Self::chmod_access_acl(&h, target, mode)),
+            None => changed,
+        };
         h.commit(changed)?;
         Ok(self.attr(&Self::stat(&h, target)?))
     }
@@ -1374,16 +1452,13 @@ impl FileSystem for ExtFs {
         let mut h = self.lock_as(ctx);
         let c_flags = c_int::from(flags & libc::XATTR_CREATE != 0)
             | (c_int::from(flags & libc::XATTR_REPLACE != 0) << 1);
-        // An empty value is still a value: pass a non-null pointer.
-        let ptr: *const c_void = if value.is_empty() {
-            c"".as_ptr() as *const c_void
-        } else {
-            value.as_ptr() as *const c_void
+        let target = ext_ino(ino);
+        let set = match name.as_bytes() {
+            acl::ACCESS_XATTR => Self::set_access_acl(&h, target, &name, value, c_flags),
+            acl::DEFAULT_XATTR => acl::Acl::parse(value)
+                .and_then(|_| Self::put_xattr(&h, target, &name, Some(value), c_flags)),
+            _ => Self::put_xattr(&h, target, &name, Some(value), c_flags),
         };
-        // SAFETY: h.fs is open; name is NUL-terminated; ptr is readable for value.len() bytes.
-        let set = check(unsafe {
-            vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), ptr, value.len(), c_flags)
-        });
         h.commit(set)
     }
 
@@ -1391,10 +1466,7 @@ impl FileSystem for ExtFs {
         self.writable()?;
         let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
         let mut h = self.lock();
-        // SAFETY: h.fs is open; name is NUL-terminated; a null value means remove.
-        let removed = check(unsafe {
-            vx_setxattr(h.fs, ext_ino(ino), name.as_ptr(), std::ptr::null(), 0, 0)
-        });
+        let removed = Self::put_xattr(&h, ext_ino(ino), &name, None, 0);
         h.commit_removal(removed)
     }
 

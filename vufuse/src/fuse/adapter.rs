@@ -519,6 +519,10 @@ impl fuser::Filesystem for FuseAdapter {
             offered |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
             self.kills_privileges = true;
         }
+        // ACLs kept in the kernel's cache and checked there (with default_permissions).
+        if self.caps.posix_acls && self.caps.xattrs && !self.caps.checks_access {
+            offered |= config.capabilities() & InitFlags::FUSE_POSIX_ACL;
+        }
         let _ = config.add_capabilities(offered);
         let result = self.fs.init();
         self.trace(req, || "init".to_string(), &result);

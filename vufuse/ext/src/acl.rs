@@ -1,0 +1,209 @@
+//! POSIX access ACLs in the kernel's xattr form (`system.posix_acl_access`), kept in step
+//! with the mode as the kernel's ext4 keeps them (posix_acl_update_mode, posix_acl_chmod).
+//!
+//! Why here: under FUSE_POSIX_ACL the kernel checks permissions with the ACLs it caches but
+//! leaves the mode to the daemon. Its check reads the ACL only when the mode's group bits
+//! are set, and takes "other" from the ACL: so setting an ACL must set the mode's group
+//! bits to the mask, and chmod must rewrite the owner, mask and other entries.
+
+use vudev::{Errno, Result};
+
+/// The xattr that holds a file's access ACL.
+pub const ACCESS_XATTR: &[u8] = b"system.posix_acl_access";
+/// The xattr that holds a directory's default ACL.
+pub const DEFAULT_XATTR: &[u8] = b"system.posix_acl_default";
+
+/// The form's version (linux/posix_acl_xattr.h).
+const VERSION: u32 = 2;
+const HEADER: usize = 4;
+const ENTRY: usize = 8;
+
+const USER_OBJ: u16 = 0x01;
+const USER: u16 = 0x02;
+const GROUP_OBJ: u16 = 0x04;
+const GROUP: u16 = 0x08;
+const MASK: u16 = 0x10;
+const OTHER: u16 = 0x20;
+
+/// One entry: tag, permissions (rwx), and the user or group id of named entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    tag: u16,
+    perm: u16,
+    id: u32,
+}
+
+/// A parsed ACL, checked as the kernel checks one it is given (posix_acl_valid): one owner,
+/// owning-group and other entry, a mask when there are named entries, permissions rwx.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acl {
+    entries: Vec<Entry>,
+}
+
+impl Acl {
+    /// Parses the kernel's form; `EINVAL` for anything malformed.
+    pub fn parse(value: &[u8]) -> Result<Acl> {
+        let body = value.get(HEADER..).ok_or(Errno::EINVAL)?;
+        if u32::from_le_bytes(value[..HEADER].try_into().map_err(|_| Errno::EINVAL)?) != VERSION
+            || body.len() % ENTRY != 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        let entries: Vec<Entry> = body
+            .chunks_exact(ENTRY)
+            .map(|e| Entry {
+                tag: u16::from_le_bytes([e[0], e[1]]),
+                perm: u16::from_le_bytes([e[2], e[3]]),
+                id: u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+            })
+            .collect();
+        let count = |tag| entries.iter().filter(|e| e.tag == tag).count();
+        let named = count(USER) + count(GROUP);
+        let known = [USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER];
+        let valid = entries
+            .iter()
+            .all(|e| known.contains(&e.tag) && e.perm & !0o7 == 0)
+            && count(USER_OBJ) == 1
+            && count(GROUP_OBJ) == 1
+            && count(OTHER) == 1
+            && count(MASK) <= 1
+            && (named == 0 || count(MASK) == 1);
+        if !valid {
+            return Err(Errno::EINVAL);
+        }
+        Ok(Acl { entries })
+    }
+
+    /// The kernel's form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = VERSION.to_le_bytes().to_vec();
+        for e in &self.entries {
+            out.extend_from_slice(&e.tag.to_le_bytes());
+            out.extend_from_slice(&e.perm.to_le_bytes());
+            out.extend_from_slice(&e.id.to_le_bytes());
+        }
+        out
+    }
+
+    /// The permission bits (0o777) the ACL gives the mode: owner, mask (else owning group),
+    /// other.
+    pub fn mode_bits(&self) -> u32 {
+        let perm = |tag| self.entry(tag).map_or(0, |e| u32::from(e.perm));
+        let group = if self.entry(MASK).is_some() {
+            perm(MASK)
+        } else {
+            perm(GROUP_OBJ)
+        };
+        perm(USER_OBJ) << 6 | group << 3 | perm(OTHER)
+    }
+
+    /// Whether the mode alone says it all (only the three base entries): such an ACL is
+    /// not stored, as ext4 stores none.
+    pub fn is_mode_only(&self) -> bool {
+        self.entries
+            .iter()
+            .all(|e| matches!(e.tag, USER_OBJ | GROUP_OBJ | OTHER))
+    }
+
+    /// After a chmod to `perm`: the owner, mask (else owning group) and other entries take
+    /// the new bits (posix_acl_chmod).
+    pub fn chmod(&mut self, perm: u32) {
+        let has_mask = self.entry(MASK).is_some();
+        for e in &mut self.entries {
+            let bits = match e.tag {
+                USER_OBJ => perm >> 6,
+                MASK => perm >> 3,
+                GROUP_OBJ if !has_mask => perm >> 3,
+                OTHER => perm,
+                _ => continue,
+            };
+            e.perm = (bits & 0o7) as u16;
+        }
+    }
+
+    fn entry(&self, tag: u16) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.tag == tag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+        let mut v = VERSION.to_le_bytes().to_vec();
+        for &(tag, perm, id) in entries {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    }
+
+    const NOBODY: u32 = 65534;
+
+    #[test]
+    fn the_mode_takes_owner_mask_and_other() {
+        let a = Acl::parse(&acl(&[
+            (USER_OBJ, 6, u32::MAX),
+            (USER, 4, NOBODY),
+            (GROUP_OBJ, 0, u32::MAX),
+            (MASK, 4, u32::MAX),
+            (OTHER, 0, u32::MAX),
+        ]))
+        .unwrap();
+        assert_eq!(a.mode_bits(), 0o640);
+        assert!(!a.is_mode_only());
+        let base = Acl::parse(&acl(&[(USER_OBJ, 7, 0), (GROUP_OBJ, 5, 0), (OTHER, 1, 0)])).unwrap();
+        assert_eq!(base.mode_bits(), 0o751);
+        assert!(base.is_mode_only());
+    }
+
+    #[test]
+    fn chmod_rewrites_owner_mask_and_other_but_not_named_entries() {
+        let mut a = Acl::parse(&acl(&[
+            (USER_OBJ, 6, u32::MAX),
+            (USER, 7, NOBODY),
+            (GROUP_OBJ, 5, u32::MAX),
+            (MASK, 7, u32::MAX),
+            (OTHER, 0, u32::MAX),
+        ]))
+        .unwrap();
+        a.chmod(0o704);
+        assert_eq!(a.mode_bits(), 0o704);
+        let again = Acl::parse(&a.to_bytes()).unwrap();
+        assert_eq!(again, a);
+        assert!(
+            a.to_bytes().windows(2).any(|w| w == [7, 0]),
+            "nobody keeps rwx"
+        );
+    }
+
+    #[test]
+    fn malformed_acls_are_refused() {
+        let refused = |v: &[u8]| assert_eq!(Acl::parse(v), Err(Errno::EINVAL), "{v:?}");
+        refused(b"");
+        refused(&[2, 0, 0, 0, 1]);
+        refused(&acl(&[(USER_OBJ, 6, 0), (OTHER, 0, 0)])); // no owning group
+        refused(&acl(&[
+            (USER_OBJ, 6, 0),
+            (USER, 4, 1),
+            (GROUP_OBJ, 0, 0),
+            (OTHER, 0, 0),
+        ])); // no mask
+        refused(&acl(&[
+            (USER_OBJ, 0o10, 0),
+            (GROUP_OBJ, 0, 0),
+            (OTHER, 0, 0),
+        ]));
+        refused(&acl(&[
+            (0x40, 0, 0),
+            (USER_OBJ, 6, 0),
+            (GROUP_OBJ, 0, 0),
+            (OTHER, 0, 0),
+        ]));
+        let mut v = acl(&[(USER_OBJ, 6, 0), (GROUP_OBJ, 0, 0), (OTHER, 0, 0)]);
+        v[0] = 1;
+        refused(&v);
+    }
+}
