@@ -206,4 +206,32 @@ mod tests {
         v[0] = 1;
         refused(&v);
     }
+
+    proptest::proptest! {
+        /// Any bytes (an image's stored ACL is untrusted): a clean error or an ACL that
+        /// writes back to the same bytes, whose mode and chmod stay within 0o777.
+        #[test]
+        fn any_bytes_parse_cleanly(bytes in proptest::collection::vec(0u8..=255, 0..64),
+                                   perm in 0u32..0o1000) {
+            if let Ok(mut acl) = Acl::parse(&bytes) {
+                proptest::prop_assert_eq!(acl.to_bytes(), bytes);
+                proptest::prop_assert!(acl.mode_bits() <= 0o777);
+                acl.chmod(perm);
+                proptest::prop_assert_eq!(acl.mode_bits(), perm);
+            }
+        }
+
+        /// Valid ACLs built from parts always parse.
+        #[test]
+        fn valid_acls_parse(owner in 0u16..8, group in 0u16..8, other in 0u16..8,
+                            named in proptest::collection::vec((0u16..8, 0u32..70000), 0..5)) {
+            let mut entries = vec![(USER_OBJ, owner, u32::MAX), (GROUP_OBJ, group, u32::MAX)];
+            entries.extend(named.iter().map(|&(p, id)| (USER, p, id)));
+            if !named.is_empty() {
+                entries.push((MASK, 7, u32::MAX));
+            }
+            entries.push((OTHER, other, u32::MAX));
+            proptest::prop_assert!(Acl::parse(&acl(&entries)).is_ok());
+        }
+    }
 }
