@@ -12,6 +12,7 @@
 
 #[cfg(feature = "oracles")]
 pub mod adapters;
+mod aligned;
 pub mod cache;
 mod device;
 pub mod errno;
@@ -25,6 +26,7 @@ mod window;
 
 #[cfg(feature = "oracles")]
 pub use adapters::{DeviceCursor, Ext4Reader};
+pub use aligned::{PageAligned, PAGE_SIZE};
 pub use cache::CachedDevice;
 pub use device::BlockDevice;
 pub use errno::{Errno, Result};

@@ -205,6 +205,7 @@ pub fn copy_ranges(
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::mpsc;
     use std::sync::Mutex;
+    use vudev::PageAligned;
 
     let pieces = chunks(ranges);
     if pieces.is_empty() {
@@ -213,12 +214,15 @@ pub fn copy_ranges(
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     // Free buffers go back to the readers through `pool`.
-    let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
+    // Page-aligned: the kernel copies into them at full speed (vudev::PageAligned).
+    let (pool_tx, pool_rx) = mpsc::channel::<PageAligned>();
     for _ in 0..BUFFERS.min(pieces.len() + 1) {
-        pool_tx.send(Vec::new()).expect("receiver alive");
+        pool_tx
+            .send(PageAligned::default())
+            .expect("receiver alive");
     }
     let pool_rx = Mutex::new(pool_rx);
-    type Filled = (usize, Result<Vec<u8>, crate::util::Failure>);
+    type Filled = (usize, Result<PageAligned, crate::util::Failure>);
     let (full_tx, full_rx) = mpsc::channel::<Filled>();
     std::thread::scope(|scope| {
         for _ in 0..READERS.min(pieces.len()) {
@@ -236,9 +240,9 @@ pub fn copy_ranges(
                 let Some(&(pos, n)) = pieces.get(i) else {
                     return;
                 };
-                buf.resize(n, 0);
+                buf.resize(n);
                 let res = src
-                    .read_exact_at(&mut buf, pos)
+                    .read_exact_at(buf.bytes_mut(), pos)
                     .map(|()| buf)
                     .map_err(|e| fail!("read of {n} bytes at {pos}: {e}"));
                 if full_tx.send((i, res)).is_err() {
@@ -247,7 +251,7 @@ pub fn copy_ranges(
             });
         }
         drop(full_tx);
-        let mut waiting: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+        let mut waiting: BTreeMap<usize, PageAligned> = BTreeMap::new();
         let mut want = 0;
         let result = (|| {
             while want < pieces.len() {
@@ -262,7 +266,7 @@ pub fn copy_ranges(
                     }
                 };
                 let (pos, n) = pieces[want];
-                write_nonzero(dst, &buf, pos, skip_zeros)?;
+                write_nonzero(dst, buf.bytes(), pos, skip_zeros)?;
                 progress.advance(n as u64);
                 want += 1;
                 let _ = pool_tx.send(buf);
