@@ -8,6 +8,7 @@
 
 use rustix::fs::Stat;
 use vudev::{Errno, Result};
+use vufuse_api::acl::Acl;
 use vufuse_api::fs::{Context, SetAttr, SetTime};
 
 /// The caller's identity: uid, primary gid and supplementary groups.
@@ -40,6 +41,12 @@ impl Caller {
 
     fn owns(&self, st: &Stat) -> bool {
         self.privileged() || self.uid == st.st_uid
+    }
+
+    /// Whether `acl`, the access ACL of the file `st`, grants `want` (a mask of 4 read,
+    /// 2 write, 1 search) to this caller, as the kernel checks it.
+    pub(crate) fn may_by_acl(&self, st: &Stat, acl: &Acl, want: u32) -> bool {
+        self.privileged() || acl.grants(st.st_uid, st.st_gid, self.uid, |g| self.in_group(g), want)
     }
 
     /// Whether the mode bits of `st` grant `want` (a mask of 4 read, 2 write, 1 search)

@@ -17,7 +17,7 @@ pub mod layer;
 pub mod options;
 
 pub use fs::{Config, VuFs};
-pub use options::{Mode, Options};
+pub use options::{Caching, Mode, Options};
 pub use vudev;
 
 use std::os::fd::OwnedFd;

@@ -31,6 +31,19 @@ impl Mode {
     }
 }
 
+/// How long the kernel may trust what it has seen of the tree (FUSE front end only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Caching {
+    /// `cache=auto` (default): attributes and names for a second, listings read afresh
+    /// at every open; changes made to the layers behind the mount show within a second.
+    #[default]
+    Auto,
+    /// `cache=always`: attributes, names and listings kept until this mount changes them
+    /// (as libfuse's passthrough_ll and fuse-overlayfs do by default). Only for layers no
+    /// one changes behind the mount: a change made there may not show until remount.
+    Always,
+}
+
 /// The vufs-specific options of one mount.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Options {
@@ -40,6 +53,8 @@ pub struct Options {
     pub except: Vec<PathBuf>,
     /// `nochcopy`: chmod and chown record a vstat entry instead of copying up.
     pub nochcopy: bool,
+    /// `cache=auto|always`: how long the kernel may trust its caches.
+    pub caching: Caching,
 }
 
 /// A bad vufs option.
@@ -56,7 +71,7 @@ impl std::error::Error for OptionError {}
 
 /// The keys vufs claims from an option string.
 const KEYS: &[&str] = &[
-    "bind", "move", "merge", "cow", "mincow", "except", "nochcopy",
+    "bind", "move", "merge", "cow", "mincow", "except", "nochcopy", "cache",
 ];
 
 impl Options {
@@ -121,6 +136,13 @@ impl Options {
                             return Err(bad("takes no value"));
                         }
                         options.nochcopy = true;
+                    }
+                    "cache" => {
+                        options.caching = match value {
+                            Some("auto") => Caching::Auto,
+                            Some("always") => Caching::Always,
+                            _ => return Err(bad("cache=auto or cache=always")),
+                        };
                     }
                     _ => {
                         if value.is_some() {
@@ -188,6 +210,20 @@ mod tests {
         assert!(Options::parse("except=/").is_err());
         assert!(Options::parse("nochcopy=1").is_err());
         assert!(Options::parse("cow=1").unwrap_err().0.contains("no value"));
+    }
+
+    #[test]
+    fn caching() {
+        assert_eq!(Options::parse("cow").unwrap().caching, Caching::Auto);
+        assert_eq!(
+            Options::parse("cow,cache=always").unwrap().caching,
+            Caching::Always
+        );
+        assert_eq!(Options::parse("cache=auto").unwrap().caching, Caching::Auto);
+        for bad in ["cache", "cache=", "cache=never", "cache=ALWAYS"] {
+            let e = Options::parse(bad).unwrap_err();
+            assert!(e.0.contains("cache=always"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -39,6 +39,8 @@ Directory rows (the same figures on a directory tree of the host disk; no image,
   overlay      kernel overlayfs (lowerdir, upperdir, workdir): the counterpart of the cow rows
   vufs-cow     this project's vufs -o cow SOURCE MNT (MNT is the lower tree)
   fuse-overlayfs  fuse-overlayfs -o lowerdir=,upperdir=,workdir=
+  vufs-bind+always, vufs-cow+always  the vufs rows with -o cache=always (only safe when no one
+               changes the layers behind the mount, as fuse-overlayfs assumes by default)
 Every row has a counterpart (the kernel's way of doing the same: kernel-ext4 for the ext4
 rows, overlay for the union rows, host-dir for the bind rows); --json FILE writes all
 figures, medians and ratios. A row whose program is missing is skipped with the reason.
@@ -173,7 +175,11 @@ class KernelMount:
         sh(f"umount {self.mnt}")
 
 
-def dir_mounter(kind, args, base, vufs):
+# The vufs options of a row named vufs-MODE+EXTRA.
+VUFS_EXTRA = {"always": "cache=always"}
+
+
+def dir_mounter(kind, args, base, vufs, extra=""):
     """For a directory row: (function that mounts and returns the handle, the view's path)."""
     src, lower, work, mnt = (os.path.join(base, d) for d in ("src", "lower", "work", "mnt"))
     for d in (src, lower, work, mnt):
@@ -181,12 +187,12 @@ def dir_mounter(kind, args, base, vufs):
     if kind == "host-dir":
         return (lambda: NoMount()), src
     if kind == "vufs-bind":
-        return (lambda: FgDaemon([vufs, "-f", "-o", ",".join(filter(None, ["bind", args.vufs_opts])), src, mnt], mnt, True)), mnt
+        return (lambda: FgDaemon([vufs, "-f", "-o", ",".join(filter(None, ["bind", extra, args.vufs_opts])), src, mnt], mnt, True)), mnt
     if kind == "bindfs":
         return (lambda: FgDaemon([shutil.which("bindfs"), "-f", src, mnt], mnt)), mnt
     if kind == "vufs-cow":
         # MNT is the lower tree: the view appears on it.
-        return (lambda: FgDaemon([vufs, "-f", "-o", ",".join(filter(None, ["cow", args.vufs_opts])), src, lower], lower, True)), lower
+        return (lambda: FgDaemon([vufs, "-f", "-o", ",".join(filter(None, ["cow", extra, args.vufs_opts])), src, lower], lower, True)), lower
     if kind == "overlay":
         return (lambda: KernelMount(f"mount -t overlay overlay -o lowerdir={lower},upperdir={src},workdir={work} {mnt}", mnt)), mnt
     if kind == "fuse-overlayfs":
@@ -223,6 +229,8 @@ def presets(args):
         # The same rows with other builds of this project (--base-ext, --base-vufs): before/after.
         "ours-ext4@base": ("fuseext2 (base build)", "ext4", args.base_ext, "rw+", Daemon),
         "ours-ext4+wb": ("fuseext2 -o writeback_cache", "ext4", ext, "rw+,writeback_cache", Daemon),
+        "vufs-bind+always": ("vufs bind -o cache=always", "dir", args.ours_vufs, "", None),
+        "vufs-cow+always": ("vufs cow -o cache=always", "dir", args.ours_vufs, "", None),
         "vufs-bind@base": ("vufs bind (base build)", "dir", args.base_vufs, "", None),
         "vufs-cow@base": ("vufs cow (base build)", "dir", args.base_vufs, "", None),
     }
@@ -243,6 +251,8 @@ COUNTERPART = {
     "ours-ext4+wb": "kernel-ext4",
     "vufs-bind@base": "host-dir",
     "vufs-cow@base": "overlay",
+    "vufs-bind+always": "host-dir",
+    "vufs-cow+always": "overlay",
     # exFAT has no kernel driver here: the peers are timed against ours (issue #13's
     # "3x faster" reads off directly), ours against FAT32 ("untar within 1.5x").
     "exfat-fuse": "ours-exfat",
@@ -251,7 +261,8 @@ COUNTERPART = {
 }
 # The C program each of ours must not be slower than.
 ANCHOR = {"ours-ext4": "fuse2fs", "vufs-bind": "bindfs", "vufs-cow": "fuse-overlayfs",
-          "ours-ext4@base": "fuse2fs", "ours-ext4+wb": "fuse2fs", "vufs-bind@base": "bindfs", "vufs-cow@base": "fuse-overlayfs"}
+          "ours-ext4@base": "fuse2fs", "ours-ext4+wb": "fuse2fs", "vufs-bind@base": "bindfs", "vufs-cow@base": "fuse-overlayfs",
+          "vufs-bind+always": "bindfs", "vufs-cow+always": "fuse-overlayfs"}
 
 
 def settled_requests():
@@ -300,7 +311,8 @@ def one_run(row, args, results, log):
         for d in ("mnt", "lower"):
             sh(f"umount -l {base}/{d} 2>/dev/null", check=False)
         sh(f"rm -rf {base}")
-        mount, mnt = dir_mounter(key.split("@")[0], args, base, binary)
+        kind_name, _, extra = key.split("@")[0].partition("+")
+        mount, mnt = dir_mounter(kind_name, args, base, binary, VUFS_EXTRA.get(extra, ""))
         fsck = None
         image = None
     else:

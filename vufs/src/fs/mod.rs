@@ -38,7 +38,7 @@ mod setattr;
 use crate::access::Caller;
 use crate::host::{self, At};
 use crate::layer::{self, VStat};
-use crate::options::{Mode, Options};
+use crate::options::{Caching, Mode, Options};
 use creds::Creds;
 use inodes::{Inodes, Node, Numbers};
 use rustix::fs::{AtFlags, Mode as HostMode, OFlags, Stat};
@@ -53,9 +53,12 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 use vudev::{Errno, Result};
 use vufuse_api::fs::{
-    Attr, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino, Opened, SetAttr,
-    SetTime, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
+    Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino,
+    Opened, SetAttr, SetTime, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
+
+/// How long the kernel keeps what it saw under `cache=always` (libfuse passthrough_ll's day).
+const CACHE_ALWAYS_TTL: Duration = Duration::from_secs(86_400);
 
 /// Which tree an entry lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -11,11 +11,27 @@ impl FileSystem for VuFs {
     /// File data passes through to the host files where they cannot move while open
     /// ([`FileSystem::backing_file`]): reads and writes then need no request each. `flush`
     /// has nothing to do (host files are closed at release), so close(2) sends none.
+    /// POSIX ACLs are the host's xattrs, in the kernel's form, and the host keeps mode and
+    /// ACL in step when one is set: the kernel may cache them (`ls -l` then asks for no ACL
+    /// of a file it has seen) and checks with them, always (default_permissions).
+    /// With `cache=always` the kernel keeps attributes, names and listings for a day.
     fn capabilities(&self) -> Capabilities {
+        let defaults = Capabilities::default();
+        let always = self.options.caching == Caching::Always;
         Capabilities {
             passthrough: true,
             flush_is_noop: true,
-            ..Capabilities::default()
+            posix_acls: true,
+            cache: if always {
+                CachePolicy {
+                    attr_ttl: CACHE_ALWAYS_TTL,
+                    entry_ttl: CACHE_ALWAYS_TTL,
+                }
+            } else {
+                defaults.cache
+            },
+            cache_dirs: always,
+            ..defaults
         }
     }
 

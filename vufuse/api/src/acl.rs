@@ -1,10 +1,13 @@
-//! POSIX access ACLs in the kernel's xattr form (`system.posix_acl_access`), kept in step
-//! with the mode as the kernel's ext4 keeps them (posix_acl_update_mode, posix_acl_chmod).
+//! POSIX access ACLs in the kernel's xattr form (`system.posix_acl_access`): parsed and
+//! checked as the kernel checks them (posix_acl_valid, posix_acl_permission), and kept in
+//! step with the mode as the kernel's ext4 keeps them (posix_acl_update_mode,
+//! posix_acl_chmod).
 //!
 //! Why here: under FUSE_POSIX_ACL the kernel checks permissions with the ACLs it caches but
 //! leaves the mode to the daemon. Its check reads the ACL only when the mode's group bits
 //! are set, and takes "other" from the ACL: so setting an ACL must set the mode's group
-//! bits to the mask, and chmod must rewrite the owner, mask and other entries.
+//! bits to the mask, and chmod must rewrite the owner, mask and other entries (fuseext2).
+//! A daemon that acts as itself for a caller checks that caller as the kernel would (vufs).
 
 use vudev::{Errno, Result};
 
@@ -121,6 +124,47 @@ impl Acl {
         }
     }
 
+    /// Whether the ACL grants `want` (a mask of 4 read, 2 write, 1 search) to a caller
+    /// other than root, the file being owned by `owner_uid` (posix_acl_permission): the
+    /// owner entry for the owner, a named-user entry masked, any matching group entry
+    /// (owning or named) that grants all of `want`, masked; "other" only when no group
+    /// entry matched.
+    pub fn grants(
+        &self,
+        owner_uid: u32,
+        owner_gid: u32,
+        uid: u32,
+        in_group: impl Fn(u32) -> bool,
+        want: u32,
+    ) -> bool {
+        let want = (want & 0o7) as u16;
+        let masked = |perm: u16| {
+            let mask = self.entry(MASK).map_or(0o7, |m| m.perm);
+            perm & mask & want == want
+        };
+        if uid == owner_uid {
+            return self.entry(USER_OBJ).is_some_and(|e| e.perm & want == want);
+        }
+        if let Some(e) = self.entries.iter().find(|e| e.tag == USER && e.id == uid) {
+            return masked(e.perm);
+        }
+        let mut group_matched = false;
+        for e in &self.entries {
+            let member = match e.tag {
+                GROUP_OBJ => in_group(owner_gid),
+                GROUP => in_group(e.id),
+                _ => false,
+            };
+            if member {
+                group_matched = true;
+                if e.perm & want == want {
+                    return masked(e.perm);
+                }
+            }
+        }
+        !group_matched && self.entry(OTHER).is_some_and(|e| e.perm & want == want)
+    }
+
     fn entry(&self, tag: u16) -> Option<&Entry> {
         self.entries.iter().find(|e| e.tag == tag)
     }
@@ -177,6 +221,39 @@ mod tests {
             a.to_bytes().windows(2).any(|w| w == [7, 0]),
             "nobody keeps rwx"
         );
+    }
+
+    #[test]
+    fn grants_as_the_kernel_checks() {
+        const OWNER: u32 = 1000;
+        const GROUP: u32 = 100;
+        // owner rw, nobody r, group (100) nothing, named group 200 rw, mask rw, other r.
+        let a = Acl::parse(&acl(&[
+            (USER_OBJ, 6, u32::MAX),
+            (USER, 4, NOBODY),
+            (GROUP_OBJ, 0, u32::MAX),
+            (super::GROUP, 6, 200),
+            (MASK, 6, u32::MAX),
+            (OTHER, 4, u32::MAX),
+        ]))
+        .unwrap();
+        let no_groups = |_: u32| false;
+        assert!(a.grants(OWNER, GROUP, OWNER, no_groups, 6));
+        assert!(!a.grants(OWNER, GROUP, OWNER, no_groups, 1));
+        assert!(a.grants(OWNER, GROUP, NOBODY, no_groups, 4));
+        assert!(!a.grants(OWNER, GROUP, NOBODY, no_groups, 2));
+        // The owning group matched but grants nothing: "other" does not apply.
+        assert!(!a.grants(OWNER, GROUP, 7, |g| g == GROUP, 4));
+        // Another matching group entry may grant.
+        assert!(a.grants(OWNER, GROUP, 7, |g| g == GROUP || g == 200, 6));
+        // No entry matches: other.
+        assert!(a.grants(OWNER, GROUP, 7, no_groups, 4));
+        assert!(!a.grants(OWNER, GROUP, 7, no_groups, 2));
+        // The mask limits named entries.
+        let mut narrow = a.clone();
+        narrow.chmod(0o644);
+        assert!(!narrow.grants(OWNER, GROUP, 7, |g| g == 200, 2));
+        assert!(narrow.grants(OWNER, GROUP, 7, |g| g == 200, 4));
     }
 
     #[test]

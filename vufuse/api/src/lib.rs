@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod error;
 pub mod errors;
 pub mod fs;

@@ -16,7 +16,6 @@
 
 #![allow(unsafe_code)]
 
-mod acl;
 mod crc32c;
 mod extent_read;
 mod extent_write;
@@ -42,6 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vudev::{BlockDevice, CachedDevice, Errno, Result};
+use vufuse_api::acl;
 use vufuse_api::fs::{
     Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino,
     Opened, SetAttr, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,

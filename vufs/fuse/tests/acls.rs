@@ -1,0 +1,43 @@
+//! Host POSIX ACLs decide for other users through an `allow_other` mount: the kernel checks
+//! permissions there (default_permissions) and, with FUSE_POSIX_ACL, with the ACLs too; a
+//! mode-only check would refuse what a named-user entry grants.
+
+mod common;
+use common::*;
+use testkit::{assert_denied, nobody, open_scratch, other_user_unavailable, s, skip};
+
+#[test]
+fn named_user_entries_of_host_files_grant_and_refuse_through_the_mount() {
+    need_fuse!();
+    if let Some(reason) = other_user_unavailable() {
+        return skip(&reason);
+    }
+    let scratch = open_scratch();
+    let source = scratch.path().join("source");
+    std::fs::create_dir(&source).unwrap();
+    sh(&format!(
+        "cd '{}' && echo secret > granted && chmod 600 granted && echo open > refused && \
+         chmod 644 refused && setfacl -m u:nobody:r granted && setfacl -m u:nobody:- refused \
+         && chmod 755 .",
+        s(&source)
+    ));
+    for mode in ["bind", "cow"] {
+        let mnt = scratch.path().join(format!("view-{mode}"));
+        let guard = mount_vufs(&source, &mnt, &[&format!("{mode},allow_other")]);
+        let (ok, err) = nobody(&format!("cat '{}/granted'", s(&mnt)));
+        assert!(ok, "{mode}: the host ACL grants nobody read: {err}");
+        assert_denied(&format!("cat '{}/refused'", s(&mnt)));
+        // An ACL set through the view lands on the host file, and decides at once.
+        sh(&format!("setfacl -m u:nobody:r '{}/refused'", s(&mnt)));
+        let (ok, err) = nobody(&format!("cat '{}/refused'", s(&mnt)));
+        assert!(
+            ok,
+            "{mode}: the ACL set through the mount grants read: {err}"
+        );
+        sh(&format!("setfacl -m u:nobody:- '{}/refused'", s(&mnt)));
+        assert_denied(&format!("cat '{}/refused'", s(&mnt)));
+        guard.unmount();
+    }
+    let on_host = sh(&format!("getfacl -c '{}/refused'", s(&source)));
+    assert!(on_host.contains("user:nobody:---"), "{on_host}");
+}
