@@ -10,9 +10,11 @@
 //! By concept: `exports` (the export table), `listen` (accepting, the connection
 //! limit, shutdown), `connection` (one client from greeting to hang-up),
 //! `negotiation` (the handshake and its options), `transmission` (requests and
-//! replies), `workers` (READ and WRITE served concurrently), `transport` (the
+//! replies), `batch` (pipelined small reads from the page cache, replies sent
+//! together), `workers` (READ and WRITE served concurrently), `transport` (the
 //! streams).
 
+mod batch;
 mod connection;
 mod exports;
 mod listen;

@@ -2,6 +2,7 @@
 //! workers, everything else (FLUSH, TRIM, CACHE, WRITE_ZEROES, BLOCK_STATUS, DISC)
 //! served by the reader once the workers are idle; and the replies.
 
+use super::batch::ReplyBatch;
 use super::connection::Conn;
 use super::protocol_error;
 use super::transport::{write_parts, SockOut, Transport};
@@ -98,6 +99,7 @@ impl<S: Transport> Conn<'_, S> {
     ) -> io::Result<()> {
         let size = self.server.exports[index].1.device.size();
         let mut buf: Vec<u8> = Vec::new();
+        let mut batch = ReplyBatch::default();
         loop {
             if let Some((p, _)) = &pipe {
                 if p.broken.load(Ordering::Relaxed) {
@@ -105,10 +107,22 @@ impl<S: Transport> Conn<'_, S> {
                 }
             }
             let Some(req) = self.read_request()? else {
+                if let Some((p, _)) = &pipe {
+                    batch.send(&p.out)?;
+                }
                 return Ok(());
             };
             let end = req.offset.checked_add(req.len.into());
             let in_range = end.is_some_and(|e| e <= size);
+            if let Some((p, _)) = &pipe {
+                if self.batched(index, &req, in_range, &mut batch) {
+                    if batch.is_full() || !self.next_request_is_here() {
+                        batch.send(&p.out)?;
+                    }
+                    continue;
+                }
+                batch.send(&p.out)?;
+            }
             if req.kind == CMD_WRITE {
                 self.read_payload(index, &req, pipe.as_ref().map(|(p, _)| *p), &mut buf)?;
             }
@@ -132,6 +146,28 @@ impl<S: Transport> Conn<'_, S> {
                 return Ok(());
             }
         }
+    }
+
+    /// Serves a plain, valid small READ into `batch` when its data is in the page cache
+    /// of the export's file (see [`ReplyBatch`]); false for anything else.
+    fn batched(&self, index: usize, req: &Request, in_range: bool, batch: &mut ReplyBatch) -> bool {
+        let export = &self.server.exports[index].1;
+        let plain = req.flags & !CMD_FLAG_FUA == 0
+            || (self.structured && req.flags & !(CMD_FLAG_FUA | CMD_FLAG_DF) == 0);
+        let Some((file, base)) = export.direct.as_ref() else {
+            return false;
+        };
+        req.kind == CMD_READ
+            && plain
+            && in_range
+            && !sends_from_file(req)
+            && !self.server.is_shutting_down()
+            && batch.add_cached_read(self.structured, req, file, base + req.offset)
+    }
+
+    /// Whether a whole request header has arrived already (reading it will not wait).
+    fn next_request_is_here(&self) -> bool {
+        self.s.r.buffer().len() >= Request::SIZE
     }
 
     /// The next request header; None at the end of the stream.
