@@ -9,6 +9,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
+use vufuse_api::acl::{self, Acl};
 use vufuse_api::{Attr, Context, Errno, FileKind, Ino, SetAttr, SetTime};
 
 /// The table handed to `fuse_main_real`.
@@ -624,13 +625,32 @@ unsafe extern "C" fn access(p: *const c_char, mask: c_int) -> c_int {
     serve(|mount, ctx| {
         // SAFETY: vufuse passes a path.
         let attr = mount.resolver.getattr(ctx, unsafe { path(p) }?)?;
-        check_access(&attr, ctx, mask, mount.read_only)?;
+        let acl = access_acl(mount, ctx, &attr);
+        check_access(&attr, acl.as_ref(), ctx, mask, mount.read_only)?;
         Ok(0)
     })
 }
 
-/// access(2)'s answer from the mode bits (the caller's primary group only).
-fn check_access(attr: &Attr, ctx: &Context, mask: c_int, read_only: bool) -> Result<(), Errno> {
+/// The access ACL of the file `attr` describes, when its driver keeps one (ext).
+fn access_acl(mount: &Mount, ctx: &Context, attr: &Attr) -> Option<Acl> {
+    if !mount.fs().capabilities().posix_acls {
+        return None;
+    }
+    let name = OsStr::from_bytes(acl::ACCESS_XATTR);
+    let value = mount.fs().getxattr(ctx, attr.ino, name).ok()?;
+    Acl::parse(&value).ok()
+}
+
+/// access(2)'s answer from the mode bits, or from the file's access ACL when it has one
+/// (as the kernel checks: named users and groups, the mask); groups are the caller's
+/// primary and supplementary ones.
+fn check_access(
+    attr: &Attr,
+    acl: Option<&Acl>,
+    ctx: &Context,
+    mask: c_int,
+    read_only: bool,
+) -> Result<(), Errno> {
     let mask = (mask & (libc::R_OK | libc::W_OK | libc::X_OK)) as u16;
     if mask == 0 {
         return Ok(());
@@ -647,14 +667,23 @@ fn check_access(attr: &Attr, ctx: &Context, mask: c_int, read_only: bool) -> Res
         }
         return Ok(());
     }
-    let granted = if ctx.uid == attr.uid {
-        perm >> 6
-    } else if ctx.gid == attr.gid {
-        perm >> 3
-    } else {
-        perm
-    } & 7;
-    if granted & mask == mask {
+    let in_group = |gid: u32| ctx.gid == gid || ctx.supplementary_groups().contains(&gid);
+    let allowed = match acl {
+        Some(acl) if ctx.uid != attr.uid => {
+            acl.grants(attr.uid, attr.gid, ctx.uid, in_group, u32::from(mask))
+        }
+        _ => {
+            let granted = if ctx.uid == attr.uid {
+                perm >> 6
+            } else if in_group(attr.gid) {
+                perm >> 3
+            } else {
+                perm
+            } & 7;
+            granted & mask == mask
+        }
+    };
+    if allowed {
         Ok(())
     } else {
         Err(Errno::EACCES)
@@ -695,6 +724,64 @@ mod tests {
         }
         // The kernel's new_encode_dev for 8:17.
         assert_eq!(encode_dev(libc::makedev(8, 17)), 0x811);
+    }
+
+    #[test]
+    fn access_follows_the_acl_for_others_and_the_mode_for_the_owner() {
+        let attr = Attr {
+            ino: Ino(12),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: FileKind::File,
+            perm: 0o640,
+            nlink: 1,
+            uid: 1000,
+            gid: 100,
+            rdev: 0,
+            blksize: 4096,
+        };
+        // owner rw, user 2000 rw, user 3000 nothing, group r, mask rw, other nothing.
+        let mut bytes = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (0x01u16, 6u16, u32::MAX),
+            (0x02, 6, 2000),
+            (0x02, 0, 3000),
+            (0x04, 4, u32::MAX),
+            (0x10, 6, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ] {
+            bytes.extend_from_slice(&tag.to_le_bytes());
+            bytes.extend_from_slice(&perm.to_le_bytes());
+            bytes.extend_from_slice(&id.to_le_bytes());
+        }
+        let acl = Acl::parse(&bytes).unwrap();
+        let caller = |uid, gid| Context {
+            uid,
+            gid,
+            pid: 0,
+            umask: None,
+        };
+        let check = |uid, gid, mask, acl: Option<&Acl>| {
+            check_access(&attr, acl, &caller(uid, gid), mask, false).is_ok()
+        };
+        assert!(check(2000, 5, libc::R_OK | libc::W_OK, Some(&acl)));
+        assert!(
+            !check(2000, 5, libc::R_OK | libc::W_OK, None),
+            "mode bits alone: other"
+        );
+        assert!(
+            !check(3000, 100, libc::R_OK, Some(&acl)),
+            "named entry wins over group"
+        );
+        assert!(check(4000, 100, libc::R_OK, Some(&acl)));
+        assert!(!check(4000, 100, libc::W_OK, Some(&acl)));
+        assert!(!check(4000, 5, libc::R_OK, Some(&acl)));
+        assert!(check(1000, 5, libc::R_OK | libc::W_OK, Some(&acl)));
+        assert!(!check(1000, 5, libc::X_OK, Some(&acl)));
     }
 
     #[test]
