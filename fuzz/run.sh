@@ -11,7 +11,7 @@ seconds=${1:-600}
 jobs=${2:-2}
 shift $(( $# > 2 ? 2 : $# ))
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(probe_table fat_open exfat_open ext_open image_formats vufs_layer nbd_server nbd_client)
+[ ${#targets[@]} -gt 0 ] || targets=(probe_table fat_open exfat_open ext_open image_formats vufs_layer nbd_server nbd_client posix_acl)
 seed() { mkdir -p "corpus/$1"; cp "$2" "corpus/$1/seed-$(basename "$2")"; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 truncate -s 160K "$tmp/fat12.bin" && mkfs.fat -F 12 "$tmp/fat12.bin" >/dev/null
@@ -27,6 +27,10 @@ seed image_formats "$tmp/small.qcow2"
 qemu-img create -q -f vdi "$tmp/small.vdi" 1M && seed image_formats "$tmp/small.vdi"
 python3 nbd_client_seed.py "$tmp/nbd-session.bin" && seed nbd_client "$tmp/nbd-session.bin"
 printf 'type=c\nmode=0644\nuid=0\ngid=0\nrdev=1,3\n' > "$tmp/vstat" && seed vufs_layer "$tmp/vstat"
+touch "$tmp/acl-file" && setfacl -m u:nobody:r,g:nogroup:rw "$tmp/acl-file" 2>/dev/null &&
+  getfattr --absolute-names -e hex -n system.posix_acl_access "$tmp/acl-file" 2>/dev/null |
+  sed -n 's/^system.posix_acl_access=0x//p' | xxd -r -p > "$tmp/acl" && [ -s "$tmp/acl" ] &&
+  seed posix_acl "$tmp/acl"
 cargo +nightly fuzz build -O >/dev/null
 running=0
 for t in "${targets[@]}"; do
