@@ -20,10 +20,9 @@ cow                      union; every change lands in SOURCE (copy-up, whiteouts
 mincow                   union; change the lower tree where it permits, else SOURCE\n  \
 except=/PATH             (repeatable) the subtree shows the lower tree untouched\n  \
 nochcopy                 chmod/chown record a vstat entry instead of copying up\n  \
-cache=auto               (default) the kernel trusts attributes and names for 1 s\n  \
-cache=always             ... and listings until this mount changes them: faster, but a\n  \
-                         change made to SOURCE or the lower tree behind the mount may not\n  \
-                         show until remount (fuse-overlayfs's default)\n",
+cache=auto               (default) attributes and names trusted for 1 s, listings re-read\n  \
+cache=always             all kept until this mount changes them: faster, but only for\n                           \
+layers nobody changes behind the mount (fuse-overlayfs's default)\n",
 };
 
 /// The clap command of `vufs`.
