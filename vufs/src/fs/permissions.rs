@@ -7,18 +7,22 @@ impl VuFs {
     /// Reads of SOURCE in union modes are done by the daemon: when it is
     /// root serving another user (allow_other), check read permission
     /// against the view's attributes (vstat included) as the host would,
-    /// with the file's access ACL when it has one (and no vstat changed its mode).
+    /// with the file's access ACL when it has one (its owner, mask and other
+    /// entries rewritten to a vstat mode, as chmod would have). An ACL that
+    /// cannot be read refuses the read: the mode bits may grant more.
     pub(super) fn may_read(&self, ctx: &Context, path: &Path, st: Stat) -> Result<()> {
         if !self.acts_for_others(ctx) {
             return Ok(());
         }
         let shown = self.merged(path, st);
         let caller = Caller::of(ctx);
-        let acl = (shown.st_mode == st.st_mode)
-            .then(|| self.upper_access_acl(path))
-            .flatten();
-        let allowed = match &acl {
-            Some(acl) => caller.may_by_acl(&shown, acl, 0o4),
+        let allowed = match self.upper_access_acl(path).map_err(|_| Errno::EACCES)? {
+            Some(mut acl) => {
+                if shown.st_mode != st.st_mode {
+                    acl.chmod(shown.st_mode & 0o777);
+                }
+                caller.may_by_acl(&shown, &acl, 0o4)
+            }
             None => caller.may(&shown, 0o4),
         };
         if !allowed {
@@ -27,13 +31,16 @@ impl VuFs {
         Ok(())
     }
 
-    /// The access ACL of `path` in SOURCE; None without one (or when it cannot be read:
-    /// the mode bits then decide, which grant no more than the ACL would).
-    fn upper_access_acl(&self, path: &Path) -> Option<Acl> {
-        let fd = self.open_o_path(self.root(Layer::Upper), path).ok()?;
+    /// The access ACL of `path` in SOURCE; None when it has none (or its filesystem keeps
+    /// none); an error when one is there and cannot be read or parsed.
+    fn upper_access_acl(&self, path: &Path) -> Result<Option<Acl>> {
+        let fd = self.open_o_path(self.root(Layer::Upper), path)?;
         let name = OsStr::from_bytes(acl::ACCESS_XATTR);
-        let value = host::get_xattr(&host::proc_path(fd.as_fd()), name).ok()?;
-        Acl::parse(&value).ok()
+        match host::get_xattr(&host::proc_path(fd.as_fd()), name) {
+            Ok(value) => Acl::parse(&value).map(Some),
+            Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// True when the daemon (root) serves a request of another user: what it then does as
