@@ -625,20 +625,24 @@ unsafe extern "C" fn access(p: *const c_char, mask: c_int) -> c_int {
     serve(|mount, ctx| {
         // SAFETY: vufuse passes a path.
         let attr = mount.resolver.getattr(ctx, unsafe { path(p) }?)?;
-        let acl = access_acl(mount, ctx, &attr);
+        let acl = access_acl(mount, ctx, &attr).map_err(|_| Errno::EACCES)?;
         check_access(&attr, acl.as_ref(), ctx, mask, mount.read_only)?;
         Ok(0)
     })
 }
 
-/// The access ACL of the file `attr` describes, when its driver keeps one (ext).
-fn access_acl(mount: &Mount, ctx: &Context, attr: &Attr) -> Option<Acl> {
+/// The access ACL of the file `attr` describes, when its driver keeps one (ext); an error
+/// when there is one that cannot be read or parsed (the mode bits may grant more).
+fn access_acl(mount: &Mount, ctx: &Context, attr: &Attr) -> Result<Option<Acl>, Errno> {
     if !mount.fs().capabilities().posix_acls {
-        return None;
+        return Ok(None);
     }
     let name = OsStr::from_bytes(acl::ACCESS_XATTR);
-    let value = mount.fs().getxattr(ctx, attr.ino, name).ok()?;
-    Acl::parse(&value).ok()
+    match mount.fs().getxattr(ctx, attr.ino, name) {
+        Ok(value) => Acl::parse(&value).map(Some),
+        Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// access(2)'s answer from the mode bits, or from the file's access ACL when it has one
