@@ -48,3 +48,42 @@ fn named_user_entries_of_host_files_grant_and_refuse_through_the_mount() {
     let on_host = sh(&format!("getfacl -c '{}/refused'", s(&source)));
     assert!(on_host.contains("user:nobody:---"), "{on_host}");
 }
+
+/// A `nochcopy` chmod of a lower file records the mode in a vstat entry and leaves the host
+/// file alone: the ACL the view shows follows that mode as chmod would have rewritten it
+/// (mask and other), and the kernel checks with it.
+#[test]
+fn a_vstat_chmod_rewrites_the_acl_the_view_shows() {
+    need_fuse!();
+    if let Some(reason) = other_user_unavailable() {
+        return skip(&reason);
+    }
+    let scratch = open_scratch();
+    let (upper, lower) = (scratch.path().join("up"), scratch.path().join("low"));
+    std::fs::create_dir(&upper).unwrap();
+    std::fs::create_dir(&lower).unwrap();
+    sh(&format!(
+        "cd '{}' && echo data > f && chmod 664 f && setfacl -m u:nobody:rw f && chmod 755 . '{}'",
+        s(&lower),
+        s(&upper)
+    ));
+    let guard = mount_vufs(&upper, &lower, &["cow,nochcopy,allow_other"]);
+    sh(&format!("chmod 644 '{}/f'", s(&lower)));
+    let shown = sh(&format!("getfacl -c '{}/f'", s(&lower)));
+    assert!(shown.contains("mask::r--"), "{shown}");
+    assert!(shown.contains("user:nobody:rw-"), "{shown}");
+    let (ok, err) = nobody(&format!("cat '{}/f'", s(&lower)));
+    assert!(ok, "the mask still grants read: {err}");
+    assert_denied(&format!("echo x >> '{}/f'", s(&lower)));
+    guard.unmount();
+    // The lower file kept its mode and ACL (nochcopy), and nothing was copied up.
+    let real = sh(&format!(
+        "stat -c %a '{0}/f' && getfacl -c '{0}/f'",
+        s(&lower)
+    ));
+    assert!(
+        real.starts_with("664\n") && real.contains("mask::rw-"),
+        "{real}"
+    );
+    assert!(!upper.join("f").exists());
+}

@@ -669,9 +669,13 @@ impl FileSystem for VuFs {
 
     fn getxattr(&self, _ctx: &Context, ino: Ino, name: &OsStr) -> Result<Vec<u8>> {
         let path = self.path_of(ino)?;
-        let (layer, _) = self.find(&path)?;
+        let (layer, st) = self.find(&path)?;
         let fd = self.open_o_path(self.root(layer), &path)?;
-        host::get_xattr(&host::proc_path(fd.as_fd()), name)
+        let value = host::get_xattr(&host::proc_path(fd.as_fd()), name)?;
+        if name.as_bytes() == vufuse_api::acl::ACCESS_XATTR {
+            return Ok(self.acl_as_shown(&path, st, value));
+        }
+        Ok(value)
     }
 
     fn listxattr(&self, _ctx: &Context, ino: Ino) -> Result<Vec<Vec<u8>>> {

@@ -31,6 +31,23 @@ impl VuFs {
         Ok(())
     }
 
+    /// A file's access ACL as the view shows it: when a vstat entry gives the file another
+    /// mode (`nochcopy` chmod), its owner, mask and other entries rewritten to that mode as
+    /// chmod would have (the kernel checks with them); unchanged otherwise.
+    pub(super) fn acl_as_shown(&self, path: &Path, st: Stat, value: Vec<u8>) -> Vec<u8> {
+        let shown = self.merged(path, st);
+        if shown.st_mode == st.st_mode {
+            return value;
+        }
+        match Acl::parse(&value) {
+            Ok(mut acl) => {
+                acl.chmod(shown.st_mode & 0o777);
+                acl.to_bytes()
+            }
+            Err(_) => value,
+        }
+    }
+
     /// The access ACL of `path` in SOURCE; None when it has none (or its filesystem keeps
     /// none); an error when one is there and cannot be read or parsed.
     fn upper_access_acl(&self, path: &Path) -> Result<Option<Acl>> {
