@@ -24,6 +24,28 @@ impl VuFs {
         }
     }
 
+    /// `path` opened `O_PATH` in the layer that shows it, as [`find`](Self::find) would
+    /// choose it, without its stat: for calls that need only a handle (xattrs).
+    pub(super) fn open_shown(&self, path: &Path) -> Result<(Layer, OwnedFd)> {
+        match self.route(path) {
+            Route::Direct(layer) => Ok((layer, self.open_o_path(self.root(layer), path)?)),
+            Route::Union => match self.open_o_path(self.upper.as_fd(), path) {
+                Ok(fd) => Ok((Layer::Upper, fd)),
+                Err(e) if errno_is(e, &[Errno::ENOENT, Errno::ENOTDIR, Errno::ELOOP]) => {
+                    if self.deleted(path) {
+                        return Err(Errno::ENOENT);
+                    }
+                    match self.open_o_path(self.lower.as_fd(), path) {
+                        Ok(fd) => Ok((Layer::Lower, fd)),
+                        Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => Err(Errno::ENOENT),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
     pub(super) fn exists(&self, path: &Path) -> bool {
         self.find(path).is_ok()
     }

@@ -669,10 +669,10 @@ impl FileSystem for VuFs {
 
     fn getxattr(&self, _ctx: &Context, ino: Ino, name: &OsStr) -> Result<Vec<u8>> {
         let path = self.path_of(ino)?;
-        let (layer, st) = self.find(&path)?;
-        let fd = self.open_o_path(self.root(layer), &path)?;
+        let (_, fd) = self.open_shown(&path)?;
         let value = host::get_xattr(&host::proc_path(fd.as_fd()), name)?;
         if name.as_bytes() == vufuse_api::acl::ACCESS_XATTR {
+            let st = rustix::fs::fstat(&fd)?;
             return Ok(self.acl_as_shown(&path, st, value));
         }
         Ok(value)
@@ -680,8 +680,7 @@ impl FileSystem for VuFs {
 
     fn listxattr(&self, _ctx: &Context, ino: Ino) -> Result<Vec<Vec<u8>>> {
         let path = self.path_of(ino)?;
-        let (layer, _) = self.find(&path)?;
-        let fd = self.open_o_path(self.root(layer), &path)?;
+        let (_, fd) = self.open_shown(&path)?;
         host::list_xattrs(&host::proc_path(fd.as_fd()))
     }
 
