@@ -5,38 +5,33 @@ use super::*;
 impl VuFs {
     /// Where `path` lives in the view, and its host `lstat`.
     pub(super) fn find(&self, path: &Path) -> Result<(Layer, Stat)> {
-        match self.route(path) {
-            Route::Direct(layer) => Ok((layer, self.stat_at(self.root(layer), path)?)),
-            Route::Union => match self.stat_at(self.upper.as_fd(), path) {
-                Ok(st) => Ok((Layer::Upper, st)),
-                Err(e) if errno_is(e, &[Errno::ENOENT, Errno::ENOTDIR, Errno::ELOOP]) => {
-                    if self.deleted(path) {
-                        return Err(Errno::ENOENT);
-                    }
-                    match self.stat_at(self.lower.as_fd(), path) {
-                        Ok(st) => Ok((Layer::Lower, st)),
-                        Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => Err(Errno::ENOENT),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            },
-        }
+        self.in_shown_layer(path, |root| self.stat_at(root, path))
     }
 
     /// `path` opened `O_PATH` in the layer that shows it, as [`find`](Self::find) would
     /// choose it, without its stat: for calls that need only a handle (xattrs).
     pub(super) fn open_shown(&self, path: &Path) -> Result<(Layer, OwnedFd)> {
+        self.in_shown_layer(path, |root| self.open_o_path(root, path))
+    }
+
+    /// `at` applied to `path` in the layer that shows it: its route's layer, or in a union
+    /// SOURCE, then (unless a whiteout hides it) the lower tree; `at` failing with ENOENT,
+    /// ENOTDIR or ELOOP is how a layer says it does not hold the name.
+    fn in_shown_layer<T>(
+        &self,
+        path: &Path,
+        at: impl Fn(BorrowedFd<'_>) -> Result<T>,
+    ) -> Result<(Layer, T)> {
         match self.route(path) {
-            Route::Direct(layer) => Ok((layer, self.open_o_path(self.root(layer), path)?)),
-            Route::Union => match self.open_o_path(self.upper.as_fd(), path) {
-                Ok(fd) => Ok((Layer::Upper, fd)),
+            Route::Direct(layer) => Ok((layer, at(self.root(layer))?)),
+            Route::Union => match at(self.upper.as_fd()) {
+                Ok(found) => Ok((Layer::Upper, found)),
                 Err(e) if errno_is(e, &[Errno::ENOENT, Errno::ENOTDIR, Errno::ELOOP]) => {
                     if self.deleted(path) {
                         return Err(Errno::ENOENT);
                     }
-                    match self.open_o_path(self.lower.as_fd(), path) {
-                        Ok(fd) => Ok((Layer::Lower, fd)),
+                    match at(self.lower.as_fd()) {
+                        Ok(found) => Ok((Layer::Lower, found)),
                         Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => Err(Errno::ENOENT),
                         Err(e) => Err(e),
                     }
