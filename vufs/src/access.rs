@@ -8,7 +8,7 @@
 
 use rustix::fs::Stat;
 use vudev::{Errno, Result};
-use vufuse_api::acl::Acl;
+use vufuse_api::acl::{self, Acl};
 use vufuse_api::fs::{Context, SetAttr, SetTime};
 
 /// The caller's identity: uid, primary gid and supplementary groups.
@@ -43,26 +43,24 @@ impl Caller {
         self.privileged() || self.uid == st.st_uid
     }
 
-    /// Whether `acl`, the access ACL of the file `st`, grants `want` (a mask of 4 read,
-    /// 2 write, 1 search) to this caller, as the kernel checks it.
-    pub(crate) fn may_by_acl(&self, st: &Stat, acl: &Acl, want: u32) -> bool {
-        self.privileged() || acl.grants(st.st_uid, st.st_gid, self.uid, |g| self.in_group(g), want)
+    /// Whether the file `st`, with its access ACL when it has one, grants `want` (a mask of
+    /// 4 read, 2 write, 1 search) to this caller, as the kernel decides it.
+    pub(crate) fn may_with(&self, st: &Stat, acl: Option<&Acl>, want: u32) -> bool {
+        self.privileged()
+            || acl::permits(
+                st.st_uid,
+                st.st_gid,
+                st.st_mode,
+                acl,
+                self.uid,
+                |g| self.in_group(g),
+                want,
+            )
     }
 
-    /// Whether the mode bits of `st` grant `want` (a mask of 4 read, 2 write, 1 search)
-    /// to this caller: the owner's bits for the owner, the group's for a member, else other's.
+    /// Whether the mode bits of `st` grant `want` to this caller (no ACL consulted).
     pub(crate) fn may(&self, st: &Stat, want: u32) -> bool {
-        if self.privileged() {
-            return true;
-        }
-        let bits = if self.uid == st.st_uid {
-            st.st_mode >> 6
-        } else if self.in_group(st.st_gid) {
-            st.st_mode >> 3
-        } else {
-            st.st_mode
-        };
-        bits & want == want
+        self.may_with(st, None, want)
     }
 
     /// The part of `set` this caller may apply to a file whose view attributes are `st`, as

@@ -672,21 +672,8 @@ fn check_access(
         return Ok(());
     }
     let in_group = |gid: u32| ctx.gid == gid || ctx.supplementary_groups().contains(&gid);
-    let allowed = match acl {
-        Some(acl) if ctx.uid != attr.uid => {
-            acl.grants(attr.uid, attr.gid, ctx.uid, in_group, u32::from(mask))
-        }
-        _ => {
-            let granted = if ctx.uid == attr.uid {
-                perm >> 6
-            } else if in_group(attr.gid) {
-                perm >> 3
-            } else {
-                perm
-            } & 7;
-            granted & mask == mask
-        }
-    };
+    let (mode, want) = (u32::from(perm), u32::from(mask));
+    let allowed = acl::permits(attr.uid, attr.gid, mode, acl, ctx.uid, in_group, want);
     if allowed {
         Ok(())
     } else {

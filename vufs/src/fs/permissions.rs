@@ -16,15 +16,11 @@ impl VuFs {
         }
         let shown = self.merged(path, st);
         let caller = Caller::of(ctx);
-        let allowed = match self.upper_access_acl(path).map_err(|_| Errno::EACCES)? {
-            Some(mut acl) => {
-                if shown.st_mode != st.st_mode {
-                    acl.chmod(shown.st_mode & 0o777);
-                }
-                caller.may_by_acl(&shown, &acl, 0o4)
-            }
-            None => caller.may(&shown, 0o4),
-        };
+        let mut acl = self.upper_access_acl(path).map_err(|_| Errno::EACCES)?;
+        if let (Some(acl), true) = (acl.as_mut(), shown.st_mode != st.st_mode) {
+            acl.chmod(shown.st_mode & 0o777);
+        }
+        let allowed = caller.may_with(&shown, acl.as_ref(), 0o4);
         if !allowed {
             return Err(Errno::EACCES);
         }
