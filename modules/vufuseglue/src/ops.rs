@@ -638,11 +638,7 @@ fn access_acl(mount: &Mount, ctx: &Context, attr: &Attr) -> Result<Option<Acl>, 
         return Ok(None);
     }
     let name = OsStr::from_bytes(acl::ACCESS_XATTR);
-    match mount.fs().getxattr(ctx, attr.ino, name) {
-        Ok(value) => Acl::parse(&value).map(Some),
-        Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => Ok(None),
-        Err(e) => Err(e),
-    }
+    acl::access_acl_from(mount.fs().getxattr(ctx, attr.ino, name))
 }
 
 /// access(2)'s answer from the mode bits, or from the file's access ACL when it has one

@@ -49,11 +49,7 @@ impl VuFs {
     fn upper_access_acl(&self, path: &Path) -> Result<Option<Acl>> {
         let fd = self.open_o_path(self.root(Layer::Upper), path)?;
         let name = OsStr::from_bytes(acl::ACCESS_XATTR);
-        match host::get_xattr(&host::proc_path(fd.as_fd()), name) {
-            Ok(value) => Acl::parse(&value).map(Some),
-            Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => Ok(None),
-            Err(e) => Err(e),
-        }
+        acl::access_acl_from(host::get_xattr(&host::proc_path(fd.as_fd()), name))
     }
 
     /// True when the daemon (root) serves a request of another user: what it then does as

@@ -170,6 +170,17 @@ impl Acl {
     }
 }
 
+/// A file's access ACL from what reading its xattr gave: None when it has none (ENODATA) or
+/// its filesystem keeps none (EOPNOTSUPP, ENOSYS); an error when one is there and cannot be
+/// read or parsed, which a check must take as a refusal (the mode bits may grant more).
+pub fn access_acl_from(read: Result<Vec<u8>>) -> Result<Option<Acl>> {
+    match read {
+        Ok(value) => Acl::parse(&value).map(Some),
+        Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether a caller other than root may `want` (a mask of 4 read, 2 write, 1 search) on a
 /// file owned by `owner_uid`:`owner_gid` with permission bits `mode`, as the kernel decides
 /// (generic_permission): with its access ACL when it has one and the caller is not the
@@ -312,6 +323,16 @@ mod tests {
         assert!(!check(4000, 5, 4, Some(&a)));
         assert!(check(1000, 5, 6, Some(&a)));
         assert!(!check(1000, 5, 1, Some(&a)));
+    }
+
+    #[test]
+    fn a_missing_acl_is_none_and_an_unreadable_one_an_error() {
+        assert_eq!(access_acl_from(Err(Errno::ENODATA)), Ok(None));
+        assert_eq!(access_acl_from(Err(Errno::EOPNOTSUPP)), Ok(None));
+        assert_eq!(access_acl_from(Err(Errno::EIO)), Err(Errno::EIO));
+        assert_eq!(access_acl_from(Ok(vec![1, 2, 3])), Err(Errno::EINVAL));
+        let base = acl(&[(USER_OBJ, 6, 0), (GROUP_OBJ, 4, 0), (OTHER, 0, 0)]);
+        assert!(access_acl_from(Ok(base)).unwrap().is_some());
     }
 
     #[test]
