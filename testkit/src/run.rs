@@ -30,6 +30,19 @@ pub fn fuser_serving_threads(names: &[String]) -> usize {
         .count()
 }
 
+/// User plus system clock ticks the process `pid` has used (its /proc stat), to tell an
+/// idle daemon from a spinning one.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
 /// Runs `program args...` with stdin closed, panicking if it cannot start (a missing tool).
 pub fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)

@@ -248,7 +248,7 @@ pub fn command(spec: &DaemonSpec) -> Command {
          fsname=NAME, subtype=T   what /proc/mounts shows\n  \
          nosuid, nodev, noexec, noatime, sync, dirsync (and their opposites)\n  \
          busy_poll, no_busy_poll  while busy, poll for requests instead of sleeping\n  \
-                                  (default: on for fuseext2 and fusefatfs)\n  \
+                                  (default: on for fuseext2, fusefatfs and vufs)\n  \
          debug                    same as -d\n  \
          auto_unmount             the mount goes away if the daemon dies (even SIGKILL)\n  \
          negative_timeout=S       seconds the kernel may remember a missing name\n  \

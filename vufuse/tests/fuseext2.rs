@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 use testkit::{
-    e2fsck_clean, fuser_serving_threads, is_mounted, lazy_unmount, sh, thread_names,
+    cpu_ticks, e2fsck_clean, fuser_serving_threads, is_mounted, lazy_unmount, sh, thread_names,
     wait_for_daemon_exit, wait_until, wait_until_mounted, MountGuard,
 };
 
@@ -1046,17 +1046,6 @@ fn every_operation_reaches_the_image_and_only_the_first_close_sends_flush() {
 }
 
 /// CPU time (user + system, clock ticks) of process `pid`.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 /// fuseext2 polls for requests by default (its driver serves one call at a time, so one
 /// serving thread loses nothing) and `-o no_busy_poll` turns that off; either way it serves as
 /// usual, polling stops when requests stop (an idle mount uses no CPU), and unmounting ends

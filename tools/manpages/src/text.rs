@@ -353,7 +353,7 @@ the mount replaces it). Default 0: every lookup of a missing name reaches the da
             "busy_poll, no_busy_poll",
             "no_busy_poll",
             "While requests keep coming, poll for the next one instead of sleeping (the \
-default for fuseext2 and fusefatfs where /proc shows scheduler statistics). Polling \
+default for fuseext2, fusefatfs and vufs where /proc shows scheduler statistics). Polling \
 pauses when its thread waits for a CPU and stops 2 ms after the last request.",
         ),
     ],
