@@ -184,3 +184,70 @@ fn fat_inside_qcow2_and_vmdk_images_is_served_and_the_image_stays_valid() {
         assert!(!out.status.success(), "{format} served as raw");
     }
 }
+
+/// Sorted names in `dir`.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// On FAT32 and exFAT the kernel keeps directory listings across opens (FOPEN_CACHE_DIR: the
+/// image is this daemon's alone): a second listing of an unchanged directory asks the daemon
+/// for nothing, and a name created, removed or renamed through the mount shows at once.
+#[test]
+fn fat_and_exfat_listings_stay_in_the_kernel_and_follow_changes() {
+    if let Some(reason) = fuse_unavailable() {
+        return testkit::skip(&reason);
+    }
+    for (mkfs, fsck) in [
+        ("mkfs.fat -F 32", "fsck.fat -n"),
+        ("mkfs.exfat", "fsck.exfat -n"),
+    ] {
+        let tool = mkfs.split(' ').next().unwrap();
+        if tool_missing(tool) {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("dirs.img");
+        sh(&format!(
+            "truncate -s 64M '{0}' && {mkfs} '{0}' >/dev/null",
+            img.display()
+        ));
+        let mnt = dir.path().join("mnt");
+        let daemon = testkit::spawn_logged(BIN, "rw+", &img, &mnt);
+        let guard = MountGuard::new(&mnt);
+        let d = mnt.join("d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("a"), "a").unwrap();
+        std::fs::write(d.join("b"), "b").unwrap();
+        assert_eq!(names(&d), ["a", "b"], "{mkfs}");
+        // Missing names mark the log around the second listing.
+        assert!(!mnt.join("MARK1").exists());
+        assert_eq!(names(&d), ["a", "b"], "{mkfs}");
+        assert!(!mnt.join("MARK2").exists());
+        std::fs::write(d.join("c"), "c").unwrap();
+        assert_eq!(names(&d), ["a", "b", "c"], "{mkfs}");
+        std::fs::remove_file(d.join("a")).unwrap();
+        assert_eq!(names(&d), ["b", "c"], "{mkfs}");
+        std::fs::rename(d.join("b"), mnt.join("moved")).unwrap();
+        assert_eq!(names(&d), ["c"], "{mkfs}");
+        assert_eq!(names(&mnt), ["d", "moved"], "{mkfs}");
+        guard.unmount();
+        let out = daemon.wait_with_output().unwrap();
+        assert!(out.status.success(), "{mkfs}");
+        let log = String::from_utf8_lossy(&out.stderr);
+        let at = |mark: &str| {
+            log.find(&format!("\"{mark}\""))
+                .unwrap_or_else(|| panic!("{mkfs}: no lookup of {mark} in the log"))
+        };
+        let listings = |text: &str| text.lines().filter(|l| l.starts_with("readdir")).count();
+        assert!(listings(&log[..at("MARK1")]) > 0, "{mkfs}: {log}");
+        let second = &log[at("MARK1")..at("MARK2")];
+        assert_eq!(listings(second), 0, "{mkfs}: the second listing: {second}");
+        sh(&format!("{fsck} '{}'", img.display()));
+    }
+}

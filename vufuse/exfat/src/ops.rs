@@ -5,8 +5,10 @@ use crate::*;
 impl FileSystem for ExFatFs {
     /// Every call takes one lock and every write is on the device when it returns: one
     /// serving thread loses nothing, and flush has nothing to do. Nothing but this driver
-    /// changes the volume while it is mounted (60 s caches). exFAT has no owners: access is
-    /// checked by the kernel against the `uid=`/`gid=`/mask view.
+    /// changes the volume while it is mounted (the image lock): 60 s caches, and the kernel
+    /// keeps directory listings across opens (it drops one when it changes that directory).
+    /// exFAT has no owners: access is checked by the kernel against the `uid=`/`gid=`/mask
+    /// view.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             cache: CachePolicy {
@@ -15,6 +17,7 @@ impl FileSystem for ExFatFs {
             },
             flush_is_noop: true,
             one_thread_suffices: true,
+            cache_dirs: true,
             xattrs: false,
             ..Capabilities::default()
         }
