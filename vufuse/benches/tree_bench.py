@@ -114,7 +114,9 @@ def count_requests():
         return 0
     with open(path, "rb") as f:
         # FORGET has no reply (nobody waits for it) and comes in batches: not counted.
-        return sum(1 for line in f if line.startswith(b"[pid") and b"] forget(" not in line)
+        # One line per request (vufuse's trace: `opcode(node, ...) -> result ...`).
+        return sum(1 for line in f if b" -> " in line and line[:1].isalpha()
+                   and not line.startswith(b"forget("))
 
 
 class LoggedDaemon(Daemon):
@@ -300,7 +302,7 @@ def one_run(row, args, results, log):
     """One run of every figure on a fresh image. Returns the peak RSS (KiB) seen."""
     _, fs, binary, options, kind = row
     key = args.current
-    ours = key.startswith("ours-ext4") or key.startswith("vufs-")
+    ours = key.startswith("ours-") or key.startswith("vufs-")
     REQUEST_LOG["path"] = os.path.join(args.dir, f"{key}.requests.log") if args.requests and ours else None
     if REQUEST_LOG["path"] and os.path.exists(REQUEST_LOG["path"]):
         os.unlink(REQUEST_LOG["path"])
