@@ -7,10 +7,11 @@ impl FileSystem for VuFs {
     /// calls are short metadata calls (file data passes through, FIFOs and devices are the
     /// kernel's), and one thread was faster than two on every figure of a real tree, two
     /// cold readers at once on a disk included; `max_threads=N` still serves with N. The
-    /// host tree may change behind the mount (1 s caches). Access is left to the kernel (`default_permissions` under `allow_other`):
-    /// in union modes vufs looks up, copies up and makes names as itself, so only a check
-    /// against the view's attributes (search bits, sticky directories, chown rules) is
-    /// complete; bind's host calls are checked again by the host as the caller.
+    /// host tree may change behind the mount (1 s caches). Access is left to the kernel
+    /// (`default_permissions` under `allow_other`): in union modes vufs looks up, copies up
+    /// and makes names as itself, so only a check against the view's attributes (search
+    /// bits, sticky directories, chown rules) is complete; bind's host calls are checked
+    /// again by the host as the caller.
     /// File data passes through to the host files where they cannot move while open
     /// ([`FileSystem::backing_file`]): reads and writes then need no request each. `flush`
     /// has nothing to do (host files are closed at release), so close(2) sends none.
