@@ -46,16 +46,15 @@ impl Caller {
     /// Whether the file `st`, with its access ACL when it has one, grants `want` (a mask of
     /// 4 read, 2 write, 1 search) to this caller, as the kernel decides it.
     pub(crate) fn may_with(&self, st: &Stat, acl: Option<&Acl>, want: u32) -> bool {
-        self.privileged()
-            || acl::permits(
-                st.st_uid,
-                st.st_gid,
-                st.st_mode,
-                acl,
-                self.uid,
-                |g| self.in_group(g),
-                want,
-            )
+        acl::permits(
+            st.st_uid,
+            st.st_gid,
+            st.st_mode,
+            acl,
+            self.uid,
+            |g| self.in_group(g),
+            want,
+        )
     }
 
     /// Whether the mode bits of `st` grant `want` to this caller (no ACL consulted).

@@ -658,17 +658,9 @@ fn check_access(
     if mask & libc::W_OK as u16 != 0 && read_only {
         return Err(Errno::EROFS);
     }
-    let perm = attr.perm;
-    if ctx.uid == 0 {
-        // Root may do anything, but execute only what someone may execute.
-        let needs_exec = mask & libc::X_OK as u16 != 0;
-        if needs_exec && attr.kind != FileKind::Dir && perm & 0o111 == 0 {
-            return Err(Errno::EACCES);
-        }
-        return Ok(());
-    }
     let in_group = |gid: u32| ctx.gid == gid || ctx.supplementary_groups().contains(&gid);
-    let (mode, want) = (u32::from(perm), u32::from(mask));
+    let mode = attr.kind.mode_bits() | u32::from(attr.perm);
+    let want = u32::from(mask);
     let allowed = acl::permits(attr.uid, attr.gid, mode, acl, ctx.uid, in_group, want);
     if allowed {
         Ok(())
@@ -713,9 +705,13 @@ mod tests {
         assert_eq!(encode_dev(libc::makedev(8, 17)), 0x811);
     }
 
+    /// What access(2) adds to the shared decision (`acl::permits`, tested there): only the
+    /// R/W/X bits count (F_OK passes), a write on a read-only mount is EROFS, the file's
+    /// kind reaches the decision (root searches a directory, not an unexecutable file), and
+    /// the file's ACL is consulted.
     #[test]
-    fn access_follows_the_acl_for_others_and_the_mode_for_the_owner() {
-        let attr = Attr {
+    fn access_checks_the_mask_the_mount_the_kind_and_the_acl() {
+        let attr = |kind, perm| Attr {
             ino: Ino(12),
             size: 0,
             blocks: 0,
@@ -723,52 +719,53 @@ mod tests {
             mtime: UNIX_EPOCH,
             ctime: UNIX_EPOCH,
             crtime: UNIX_EPOCH,
-            kind: FileKind::File,
-            perm: 0o640,
+            kind,
+            perm,
             nlink: 1,
             uid: 1000,
             gid: 100,
             rdev: 0,
             blksize: 4096,
         };
-        // owner rw, user 2000 rw, user 3000 nothing, group r, mask rw, other nothing.
-        let mut bytes = 2u32.to_le_bytes().to_vec();
-        for (tag, perm, id) in [
-            (0x01u16, 6u16, u32::MAX),
-            (0x02, 6, 2000),
-            (0x02, 0, 3000),
-            (0x04, 4, u32::MAX),
-            (0x10, 6, u32::MAX),
-            (0x20, 0, u32::MAX),
-        ] {
-            bytes.extend_from_slice(&tag.to_le_bytes());
-            bytes.extend_from_slice(&perm.to_le_bytes());
-            bytes.extend_from_slice(&id.to_le_bytes());
-        }
-        let acl = Acl::parse(&bytes).unwrap();
-        let caller = |uid, gid| Context {
+        let caller = |uid| Context {
             uid,
-            gid,
+            gid: 5,
             pid: 0,
             umask: None,
         };
-        let check = |uid, gid, mask, acl: Option<&Acl>| {
-            check_access(&attr, acl, &caller(uid, gid), mask, false).is_ok()
+        let file = attr(FileKind::File, 0o640);
+        let check = |a: &Attr, uid, mask, acl: Option<&Acl>, read_only| {
+            check_access(a, acl, &caller(uid), mask, read_only)
         };
-        assert!(check(2000, 5, libc::R_OK | libc::W_OK, Some(&acl)));
-        assert!(
-            !check(2000, 5, libc::R_OK | libc::W_OK, None),
-            "mode bits alone: other"
+        assert_eq!(check(&file, 2000, libc::F_OK, None, false), Ok(()));
+        assert_eq!(
+            check(&file, 2000, libc::R_OK, None, false),
+            Err(Errno::EACCES)
         );
-        assert!(
-            !check(3000, 100, libc::R_OK, Some(&acl)),
-            "named entry wins over group"
+        assert_eq!(check(&file, 1000, libc::W_OK, None, false), Ok(()));
+        assert_eq!(
+            check(&file, 1000, libc::W_OK, None, true),
+            Err(Errno::EROFS)
         );
-        assert!(check(4000, 100, libc::R_OK, Some(&acl)));
-        assert!(!check(4000, 100, libc::W_OK, Some(&acl)));
-        assert!(!check(4000, 5, libc::R_OK, Some(&acl)));
-        assert!(check(1000, 5, libc::R_OK | libc::W_OK, Some(&acl)));
-        assert!(!check(1000, 5, libc::X_OK, Some(&acl)));
+        assert_eq!(check(&file, 1000, libc::R_OK, None, true), Ok(()));
+        assert_eq!(check(&file, 0, libc::X_OK, None, false), Err(Errno::EACCES));
+        let dir = attr(FileKind::Dir, 0o600);
+        assert_eq!(check(&dir, 0, libc::X_OK, None, false), Ok(()));
+        // user 2000 may read and write by a named entry; other may not.
+        let bytes = acl::encode(&[
+            (acl::USER_OBJ, 6, u32::MAX),
+            (acl::USER, 6, 2000),
+            (acl::GROUP_OBJ, 4, u32::MAX),
+            (acl::MASK, 6, u32::MAX),
+            (acl::OTHER, 0, u32::MAX),
+        ]);
+        let named = Acl::parse(&bytes).unwrap();
+        let rw = libc::R_OK | libc::W_OK;
+        assert_eq!(check(&file, 2000, rw, Some(&named), false), Ok(()));
+        assert_eq!(
+            check(&file, 3000, libc::R_OK, Some(&named), false),
+            Err(Errno::EACCES)
+        );
     }
 
     #[test]

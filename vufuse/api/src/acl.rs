@@ -21,12 +21,18 @@ const VERSION: u32 = 2;
 const HEADER: usize = 4;
 const ENTRY: usize = 8;
 
-const USER_OBJ: u16 = 0x01;
-const USER: u16 = 0x02;
-const GROUP_OBJ: u16 = 0x04;
-const GROUP: u16 = 0x08;
-const MASK: u16 = 0x10;
-const OTHER: u16 = 0x20;
+/// Entry tag: the owner.
+pub const USER_OBJ: u16 = 0x01;
+/// Entry tag: a named user.
+pub const USER: u16 = 0x02;
+/// Entry tag: the owning group.
+pub const GROUP_OBJ: u16 = 0x04;
+/// Entry tag: a named group.
+pub const GROUP: u16 = 0x08;
+/// Entry tag: the mask of named entries and the owning group.
+pub const MASK: u16 = 0x10;
+/// Entry tag: everyone else.
+pub const OTHER: u16 = 0x20;
 
 /// One entry: tag, permissions (rwx), and the user or group id of named entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,13 +85,9 @@ impl Acl {
 
     /// The kernel's form.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = VERSION.to_le_bytes().to_vec();
-        for e in &self.entries {
-            out.extend_from_slice(&e.tag.to_le_bytes());
-            out.extend_from_slice(&e.perm.to_le_bytes());
-            out.extend_from_slice(&e.id.to_le_bytes());
-        }
-        out
+        let entries: Vec<(u16, u16, u32)> =
+            self.entries.iter().map(|e| (e.tag, e.perm, e.id)).collect();
+        encode(&entries)
     }
 
     /// The permission bits (0o777) the ACL gives the mode: owner, mask (else owning group),
@@ -170,6 +172,18 @@ impl Acl {
     }
 }
 
+/// The kernel's form of `entries` (tag, permission bits rwx, id; `u32::MAX` for the entries
+/// that name nobody), as written, unchecked: [`Acl::parse`] is the check.
+pub fn encode(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut out = VERSION.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
 /// A file's access ACL from what reading its xattr gave: None when it has none (ENODATA) or
 /// its filesystem keeps none (EOPNOTSUPP, ENOSYS); an error when one is there and cannot be
 /// read or parsed, which a check must take as a refusal (the mode bits may grant more).
@@ -181,12 +195,14 @@ pub fn access_acl_from(read: Result<Vec<u8>>) -> Result<Option<Acl>> {
     }
 }
 
-/// Whether a caller other than root may `want` (a mask of 4 read, 2 write, 1 search) on a
-/// file owned by `owner_uid`:`owner_gid` with permission bits `mode`, as the kernel decides
-/// (generic_permission): with its access ACL when it has one and the caller is not the
-/// owner, else the owner's, group's or other's bits. `in_group` answers for the caller's
-/// primary and supplementary groups. One decision for every component that checks access
-/// itself (vufs acting as the daemon, the VUOS modules' access(2)).
+/// Whether the caller `uid` may `want` (a mask of 4 read, 2 write, 1 execute or search) on
+/// a file owned by `owner_uid`:`owner_gid` whose `mode` is its `st_mode` (type and
+/// permission bits), as the kernel decides (generic_permission). Root may read and write
+/// anything and search any directory, but execute only a file that some execute bit allows
+/// (CAP_DAC_OVERRIDE). Anyone else: the access ACL when the file has one and the caller is
+/// not the owner, else the owner's, group's or other's bits. `in_group` answers for the
+/// caller's primary and supplementary groups. One decision for every component that checks
+/// access itself (vufs acting as the daemon, the VUOS modules' access(2)).
 pub fn permits(
     owner_uid: u32,
     owner_gid: u32,
@@ -197,6 +213,10 @@ pub fn permits(
     want: u32,
 ) -> bool {
     let want = want & 0o7;
+    if uid == 0 {
+        let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+        return want & 1 == 0 || is_dir || mode & 0o111 != 0;
+    }
     match acl {
         Some(acl) if uid != owner_uid => acl.grants(owner_uid, owner_gid, uid, in_group, want),
         _ => {
@@ -216,21 +236,11 @@ pub fn permits(
 mod tests {
     use super::*;
 
-    fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-        let mut v = VERSION.to_le_bytes().to_vec();
-        for &(tag, perm, id) in entries {
-            v.extend_from_slice(&tag.to_le_bytes());
-            v.extend_from_slice(&perm.to_le_bytes());
-            v.extend_from_slice(&id.to_le_bytes());
-        }
-        v
-    }
-
     const NOBODY: u32 = 65534;
 
     #[test]
     fn the_mode_takes_owner_mask_and_other() {
-        let a = Acl::parse(&acl(&[
+        let a = Acl::parse(&encode(&[
             (USER_OBJ, 6, u32::MAX),
             (USER, 4, NOBODY),
             (GROUP_OBJ, 0, u32::MAX),
@@ -240,14 +250,19 @@ mod tests {
         .unwrap();
         assert_eq!(a.mode_bits(), 0o640);
         assert!(!a.is_mode_only());
-        let base = Acl::parse(&acl(&[(USER_OBJ, 7, 0), (GROUP_OBJ, 5, 0), (OTHER, 1, 0)])).unwrap();
+        let base = Acl::parse(&encode(&[
+            (USER_OBJ, 7, 0),
+            (GROUP_OBJ, 5, 0),
+            (OTHER, 1, 0),
+        ]))
+        .unwrap();
         assert_eq!(base.mode_bits(), 0o751);
         assert!(base.is_mode_only());
     }
 
     #[test]
     fn chmod_rewrites_owner_mask_and_other_but_not_named_entries() {
-        let mut a = Acl::parse(&acl(&[
+        let mut a = Acl::parse(&encode(&[
             (USER_OBJ, 6, u32::MAX),
             (USER, 7, NOBODY),
             (GROUP_OBJ, 5, u32::MAX),
@@ -270,7 +285,7 @@ mod tests {
         const OWNER: u32 = 1000;
         const GROUP: u32 = 100;
         // owner rw, nobody r, group (100) nothing, named group 200 rw, mask rw, other r.
-        let a = Acl::parse(&acl(&[
+        let a = Acl::parse(&encode(&[
             (USER_OBJ, 6, u32::MAX),
             (USER, 4, NOBODY),
             (GROUP_OBJ, 0, u32::MAX),
@@ -300,7 +315,7 @@ mod tests {
 
     #[test]
     fn permits_uses_the_acl_for_others_and_the_mode_for_the_owner() {
-        let a = Acl::parse(&acl(&[
+        let a = Acl::parse(&encode(&[
             (USER_OBJ, 6, u32::MAX),
             (USER, 6, 2000),
             (USER, 0, 3000),
@@ -309,8 +324,9 @@ mod tests {
             (OTHER, 0, u32::MAX),
         ]))
         .unwrap();
+        let file = libc::S_IFREG | 0o640;
         let check =
-            |uid, gid: u32, want, acl| permits(1000, 100, 0o640, acl, uid, |g| g == gid, want);
+            |uid, gid: u32, want, acl| permits(1000, 100, file, acl, uid, |g| g == gid, want);
         assert!(check(2000, 5, 6, Some(&a)));
         assert!(!check(2000, 5, 6, None), "mode bits alone: other");
         assert!(
@@ -323,6 +339,14 @@ mod tests {
         assert!(!check(4000, 5, 4, Some(&a)));
         assert!(check(1000, 5, 6, Some(&a)));
         assert!(!check(1000, 5, 1, Some(&a)));
+        // Root: read and write past the ACL and the bits; execute only what some x bit allows,
+        // search any directory.
+        assert!(check(0, 0, 6, Some(&a)));
+        assert!(!check(0, 0, 1, Some(&a)));
+        let root = |mode| permits(1000, 100, mode, None, 0, |_| false, 1);
+        assert!(root(libc::S_IFREG | 0o010));
+        assert!(root(libc::S_IFDIR));
+        assert!(!root(libc::S_IFREG | 0o666));
     }
 
     #[test]
@@ -331,7 +355,7 @@ mod tests {
         assert_eq!(access_acl_from(Err(Errno::EOPNOTSUPP)), Ok(None));
         assert_eq!(access_acl_from(Err(Errno::EIO)), Err(Errno::EIO));
         assert_eq!(access_acl_from(Ok(vec![1, 2, 3])), Err(Errno::EINVAL));
-        let base = acl(&[(USER_OBJ, 6, 0), (GROUP_OBJ, 4, 0), (OTHER, 0, 0)]);
+        let base = encode(&[(USER_OBJ, 6, 0), (GROUP_OBJ, 4, 0), (OTHER, 0, 0)]);
         assert!(access_acl_from(Ok(base)).unwrap().is_some());
     }
 
@@ -340,25 +364,25 @@ mod tests {
         let refused = |v: &[u8]| assert_eq!(Acl::parse(v), Err(Errno::EINVAL), "{v:?}");
         refused(b"");
         refused(&[2, 0, 0, 0, 1]);
-        refused(&acl(&[(USER_OBJ, 6, 0), (OTHER, 0, 0)])); // no owning group
-        refused(&acl(&[
+        refused(&encode(&[(USER_OBJ, 6, 0), (OTHER, 0, 0)])); // no owning group
+        refused(&encode(&[
             (USER_OBJ, 6, 0),
             (USER, 4, 1),
             (GROUP_OBJ, 0, 0),
             (OTHER, 0, 0),
         ])); // no mask
-        refused(&acl(&[
+        refused(&encode(&[
             (USER_OBJ, 0o10, 0),
             (GROUP_OBJ, 0, 0),
             (OTHER, 0, 0),
         ]));
-        refused(&acl(&[
+        refused(&encode(&[
             (0x40, 0, 0),
             (USER_OBJ, 6, 0),
             (GROUP_OBJ, 0, 0),
             (OTHER, 0, 0),
         ]));
-        let mut v = acl(&[(USER_OBJ, 6, 0), (GROUP_OBJ, 0, 0), (OTHER, 0, 0)]);
+        let mut v = encode(&[(USER_OBJ, 6, 0), (GROUP_OBJ, 0, 0), (OTHER, 0, 0)]);
         v[0] = 1;
         refused(&v);
     }
@@ -387,7 +411,7 @@ mod tests {
                 entries.push((MASK, 7, u32::MAX));
             }
             entries.push((OTHER, other, u32::MAX));
-            proptest::prop_assert!(Acl::parse(&acl(&entries)).is_ok());
+            proptest::prop_assert!(Acl::parse(&encode(&entries)).is_ok());
         }
     }
 }
