@@ -53,8 +53,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 use vudev::{Errno, Result};
 use vufuse_api::fs::{
-    Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino,
-    Opened, SetAttr, SetTime, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
+    check_rename_flags, Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind,
+    FileSystem, Ino, Opened, SetAttr, SetTime, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 
 /// How long the kernel keeps what it saw under `cache=always` (libfuse passthrough_ll's day).

@@ -255,9 +255,7 @@ impl FileSystem for VuFs {
         new_name: &OsStr,
         flags: u32,
     ) -> Result<()> {
-        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
-            return Err(Errno::EINVAL);
-        }
+        check_rename_flags(flags, RENAME_NOREPLACE | RENAME_EXCHANGE)?;
         let old = self.child_path(parent, name)?;
         let new = self.child_path(new_parent, new_name)?;
         let _g = self.lock_big();

@@ -308,6 +308,18 @@ pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 /// `rename` flag: swap source and target atomically.
 pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
 
+/// Refuses rename `flags` a driver cannot honour, as renameat2(2) does before any driver
+/// sees them: `EINVAL` for a flag outside `supported` (drawn from [`RENAME_NOREPLACE`] and
+/// [`RENAME_EXCHANGE`]) and for both flags at once. The VUOS modules and vuimg pass flags
+/// straight from their callers, so every driver's rename starts here.
+pub fn check_rename_flags(flags: u32, supported: u32) -> Result<()> {
+    let both = RENAME_NOREPLACE | RENAME_EXCHANGE;
+    if flags & !(supported & both) != 0 || flags == both {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
 /// A filesystem driver. Defaults answer `ENOSYS` (or `EOPNOTSUPP` for
 /// xattrs; `EPERM` for symlink and link, the kernel's answer for a filesystem that has
 /// none), so a read-only driver implements only what it supports.
@@ -506,5 +518,30 @@ pub trait FileSystem: Send + Sync {
     /// Removes extended attribute `name`.
     fn removexattr(&self, ctx: &Context, ino: Ino, name: &OsStr) -> Result<()> {
         Err(Errno::EOPNOTSUPP)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_flags_outside_the_supported_or_both_at_once_are_einval() {
+        let both = RENAME_NOREPLACE | RENAME_EXCHANGE;
+        assert_eq!(check_rename_flags(0, 0), Ok(()));
+        assert_eq!(check_rename_flags(RENAME_NOREPLACE, both), Ok(()));
+        assert_eq!(check_rename_flags(RENAME_EXCHANGE, both), Ok(()));
+        assert_eq!(check_rename_flags(both, both), Err(Errno::EINVAL));
+        assert_eq!(
+            check_rename_flags(RENAME_EXCHANGE, RENAME_NOREPLACE),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            check_rename_flags(RENAME_NOREPLACE, RENAME_NOREPLACE),
+            Ok(())
+        );
+        // RENAME_WHITEOUT, and a bit no kernel defines.
+        assert_eq!(check_rename_flags(4, both), Err(Errno::EINVAL));
+        assert_eq!(check_rename_flags(1 << 20, both), Err(Errno::EINVAL));
     }
 }

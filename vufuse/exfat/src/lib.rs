@@ -74,8 +74,8 @@ use std::time::{Duration, SystemTime};
 use upcase::Upcase;
 use vudev::{BlockDevice, Errno, Result};
 use vufuse_api::fs::{
-    Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino,
-    Opened, SetAttr, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
+    check_rename_flags, Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind,
+    FileSystem, Ino, Opened, SetAttr, StatFs, RENAME_NOREPLACE,
 };
 use vufuse_api::MountError;
 

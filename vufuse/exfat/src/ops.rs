@@ -164,9 +164,7 @@ impl FileSystem for ExFatFs {
         flags: u32,
     ) -> Result<()> {
         self.check_writable()?;
-        if flags & !RENAME_NOREPLACE != 0 || flags & RENAME_EXCHANGE != 0 {
-            return Err(Errno::EINVAL);
-        }
+        check_rename_flags(flags, RENAME_NOREPLACE)?;
         let mut st = self.lock();
         let result = self.rename_locked(&mut st, parent, name, new_parent, new_name, flags);
         let result = result.and_then(|()| self.dir_changed(&mut st, parent));

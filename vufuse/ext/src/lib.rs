@@ -46,8 +46,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vudev::{BlockDevice, CachedDevice, Errno, Result};
 use vufuse_api::acl;
 use vufuse_api::fs::{
-    Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind, FileSystem, Ino,
-    Opened, SetAttr, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
+    check_rename_flags, Attr, CachePolicy, Capabilities, Context, DirEntry, Entry, Fh, FileKind,
+    FileSystem, Ino, Opened, SetAttr, StatFs, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use vufuse_api::MountError;
 

@@ -333,11 +333,7 @@ impl FileSystem for ExtFs {
         flags: u32,
     ) -> Result<()> {
         self.writable()?;
-        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
-            || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
-        {
-            return Err(Errno::EINVAL);
-        }
+        check_rename_flags(flags, RENAME_NOREPLACE | RENAME_EXCHANGE)?;
         let (from, to) = (c_name(name)?, c_name(new_name)?);
         let mut h = self.lock_as(ctx);
         let c_flags = c_int::from(flags & RENAME_NOREPLACE != 0)

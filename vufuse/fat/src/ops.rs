@@ -155,11 +155,7 @@ impl FileSystem for FatFs {
         flags: u32,
     ) -> Result<()> {
         self.check_writable()?;
-        if flags & !(RENAME_EXCHANGE | RENAME_NOREPLACE) != 0
-            || flags == RENAME_EXCHANGE | RENAME_NOREPLACE
-        {
-            return Err(Errno::EINVAL);
-        }
+        check_rename_flags(flags, RENAME_NOREPLACE | RENAME_EXCHANGE)?;
         let mut st = self.lock();
         let result = self.rename_locked(&mut st, parent, name, new_parent, new_name, flags);
         let result = result.and_then(|()| self.dir_changed(&mut st, parent));
