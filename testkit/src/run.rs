@@ -32,7 +32,7 @@ pub fn fuser_serving_threads(names: &[String]) -> usize {
 
 /// User plus system clock ticks the process `pid` has used (its /proc stat), to tell an
 /// idle daemon from a spinning one.
-pub fn cpu_ticks(pid: u32) -> u64 {
+fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -41,6 +41,26 @@ pub fn cpu_ticks(pid: u32) -> u64 {
         .split_whitespace()
         .collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Asserts how the FUSE daemon `pid` serves: when it `polls` (busy_poll), one fuser serving
+/// thread and the `busy-poll` watchdog, else two serving threads and no watchdog; and either
+/// way that once requests stop it spends no CPU (polling ends within milliseconds). `label`
+/// names the case in a failure.
+pub fn assert_serving(pid: u32, polls: bool, label: &str) {
+    let threads = thread_names(pid);
+    let poller = threads.iter().any(|t| t == "busy-poll");
+    assert_eq!(poller, polls, "{label}: {threads:?}");
+    let serving = fuser_serving_threads(&threads);
+    assert_eq!(serving, if polls { 1 } else { 2 }, "{label}: {threads:?}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let spent = cpu_ticks(pid) - before;
+    assert!(
+        spent <= 5,
+        "{label}: an idle mount used {spent} ticks of CPU in 0.7 s"
+    );
 }
 
 /// Runs `program args...` with stdin closed, panicking if it cannot start (a missing tool).

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 use testkit::{
-    cpu_ticks, e2fsck_clean, fuser_serving_threads, is_mounted, lazy_unmount, sh, thread_names,
-    wait_for_daemon_exit, wait_until, wait_until_mounted, MountGuard,
+    e2fsck_clean, is_mounted, lazy_unmount, sh, wait_for_daemon_exit, wait_until,
+    wait_until_mounted, MountGuard,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_fuseext2");
@@ -1063,21 +1063,7 @@ fn busy_poll_is_the_default_serves_and_costs_nothing_when_idle() {
             mnt.display()
         ));
         assert_eq!(listing, "7\n200\n200\n", "{options}");
-        let threads = thread_names(daemon.id());
-        // fuser names its serving threads fuser-0, fuser-1, ... (fuser-bg is not one).
-        let serving = fuser_serving_threads(&threads);
-        let poller = threads.iter().any(|t| t == "busy-poll");
-        assert_eq!(poller, polls, "{options}: {threads:?}");
-        assert_eq!(serving, if polls { 1 } else { 2 }, "{options}: {threads:?}");
-        // Polling ends within milliseconds of the last request; then the daemon sleeps.
-        std::thread::sleep(Duration::from_millis(100));
-        let before = cpu_ticks(daemon.id());
-        std::thread::sleep(Duration::from_millis(700));
-        let spent = cpu_ticks(daemon.id()) - before;
-        assert!(
-            spent <= 5,
-            "{options}: an idle mount used {spent} ticks of CPU in 0.7 s"
-        );
+        testkit::assert_serving(daemon.id(), polls, options);
         let _ = Command::new("fusermount3").arg("-u").arg(&mnt).output();
         assert!(daemon.wait().unwrap().success());
         e2fsck_clean(&img);

@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use std::time::Duration;
-use testkit::{cpu_ticks, fuser_serving_threads, s, thread_names, MountGuard};
+use testkit::{s, MountGuard};
 
 #[test]
 fn one_polling_thread_by_default_and_none_idle() {
@@ -26,20 +26,7 @@ fn one_polling_thread_by_default_and_none_idle() {
             s(&sc.lower)
         ));
         assert_eq!(made, "7\n100\n100\n", "{option}");
-        let threads = thread_names(daemon.id());
-        let poller = threads.iter().any(|t| t == "busy-poll");
-        assert_eq!(poller, polls, "{option}: {threads:?}");
-        let serving = fuser_serving_threads(&threads);
-        assert_eq!(serving, if polls { 1 } else { 2 }, "{option}: {threads:?}");
-        // Polling ends within milliseconds of the last request; then the daemon sleeps.
-        std::thread::sleep(Duration::from_millis(100));
-        let before = cpu_ticks(daemon.id());
-        std::thread::sleep(Duration::from_millis(700));
-        let spent = cpu_ticks(daemon.id()) - before;
-        assert!(
-            spent <= 5,
-            "{option}: an idle mount used {spent} ticks in 0.7 s"
-        );
+        testkit::assert_serving(daemon.id(), polls, option);
         guard.unmount();
         assert!(daemon.wait().unwrap().success(), "{option}");
         // The copies went up into SOURCE, as with any serving.
