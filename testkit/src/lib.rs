@@ -20,7 +20,7 @@ pub use mount::{
 };
 pub use other_user::{as_nobody, assert_denied, nobody, open_scratch, other_user_unavailable};
 pub use run::{
-    assert_serving, fuser_serving_threads, run, run_daemon, run_ok, s, sh, sh_output, skip,
+    assert_serving, fuser_serving_threads, names, run, run_daemon, run_ok, s, sh, sh_output, skip,
     thread_names,
 };
 

@@ -63,6 +63,16 @@ pub fn assert_serving(pid: u32, polls: bool, label: &str) {
     );
 }
 
+/// The sorted names in the directory `dir` (panics if it cannot be listed).
+pub fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// Runs `program args...` with stdin closed, panicking if it cannot start (a missing tool).
 pub fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)

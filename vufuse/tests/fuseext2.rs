@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 use testkit::{
-    e2fsck_clean, is_mounted, lazy_unmount, sh, wait_for_daemon_exit, wait_until,
+    e2fsck_clean, is_mounted, lazy_unmount, names, sh, wait_for_daemon_exit, wait_until,
     wait_until_mounted, MountGuard,
 };
 
@@ -1256,14 +1256,6 @@ fn the_writeback_cache_keeps_file_semantics_and_durability() {
 fn cached_directory_listings_follow_changes() {
     let dir = tempfile::tempdir().unwrap();
     let (img, mnt, mut daemon) = foreground_on_fresh_ext4(dir.path(), "dirs.img", "rw+");
-    let names = |d: &Path| {
-        let mut v: Vec<String> = std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        v.sort();
-        v
-    };
     let d = mnt.join("d");
     std::fs::create_dir(&d).unwrap();
     std::fs::write(d.join("a"), "a").unwrap();

@@ -2,7 +2,7 @@
 //! sector and the image's magic; checked with fsck.exfat, fsck.fat, qemu-img and mtools.
 
 use std::path::Path;
-use testkit::{sh, MountGuard};
+use testkit::{names, sh, MountGuard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fusefatfs");
 
@@ -183,16 +183,6 @@ fn fat_inside_qcow2_and_vmdk_images_is_served_and_the_image_stays_valid() {
         let out = testkit::run_daemon(BIN, &["ro,format=raw"], &img, &mnt);
         assert!(!out.status.success(), "{format} served as raw");
     }
-}
-
-/// Sorted names in `dir`.
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
 }
 
 /// On FAT32 and exFAT the kernel keeps directory listings across opens (FOPEN_CACHE_DIR: the

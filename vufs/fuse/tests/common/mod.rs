@@ -95,15 +95,8 @@ impl Scratch {
     }
 }
 
-/// Sorted names in a directory.
-pub fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
+#[allow(unused_imports)] // Not every test binary lists a directory.
+pub use testkit::names;
 
 /// Asserts that `a` and `b` hold identical trees (contents, types, modes, links).
 pub fn assert_same_tree(a: &Path, b: &Path) {
