@@ -356,3 +356,59 @@ fn ownership_options_as_fuseext2() {
     assert!(on_disk.contains("User:  4321   Group:  4321"), "{on_disk}");
     e2fsck_clean(&img);
 }
+
+/// Drops CAP_FSETID from the calling thread's effective set (the harness gives each call
+/// the calling thread's id as the caller's pid), so that thread writes as an ordinary user
+/// would, without the right to keep set-id bits.
+fn drop_fsetid_on_this_thread() {
+    use rustix::thread::{capabilities, set_capabilities, CapabilitySet};
+    let mut sets = capabilities(None).expect("capget");
+    sets.effective.remove(CapabilitySet::FSETID);
+    set_capabilities(None, sets).expect("capset");
+}
+
+/// Under umvu no kernel clears set-id bits, so the module does, as the VFS would: a chown
+/// clears set-user-ID (and set-group-ID with group execute) of a file whoever asks; a write
+/// or truncate clears them only for a caller without CAP_FSETID; a directory keeps its
+/// set-group-ID. debugfs reads the modes from the image.
+#[test]
+fn chown_write_and_truncate_clear_set_id_bits_as_the_vfs_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = ext_image(dir.path(), "setid.img", 16);
+    let m = mount(&["vufuseext2", "-o", "rw+", s(&img), "/mnt"]);
+    let mode = |path: &str| m.getattr(path).unwrap().st_mode & 0o7777;
+    for f in ["/chowned", "/by-root", "/by-user", "/cut"] {
+        m.write_file(f, b"#!/bin/sh\n").unwrap();
+        m.chmod(f, 0o6755).unwrap();
+    }
+    m.mkdir("/shared", 0o2775).unwrap();
+    m.chown("/chowned", 1000, 1000).unwrap();
+    assert_eq!(mode("/chowned"), 0o755);
+    m.chown("/shared", 1000, 1000).unwrap();
+    assert_eq!(mode("/shared"), 0o2775);
+    // The test runs as root: its own write keeps the bits (CAP_FSETID).
+    let mut h = m.open("/by-root", libc::O_WRONLY).unwrap();
+    m.write(&mut h, 0, b"#").unwrap();
+    m.close(h).unwrap();
+    assert_eq!(mode("/by-root"), 0o6755);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                drop_fsetid_on_this_thread();
+                let mut h = m.open("/by-user", libc::O_WRONLY).unwrap();
+                m.write(&mut h, 0, b"#").unwrap();
+                m.close(h).unwrap();
+                m.truncate("/cut", 1).unwrap();
+            })
+            .join()
+            .unwrap();
+    });
+    assert_eq!(mode("/by-user"), 0o755);
+    assert_eq!(mode("/cut"), 0o755);
+    assert_eq!(m.umount(), 0);
+    let on_disk = String::from_utf8_lossy(&debugfs(&img, "stat /by-user")).into_owned();
+    assert!(on_disk.contains("Mode:  0755"), "{on_disk}");
+    let on_disk = String::from_utf8_lossy(&debugfs(&img, "stat /by-root")).into_owned();
+    assert!(on_disk.contains("Mode:  06755"), "{on_disk}");
+    e2fsck_clean(&img);
+}

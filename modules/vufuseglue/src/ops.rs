@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 use vufuse_api::acl::{self, Acl};
+use vufuse_api::privileges;
 use vufuse_api::{Attr, Context, Errno, FileKind, Ino, SetAttr, SetTime};
 
 /// The table handed to `fuse_main_real`.
@@ -292,6 +293,10 @@ unsafe fn set(p: *const c_char, fi: *mut FuseFileInfo, mut change: SetAttr) -> c
         // SAFETY: forwarded contract.
         let (ino, file) = unsafe { target(mount, ctx, p, fi) }?;
         change.fh = file.map(|f| f.fh);
+        // No kernel clears set-id bits under umvu: a chown or truncate does it here.
+        if !mount.fs().capabilities().checks_access {
+            change = privileges::with_privileges_cleared(mount.fs(), ctx, ino, change)?;
+        }
         mount.fs().setattr(ctx, ino, &change)?;
         Ok(0)
     })
@@ -483,6 +488,12 @@ unsafe extern "C" fn write(
         }
         // SAFETY: vufuse's buffer holds `size` readable bytes.
         let data = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), size) };
+        // No kernel clears set-id bits under umvu: a write by a caller without CAP_FSETID
+        // does it here, first, as the VFS does.
+        if !mount.fs().capabilities().checks_access {
+            let keeps = || privileges::caller_has_fsetid(ctx);
+            privileges::clear_for_write(mount.fs(), ctx, file.ino, Some(file.fh), keeps)?;
+        }
         let mut done = 0;
         while done < data.len() {
             match mount

@@ -10,6 +10,7 @@ pub mod errors;
 pub mod fs;
 mod groups;
 pub mod options;
+pub mod privileges;
 pub mod readahead;
 pub mod resolver;
 

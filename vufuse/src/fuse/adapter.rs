@@ -1,7 +1,6 @@
 //! The adapter: every fuser request mapped to one [`FileSystem`] call.
 
 use super::busy_poll::BusyPoll;
-use super::privileges;
 use super::trace::Summary;
 use fuser::{
     FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -23,6 +22,7 @@ use vufuse_api::fs::{
     StatFs,
 };
 use vufuse_api::options::FuseTuning;
+use vufuse_api::privileges;
 
 /// The largest write the kernel may send in one request (and so the largest read it asks for).
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -209,39 +209,18 @@ impl FuseAdapter {
         (!self.caps.xattrs).then_some(Errno::ENOSYS)
     }
 
-    /// Clears the set-user-ID and set-group-ID bits of `ino` (on a write by a caller
-    /// without CAP_FSETID), when it has them.
-    fn clear_privileges(&self, ctx: &Context, ino: Ino, fh: Option<Fh>) -> Result<(), Errno> {
-        let attr = self.fs.getattr(ctx, ino, fh)?;
-        if let Some(mode) = privileges::killed_mode(&attr) {
-            let set = SetAttr {
-                mode: Some(mode),
-                fh,
-                ..SetAttr::default()
-            };
-            self.fs.setattr(ctx, ino, &set)?;
-        }
-        Ok(())
-    }
-
     /// `set` with the mode that clears privileges added, for a chown or a truncate that
-    /// clears them (see `privileges::setattr_kills`) of a file that has them.
+    /// clears them, when this mount took that over from the kernel (FUSE_HANDLE_KILLPRIV_V2).
     fn with_privileges_cleared(
         &self,
         ctx: &Context,
         ino: Ino,
-        mut set: SetAttr,
+        set: SetAttr,
     ) -> Result<SetAttr, Errno> {
-        if !self.kills_privileges || !privileges::setattr_may_kill(&set) {
+        if !self.kills_privileges {
             return Ok(set);
         }
-        let attr = self.fs.getattr(ctx, ino, set.fh)?;
-        if let Some(mode) = privileges::killed_mode(&attr) {
-            if privileges::setattr_kills(&set, || privileges::caller_has_fsetid(ctx)) {
-                set.mode = Some(mode);
-            }
-        }
-        Ok(set)
+        privileges::with_privileges_cleared(&*self.fs, ctx, ino, set)
     }
 
     /// Reports every request to `poll` (the `busy_poll` mount option).
@@ -815,7 +794,7 @@ impl fuser::Filesystem for FuseAdapter {
         let kill =
             self.kills_privileges && write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let result = if kill {
-            self.clear_privileges(&ctx, Ino(ino.0), Some(Fh(fh.0)))
+            privileges::clear_for_write(&*self.fs, &ctx, Ino(ino.0), Some(Fh(fh.0)), || false)
         } else {
             Ok(())
         }

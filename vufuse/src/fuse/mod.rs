@@ -8,7 +8,6 @@
 
 mod adapter;
 mod busy_poll;
-mod privileges;
 mod trace;
 
 pub use adapter::{FuseAdapter, Lifecycle, MAX_WRITE};

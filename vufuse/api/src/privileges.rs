@@ -1,15 +1,16 @@
-//! Clearing the set-user-ID and set-group-ID bits on write, truncate and chown in the
-//! daemon, as the VFS would, for a mount that takes this over from the kernel
-//! (FUSE_HANDLE_KILLPRIV_V2).
+//! Clearing the set-user-ID and set-group-ID bits on write, truncate and chown, as the VFS
+//! would, by a front end that takes this over from the kernel: the FUSE adapter under
+//! FUSE_HANDLE_KILLPRIV_V2, and the VUOS glue, which has no kernel in the loop.
 //!
-//! Why: otherwise the kernel asks the daemon for `security.capability` before every
-//! write(2) (fuse clears SB_NOSEC: 27,000 GETXATTR round trips of the 115,000 requests of
-//! untarring /usr/include into fuseext2) and fetches the attributes again before every
-//! chown. With it, the kernel checks an inode for capabilities once per attribute refresh
-//! (SB_NOSEC, and still removes `security.capability` itself when it finds one), and leaves
-//! the mode bits to the daemon, which applies the rules of `include/uapi/linux/fuse.h`:
-//! - write: the kernel flags a write whose caller lacks CAP_FSETID
-//!   (FUSE_WRITE_KILL_SUIDGID); then set-user-ID goes, and set-group-ID when the group may
+//! Why FUSE takes it over: otherwise the kernel asks the daemon for `security.capability`
+//! before every write(2) (fuse clears SB_NOSEC: 27,000 GETXATTR round trips of the 115,000
+//! requests of untarring /usr/include into fuseext2) and fetches the attributes again
+//! before every chown. With it, the kernel checks an inode for capabilities once per
+//! attribute refresh (SB_NOSEC, and still removes `security.capability` itself when it
+//! finds one), and leaves the mode bits to the daemon. The rules, those of
+//! `include/uapi/linux/fuse.h` and of the VFS:
+//! - write: by a caller without CAP_FSETID (the kernel flags such a write,
+//!   FUSE_WRITE_KILL_SUIDGID); then set-user-ID goes, and set-group-ID when the group may
 //!   execute.
 //! - truncate: the same rule. fuser does not pass the kernel's FATTR_KILL_SUIDGID, so the
 //!   caller's CAP_FSETID is read from /proc, only for a file that has one of the bits.
@@ -18,10 +19,11 @@
 //!   caller.
 //!
 //! Only for drivers whose `setattr` applies the mode it is given without a permission check
-//! of its own (the kernel checked the write, truncate or chown): see
-//! `Capabilities::kills_privileges_in_front_end`.
+//! of its own (`Capabilities::checks_access` false: the front end checked the write,
+//! truncate or chown).
 
-use vufuse_api::fs::{Attr, Context, FileKind, SetAttr};
+use crate::fs::{Attr, Context, Fh, FileKind, FileSystem, Ino, SetAttr};
+use vudev::Result;
 
 const S_ISUID: u32 = 0o4000;
 const S_ISGID: u32 = 0o2000;
@@ -73,6 +75,50 @@ fn changes_owner(set: &SetAttr) -> bool {
     set.uid.is_some() || set.gid.is_some() || empty
 }
 
+/// Before a write to `ino` (through `fh`), as the VFS does it: clears its set-id bits when it
+/// has any and `caller_keeps()` says no (the caller lacks CAP_FSETID). The attributes are
+/// read first, so the caller is asked about only for a file with set-id bits.
+pub fn clear_for_write(
+    fs: &dyn FileSystem,
+    ctx: &Context,
+    ino: Ino,
+    fh: Option<Fh>,
+    caller_keeps: impl FnOnce() -> bool,
+) -> Result<()> {
+    let attr = fs.getattr(ctx, ino, fh)?;
+    if let Some(mode) = killed_mode(&attr) {
+        if !caller_keeps() {
+            let set = SetAttr {
+                mode: Some(mode),
+                fh,
+                ..SetAttr::default()
+            };
+            fs.setattr(ctx, ino, &set)?;
+        }
+    }
+    Ok(())
+}
+
+/// `set` with the mode that clears the set-id bits of `ino` added, for a chown or a
+/// truncate that clears them ([`setattr_kills`]) of a file that has them.
+pub fn with_privileges_cleared(
+    fs: &dyn FileSystem,
+    ctx: &Context,
+    ino: Ino,
+    mut set: SetAttr,
+) -> Result<SetAttr> {
+    if !setattr_may_kill(&set) {
+        return Ok(set);
+    }
+    let attr = fs.getattr(ctx, ino, set.fh)?;
+    if let Some(mode) = killed_mode(&attr) {
+        if setattr_kills(&set, || caller_has_fsetid(ctx)) {
+            set.mode = Some(mode);
+        }
+    }
+    Ok(set)
+}
+
 /// Whether the process `ctx.pid` has CAP_FSETID in its effective set (its `CapEff` line
 /// in /proc). An unknown or gone process has not: the bits are cleared, the safe side.
 pub fn caller_has_fsetid(ctx: &Context) -> bool {
@@ -94,8 +140,8 @@ fn effective_caps(status: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::SetTime;
     use std::time::UNIX_EPOCH;
-    use vufuse_api::fs::{Ino, SetTime};
 
     fn attr(kind: FileKind, perm: u16) -> Attr {
         Attr {
